@@ -1,0 +1,1 @@
+"""The ZTB broker. Imports nothing, so `import broker.protocol` stays light."""
