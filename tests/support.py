@@ -1,0 +1,128 @@
+"""Helpers shared by the integration and end-to-end tests: polling with deadlines and
+child processes that are always reaped and whose logs are shown when a test fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Proc:
+    """A child process started by a test, with its combined output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it does not go; always reaps."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        if self.popen.returncode is None:
+            self.popen.kill()
+            self.popen.wait(timeout=timeout)
+
+
+@dataclass
+class Spawner:
+    """Starts console scripts from this virtualenv; `close()` reaps every one of them."""
+
+    directory: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, *argv: str) -> Proc:
+        log_path = self.directory / f"{name}-{len(self.procs)}.log"
+        exe = BIN / argv[0]
+        command = [str(exe) if exe.exists() else argv[0], *argv[1:]]
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n{p.log()}" for p in self.procs)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            try:
+                proc.stop(timeout=3.0)
+            except Exception:  # reaping must go on for the others
+                proc.popen.kill()
+
+
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float = 10.0,
+    *,
+    what: str = "condition",
+    alive: Iterable[Proc] = (),
+    interval: float = 0.02,
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail early if a process died."""
+    watched = list(alive)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for proc in watched:
+            if not proc.alive():
+                raise AssertionError(
+                    f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n"
+                    f"{proc.log()}"
+                )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_ready_file(path: Path, timeout: float, proc: Proc) -> str:
+    """The endpoint a process wrote to its --ready-file once it was listening."""
+
+    def endpoint() -> str | None:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    return wait_until(endpoint, timeout, what=f"{path.name} from {proc.name}", alive=[proc])
