@@ -1,0 +1,136 @@
+"""zbroker: start a broker, or ask a running one for its status."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker import protocol as p
+from broker.control import BrokerUnreachable
+from broker.control import status as query_status
+from broker.scheduler import SchedulerConfig
+from broker.server import BrokerConfig, BrokerServer
+from broker.workers import STRATEGIES
+
+app = typer.Typer(
+    help="The ZTB task broker: routes tasks from clients to nodes. See protocol.md.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+BROKER_HELP = "URL of the broker to ask."
+
+
+@app.command()
+def start(
+    bind: str = typer.Option(
+        p.DEFAULT_BROKER_URL,
+        help="ZeroMQ endpoint to listen on; tcp://0.0.0.0:5000 for nodes on other machines, "
+        "tcp://127.0.0.1:0 for a free port (see --ready-file).",
+    ),
+    strategy: str = typer.Option(
+        "least-loaded", help=f"How a node is chosen for a task: {' or '.join(STRATEGIES)}."
+    ),
+    heartbeat_interval: float = typer.Option(
+        p.DEFAULT_HEARTBEAT_INTERVAL, min=0.01, help="Seconds between heartbeats."
+    ),
+    liveness: int = typer.Option(
+        p.DEFAULT_LIVENESS, min=1, help="Heartbeat intervals of silence before a node is dead."
+    ),
+    max_message_size: int = typer.Option(
+        p.DEFAULT_MAX_MESSAGE_SIZE, min=1024, help="Largest message accepted, in bytes."
+    ),
+    ready_file: Path | None = typer.Option(
+        None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
+    ),
+    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    log_file: Path | None = typer.Option(None, help="Also append logs to this file."),
+) -> None:
+    """Run a broker in the foreground until SIGINT or SIGTERM."""
+    _configure_logging(log_level, log_file)
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(
+            f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
+        )
+    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness)
+    server = BrokerServer(BrokerConfig(bind, scheduler, max_message_size))
+    try:
+        endpoint = server.bind()
+    except OSError as exc:
+        typer.echo(f"error: {exc}; is another broker running there? try --bind", err=True)
+        raise typer.Exit(1) from None
+    if ready_file is not None:
+        ready_file.write_text(endpoint + "\n")
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.serve()
+
+
+@app.command()
+def status(
+    broker: str = typer.Option(p.DEFAULT_BROKER_URL, help=BROKER_HELP),
+    json: bool = typer.Option(False, "--json", help="Print the broker's STATUS_REPLY as JSON."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the answer."),
+) -> None:
+    """Show the nodes a broker knows and what is queued."""
+    try:
+        body = query_status(broker, timeout)
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except p.ProtocolError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    if json:
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_status(body)
+
+
+def _print_status(body: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"Nodes ({body.get('strategy', '?')})")
+    for column in ("name", "id", "host", "pid", "state", "active", "capacity", "completed"):
+        table.add_column(column, justify="right" if column in ("pid", "active") else "left")
+    table.add_column("last seen")
+    table.add_column("functions")
+    for node in body.get("nodes", []):
+        table.add_row(
+            *(str(node.get(k, "")) for k in ("name", "id", "host", "pid", "state", "active")),
+            str(node.get("capacity", "")),
+            str(node.get("completed", "")),
+            f"{node.get('last_seen', 0):.1f}s ago",
+            ", ".join(node.get("functions", [])),
+        )
+    console.print(table)
+    console.print(f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}")
+    counters = body.get("counters") or {}
+    if counters:
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+
+
+def _configure_logging(level: str, log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"{level!r} is not a log level", param_hint="--log-level")
+    logging.basicConfig(
+        level=numeric,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+    )

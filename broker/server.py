@@ -1,0 +1,172 @@
+"""The broker's I/O shell: one ROUTER socket and a poller loop.
+
+frames -> decode -> Scheduler -> Send commands -> frames. The only broker module that uses
+zmq for serving, and the only one that reads the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from broker import protocol as p
+from broker.scheduler import Scheduler, SchedulerConfig, Send
+
+log = logging.getLogger(__name__)
+
+BATCH = 256  # messages handled per poll before timers are checked again
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    bind: str = p.DEFAULT_BROKER_URL
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
+    strict: bool = False  # re-raise bugs in the loop instead of logging them (tests)
+
+
+class BrokerServer:
+    """Owns the ROUTER socket; run `serve()` in one thread, `request_stop()` from any."""
+
+    def __init__(self, config: BrokerConfig, context: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.scheduler = Scheduler(config.scheduler)
+        self._context = context or zmq.Context.instance()
+        self._router: zmq.Socket[Any] | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self.endpoint = ""
+
+    def bind(self) -> str:
+        """Bind the ROUTER socket; returns the endpoint (with the real port for `:*`/`:0`)."""
+        router = self._context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails loudly
+        router.setsockopt(zmq.SNDHWM, 0)  # never drop a reply to a slow reader
+        router.setsockopt(zmq.RCVHWM, 100_000)
+        endpoint = self.config.bind
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            endpoint = endpoint[:-2] + ":*"
+        try:
+            router.bind(endpoint)
+        except zmq.ZMQError as exc:
+            router.close()
+            raise OSError(f"cannot bind {self.config.bind}: {exc.strerror}") from None
+        self._router = router
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish; safe from a signal handler or another thread."""
+        self._stopping = True
+        with contextlib.suppress(OSError):  # already woken, or closing
+            self._wake_w.send(b"x")
+
+    def serve(self) -> None:
+        """Run until `request_stop()`; then tell the nodes and close the socket."""
+        router = self._router or self._bind_now()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        log.info(
+            "broker listening on %s (strategy %s)", self.endpoint, self.config.scheduler.strategy
+        )
+        try:
+            while not self._stopping:
+                wait = self.scheduler.next_deadline() - time.monotonic()
+                ready = dict(poller.poll(max(0, int(wait * 1000) + 1)))
+                if router in ready:
+                    self._drain(router)
+                if time.monotonic() >= self.scheduler.next_deadline():
+                    self._send_all(router, self.scheduler.tick(time.monotonic()))
+        finally:
+            self._close(router)
+
+    def _bind_now(self) -> zmq.Socket[Any]:
+        self.bind()
+        assert self._router is not None
+        return self._router
+
+    def _close(self, router: zmq.Socket[Any]) -> None:
+        try:
+            self._send_all(router, self.scheduler.shutdown())
+        finally:
+            router.close(linger=0)
+            self._wake_r.close()
+            self._wake_w.close()
+            log.info("broker stopped")
+
+    def _drain(self, router: zmq.Socket[Any]) -> None:
+        """Handle what is waiting, up to BATCH messages."""
+        for _ in range(BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._send_all(router, self._dispatch(frames))
+
+    def _dispatch(self, frames: list[bytes]) -> list[Send]:
+        identity = frames[0]
+        try:
+            message = self._decode(frames)
+        except p.ProtocolError as exc:
+            log.warning("refused message from %s: %s", identity.hex(), exc.message)
+            return self.scheduler.refuse(identity, exc)
+        try:
+            return self.scheduler.handle(identity, message, time.monotonic())
+        except Exception:
+            if self.config.strict:
+                raise
+            self.scheduler.counters["internal_errors"] += 1
+            log.exception("bug while handling %s from %s", type(message).__name__, identity.hex())
+            return []
+
+    def _decode(self, frames: list[bytes]) -> p.Message:
+        if len(frames) < 3 or frames[1] != b"":
+            raise p.ProtocolError(p.ERR_MALFORMED, "expected an empty delimiter frame first")
+        size = sum(map(len, frames))
+        if size > self.config.max_message_size:
+            raise _too_large(frames, size, self.config.max_message_size)
+        return p.decode(frames[2:])
+
+    def _send_all(self, router: zmq.Socket[Any], sends: list[Send]) -> None:
+        pending = deque(sends)
+        while pending:
+            send = pending.popleft()
+            try:
+                router.send_multipart([send.identity, b"", *p.encode(send.message)], zmq.NOBLOCK)
+            except zmq.Again:
+                self.scheduler.counters["send_blocked"] += 1
+                log.error(
+                    "dropped %s to %s: its pipe is full",
+                    type(send.message).__name__,
+                    send.identity.hex(),
+                )
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.info(
+                    "peer %s is gone; dropped %s", send.identity.hex(), type(send.message).__name__
+                )
+                pending.extend(self.scheduler.unreachable(send.identity, time.monotonic()))
+
+
+def _too_large(frames: list[bytes], size: int, limit: int) -> p.ProtocolError:
+    task_id = None
+    try:
+        # The header is small even when the payload is not: name the task if possible.
+        if len(frames) >= 5 and len(frames[4]) <= 65536:
+            task_id = getattr(p.decode([*frames[2:5], b""]), "task_id", None)
+    except p.ProtocolError:
+        pass
+    text = f"message of {size} bytes exceeds the broker's limit of {limit} bytes"
+    return p.ProtocolError(p.ERR_TOO_LARGE, text, task_id)

@@ -1,0 +1,240 @@
+"""WorkerPool: the one owner of node state.
+
+A node is picked for a task either from a per-function ready ring (round robin) or from a
+least-loaded heap (active tasks per unit of capacity). Nodes that registered the same set of
+functions share one heap, so a load change costs one push whatever the number of functions,
+and picking for a function looks at the top of one heap per distinct set that offers it.
+Heap entries are invalidated lazily by a per-node version number.
+
+Pure state: no sockets, no clock. Time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+
+from broker.protocol import Register
+
+LEAST_LOADED = "least-loaded"
+ROUND_ROBIN = "round-robin"
+STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
+
+
+@dataclass(eq=False)
+class NodeRecord:
+    identity: bytes
+    name: str
+    host: str
+    pid: int
+    functions: frozenset[str]
+    capacity: int
+    last_seen: float
+    last_sent: float
+    active: set[str] = field(default_factory=set)
+    completed: int = 0
+    draining: bool = False
+    version: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.hex()
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.active)
+
+
+@dataclass(eq=False)
+class _Group:
+    """Nodes that offer the same set of functions, with their least-loaded heap."""
+
+    functions: frozenset[str]
+    members: set[bytes] = field(default_factory=set)
+    # (load, tie-break, identity, version); stale entries are skipped when they surface.
+    heap: list[tuple[float, int, bytes, int]] = field(default_factory=list)
+
+
+class WorkerPool:
+    def __init__(self, strategy: str = LEAST_LOADED) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        self.strategy = strategy
+        self.nodes: dict[bytes, NodeRecord] = {}
+        self._rings: dict[str, deque[bytes]] = {}
+        self._groups: dict[frozenset[str], _Group] = {}
+        self._groups_by_function: dict[str, list[_Group]] = {}
+        self._tie = count()
+
+    def __contains__(self, identity: bytes) -> bool:
+        return identity in self.nodes
+
+    # ------------------------------------------------------------------ membership
+
+    def add(self, identity: bytes, register: Register, now: float) -> NodeRecord:
+        if identity in self.nodes:
+            raise ValueError(f"node {identity.hex()} is already registered")
+        node = NodeRecord(
+            identity=identity,
+            name=register.name,
+            host=register.host,
+            pid=register.pid,
+            functions=frozenset(register.functions),
+            capacity=register.capacity,
+            last_seen=now,
+            last_sent=now,
+        )
+        self.nodes[identity] = node
+        self._join(node)
+        return node
+
+    def remove(self, identity: bytes) -> NodeRecord | None:
+        node = self.nodes.pop(identity, None)
+        if node is not None and not node.draining:
+            self._leave(node)
+        return node
+
+    def drain(self, identity: bytes) -> NodeRecord | None:
+        """No new work for this node; it stays known until it runs nothing."""
+        node = self.nodes.get(identity)
+        if node is not None and not node.draining:
+            node.draining = True
+            self._leave(node)
+        return node
+
+    def _join(self, node: NodeRecord) -> None:
+        for function in node.functions:
+            self._rings.setdefault(function, deque()).append(node.identity)
+        group = self._groups.get(node.functions)
+        if group is None:
+            group = self._groups[node.functions] = _Group(node.functions)
+            for function in node.functions:
+                self._groups_by_function.setdefault(function, []).append(group)
+        group.members.add(node.identity)
+        self._push(group, node)
+
+    def _leave(self, node: NodeRecord) -> None:
+        for function in node.functions:
+            ring = self._rings[function]
+            ring.remove(node.identity)
+            if not ring:
+                del self._rings[function]
+        group = self._groups[node.functions]
+        group.members.discard(node.identity)
+        node.version += 1  # its heap entries are stale now
+        if not group.members:
+            del self._groups[node.functions]
+            for function in node.functions:
+                groups = self._groups_by_function[function]
+                groups.remove(group)
+                if not groups:
+                    del self._groups_by_function[function]
+
+    # ------------------------------------------------------------------ picking
+
+    def offers(self, function: str) -> bool:
+        """Whether any node that takes new work registered `function`."""
+        return function in self._rings
+
+    def has_free(self, function: str) -> bool:
+        """Whether a node taking work offers `function` and has a free slot (no side effects)."""
+        return any(self.nodes[i].free > 0 for i in self._rings.get(function, ()))
+
+    def pick(self, function: str) -> NodeRecord | None:
+        """A node that offers `function` and has a free slot, by the pool's strategy."""
+        if self.strategy == ROUND_ROBIN:
+            return self._pick_round_robin(function)
+        return self._pick_least_loaded(function)
+
+    def _pick_round_robin(self, function: str) -> NodeRecord | None:
+        ring = self._rings.get(function)
+        if not ring:
+            return None
+        for _ in range(len(ring)):
+            node = self.nodes[ring[0]]
+            ring.rotate(-1)
+            if len(node.active) < node.capacity:
+                return node
+        return None
+
+    def _pick_least_loaded(self, function: str) -> NodeRecord | None:
+        best: tuple[float, int, bytes, int] | None = None
+        for group in self._groups_by_function.get(function, ()):
+            entry = self._top(group)
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        return None if best is None else self.nodes[best[2]]
+
+    def _top(self, group: _Group) -> tuple[float, int, bytes, int] | None:
+        heap = group.heap
+        while heap:
+            _, _, identity, version = heap[0]
+            node = self.nodes.get(identity)
+            if node is not None and node.version == version and node.free > 0:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _push(self, group: _Group, node: NodeRecord) -> None:
+        if node.free <= 0:
+            return
+        heap = group.heap
+        if len(heap) > 4 * len(group.members) + 16:
+            # Stale entries deep in the heap never surface on their own; rebuild.
+            heap[:] = [e for e in heap if self._current(e)]
+            heapq.heapify(heap)
+        load = len(node.active) / node.capacity
+        heapq.heappush(heap, (load, next(self._tie), node.identity, node.version))
+
+    def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
+        node = self.nodes.get(entry[2])
+        return node is not None and node.version == entry[3] and node.free > 0
+
+    # ------------------------------------------------------------------ load
+
+    def assign(self, node: NodeRecord, task_id: str) -> None:
+        node.active.add(task_id)
+        self._changed(node)
+
+    def release(self, node: NodeRecord, task_id: str) -> bool:
+        """Free the slot `task_id` held on `node`; False if it held none."""
+        if task_id not in node.active:
+            return False
+        node.active.remove(task_id)
+        node.completed += 1
+        self._changed(node)
+        return True
+
+    def _changed(self, node: NodeRecord) -> None:
+        node.version += 1
+        if not node.draining:
+            self._push(self._groups[node.functions], node)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the ring, heaps and records disagree."""
+        taking = {i for i, n in self.nodes.items() if not n.draining}
+        for function, ring in self._rings.items():
+            assert ring, f"empty ring kept for {function}"
+            assert len(set(ring)) == len(ring), f"duplicate in ring for {function}"
+            for identity in ring:
+                assert identity in taking, f"ring for {function} holds a node not taking work"
+                assert function in self.nodes[identity].functions
+        for identity in taking:
+            node = self.nodes[identity]
+            assert 0 <= len(node.active) <= node.capacity, f"{node.name} over capacity"
+            for function in node.functions:
+                assert identity in self._rings[function], f"{node.name} missing from ring"
+            group = self._groups[node.functions]
+            assert identity in group.members
+            if node.free > 0:
+                assert any(self._current(e) and e[2] == identity for e in group.heap), (
+                    f"{node.name} has a free slot but no current heap entry"
+                )
+        members = {i for g in self._groups.values() for i in g.members}
+        assert members == taking, "heap groups and records disagree"
+        for function, groups in self._groups_by_function.items():
+            assert all(function in g.functions for g in groups)
