@@ -1,0 +1,246 @@
+"""Scenario tests of the sans-IO scheduler: exact commands out for messages in, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import protocol as p
+from broker.scheduler import Scheduler, SchedulerConfig, Send
+from broker.workers import LEAST_LOADED, ROUND_ROBIN
+
+CLIENT = b"client-1"
+OTHER_CLIENT = b"client-2"
+
+
+def register(name: str, functions: tuple[str, ...] = ("f",), capacity: int = 1) -> p.Register:
+    return p.Register(name=name, host="h", pid=1, functions=functions, capacity=capacity)
+
+
+def execute(task_id: str, function: str = "f", priority: int = 5) -> p.Execute:
+    return p.Execute(task_id, function, b"[1,2]", priority)
+
+
+def ok(task_id: str, payload: bytes = b"3") -> p.Result:
+    return p.Result(task_id, 0, payload)
+
+
+def runs(sends: list[Send]) -> list[tuple[bytes, str]]:
+    return [(s.identity, s.message.task_id) for s in sends if isinstance(s.message, p.Run)]
+
+
+@pytest.fixture
+def sched() -> Scheduler:
+    return Scheduler(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+
+
+def test_register_answers_registered_with_heartbeat_settings(sched: Scheduler) -> None:
+    sends = sched.handle(b"n1", register("n1"), 0.0)
+    assert sends == [Send(b"n1", p.Registered(b"n1".hex(), 1.0, 3))]
+    sched.check_invariants()
+
+
+def test_execute_runs_on_a_node_and_result_goes_back_to_the_client(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sends = sched.handle(CLIENT, execute("t1"), 0.1)
+    assert sends == [Send(b"n1", p.Run("t1", "f", b"[1,2]", 1))]
+    sched.check_invariants()
+    sends = sched.handle(b"n1", ok("t1", b"42"), 0.2)
+    assert sends == [Send(CLIENT, p.TaskCompleted("t1", 0, b"42", None, 1))]
+    assert sched.tasks == {}
+    sched.check_invariants()
+
+
+def test_unknown_function_is_refused_at_once(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1", ("f",)), 0.0)
+    [send] = sched.handle(CLIENT, execute("t1", "nope"), 0.1)
+    assert isinstance(send.message, p.TaskCompleted)
+    assert send.message.exit_code == p.EXIT_UNKNOWN_FUNCTION
+    assert send.message.error is not None and "'nope'" in send.message.error.message
+    assert sched.tasks == {}
+
+
+def test_task_waits_for_a_free_slot_then_the_idle_node_takes_it(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    assert sched.handle(CLIENT, execute("t2"), 0.1) == []
+    assert len(sched.queue) == 1
+    sched.check_invariants()
+    sends = sched.handle(b"n1", ok("t1"), 0.2)
+    assert runs(sends) == [(b"n1", "t2")]
+    sched.check_invariants()
+
+
+def test_higher_priority_first_and_fifo_within_a_priority(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("busy"), 0.0)
+    for task_id, priority in [("low", 1), ("high-a", 9), ("mid", 5), ("high-b", 9)]:
+        sched.handle(CLIENT, execute(task_id, priority=priority), 0.1)
+    order = []
+    current = "busy"
+    for _ in range(4):
+        [(_, current)] = runs(sched.handle(b"n1", ok(current), 0.2))
+        order.append(current)
+        sched.check_invariants()
+    assert order == ["high-a", "high-b", "mid", "low"]
+
+
+def test_least_loaded_prefers_the_emptier_node_per_capacity() -> None:
+    sched = Scheduler(SchedulerConfig(strategy=LEAST_LOADED))
+    sched.handle(b"small", register("small", capacity=1), 0.0)
+    sched.handle(b"big", register("big", capacity=4), 0.0)
+    targets = [runs(sched.handle(CLIENT, execute(f"t{i}"), 0.1))[0][0] for i in range(5)]
+    # loads: small 0/1, big 0/4 -> either; then big keeps the lower ratio until full.
+    assert sorted(targets) == [b"big"] * 4 + [b"small"]
+    assert sched.handle(CLIENT, execute("t5"), 0.1) == []  # all 5 slots busy: queued
+    sched.check_invariants()
+
+
+def test_round_robin_cycles_through_nodes() -> None:
+    sched = Scheduler(SchedulerConfig(strategy=ROUND_ROBIN))
+    for name in (b"a", b"b", b"c"):
+        sched.handle(name, register(name.decode(), capacity=10), 0.0)
+    targets = [runs(sched.handle(CLIENT, execute(f"t{i}"), 0.1))[0][0] for i in range(6)]
+    assert targets == [b"a", b"b", b"c", b"a", b"b", b"c"]
+
+
+def test_task_only_goes_to_a_node_offering_its_function(sched: Scheduler) -> None:
+    sched.handle(b"fnode", register("fnode", ("f",), capacity=5), 0.0)
+    sched.handle(b"gnode", register("gnode", ("g",), capacity=5), 0.0)
+    assert runs(sched.handle(CLIENT, execute("t1", "g"), 0.1)) == [(b"gnode", "t1")]
+    assert runs(sched.handle(CLIENT, execute("t2", "f"), 0.1)) == [(b"fnode", "t2")]
+
+
+def test_resubmitted_task_id_is_answered_not_run_twice(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    assert len(runs(sched.handle(CLIENT, execute("t1"), 0.1))) == 1
+    assert sched.handle(OTHER_CLIENT, execute("t1"), 0.2) == []  # resend: no second RUN
+    sends = sched.handle(b"n1", ok("t1"), 0.3)
+    assert {s.identity for s in sends} == {CLIENT, OTHER_CLIENT}
+    assert sched.counters["resubmitted"] == 1
+
+
+def test_silent_node_expires_and_its_task_completes_elsewhere(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"n2", register("n2"), 0.0)
+    sched.handle(b"n2", p.Heartbeat(), 2.9)
+    assert runs(sched.tick(2.9)) == []
+    sends = sched.tick(3.1)  # n1 silent for more than interval x liveness
+    assert runs(sends) == [(b"n2", "t1")]
+    assert b"n1" not in sched.pool
+    sched.check_invariants()
+    [done] = sched.handle(b"n2", ok("t1"), 3.2)
+    assert done == Send(CLIENT, p.TaskCompleted("t1", 0, b"3", None, 2))
+
+
+def test_late_result_from_a_dead_node_is_accepted_once(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"n2", register("n2"), 3.0)
+    assert runs(sched.tick(3.5)) == [(b"n2", "t1")]
+    first = sched.handle(b"n1", ok("t1"), 3.6)  # n1 was only slow
+    assert Send(CLIENT, p.TaskCompleted("t1", 0, b"3", None, 2)) in first
+    assert Send(b"n1", p.Disconnect("not registered: send REGISTER")) in first
+    sched.check_invariants()
+    assert sched.handle(b"n2", ok("t1"), 3.7) == []  # second result: nobody answered twice
+    assert sched.counters["results_unmatched"] == 1
+    assert sched.pool.nodes[b"n2"].free == 1
+    sched.check_invariants()
+
+
+def test_late_result_for_a_requeued_task_takes_it_out_of_the_queue(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.tick(3.5)  # n1 expires; no other node: t1 waits in the queue
+    assert len(sched.queue) == 1
+    sends = sched.handle(b"n1", ok("t1"), 3.6)
+    assert Send(CLIENT, p.TaskCompleted("t1", 0, b"3", None, 1)) in sends
+    assert len(sched.queue) == 0
+    sched.check_invariants()
+
+
+def test_heartbeats_go_to_quiet_nodes_only(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(b"n2", register("n2"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.9)  # RUN to one node counts as traffic
+    beats = [s.identity for s in sched.tick(1.0) if isinstance(s.message, p.Heartbeat)]
+    assert len(beats) == 1
+    assert sched.next_deadline() == pytest.approx(1.25)
+
+
+def test_deregister_stops_new_work_but_accepts_running_results(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    assert sched.handle(b"n1", p.Deregister(), 0.2) == []
+    sched.check_invariants()
+    [refused] = sched.handle(CLIENT, execute("t2"), 0.3)  # no node takes work now
+    assert isinstance(refused.message, p.TaskCompleted)
+    assert refused.message.exit_code == p.EXIT_UNKNOWN_FUNCTION
+    sends = sched.handle(b"n1", ok("t1"), 0.4)
+    assert sends == [Send(CLIENT, p.TaskCompleted("t1", 0, b"3", None, 1))]
+    assert b"n1" not in sched.pool
+    sched.check_invariants()
+
+
+def test_idle_deregister_forgets_the_node_at_once(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(b"n1", p.Deregister(), 0.1)
+    assert sched.status(0.2)["nodes"] == []
+
+
+def test_register_again_requeues_what_the_old_registration_ran(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    sends = sched.handle(b"n1", register("n1"), 0.2)
+    assert runs(sends) == [(b"n1", "t1")]
+    assert sched.tasks["t1"].attempt == 2
+    sched.check_invariants()
+
+
+def test_unknown_peer_heartbeat_gets_disconnect(sched: Scheduler) -> None:
+    assert sched.handle(b"ghost", p.Heartbeat(), 0.0) == [
+        Send(b"ghost", p.Disconnect("not registered: send REGISTER"))
+    ]
+
+
+def test_messages_the_broker_does_not_take_are_refused(sched: Scheduler) -> None:
+    [send] = sched.handle(CLIENT, p.Run("t", "f", b"[]", 1), 0.0)
+    assert isinstance(send.message, p.Error) and send.message.code == p.ERR_UNKNOWN_COMMAND
+    assert sched.handle(CLIENT, p.Error("x", "y"), 0.0) == []  # never answer an error
+
+
+def test_unreachable_node_is_dropped_and_its_tasks_requeued(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    assert sched.unreachable(b"n1", 0.1) == []
+    assert len(sched.queue) == 1 and b"n1" not in sched.pool
+    sched.check_invariants()
+
+
+def test_status_reports_nodes_and_queue(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1", ("f", "g"), capacity=2), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.5)
+    body = sched.status(1.5)
+    [node] = body["nodes"]
+    assert node == {
+        "id": b"n1".hex(),
+        "name": "n1",
+        "host": "h",
+        "pid": 1,
+        "functions": ["f", "g"],
+        "capacity": 2,
+        "active": 1,
+        "completed": 0,
+        "last_seen": 1.5,
+        "state": "ready",
+    }
+    assert body["queued"] == 0 and body["running"] == 1
+    assert body["counters"]["accepted"] == 1
+
+
+def test_shutdown_tells_every_node(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(b"n2", register("n2"), 0.0)
+    sends = sched.shutdown()
+    assert {s.identity for s in sends} == {b"n1", b"n2"}
+    assert all(isinstance(s.message, p.Disconnect) for s in sends)

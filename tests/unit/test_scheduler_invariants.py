@@ -1,0 +1,129 @@
+"""Seeded random sequences of events against the scheduler, invariants checked after every
+step, and an accounting check at the end: every accepted task is answered exactly once."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from broker import protocol as p
+from broker.scheduler import Scheduler, SchedulerConfig, Send
+from broker.workers import STRATEGIES
+
+FUNCTIONS = ("f", "g", "h")
+
+
+class Simulation:
+    """Drives a Scheduler like a cluster would, remembering what each node was told to run."""
+
+    def __init__(self, seed: int, strategy: str) -> None:
+        self.rng = random.Random(seed)
+        self.sched = Scheduler(SchedulerConfig(strategy, heartbeat_interval=1.0, liveness=3))
+        self.now = 0.0
+        self.running: dict[bytes, set[str]] = {}  # what each live node believes it runs
+        self.answers: Counter[tuple[bytes, str]] = Counter()  # (requester, task id)
+        self.accepted: set[str] = set()
+        self.next_task = 0
+        self.next_node = 0
+
+    def apply(self, sender: bytes, message: p.Message) -> None:
+        self.absorb(self.sched.handle(sender, message, self.now))
+
+    def absorb(self, sends: list[Send]) -> None:
+        for send in sends:
+            msg = send.message
+            if isinstance(msg, p.Run) and send.identity in self.running:
+                self.running[send.identity].add(msg.task_id)  # a dead node never sees it
+            elif isinstance(msg, p.TaskCompleted) and msg.exit_code != p.EXIT_UNKNOWN_FUNCTION:
+                self.answers[send.identity, msg.task_id] += 1
+
+    def step(self) -> None:
+        self.now += self.rng.choice((0.0, 0.1, 0.5, 1.5))
+        action = self.rng.choice(
+            ["register", "submit", "submit", "submit", "result", "result", "heartbeat",
+             "deregister", "tick", "tick", "resend", "die"]
+        )  # fmt: skip
+        getattr(self, f"do_{action}")()
+        self.sched.check_invariants()
+
+    def live_nodes(self) -> list[bytes]:
+        return [n for n in self.running if n in self.sched.pool]
+
+    def do_register(self) -> None:
+        identity = f"n{self.next_node}".encode()
+        self.next_node += 1
+        functions = tuple(self.rng.sample(FUNCTIONS, self.rng.randint(1, 3)))
+        capacity = self.rng.randint(1, 3)
+        self.running[identity] = set()
+        self.apply(identity, p.Register(identity.decode(), "h", 1, functions, capacity))
+
+    def do_submit(self) -> None:
+        task_id = f"t{self.next_task}"
+        self.next_task += 1
+        function = self.rng.choice(FUNCTIONS)
+        offered = self.sched.pool.offers(function)
+        self.apply(b"client", p.Execute(task_id, function, b"[]", self.rng.randint(0, 9)))
+        if offered:
+            self.accepted.add(task_id)
+
+    def do_resend(self) -> None:
+        if self.sched.tasks:
+            record = self.rng.choice(list(self.sched.tasks.values()))
+            self.apply(b"client-2", p.Execute(record.task_id, record.function, b"[]", 5))
+
+    def do_result(self) -> None:
+        busy = [n for n, tasks in self.running.items() if tasks]
+        if busy:
+            node = self.rng.choice(busy)
+            task_id = self.rng.choice(sorted(self.running[node]))
+            self.running[node].discard(task_id)
+            self.apply(node, p.Result(task_id, self.rng.choice((0, 1)), b"null"))
+
+    def do_heartbeat(self) -> None:
+        for node in self.live_nodes():
+            if self.rng.random() < 0.8:
+                self.apply(node, p.Heartbeat())
+
+    def do_deregister(self) -> None:
+        if self.live_nodes():
+            self.apply(self.rng.choice(self.live_nodes()), p.Deregister())
+
+    def do_tick(self) -> None:
+        self.absorb(self.sched.tick(self.now))
+
+    def do_die(self) -> None:
+        if self.live_nodes():
+            self.running.pop(self.rng.choice(self.live_nodes()))  # silent from now on
+
+    def finish(self) -> None:
+        """Bring up a node for everything, let time pass, and answer every RUN."""
+        self.running[b"closer"] = set()
+        self.apply(b"closer", p.Register("closer", "h", 1, FUNCTIONS, 3))
+        for _ in range(10_000):
+            if not self.sched.tasks:
+                return
+            self.now += 0.5
+            for node in self.live_nodes():
+                for task_id in sorted(self.running[node]):
+                    self.running[node].discard(task_id)
+                    self.apply(node, p.Result(task_id, 0, b"null"))
+                self.apply(node, p.Heartbeat())
+            self.absorb(self.sched.tick(self.now))
+            self.sched.check_invariants()
+        raise AssertionError(f"tasks never finished: {sorted(self.sched.tasks)}")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("seed", range(25))
+def test_random_sequences_keep_invariants_and_answer_every_task_once(
+    seed: int, strategy: str
+) -> None:
+    sim = Simulation(seed, strategy)
+    for _ in range(300):
+        sim.step()
+    sim.finish()
+    assert {task_id for _, task_id in sim.answers} == sim.accepted, "a task went unanswered"
+    twice = {key: n for key, n in sim.answers.items() if n > 1}
+    assert not twice, f"requesters answered more than once: {twice}"
