@@ -120,7 +120,13 @@ class BrokerServer:
             message = self._decode(frames)
         except p.ProtocolError as exc:
             log.warning("refused message from %s: %s", identity.hex(), exc.message)
-            return self.scheduler.refuse(identity, exc)
+            sends = self.scheduler.refuse(identity, exc)
+            if exc.code == p.ERR_TOO_LARGE and exc.task_id and frames[3] == p.RESULT:
+                # The node's work is lost, but its requesters still get their one reply.
+                error = p.ErrorInfo("BadResult", exc.message)
+                failed = p.Result(exc.task_id, p.EXIT_BAD_RESULT, b"null", error)
+                sends += self.scheduler.handle(identity, failed, time.monotonic())
+            return sends
         try:
             return self.scheduler.handle(identity, message, time.monotonic())
         except Exception:
@@ -133,7 +139,7 @@ class BrokerServer:
     def _decode(self, frames: list[bytes]) -> p.Message:
         if len(frames) < 3 or frames[1] != b"":
             raise p.ProtocolError(p.ERR_MALFORMED, "expected an empty delimiter frame first")
-        size = sum(map(len, frames))
+        size = sum(map(len, frames)) - len(frames[0])  # from the tag on
         if size > self.config.max_message_size:
             raise _too_large(frames, size, self.config.max_message_size)
         return p.decode(frames[2:])

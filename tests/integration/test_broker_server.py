@@ -240,3 +240,22 @@ def test_stop_sends_disconnect_to_nodes(peers: list[Peer]) -> None:
     node.register("n1")
     b.stop()
     assert node.recv() == p.Disconnect("broker shutting down")
+
+
+def test_oversized_result_fails_the_task_with_bad_result(peers: list[Peer]) -> None:
+    small = Broker(max_message_size=4096)
+    try:
+        node = Peer(small.endpoint)
+        client = Peer(small.endpoint)
+        peers.extend([node, client])
+        node.register("n1")
+        client.send(p.Execute("t1", "f", b"[]"))
+        assert isinstance(node.recv(), p.Run)
+        node.send(p.Result("t1", 0, b'"' + b"x" * 5000 + b'"'))
+        refused = node.recv()
+        assert isinstance(refused, p.Error) and refused.code == p.ERR_TOO_LARGE
+        done = client.recv()
+        assert isinstance(done, p.TaskCompleted) and done.exit_code == p.EXIT_BAD_RESULT
+        assert done.error is not None and "4096" in done.error.message
+    finally:
+        small.stop()

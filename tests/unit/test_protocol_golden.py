@@ -1,0 +1,262 @@
+"""Golden frames: the exact bytes of every ZTB/1 message, and protocol.md's examples checked
+against the codec so that the document and `broker/protocol.py` cannot drift apart."""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from broker import protocol as p
+
+PROTOCOL_MD = Path(__file__).resolve().parents[2] / "protocol.md"
+
+T = b"ZTB1"  # the tag frame, hard-coded on purpose: a change of version must show here
+
+GOLDEN: list[tuple[p.Message, list[bytes]]] = [
+    (p.Register("node-a", "worker1", 4242, ("add", "multiply"), 4),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,'
+                      b'"functions":["add","multiply"],"capacity":4}']),
+    (p.Registered("node-1", 1.0, 3),
+     [T, b"REGISTERED", b'{"node_id":"node-1","heartbeat_interval_ms":1000,"liveness":3}']),
+    (p.Registered("node-2", 0.25, 5),
+     [T, b"REGISTERED", b'{"node_id":"node-2","heartbeat_interval_ms":250,"liveness":5}']),
+    (p.Deregister(), [T, b"DEREGISTER"]),
+    (p.Heartbeat(), [T, b"HEARTBEAT"]),
+    (p.Disconnect("broker shutting down"),
+     [T, b"DISCONNECT", b'{"reason":"broker shutting down"}']),
+    (p.Execute("1234", "multiply", b"[5,10]", 5),
+     [T, b"EXECUTE", b'{"task_id":"1234","function":"multiply","priority":5}', b"[5,10]"]),
+    (p.Execute("t-\u00e9", "sum", b"[1180591620717411303424]", 9),
+     [T, b"EXECUTE", b'{"task_id":"t-\xc3\xa9","function":"sum","priority":9}',
+      b"[1180591620717411303424]"]),
+    (p.Run("1234", "multiply", b"[5,10]", 2),
+     [T, b"RUN", b'{"task_id":"1234","function":"multiply","attempt":2}', b"[5,10]"]),
+    (p.Result("1234", 0, b"50"),
+     [T, b"RESULT", b'{"task_id":"1234","exit_code":0,"error":null}', b"50"]),
+    (p.Result("1234", 1, b"null", p.ErrorInfo("ZeroDivisionError", "division by zero")),
+     [T, b"RESULT", b'{"task_id":"1234","exit_code":1,'
+                    b'"error":{"type":"ZeroDivisionError","message":"division by zero"}}',
+      b"null"]),
+    (p.TaskCompleted("1234", 0, b"50", None, 1),
+     [T, b"TASK_COMPLETED", b'{"task_id":"1234","exit_code":0,"error":null,"attempts":1}',
+      b"50"]),
+    (p.TaskCompleted("x", 127, b"null", p.ErrorInfo("UnknownFunction", "no node"), 0),
+     [T, b"TASK_COMPLETED", b'{"task_id":"x","exit_code":127,'
+                            b'"error":{"type":"UnknownFunction","message":"no node"},'
+                            b'"attempts":0}', b"null"]),
+    (p.Status(), [T, b"STATUS"]),
+    (p.StatusReply({"nodes": [], "queued": 3, "running": 0, "counters": {"received": 7}}),
+     [T, b"STATUS_REPLY", b'{"nodes":[],"queued":3,"running":0,"counters":{"received":7}}']),
+    (p.Error("malformed", "bad header", "1234"),
+     [T, b"ERROR", b'{"code":"malformed","message":"bad header","task_id":"1234"}']),
+    (p.Error("too_large", "too big"),
+     [T, b"ERROR", b'{"code":"too_large","message":"too big","task_id":null}']),
+]  # fmt: skip
+
+
+def test_golden_covers_every_message_type() -> None:
+    assert {type(msg) for msg, _ in GOLDEN} == set(typing.get_args(p.Message))
+
+
+@pytest.mark.parametrize(("msg", "frames"), GOLDEN, ids=lambda v: type(v).__name__)
+def test_encode_gives_golden_frames(msg: p.Message, frames: list[bytes]) -> None:
+    assert p.encode(msg) == frames
+
+
+@pytest.mark.parametrize(("msg", "frames"), GOLDEN, ids=lambda v: type(v).__name__)
+def test_decode_of_golden_frames(msg: p.Message, frames: list[bytes]) -> None:
+    assert p.decode(frames) == msg
+
+
+# ------------------------------------------------------------------------------ protocol.md
+
+_FRAMES_BLOCK = re.compile(r"^```frames\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def _doc_examples() -> list[list[bytes]]:
+    blocks = _FRAMES_BLOCK.findall(PROTOCOL_MD.read_text(encoding="utf-8"))
+    examples = []
+    for block in blocks:
+        frames = [ast.literal_eval(line) for line in block.splitlines() if line.strip()]
+        assert all(type(frame) is bytes for frame in frames), block
+        examples.append(frames)
+    return examples
+
+
+DOC_EXAMPLES = _doc_examples()
+
+
+def test_protocol_md_has_an_example_of_every_command() -> None:
+    commands = {frames[1] for frames in DOC_EXAMPLES}
+    assert commands == set(p._DECODERS)
+
+
+def test_protocol_md_has_a_section_per_command() -> None:
+    text = PROTOCOL_MD.read_text(encoding="utf-8")
+    for command in p._DECODERS:
+        assert re.search(rf"^### 3\.\d+ {command.decode()} \(", text, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("frames", DOC_EXAMPLES, ids=lambda f: f[1].decode())
+def test_protocol_md_example_is_what_the_codec_writes(frames: list[bytes]) -> None:
+    assert p.encode(p.decode(frames)) == frames
+
+
+# ---------------------------------------------------------------------- defaults and refusals
+
+
+def test_absent_optional_fields_take_documented_defaults() -> None:
+    register = p.decode([p.TAG, p.REGISTER, b'{"name":"n","functions":["f","f"],"capacity":1}'])
+    assert register == p.Register("n", "", 0, ("f",), 1)  # duplicate functions dropped
+    long_host = b'{"name":"n","host":"' + b"h" * 300 + b'","functions":["f"],"capacity":1}'
+    assert p.decode([p.TAG, p.REGISTER, long_host]) == p.Register("n", "h" * 256, 0, ("f",), 1)
+    execute = p.decode([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f"}', b"[]"])
+    assert execute == p.Execute("t", "f", b"[]", p.PRIORITY_DEFAULT)
+    run = p.decode([p.TAG, p.RUN, b'{"task_id":"t","function":"f"}', b"[]"])
+    assert run == p.Run("t", "f", b"[]", 1)
+    result = p.decode([p.TAG, p.RESULT, b'{"task_id":"t","exit_code":0}', b"1"])
+    assert result == p.Result("t", 0, b"1", None)
+    done = p.decode([p.TAG, p.TASK_COMPLETED, b'{"task_id":"t","exit_code":0}', b"1"])
+    assert done == p.TaskCompleted("t", 0, b"1", None, 1)
+    assert p.decode([p.TAG, p.DISCONNECT, b"{}"]) == p.Disconnect("")
+    assert p.decode([p.TAG, p.ERROR, b'{"code":"c","message":"m","task_id":5}']).task_id is None
+
+
+def test_unknown_fields_whitespace_and_trailing_frames_are_ignored() -> None:
+    header = b'{ "extra": [1], "function": "f", "task_id": "t", "priority": 9 }'
+    frames = [p.TAG, p.EXECUTE, header, b"[1]", b"trailing"]
+    assert p.decode(frames) == p.Execute("t", "f", b"[1]", 9)
+    assert p.decode([p.TAG, p.HEARTBEAT, b"anything"]) == p.Heartbeat()
+
+
+BAD = p.ERR_MALFORMED
+
+REFUSALS: list[tuple[list[bytes], str, str | None]] = [
+    ([], BAD, None),
+    ([p.TAG], BAD, None),
+    ([b"ZMTP", p.STATUS], BAD, None),
+    ([b"ZTB", p.STATUS], BAD, None),
+    ([b"ZTB2", p.STATUS], p.ERR_UNSUPPORTED_VERSION, None),
+    ([p.TAG, b"execute"], p.ERR_UNKNOWN_COMMAND, None),
+    ([p.TAG, p.EXECUTE], BAD, None),
+    ([p.TAG, p.EXECUTE, b"[]", b"[]"], BAD, None),
+    ([p.TAG, p.EXECUTE, b"{", b"[]"], BAD, None),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f"}'], BAD, None),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"","function":"f"}', b"[]"], BAD, None),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":null}', b"[]"], BAD, "t"),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f","priority":10}', b"[]"], BAD, "t"),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f","priority":5.0}', b"[]"], BAD, "t"),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f","priority":null}', b"[]"], BAD, "t"),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f","priority":true}', b"[]"], BAD, "t"),
+    ([p.TAG, p.RESULT, b'{"task_id":"t","exit_code":256}', b"1"], BAD, "t"),
+    ([p.TAG, p.RESULT, b'{"task_id":"t","exit_code":1,"error":"x"}', b"1"], BAD, "t"),
+    ([p.TAG, p.REGISTER, b'{"name":"n","functions":[],"capacity":1}'], BAD, None),
+    ([p.TAG, p.REGISTER, b'{"name":"n","functions":["f"],"capacity":0}'], BAD, None),
+    ([p.TAG, p.REGISTERED, b'{"node_id":"n","heartbeat_interval_ms":0,"liveness":3}'], BAD, None),
+    ([p.TAG, p.ERROR, b'{"code":"c"}'], BAD, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("frames", "code", "task_id"), REFUSALS)
+def test_refused_frames_raise_protocol_error(
+    frames: list[bytes], code: str, task_id: str | None
+) -> None:
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode(frames)
+    assert (caught.value.code, caught.value.task_id) == (code, task_id)
+    assert caught.value.message
+
+
+# -------------------------------------------------------------------------------- payloads
+
+SUM_OF_SQUARES_TO_10_7 = 333333383333335000000  # n(n+1)(2n+1)/6 for n = 10**7
+
+PAYLOADS: list[tuple[object, bytes]] = [
+    (2**70, b"1180591620717411303424"),
+    (-(2**70), b"-1180591620717411303424"),
+    (SUM_OF_SQUARES_TO_10_7, b"333333383333335000000"),
+    ([5, 10], b"[5,10]"),
+    ([2**64, -(2**63) - 1, 1.5], b"[18446744073709551616,-9223372036854775809,1.5]"),
+    (0.1, b"0.1"),
+    ([1.5, -2.5e-10, 1e300], b"[1.5,-2.5e-10,1e+300]"),
+    ({"a": [True, False, None]}, b'{"a":[true,false,null]}'),
+    ("h\u00e9llo \u2713 \U0001f680", '"h\u00e9llo \u2713 \U0001f680"'.encode()),
+    (["\u00e9", 2**70], b'["\xc3\xa9",1180591620717411303424]'),
+]
+
+
+@pytest.mark.parametrize(("value", "data"), PAYLOADS)
+def test_dumps_payload_golden(value: object, data: bytes) -> None:
+    assert p.dumps_payload(value) == data
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal and of the same JSON types all the way down (2**70 == float(2**70) in Python)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize(("value", "data"), PAYLOADS)
+def test_loads_payload_golden(value: object, data: bytes) -> None:
+    assert _same(p.loads_payload(data), value)
+
+
+def test_loads_payload_keeps_huge_integers_exact() -> None:
+    assert p.loads_payload(b"333333383333335000000") - SUM_OF_SQUARES_TO_10_7 == 0
+    assert p.loads_payload(b'{"sum":1180591620717411303424}') == {"sum": 2**70}
+    assert type(p.loads_payload(b"[1180591620717411303424]")[0]) is int
+
+
+def test_dumps_payload_sends_non_finite_floats_as_null() -> None:
+    assert p.dumps_payload([math.nan, math.inf, -math.inf]) == b"[null,null,null]"
+
+
+@pytest.mark.parametrize(
+    "data", [b"NaN", b"[Infinity]", b"-Infinity", b"[NaN,1234567890123456789012]", b"", b"\xff"]
+)
+def test_loads_payload_refuses_what_is_not_json(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        p.loads_payload(data)
+
+
+def test_dumps_payload_refuses_values_json_cannot_carry() -> None:
+    with pytest.raises(TypeError):
+        p.dumps_payload({1, 2})
+    with pytest.raises(TypeError):
+        p.dumps_payload([object(), 2**70])
+
+
+# Edge cases of the payload codec's standard-library fallback (integers beyond 64 bits).
+
+
+def test_non_finite_float_is_null_next_to_a_huge_integer() -> None:
+    assert p.dumps_payload([2**70, math.nan]) == b"[1180591620717411303424,null]"
+
+
+def test_dumps_payload_lone_surrogate_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        p.dumps_payload("\ud800")
+
+
+def test_loads_payload_refuses_overflowing_float_on_either_path() -> None:
+    with pytest.raises(ValueError):
+        p.loads_payload(b"[1e400]")  # orjson path
+    with pytest.raises(ValueError):
+        p.loads_payload(b"[1e400,1234567890123456789012]")  # json fallback path
+
+
+def test_dumps_payload_refuses_non_str_keys_on_both_paths() -> None:
+    with pytest.raises(TypeError):
+        p.dumps_payload({1: 2})  # orjson path
+    with pytest.raises(TypeError):
+        p.dumps_payload({1: 2**70})  # standard-library fallback path

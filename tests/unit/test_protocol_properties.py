@@ -1,0 +1,214 @@
+"""Property tests of the codec: decoders raise only ProtocolError on any input, valid
+messages of every type survive a round trip, and payloads keep integers of any size exact."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker import protocol as p
+
+CODEC = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+COMMANDS = sorted(p._DECODERS)
+FIELDS = sorted(
+    {"name", "host", "pid", "functions", "capacity", "node_id", "heartbeat_interval_ms"}
+    | {"liveness", "reason", "task_id", "function", "priority", "attempt", "exit_code"}
+    | {"error", "attempts", "code", "message", "type", "nodes"}
+)
+
+# ----------------------------------------------------------------------------- strategies
+
+names = st.text(min_size=1, max_size=p.MAX_NAME_LENGTH)
+texts = st.text(max_size=40)
+payloads = st.binary(max_size=64)
+error_infos = st.none() | st.builds(p.ErrorInfo, texts, texts)
+exit_codes = st.integers(0, 255)
+int64 = st.integers(-(2**63), 2**63 - 1)
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+
+header_json = st.recursive(
+    st.none() | st.booleans() | int64 | finite_floats | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+payload_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | finite_floats | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+
+MESSAGES: dict[type, st.SearchStrategy[Any]] = {
+    p.Register: st.builds(
+        p.Register,
+        names,
+        st.text(max_size=p.MAX_NAME_LENGTH),
+        st.integers(0, 2**63 - 1),
+        st.lists(names, min_size=1, max_size=5, unique=True).map(tuple),
+        st.integers(1, 1_000_000),
+    ),
+    p.Registered: st.builds(
+        p.Registered,
+        names,
+        st.integers(1, 86_400_000).map(lambda ms: ms / 1000),
+        st.integers(1, 1000),
+    ),
+    p.Deregister: st.just(p.Deregister()),
+    p.Heartbeat: st.just(p.Heartbeat()),
+    p.Disconnect: st.builds(p.Disconnect, texts),
+    p.Execute: st.builds(p.Execute, names, names, payloads, st.integers(0, 9)),
+    p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000)),
+    p.Result: st.builds(p.Result, names, exit_codes, payloads, error_infos),
+    p.TaskCompleted: st.builds(
+        p.TaskCompleted, names, exit_codes, payloads, error_infos, st.integers(0, 1_000_000)
+    ),
+    p.Status: st.just(p.Status()),
+    p.StatusReply: st.builds(p.StatusReply, st.dictionaries(texts, header_json, max_size=5)),
+    p.Error: st.builds(p.Error, texts, texts, st.none() | texts),
+}
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+
+
+# Bodies that are JSON objects carrying the protocol's field names with values of any type:
+# these reach the field validators instead of stopping at the JSON parser.
+field_objects = st.dictionaries(
+    st.sampled_from(FIELDS), header_json | st.integers() | finite_floats, max_size=8
+).map(_json_bytes)
+garbage_bodies = st.binary(max_size=80) | field_objects | header_json.map(_json_bytes)
+
+# --------------------------------------------------------------------------------- decoding
+
+
+def _decode_or_refuse(frames: list[bytes]) -> None:
+    try:
+        msg = p.decode(frames)
+    except p.ProtocolError as exc:
+        assert exc.code in {
+            p.ERR_MALFORMED,
+            p.ERR_UNSUPPORTED_VERSION,
+            p.ERR_UNKNOWN_COMMAND,
+        }
+        assert isinstance(exc.message, str) and exc.message
+    else:
+        assert type(msg) in MESSAGES
+
+
+@CODEC
+@given(st.lists(st.binary(max_size=40), max_size=6))
+def test_decode_random_frames_raises_only_protocol_error(frames: list[bytes]) -> None:
+    _decode_or_refuse(frames)
+
+
+@CODEC
+@given(
+    st.sampled_from([p.TAG, b"ZTB2", b"ZTB", b"ZTB1 "]) | st.binary(max_size=8),
+    st.sampled_from(COMMANDS) | st.binary(max_size=16),
+    st.lists(st.binary(max_size=40), max_size=3),
+)
+def test_decode_near_valid_envelopes_raises_only_protocol_error(
+    tag: bytes, command: bytes, rest: list[bytes]
+) -> None:
+    _decode_or_refuse([tag, command, *rest])
+
+
+@CODEC
+@given(st.sampled_from(COMMANDS), garbage_bodies, st.lists(payloads, max_size=2))
+def test_decode_garbage_bodies_raises_only_protocol_error(
+    command: bytes, body: bytes, rest: list[bytes]
+) -> None:
+    _decode_or_refuse([p.TAG, command, body, *rest])
+
+
+def test_decode_deeply_nested_header_is_malformed() -> None:
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode([p.TAG, p.EXECUTE, b"[" * 100_000, b"[]"])
+    assert caught.value.code == p.ERR_MALFORMED
+
+
+@pytest.mark.parametrize("message_type", list(MESSAGES), ids=lambda t: t.__name__)
+def test_round_trip_of_every_message_type(message_type: type) -> None:
+    @CODEC
+    @given(MESSAGES[message_type])
+    def round_trip(msg: p.Message) -> None:
+        frames = p.encode(msg)
+        assert frames[:2] == [p.TAG, frames[1]] and frames[1] in COMMANDS
+        assert p.decode(frames) == msg
+        assert p.decode([*frames, b"extra"]) == msg
+
+    round_trip()
+
+
+# --------------------------------------------------------------------------------- payloads
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same JSON types all the way down (2**70 == float(2**70) in Python)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@CODEC
+@given(payload_json)
+def test_payload_round_trip_is_exact(value: Any) -> None:
+    data = p.dumps_payload(value)
+    assert _same(p.loads_payload(data), value)
+    # Plain JSON that any arbitrary-precision parser reads back the same.
+    assert _same(json.loads(data), value)
+    if not _has_big_int(value):
+        assert data == orjson.dumps(value)
+
+
+@CODEC
+@given(st.integers(min_value=-(2**300), max_value=2**300))
+def test_payload_integers_of_any_size_are_exact(number: int) -> None:
+    data = p.dumps_payload([number, {"n": number}])
+    assert data == f'[{number},{{"n":{number}}}]'.encode()
+    assert _same(p.loads_payload(data), [number, {"n": number}])
+
+
+def _has_big_int(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_big_int(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_big_int(v) for v in value.values())
+    return type(value) is int and not -(2**63) <= value < 2**64
+
+
+def _mutate(data: bytes, cut: int, insert: bytes) -> bytes:
+    cut = cut % (len(data) + 1)
+    return data[:cut] + insert + data[cut + 1 :]
+
+
+almost_json = st.builds(
+    _mutate,
+    payload_json.map(p.dumps_payload),
+    st.integers(0, 10_000),
+    st.sampled_from([b"", b"]", b"{", b'"', b"\\", b"\xff", b"NaN", b"1234567890123456789012"]),
+)
+
+
+@CODEC
+@given(st.binary(max_size=80) | almost_json)
+def test_loads_payload_raises_only_value_error(data: bytes) -> None:
+    try:
+        p.loads_payload(data)
+    except ValueError as exc:
+        assert str(exc), "a refusal must say what is wrong"
+
+
+def test_loads_payload_deep_nesting_with_long_integer_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        p.loads_payload(b"[" * 100_000 + b"12345678901234567890")
