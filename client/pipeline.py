@@ -1,0 +1,281 @@
+"""The pipelined client: many tasks in flight on one DEALER socket, results in input order.
+
+`Client.map` / `Client.imap` use this; it also holds the helpers both clients share
+(argument encoding, result decoding, socket setup).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import zmq
+
+from broker.protocol import (
+    MAX_NAME_LENGTH,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Error,
+    Execute,
+    ProtocolError,
+    TaskCompleted,
+    decode,
+    dumps_payload,
+    encode,
+    loads_payload,
+)
+from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
+
+_log = logging.getLogger(__name__)
+
+# Plain ints: send_multipart/recv_multipart spend most of their time on enum flags.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+_SUPPORTED = "None, bool, int, float, str, and lists/tuples/dicts (with str keys) of those"
+
+
+def encode_arguments(args: Sequence[Any]) -> bytes:
+    """The arguments frame for `args`; TypeError naming the argument JSON cannot carry."""
+    try:
+        return dumps_payload(list(args))
+    except TypeError:
+        pass
+    for position, arg in enumerate(args, 1):
+        try:
+            dumps_payload(arg)
+        except TypeError as exc:
+            raise TypeError(
+                f"argument {position} ({type(arg).__name__}) cannot be sent to a node: {exc}; "
+                f"task arguments must be JSON values: {_SUPPORTED}"
+            ) from None
+    raise TypeError(f"task arguments must be JSON values: {_SUPPORTED}")
+
+
+def result_of(function: str, completed: TaskCompleted) -> Any:
+    """The decoded result of a completed task; TaskFailed if its exit code is not 0."""
+    if completed.exit_code != 0:
+        raise TaskFailed.from_completed(function, completed)
+    try:
+        return loads_payload(completed.payload)
+    except ValueError as exc:
+        raise ClientError(
+            f"the result of {function} (task {completed.task_id}) is not valid JSON: {exc}"
+        ) from None
+
+
+def check_name(what: str, value: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
+        raise ValueError(f"{what} must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def check_priority(priority: int) -> int:
+    if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise ValueError(
+            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
+            f"({PRIORITY_MAX} runs first), got {priority!r}"
+        )
+    return priority
+
+
+def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
+    """A socket of `kind` connected to the broker, with linger 0 so closing never hangs."""
+    sock: zmq.Socket[Any] = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(url)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ClientError(
+            f"cannot connect to the broker at {url!r}: {exc}; "
+            "give an endpoint like tcp://127.0.0.1:5000"
+        ) from None
+    return sock
+
+
+def poll_ms(seconds: float) -> int:
+    """Milliseconds for zmq poll; at least 1 so a nearly-due deadline does not spin."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+class Pipeline:
+    """One map over a DEALER socket: up to `window` tasks in flight, results in input order.
+
+    Resend rule: when no reply at all arrives for `resend_interval`, every outstanding
+    task is sent again with its own task id (the broker answers a pending task instead of
+    running it again, and answers nobody twice for one EXECUTE). `timeout` counts from the
+    last reply of any kind; None waits forever.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        url: str,
+        function: str,
+        arguments: Iterable[Sequence[Any]],
+        *,
+        window: int,
+        priority: int,
+        timeout: float | None,
+        resend_interval: float,
+        return_exceptions: bool,
+    ) -> None:
+        if type(window) is not int or window < 1:
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        self._context = context
+        self._url = url
+        self._function = check_name("function", function)
+        self._priority = check_priority(priority)
+        self._inputs = enumerate(arguments)
+        self._window = window
+        self._timeout = timeout
+        self._resend_interval = resend_interval
+        self._return_exceptions = return_exceptions
+        self._prefix = uuid.uuid4().hex
+        self._exhausted = False
+        # task_id -> (input position, frames as sent), kept for resends.
+        self._outstanding: dict[str, tuple[int, list[bytes]]] = {}
+        self._done: dict[int, Any] = {}
+        self._last_reply = self._quiet_since = time.monotonic()
+
+    def run(self) -> Iterator[Any]:
+        """Yield each task's result (or failure) in input order."""
+        sock = open_socket(self._context, zmq.DEALER, self._url)
+        # Replies are bounded by what was sent, so never let the socket drop one.
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, max(1000, 2 * self._window))
+        try:
+            yield from self._loop(sock)
+        finally:
+            sock.close()
+
+    def _loop(self, sock: zmq.Socket[Any]) -> Iterator[Any]:
+        head = 0
+        self._last_reply = self._quiet_since = time.monotonic()
+        while True:
+            self._fill(sock)
+            if head in self._done:
+                while head in self._done:
+                    value = self._done.pop(head)
+                    head += 1
+                    if isinstance(value, ClientError) and not self._return_exceptions:
+                        raise value
+                    yield value
+                # The time the caller spent on the results is no silence of the broker's.
+                self._last_reply = self._quiet_since = time.monotonic()
+            if self._exhausted and not self._outstanding:
+                return
+            self._wait(sock)
+
+    def _fill(self, sock: zmq.Socket[Any]) -> None:
+        """Send new tasks in one burst until `window` are in flight or the input ends."""
+        if self._exhausted:
+            return
+        outstanding, function, priority = self._outstanding, self._function, self._priority
+        for _ in range(self._window - len(outstanding)):
+            item = next(self._inputs, None)
+            if item is None:
+                self._exhausted = True
+                return
+            index, args = item
+            if not isinstance(args, (tuple, list)):
+                raise TypeError(
+                    f"map() takes an iterable of argument tuples, e.g. [(1, 2), (3, 4)]; "
+                    f"item {index} is a {type(args).__name__}"
+                )
+            task_id = f"{self._prefix}.{index}"
+            execute = Execute(task_id, function, encode_arguments(args), priority)
+            frames = [b"", *encode(execute)]
+            outstanding[task_id] = (index, frames)
+            if not self._send(sock, frames):
+                return  # queue full: the task goes out with the next resend
+
+    @staticmethod
+    def _send(sock: zmq.Socket[Any], frames: list[bytes]) -> bool:
+        """send_multipart without blocking, at a third of its cost; False if the queue is full."""
+        send = sock.send
+        try:
+            send(frames[0], _MORE)
+        except zmq.Again:
+            return False
+        # Once the first part is queued, ZeroMQ accepts the rest of the message.
+        for frame in frames[1:-1]:
+            send(frame, _MORE)
+        send(frames[-1], _NOBLOCK)
+        return True
+
+    def _wait(self, sock: zmq.Socket[Any]) -> None:
+        """Take every reply that arrives, or resend / give up when nothing does."""
+        wake = self._quiet_since + self._resend_interval
+        deadline = None if self._timeout is None else self._last_reply + self._timeout
+        if deadline is not None:
+            wake = min(wake, deadline)
+        if sock.poll(poll_ms(wake - time.monotonic())):
+            self._drain(sock)
+            return
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            assert self._timeout is not None
+            raise BrokerTimeout(self._url, self._timeout)
+        if now >= self._quiet_since + self._resend_interval:
+            self._resend(sock)
+            self._quiet_since = now
+
+    def _resend(self, sock: zmq.Socket[Any]) -> None:
+        for _index, frames in self._outstanding.values():
+            if not self._send(sock, frames):
+                break  # the queue is full of earlier copies already
+
+    def _drain(self, sock: zmq.Socket[Any]) -> None:
+        recv = sock.recv
+        handle = self._handle
+        while True:
+            # recv_multipart without blocking, at half its cost.
+            try:
+                frame = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            frames = [frame.bytes]
+            while frame.more:
+                frame = recv(_NOBLOCK, copy=False)
+                frames.append(frame.bytes)
+            handle(frames)
+        self._last_reply = self._quiet_since = time.monotonic()
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 3 or frames[0] != b"":
+            _log.warning("ignoring a reply without the empty delimiter frame from %s", self._url)
+            return
+        try:
+            message = decode(frames[1:])
+        except ProtocolError as exc:
+            _log.warning("ignoring a malformed reply from the broker at %s: %s", self._url, exc)
+            return
+        if type(message) is TaskCompleted:
+            entry = self._outstanding.pop(message.task_id, None)
+            if entry is not None:  # None: a second answer, to a resend
+                self._done[entry[0]] = self._outcome(message)
+        elif isinstance(message, Error):
+            self._refused(message)
+        else:
+            _log.warning("ignoring an unexpected %s from the broker", type(message).__name__)
+
+    def _outcome(self, completed: TaskCompleted) -> Any:
+        try:
+            return result_of(self._function, completed)
+        except ClientError as exc:
+            return exc
+
+    def _refused(self, error: Error) -> None:
+        entry = None if error.task_id is None else self._outstanding.pop(error.task_id, None)
+        if entry is None:
+            _log.warning(
+                "the broker at %s reported an error: %s [%s]", self._url, error.message, error.code
+            )
+            return
+        self._done[entry[0]] = BrokerError(error.code, error.message, error.task_id)

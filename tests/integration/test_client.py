@@ -1,0 +1,327 @@
+"""The REQ client, the pipelined client and `zsubmit`, against a scripted fake broker."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from broker.protocol import Error, Execute
+from client import BrokerError, BrokerTimeout, Client, TaskFailed
+from tests.integration.fake_broker import (
+    STATUS_BODY,
+    FakeBroker,
+    Handler,
+    Reply,
+    Request,
+    completed,
+    drop_first,
+    ignore_all,
+    refuse_all,
+    serve_functions,
+    unused_endpoint,
+)
+from tests.support import BIN
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "multiply": lambda a, b: a * b,
+    "divide": lambda a, b: a / b,
+    "power": lambda a, b: a**b,
+    "echo": lambda *args: list(args),
+}
+StartBroker = Callable[[Handler], FakeBroker]
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[StartBroker]:
+    started: list[FakeBroker] = []
+
+    def start(handler: Handler) -> FakeBroker:
+        broker = FakeBroker(handler).start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.close()
+
+
+@pytest.fixture
+def functions_broker(fake_broker: StartBroker) -> FakeBroker:
+    return fake_broker(serve_functions(FUNCTIONS))
+
+
+def _arguments(request: Request) -> Any:
+    assert isinstance(request.message, Execute)
+    return orjson.loads(request.message.payload)
+
+
+# ------------------------------------------------------------------------------ execute
+
+
+def test_execute_returns_the_result(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client:
+        assert client.execute("multiply", 5, 10) == 50
+        assert client.execute("echo", "a", [1, 2], {"k": None}) == ["a", [1, 2], {"k": None}]
+    (_, execute), _ = functions_broker.executes()
+    assert execute.function == "multiply" and execute.priority == 5
+    assert orjson.loads(execute.payload) == [5, 10]
+
+
+def test_big_integers_stay_exact(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client:
+        assert client.execute("power", 3, 100) == 3**100
+        assert client.execute("multiply", 2**70, 3) == 3 * 2**70
+
+
+def test_failed_task_raises_task_failed(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client, pytest.raises(TaskFailed) as info:
+        client.execute("divide", 1, 0, task_id="t-1")
+    failure = info.value
+    assert (failure.task_id, failure.exit_code, failure.attempts) == ("t-1", 1, 1)
+    assert (failure.error_type, failure.message) == ("ZeroDivisionError", "division by zero")
+    assert str(failure) == "divide failed (exit 1, ZeroDivisionError): division by zero"
+
+
+def test_submit_returns_failures_without_raising(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client:
+        outcome = client.submit("nosuch", [1])
+    assert outcome.exit_code == 127
+    assert outcome.error is not None and outcome.error.type == "UnknownFunction"
+
+
+def test_error_reply_raises_broker_error(fake_broker: StartBroker) -> None:
+    broker = fake_broker(refuse_all)
+    with Client(broker.url) as client, pytest.raises(BrokerError) as info:
+        client.execute("multiply", 1, 2, task_id="t-2")
+    assert (info.value.code, info.value.message, info.value.task_id) == (
+        "too_large",
+        "message too large",
+        "t-2",
+    )
+
+
+def test_unsupported_argument_is_a_type_error(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client, pytest.raises(TypeError, match="argument 2"):
+        client.execute("echo", 1, {1, 2})
+    assert functions_broker.executes() == []
+
+
+def test_lost_request_is_resent_on_a_fresh_socket(fake_broker: StartBroker) -> None:
+    broker = fake_broker(drop_first(1, serve_functions(FUNCTIONS)))
+    with Client(broker.url, resend_interval=0.2, timeout=10) as client:
+        assert client.execute("multiply", 6, 7) == 42
+    (first_identity, first), (second_identity, second) = broker.executes()
+    assert first.task_id == second.task_id
+    assert first_identity != second_identity
+
+
+def test_stale_reply_is_ignored(fake_broker: StartBroker) -> None:
+    answered: list[Request] = []
+
+    def stale_then_right(request: Request) -> list[Reply]:
+        answered.append(request)
+        if len(answered) == 1:
+            return [completed(request, "stale", task_id="someone-else")]
+        return [completed(request, "right")]
+
+    broker = fake_broker(stale_then_right)
+    with Client(broker.url, resend_interval=5, timeout=10) as client:
+        assert client.execute("anything") == "right"
+    first, second = (execute for _, execute in broker.executes())
+    assert first.task_id == second.task_id
+
+
+def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
+    broker = fake_broker(ignore_all)
+    started = time.monotonic()
+    with Client(broker.url, timeout=0.5, resend_interval=0.2) as client:
+        with pytest.raises(BrokerTimeout) as info:
+            client.execute("multiply", 1, 2)
+        elapsed = time.monotonic() - started
+        assert isinstance(info.value, TimeoutError)
+        assert broker.url in str(info.value) and "zbroker start" in str(info.value)
+        assert 0.5 <= elapsed < 5
+        # Every resend repeated the one task id.
+        assert len({execute.task_id for _, execute in broker.executes()}) == 1
+
+
+def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
+    with Client(functions_broker.url) as client:
+        assert client.status() == STATUS_BODY
+
+
+# ------------------------------------------------------------------------------ map
+
+
+def test_map_returns_results_in_input_order(fake_broker: StartBroker) -> None:
+    held: list[Request] = []
+
+    def reverse_order(request: Request) -> list[Reply]:
+        held.append(request)
+        if len(held) < 6:
+            return []
+        return [completed(r, _arguments(r)[0] * 2) for r in reversed(held)]
+
+    broker = fake_broker(reverse_order)
+    with Client(broker.url, timeout=10) as client:
+        assert client.map("double", [(i,) for i in range(6)]) == [0, 2, 4, 6, 8, 10]
+
+
+def test_map_keeps_at_most_window_tasks_in_flight(fake_broker: StartBroker) -> None:
+    held: list[Request] = []
+    received = 0
+    total = 10
+
+    def batches(request: Request) -> list[Reply]:
+        # Answer only full batches of 4 (and the last 2), so a client that sent a
+        # fifth task before any answer would show up in max_in_flight.
+        nonlocal received
+        received += 1
+        held.append(request)
+        if len(held) < 4 and received < total:
+            return []
+        replies = [completed(r, "ok") for r in held]
+        held.clear()
+        return replies
+
+    broker = fake_broker(batches)
+    with Client(broker.url, timeout=10, resend_interval=30) as client:
+        assert client.map("f", [()] * total, window=4) == ["ok"] * total
+    assert broker.max_in_flight == 4
+
+
+def test_map_resends_outstanding_tasks(fake_broker: StartBroker) -> None:
+    broker = fake_broker(drop_first(5, serve_functions(FUNCTIONS)))
+    with Client(broker.url, timeout=10, resend_interval=0.2) as client:
+        assert client.map("multiply", [(i, 10) for i in range(5)]) == [0, 10, 20, 30, 40]
+    task_ids = [execute.task_id for _, execute in broker.executes()]
+    assert len(task_ids) == 10
+    assert all(task_ids.count(task_id) == 2 for task_id in task_ids)
+
+
+def test_map_raises_at_the_failing_position(functions_broker: FakeBroker) -> None:
+    arguments = [(1, 1), (1, 0), (4, 2)]
+    with Client(functions_broker.url) as client:
+        results = client.imap("divide", arguments)
+        assert next(results) == 1.0
+        with pytest.raises(TaskFailed, match="ZeroDivisionError"):
+            next(results)
+        mixed = client.map("divide", arguments, return_exceptions=True)
+    assert mixed[0] == 1.0 and mixed[2] == 2.0
+    assert isinstance(mixed[1], TaskFailed) and mixed[1].exit_code == 1
+
+
+def test_map_error_reply_fails_that_task(fake_broker: StartBroker) -> None:
+    def refuse_second(request: Request) -> list[Reply]:
+        assert isinstance(request.message, Execute)
+        if _arguments(request) == [2]:
+            return [(request.identity, Error("malformed", "bad", request.message.task_id))]
+        return [completed(request, "ok")]
+
+    broker = fake_broker(refuse_second)
+    with Client(broker.url, timeout=10) as client:
+        results = client.map("f", [(1,), (2,), (3,)], return_exceptions=True)
+        with pytest.raises(BrokerError, match="bad"):
+            client.map("f", [(1,), (2,), (3,)])
+    assert results[0] == results[2] == "ok"
+    assert isinstance(results[1], BrokerError) and results[1].code == "malformed"
+
+
+def test_map_without_answers_raises_broker_timeout(fake_broker: StartBroker) -> None:
+    broker = fake_broker(ignore_all)
+    started = time.monotonic()
+    client = Client(broker.url, timeout=0.5, resend_interval=0.2)
+    with client, pytest.raises(BrokerTimeout):
+        client.map("f", [(1,), (2,)])
+    assert 0.5 <= time.monotonic() - started < 5
+    assert len(broker.executes()) >= 4  # the first two, then at least one resend
+
+
+# ------------------------------------------------------------------------------ zsubmit
+
+
+def zsubmit(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "zsubmit"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_zsubmit_prints_the_result(functions_broker: FakeBroker) -> None:
+    done = zsubmit("--broker", functions_broker.url, "multiply", "5", "10")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "50\n", "")
+    done = zsubmit("--broker", functions_broker.url, "power", "2", "100")
+    assert done.stdout == f"{2**100}\n"
+
+
+def test_zsubmit_json_prints_the_whole_answer(functions_broker: FakeBroker) -> None:
+    done = zsubmit(
+        "--broker", functions_broker.url, "--json", "--priority", "9", "multiply", "5", "10"
+    )
+    assert done.returncode == 0, done.stderr
+    body = orjson.loads(done.stdout)
+    assert body.keys() == {"task_id", "exit_code", "result", "error", "attempts"}
+    assert (body["exit_code"], body["result"], body["error"], body["attempts"]) == (0, 50, None, 1)
+    [(_, execute)] = functions_broker.executes()
+    assert execute.task_id == body["task_id"] and execute.priority == 9
+
+
+def test_zsubmit_failed_task_exits_1(functions_broker: FakeBroker) -> None:
+    done = zsubmit("--broker", functions_broker.url, "divide", "1", "0")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == "error: divide failed (exit 1, ZeroDivisionError): division by zero\n"
+    done = zsubmit("--broker", functions_broker.url, "--json", "divide", "1", "0")
+    assert done.returncode == 1
+    body = orjson.loads(done.stdout)
+    assert body["exit_code"] == 1
+    assert body["error"] == {"type": "ZeroDivisionError", "message": "division by zero"}
+
+
+def test_zsubmit_broker_error_exits_1(fake_broker: StartBroker) -> None:
+    broker = fake_broker(refuse_all)
+    done = zsubmit("--broker", broker.url, "multiply", "1", "2")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: the broker refused the request")
+    assert "message too large [too_large]" in done.stderr
+
+
+def test_zsubmit_without_broker_exits_3() -> None:
+    url = unused_endpoint()
+    done = zsubmit("--broker", url, "--timeout", "0.5", "multiply", "1", "2")
+    assert done.returncode == 3
+    assert done.stderr == (
+        f"error: no answer from the broker at {url} within 0.5 s; "
+        "is `zbroker start` running? (use --broker to point elsewhere)\n"
+    )
+
+
+def test_zsubmit_reads_json_else_strings(functions_broker: FakeBroker) -> None:
+    url = functions_broker.url
+    done = zsubmit("--broker", url, "echo", "-3", "hello", "-2.5", '"42"', "[1, 2]", "null")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == [-3, "hello", -2.5, "42", [1, 2], None]
+    done = zsubmit("echo", "1", "--broker", url, "--", "-x", "--json")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == [1, "-x", "--json"]
+
+
+def test_zsubmit_refuses_unknown_options(functions_broker: FakeBroker) -> None:
+    url = functions_broker.url
+    done = zsubmit("--broker", url, "multiply", "5", "--timout", "10")
+    assert done.returncode == 2
+    assert "no such option: --timout" in done.stderr
+    for argv in (["echo", "-hello"], ["-x", "echo"]):
+        done = zsubmit("--broker", url, *argv)
+        assert done.returncode == 2
+        assert "no such option: -" in done.stderr and "after --" in done.stderr
+    assert functions_broker.executes() == []
