@@ -22,7 +22,7 @@ ZMQ_MODULES = (
     "broker/server.py",
     "broker/control.py",
     "node/agent.py",
-    "node/slots.py",
+    "node/executor.py",
     "client/api.py",
     "client/pipeline.py",
 )

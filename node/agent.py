@@ -1,0 +1,394 @@
+"""The node agent: registers with the broker, hands RUN to slot threads and RESULT back.
+
+One thread owns everything socket-side: the DEALER to the broker, the PULL its slot threads
+answer on and a wakeup fd for signals, all in one zmq.Poller, so a signal, a result or a
+silent broker is handled as soon as it happens. Functions run in slot threads of this
+process (node/executor.py); the agent never decodes task payloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import zmq
+
+from broker.protocol import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_LIVENESS,
+    ERR_MALFORMED,
+    Deregister,
+    Disconnect,
+    Error,
+    Heartbeat,
+    ProtocolError,
+    Register,
+    Registered,
+    Run,
+    decode,
+    encode,
+)
+from node import registry
+from node.executor import NOBLOCK, ThreadSlots, readable, recv_frames, send_frames
+from node.registry import NodeSetupError
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
+MAX_BACKOFF = 5.0
+JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
+DRAIN_BATCH = 256  # messages read per socket before the others get a turn
+STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """How to run a node (the options of `znode`)."""
+
+    function_sets: tuple[str, ...]
+    broker_url: str = DEFAULT_BROKER_URL
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes
+    threads: int = 1  # slot threads per process: the capacity each process registers
+    name: str = field(default_factory=default_name)
+    # Used only until the broker's REGISTERED says otherwise.
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    liveness: int = DEFAULT_LIVENESS
+    parent_pid: int | None = None  # a supervised node stops when its supervisor is gone
+
+
+def _ignore_signal(signum: int, frame: FrameType | None) -> None:
+    """The wakeup fd carries the signal to the poller; nothing else to do here."""
+
+
+class NodeAgent:
+    """The node's main loop. `run()` blocks until the node stops and gives its exit code."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self._config = config
+        functions = registry.resolve(config.function_sets)
+        self._functions = tuple(sorted(functions))
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._poller = zmq.Poller()
+        self._pool = ThreadSlots(self._context, functions, config.threads)
+        self._poller.register(self._pool.socket, zmq.POLLIN)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
+        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._socket: zmq.Socket[bytes] | None = None
+        self._registered = False
+        self._interval = config.heartbeat_interval
+        self._liveness = config.liveness
+        self._backoff = MIN_BACKOFF
+        self._connect_at = 0.0
+        self._register_deadline = self._last_sent = self._last_heard = 0.0
+        self._unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
+        self._queued: deque[Run] = deque()  # RUNs that found no free slot
+        self._stopping = False
+        self._exit_code: int | None = None
+        self.malformed = 0  # messages from the broker that could not be decoded
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        """Serve until stopped; 0 after a clean stop, 130 after a second stop request."""
+        restore = self._install_signals()
+        try:
+            self._pool.start()
+            log.info(
+                "node %s: %d slots ready for %d functions (%s); broker %s",
+                self._config.name,
+                self._pool.capacity,
+                len(self._functions),
+                ", ".join(self._config.function_sets),
+                self._config.broker_url,
+            )
+            self._connect()
+            while self._exit_code is None:
+                self._step()
+            return self._exit_code
+        finally:
+            restore()
+            self._close()
+
+    def request_stop(self) -> None:
+        """Stop like SIGTERM does (safe from any thread); a second call stops at once."""
+        with contextlib.suppress(OSError):  # closed: the agent has stopped already
+            self._wake_w.send(b"\0")
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # signals reach only the main thread; use request_stop()
+        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        old = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _close(self) -> None:
+        self._pool.close()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._pool.idle:
+            self._context.term()
+        # else a slot thread is still inside a function and holds its socket: term() would
+        # wait for it forever; the process is about to exit anyway.
+
+    # ------------------------------------------------------------------ the loop
+
+    def _step(self) -> None:
+        for item, _ in self._poller.poll(self._poll_timeout()):
+            if item is self._socket and self._socket is not None:
+                self._drain_broker(self._socket)
+            elif item is self._pool.socket:
+                self._drain_slots()
+            elif item == self._wake_fd:
+                self._on_wakeup()
+        self._tick(time.monotonic())
+
+    def _poll_timeout(self) -> int:
+        if self._socket is None:
+            due = self._connect_at if not self._stopping else math.inf
+        elif not self._registered:
+            due = self._register_deadline
+        else:
+            due = min(
+                self._last_sent + self._interval,
+                self._last_heard + self._interval * self._liveness,
+            )
+        if due == math.inf:
+            return 1000
+        return max(0, math.ceil((due - time.monotonic()) * 1000))
+
+    def _tick(self, now: float) -> None:
+        parent = self._config.parent_pid
+        if parent is not None and os.getppid() != parent:
+            log.error("supervisor %d is gone; stopping at once", parent)
+            self._exit_code = 1
+        elif self._stopping and self._pool.busy == 0 and not self._queued:
+            self._finish()
+        elif self._socket is None:
+            if not self._stopping and now >= self._connect_at:
+                self._connect()
+        elif not self._registered:
+            if now >= self._register_deadline:
+                self._retry(now)
+        elif now - self._last_heard >= self._interval * self._liveness:
+            silent = now - self._last_heard
+            self._reconnect(f"broker at {self._config.broker_url} silent for {silent:.1f} s")
+        elif self._unsent:
+            self._flush_unsent()
+        elif now - self._last_sent >= self._interval:
+            self._send(encode(Heartbeat()))
+
+    def _finish(self) -> None:
+        if self._unsent:
+            log.warning(
+                "stopping with %d result(s) the broker never got; it will run those tasks again",
+                len(self._unsent),
+            )
+        log.info("node %s stopped", self._config.name)
+        self._exit_code = 0
+
+    # ------------------------------------------------------------------ broker link
+
+    def _connect(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            sock.connect(self._config.broker_url)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise NodeSetupError(
+                f"cannot connect to broker URL {self._config.broker_url!r}: {exc}; "
+                "use a URL like tcp://HOST:PORT"
+            ) from None
+        self._poller.register(sock, zmq.POLLIN)
+        self._socket, self._registered = sock, False
+        now = time.monotonic()
+        self._register_deadline = now + self._interval * self._liveness
+        self._last_heard = now
+        register = Register(
+            self._config.name,
+            socket.gethostname(),
+            os.getpid(),
+            self._functions,
+            self._pool.capacity,
+        )
+        self._send(encode(register))
+
+    def _drop_socket(self, delay: float) -> None:
+        if self._socket is not None:
+            self._poller.unregister(self._socket)
+            self._socket.close()
+        self._socket, self._registered = None, False
+        self._connect_at = time.monotonic() + delay
+
+    def _next_delay(self) -> float:
+        delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        return delay
+
+    def _retry(self, now: float) -> None:
+        delay = self._next_delay()
+        log.info(
+            "no answer from broker at %s; is `zbroker start` running? retrying in %.1f s",
+            self._config.broker_url,
+            delay,
+        )
+        self._drop_socket(delay)
+
+    def _reconnect(self, why: str) -> None:
+        delay = self._next_delay()
+        log.warning("%s; registering again in %.1f s", why, delay)
+        self._drop_socket(delay)
+
+    def _send(self, frames: list[bytes]) -> bool:
+        assert self._socket is not None
+        try:
+            send_frames(self._socket, [b"", *frames], NOBLOCK)
+        except zmq.Again:
+            return False
+        self._last_sent = time.monotonic()
+        return True
+
+    # ------------------------------------------------------------------ from the broker
+
+    def _drain_broker(self, sock: zmq.Socket[bytes]) -> None:
+        self._last_heard = time.monotonic()  # any message is a sign of life
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if frames[0]:
+                    raise ProtocolError(ERR_MALFORMED, "missing the empty delimiter frame")
+                msg = decode(frames[1:])
+            except (ProtocolError, IndexError) as exc:
+                self._on_malformed(exc)
+                continue
+            if type(msg) is Run:
+                self._on_run(msg)
+            else:
+                self._on_control(msg)
+            if self._socket is not sock or not readable(sock):
+                return  # done, or the message made us drop this socket
+
+    def _on_malformed(self, exc: Exception) -> None:
+        self.malformed += 1
+        log.warning(
+            "ignoring a malformed message from the broker (%d so far): %s", self.malformed, exc
+        )
+
+    def _on_control(self, msg: object) -> None:
+        if isinstance(msg, Registered):
+            self._on_registered(msg)
+        elif isinstance(msg, Disconnect):
+            reason = msg.reason or "no reason given"
+            self._reconnect(f"broker at {self._config.broker_url} disconnected us ({reason})")
+        elif isinstance(msg, Error):
+            log.warning("broker reported error %s: %s", msg.code, msg.message)
+        elif not isinstance(msg, Heartbeat):
+            self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
+
+    def _on_registered(self, msg: Registered) -> None:
+        self._registered = True
+        self._interval, self._liveness = msg.heartbeat_interval, msg.liveness
+        self._backoff = MIN_BACKOFF
+        log.info(
+            "registered with broker at %s as %s (heartbeat %.3g s, liveness %d)",
+            self._config.broker_url,
+            msg.node_id,
+            msg.heartbeat_interval,
+            msg.liveness,
+        )
+        self._flush_unsent()
+
+    def _on_run(self, msg: Run) -> None:
+        if self._queued or not self._pool.free_count:
+            if not self._queued:  # once per backlog, not per task
+                log.warning(
+                    "no free slot for task %s (a slot is restarting, or the broker sent more "
+                    "than the capacity): holding tasks until slots free up",
+                    msg.task_id,
+                )
+            self._queued.append(msg)
+        else:
+            self._pool.submit(msg.task_id, msg.function, msg.payload)
+
+    # ------------------------------------------------------------------ from the slots
+
+    def _drain_slots(self) -> None:
+        router = self._pool.socket
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = recv_frames(router, NOBLOCK)
+            except zmq.Again:
+                break
+            self._send_result(self._pool.take_result(frames))
+            if not readable(router):
+                break
+        while self._queued and self._pool.free_count:
+            run = self._queued.popleft()
+            self._pool.submit(run.task_id, run.function, run.payload)
+
+    def _send_result(self, frames: list[bytes]) -> None:
+        if not self._registered or self._unsent or not self._send(frames):
+            self._unsent.append(frames)
+
+    def _flush_unsent(self) -> None:
+        while self._unsent and self._send(self._unsent[0]):
+            self._unsent.pop(0)
+
+    # ------------------------------------------------------------------ stopping
+
+    def _on_wakeup(self) -> None:
+        try:
+            data = self._wake_r.recv(64)
+        except BlockingIOError:
+            return
+        for byte in data:
+            if byte in STOP_BYTES:
+                self._on_stop_request()
+
+    def _on_stop_request(self) -> None:
+        if self._stopping:
+            log.warning("second stop request: exiting now without waiting for running tasks")
+            self._exit_code = 130
+            return
+        self._stopping = True
+        log.info("stopping: no new tasks; waiting for %d running task(s)", self._pool.busy)
+        if self._registered:
+            self._send(encode(Deregister()))
+        else:
+            self._drop_socket(0.0)
+
+
+def serve(config: NodeConfig) -> int:
+    """Run a node until it is stopped; its exit code. Raises NodeSetupError if it cannot start."""
+    return NodeAgent(config).run()

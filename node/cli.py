@@ -1,0 +1,135 @@
+"""`znode`: run a worker node that offers function sets to a broker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL
+from node.agent import NodeConfig, default_name, serve
+from node.registry import BUILTIN_SETS, NodeSetupError, resolve
+from node.supervisor import ChildOptions, Supervisor, die_with_parent
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _configure_logging(level: str, log_file: Path | None) -> None:
+    name = level.upper()
+    if name not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}",
+            param_hint="--log-level",
+        )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot open log file: {exc}; pick a writable path", param_hint="--log-file"
+            ) from None
+    logging.basicConfig(level=name, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+@app.command()
+def run(
+    functions: list[str] = typer.Option(
+        ...,
+        "--functions",
+        "-f",
+        metavar="SET",
+        help=(
+            f"Function set to offer: a built-in set ({', '.join(sorted(BUILTIN_SETS))}) or an "
+            "importable module path like mypkg.tasks. Repeat to offer several sets."
+        ),
+    ),
+    broker: str = typer.Option(
+        DEFAULT_BROKER_URL,
+        "--broker",
+        "-b",
+        metavar="URL",
+        help="URL of the broker to register with.",
+    ),
+    concurrency: int = typer.Option(
+        os.cpu_count() or 1,
+        "--concurrency",
+        "-c",
+        metavar="N",
+        min=1,
+        help="Node processes to run, for CPU-bound functions on several cores (default: the "
+        "number of CPUs). Each registers with the broker as NAME.K.",
+    ),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        "-t",
+        metavar="T",
+        min=1,
+        help="Tasks each process runs at once, in threads: raise it for I/O-bound functions "
+        "(capacity = concurrency x threads).",
+    ),
+    name: str = typer.Option(
+        None,
+        "--name",
+        "-n",
+        metavar="NAME",
+        help="Name shown in the broker's status (default: HOST-PID).",
+    ),
+    heartbeat_interval: float = typer.Option(
+        DEFAULT_HEARTBEAT_INTERVAL,
+        "--heartbeat-interval",
+        metavar="SECONDS",
+        min=0.001,
+        help="Seconds between heartbeats until the broker's REGISTERED sets its own value.",
+    ),
+    log_level: str = typer.Option(
+        "INFO", "--log-level", help=f"Log verbosity: one of {', '.join(LOG_LEVELS)}."
+    ),
+    log_file: Path | None = typer.Option(
+        None,
+        "--log-file",
+        metavar="PATH",
+        help="Also append the log to this file (the log always goes to stderr).",
+    ),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True),
+) -> None:
+    """Run a worker node: register with the broker and run the tasks it sends."""
+    _configure_logging(log_level, log_file)
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    config = NodeConfig(
+        function_sets=tuple(functions),
+        broker_url=broker,
+        concurrency=concurrency,
+        threads=threads,
+        name=name or default_name(),
+        heartbeat_interval=heartbeat_interval,
+        parent_pid=parent_pid,
+    )
+    try:
+        if concurrency == 1:
+            code = serve(config)
+        else:
+            resolve(config.function_sets)  # fail here, once, rather than in every child
+            options = ChildOptions(log_level, str(log_file) if log_file else None)
+            code = Supervisor(config, options).run()
+    except NodeSetupError as exc:
+        typer.echo(f"znode: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # how the supervisor starts its children
+    main()

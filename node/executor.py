@@ -1,0 +1,146 @@
+"""ThreadSlots: a node process's slots, as threads that run functions beside the socket thread.
+
+The agent's thread owns the DEALER to the broker and never runs a function, so heartbeats
+keep flowing while a CPU-bound function holds the GIL (the interpreter hands the GIL over at
+least every switch interval, 5 ms by default). Running the function in the process that
+holds the broker connection keeps a task to four socket hops (client, broker, node, broker,
+client); a separate slot process would add two more and double the round trip. CPU
+parallelism comes from running several node processes (`znode --concurrency N`).
+
+Each slot thread owns a PUSH socket to the agent's PULL (inproc), one socket per thread,
+and sends `[task_id, *RESULT frames]`: the agent only forwards the frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from itertools import count
+from typing import Any, cast
+
+import zmq
+
+from broker.protocol import Result, encode
+from node import runner
+from node.registry import Function
+
+log = logging.getLogger(__name__)
+
+NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_endpoints = count()
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = 0) -> None:
+    """`send_multipart` without pyzmq's per-call checks, for the per-task hot path."""
+    last = len(frames) - 1
+    more = flags | _SNDMORE
+    send = sock.send
+    for i in range(last):
+        send(frames[i], more)
+    send(frames[last], flags)
+
+
+def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[bytes]:
+    """`recv_multipart` without pyzmq's per-call checks, for the per-task hot path."""
+    recv = sock.recv
+    frames = [recv(flags)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(recv(flags))
+    return frames
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message is waiting (cheaper than a non-blocking recv that fails)."""
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
+
+
+_STOP = ("", "", b"")
+
+
+class ThreadSlots:
+    """`threads` slot threads fed from one queue; results come back on `socket`."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        functions: Mapping[str, Function],
+        threads: int,
+    ) -> None:
+        self._context = context
+        self._functions = dict(functions)
+        self._endpoint = f"inproc://node-slots-{next(_endpoints)}"
+        self._results: zmq.Socket[bytes] = context.socket(zmq.PULL)
+        self._results.setsockopt(zmq.LINGER, 0)
+        self._results.bind(self._endpoint)
+        self._jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        self.running: set[str] = set()  # task ids handed to a slot and not yet answered
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        return self._results
+
+    @property
+    def capacity(self) -> int:
+        return len(self._threads)
+
+    @property
+    def free_count(self) -> int:
+        return len(self._threads) - len(self.running)
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
+
+    @property
+    def idle(self) -> bool:
+        """Whether every slot thread has stopped (after close)."""
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task_id: str, function: str, payload: bytes) -> None:
+        self.running.add(task_id)
+        self._jobs.put((task_id, function, payload))
+
+    def take_result(self, frames: list[bytes]) -> list[bytes]:
+        """RESULT frames from a slot's message; frees that slot."""
+        self.running.discard(frames[0].decode())
+        return frames[1:]
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the threads that are idle; a thread stuck in a function is left (daemon)."""
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._results.close(linger=0)
+
+    def _slot(self) -> None:
+        out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(self._endpoint)
+        functions, jobs = self._functions, self._jobs
+        try:
+            while True:
+                task_id, function, payload = jobs.get()
+                if not task_id:
+                    return
+                outcome = runner.run_task(functions, function, payload)
+                result = Result(task_id, outcome.exit_code, outcome.payload, outcome.error)
+                send_frames(out, [task_id.encode(), *encode(result)])
+        except zmq.ContextTerminated:
+            return
+        finally:
+            out.close(linger=0)

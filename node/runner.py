@@ -1,0 +1,134 @@
+"""Run one task: decode its arguments, call the function, encode the result.
+
+Pure code (no sockets): slot processes call `run_task` for every task. Every way a task can
+go wrong becomes an `Outcome` with the exit code and error protocol.md defines; only a crash
+of the process itself escapes, and the slot pool reports that.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker.protocol import (
+    EXIT_BAD_ARGUMENTS,
+    EXIT_BAD_RESULT,
+    EXIT_FUNCTION_ERROR,
+    EXIT_OK,
+    EXIT_UNKNOWN_FUNCTION,
+    ErrorInfo,
+    dumps_payload,
+    loads_payload,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What running a task gave: an exit code, the JSON result frame and the error, if any."""
+
+    exit_code: int
+    payload: bytes = b"null"
+    error: ErrorInfo | None = None
+
+
+# None: the callable has no introspectable signature, so arguments are not checked up front.
+_signatures: dict[Callable[..., Any], inspect.Signature | None] = {}
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return _signatures[function]
+    except KeyError:
+        pass
+    try:
+        signature: inspect.Signature | None = inspect.signature(function)
+    except (TypeError, ValueError):
+        signature = None
+    _signatures[function] = signature
+    return signature
+
+
+def _failure(exit_code: int, error_type: str, message: str) -> Outcome:
+    return Outcome(exit_code, b"null", ErrorInfo(error_type, message))
+
+
+def _plural(count: int) -> str:
+    return "argument" if count == 1 else "arguments"
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _bad_fit(name: str, signature: inspect.Signature, given: int, exc: TypeError) -> Outcome:
+    """E.g. "multiply() takes 2 arguments (a, b), got 3"."""
+    params = [p for p in signature.parameters.values() if p.kind in _POSITIONAL]
+    names = [p.name for p in params]
+    required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+    varargs = [p.name for p in signature.parameters.values() if p.kind is p.VAR_POSITIONAL]
+    if varargs:
+        names.append("*" + varargs[0])
+        takes = f"at least {required} {_plural(required)}"
+    elif required == len(params):
+        takes = f"{required} {_plural(required)}"
+    else:
+        takes = f"{required} to {len(params)} arguments"
+    fits = required <= given and (bool(varargs) or given <= len(params))
+    if fits:  # the count is right, so something else is (e.g. a keyword-only parameter)
+        message = f"{name}() cannot be called with positional arguments only: {exc}"
+    else:
+        listed = f" ({', '.join(names)})" if names else ""
+        message = f"{name}() takes {takes}{listed}, got {given}"
+    return _failure(EXIT_BAD_ARGUMENTS, "BadArguments", message)
+
+
+_JSON_KINDS = {
+    dict: "an object",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _arguments(payload: bytes) -> list[Any] | Outcome:
+    try:
+        args = loads_payload(payload)
+    except ValueError as exc:
+        return _failure(EXIT_BAD_ARGUMENTS, "BadArguments", f"arguments are not valid JSON: {exc}")
+    if not isinstance(args, list):
+        kind = _JSON_KINDS.get(type(args), type(args).__name__)
+        return _failure(
+            EXIT_BAD_ARGUMENTS, "BadArguments", f"arguments must be a JSON array, got {kind}"
+        )
+    return args
+
+
+def run_task(functions: Mapping[str, Callable[..., Any]], function: str, payload: bytes) -> Outcome:
+    """Run `function` from `functions` on the JSON array of arguments in `payload`."""
+    fn = functions.get(function)
+    if fn is None:
+        return _failure(
+            EXIT_UNKNOWN_FUNCTION, "UnknownFunction", f"this node has no function {function!r}"
+        )
+    args = _arguments(payload)
+    if isinstance(args, Outcome):
+        return args
+    signature = _signature(fn)
+    if signature is not None:
+        try:
+            signature.bind(*args)
+        except TypeError as exc:
+            return _bad_fit(function, signature, len(args), exc)
+    try:
+        result = fn(*args)
+    except (Exception, SystemExit) as exc:
+        return _failure(EXIT_FUNCTION_ERROR, type(exc).__name__, str(exc))
+    try:
+        return Outcome(EXIT_OK, dumps_payload(result))
+    except (TypeError, ValueError) as exc:
+        return _failure(
+            EXIT_BAD_RESULT, "BadResult", f"{function}() returned a result JSON cannot carry: {exc}"
+        )

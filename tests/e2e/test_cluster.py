@@ -1,0 +1,178 @@
+"""Real processes started as users start them: zbroker, znode, zsubmit and the Python client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from client import Client, TaskFailed
+from tests.e2e.conftest import INTERVAL, LIVENESS, Cluster, free_port
+from tests.support import wait_until
+
+
+@pytest.fixture
+def two_nodes(cluster: Cluster) -> Cluster:
+    cluster.start_broker()
+    cluster.start_node()
+    cluster.start_node()
+    cluster.wait_nodes("node0", "node1")
+    return cluster
+
+
+def test_zsubmit_runs_math_tasks_exactly(two_nodes: Cluster) -> None:
+    done = two_nodes.zsubmit("multiply", "5", "10")
+    assert (done.returncode, done.stdout.strip()) == (0, "50"), done.stderr
+    done = two_nodes.zsubmit("sum_squares", "1", "10000000")
+    assert done.stdout.strip() == "333333383333335000000", done.stderr
+    done = two_nodes.zsubmit("--json", "hash_text", "hello")
+    body = json.loads(done.stdout)
+    assert body["exit_code"] == 0 and body["attempts"] == 1
+    assert body["result"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+
+def test_python_client_execute_and_map(two_nodes: Cluster) -> None:
+    with Client(two_nodes.url) as client:
+        assert client.execute("multiply", 5, 10) == 50
+        assert client.execute("fib", 100) == 354224848179261915075
+        numbers = list(range(1, 401))
+        squares = client.map("power", [(n, 2) for n in numbers])
+    assert squares == [n * n for n in numbers]
+    completed = [n["completed"] for n in two_nodes.status()["nodes"]]
+    assert all(c > 0 for c in completed), f"work was not spread over both nodes: {completed}"
+
+
+def test_failures_are_clear_and_nodes_keep_serving(two_nodes: Cluster) -> None:
+    done = two_nodes.zsubmit("divide", "1", "0")
+    assert done.returncode == 1
+    assert "ZeroDivisionError" in done.stderr and "divide" in done.stderr
+    done = two_nodes.zsubmit("no_such_function", "1")
+    assert done.returncode == 1 and "no_such_function" in done.stderr
+    done = two_nodes.zsubmit("multiply", "1", "2", "3")
+    assert done.returncode == 1 and "BadArguments" in done.stderr
+    with Client(two_nodes.url) as client, pytest.raises(TaskFailed) as failed:
+        client.execute("divide", 1, 0)
+    assert failed.value.exit_code == 1 and failed.value.error_type == "ZeroDivisionError"
+    assert two_nodes.zsubmit("add", "2", "3").stdout.strip() == "5"
+
+
+def test_zsubmit_without_a_broker_says_so(cluster: Cluster) -> None:
+    cluster.url = f"tcp://127.0.0.1:{free_port()}"
+    done = cluster.zsubmit("--timeout", "0.5", "multiply", "5", "10")
+    assert done.returncode == 3
+    assert "no answer from the broker" in done.stderr
+
+
+def test_zbroker_status_json(two_nodes: Cluster, spawner: Any) -> None:
+    import subprocess
+
+    from tests.support import BIN
+
+    out = subprocess.run(
+        [str(BIN / "zbroker"), "status", "--broker", two_nodes.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    body = json.loads(out.stdout)
+    assert body["queued"] == 0
+    keys = {
+        "id",
+        "name",
+        "host",
+        "pid",
+        "functions",
+        "capacity",
+        "active",
+        "completed",
+        "last_seen",
+    }
+    for node in body["nodes"]:
+        assert keys <= node.keys()
+        assert "multiply" in node["functions"] and node["capacity"] == 1
+    assert sorted(n["pid"] for n in body["nodes"]) == sorted(p.pid for p in two_nodes.nodes)
+
+
+def test_sigterm_deregisters_at_once_and_finishes_running_work(cluster: Cluster) -> None:
+    cluster.start_broker("--heartbeat-interval", "1", "--liveness", "5")  # expiry 5 s
+    node = cluster.start_node()
+    cluster.wait_nodes("node0")
+    results: list[Any] = []
+    with Client(cluster.url) as client:
+        worker = threading.Thread(target=lambda: results.append(client.execute("sleep", 0.5)))
+        worker.start()
+        wait_until(lambda: cluster.status()["running"] == 1, 5, what="task running")
+        node.signal(signal.SIGTERM)
+        started = time.monotonic()
+        wait_until(lambda: cluster.status()["nodes"][0]["state"] == "draining", 2, what="drain")
+        assert time.monotonic() - started < 1.0, "DEREGISTER was not sent at once"
+        worker.join(10)
+    assert results == [0.5]
+    assert node.wait(10) == 0
+    wait_until(lambda: cluster.node_names() == [], 2, what="node forgotten")
+
+
+def test_sigkill_mid_task_requeues_to_another_node(two_nodes: Cluster) -> None:
+    outcome: list[Any] = []
+
+    def submit() -> None:
+        with Client(two_nodes.url) as client:
+            outcome.append(client.submit("sleep", [1.0]))
+
+    worker = threading.Thread(target=submit)
+    worker.start()
+
+    def busy_pid() -> int | None:
+        busy = [n["pid"] for n in two_nodes.status()["nodes"] if n["active"]]
+        return busy[0] if busy else None
+
+    pid = wait_until(busy_pid, 5, what="task running on a node")
+    [victim] = [n for n in two_nodes.nodes if n.pid == pid]
+    [survivor] = [n for n in two_nodes.nodes if n.pid != pid]
+    victim.signal(signal.SIGKILL)
+    started = time.monotonic()
+    worker.join(15)
+    assert outcome, "the task never completed"
+    [completed] = outcome
+    assert completed.exit_code == 0 and completed.attempts == 2
+    # detection (interval x liveness + 0.5 s at most) + the rerun of the 1 s task + slack
+    assert time.monotonic() - started < INTERVAL * LIVENESS + 0.5 + 1.0 + 1.0
+    assert two_nodes.node_names() == [survivor.name]
+
+
+def test_heartbeats_flow_while_a_cpu_bound_function_runs(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="util")
+    cluster.wait_nodes("node0")
+    with Client(cluster.url) as client:
+        done = client.submit("spin", [INTERVAL * LIVENESS * 2])  # twice the expiry time
+    assert done.exit_code == 0 and done.attempts == 1
+    assert cluster.status()["counters"].get("nodes_expired", 0) == 0
+
+
+def test_restarted_broker_gets_its_nodes_back(cluster: Cluster) -> None:
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    broker = cluster.start_broker(bind=bind)
+    cluster.start_node()
+    cluster.wait_nodes("node0")
+    broker.signal(signal.SIGKILL)
+    broker.wait(5)
+    cluster.start_broker(bind=bind)
+    cluster.wait_nodes("node0", timeout=15)
+    assert cluster.zsubmit("multiply", "6", "7").stdout.strip() == "42"
+
+
+def test_node_started_before_the_broker_registers_when_it_comes(cluster: Cluster) -> None:
+    bind = f"tcp://127.0.0.1:{free_port()}"
+    cluster.url = bind
+    cluster.start_node()
+    wait_until(
+        lambda: "retrying" in cluster.nodes[0].log(), 10, what="node retry log", alive=cluster.nodes
+    )
+    cluster.start_broker(bind=bind)
+    cluster.wait_nodes("node0")
