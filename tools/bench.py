@@ -11,7 +11,6 @@ Reports the median over runs (and every run), as a table or --json. Quote the me
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import statistics
 import subprocess
@@ -47,38 +46,72 @@ def registered(url: str, count: int) -> bool:
         return False
 
 
-def start_cluster(args: argparse.Namespace, workdir: Path) -> tuple[str, list[Any]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    ready = workdir / "endpoint"
-    broker_argv = [
-        str(BIN / "zbroker"),
-        "start",
-        "--bind",
-        "tcp://127.0.0.1:0",
-        "--ready-file",
-        str(ready),
-        "--log-level",
-        "WARNING",
-        *args.broker_arg,
-    ]
-    procs.append(subprocess.Popen(broker_argv, stderr=(workdir / "broker.log").open("wb")))
-    wait_for(lambda: ready.exists() and ready.read_text().strip(), "the broker", procs)
-    url = ready.read_text().strip()
-    for i in range(args.nodes):
-        argv = [
-            str(BIN / "znode"),
-            "--broker",
-            url,
-            "--functions",
-            "util",
-            "--concurrency",
-            str(args.concurrency),
-            "--log-level",
-            "WARNING",
-        ]
-        procs.append(subprocess.Popen(argv, stderr=(workdir / f"node{i}.log").open("wb")))
-    wait_for(lambda: registered(url, args.nodes), f"{args.nodes} nodes", procs)
-    return url, procs
+class Cluster:
+    """`zbroker start` and `nodes` x `znode --functions util` on loopback, as a user runs them;
+    the context manager yields the broker URL and stops everything with SIGTERM."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        nodes: int,
+        node_args: list[str] | None = None,
+        broker_args: list[str] | None = None,
+    ) -> None:
+        self.workdir, self.nodes = workdir, nodes
+        self.node_args, self.broker_args = node_args or [], broker_args or []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, argv: list[str], log: str) -> None:
+        with (self.workdir / log).open("wb") as out:
+            self.procs.append(subprocess.Popen(argv, stdout=out, stderr=out))
+
+    def __enter__(self) -> str:
+        ready = self.workdir / "endpoint"
+        self._start(
+            [
+                str(BIN / "zbroker"),
+                "start",
+                "--bind",
+                "tcp://127.0.0.1:0",
+                "--ready-file",
+                str(ready),
+                "--log-level",
+                "WARNING",
+                *self.broker_args,
+            ],
+            "broker.log",
+        )
+        wait_for(lambda: ready.exists() and ready.read_text().strip(), "the broker", self.procs)
+        url = ready.read_text().strip()
+        for i in range(self.nodes):
+            self._start(
+                [
+                    str(BIN / "znode"),
+                    "--broker",
+                    url,
+                    "--functions",
+                    "util",
+                    "--log-level",
+                    "WARNING",
+                    *self.node_args,
+                ],
+                f"node{i}.log",
+            )
+        expected = self.nodes * _processes(self.node_args)
+        wait_for(lambda: registered(url, expected), f"{expected} node processes", self.procs)
+        return url
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(timeout=15)
+
+
+def _processes(node_args: list[str]) -> int:
+    if "--concurrency" in node_args:
+        return int(node_args[node_args.index("--concurrency") + 1])
+    return 1
 
 
 def throughput(url: str, tasks: int) -> float:
@@ -119,6 +152,7 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return {
         "nodes": args.nodes,
         "concurrency": args.concurrency,
+        "threads": args.threads,
         "tasks": args.tasks,
         "calls": args.calls,
         "runs": args.runs,
@@ -139,7 +173,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2_000, help="round trips per latency run")
     parser.add_argument("--runs", type=int, default=5, help="runs; medians are reported")
     parser.add_argument("--nodes", type=int, default=2, help="znode processes")
-    parser.add_argument("--concurrency", type=int, default=1, help="slots per node")
+    parser.add_argument("--concurrency", type=int, default=1, help="processes per znode")
+    parser.add_argument("--threads", type=int, default=1, help="slot threads per process")
+    parser.add_argument(
+        "--node-arg", action="append", default=[], help="extra argument for znode (repeatable)"
+    )
     parser.add_argument(
         "--broker-arg",
         action="append",
@@ -148,17 +186,11 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="ztb-bench-"))
-    procs: list[Any] = []
-    try:
-        url, procs = start_cluster(args, workdir)
-        result = measure(args, url)
-    finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    node_args = ["--concurrency", str(args.concurrency), "--threads", str(args.threads)]
+    with tempfile.TemporaryDirectory(prefix="ztb-bench-") as tmp:
+        cluster = Cluster(Path(tmp), args.nodes, node_args + args.node_arg, args.broker_arg)
+        with cluster as url:
+            result = measure(args, url)
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:

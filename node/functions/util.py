@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any, NoReturn
 
-__all__ = ["crash", "echo", "fail", "noop", "pid", "spin"]
+__all__ = ["burn", "crash", "echo", "fail", "noop", "pid", "spin"]
 
 MAX_SPIN = 3600.0
 
@@ -27,12 +27,13 @@ def fail(message: str = "requested failure") -> NoReturn:
 
 
 def pid() -> int:
-    """The process id of the slot process running this task."""
+    """The process id of the node process running this task."""
     return os.getpid()
 
 
 def crash(code: int = 1) -> NoReturn:
-    """Kill the slot process at once with exit status `code`, to test crash isolation."""
+    """Kill the node process running it at once with exit status `code` (a supervised node
+    is restarted by `znode --concurrency N`), to test what survives a crash."""
     if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
         raise ValueError(f"crash() expects an exit status from 0 to 255, got {code!r}")
     os._exit(code)
@@ -49,3 +50,18 @@ def spin(seconds: float) -> int:
     while time.perf_counter() < deadline:
         iterations += 1
     return iterations
+
+
+MAX_BURN = 10**10
+
+
+def burn(iterations: int) -> int:
+    """A fixed amount of CPU-bound Python work (measures speedups); returns a checksum."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise TypeError(f"burn() expects an integer, got {type(iterations).__name__}")
+    if not 0 <= iterations <= MAX_BURN:
+        raise ValueError(f"burn() expects 0 to {MAX_BURN} iterations, got {iterations}")
+    total = 0
+    for i in range(iterations):
+        total = (total + i * i) % 1_000_003
+    return total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -176,3 +177,34 @@ def test_node_started_before_the_broker_registers_when_it_comes(cluster: Cluster
     )
     cluster.start_broker(bind=bind)
     cluster.wait_nodes("node0")
+
+
+def test_concurrency_runs_supervised_processes_that_are_restarted(cluster: Cluster) -> None:
+    cluster.start_broker()
+    supervisor = cluster.start_node(functions="util", concurrency=2)
+    cluster.wait_nodes("node0.0", "node0.1")
+    pids = {n["name"]: n["pid"] for n in cluster.status()["nodes"]}
+    assert supervisor.pid not in pids.values()
+    with Client(cluster.url) as client:
+        ran_on = set(client.map("pid", [()] * 20))
+    assert ran_on <= set(pids.values())
+    os.kill(pids["node0.1"], signal.SIGKILL)
+    wait_until(
+        lambda: (
+            {n["name"]: n["pid"] for n in cluster.status()["nodes"]}.get("node0.1")
+            not in (None, pids["node0.1"])
+        ),
+        10,
+        what="node0.1 restarted",
+        alive=[supervisor],
+    )
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(10) == 0
+    wait_until(lambda: cluster.node_names() == [], 5, what="both processes deregistered")
+
+
+def test_bad_function_set_is_a_clear_startup_error(cluster: Cluster) -> None:
+    cluster.start_broker()
+    node = cluster.start_node(functions="no_such_set_xyz", concurrency=2)
+    assert node.wait(15) == 2
+    assert "no_such_set_xyz" in node.log()
