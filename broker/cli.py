@@ -102,24 +102,31 @@ def status(
 
 def _print_status(body: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title=f"Nodes ({body.get('strategy', '?')})")
-    for column in ("name", "id", "host", "pid", "state", "active", "capacity", "completed"):
-        table.add_column(column, justify="right" if column in ("pid", "active") else "left")
-    table.add_column("last seen")
-    table.add_column("functions")
+    table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
+    for column in ("name", "host", "pid", "state", "load", "done", "seen", "functions"):
+        table.add_column(column, justify="right" if column in ("pid", "load", "done") else "left")
     for node in body.get("nodes", []):
         table.add_row(
-            *(str(node.get(k, "")) for k in ("name", "id", "host", "pid", "state", "active")),
-            str(node.get("capacity", "")),
+            str(node.get("name", "")),
+            str(node.get("host", "")),
+            str(node.get("pid", "")),
+            str(node.get("state", "")),
+            f"{node.get('active', 0)}/{node.get('capacity', 0)}",
             str(node.get("completed", "")),
             f"{node.get('last_seen', 0):.1f}s ago",
-            ", ".join(node.get("functions", [])),
+            _summary(node.get("functions", [])),
         )
     console.print(table)
     console.print(f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}")
     counters = body.get("counters") or {}
     if counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    console.print("(zbroker status --json for ids and every function)", style="dim")
+
+
+def _summary(functions: list[str], shown: int = 3) -> str:
+    more = len(functions) - shown
+    return ", ".join(functions[:shown]) + (f" +{more} more" if more > 0 else "")
 
 
 def _configure_logging(level: str, log_file: Path | None) -> None:

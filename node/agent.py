@@ -29,6 +29,7 @@ from broker.protocol import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_LIVENESS,
     ERR_MALFORMED,
+    ERR_NOT_REGISTERED,
     Deregister,
     Disconnect,
     Error,
@@ -311,6 +312,8 @@ class NodeAgent:
         elif isinstance(msg, Disconnect):
             reason = msg.reason or "no reason given"
             self._reconnect(f"broker at {self._config.broker_url} disconnected us ({reason})")
+        elif isinstance(msg, Error) and msg.code == ERR_NOT_REGISTERED:
+            self._reconnect(f"broker at {self._config.broker_url} does not know us")
         elif isinstance(msg, Error):
             log.warning("broker reported error %s: %s", msg.code, msg.message)
         elif not isinstance(msg, Heartbeat):

@@ -1,8 +1,8 @@
 """Run one task: decode its arguments, call the function, encode the result.
 
-Pure code (no sockets): slot processes call `run_task` for every task. Every way a task can
+Pure code (no sockets): slot threads call `run_task` for every task. Every way a task can
 go wrong becomes an `Outcome` with the exit code and error protocol.md defines; only a crash
-of the process itself escapes, and the slot pool reports that.
+of the process itself escapes (the broker requeues the tasks of a node that dies).
 """
 
 from __future__ import annotations

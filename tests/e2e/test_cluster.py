@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,3 +209,29 @@ def test_bad_function_set_is_a_clear_startup_error(cluster: Cluster) -> None:
     node = cluster.start_node(functions="no_such_set_xyz", concurrency=2)
     assert node.wait(15) == 2
     assert "no_such_set_xyz" in node.log()
+
+
+def test_node_offers_functions_from_a_user_module(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(
+        "def greet(name):\n    return f'hello {name}'\n\ndef _private():\n    return 1\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cluster.start_broker()
+    cluster.start_node(functions="userpkg.tasks")
+    cluster.wait_nodes("node0")
+    assert cluster.status()["nodes"][0]["functions"] == ["greet"]
+    assert cluster.zsubmit("greet", "world").stdout.strip() == '"hello world"'
+
+
+def test_broker_exits_cleanly_on_sigterm_and_tells_its_nodes(cluster: Cluster) -> None:
+    broker = cluster.start_broker()
+    node = cluster.start_node()
+    cluster.wait_nodes("node0")
+    broker.signal(signal.SIGTERM)
+    assert broker.wait(10) == 0
+    wait_until(lambda: "disconnected us" in node.log(), 5, what="node told", alive=[node])
