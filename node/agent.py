@@ -148,7 +148,7 @@ class NodeAgent:
         return restore
 
     def _close(self) -> None:
-        self._pool.close()
+        self._pool.close(timeout=0.0 if self._exit_code == 130 else 1.0)
         if self._socket is not None:
             self._socket.close()
             self._socket = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from itertools import count
 from typing import Any, cast
@@ -120,11 +121,13 @@ class ThreadSlots:
         return frames[1:]
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the threads that are idle; a thread stuck in a function is left (daemon)."""
+        """Stop the slot threads, waiting at most `timeout` in all; a thread still inside a
+        function is left behind (a daemon: it dies with the process)."""
         for _ in self._threads:
             self._jobs.put(_STOP)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._results.close(linger=0)
 
     def _slot(self) -> None:

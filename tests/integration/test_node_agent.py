@@ -18,8 +18,10 @@ import pytest
 import zmq
 
 from broker.protocol import (
+    ERR_NOT_REGISTERED,
     Deregister,
     Disconnect,
+    Error,
     Heartbeat,
     Message,
     ProtocolError,
@@ -280,6 +282,17 @@ def test_disconnect_makes_the_node_register_again_and_deliver_results(
     identity, result = broker.result("slow", timeout=5)
     assert identity == second
     assert (result.exit_code, result.payload) == (0, b"0.5")
+
+
+def test_error_not_registered_makes_the_node_register_again(
+    spawner: Spawner, broker: ScriptedBroker
+) -> None:
+    first = single_node(spawner, broker)
+    broker.send(first, Error(ERR_NOT_REGISTERED, "who are you?"))
+    broker.keepalive.discard(first)
+    second, _ = broker.register(timeout=5)
+    assert second != first
+    assert broker.call(second, "multiply", 6, 7).payload == b"42"
 
 
 def test_sigterm_deregisters_at_once_and_finishes_running_tasks(
