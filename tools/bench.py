@@ -11,9 +11,7 @@ Reports the median over runs (and every run), as a table or --json. Quote the me
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,97 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cluster import Cluster  # type: ignore[import-not-found]
 
-from broker.control import BrokerUnreachable, status
 from client import Client
-
-BIN = Path(sys.executable).parent
-
-
-def wait_for(predicate: Any, what: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 30
-    while not predicate():
-        for proc in procs:
-            if proc.poll() is not None:
-                sys.exit(f"error: {proc.args} exited with {proc.returncode} before {what}")
-        if time.monotonic() > deadline:
-            sys.exit(f"error: timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def registered(url: str, count: int) -> bool:
-    try:
-        return len(status(url, timeout=0.5)["nodes"]) >= count
-    except BrokerUnreachable:
-        return False
-
-
-class Cluster:
-    """`zbroker start` and `nodes` x `znode --functions util` on loopback, as a user runs them;
-    the context manager yields the broker URL and stops everything with SIGTERM."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        nodes: int,
-        node_args: list[str] | None = None,
-        broker_args: list[str] | None = None,
-    ) -> None:
-        self.workdir, self.nodes = workdir, nodes
-        self.node_args, self.broker_args = node_args or [], broker_args or []
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def _start(self, argv: list[str], log: str) -> None:
-        with (self.workdir / log).open("wb") as out:
-            self.procs.append(subprocess.Popen(argv, stdout=out, stderr=out))
-
-    def __enter__(self) -> str:
-        ready = self.workdir / "endpoint"
-        self._start(
-            [
-                str(BIN / "zbroker"),
-                "start",
-                "--bind",
-                "tcp://127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-                "--log-level",
-                "WARNING",
-                *self.broker_args,
-            ],
-            "broker.log",
-        )
-        wait_for(lambda: ready.exists() and ready.read_text().strip(), "the broker", self.procs)
-        url = ready.read_text().strip()
-        for i in range(self.nodes):
-            self._start(
-                [
-                    str(BIN / "znode"),
-                    "--broker",
-                    url,
-                    "--functions",
-                    "util",
-                    "--log-level",
-                    "WARNING",
-                    *self.node_args,
-                ],
-                f"node{i}.log",
-            )
-        expected = self.nodes * _processes(self.node_args)
-        wait_for(lambda: registered(url, expected), f"{expected} node processes", self.procs)
-        return url
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            proc.wait(timeout=15)
-
-
-def _processes(node_args: list[str]) -> int:
-    if "--concurrency" in node_args:
-        return int(node_args[node_args.index("--concurrency") + 1])
-    return 1
 
 
 def throughput(url: str, tasks: int) -> float:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import Cluster  # type: ignore[import-not-found]
+from cluster import Cluster  # type: ignore[import-not-found]
 
 from client import Client
 

@@ -8,45 +8,20 @@ stops everything with SIGTERM.
 
 from __future__ import annotations
 
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from cluster import Cluster  # type: ignore[import-not-found]
 from rich.console import Console
 from rich.progress import track
 
-from broker.control import BrokerUnreachable, status
 from client import Client
 
 console = Console()
 BIN = Path(sys.executable).parent
-
-
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=out, stderr=out)
-
-
-def wait_for(predicate: object, what: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 20
-    while not predicate():  # type: ignore[operator]
-        for proc in procs:
-            if proc.poll() is not None:
-                sys.exit(f"error: {proc.args} exited with {proc.returncode} before {what}")
-        if time.monotonic() > deadline:
-            sys.exit(f"error: timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def nodes_registered(url: str, count: int) -> bool:
-    try:
-        return len(status(url, timeout=0.5)["nodes"]) >= count
-    except BrokerUnreachable:
-        return False
 
 
 def show(command: list[str]) -> None:
@@ -77,31 +52,21 @@ def tasks(url: str) -> None:
 
 
 def main() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="ztb-demo-"))
-    ready = workdir / "broker.endpoint"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        broker = start(
-            ["zbroker", "start", "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready)],
-            workdir / "broker.log",
+    with tempfile.TemporaryDirectory(prefix="ztb-demo-") as tmp:
+        cluster = Cluster(
+            Path(tmp),
+            nodes=2,
+            functions="math",
+            log_level="INFO",
+            node_args=["--concurrency", "1"],
+            name_prefix="demo-node",
         )
-        procs.append(broker)
-        wait_for(lambda: ready.exists() and ready.read_text().strip(), "the broker", procs)
-        url = ready.read_text().strip()
-        console.print(f"broker listening on {url} (logs in {workdir})")
-        for i in (1, 2):
-            argv = ["znode", "--broker", url, "--functions", "math", "--name", f"demo-node-{i}"]
-            procs.append(start(argv, workdir / f"node{i}.log"))
-        wait_for(lambda: nodes_registered(url, 2), "two nodes to register", procs)
-        tasks(url)
-        show(["zbroker", "status", "--broker", url])
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=10) for proc in reversed(procs)]
-        console.print(f"stopped nodes and broker with SIGTERM; exit codes {codes}")
-    shutil.rmtree(workdir, ignore_errors=True)
+        with cluster as url:
+            console.print(f"broker listening on {url}; two nodes registered (logs in {tmp})")
+            tasks(url)
+            show(["zbroker", "status", "--broker", url])
+        codes = [proc.returncode for proc in cluster.procs]
+        console.print(f"stopped the broker and both nodes with SIGTERM; exit codes {codes}")
 
 
 if __name__ == "__main__":
