@@ -42,7 +42,7 @@ from broker.protocol import (
     encode,
 )
 from node import registry
-from node.executor import NOBLOCK, ThreadSlots, readable, recv_frames, send_frames
+from node.executor import NOBLOCK, InlineSlot, ThreadSlots, readable, recv_frames, send_frames
 from node.registry import NodeSetupError
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,6 @@ class NodeConfig:
     parent_pid: int | None = None  # a supervised node stops when its supervisor is gone
 
 
-def _ignore_signal(signum: int, frame: FrameType | None) -> None:
-    """The wakeup fd carries the signal to the poller; nothing else to do here."""
-
-
 class NodeAgent:
     """The node's main loop. `run()` blocks until the node stops and gives its exit code."""
 
@@ -86,8 +82,12 @@ class NodeAgent:
         self._functions = tuple(sorted(functions))
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
-        self._pool = ThreadSlots(self._context, functions, config.threads)
-        self._poller.register(self._pool.socket, zmq.POLLIN)
+        self._pool: InlineSlot | ThreadSlots
+        if config.threads == 1:
+            self._pool = InlineSlot(functions, self._keep_alive, lambda: self._interval)
+        else:
+            self._pool = ThreadSlots(self._context, functions, config.threads)
+            self._poller.register(self._pool.socket, zmq.POLLIN)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -103,6 +103,8 @@ class NodeAgent:
         self._unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
         self._queued: deque[Run] = deque()  # RUNs that found no free slot
         self._stopping = False
+        self._stop_asked = False  # a signal or request_stop() arrived (read by the watchdog)
+        self._deregistered = False
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -131,6 +133,7 @@ class NodeAgent:
 
     def request_stop(self) -> None:
         """Stop like SIGTERM does (safe from any thread); a second call stops at once."""
+        self._note_stop(signal.SIGTERM, None)
         with contextlib.suppress(OSError):  # closed: the agent has stopped already
             self._wake_w.send(b"\0")
 
@@ -138,7 +141,7 @@ class NodeAgent:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None  # signals reach only the main thread; use request_stop()
         old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        old = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {sig: signal.signal(sig, self._note_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def restore() -> None:
             signal.set_wakeup_fd(old_fd)
@@ -146,6 +149,26 @@ class NodeAgent:
                 signal.signal(sig, handler)
 
         return restore
+
+    def _note_stop(self, signum: int, frame: FrameType | None) -> None:
+        """The wakeup fd brings the stop to the loop; a function running inline delays the
+        loop, so the watchdog is told too and deregisters at once."""
+        self._stop_asked = True
+        if isinstance(self._pool, InlineSlot):
+            self._pool.poke()
+
+    def _keep_alive(self) -> None:
+        """Called by the InlineSlot watchdog, holding the socket, while a function runs."""
+        if self._socket is None or not self._registered:
+            return
+        if self._stop_asked and not self._deregistered:
+            self._deregister()
+        elif time.monotonic() - self._last_sent >= self._interval:
+            self._send(encode(Heartbeat()))
+
+    def _deregister(self) -> None:
+        self._deregistered = True
+        self._send(encode(Deregister()))
 
     def _close(self) -> None:
         self._pool.close(timeout=0.0 if self._exit_code == 130 else 1.0)
@@ -280,12 +303,14 @@ class NodeAgent:
     # ------------------------------------------------------------------ from the broker
 
     def _drain_broker(self, sock: zmq.Socket[bytes]) -> None:
-        self._last_heard = time.monotonic()  # any message is a sign of life
         for _ in range(DRAIN_BATCH):
             try:
                 frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
+            # Any message is a sign of life; stamped per message, since a RUN run inline
+            # may take long while more messages wait behind it.
+            self._last_heard = time.monotonic()
             try:
                 if frames[0]:
                     raise ProtocolError(ERR_MALFORMED, "missing the empty delimiter frame")
@@ -333,7 +358,9 @@ class NodeAgent:
         self._flush_unsent()
 
     def _on_run(self, msg: Run) -> None:
-        if self._queued or not self._pool.free_count:
+        if isinstance(self._pool, InlineSlot):
+            self._send_result(self._pool.run(msg.task_id, msg.function, msg.payload))
+        elif self._queued or not self._pool.free_count:
             if not self._queued:  # once per backlog, not per task
                 log.warning(
                     "no free slot for task %s (a slot is restarting, or the broker sent more "
@@ -347,6 +374,7 @@ class NodeAgent:
     # ------------------------------------------------------------------ from the slots
 
     def _drain_slots(self) -> None:
+        assert isinstance(self._pool, ThreadSlots)  # only ThreadSlots has a socket to poll
         router = self._pool.socket
         for _ in range(DRAIN_BATCH):
             try:
@@ -386,10 +414,10 @@ class NodeAgent:
             return
         self._stopping = True
         log.info("stopping: no new tasks; waiting for %d running task(s)", self._pool.busy)
-        if self._registered:
-            self._send(encode(Deregister()))
-        else:
+        if not self._registered:
             self._drop_socket(0.0)
+        elif not self._deregistered:
+            self._deregister()
 
 
 def serve(config: NodeConfig) -> int:

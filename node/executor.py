@@ -1,4 +1,5 @@
-"""ThreadSlots: a node process's slots, as threads that run functions beside the socket thread.
+"""A node process's slots: InlineSlot (one task at a time, in the socket thread) or
+ThreadSlots (threads that run functions beside the socket thread).
 
 The agent's thread owns the DEALER to the broker and never runs a function, so heartbeats
 keep flowing while a CPU-bound function holds the GIL (the interpreter hands the GIL over at
@@ -17,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import count
 from typing import Any, cast
 
@@ -147,3 +148,82 @@ class ThreadSlots:
             return
         finally:
             out.close(linger=0)
+
+
+class InlineSlot:
+    """One slot run by the socket thread itself (`--threads 1`): no hand-off per task.
+
+    The socket thread holds `lock` whenever it is not inside a function. While a function
+    runs, a watchdog thread may take the lock and call `keep_alive` to use the socket:
+    ZeroMQ allows a socket to move between threads across a full memory barrier, which the
+    lock provides, and only one thread touches it at a time. So heartbeats keep flowing and
+    a stop signal deregisters at once even during a long CPU-bound call.
+    """
+
+    socket = None
+    capacity = 1
+
+    def __init__(
+        self,
+        functions: Mapping[str, Function],
+        keep_alive: Callable[[], None],
+        period: Callable[[], float],
+    ) -> None:
+        self._functions = dict(functions)
+        self._keep_alive = keep_alive
+        self._period = period
+        self.lock = threading.Lock()
+        self._since: float | None = None  # when the running function started
+        self._wake = threading.Event()
+        self._stopped = False
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+
+    @property
+    def busy(self) -> int:
+        return 0 if self._since is None else 1
+
+    @property
+    def free_count(self) -> int:
+        return 1 - self.busy
+
+    @property
+    def idle(self) -> bool:
+        return self._since is None
+
+    def start(self) -> None:
+        self.lock.acquire()
+        self._watchdog.start()
+
+    def run(self, task_id: str, function: str, payload: bytes) -> list[bytes]:
+        """Run one task now; the RESULT frames."""
+        self._since = time.monotonic()
+        self.lock.release()
+        try:
+            outcome = runner.run_task(self._functions, function, payload)
+        finally:
+            self.lock.acquire()
+            self._since = None
+        return encode(Result(task_id, outcome.exit_code, outcome.payload, outcome.error))
+
+    def poke(self) -> None:
+        """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
+        self._wake.set()
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._watchdog.join(timeout)
+        if self.lock.locked():
+            self.lock.release()
+
+    def _watch(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self._period() / 4)
+            self._wake.clear()
+            if self._since is None or self._stopped or not self.lock.acquire(blocking=False):
+                continue
+            try:
+                if self._since is not None:  # still inside the function: the socket is ours
+                    self._keep_alive()
+            finally:
+                self.lock.release()

@@ -317,6 +317,26 @@ def test_sigterm_deregisters_at_once_and_finishes_running_tasks(
     assert proc.popen.returncode == 0
 
 
+def test_sigterm_during_an_inline_function_deregisters_at_once(
+    spawner: Spawner, broker: ScriptedBroker
+) -> None:
+    node = single_node(spawner, broker, threads=1)  # the function runs in the socket thread
+    proc = broker.alive[0]
+    sent = time.monotonic()
+    broker.run(node, "slow", "spin", 1.5)
+    broker.take(Heartbeat, 2, lambda r: r.at > sent + 0.3)  # spinning, watchdog heartbeats
+    signalled = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    deregister = broker.take(Deregister, timeout=2)
+    assert deregister.at - signalled < 0.5, "the watchdog did not deregister during the call"
+    _, slow = broker.result("slow", timeout=5)
+    assert slow.exit_code == 0
+    assert broker.count(Deregister, node) == 0  # the one taken above is the only one
+    broker.alive.clear()
+    broker.wait(lambda: not proc.alive(), 5, "the node to exit")
+    assert proc.popen.returncode == 0
+
+
 def test_second_signal_exits_at_once_with_130(spawner: Spawner, broker: ScriptedBroker) -> None:
     node = single_node(spawner, broker)
     proc = broker.alive[0]
