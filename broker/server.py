@@ -22,6 +22,7 @@ from broker.scheduler import Scheduler, SchedulerConfig, Send
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
+CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -103,7 +104,8 @@ class BrokerServer:
         try:
             self._send_all(router, self.scheduler.shutdown())
         finally:
-            router.close(linger=0)
+            # Let the DISCONNECTs leave: linger 0 would discard whatever is still queued.
+            router.close(linger=CLOSE_LINGER_MS)
             self._wake_r.close()
             self._wake_w.close()
             log.info("broker stopped")

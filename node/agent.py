@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
 MAX_BACKOFF = 5.0
 JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
+CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 
@@ -173,7 +174,9 @@ class NodeAgent:
     def _close(self) -> None:
         self._pool.close(timeout=0.0 if self._exit_code == 130 else 1.0)
         if self._socket is not None:
-            self._socket.close()
+            # After a clean stop the last RESULTs and the DEREGISTER must leave first (linger 0
+            # would discard them); after a second signal nothing is worth waiting for.
+            self._socket.close(linger=0 if self._exit_code == 130 else CLOSE_LINGER_MS)
             self._socket = None
         self._wake_r.close()
         self._wake_w.close()
