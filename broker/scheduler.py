@@ -59,7 +59,6 @@ class Scheduler:
             p.Deregister: self._on_deregister,
             p.Status: self._on_status,
             p.Error: self._on_error,
-            p.Disconnect: self._on_disconnect,
         }
 
     # ------------------------------------------------------------------ events
@@ -148,9 +147,6 @@ class Scheduler:
         log.warning("peer %s sent ERROR %s: %s", sender.hex(), msg.code, msg.message)
         self.counters["errors_received"] += 1
         return []  # never answer an error with an error
-
-    def _on_disconnect(self, sender: bytes, msg: p.Disconnect, now: float) -> list[Send]:
-        return self.refuse(sender, p.ProtocolError(p.ERR_UNKNOWN_COMMAND, _wrong_way(msg)))
 
     # ------------------------------------------------------------------ nodes
 
