@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import random
 import signal
 import socket
 import threading
@@ -42,15 +40,11 @@ from broker.protocol import (
     encode,
 )
 from node import registry
-from node.executor import NOBLOCK, InlineSlot, ThreadSlots, readable, recv_frames, send_frames
-from node.registry import NodeSetupError
+from node.executor import NOBLOCK, InlineSlot, ThreadSlots, readable, recv_frames
+from node.link import BrokerLink
 
 log = logging.getLogger(__name__)
 
-MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
-MAX_BACKOFF = 5.0
-JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
-CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 
@@ -83,9 +77,16 @@ class NodeAgent:
         self._functions = tuple(sorted(functions))
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._poller = zmq.Poller()
+        self._link = BrokerLink(
+            self._context,
+            self._poller,
+            config.broker_url,
+            config.heartbeat_interval,
+            config.liveness,
+        )
         self._pool: InlineSlot | ThreadSlots
         if config.threads == 1:
-            self._pool = InlineSlot(functions, self._keep_alive, lambda: self._interval)
+            self._pool = InlineSlot(functions, self._keep_alive, lambda: self._link.interval)
         else:
             self._pool = ThreadSlots(self._context, functions, config.threads)
             self._poller.register(self._pool.socket, zmq.POLLIN)
@@ -94,13 +95,6 @@ class NodeAgent:
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
         self._poller.register(self._wake_fd, zmq.POLLIN)
-        self._socket: zmq.Socket[bytes] | None = None
-        self._registered = False
-        self._interval = config.heartbeat_interval
-        self._liveness = config.liveness
-        self._backoff = MIN_BACKOFF
-        self._connect_at = 0.0
-        self._register_deadline = self._last_sent = self._last_heard = 0.0
         self._unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
         self._queued: deque[Run] = deque()  # RUNs that found no free slot
         self._stopping = False
@@ -160,24 +154,20 @@ class NodeAgent:
 
     def _keep_alive(self) -> None:
         """Called by the InlineSlot watchdog, holding the socket, while a function runs."""
-        if self._socket is None or not self._registered:
+        if self._link.socket is None or not self._link.registered:
             return
         if self._stop_asked and not self._deregistered:
             self._deregister()
-        elif time.monotonic() - self._last_sent >= self._interval:
-            self._send(encode(Heartbeat()))
+        elif time.monotonic() - self._link.last_sent >= self._link.interval:
+            self._link.send(encode(Heartbeat()))
 
     def _deregister(self) -> None:
         self._deregistered = True
-        self._send(encode(Deregister()))
+        self._link.send(encode(Deregister()))
 
     def _close(self) -> None:
         self._pool.close(timeout=0.0 if self._exit_code == 130 else 1.0)
-        if self._socket is not None:
-            # After a clean stop the last RESULTs and the DEREGISTER must leave first (linger 0
-            # would discard them); after a second signal nothing is worth waiting for.
-            self._socket.close(linger=0 if self._exit_code == 130 else CLOSE_LINGER_MS)
-            self._socket = None
+        self._link.close(clean=self._exit_code != 130)
         self._wake_r.close()
         self._wake_w.close()
         if self._pool.idle:
@@ -189,8 +179,8 @@ class NodeAgent:
 
     def _step(self) -> None:
         for item, _ in self._poller.poll(self._poll_timeout()):
-            if item is self._socket and self._socket is not None:
-                self._drain_broker(self._socket)
+            if item is self._link.socket and self._link.socket is not None:
+                self._drain_broker(self._link.socket)
             elif item is self._pool.socket:
                 self._drain_slots()
             elif item == self._wake_fd:
@@ -198,18 +188,10 @@ class NodeAgent:
         self._tick(time.monotonic())
 
     def _poll_timeout(self) -> int:
-        if self._socket is None:
-            due = self._connect_at if not self._stopping else math.inf
-        elif not self._registered:
-            due = self._register_deadline
-        else:
-            due = min(
-                self._last_sent + self._interval,
-                self._last_heard + self._interval * self._liveness,
-            )
-        if due == math.inf:
+        due = self._link.due(self._stopping)
+        if due == float("inf"):
             return 1000
-        return max(0, math.ceil((due - time.monotonic()) * 1000))
+        return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     def _tick(self, now: float) -> None:
         parent = self._config.parent_pid
@@ -218,19 +200,19 @@ class NodeAgent:
             self._exit_code = 1
         elif self._stopping and self._pool.busy == 0 and not self._queued:
             self._finish()
-        elif self._socket is None:
-            if not self._stopping and now >= self._connect_at:
+        elif self._link.socket is None:
+            if not self._stopping and now >= self._link.connect_at:
                 self._connect()
-        elif not self._registered:
-            if now >= self._register_deadline:
-                self._retry(now)
-        elif now - self._last_heard >= self._interval * self._liveness:
-            silent = now - self._last_heard
-            self._reconnect(f"broker at {self._config.broker_url} silent for {silent:.1f} s")
+        elif not self._link.registered:
+            if now >= self._link.register_deadline:
+                self._link.retry()
+        elif now - self._link.last_heard >= self._link.expiry:
+            silent = now - self._link.last_heard
+            self._link.reconnect(f"broker at {self._link.url} silent for {silent:.1f} s")
         elif self._unsent:
             self._flush_unsent()
-        elif now - self._last_sent >= self._interval:
-            self._send(encode(Heartbeat()))
+        elif now - self._link.last_sent >= self._link.interval:
+            self._link.send(encode(Heartbeat()))
 
     def _finish(self) -> None:
         if self._unsent:
@@ -241,67 +223,9 @@ class NodeAgent:
         log.info("node %s stopped", self._config.name)
         self._exit_code = 0
 
-    # ------------------------------------------------------------------ broker link
-
     def _connect(self) -> None:
-        sock = self._context.socket(zmq.DEALER)
-        sock.linger = 0
-        try:
-            sock.connect(self._config.broker_url)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise NodeSetupError(
-                f"cannot connect to broker URL {self._config.broker_url!r}: {exc}; "
-                "use a URL like tcp://HOST:PORT"
-            ) from None
-        self._poller.register(sock, zmq.POLLIN)
-        self._socket, self._registered = sock, False
-        now = time.monotonic()
-        self._register_deadline = now + self._interval * self._liveness
-        self._last_heard = now
-        register = Register(
-            self._config.name,
-            socket.gethostname(),
-            os.getpid(),
-            self._functions,
-            self._pool.capacity,
-        )
-        self._send(encode(register))
-
-    def _drop_socket(self, delay: float) -> None:
-        if self._socket is not None:
-            self._poller.unregister(self._socket)
-            self._socket.close()
-        self._socket, self._registered = None, False
-        self._connect_at = time.monotonic() + delay
-
-    def _next_delay(self) -> float:
-        delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-        return delay
-
-    def _retry(self, now: float) -> None:
-        delay = self._next_delay()
-        log.info(
-            "no answer from broker at %s; is `zbroker start` running? retrying in %.1f s",
-            self._config.broker_url,
-            delay,
-        )
-        self._drop_socket(delay)
-
-    def _reconnect(self, why: str) -> None:
-        delay = self._next_delay()
-        log.warning("%s; registering again in %.1f s", why, delay)
-        self._drop_socket(delay)
-
-    def _send(self, frames: list[bytes]) -> bool:
-        assert self._socket is not None
-        try:
-            send_frames(self._socket, [b"", *frames], NOBLOCK)
-        except zmq.Again:
-            return False
-        self._last_sent = time.monotonic()
-        return True
+        name, functions, capacity = self._config.name, self._functions, self._pool.capacity
+        self._link.connect(Register(name, socket.gethostname(), os.getpid(), functions, capacity))
 
     # ------------------------------------------------------------------ from the broker
 
@@ -313,7 +237,7 @@ class NodeAgent:
                 return
             # Any message is a sign of life; stamped per message, since a RUN run inline
             # may take long while more messages wait behind it.
-            self._last_heard = time.monotonic()
+            self._link.last_heard = time.monotonic()
             try:
                 if frames[0]:
                     raise ProtocolError(ERR_MALFORMED, "missing the empty delimiter frame")
@@ -325,7 +249,7 @@ class NodeAgent:
                 self._on_run(msg)
             else:
                 self._on_control(msg)
-            if self._socket is not sock or not readable(sock):
+            if self._link.socket is not sock or not readable(sock):
                 return  # done, or the message made us drop this socket
 
     def _on_malformed(self, exc: Exception) -> None:
@@ -339,25 +263,16 @@ class NodeAgent:
             self._on_registered(msg)
         elif isinstance(msg, Disconnect):
             reason = msg.reason or "no reason given"
-            self._reconnect(f"broker at {self._config.broker_url} disconnected us ({reason})")
+            self._link.reconnect(f"broker at {self._link.url} disconnected us ({reason})")
         elif isinstance(msg, Error) and msg.code == ERR_NOT_REGISTERED:
-            self._reconnect(f"broker at {self._config.broker_url} does not know us")
+            self._link.reconnect(f"broker at {self._link.url} does not know us")
         elif isinstance(msg, Error):
             log.warning("broker reported error %s: %s", msg.code, msg.message)
         elif not isinstance(msg, Heartbeat):
             self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
 
     def _on_registered(self, msg: Registered) -> None:
-        self._registered = True
-        self._interval, self._liveness = msg.heartbeat_interval, msg.liveness
-        self._backoff = MIN_BACKOFF
-        log.info(
-            "registered with broker at %s as %s (heartbeat %.3g s, liveness %d)",
-            self._config.broker_url,
-            msg.node_id,
-            msg.heartbeat_interval,
-            msg.liveness,
-        )
+        self._link.on_registered(msg)
         self._flush_unsent()
 
     def _on_run(self, msg: Run) -> None:
@@ -392,11 +307,11 @@ class NodeAgent:
             self._pool.submit(run.task_id, run.function, run.payload)
 
     def _send_result(self, frames: list[bytes]) -> None:
-        if not self._registered or self._unsent or not self._send(frames):
+        if not self._link.registered or self._unsent or not self._link.send(frames):
             self._unsent.append(frames)
 
     def _flush_unsent(self) -> None:
-        while self._unsent and self._send(self._unsent[0]):
+        while self._unsent and self._link.send(self._unsent[0]):
             self._unsent.pop(0)
 
     # ------------------------------------------------------------------ stopping
@@ -417,8 +332,8 @@ class NodeAgent:
             return
         self._stopping = True
         log.info("stopping: no new tasks; waiting for %d running task(s)", self._pool.busy)
-        if not self._registered:
-            self._drop_socket(0.0)
+        if not self._link.registered:
+            self._link.drop(0.0)
         elif not self._deregistered:
             self._deregister()
 

@@ -23,6 +23,7 @@ ZMQ_MODULES = (
     "broker/control.py",
     "node/agent.py",
     "node/executor.py",
+    "node/link.py",
     "client/api.py",
     "client/pipeline.py",
 )

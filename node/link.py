@@ -1,0 +1,131 @@
+"""BrokerLink: a node's connection to the broker, and what it knows about it.
+
+Owns the DEALER socket (fresh on every connect, so stale replies cannot reach a new
+registration), the registration state, the heartbeat settings the broker announced, when
+the node last sent and heard anything, and the backoff between attempts to register.
+Used only from the node's socket thread (or by the InlineSlot watchdog holding the lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+
+import zmq
+
+from broker.protocol import Register, Registered, encode
+from node.executor import NOBLOCK, send_frames
+from node.registry import NodeSetupError
+
+log = logging.getLogger(__name__)
+
+MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
+MAX_BACKOFF = 5.0
+JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
+CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        poller: zmq.Poller,
+        url: str,
+        interval: float,
+        liveness: int,
+    ) -> None:
+        self._context, self._poller, self.url = context, poller, url
+        self.socket: zmq.Socket[bytes] | None = None
+        self.registered = False
+        self.interval, self.liveness = interval, liveness  # until REGISTERED says otherwise
+        self._backoff = MIN_BACKOFF
+        self.connect_at = 0.0  # when to connect again while there is no socket
+        self.register_deadline = self.last_sent = self.last_heard = 0.0
+
+    @property
+    def expiry(self) -> float:
+        return self.interval * self.liveness
+
+    def connect(self, register: Register) -> None:
+        """Open a fresh socket and send REGISTER on it."""
+        sock = self._context.socket(zmq.DEALER)
+        sock.linger = 0
+        try:
+            sock.connect(self.url)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise NodeSetupError(
+                f"cannot connect to broker URL {self.url!r}: {exc}; use a URL like tcp://HOST:PORT"
+            ) from None
+        self._poller.register(sock, zmq.POLLIN)
+        self.socket, self.registered = sock, False
+        now = time.monotonic()
+        self.register_deadline = now + self.expiry
+        self.last_heard = now
+        self.send(encode(register))
+
+    def on_registered(self, msg: Registered) -> None:
+        self.registered = True
+        self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
+        self._backoff = MIN_BACKOFF
+        log.info(
+            "registered with broker at %s as %s (heartbeat %.3g s, liveness %d)",
+            self.url,
+            msg.node_id,
+            msg.heartbeat_interval,
+            msg.liveness,
+        )
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Send one message; False if it could not be queued now."""
+        assert self.socket is not None
+        try:
+            send_frames(self.socket, [b"", *frames], NOBLOCK)
+        except zmq.Again:
+            return False
+        self.last_sent = time.monotonic()
+        return True
+
+    def drop(self, delay: float) -> None:
+        """Close the socket (discarding what it still holds); connect again after `delay`."""
+        if self.socket is not None:
+            self._poller.unregister(self.socket)
+            self.socket.close()
+        self.socket, self.registered = None, False
+        self.connect_at = time.monotonic() + delay
+
+    def retry(self) -> None:
+        """No REGISTERED came in time: back off and try again on a fresh socket."""
+        delay = self._next_delay()
+        log.info(
+            "no answer from broker at %s; is `zbroker start` running? retrying in %.1f s",
+            self.url,
+            delay,
+        )
+        self.drop(delay)
+
+    def reconnect(self, why: str) -> None:
+        delay = self._next_delay()
+        log.warning("%s; registering again in %.1f s", why, delay)
+        self.drop(delay)
+
+    def close(self, clean: bool) -> None:
+        """Close for good; a clean stop lets the last RESULTs and DEREGISTER leave first."""
+        if self.socket is not None:
+            self.socket.close(linger=CLOSE_LINGER_MS if clean else 0)
+            self.socket = None
+
+    def due(self, stopping: bool) -> float:
+        """When the link next needs attention (monotonic seconds, or inf)."""
+        if self.socket is None:
+            return math.inf if stopping else self.connect_at
+        if not self.registered:
+            return self.register_deadline
+        return min(self.last_sent + self.interval, self.last_heard + self.expiry)
+
+    def _next_delay(self) -> float:
+        delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        return delay
