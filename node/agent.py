@@ -40,13 +40,14 @@ from broker.protocol import (
     encode,
 )
 from node import registry
-from node.executor import NOBLOCK, InlineSlot, ThreadSlots, readable, recv_frames
-from node.link import BrokerLink
+from node.executor import InlineSlot, ThreadSlots
+from node.link import NOBLOCK, BrokerLink, readable, recv_frames
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
+RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 
 
 def default_name() -> str:
@@ -88,8 +89,7 @@ class NodeAgent:
         if config.threads == 1:
             self._pool = InlineSlot(functions, self._keep_alive, lambda: self._link.interval)
         else:
-            self._pool = ThreadSlots(self._context, functions, config.threads)
-            self._poller.register(self._pool.socket, zmq.POLLIN)
+            self._pool = ThreadSlots(functions, config.threads, self._results_ready)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -181,8 +181,6 @@ class NodeAgent:
         for item, _ in self._poller.poll(self._poll_timeout()):
             if item is self._link.socket and self._link.socket is not None:
                 self._drain_broker(self._link.socket)
-            elif item is self._pool.socket:
-                self._drain_slots()
             elif item == self._wake_fd:
                 self._on_wakeup()
         self._tick(time.monotonic())
@@ -291,17 +289,15 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ from the slots
 
-    def _drain_slots(self) -> None:
-        assert isinstance(self._pool, ThreadSlots)  # only ThreadSlots has a socket to poll
-        router = self._pool.socket
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv_frames(router, NOBLOCK)
-            except zmq.Again:
-                break
-            self._send_result(self._pool.take_result(frames))
-            if not readable(router):
-                break
+    def _results_ready(self) -> None:
+        """Called by a slot thread: wake the socket thread (once per batch of results)."""
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: done
+            self._wake_w.send(RESULTS_READY)
+
+    def _collect_results(self) -> None:
+        assert isinstance(self._pool, ThreadSlots)
+        for frames in self._pool.take_results():
+            self._send_result(frames)
         while self._queued and self._pool.free_count:
             run = self._queued.popleft()
             self._pool.submit(run.task_id, run.function, run.payload)
@@ -318,12 +314,14 @@ class NodeAgent:
 
     def _on_wakeup(self) -> None:
         try:
-            data = self._wake_r.recv(64)
+            data = self._wake_r.recv(4096)
         except BlockingIOError:
             return
         for byte in data:
             if byte in STOP_BYTES:
                 self._on_stop_request()
+        if RESULTS_READY[0] in data:
+            self._collect_results()
 
     def _on_stop_request(self) -> None:
         if self._stopping:

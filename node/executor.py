@@ -8,8 +8,8 @@ holds the broker connection keeps a task to four socket hops (client, broker, no
 client); a separate slot process would add two more and double the round trip. CPU
 parallelism comes from running several node processes (`znode --concurrency N`).
 
-Each slot thread owns a PUSH socket to the agent's PULL (inproc), one socket per thread,
-and sends `[task_id, *RESULT frames]`: the agent only forwards the frames.
+Results come back on a deque; one wake-up byte per batch tells the socket thread (no
+socket per thread, no frames copied through inproc).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from itertools import count
-from typing import Any, cast
-
-import zmq
+from collections import deque
+from collections.abc import Callable, Mapping
 
 from broker.protocol import Result, encode
 from node import runner
@@ -30,66 +27,29 @@ from node.registry import Function
 
 log = logging.getLogger(__name__)
 
-NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_endpoints = count()
-
-
-def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = 0) -> None:
-    """`send_multipart` without pyzmq's per-call checks, for the per-task hot path."""
-    last = len(frames) - 1
-    more = flags | _SNDMORE
-    send = sock.send
-    for i in range(last):
-        send(frames[i], more)
-    send(frames[last], flags)
-
-
-def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[bytes]:
-    """`recv_multipart` without pyzmq's per-call checks, for the per-task hot path."""
-    recv = sock.recv
-    frames = [recv(flags)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(recv(flags))
-    return frames
-
-
-def readable(sock: zmq.Socket[bytes]) -> bool:
-    """Whether a message is waiting (cheaper than a non-blocking recv that fails)."""
-    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
-
-
 _STOP = ("", "", b"")
 
 
 class ThreadSlots:
-    """`threads` slot threads fed from one queue; results come back on `socket`."""
+    """`threads` slot threads fed from one queue. A finished task's RESULT frames go on a
+    deque, and `notify()` wakes the socket thread once per batch (not once per result):
+    the socket thread then calls `take_results()`."""
+
+    socket = None
 
     def __init__(
-        self,
-        context: zmq.Context[Any],
-        functions: Mapping[str, Function],
-        threads: int,
+        self, functions: Mapping[str, Function], threads: int, notify: Callable[[], None]
     ) -> None:
-        self._context = context
         self._functions = dict(functions)
-        self._endpoint = f"inproc://node-slots-{next(_endpoints)}"
-        self._results: zmq.Socket[bytes] = context.socket(zmq.PULL)
-        self._results.setsockopt(zmq.LINGER, 0)
-        self._results.bind(self._endpoint)
+        self._notify = notify
         self._jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._done: deque[tuple[str, list[bytes]]] = deque()
+        self._notified = False  # a wake-up is on its way and not yet acted on
         self._threads = [
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
             for i in range(threads)
         ]
         self.running: set[str] = set()  # task ids handed to a slot and not yet answered
-
-    @property
-    def socket(self) -> zmq.Socket[bytes]:
-        return self._results
 
     @property
     def capacity(self) -> int:
@@ -116,10 +76,16 @@ class ThreadSlots:
         self.running.add(task_id)
         self._jobs.put((task_id, function, payload))
 
-    def take_result(self, frames: list[bytes]) -> list[bytes]:
-        """RESULT frames from a slot's message; frees that slot."""
-        self.running.discard(frames[0].decode())
-        return frames[1:]
+    def take_results(self) -> list[list[bytes]]:
+        """RESULT frames of every task finished so far; frees their slots."""
+        self._notified = False  # before draining: a result added after this notifies again
+        taken = []
+        done, running = self._done, self.running
+        while done:
+            task_id, frames = done.popleft()
+            running.discard(task_id)
+            taken.append(frames)
+        return taken
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop the slot threads, waiting at most `timeout` in all; a thread still inside a
@@ -129,25 +95,19 @@ class ThreadSlots:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._results.close(linger=0)
 
     def _slot(self) -> None:
-        out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(self._endpoint)
-        functions, jobs = self._functions, self._jobs
-        try:
-            while True:
-                task_id, function, payload = jobs.get()
-                if not task_id:
-                    return
-                outcome = runner.run_task(functions, function, payload)
-                result = Result(task_id, outcome.exit_code, outcome.payload, outcome.error)
-                send_frames(out, [task_id.encode(), *encode(result)])
-        except zmq.ContextTerminated:
-            return
-        finally:
-            out.close(linger=0)
+        functions, jobs, done = self._functions, self._jobs, self._done
+        while True:
+            task_id, function, payload = jobs.get()
+            if not task_id:
+                return
+            outcome = runner.run_task(functions, function, payload)
+            result = Result(task_id, outcome.exit_code, outcome.payload, outcome.error)
+            done.append((task_id, encode(result)))
+            if not self._notified:
+                self._notified = True
+                self._notify()
 
 
 class InlineSlot:

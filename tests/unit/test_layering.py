@@ -22,7 +22,6 @@ ZMQ_MODULES = (
     "broker/server.py",
     "broker/control.py",
     "node/agent.py",
-    "node/executor.py",
     "node/link.py",
     "client/api.py",
     "client/pipeline.py",
