@@ -105,7 +105,7 @@ def _print_status(body: dict[str, Any]) -> None:
     table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
     for column in ("name", "host", "pid", "state", "load", "done", "seen", "functions"):
         table.add_column(column, justify="right" if column in ("pid", "load", "done") else "left")
-    for node in body.get("nodes", []):
+    for node in sorted(body.get("nodes", []), key=lambda n: str(n.get("name", ""))):
         table.add_row(
             str(node.get("name", "")),
             str(node.get("host", "")),
