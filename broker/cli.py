@@ -17,6 +17,7 @@ from rich.table import Table
 from broker import protocol as p
 from broker.control import BrokerUnreachable
 from broker.control import status as query_status
+from broker.results import ResultCacheConfig
 from broker.scheduler import SchedulerConfig
 from broker.server import BrokerConfig, BrokerServer
 from broker.workers import STRATEGIES
@@ -49,6 +50,12 @@ def start(
     max_message_size: int = typer.Option(
         p.DEFAULT_MAX_MESSAGE_SIZE, min=1024, help="Largest message accepted, in bytes."
     ),
+    keep_results: float = typer.Option(
+        300.0,
+        min=0,
+        help="Seconds a finished task's answer is kept, so a client's resend of it is answered, "
+        "not run again (0 keeps none). At most 100,000 answers and 64 MiB are kept.",
+    ),
     ready_file: Path | None = typer.Option(
         None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
     ),
@@ -61,7 +68,8 @@ def start(
         raise typer.BadParameter(
             f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
         )
-    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness)
+    results = ResultCacheConfig(ttl=keep_results)
+    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness, results)
     server = BrokerServer(BrokerConfig(bind, scheduler, max_message_size))
     try:
         endpoint = server.bind()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
 from broker import protocol as p
 from broker.queues import TaskQueue, TaskRecord
+from broker.results import ResultCache, ResultCacheConfig
 from broker.workers import LEAST_LOADED, NodeRecord, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SchedulerConfig:
     strategy: str = LEAST_LOADED
     heartbeat_interval: float = p.DEFAULT_HEARTBEAT_INTERVAL
     liveness: int = p.DEFAULT_LIVENESS
+    results: ResultCacheConfig = field(default_factory=ResultCacheConfig)
 
     @property
     def expiry(self) -> float:
@@ -48,6 +50,7 @@ class Scheduler:
         self.pool = WorkerPool(self.config.strategy)
         self.queue = TaskQueue()
         self.tasks: dict[str, TaskRecord] = {}  # every accepted task not yet answered
+        self.results = ResultCache(self.config.results)  # recently answered tasks
         self.counters: Counter[str] = Counter()
         self._seq = count()
         self._next_tick = 0.0
@@ -101,6 +104,7 @@ class Scheduler:
             elif now - node.last_sent >= interval:
                 node.last_sent = now
                 sends.append(Send(node.identity, p.Heartbeat()))
+        self.results.expire(now)
         self._next_tick = now + interval / 4
         return sends
 
@@ -124,6 +128,11 @@ class Scheduler:
                 record.reply_to.append(sender)
                 del record.reply_to[:-MAX_REPLY_TO]
             return []
+        answered = self.results.get(msg.task_id)
+        if answered is not None:
+            # It finished already; its requester lost the answer (or asks twice).
+            self.counters["answered_again"] += 1
+            return [Send(sender, answered)]
         if not self.pool.offers(msg.function):
             self.counters["unknown_function"] += 1
             error = p.ErrorInfo("UnknownFunction", _unknown_function(msg.function))
@@ -192,7 +201,7 @@ class Scheduler:
     def _on_result(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
         node = self.pool.nodes.get(sender)
         freed = node is not None and self.pool.release(node, msg.task_id)
-        sends = self._complete(msg)
+        sends = self._complete(msg, now)
         if node is None:
             sends.append(Send(sender, p.Disconnect("not registered: send REGISTER")))
         elif node.draining and not node.active:
@@ -203,7 +212,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ moving tasks
 
-    def _complete(self, msg: p.Result) -> list[Send]:
+    def _complete(self, msg: p.Result, now: float) -> list[Send]:
         record = self.tasks.pop(msg.task_id, None)
         if record is None:
             self.counters["results_unmatched"] += 1  # late duplicate or unknown task
@@ -212,6 +221,7 @@ class Scheduler:
             self.queue.remove(record)  # a late result for a task already requeued
         self.counters["completed" if msg.exit_code == 0 else "failed"] += 1
         reply = p.TaskCompleted(msg.task_id, msg.exit_code, msg.payload, msg.error, record.attempt)
+        self.results.add(reply, now)
         return [Send(identity, reply) for identity in record.reply_to]
 
     def _start(self, record: TaskRecord, node: NodeRecord, now: float) -> Send:
@@ -266,6 +276,8 @@ class Scheduler:
             "queued": len(self.queue),
             "running": running,
             "queued_by_function": self.queue.counts(),
+            "results_kept": len(self.results),
+            "results_bytes": self.results.bytes,
             "strategy": self.pool.strategy,
             "heartbeat_interval": self.config.heartbeat_interval,
             "liveness": self.config.liveness,
@@ -276,6 +288,7 @@ class Scheduler:
         """Raise AssertionError if the pool, the queue and the task table disagree."""
         self.pool.check_invariants()
         self.queue.check_invariants()
+        self.results.check_invariants()
         queued = {r.task_id for r in self.queue}
         running: dict[str, set[bytes]] = {}
         for node in self.pool.nodes.values():
@@ -289,6 +302,7 @@ class Scheduler:
                 assert running.get(task_id) == {record.node}, f"{task_id} is not on its node"
                 assert task_id not in queued, f"running task {task_id} is also queued"
         assert queued <= self.tasks.keys(), "queue holds an answered task"
+        assert not any(t in self.results for t in self.tasks), "a task is pending and answered"
         for function in self.queue.counts():
             assert not self.pool.has_free(function), f"{function} waits beside a free slot"
 

@@ -259,3 +259,22 @@ def test_oversized_result_fails_the_task_with_bad_result(peers: list[Peer]) -> N
         assert done.error is not None and "4096" in done.error.message
     finally:
         small.stop()
+
+
+def test_resend_after_completion_is_answered_without_running_again(
+    broker: Broker, peers: list[Peer]
+) -> None:
+    node = new_peer(broker, peers)
+    node.register("n1")
+    client = new_peer(broker, peers)
+    client.send(p.Execute("t1", "f", b"[]"))
+    assert isinstance(node.recv(), p.Run)
+    node.send(p.Result("t1", 0, b"7"))
+    first = client.recv()
+    # A REQ client that lost that reply resends on a fresh socket.
+    again = req_roundtrip(broker.endpoint, p.encode(p.Execute("t1", "f", b"[]")))
+    assert again == first == p.TaskCompleted("t1", 0, b"7", None, 1)
+    counters = status(broker)["counters"]
+    assert counters["accepted"] == 1 and counters["answered_again"] == 1
+    with pytest.raises(AssertionError, match="no message"):
+        node.recv(timeout_ms=300)  # heartbeats only: no second RUN

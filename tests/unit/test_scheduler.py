@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker import protocol as p
+from broker.results import ResultCache, ResultCacheConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.workers import LEAST_LOADED, ROUND_ROBIN
 
@@ -244,3 +245,49 @@ def test_shutdown_tells_every_node(sched: Scheduler) -> None:
     sends = sched.shutdown()
     assert {s.identity for s in sends} == {b"n1", b"n2"}
     assert all(isinstance(s.message, p.Disconnect) for s in sends)
+
+
+def test_resend_after_completion_is_answered_from_the_kept_results(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    [done] = sched.handle(b"n1", ok("t1", b"42"), 0.2)
+    # The client lost that answer and resends on a fresh socket: same answer, no new RUN.
+    assert sched.handle(OTHER_CLIENT, execute("t1"), 0.3) == [Send(OTHER_CLIENT, done.message)]
+    assert sched.counters["answered_again"] == 1
+    assert sched.counters["accepted"] == 1
+    sched.check_invariants()
+
+
+def test_kept_results_expire_after_their_ttl() -> None:
+    # A long heartbeat interval keeps the silent test node alive across the TTL.
+    config = SchedulerConfig(heartbeat_interval=60, results=ResultCacheConfig(ttl=10.0))
+    sched = Scheduler(config)
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"n1", ok("t1"), 1.0)
+    sched.tick(10.5)
+    assert "t1" in sched.results  # 9.5 s old
+    sched.handle(b"n1", p.Heartbeat(), 11.2)
+    sched.tick(11.5)
+    assert "t1" not in sched.results
+    assert runs(sched.handle(CLIENT, execute("t1"), 11.6)) == [(b"n1", "t1")]  # runs again
+    sched.check_invariants()
+
+
+def test_result_cache_keeps_within_its_entry_and_byte_bounds() -> None:
+    cache = ResultCache(ResultCacheConfig(ttl=60, max_entries=3, max_bytes=10_000))
+    for i in range(5):
+        cache.add(p.TaskCompleted(f"t{i}", 0, b"1"), float(i))
+        cache.check_invariants()
+    assert [t for t in ("t0", "t1", "t2", "t3", "t4") if t in cache] == ["t2", "t3", "t4"]
+    cache.add(p.TaskCompleted("big", 0, b"x" * 9_700), 5.0)  # pushes older ones out by size
+    assert "big" in cache and len(cache) == 1
+    assert cache.bytes <= 10_000
+    cache.expire(100.0)
+    assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_zero_ttl_keeps_nothing() -> None:
+    cache = ResultCache(ResultCacheConfig(ttl=0))
+    cache.add(p.TaskCompleted("t", 0, b"1"), 0.0)
+    assert len(cache) == 0

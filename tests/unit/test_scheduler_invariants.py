@@ -27,6 +27,7 @@ class Simulation:
         self.accepted: set[str] = set()
         self.next_task = 0
         self.next_node = 0
+        self.late = 0
 
     def apply(self, sender: bytes, message: p.Message) -> None:
         self.absorb(self.sched.handle(sender, message, self.now))
@@ -43,7 +44,7 @@ class Simulation:
         self.now += self.rng.choice((0.0, 0.1, 0.5, 1.5))
         action = self.rng.choice(
             ["register", "submit", "submit", "submit", "result", "result", "heartbeat",
-             "deregister", "tick", "tick", "resend", "die"]
+             "deregister", "tick", "tick", "resend", "resend_finished", "die"]
         )  # fmt: skip
         getattr(self, f"do_{action}")()
         self.sched.check_invariants()
@@ -72,6 +73,13 @@ class Simulation:
         if self.sched.tasks:
             record = self.rng.choice(list(self.sched.tasks.values()))
             self.apply(b"client-2", p.Execute(record.task_id, record.function, b"[]", 5))
+
+    def do_resend_finished(self) -> None:
+        finished = sorted(self.accepted - self.sched.tasks.keys())
+        if finished:
+            task_id = self.rng.choice(finished)
+            self.late += 1  # a fresh requester each time: each must get exactly one answer
+            self.apply(f"late-{self.late}".encode(), p.Execute(task_id, "f", b"[]", 5))
 
     def do_result(self) -> None:
         busy = [n for n, tasks in self.running.items() if tasks]

@@ -1,0 +1,79 @@
+"""ResultCache: answers of recently finished tasks, so a resend is answered, not run again.
+
+A client that lost a TASK_COMPLETED resends the same EXECUTE (Lazy Pirate); if the task has
+finished meanwhile, the broker answers from here. Entries live `ttl` seconds, and the cache
+holds at most `max_entries` answers and `max_bytes` of result payloads; past either bound
+the oldest go first. Pure state: time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from broker.protocol import TaskCompleted
+
+ENTRY_OVERHEAD = 200  # bytes an entry costs besides its payload (ids, header, bookkeeping)
+
+
+@dataclass(frozen=True)
+class ResultCacheConfig:
+    ttl: float = 300.0  # seconds a finished task's answer is kept
+    max_entries: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+class ResultCache:
+    def __init__(self, config: ResultCacheConfig | None = None) -> None:
+        self.config = config or ResultCacheConfig()
+        self._entries: OrderedDict[str, tuple[TaskCompleted, float]] = OrderedDict()
+        self.bytes = 0  # payload bytes held, plus ENTRY_OVERHEAD per entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._entries
+
+    def get(self, task_id: str) -> TaskCompleted | None:
+        entry = self._entries.get(task_id)
+        return None if entry is None else entry[0]
+
+    def add(self, answer: TaskCompleted, now: float) -> None:
+        if self.config.ttl <= 0 or self.config.max_entries <= 0:
+            return
+        self._drop(answer.task_id)
+        self._entries[answer.task_id] = (answer, now)
+        self.bytes += _cost(answer)
+        while self._entries and (
+            len(self._entries) > self.config.max_entries or self.bytes > self.config.max_bytes
+        ):
+            self._pop_oldest()
+
+    def expire(self, now: float) -> None:
+        """Forget answers older than the TTL (entries are in the order they were added)."""
+        cutoff = now - self.config.ttl
+        while self._entries:
+            _, (_, added) = next(iter(self._entries.items()))
+            if added > cutoff:
+                return
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> None:
+        _, (answer, _) = self._entries.popitem(last=False)
+        self.bytes -= _cost(answer)
+
+    def _drop(self, task_id: str) -> None:
+        entry = self._entries.pop(task_id, None)
+        if entry is not None:
+            self.bytes -= _cost(entry[0])
+
+    def check_invariants(self) -> None:
+        assert self.bytes == sum(_cost(a) for a, _ in self._entries.values()), "bytes drifted"
+        assert len(self._entries) <= max(self.config.max_entries, 0)
+        times = [added for _, added in self._entries.values()]
+        assert times == sorted(times), "entries out of order"
+
+
+def _cost(answer: TaskCompleted) -> int:
+    return len(answer.payload) + ENTRY_OVERHEAD
