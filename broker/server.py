@@ -22,6 +22,7 @@ from broker.scheduler import Scheduler, SchedulerConfig, Send
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
+PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -55,8 +56,13 @@ class BrokerServer:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails loudly
-        router.setsockopt(zmq.SNDHWM, 0)  # never drop a reply to a slow reader
-        router.setsockopt(zmq.RCVHWM, 100_000)
+        # Far above any client's window, so no answer to a reading client is dropped; but a
+        # peer that floods and never reads cannot grow the broker's memory without bound.
+        router.setsockopt(zmq.SNDHWM, PEER_QUEUE_LIMIT)
+        router.setsockopt(zmq.RCVHWM, PEER_QUEUE_LIMIT)
+        # Up to twice the limit a sender gets a clear ERROR too_large; a larger frame is not
+        # even buffered whole: ZeroMQ drops that connection.
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_size + 65536)
         endpoint = self.config.bind
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
@@ -131,8 +137,13 @@ class BrokerServer:
         try:
             message = self._decode(frames)
         except p.ProtocolError as exc:
-            log.warning("refused message from %s: %s", identity.hex(), exc.message)
             sends = self.scheduler.refuse(identity, exc)
+            _log_sampled(
+                self.scheduler.counters[f"refused_{exc.code}"],
+                "refused message from %s: %s",
+                identity.hex(),
+                exc.message,
+            )
             if exc.code == p.ERR_TOO_LARGE and exc.task_id and frames[3] == p.RESULT:
                 # The node's work is lost, but its requesters still get their one reply.
                 error = p.ErrorInfo("BadResult", exc.message)
@@ -164,8 +175,9 @@ class BrokerServer:
                 _send(router, send.identity, p.encode(send.message))
             except zmq.Again:
                 self.scheduler.counters["send_blocked"] += 1
-                log.error(
-                    "dropped %s to %s: its pipe is full",
+                _log_sampled(
+                    self.scheduler.counters["send_blocked"],
+                    "dropped %s to %s: it reads nothing and its queue is full",
                     type(send.message).__name__,
                     send.identity.hex(),
                 )
@@ -176,6 +188,13 @@ class BrokerServer:
                     "peer %s is gone; dropped %s", send.identity.hex(), type(send.message).__name__
                 )
                 pending.extend(self.scheduler.unreachable(send.identity, time.monotonic()))
+
+
+def _log_sampled(count: int, message: str, *args: object) -> None:
+    """Log the first ten of a kind, then every power of ten: a flood of bad input must not
+    become a flood of log lines."""
+    if count <= 10 or str(count).rstrip("0") == "1":
+        log.warning(message + " (%d so far)", *args, count)
 
 
 def _send(router: zmq.Socket[Any], identity: bytes, frames: list[bytes]) -> None:
