@@ -149,6 +149,19 @@ class TaskCompleted:
     attempts: int = 1
 
 
+TaskMessage: TypeAlias = Execute | Run | Result | TaskCompleted
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several tasks in one EXECUTE, RUN, RESULT or TASK_COMPLETED message (protocol.md 2.1).
+
+    Each pair of frames is decoded on its own: a pair that does not decode is a
+    ProtocolError in `items`, and the others still count."""
+
+    items: tuple[TaskMessage | ProtocolError, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     pass
@@ -179,6 +192,7 @@ Message: TypeAlias = (
     | Status
     | StatusReply
     | Error
+    | Batch
 )
 
 
@@ -248,6 +262,17 @@ def _encode_error(m: Any) -> list[bytes]:
     return [TAG, ERROR, _json(body)]
 
 
+def encode_batch(messages: Sequence[TaskMessage]) -> list[bytes]:
+    """One message carrying several tasks of the same command: [tag, command, h1, p1, h2, p2...]."""
+    frames = encode(messages[0])
+    kind = type(messages[0])
+    for message in messages[1:]:
+        if type(message) is not kind:
+            raise TypeError(f"a batch holds one command; got {kind.__name__} and {message!r}")
+        frames += encode(message)[2:4]
+    return frames
+
+
 _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Register: _encode_register,
     Registered: _encode_registered,
@@ -261,7 +286,15 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Status: lambda m: [TAG, STATUS],
     StatusReply: lambda m: [TAG, STATUS_REPLY, _json(m.body)],
     Error: _encode_error,
+    Batch: lambda m: encode_batch(_messages_of(m)),
 }
+
+
+def _messages_of(batch: Batch) -> list[TaskMessage]:
+    items = [item for item in batch.items if not isinstance(item, ProtocolError)]
+    if len(items) != len(batch.items) or not items:
+        raise TypeError("only a non-empty Batch of messages (no errors) can be encoded")
+    return items
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -424,16 +457,33 @@ def _decode_error(frames: Sequence[bytes]) -> Error:
     return Error(code, message, task_id if isinstance(task_id, str) else None)
 
 
+def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[..., Message]:
+    """A decoder for a task command: one (header, payload) pair, or a Batch of several."""
+
+    def decode_pairs(frames: Sequence[bytes]) -> Message:
+        if len(frames) < 6:
+            return decode_one(frames)  # one pair; a lone trailing frame is ignored
+        items: list[TaskMessage | ProtocolError] = []
+        for i in range(2, len(frames) - 1, 2):
+            try:
+                items.append(decode_one((frames[0], frames[1], frames[i], frames[i + 1])))
+            except ProtocolError as exc:
+                items.append(exc)
+        return Batch(tuple(items))
+
+    return decode_pairs
+
+
 _DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     REGISTER: _decode_register,
     REGISTERED: _decode_registered,
     DEREGISTER: lambda frames: Deregister(),
     HEARTBEAT: lambda frames: Heartbeat(),
     DISCONNECT: _decode_disconnect,
-    EXECUTE: _decode_execute,
-    RUN: _decode_run,
-    RESULT: _decode_result,
-    TASK_COMPLETED: _decode_task_completed,
+    EXECUTE: _pairs(_decode_execute),
+    RUN: _pairs(_decode_run),
+    RESULT: _pairs(_decode_result),
+    TASK_COMPLETED: _pairs(_decode_task_completed),
     STATUS: lambda frames: Status(),
     STATUS_REPLY: lambda frames: StatusReply(_object(frames, 2, "body")),
     ERROR: _decode_error,

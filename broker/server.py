@@ -10,9 +10,9 @@ import contextlib
 import logging
 import socket
 import time
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
+BATCH_TASKS = 256  # tasks in one outgoing RUN or TASK_COMPLETED message, at most
+BATCH_BYTES = 1024 * 1024  # payload bytes in one such message (one task may exceed it alone)
+_BATCHED = (p.Run, p.TaskCompleted)
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -117,7 +120,8 @@ class BrokerServer:
             log.info("broker stopped")
 
     def _drain(self, router: zmq.Socket[Any]) -> None:
-        """Handle what is waiting, up to BATCH messages."""
+        """Handle what is waiting, up to BATCH messages. What one message causes goes out at
+        once; several tasks to one peer leave in one message."""
         recv = router.recv
         for _ in range(BATCH):
             try:
@@ -137,19 +141,31 @@ class BrokerServer:
         try:
             message = self._decode(frames)
         except p.ProtocolError as exc:
-            sends = self.scheduler.refuse(identity, exc)
-            _log_sampled(
-                self.scheduler.counters[f"refused_{exc.code}"],
-                "refused message from %s: %s",
-                identity.hex(),
-                exc.message,
-            )
-            if exc.code == p.ERR_TOO_LARGE and exc.task_id and frames[3] == p.RESULT:
-                # The node's work is lost, but its requesters still get their one reply.
-                error = p.ErrorInfo("BadResult", exc.message)
-                failed = p.Result(exc.task_id, p.EXIT_BAD_RESULT, b"null", error)
-                sends += self.scheduler.handle(identity, failed, time.monotonic())
-            return sends
+            return self._refuse(identity, exc, frames)
+        if type(message) is not p.Batch:
+            return self._handle(identity, message)
+        sends: list[Send] = []
+        for item in message.items:
+            if isinstance(item, p.ProtocolError):
+                sends += self._refuse(identity, item, None)
+            else:
+                sends += self._handle(identity, item)
+        return sends
+
+    def _refuse(
+        self, identity: bytes, exc: p.ProtocolError, frames: list[bytes] | None
+    ) -> list[Send]:
+        sends = self.scheduler.refuse(identity, exc)
+        count = self.scheduler.counters[f"refused_{exc.code}"]
+        _log_sampled(count, "refused message from %s: %s", identity.hex(), exc.message)
+        if exc.code == p.ERR_TOO_LARGE and exc.task_id and frames and frames[3] == p.RESULT:
+            # The node's work is lost, but its requesters still get their one reply.
+            error = p.ErrorInfo("BadResult", exc.message)
+            failed = p.Result(exc.task_id, p.EXIT_BAD_RESULT, b"null", error)
+            sends += self._handle(identity, failed)
+        return sends
+
+    def _handle(self, identity: bytes, message: p.Message) -> list[Send]:
         try:
             return self.scheduler.handle(identity, message, time.monotonic())
         except Exception:
@@ -168,26 +184,61 @@ class BrokerServer:
         return p.decode(frames[2:])
 
     def _send_all(self, router: zmq.Socket[Any], sends: list[Send]) -> None:
-        pending = deque(sends)
-        while pending:
-            send = pending.popleft()
+        while sends:
+            by_peer: dict[bytes, list[p.Message]] = {}
+            for send in sends:
+                by_peer.setdefault(send.identity, []).append(send.message)
+            sends = []
+            for identity, messages in by_peer.items():
+                sends += self._send_to(router, identity, messages)
+
+    def _send_to(
+        self, router: zmq.Socket[Any], identity: bytes, messages: list[p.Message]
+    ) -> list[Send]:
+        """Send `messages` to one peer in order; what a vanished peer's loss causes."""
+        for frames in _batched(messages):
             try:
-                _send(router, send.identity, p.encode(send.message))
+                _send(router, identity, frames)
             except zmq.Again:
                 self.scheduler.counters["send_blocked"] += 1
+                count = self.scheduler.counters["send_blocked"]
                 _log_sampled(
-                    self.scheduler.counters["send_blocked"],
-                    "dropped %s to %s: it reads nothing and its queue is full",
-                    type(send.message).__name__,
-                    send.identity.hex(),
+                    count,
+                    "dropped a message to %s: it reads nothing and its queue is full",
+                    identity.hex(),
                 )
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
-                log.info(
-                    "peer %s is gone; dropped %s", send.identity.hex(), type(send.message).__name__
-                )
-                pending.extend(self.scheduler.unreachable(send.identity, time.monotonic()))
+                log.info("peer %s is gone; dropped %d messages", identity.hex(), len(messages))
+                return self.scheduler.unreachable(identity, time.monotonic())
+        return []
+
+
+def _batched(messages: list[p.Message]) -> Iterator[list[bytes]]:
+    """Frames for `messages`: runs of RUN or TASK_COMPLETED become one message each, up to
+    BATCH_TASKS tasks and BATCH_BYTES of payload."""
+    run: list[p.TaskMessage] = []
+    size = 0
+    for message in messages:
+        if type(message) in _BATCHED:
+            task = cast(p.TaskMessage, message)
+            if run and (
+                type(task) is not type(run[0])
+                or len(run) >= BATCH_TASKS
+                or size + len(task.payload) > BATCH_BYTES
+            ):
+                yield p.encode_batch(run)
+                run, size = [], 0
+            run.append(task)
+            size += len(task.payload)
+            continue
+        if run:
+            yield p.encode_batch(run)
+            run, size = [], 0
+        yield p.encode(message)
+    if run:
+        yield p.encode_batch(run)
 
 
 def _log_sampled(count: int, message: str, *args: object) -> None:

@@ -14,6 +14,7 @@ import zmq
 from broker.protocol import (
     DEFAULT_BROKER_URL,
     PRIORITY_DEFAULT,
+    Batch,
     Error,
     Execute,
     Message,
@@ -248,8 +249,8 @@ class Client:
                     self._discard_socket()
                     sock = self._connected()
                 else:
-                    reply = self._decode(frames)
-                    if reply is not None and answers(reply):
+                    reply = next((m for m in self._decode(frames) if answers(m)), None)
+                    if reply is not None:
                         break
                 # After a stale reply a REQ socket must send before it may receive again.
                 sock.send_multipart(request)
@@ -275,9 +276,13 @@ class Client:
             raise BrokerTimeout(self.url, timeout)
         return None
 
-    def _decode(self, frames: list[bytes]) -> Message | None:
+    def _decode(self, frames: list[bytes]) -> list[Message]:
+        """The messages in a reply: one, or the tasks of a batch (protocol.md 2.1)."""
         try:
-            return decode(frames)
+            message = decode(frames)
         except ProtocolError as exc:
             _log.warning("ignoring a malformed reply from the broker at %s: %s", self.url, exc)
-            return None
+            return []
+        if isinstance(message, Batch):
+            return [item for item in message.items if not isinstance(item, ProtocolError)]
+        return [message]

@@ -19,13 +19,14 @@ from broker.protocol import (
     MAX_NAME_LENGTH,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    Batch,
     Error,
     Execute,
     ProtocolError,
     TaskCompleted,
     decode,
     dumps_payload,
-    encode,
+    encode_batch,
     loads_payload,
 )
 from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
@@ -138,8 +139,8 @@ class Pipeline:
         self._return_exceptions = return_exceptions
         self._prefix = uuid.uuid4().hex
         self._exhausted = False
-        # task_id -> (input position, frames as sent), kept for resends.
-        self._outstanding: dict[str, tuple[int, list[bytes]]] = {}
+        # task_id -> (input position, the EXECUTE as sent), kept for resends.
+        self._outstanding: dict[str, tuple[int, Execute]] = {}
         self._done: dict[int, Any] = {}
         self._last_reply = self._quiet_since = time.monotonic()
 
@@ -177,11 +178,12 @@ class Pipeline:
         if self._exhausted:
             return
         outstanding, function, priority = self._outstanding, self._function, self._priority
+        burst: list[Execute] = []
         for _ in range(self._window - len(outstanding)):
             item = next(self._inputs, None)
             if item is None:
                 self._exhausted = True
-                return
+                break
             index, args = item
             if not isinstance(args, (tuple, list)):
                 raise TypeError(
@@ -190,10 +192,16 @@ class Pipeline:
                 )
             task_id = f"{self._prefix}.{index}"
             execute = Execute(task_id, function, encode_arguments(args), priority)
-            frames = [b"", *encode(execute)]
-            outstanding[task_id] = (index, frames)
-            if not self._send(sock, frames):
-                return  # queue full: the task goes out with the next resend
+            outstanding[task_id] = (index, execute)
+            burst.append(execute)
+        self._send_batches(sock, burst)
+
+    def _send_batches(self, sock: zmq.Socket[Any], executes: list[Execute]) -> None:
+        """Several tasks per EXECUTE message (protocol.md 2.1); a full queue leaves the rest
+        to the next resend."""
+        for batch in _batches(executes):
+            if not self._send(sock, [b"", *encode_batch(batch)]):
+                return
 
     @staticmethod
     def _send(sock: zmq.Socket[Any], frames: list[bytes]) -> bool:
@@ -227,9 +235,7 @@ class Pipeline:
             self._quiet_since = now
 
     def _resend(self, sock: zmq.Socket[Any]) -> None:
-        for _index, frames in self._outstanding.values():
-            if not self._send(sock, frames):
-                break  # the queue is full of earlier copies already
+        self._send_batches(sock, [execute for _, execute in self._outstanding.values()])
 
     def _drain(self, sock: zmq.Socket[Any]) -> None:
         recv = sock.recv
@@ -257,13 +263,22 @@ class Pipeline:
             _log.warning("ignoring a malformed reply from the broker at %s: %s", self._url, exc)
             return
         if type(message) is TaskCompleted:
-            entry = self._outstanding.pop(message.task_id, None)
-            if entry is not None:  # None: a second answer, to a resend
-                self._done[entry[0]] = self._outcome(message)
+            self._completed(message)
+        elif type(message) is Batch:
+            for item in message.items:
+                if type(item) is TaskCompleted:
+                    self._completed(item)
+                else:
+                    _log.warning("ignoring a bad answer in a batch from %s: %s", self._url, item)
         elif isinstance(message, Error):
             self._refused(message)
         else:
             _log.warning("ignoring an unexpected %s from the broker", type(message).__name__)
+
+    def _completed(self, completed: TaskCompleted) -> None:
+        entry = self._outstanding.pop(completed.task_id, None)
+        if entry is not None:  # None: a second answer, to a resend
+            self._done[entry[0]] = self._outcome(completed)
 
     def _outcome(self, completed: TaskCompleted) -> Any:
         try:
@@ -279,3 +294,22 @@ class Pipeline:
             )
             return
         self._done[entry[0]] = BrokerError(error.code, error.message, error.task_id)
+
+
+EXECUTE_BATCH_TASKS = 64  # tasks in one EXECUTE message, at most
+EXECUTE_BATCH_BYTES = 1024 * 1024  # argument bytes in one EXECUTE message (one may exceed it)
+
+
+def _batches(executes: list[Execute]) -> Iterator[list[Execute]]:
+    batch: list[Execute] = []
+    size = 0
+    for execute in executes:
+        if batch and (
+            len(batch) >= EXECUTE_BATCH_TASKS or size + len(execute.payload) > EXECUTE_BATCH_BYTES
+        ):
+            yield batch
+            batch, size = [], 0
+        batch.append(execute)
+        size += len(execute.payload)
+    if batch:
+        yield batch

@@ -28,6 +28,7 @@ from broker.protocol import (
     DEFAULT_LIVENESS,
     ERR_MALFORMED,
     ERR_NOT_REGISTERED,
+    Batch,
     Deregister,
     Disconnect,
     Error,
@@ -245,6 +246,8 @@ class NodeAgent:
                 continue
             if type(msg) is Run:
                 self._on_run(msg)
+            elif type(msg) is Batch:
+                self._on_runs(msg)
             else:
                 self._on_control(msg)
             if self._link.socket is not sock or not readable(sock):
@@ -272,6 +275,13 @@ class NodeAgent:
     def _on_registered(self, msg: Registered) -> None:
         self._link.on_registered(msg)
         self._flush_unsent()
+
+    def _on_runs(self, batch: Batch) -> None:
+        for item in batch.items:
+            if type(item) is Run:
+                self._on_run(item)
+            else:
+                self._on_malformed(ValueError(f"a batch from the broker holds {item!r}"))
 
     def _on_run(self, msg: Run) -> None:
         if isinstance(self._pool, InlineSlot):

@@ -28,6 +28,29 @@ from node.registry import Function
 log = logging.getLogger(__name__)
 
 _STOP = ("", "", b"")
+RESULT_BATCH_TASKS = 256
+RESULT_BATCH_BYTES = 1024 * 1024
+
+
+def combine_results(results: list[list[bytes]]) -> list[list[bytes]]:
+    """RESULT messages carrying up to RESULT_BATCH_TASKS tasks and RESULT_BATCH_BYTES of
+    payload each (protocol.md 2.1): one message for many results saves a wake-up per task."""
+    combined: list[list[bytes]] = []
+    size = 0
+    for frames in results:
+        payload = len(frames[3])
+        current = combined[-1] if combined else None
+        if (
+            current is None
+            or len(current) >= 2 + 2 * RESULT_BATCH_TASKS
+            or size + payload > RESULT_BATCH_BYTES
+        ):
+            combined.append(list(frames))
+            size = payload
+        else:
+            current += frames[2:4]
+            size += payload
+    return combined
 
 
 class ThreadSlots:
@@ -77,7 +100,8 @@ class ThreadSlots:
         self._jobs.put((task_id, function, payload))
 
     def take_results(self) -> list[list[bytes]]:
-        """RESULT frames of every task finished so far; frees their slots."""
+        """RESULT messages for every task finished so far (several tasks per message, see
+        `combine_results`); frees their slots."""
         self._notified = False  # before draining: a result added after this notifies again
         taken = []
         done, running = self._done, self.running
@@ -85,7 +109,7 @@ class ThreadSlots:
             task_id, frames = done.popleft()
             running.discard(task_id)
             taken.append(frames)
-        return taken
+        return combine_results(taken)
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop the slot threads, waiting at most `timeout` in all; a thread still inside a

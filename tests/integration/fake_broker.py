@@ -16,10 +16,12 @@ from typing import Any
 import zmq
 
 from broker.protocol import (
+    Batch,
     Error,
     ErrorInfo,
     Execute,
     Message,
+    ProtocolError,
     Status,
     StatusReply,
     TaskCompleted,
@@ -174,7 +176,13 @@ class FakeBroker:
     def _handle(self, sock: zmq.Socket[Any], frames: list[bytes]) -> None:
         identity, delimiter, *body = frames
         assert delimiter == b"", f"missing empty delimiter frame in {frames!r}"
-        request = Request(identity, decode(body))
+        message = decode(body)
+        # The pipelined client sends several tasks per EXECUTE: script them one by one.
+        for item in message.items if isinstance(message, Batch) else (message,):
+            assert not isinstance(item, ProtocolError), f"client sent a bad pair: {item}"
+            self._handle_one(sock, Request(identity, item))
+
+    def _handle_one(self, sock: zmq.Socket[Any], request: Request) -> None:
         with self._lock:
             self._requests.append(request)
             if isinstance(request.message, Execute):

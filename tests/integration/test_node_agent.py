@@ -19,6 +19,7 @@ import zmq
 
 from broker.protocol import (
     ERR_NOT_REGISTERED,
+    Batch,
     Deregister,
     Disconnect,
     Error,
@@ -32,6 +33,7 @@ from broker.protocol import (
     decode,
     dumps_payload,
     encode,
+    encode_batch,
     loads_payload,
 )
 from node.registry import resolve
@@ -89,7 +91,11 @@ class ScriptedBroker:
                 message = decode(frames)
             except ProtocolError as exc:
                 raise AssertionError(f"node sent an undecodable message: {exc.message}") from None
-            self.inbox.append(Received(time.monotonic(), identity, message))
+            # A node may send several RESULTs in one message: keep them one by one.
+            items = message.items if isinstance(message, Batch) else (message,)
+            for item in items:
+                assert not isinstance(item, ProtocolError), f"node sent a bad pair: {item}"
+                self.inbox.append(Received(time.monotonic(), identity, item))
 
     def take(
         self,
@@ -398,3 +404,12 @@ def test_sigterm_before_any_broker_answers_exits_0(
     proc.signal(signal.SIGTERM)
     broker.alive.clear()
     assert proc.wait(timeout=5) == 0
+
+
+def test_a_batch_of_runs_is_run_and_answered(spawner: Spawner, broker: ScriptedBroker) -> None:
+    node = single_node(spawner, broker, threads=4)
+    runs = [Run(f"b{i}", "multiply", dumps_payload([i, 10])) for i in range(3)]
+    broker.send_raw(node, b"", *encode_batch(runs))
+    for i in range(3):
+        _, result = broker.result(f"b{i}", timeout=5)
+        assert loads_payload(result.payload) == i * 10

@@ -49,6 +49,9 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"TASK_COMPLETED", b'{"task_id":"x","exit_code":127,'
                             b'"error":{"type":"UnknownFunction","message":"no node"},'
                             b'"attempts":0}', b"null"]),
+    (p.Batch((p.Execute("a", "noop", b"[]", 5), p.Execute("b", "noop", b"[1]", 9))),
+     [T, b"EXECUTE", b'{"task_id":"a","function":"noop","priority":5}', b"[]",
+      b'{"task_id":"b","function":"noop","priority":9}', b"[1]"]),
     (p.Status(), [T, b"STATUS"]),
     (p.StatusReply({"nodes": [], "queued": 3, "running": 0, "counters": {"received": 7}}),
      [T, b"STATUS_REPLY", b'{"nodes":[],"queued":3,"running":0,"counters":{"received":7}}']),
@@ -260,3 +263,28 @@ def test_dumps_payload_refuses_non_str_keys_on_both_paths() -> None:
         p.dumps_payload({1: 2})  # orjson path
     with pytest.raises(TypeError):
         p.dumps_payload({1: 2**70})  # standard-library fallback path
+
+
+def test_a_bad_pair_in_a_batch_is_its_own_error_and_the_others_decode() -> None:
+    good = b'{"task_id":"ok","exit_code":0,"error":null}'
+    bad = b'{"task_id":"bad","exit_code":999}'
+    batch = p.decode([T, b"RESULT", good, b"1", bad, b"2", good.replace(b"ok", b"ok2"), b"3"])
+    assert isinstance(batch, p.Batch)
+    first, error, third = batch.items
+    assert first == p.Result("ok", 0, b"1") and third == p.Result("ok2", 0, b"3")
+    assert isinstance(error, p.ProtocolError) and error.task_id == "bad"
+
+
+def test_a_lone_trailing_frame_after_the_pairs_is_ignored() -> None:
+    header = b'{"task_id":"a","function":"f","attempt":1}'
+    single = p.decode([T, b"RUN", header, b"[]", b"extra"])
+    assert single == p.Run("a", "f", b"[]", 1)
+    batch = p.decode([T, b"RUN", header, b"[]", header, b"[2]", b"extra"])
+    assert batch == p.Batch((p.Run("a", "f", b"[]", 1), p.Run("a", "f", b"[2]", 1)))
+
+
+def test_a_batch_holds_one_command() -> None:
+    with pytest.raises(TypeError):
+        p.encode_batch([p.Run("a", "f", b"[]"), p.Result("a", 0)])
+    with pytest.raises(TypeError):
+        p.encode(p.Batch((p.ProtocolError("malformed", "x"),)))
