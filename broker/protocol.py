@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import orjson
 
@@ -260,6 +260,32 @@ def _encode_task_completed(m: Any) -> list[bytes]:
 def _encode_error(m: Any) -> list[bytes]:
     body = {"code": m.code, "message": m.message, "task_id": m.task_id}
     return [TAG, ERROR, _json(body)]
+
+
+BATCH_MAX_TASKS = 256  # tasks per message the reference peers put in one batch (section 2.4)
+BATCH_MAX_BYTES = 1024 * 1024  # payload bytes per batch; a larger single task travels alone
+
+T = TypeVar("T")
+
+
+def batches(
+    items: Iterable[T],
+    payload_size: Callable[[T], int],
+    max_items: int = BATCH_MAX_TASKS,
+    max_bytes: int = BATCH_MAX_BYTES,
+) -> Iterator[list[T]]:
+    """Consecutive `items` grouped into batches within the task and payload-byte caps."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        n = payload_size(item)
+        if batch and (len(batch) >= max_items or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch
 
 
 def encode_batch(messages: Sequence[TaskMessage]) -> list[bytes]:

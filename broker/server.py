@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, cast
 
 import zmq
@@ -23,8 +24,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
-BATCH_TASKS = 256  # tasks in one outgoing RUN or TASK_COMPLETED message, at most
-BATCH_BYTES = 1024 * 1024  # payload bytes in one such message (one task may exceed it alone)
 _BATCHED = (p.Run, p.TaskCompleted)
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
@@ -216,29 +215,18 @@ class BrokerServer:
 
 
 def _batched(messages: list[p.Message]) -> Iterator[list[bytes]]:
-    """Frames for `messages`: runs of RUN or TASK_COMPLETED become one message each, up to
-    BATCH_TASKS tasks and BATCH_BYTES of payload."""
-    run: list[p.TaskMessage] = []
-    size = 0
-    for message in messages:
-        if type(message) in _BATCHED:
-            task = cast(p.TaskMessage, message)
-            if run and (
-                type(task) is not type(run[0])
-                or len(run) >= BATCH_TASKS
-                or size + len(task.payload) > BATCH_BYTES
-            ):
-                yield p.encode_batch(run)
-                run, size = [], 0
-            run.append(task)
-            size += len(task.payload)
-            continue
-        if run:
-            yield p.encode_batch(run)
-            run, size = [], 0
-        yield p.encode(message)
-    if run:
-        yield p.encode_batch(run)
+    """Frames for `messages` in order: consecutive RUNs or TASK_COMPLETEDs as batches."""
+    for kind, group in groupby(messages, key=type):
+        if kind in _BATCHED:
+            tasks = cast(Iterator[p.TaskMessage], group)
+            for batch in p.batches(tasks, _payload_size):
+                yield p.encode_batch(batch)
+        else:
+            yield from map(p.encode, group)
+
+
+def _payload_size(task: p.TaskMessage) -> int:
+    return len(task.payload)
 
 
 def _log_sampled(count: int, message: str, *args: object) -> None:

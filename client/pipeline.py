@@ -24,6 +24,7 @@ from broker.protocol import (
     Execute,
     ProtocolError,
     TaskCompleted,
+    batches,
     decode,
     dumps_payload,
     encode_batch,
@@ -297,19 +298,7 @@ class Pipeline:
 
 
 EXECUTE_BATCH_TASKS = 64  # tasks in one EXECUTE message, at most
-EXECUTE_BATCH_BYTES = 1024 * 1024  # argument bytes in one EXECUTE message (one may exceed it)
 
 
 def _batches(executes: list[Execute]) -> Iterator[list[Execute]]:
-    batch: list[Execute] = []
-    size = 0
-    for execute in executes:
-        if batch and (
-            len(batch) >= EXECUTE_BATCH_TASKS or size + len(execute.payload) > EXECUTE_BATCH_BYTES
-        ):
-            yield batch
-            batch, size = [], 0
-        batch.append(execute)
-        size += len(execute.payload)
-    if batch:
-        yield batch
+    return batches(executes, lambda execute: len(execute.payload), EXECUTE_BATCH_TASKS)

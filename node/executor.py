@@ -21,36 +21,30 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from broker.protocol import Result, encode
+from broker.protocol import Result, batches, encode
 from node import runner
 from node.registry import Function
 
 log = logging.getLogger(__name__)
 
 _STOP = ("", "", b"")
-RESULT_BATCH_TASKS = 256
-RESULT_BATCH_BYTES = 1024 * 1024
 
 
 def combine_results(results: list[list[bytes]]) -> list[list[bytes]]:
-    """RESULT messages carrying up to RESULT_BATCH_TASKS tasks and RESULT_BATCH_BYTES of
-    payload each (protocol.md 2.1): one message for many results saves a wake-up per task."""
-    combined: list[list[bytes]] = []
-    size = 0
-    for frames in results:
-        payload = len(frames[3])
-        current = combined[-1] if combined else None
-        if (
-            current is None
-            or len(current) >= 2 + 2 * RESULT_BATCH_TASKS
-            or size + payload > RESULT_BATCH_BYTES
-        ):
-            combined.append(list(frames))
-            size = payload
-        else:
-            current += frames[2:4]
-            size += payload
-    return combined
+    """RESULT messages each carrying several results (protocol.md 2.4): one message for many
+    results saves a wake-up per task."""
+    return [_joined(batch) for batch in batches(results, _payload_size)]
+
+
+def _joined(messages: list[list[bytes]]) -> list[bytes]:
+    frames = list(messages[0])
+    for message in messages[1:]:
+        frames += message[2:4]
+    return frames
+
+
+def _payload_size(frames: list[bytes]) -> int:
+    return len(frames[3])
 
 
 class ThreadSlots:

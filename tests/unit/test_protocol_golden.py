@@ -288,3 +288,15 @@ def test_a_batch_holds_one_command() -> None:
         p.encode_batch([p.Run("a", "f", b"[]"), p.Result("a", 0)])
     with pytest.raises(TypeError):
         p.encode(p.Batch((p.ProtocolError("malformed", "x"),)))
+
+
+def test_batches_respect_the_task_and_byte_caps() -> None:
+    sizes = [1, 1, 1, 1, 1]
+    assert [len(b) for b in p.batches(sizes, lambda n: n, max_items=2, max_bytes=100)] == [2, 2, 1]
+    assert list(p.batches([60, 30, 20, 200, 5], lambda n: n, max_items=10, max_bytes=100)) == [
+        [60, 30],
+        [20],
+        [200],  # larger than the cap: alone
+        [5],
+    ]
+    assert list(p.batches([], lambda n: n)) == []
