@@ -75,11 +75,21 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture
-def peers(broker: Broker) -> Iterator[list[Peer]]:
+def peers() -> Iterator[list[Peer]]:
     made: list[Peer] = []
     yield made
     for peer in made:
         peer.close()
+
+
+@pytest.fixture
+def small_broker() -> Iterator[Broker]:
+    """A broker that refuses messages over 4096 bytes."""
+    b = Broker(max_message_size=4096)
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 def new_peer(broker: Broker, peers: list[Peer]) -> Peer:
@@ -160,15 +170,11 @@ def test_missing_delimiter_is_refused(broker: Broker, peers: list[Peer]) -> None
     assert isinstance(reply, p.Error) and reply.code == p.ERR_MALFORMED
 
 
-def test_oversized_message_is_refused_with_its_task_id(peers: list[Peer]) -> None:
-    small = Broker(max_message_size=4096)
-    try:
-        big = p.Execute("t-big", "f", b"[" + b"1," * 4000 + b"1]")
-        reply = req_roundtrip(small.endpoint, p.encode(big))
-        assert reply == p.Error(p.ERR_TOO_LARGE, reply.message, "t-big")  # type: ignore[union-attr]
-        assert "4096" in reply.message  # type: ignore[union-attr]
-    finally:
-        small.stop()
+def test_oversized_message_is_refused_with_its_task_id(small_broker: Broker) -> None:
+    big = p.Execute("t-big", "f", b"[" + b"1," * 4000 + b"1]")
+    reply = req_roundtrip(small_broker.endpoint, p.encode(big))
+    assert reply == p.Error(p.ERR_TOO_LARGE, reply.message, "t-big")  # type: ignore[union-attr]
+    assert "4096" in reply.message  # type: ignore[union-attr]
 
 
 def test_silent_node_is_declared_dead_and_its_task_completes_elsewhere(
@@ -242,23 +248,19 @@ def test_stop_sends_disconnect_to_nodes(peers: list[Peer]) -> None:
     assert node.recv() == p.Disconnect("broker shutting down")
 
 
-def test_oversized_result_fails_the_task_with_bad_result(peers: list[Peer]) -> None:
-    small = Broker(max_message_size=4096)
-    try:
-        node = Peer(small.endpoint)
-        client = Peer(small.endpoint)
-        peers.extend([node, client])
-        node.register("n1")
-        client.send(p.Execute("t1", "f", b"[]"))
-        assert isinstance(node.recv(), p.Run)
-        node.send(p.Result("t1", 0, b'"' + b"x" * 5000 + b'"'))
-        refused = node.recv()
-        assert isinstance(refused, p.Error) and refused.code == p.ERR_TOO_LARGE
-        done = client.recv()
-        assert isinstance(done, p.TaskCompleted) and done.exit_code == p.EXIT_BAD_RESULT
-        assert done.error is not None and "4096" in done.error.message
-    finally:
-        small.stop()
+def test_oversized_result_fails_the_task_with_bad_result(
+    small_broker: Broker, peers: list[Peer]
+) -> None:
+    node, client = new_peer(small_broker, peers), new_peer(small_broker, peers)
+    node.register("n1")
+    client.send(p.Execute("t1", "f", b"[]"))
+    assert isinstance(node.recv(), p.Run)
+    node.send(p.Result("t1", 0, b'"' + b"x" * 5000 + b'"'))
+    refused = node.recv()
+    assert isinstance(refused, p.Error) and refused.code == p.ERR_TOO_LARGE
+    done = client.recv()
+    assert isinstance(done, p.TaskCompleted) and done.exit_code == p.EXIT_BAD_RESULT
+    assert done.error is not None and "4096" in done.error.message
 
 
 def test_resend_after_completion_is_answered_without_running_again(
