@@ -18,6 +18,7 @@ from broker import protocol as p
 from broker.control import BrokerUnreachable
 from broker.control import status as query_status
 from broker.results import ResultCacheConfig
+from broker.retries import RetryPolicy
 from broker.scheduler import SchedulerConfig
 from broker.server import BrokerConfig, BrokerServer
 from broker.workers import STRATEGIES
@@ -50,6 +51,17 @@ def start(
     max_message_size: int = typer.Option(
         p.DEFAULT_MAX_MESSAGE_SIZE, min=1024, help="Largest message accepted, in bytes."
     ),
+    retries: int = typer.Option(
+        3,
+        min=0,
+        max=100,
+        help="Extra attempts for a task whose function raises or whose node dies, unless "
+        "the task asks for its own number.",
+    ),
+    retry_backoff: float = typer.Option(
+        0.5, min=0, help="Seconds before the second attempt; doubles for each next one (+-20%)."
+    ),
+    retry_backoff_max: float = typer.Option(60.0, min=0, help="Longest wait between attempts."),
     keep_results: float = typer.Option(
         300.0,
         min=0,
@@ -69,7 +81,8 @@ def start(
             f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
         )
     results = ResultCacheConfig(ttl=keep_results)
-    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness, results)
+    retry = RetryPolicy(retries, retry_backoff, retry_backoff_max)
+    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness, results, retry)
     server = BrokerServer(BrokerConfig(bind, scheduler, max_message_size))
     try:
         endpoint = server.bind()

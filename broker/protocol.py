@@ -32,6 +32,7 @@ DEFAULT_LIVENESS = 3  # missed intervals before a peer is declared dead
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # bytes, all frames of one message
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 MAX_NAME_LENGTH = 256  # task ids, function names, node names
+MAX_RETRIES = 100  # extra attempts a task may ask for
 
 # Exit codes carried by RESULT and TASK_COMPLETED (see protocol.md, "Error model").
 EXIT_OK = 0
@@ -122,6 +123,7 @@ class Execute:
     function: str
     payload: bytes  # JSON array of arguments, never decoded by the broker
     priority: int = PRIORITY_DEFAULT
+    retries: int | None = None  # extra attempts after failures; None: the broker's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,8 @@ def _encode_registered(m: Any) -> list[bytes]:
 
 def _encode_execute(m: Any) -> list[bytes]:
     header = {"task_id": m.task_id, "function": m.function, "priority": m.priority}
+    if m.retries is not None:
+        header["retries"] = m.retries
     return [TAG, EXECUTE, _json(header), m.payload]
 
 
@@ -446,8 +450,11 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
     task_id = _name(header, "task_id")
     function = _name(header, "function", task_id)
     priority = _int(header, "priority", PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT, tid=task_id)
+    retries = None
+    if header.get("retries") is not None:
+        retries = _int(header, "retries", 0, MAX_RETRIES, tid=task_id)
     payload = _frame(frames, 3, "arguments")
-    return Execute(task_id, function, payload, priority)
+    return Execute(task_id, function, payload, priority, retries)
 
 
 def _decode_run(frames: Sequence[bytes]) -> Run:

@@ -21,6 +21,8 @@ class TaskRecord:
     submitted_at: float
     attempt: int = 0  # attempts started so far
     node: bytes | None = None  # identity of the node running it, None while queued
+    retries: int = 0  # extra attempts allowed after failed ones
+    retry_due: float | None = None  # when it may run again, while waiting after a failure
 
 
 @dataclass

@@ -8,6 +8,7 @@ the server owns both. Payloads pass through as bytes that are never decoded here
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from broker import protocol as p
 from broker.queues import TaskQueue, TaskRecord
 from broker.results import ResultCache, ResultCacheConfig
+from broker.retries import RETRYABLE, RetryPolicy, RetryTimers
 from broker.workers import LEAST_LOADED, NodeRecord, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class SchedulerConfig:
     heartbeat_interval: float = p.DEFAULT_HEARTBEAT_INTERVAL
     liveness: int = p.DEFAULT_LIVENESS
     results: ResultCacheConfig = field(default_factory=ResultCacheConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
     def expiry(self) -> float:
@@ -45,8 +48,12 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig | None = None) -> None:
+    def __init__(
+        self, config: SchedulerConfig | None = None, rng: random.Random | None = None
+    ) -> None:
         self.config = config or SchedulerConfig()
+        self._rng = rng or random.Random()  # retry jitter; seeded in tests
+        self.retry_timers = RetryTimers()  # failed tasks waiting for their next attempt
         self.pool = WorkerPool(self.config.strategy)
         self.queue = TaskQueue()
         self.tasks: dict[str, TaskRecord] = {}  # every accepted task not yet answered
@@ -104,13 +111,16 @@ class Scheduler:
             elif now - node.last_sent >= interval:
                 node.last_sent = now
                 sends.append(Send(node.identity, p.Heartbeat()))
+        for record in self.retry_timers.pop_due(now):
+            sends += self._requeue(record, now)
         self.results.expire(now)
         self._next_tick = now + interval / 4
         return sends
 
     def next_deadline(self) -> float:
         """When `tick` must next run (monotonic seconds, the clock `now` comes from)."""
-        return self._next_tick
+        retry = self.retry_timers.next_due()
+        return self._next_tick if retry is None else min(self._next_tick, retry)
 
     def shutdown(self) -> list[Send]:
         """Tell every node the broker is going away."""
@@ -142,6 +152,7 @@ class Scheduler:
         record = TaskRecord(
             msg.task_id, msg.function, msg.payload, msg.priority, next(self._seq), [sender], now
         )
+        record.retries = self.config.retry.retries if msg.retries is None else msg.retries
         self.tasks[msg.task_id] = record
         node = None if self.queue.has(msg.function) else self.pool.pick(msg.function)
         if node is None:
@@ -201,7 +212,7 @@ class Scheduler:
     def _on_result(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
         node = self.pool.nodes.get(sender)
         freed = node is not None and self.pool.release(node, msg.task_id)
-        sends = self._complete(msg, now)
+        sends = self._settle(sender, msg, now)
         if node is None:
             sends.append(Send(sender, p.Disconnect("not registered: send REGISTER")))
         elif node.draining and not node.active:
@@ -212,6 +223,42 @@ class Scheduler:
 
     # ------------------------------------------------------------------ moving tasks
 
+    def _settle(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
+        """A RESULT arrived: answer the task, try it again later, or ignore a stale failure."""
+        record = self.tasks.get(msg.task_id)
+        if record is None or msg.exit_code == 0:
+            return self._complete(msg, now)
+        if record.node != sender:
+            self.counters["stale_failures"] += 1  # an attempt already replaced: no verdict
+            return []
+        if msg.exit_code in RETRYABLE and record.attempt <= record.retries:
+            return self._retry_later(record, now)
+        return self._complete(msg, now)
+
+    def _retry_later(self, record: TaskRecord, now: float) -> list[Send]:
+        self.counters["retried"] += 1
+        record.node = None
+        due = now + self.config.retry.delay(record.attempt, self._rng)
+        if due <= now:
+            return self._requeue(record, now)
+        self.retry_timers.add(record, due)
+        return []
+
+    def _requeue(self, record: TaskRecord, now: float) -> list[Send]:
+        """Run `record` again now if a slot is free, else queue it (it keeps its place)."""
+        target = self.pool.pick(record.function)
+        if target is None:
+            self.queue.push(record)
+            return []
+        return [self._start(record, target, now)]
+
+    def _give_up(self, record: TaskRecord, node: NodeRecord, now: float) -> list[Send]:
+        """The task's node died on its last allowed attempt: answer it with NodeLost."""
+        tries = record.attempt
+        text = f"node {node.name} stopped answering while running it, on attempt {tries}"
+        error = p.ErrorInfo("NodeLost", text + f" of {record.retries + 1}")
+        return self._complete(p.Result(record.task_id, p.EXIT_NODE_LOST, b"null", error), now)
+
     def _complete(self, msg: p.Result, now: float) -> list[Send]:
         record = self.tasks.pop(msg.task_id, None)
         if record is None:
@@ -219,6 +266,7 @@ class Scheduler:
             return []
         if record.node is None:
             self.queue.remove(record)  # a late result for a task already requeued
+            record.retry_due = None  # and if it was waiting to retry, it waits no more
         self.counters["completed" if msg.exit_code == 0 else "failed"] += 1
         reply = p.TaskCompleted(msg.task_id, msg.exit_code, msg.payload, msg.error, record.attempt)
         self.results.add(reply, now)
@@ -257,13 +305,11 @@ class Scheduler:
         for record in orphans:
             if record.node != identity:
                 continue  # already restarted elsewhere
-            self.counters["requeued"] += 1
-            record.node = None
-            target = self.pool.pick(record.function)
-            if target is None:
-                self.queue.push(record)
+            if record.attempt > record.retries:
+                sends += self._give_up(record, node, now)
             else:
-                sends.append(self._start(record, target, now))
+                self.counters["requeued"] += 1
+                sends += self._retry_later(record, now)
         return sends
 
     # ------------------------------------------------------------------ views
@@ -274,6 +320,7 @@ class Scheduler:
         return {
             "nodes": nodes,
             "queued": len(self.queue),
+            "waiting_retry": len(self.retry_timers),
             "running": running,
             "queued_by_function": self.queue.counts(),
             "results_kept": len(self.results),
@@ -296,7 +343,8 @@ class Scheduler:
                 running.setdefault(task_id, set()).add(node.identity)
         for task_id, record in self.tasks.items():
             if record.node is None:
-                assert task_id in queued, f"task {task_id} is neither queued nor running"
+                waiting = record.retry_due is not None
+                assert (task_id in queued) != waiting, f"{task_id}: queued xor waiting to retry"
                 assert task_id not in running, f"queued task {task_id} holds a slot"
             else:
                 assert running.get(task_id) == {record.node}, f"{task_id} is not on its node"

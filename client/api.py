@@ -30,6 +30,7 @@ from client.pipeline import (
     Pipeline,
     check_name,
     check_priority,
+    check_retries,
     encode_arguments,
     open_socket,
     poll_ms,
@@ -66,6 +67,7 @@ class Client:
         timeout: float | None = 30.0,
         resend_interval: float = 2.5,
         priority: int = PRIORITY_DEFAULT,
+        retries: int | None = None,
     ) -> None:
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be positive, got {resend_interval!r}")
@@ -73,6 +75,7 @@ class Client:
         self.timeout = _check_timeout(timeout)
         self.resend_interval = resend_interval
         self.priority = check_priority(priority)
+        self.retries = check_retries(retries)  # None: the broker's default
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
         self._closed = False
@@ -106,6 +109,7 @@ class Client:
         priority: int | None = None,
         timeout: Timeout = ...,
         task_id: str | None = None,
+        retries: int | None = None,
     ) -> Any:
         """Run `function(*args)` on a node and return its result.
 
@@ -113,7 +117,9 @@ class Client:
         the broker refuses the request, BrokerTimeout when no answer comes in time, and
         TypeError for arguments JSON cannot carry.
         """
-        completed = self.submit(function, args, priority=priority, timeout=timeout, task_id=task_id)
+        completed = self.submit(
+            function, args, priority=priority, timeout=timeout, task_id=task_id, retries=retries
+        )
         return result_of(function, completed)
 
     def submit(
@@ -124,15 +130,18 @@ class Client:
         priority: int | None = None,
         timeout: Timeout = ...,
         task_id: str | None = None,
+        retries: int | None = None,
     ) -> TaskCompleted:
         """Run `function(*args)` and return the broker's TASK_COMPLETED as it came,
-        whatever its exit code. Raises BrokerError, BrokerTimeout, TypeError."""
+        whatever its exit code. `retries`: extra attempts after failures (default: this
+        client's, else the broker's). Raises BrokerError, BrokerTimeout, TypeError."""
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
         request = Execute(
             task_id,
             check_name("function", function),
             encode_arguments(args),
             self._priority(priority),
+            self.retries if retries is None else check_retries(retries),
         )
 
         def answers(reply: Message) -> bool:
@@ -205,6 +214,7 @@ class Client:
             arguments,
             window=window,
             priority=self._priority(priority),
+            retries=self.retries,
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,

@@ -102,10 +102,12 @@ def _print_json(completed: TaskCompleted) -> None:
     typer.echo(dumps_payload(body).decode())
 
 
-def _submit(broker: str, function: str, values: list[Any], priority: int, wait: float) -> Any:
+def _submit(
+    broker: str, function: str, values: list[Any], priority: int, wait: float, retries: int | None
+) -> Any:
     timeout = wait if wait > 0 else None
     try:
-        with Client(broker, timeout=timeout, priority=priority) as client:
+        with Client(broker, timeout=timeout, priority=priority, retries=retries) as client:
             return client.submit(function, values)
     except BrokerTimeout:
         raise _fail(
@@ -147,6 +149,15 @@ def submit(
         metavar="P",
         help="0 to 9; queued tasks run 9 first.",
     ),
+    retries: int | None = typer.Option(
+        None,
+        "--retries",
+        min=0,
+        max=100,
+        metavar="N",
+        help="Extra attempts if the function raises or its node dies, with growing waits "
+        "between them (default: the broker's, 3 unless zbroker start --retries says).",
+    ),
     timeout: float = typer.Option(
         30.0,
         "--timeout",
@@ -162,7 +173,7 @@ def submit(
     ),
 ) -> None:
     values = _arguments(ctx, function, args or [])
-    completed = _submit(broker, function, values, priority, timeout)
+    completed = _submit(broker, function, values, priority, timeout, retries)
     try:
         if json_output:
             _print_json(completed)

@@ -17,6 +17,7 @@ import zmq
 
 from broker.protocol import (
     MAX_NAME_LENGTH,
+    MAX_RETRIES,
     PRIORITY_MAX,
     PRIORITY_MIN,
     Batch,
@@ -76,6 +77,15 @@ def check_name(what: str, value: str) -> str:
     return value
 
 
+def check_retries(retries: int | None) -> int | None:
+    if retries is not None and (type(retries) is not int or not 0 <= retries <= MAX_RETRIES):
+        raise ValueError(
+            f"retries must be an integer from 0 to {MAX_RETRIES} (or None for the broker's "
+            f"default), got {retries!r}"
+        )
+    return retries
+
+
 def check_priority(priority: int) -> int:
     if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ValueError(
@@ -123,6 +133,7 @@ class Pipeline:
         *,
         window: int,
         priority: int,
+        retries: int | None = None,
         timeout: float | None,
         resend_interval: float,
         return_exceptions: bool,
@@ -133,6 +144,7 @@ class Pipeline:
         self._url = url
         self._function = check_name("function", function)
         self._priority = check_priority(priority)
+        self._retries = check_retries(retries)
         self._inputs = enumerate(arguments)
         self._window = window
         self._timeout = timeout
@@ -192,7 +204,7 @@ class Pipeline:
                     f"item {index} is a {type(args).__name__}"
                 )
             task_id = f"{self._prefix}.{index}"
-            execute = Execute(task_id, function, encode_arguments(args), priority)
+            execute = Execute(task_id, function, encode_arguments(args), priority, self._retries)
             outstanding[task_id] = (index, execute)
             burst.append(execute)
         self._send_batches(sock, burst)

@@ -14,6 +14,7 @@ from tests.support import BIN, Proc, Spawner, read_ready_file, wait_until
 
 INTERVAL = 0.2  # short heartbeats so dead nodes are found fast
 LIVENESS = 3
+RETRY_BACKOFF = 0.05  # short waits between attempts, for the same reason
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Cluster:
             str(INTERVAL),
             "--liveness",
             str(LIVENESS),
+            "--retry-backoff",
+            str(RETRY_BACKOFF),
             *extra,
         )
         self.url = read_ready_file(ready, 15, self.broker)

@@ -235,3 +235,17 @@ def test_broker_exits_cleanly_on_sigterm_and_tells_its_nodes(cluster: Cluster) -
     broker.signal(signal.SIGTERM)
     assert broker.wait(10) == 0
     wait_until(lambda: "disconnected us" in node.log(), 5, what="node told", alive=[node])
+
+
+def test_a_failing_task_is_retried_and_its_last_error_reported(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="util")
+    cluster.wait_nodes("node0")
+    done = cluster.zsubmit("--json", "--retries", "2", "fail", "still broken")
+    assert done.returncode == 1
+    body = json.loads(done.stdout)
+    assert body["attempts"] == 3 and body["exit_code"] == 1
+    assert body["error"] == {"type": "RuntimeError", "message": "still broken"}
+    assert cluster.status()["counters"]["retried"] == 2
+    with Client(cluster.url, retries=0) as client:
+        assert client.submit("fail", ["once"]).attempts == 1

@@ -34,6 +34,8 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Execute("t-\u00e9", "sum", b"[1180591620717411303424]", 9),
      [T, b"EXECUTE", b'{"task_id":"t-\xc3\xa9","function":"sum","priority":9}',
       b"[1180591620717411303424]"]),
+    (p.Execute("r", "f", b"[]", 5, retries=0),
+     [T, b"EXECUTE", b'{"task_id":"r","function":"f","priority":5,"retries":0}', b"[]"]),
     (p.Run("1234", "multiply", b"[5,10]", 2),
      [T, b"RUN", b'{"task_id":"1234","function":"multiply","attempt":2}', b"[5,10]"]),
     (p.Result("1234", 0, b"50"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from broker import protocol as p
 from broker.results import ResultCache, ResultCacheConfig
+from broker.retries import RetryPolicy
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.workers import LEAST_LOADED, ROUND_ROBIN
 
@@ -31,7 +34,9 @@ def runs(sends: list[Send]) -> list[tuple[bytes, str]]:
 
 @pytest.fixture
 def sched() -> Scheduler:
-    return Scheduler(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    # No backoff here: a failed or orphaned task is requeued at once (backoff has its tests).
+    config = SchedulerConfig(heartbeat_interval=1.0, liveness=3, retry=RetryPolicy(base=0))
+    return Scheduler(config, random.Random(1))
 
 
 def test_register_answers_registered_with_heartbeat_settings(sched: Scheduler) -> None:
@@ -291,3 +296,68 @@ def test_zero_ttl_keeps_nothing() -> None:
     cache = ResultCache(ResultCacheConfig(ttl=0))
     cache.add(p.TaskCompleted("t", 0, b"1"), 0.0)
     assert len(cache) == 0
+
+
+def fail(task_id: str) -> p.Result:
+    return p.Result(task_id, p.EXIT_FUNCTION_ERROR, b"null", p.ErrorInfo("ValueError", "boom"))
+
+
+def backoff_scheduler(retries: int = 2) -> Scheduler:
+    retry = RetryPolicy(retries=retries, base=1.0, max_delay=10.0, jitter=0.0)
+    return Scheduler(SchedulerConfig(heartbeat_interval=100, retry=retry), random.Random(1))
+
+
+def test_a_failed_attempt_runs_again_after_exponential_backoff() -> None:
+    sched = backoff_scheduler(retries=2)
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    assert sched.handle(b"n1", fail("t1"), 1.0) == []  # no answer yet: attempt 2 is due
+    sched.check_invariants()
+    assert sched.next_deadline() <= 2.0
+    assert runs(sched.tick(1.9)) == []
+    assert runs(sched.tick(2.0)) == [(b"n1", "t1")]  # 1 s after attempt 1 failed
+    sched.handle(b"n1", fail("t1"), 3.0)
+    assert runs(sched.tick(4.9)) == []
+    assert runs(sched.tick(5.0)) == [(b"n1", "t1")]  # 2 s after attempt 2 failed
+    [final] = sched.handle(b"n1", fail("t1"), 6.0)  # attempt 3 of 1 + 2: the last
+    assert isinstance(final.message, p.TaskCompleted)
+    assert (final.message.exit_code, final.message.attempts) == (1, 3)
+    assert final.message.error == p.ErrorInfo("ValueError", "boom")
+    assert sched.counters["retried"] == 2
+    sched.check_invariants()
+
+
+def test_a_task_asks_for_its_own_retries_and_bad_arguments_are_not_retried() -> None:
+    sched = backoff_scheduler(retries=5)
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, p.Execute("t1", "f", b"[]", 5, retries=0), 0.0)
+    [done] = sched.handle(b"n1", fail("t1"), 0.1)
+    assert done.message.attempts == 1  # type: ignore[union-attr]
+    sched.handle(CLIENT, execute("t2"), 0.2)
+    bad = p.Result("t2", p.EXIT_BAD_ARGUMENTS, b"null", p.ErrorInfo("BadArguments", "x"))
+    [done] = sched.handle(b"n1", bad, 0.3)
+    assert done.message.exit_code == p.EXIT_BAD_ARGUMENTS  # type: ignore[union-attr]
+
+
+def test_a_task_whose_node_dies_on_its_last_attempt_is_answered_node_lost() -> None:
+    sched = backoff_scheduler(retries=0)
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    [lost] = sched.unreachable(b"n1", 0.5)
+    assert lost.identity == CLIENT and isinstance(lost.message, p.TaskCompleted)
+    assert lost.message.exit_code == p.EXIT_NODE_LOST
+    assert lost.message.error is not None and "n1" in lost.message.error.message
+    sched.check_invariants()
+
+
+def test_a_late_failure_from_a_replaced_attempt_is_ignored() -> None:
+    sched = backoff_scheduler(retries=3)
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.unreachable(b"n1", 0.1)  # waits 1 s, then runs again
+    assert sched.handle(b"n1", fail("t1"), 0.2) != []  # n1 is unknown now: DISCONNECT only
+    assert sched.tasks["t1"].retry_due is not None and sched.counters["stale_failures"] == 1
+    success = sched.handle(b"n1", ok("t1", b"9"), 0.3)  # but a late success is the answer
+    assert Send(CLIENT, p.TaskCompleted("t1", 0, b"9", None, 1)) in success
+    assert sched.retry_timers.pop_due(5.0) == []
+    sched.check_invariants()

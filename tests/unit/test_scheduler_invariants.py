@@ -20,7 +20,8 @@ class Simulation:
 
     def __init__(self, seed: int, strategy: str) -> None:
         self.rng = random.Random(seed)
-        self.sched = Scheduler(SchedulerConfig(strategy, heartbeat_interval=1.0, liveness=3))
+        config = SchedulerConfig(strategy, heartbeat_interval=1.0, liveness=3)
+        self.sched = Scheduler(config, random.Random(seed))  # retry jitter, reproducible
         self.now = 0.0
         self.running: dict[bytes, set[str]] = {}  # what each live node believes it runs
         self.answers: Counter[tuple[bytes, str]] = Counter()  # (requester, task id)
