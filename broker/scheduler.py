@@ -19,6 +19,7 @@ from broker import protocol as p
 from broker.queues import TaskQueue, TaskRecord
 from broker.results import ResultCache, ResultCacheConfig
 from broker.retries import RETRYABLE, RetryPolicy, RetryTimers
+from broker.views import status_body
 from broker.workers import LEAST_LOADED, NodeRecord, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -315,21 +316,8 @@ class Scheduler:
     # ------------------------------------------------------------------ views
 
     def status(self, now: float) -> dict[str, Any]:
-        nodes = [_node_view(n, now) for n in self.pool.nodes.values()]
-        running = sum(len(n.active) for n in self.pool.nodes.values())
-        return {
-            "nodes": nodes,
-            "queued": len(self.queue),
-            "waiting_retry": len(self.retry_timers),
-            "running": running,
-            "queued_by_function": self.queue.counts(),
-            "results_kept": len(self.results),
-            "results_bytes": self.results.bytes,
-            "strategy": self.pool.strategy,
-            "heartbeat_interval": self.config.heartbeat_interval,
-            "liveness": self.config.liveness,
-            "counters": dict(self.counters),
-        }
+        """The STATUS_REPLY body (protocol.md 3.11)."""
+        return status_body(self, now)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the pool, the queue and the task table disagree."""
@@ -353,21 +341,6 @@ class Scheduler:
         assert not any(t in self.results for t in self.tasks), "a task is pending and answered"
         for function in self.queue.counts():
             assert not self.pool.has_free(function), f"{function} waits beside a free slot"
-
-
-def _node_view(node: NodeRecord, now: float) -> dict[str, Any]:
-    return {
-        "id": node.node_id,
-        "name": node.name,
-        "host": node.host,
-        "pid": node.pid,
-        "functions": sorted(node.functions),
-        "capacity": node.capacity,
-        "active": len(node.active),
-        "completed": node.completed,
-        "last_seen": round(max(0.0, now - node.last_seen), 3),
-        "state": "draining" if node.draining else "ready",
-    }
 
 
 def _unknown_function(function: str) -> str:
