@@ -43,6 +43,7 @@ EXIT_BAD_REQUEST = 64
 EXIT_NODE_LOST = 69
 EXIT_WORKER_CRASHED = 70
 EXIT_TIMEOUT = 124
+EXIT_EXPIRED = 125
 EXIT_UNKNOWN_FUNCTION = 127
 
 # Command frames.
@@ -124,6 +125,7 @@ class Execute:
     payload: bytes  # JSON array of arguments, never decoded by the broker
     priority: int = PRIORITY_DEFAULT
     retries: int | None = None  # extra attempts after failures; None: the broker's default
+    queue_timeout: float | None = None  # seconds it may wait to start; ms on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,8 @@ def _encode_execute(m: Any) -> list[bytes]:
     header = {"task_id": m.task_id, "function": m.function, "priority": m.priority}
     if m.retries is not None:
         header["retries"] = m.retries
+    if m.queue_timeout is not None:
+        header["queue_timeout_ms"] = round(m.queue_timeout * 1000)
     return [TAG, EXECUTE, _json(header), m.payload]
 
 
@@ -450,11 +454,13 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
     task_id = _name(header, "task_id")
     function = _name(header, "function", task_id)
     priority = _int(header, "priority", PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT, tid=task_id)
-    retries = None
+    retries = queue_timeout = None
     if header.get("retries") is not None:
         retries = _int(header, "retries", 0, MAX_RETRIES, tid=task_id)
+    if header.get("queue_timeout_ms") is not None:
+        queue_timeout = _int(header, "queue_timeout_ms", 1, 86_400_000, tid=task_id) / 1000
     payload = _frame(frames, 3, "arguments")
-    return Execute(task_id, function, payload, priority, retries)
+    return Execute(task_id, function, payload, priority, retries, queue_timeout)
 
 
 def _decode_run(frames: Sequence[bytes]) -> Run:

@@ -23,6 +23,7 @@ class TaskRecord:
     node: bytes | None = None  # identity of the node running it, None while queued
     retries: int = 0  # extra attempts allowed after failed ones
     retry_due: float | None = None  # when it may run again, while waiting after a failure
+    expires_at: float | None = None  # answered Expired if not started by then
 
 
 @dataclass

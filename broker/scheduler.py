@@ -16,6 +16,7 @@ from itertools import count
 from typing import Any
 
 from broker import protocol as p
+from broker.deadlines import QueueDeadlines
 from broker.queues import TaskQueue, TaskRecord
 from broker.results import ResultCache, ResultCacheConfig
 from broker.retries import RETRYABLE, RetryPolicy, RetryTimers
@@ -55,6 +56,7 @@ class Scheduler:
         self.config = config or SchedulerConfig()
         self._rng = rng or random.Random()  # retry jitter; seeded in tests
         self.retry_timers = RetryTimers()  # failed tasks waiting for their next attempt
+        self.deadlines = QueueDeadlines()  # queued tasks that must start by a time
         self.pool = WorkerPool(self.config.strategy)
         self.queue = TaskQueue()
         self.tasks: dict[str, TaskRecord] = {}  # every accepted task not yet answered
@@ -114,14 +116,16 @@ class Scheduler:
                 sends.append(Send(node.identity, p.Heartbeat()))
         for record in self.retry_timers.pop_due(now):
             sends += self._requeue(record, now)
+        for record in self.deadlines.pop_due(now):
+            sends += self._expire(record, now)
         self.results.expire(now)
         self._next_tick = now + interval / 4
         return sends
 
     def next_deadline(self) -> float:
         """When `tick` must next run (monotonic seconds, the clock `now` comes from)."""
-        retry = self.retry_timers.next_due()
-        return self._next_tick if retry is None else min(self._next_tick, retry)
+        due = [self._next_tick, self.retry_timers.next_due(), self.deadlines.next_due()]
+        return min(t for t in due if t is not None)
 
     def shutdown(self) -> list[Send]:
         """Tell every node the broker is going away."""
@@ -158,6 +162,9 @@ class Scheduler:
         node = None if self.queue.has(msg.function) else self.pool.pick(msg.function)
         if node is None:
             self.queue.push(record)
+            if msg.queue_timeout is not None:
+                record.expires_at = now + msg.queue_timeout
+                self.deadlines.add(record)
             return []
         return [self._start(record, node, now)]
 
@@ -253,6 +260,17 @@ class Scheduler:
             return []
         return [self._start(record, target, now)]
 
+    def _expire(self, record: TaskRecord, now: float) -> list[Send]:
+        """A queued task was not started by its deadline: answer it Expired."""
+        self.counters["expired"] += 1
+        waited = now - record.submitted_at
+        text = (
+            f"not started within its queue timeout ({waited:.3g} s waited): no free "
+            f"node offering {record.function!r}"
+        )
+        error = p.ErrorInfo("Expired", text)
+        return self._complete(p.Result(record.task_id, p.EXIT_EXPIRED, b"null", error), now)
+
     def _give_up(self, record: TaskRecord, node: NodeRecord, now: float) -> list[Send]:
         """The task's node died on its last allowed attempt: answer it with NodeLost."""
         tries = record.attempt
@@ -275,6 +293,7 @@ class Scheduler:
 
     def _start(self, record: TaskRecord, node: NodeRecord, now: float) -> Send:
         record.attempt += 1
+        record.expires_at = None  # started: its queue deadline no longer applies
         record.node = node.identity
         self.pool.assign(node, record.task_id)
         node.last_sent = now

@@ -30,6 +30,7 @@ from client.pipeline import (
     Pipeline,
     check_name,
     check_priority,
+    check_queue_timeout,
     check_retries,
     encode_arguments,
     open_socket,
@@ -68,6 +69,7 @@ class Client:
         resend_interval: float = 2.5,
         priority: int = PRIORITY_DEFAULT,
         retries: int | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be positive, got {resend_interval!r}")
@@ -76,6 +78,7 @@ class Client:
         self.resend_interval = resend_interval
         self.priority = check_priority(priority)
         self.retries = check_retries(retries)  # None: the broker's default
+        self.queue_timeout = check_queue_timeout(queue_timeout)  # None: wait as long as needed
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
         self._closed = False
@@ -110,6 +113,7 @@ class Client:
         timeout: Timeout = ...,
         task_id: str | None = None,
         retries: int | None = None,
+        queue_timeout: float | None = None,
     ) -> Any:
         """Run `function(*args)` on a node and return its result.
 
@@ -118,7 +122,13 @@ class Client:
         TypeError for arguments JSON cannot carry.
         """
         completed = self.submit(
-            function, args, priority=priority, timeout=timeout, task_id=task_id, retries=retries
+            function,
+            args,
+            priority=priority,
+            timeout=timeout,
+            task_id=task_id,
+            retries=retries,
+            queue_timeout=queue_timeout,
         )
         return result_of(function, completed)
 
@@ -131,10 +141,13 @@ class Client:
         timeout: Timeout = ...,
         task_id: str | None = None,
         retries: int | None = None,
+        queue_timeout: float | None = None,
     ) -> TaskCompleted:
         """Run `function(*args)` and return the broker's TASK_COMPLETED as it came,
         whatever its exit code. `retries`: extra attempts after failures (default: this
-        client's, else the broker's). Raises BrokerError, BrokerTimeout, TypeError."""
+        client's, else the broker's); `queue_timeout`: seconds it may wait for a free node
+        before it is answered Expired (exit 125). Raises BrokerError, BrokerTimeout,
+        TypeError."""
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
         request = Execute(
             task_id,
@@ -142,6 +155,7 @@ class Client:
             encode_arguments(args),
             self._priority(priority),
             self.retries if retries is None else check_retries(retries),
+            self.queue_timeout if queue_timeout is None else check_queue_timeout(queue_timeout),
         )
 
         def answers(reply: Message) -> bool:
@@ -215,6 +229,7 @@ class Client:
             window=window,
             priority=self._priority(priority),
             retries=self.retries,
+            queue_timeout=self.queue_timeout,
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,

@@ -102,12 +102,10 @@ def _print_json(completed: TaskCompleted) -> None:
     typer.echo(dumps_payload(body).decode())
 
 
-def _submit(
-    broker: str, function: str, values: list[Any], priority: int, wait: float, retries: int | None
-) -> Any:
+def _submit(broker: str, function: str, values: list[Any], wait: float, **task: Any) -> Any:
     timeout = wait if wait > 0 else None
     try:
-        with Client(broker, timeout=timeout, priority=priority, retries=retries) as client:
+        with Client(broker, timeout=timeout, **task) as client:
             return client.submit(function, values)
     except BrokerTimeout:
         raise _fail(
@@ -158,6 +156,14 @@ def submit(
         help="Extra attempts if the function raises or its node dies, with growing waits "
         "between them (default: the broker's, 3 unless zbroker start --retries says).",
     ),
+    queue_timeout: float | None = typer.Option(
+        None,
+        "--queue-timeout",
+        min=0.001,
+        metavar="S",
+        help="Seconds the task may wait in the broker's queue for a free node; after that it "
+        "fails with exit code 125 (Expired) instead of running late.",
+    ),
     timeout: float = typer.Option(
         30.0,
         "--timeout",
@@ -173,7 +179,15 @@ def submit(
     ),
 ) -> None:
     values = _arguments(ctx, function, args or [])
-    completed = _submit(broker, function, values, priority, timeout, retries)
+    completed = _submit(
+        broker,
+        function,
+        values,
+        timeout,
+        priority=priority,
+        retries=retries,
+        queue_timeout=queue_timeout,
+    )
     try:
         if json_output:
             _print_json(completed)

@@ -86,6 +86,12 @@ def check_retries(retries: int | None) -> int | None:
     return retries
 
 
+def check_queue_timeout(seconds: float | None) -> float | None:
+    if seconds is not None and not 0.001 <= seconds <= 86_400:
+        raise ValueError(f"queue_timeout must be 0.001 to 86400 seconds or None, got {seconds!r}")
+    return seconds
+
+
 def check_priority(priority: int) -> int:
     if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ValueError(
@@ -134,6 +140,7 @@ class Pipeline:
         window: int,
         priority: int,
         retries: int | None = None,
+        queue_timeout: float | None = None,
         timeout: float | None,
         resend_interval: float,
         return_exceptions: bool,
@@ -145,6 +152,7 @@ class Pipeline:
         self._function = check_name("function", function)
         self._priority = check_priority(priority)
         self._retries = check_retries(retries)
+        self._queue_timeout = check_queue_timeout(queue_timeout)
         self._inputs = enumerate(arguments)
         self._window = window
         self._timeout = timeout
@@ -204,7 +212,10 @@ class Pipeline:
                     f"item {index} is a {type(args).__name__}"
                 )
             task_id = f"{self._prefix}.{index}"
-            execute = Execute(task_id, function, encode_arguments(args), priority, self._retries)
+            arguments = encode_arguments(args)
+            execute = Execute(
+                task_id, function, arguments, priority, self._retries, self._queue_timeout
+            )
             outstanding[task_id] = (index, execute)
             burst.append(execute)
         self._send_batches(sock, burst)

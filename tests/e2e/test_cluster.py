@@ -249,3 +249,21 @@ def test_a_failing_task_is_retried_and_its_last_error_reported(cluster: Cluster)
     assert cluster.status()["counters"]["retried"] == 2
     with Client(cluster.url, retries=0) as client:
         assert client.submit("fail", ["once"]).attempts == 1
+
+
+def test_a_task_that_cannot_start_in_time_expires(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node()  # one slot
+    cluster.wait_nodes("node0")
+    with Client(cluster.url) as client:
+        busy = threading.Thread(target=lambda: client.execute("sleep", 1.0))
+        busy.start()
+        wait_until(lambda: cluster.status()["running"] == 1, 5, what="the slot taken")
+        started = time.monotonic()
+        done = cluster.zsubmit("--json", "--queue-timeout", "0.2", "multiply", "1", "2")
+        waited = time.monotonic() - started
+        busy.join(10)
+    body = json.loads(done.stdout)
+    assert done.returncode == 1 and body["exit_code"] == 125 and body["attempts"] == 0
+    assert body["error"]["type"] == "Expired"
+    assert waited < 1.0, "it waited for the slot instead of expiring"

@@ -361,3 +361,30 @@ def test_a_late_failure_from_a_replaced_attempt_is_ignored() -> None:
     assert Send(CLIENT, p.TaskCompleted("t1", 0, b"9", None, 1)) in success
     assert sched.retry_timers.pop_due(5.0) == []
     sched.check_invariants()
+
+
+def test_a_task_not_started_by_its_queue_timeout_expires(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("busy"), 0.0)
+    waiting = p.Execute("t2", "f", b"[]", 5, queue_timeout=2.0)
+    assert sched.handle(OTHER_CLIENT, waiting, 0.0) == []
+    assert sched.next_deadline() <= 2.0
+    sched.handle(b"n1", p.Heartbeat(), 1.9)
+    assert not [s for s in sched.tick(1.9) if s.identity == OTHER_CLIENT]
+    [expired] = [s for s in sched.tick(2.0) if s.identity == OTHER_CLIENT]
+    assert isinstance(expired.message, p.TaskCompleted)
+    assert (expired.message.exit_code, expired.message.attempts) == (p.EXIT_EXPIRED, 0)
+    assert expired.message.error is not None and expired.message.error.type == "Expired"
+    assert len(sched.queue) == 0 and "t2" not in sched.tasks
+    sched.check_invariants()
+
+
+def test_a_task_started_in_time_does_not_expire(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("busy"), 0.0)
+    sched.handle(OTHER_CLIENT, p.Execute("t2", "f", b"[]", 5, queue_timeout=2.0), 0.0)
+    assert runs(sched.handle(b"n1", ok("busy"), 1.0)) == [(b"n1", "t2")]
+    sched.handle(b"n1", p.Heartbeat(), 2.5)
+    assert not [s for s in sched.tick(2.5) if isinstance(s.message, p.TaskCompleted)]
+    assert sched.counters["expired"] == 0
+    sched.check_invariants()

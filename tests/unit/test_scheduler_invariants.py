@@ -66,7 +66,9 @@ class Simulation:
         self.next_task += 1
         function = self.rng.choice(FUNCTIONS)
         offered = self.sched.pool.offers(function)
-        self.apply(b"client", p.Execute(task_id, function, b"[]", self.rng.randint(0, 9)))
+        deadline = self.rng.choice((None, None, 0.5, 3.0))
+        priority = self.rng.randint(0, 9)
+        self.apply(b"client", p.Execute(task_id, function, b"[]", priority, None, deadline))
         if offered:
             self.accepted.add(task_id)
 
