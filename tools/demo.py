@@ -33,7 +33,7 @@ def tasks(url: str) -> None:
     show(["zsubmit", "--broker", url, "multiply", "5", "10"])
     show(["zsubmit", "--broker", url, "sum_squares", "1", "10000000"])
     show(["zsubmit", "--broker", url, "--json", "hash_text", "hello world"])
-    show(["zsubmit", "--broker", url, "divide", "1", "0"])
+    show(["zsubmit", "--broker", url, "--retries", "0", "divide", "1", "0"])  # fails at once
     console.print("[bold]Python client[/bold]")
     with Client(url) as client:
         console.print(f'client.execute("multiply", 5, 10) -> {client.execute("multiply", 5, 10)}')
