@@ -107,10 +107,23 @@ def fuzz(url: str, args: argparse.Namespace) -> int:
             break
         flooder.send_multipart([b"", p.TAG, b"NOPE", str(i).encode()])
         sent += 1
-    time.sleep(1.0)  # let the broker work through what it received
+    settle(url)
     for sock in [*peers, flooder]:
         sock.close(linger=0)
     return sent
+
+
+def settle(url: str, timeout: float = 30.0) -> None:
+    """Wait until the broker has worked through what it received: its counters stop moving."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counters = status(url, timeout=5)["counters"]
+        if counters == last:
+            return
+        last = counters
+        time.sleep(0.2)  # between two reads of the counters
+    raise SystemExit(f"error: the broker was still busy after {timeout:g} s")
 
 
 def main() -> None:
