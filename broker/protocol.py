@@ -13,14 +13,14 @@ Imports only the standard library and orjson.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 import orjson
+
+from broker.payload import dumps_payload as dumps_payload
+from broker.payload import loads_payload as loads_payload
 
 PROTOCOL_NAME = b"ZTB"
 VERSION = 1
@@ -33,6 +33,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # bytes, all frames of one message
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
 MAX_NAME_LENGTH = 256  # task ids, function names, node names
 MAX_RETRIES = 100  # extra attempts a task may ask for
+MAX_TIMEOUT_MS = 7 * 86_400_000  # the longest execution timeout a task may ask for
 
 # Exit codes carried by RESULT and TASK_COMPLETED (see protocol.md, "Error model").
 EXIT_OK = 0
@@ -58,7 +59,13 @@ RESULT = b"RESULT"
 TASK_COMPLETED = b"TASK_COMPLETED"
 STATUS = b"STATUS"
 STATUS_REPLY = b"STATUS_REPLY"
+DLQ = b"DLQ"
+DLQ_REPLY = b"DLQ_REPLY"
 ERROR = b"ERROR"
+
+# DLQ operations.
+DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE = "list", "show", "replay", "purge"
+DLQ_OPS = (DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE)
 
 # ERROR codes.
 ERR_MALFORMED = "malformed"
@@ -66,6 +73,7 @@ ERR_UNSUPPORTED_VERSION = "unsupported_version"
 ERR_UNKNOWN_COMMAND = "unknown_command"
 ERR_TOO_LARGE = "too_large"
 ERR_NOT_REGISTERED = "not_registered"
+ERR_NOT_FOUND = "not_found"
 
 
 class ProtocolError(Exception):
@@ -88,12 +96,21 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Replaces:
+    """The earlier process of a node that a restarted process stands in for."""
+
+    pid: int
+    reason: str  # how it ended, for the error its tasks get
+
+
+@dataclass(frozen=True, slots=True)
 class Register:
     name: str
     host: str
     pid: int
     functions: tuple[str, ...]
     capacity: int
+    replaces: Replaces | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +143,7 @@ class Execute:
     priority: int = PRIORITY_DEFAULT
     retries: int | None = None  # extra attempts after failures; None: the broker's default
     queue_timeout: float | None = None  # seconds it may wait to start; ms on the wire
+    timeout: float | None = None  # seconds one attempt may run; ms on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +152,7 @@ class Run:
     function: str
     payload: bytes
     attempt: int = 1
+    timeout: float | None = None  # seconds this attempt may run; ms on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +196,21 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """A request about the dead-letter queue: list, show, replay or purge."""
+
+    op: str
+    task_id: str | None = None  # show: required; replay/purge: one task, None for all
+    limit: int | None = None  # list: at most this many, newest first
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersReply:
+    body: dict[str, Any] = field(hash=False)
+    payload: bytes | None = None  # show: the task's arguments, as it was submitted
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     code: str
     message: str
@@ -195,6 +229,8 @@ Message: TypeAlias = (
     | TaskCompleted
     | Status
     | StatusReply
+    | DeadLetters
+    | DeadLettersReply
     | Error
     | Batch
 )
@@ -227,6 +263,8 @@ def _encode_register(m: Any) -> list[bytes]:
         "functions": list(m.functions),
         "capacity": m.capacity,
     }
+    if m.replaces is not None:
+        body["replaces"] = {"pid": m.replaces.pid, "reason": m.replaces.reason}
     return [TAG, REGISTER, _json(body)]
 
 
@@ -242,11 +280,15 @@ def _encode_execute(m: Any) -> list[bytes]:
         header["retries"] = m.retries
     if m.queue_timeout is not None:
         header["queue_timeout_ms"] = round(m.queue_timeout * 1000)
+    if m.timeout is not None:
+        header["timeout_ms"] = round(m.timeout * 1000)
     return [TAG, EXECUTE, _json(header), m.payload]
 
 
 def _encode_run(m: Any) -> list[bytes]:
     header = {"task_id": m.task_id, "function": m.function, "attempt": m.attempt}
+    if m.timeout is not None:
+        header["timeout_ms"] = round(m.timeout * 1000)
     return [TAG, RUN, _json(header), m.payload]
 
 
@@ -263,6 +305,20 @@ def _encode_task_completed(m: Any) -> list[bytes]:
         "attempts": m.attempts,
     }
     return [TAG, TASK_COMPLETED, _json(header), m.payload]
+
+
+def _encode_dead_letters(m: Any) -> list[bytes]:
+    body: dict[str, Any] = {"op": m.op}
+    if m.task_id is not None:
+        body["task_id"] = m.task_id
+    if m.limit is not None:
+        body["limit"] = m.limit
+    return [TAG, DLQ, _json(body)]
+
+
+def _encode_dead_letters_reply(m: Any) -> list[bytes]:
+    frames = [TAG, DLQ_REPLY, _json(m.body)]
+    return frames if m.payload is None else [*frames, m.payload]
 
 
 def _encode_error(m: Any) -> list[bytes]:
@@ -319,6 +375,8 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     TaskCompleted: _encode_task_completed,
     Status: lambda m: [TAG, STATUS],
     StatusReply: lambda m: [TAG, STATUS_REPLY, _json(m.body)],
+    DeadLetters: _encode_dead_letters,
+    DeadLettersReply: _encode_dead_letters_reply,
     Error: _encode_error,
     Batch: lambda m: encode_batch(_messages_of(m)),
 }
@@ -431,7 +489,16 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
         pid=_int(body, "pid", 0, 2**63 - 1, 0),
         functions=tuple(dict.fromkeys(functions)),
         capacity=_int(body, "capacity", 1, 1_000_000),
+        replaces=_replaces(body.get("replaces")),
     )
+
+
+def _replaces(value: Any) -> Replaces | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("reason", ""), str):
+        raise ProtocolError(ERR_MALFORMED, "'replaces' must be null or {pid, reason}")
+    return Replaces(_int(value, "pid", 1, 2**63 - 1), value.get("reason", "")[:1024])
 
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
@@ -459,8 +526,15 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         retries = _int(header, "retries", 0, MAX_RETRIES, tid=task_id)
     if header.get("queue_timeout_ms") is not None:
         queue_timeout = _int(header, "queue_timeout_ms", 1, 86_400_000, tid=task_id) / 1000
+    timeout = _timeout(header, task_id)
     payload = _frame(frames, 3, "arguments")
-    return Execute(task_id, function, payload, priority, retries, queue_timeout)
+    return Execute(task_id, function, payload, priority, retries, queue_timeout, timeout)
+
+
+def _timeout(header: dict[str, Any], task_id: str) -> float | None:
+    if header.get("timeout_ms") is None:
+        return None
+    return _int(header, "timeout_ms", 1, MAX_TIMEOUT_MS, tid=task_id) / 1000
 
 
 def _decode_run(frames: Sequence[bytes]) -> Run:
@@ -468,7 +542,8 @@ def _decode_run(frames: Sequence[bytes]) -> Run:
     task_id = _name(header, "task_id")
     function = _name(header, "function", task_id)
     attempt = _int(header, "attempt", 1, 1_000_000, 1, tid=task_id)
-    return Run(task_id, function, _frame(frames, 3, "arguments"), attempt)
+    timeout = _timeout(header, task_id)
+    return Run(task_id, function, _frame(frames, 3, "arguments"), attempt, timeout)
 
 
 def _decode_result(frames: Sequence[bytes]) -> Result:
@@ -486,6 +561,23 @@ def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
     attempts = _int(header, "attempts", 0, 1_000_000, 1, tid=task_id)
     error = _error_info(header, task_id)
     return TaskCompleted(task_id, exit_code, _frame(frames, 3, "result"), error, attempts)
+
+
+def _decode_dead_letters(frames: Sequence[bytes]) -> DeadLetters:
+    body = _object(frames, 2, "body")
+    op = body.get("op")
+    if op not in DLQ_OPS:
+        raise ProtocolError(ERR_MALFORMED, f"'op' must be one of {', '.join(DLQ_OPS)}")
+    task_id = None if body.get("task_id") is None else _name(body, "task_id")
+    if op == DLQ_SHOW and task_id is None:
+        raise ProtocolError(ERR_MALFORMED, "DLQ show needs a 'task_id'")
+    limit = None if body.get("limit") is None else _int(body, "limit", 1, 1_000_000)
+    return DeadLetters(op, task_id, limit)
+
+
+def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DeadLettersReply:
+    payload = frames[3] if len(frames) > 3 else None
+    return DeadLettersReply(_object(frames, 2, "body"), payload)
 
 
 def _decode_error(frames: Sequence[bytes]) -> Error:
@@ -525,64 +617,7 @@ _DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     TASK_COMPLETED: _pairs(_decode_task_completed),
     STATUS: lambda frames: Status(),
     STATUS_REPLY: lambda frames: StatusReply(_object(frames, 2, "body")),
+    DLQ: _decode_dead_letters,
+    DLQ_REPLY: _decode_dead_letters_reply,
     ERROR: _decode_error,
 }
-
-
-# ---------------------------------------------------------------------------------- payloads
-
-# A run of 19 digits may be an integer beyond 64 bits, which orjson would turn into a float.
-_LONG_DIGITS = re.compile(rb"\d{19}")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:32]} is out of range")
-    return value
-
-
-def _orjson_like(value: Any) -> Any:
-    """A copy orjson would agree with: non-finite floats as None, only str keys."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list | tuple):
-        return [_orjson_like(v) for v in value]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("dict keys must be str")
-        return {k: _orjson_like(v) for k, v in value.items()}
-    return value
-
-
-def dumps_payload(value: Any) -> bytes:
-    """JSON for a task argument list or result; integers of any size stay exact.
-
-    Raises TypeError for values JSON cannot carry. NaN and infinities become null (orjson).
-    """
-    try:
-        return orjson.dumps(value)
-    except TypeError as exc:
-        if "64-bit" not in str(exc):
-            raise TypeError(str(exc)) from None
-    # orjson refuses integers beyond 64 bits; the standard library does not.
-    try:
-        text = json.dumps(_orjson_like(value), separators=(",", ":"), ensure_ascii=False)
-        return text.encode()
-    except (ValueError, RecursionError, UnicodeEncodeError) as exc:
-        raise TypeError(f"cannot encode as JSON: {exc}") from None
-
-
-def loads_payload(data: bytes) -> Any:
-    """The value in a payload frame. Raises ValueError if it is not JSON."""
-    if _LONG_DIGITS.search(data) is None:
-        return orjson.loads(data)
-    try:
-        text = data.decode("utf-8")
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("payload nests too deeply") from None
