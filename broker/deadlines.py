@@ -1,7 +1,10 @@
-"""QueueDeadlines: queued tasks that must start by a deadline, earliest first.
+"""Deadlines: tasks that must do something by a time, earliest first.
 
-A task that started (or was answered) is skipped when its entry surfaces: `_start` clears
-`expires_at`, so only a task still waiting for its first start can expire. Pure state.
+`Deadlines("expires_at")` holds queued tasks that must start by their deadline;
+`Deadlines("overdue_at")` running tasks whose node must answer by then. The record's attribute
+is the truth: when a task starts, finishes or is answered, the scheduler clears (or changes)
+that attribute, and an entry whose time no longer matches is skipped when it surfaces.
+Pure state.
 """
 
 from __future__ import annotations
@@ -12,25 +15,28 @@ from itertools import count
 from broker.queues import TaskRecord
 
 
-class QueueDeadlines:
-    def __init__(self) -> None:
+class Deadlines:
+    def __init__(self, attribute: str) -> None:
+        self._attribute = attribute
         self._heap: list[tuple[float, int, TaskRecord]] = []
         self._seq = count()
 
     def add(self, record: TaskRecord) -> None:
-        assert record.expires_at is not None
-        heapq.heappush(self._heap, (record.expires_at, next(self._seq), record))
+        when = getattr(record, self._attribute)
+        assert when is not None
+        heapq.heappush(self._heap, (when, next(self._seq), record))
 
     def next_due(self) -> float | None:
-        while self._heap and self._heap[0][2].expires_at != self._heap[0][0]:
-            heapq.heappop(self._heap)  # started or answered meanwhile
-        return self._heap[0][0] if self._heap else None
+        heap, attribute = self._heap, self._attribute
+        while heap and getattr(heap[0][2], attribute) != heap[0][0]:
+            heapq.heappop(heap)  # started, answered or rescheduled meanwhile
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> list[TaskRecord]:
-        """Tasks whose deadline passed before they started."""
+        """Tasks whose deadline passed; their attribute is cleared."""
         due = []
         while (when := self.next_due()) is not None and when <= now:
             record = heapq.heappop(self._heap)[2]
-            record.expires_at = None
+            setattr(record, self._attribute, None)
             due.append(record)
         return due

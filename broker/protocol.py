@@ -576,8 +576,10 @@ def _decode_dead_letters(frames: Sequence[bytes]) -> DeadLetters:
 
 
 def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DeadLettersReply:
-    payload = frames[3] if len(frames) > 3 else None
-    return DeadLettersReply(_object(frames, 2, "body"), payload)
+    body = _object(frames, 2, "body")
+    if "dead_letter" not in body:
+        return DeadLettersReply(body)  # only `show` carries the arguments frame
+    return DeadLettersReply(body, _frame(frames, 3, "arguments"))
 
 
 def _decode_error(frames: Sequence[bytes]) -> Error:

@@ -24,6 +24,8 @@ class TaskRecord:
     retries: int = 0  # extra attempts allowed after failed ones
     retry_due: float | None = None  # when it may run again, while waiting after a failure
     expires_at: float | None = None  # answered Expired if not started by then
+    timeout: float | None = None  # seconds one attempt may run
+    overdue_at: float | None = None  # while running with a timeout: when the node is overdue
 
 
 @dataclass

@@ -50,6 +50,10 @@ class ResultCache:
         ):
             self._pop_oldest()
 
+    def forget(self, task_id: str) -> None:
+        """Drop one answer (a replayed task will have a new one)."""
+        self._drop(task_id)
+
     def expire(self, now: float) -> None:
         """Forget answers older than the TTL (entries are in the order they were added)."""
         cutoff = now - self.config.ttl

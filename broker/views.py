@@ -25,6 +25,8 @@ def status_body(scheduler: Scheduler, now: float) -> dict[str, Any]:
         "queued_by_function": scheduler.queue.counts(),
         "results_kept": len(scheduler.results),
         "results_bytes": scheduler.results.bytes,
+        "dead_letters": len(scheduler.dead),
+        "accepting": scheduler.accepting,
         "strategy": pool.strategy,
         "heartbeat_interval": scheduler.config.heartbeat_interval,
         "liveness": scheduler.config.liveness,

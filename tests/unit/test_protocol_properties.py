@@ -20,6 +20,7 @@ FIELDS = sorted(
     {"name", "host", "pid", "functions", "capacity", "node_id", "heartbeat_interval_ms"}
     | {"liveness", "reason", "task_id", "function", "priority", "attempt", "exit_code"}
     | {"error", "attempts", "code", "message", "type", "nodes"}
+    | {"timeout_ms", "queue_timeout_ms", "retries", "replaces", "op", "limit"}
 )
 
 # ----------------------------------------------------------------------------- strategies
@@ -31,6 +32,7 @@ error_infos = st.none() | st.builds(p.ErrorInfo, texts, texts)
 exit_codes = st.integers(0, 255)
 int64 = st.integers(-(2**63), 2**63 - 1)
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+timeouts = st.none() | st.integers(1, p.MAX_TIMEOUT_MS).map(lambda ms: ms / 1000)
 
 header_json = st.recursive(
     st.none() | st.booleans() | int64 | finite_floats | texts,
@@ -43,6 +45,11 @@ payload_json = st.recursive(
     max_leaves=20,
 )
 
+def _no_show(body: dict[str, Any]) -> dict[str, Any]:
+    body.pop("dead_letter", None)
+    return body
+
+
 MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     p.Register: st.builds(
         p.Register,
@@ -51,6 +58,7 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         st.integers(0, 2**63 - 1),
         st.lists(names, min_size=1, max_size=5, unique=True).map(tuple),
         st.integers(1, 1_000_000),
+        st.none() | st.builds(p.Replaces, st.integers(1, 2**63 - 1), texts),
     ),
     p.Registered: st.builds(
         p.Registered,
@@ -61,14 +69,32 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     p.Deregister: st.just(p.Deregister()),
     p.Heartbeat: st.just(p.Heartbeat()),
     p.Disconnect: st.builds(p.Disconnect, texts),
-    p.Execute: st.builds(p.Execute, names, names, payloads, st.integers(0, 9)),
-    p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000)),
+    p.Execute: st.builds(
+        p.Execute,
+        names,
+        names,
+        payloads,
+        st.integers(0, 9),
+        st.none() | st.integers(0, p.MAX_RETRIES),
+        st.none() | st.integers(1, 86_400_000).map(lambda ms: ms / 1000),
+        timeouts,
+    ),
+    p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000), timeouts),
     p.Result: st.builds(p.Result, names, exit_codes, payloads, error_infos),
     p.TaskCompleted: st.builds(
         p.TaskCompleted, names, exit_codes, payloads, error_infos, st.integers(0, 1_000_000)
     ),
     p.Status: st.just(p.Status()),
     p.StatusReply: st.builds(p.StatusReply, st.dictionaries(texts, header_json, max_size=5)),
+    p.DeadLetters: st.builds(
+        p.DeadLetters, st.sampled_from(p.DLQ_OPS), names, st.none() | st.integers(1, 1_000_000)
+    ),
+    p.DeadLettersReply: st.builds(
+        p.DeadLettersReply, st.dictionaries(texts, header_json, max_size=5).map(_no_show)
+    )
+    | st.builds(
+        p.DeadLettersReply, st.builds(dict, dead_letter=st.dictionaries(texts, texts)), payloads
+    ),
     p.Error: st.builds(p.Error, texts, texts, st.none() | texts),
 }
 

@@ -1,0 +1,75 @@
+"""What the scheduler changed that a durable store must keep: the journal of changes.
+
+The scheduler appends these (when its config asks for a journal) and the server hands them
+to `broker.store.Store.apply` once per pass of its loop, in one transaction. Times are the
+scheduler's monotonic `now`; the store turns them into wall-clock time. Pure data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from broker.deadletters import DeadLetter
+from broker.protocol import TaskCompleted
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTask:
+    """An accepted, unanswered task as the store keeps it (and gives back at start-up)."""
+
+    task_id: str
+    function: str
+    payload: bytes
+    priority: int
+    seq: int  # submission order, so a restored queue keeps its order
+    retries: int
+    timeout: float | None  # seconds per attempt, None: no limit
+    attempts: int  # attempts that ended in a failure so far
+    submitted_at: float  # monotonic
+    expires_at: float | None  # monotonic queue deadline, None: none
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    task: StoredTask
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """An attempt failed and the task will run again: it has used `attempts` so far."""
+
+    task_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The task was answered: it is no longer pending, and its answer is kept for resends."""
+
+    answer: TaskCompleted
+    at: float  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    entry: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRemoved:
+    """Replayed or purged: `task_id` None means every dead letter."""
+
+    task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultForgotten:
+    """A kept answer was dropped (a replay runs the task again under its id)."""
+
+    task_id: str
+
+
+Change: TypeAlias = (
+    Accepted | Attempted | Finished | DeadLettered | DeadLetterRemoved | ResultForgotten
+)
