@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from broker import journal as j
 from broker import protocol as p
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.workers import STRATEGIES
@@ -20,18 +21,41 @@ class Simulation:
 
     def __init__(self, seed: int, strategy: str) -> None:
         self.rng = random.Random(seed)
-        config = SchedulerConfig(strategy, heartbeat_interval=1.0, liveness=3)
+        config = SchedulerConfig(strategy, heartbeat_interval=1.0, liveness=3, journal=True)
         self.sched = Scheduler(config, random.Random(seed))  # retry jitter, reproducible
         self.now = 0.0
         self.running: dict[bytes, set[str]] = {}  # what each live node believes it runs
-        self.answers: Counter[tuple[bytes, str]] = Counter()  # (requester, task id)
+        # (requester, task id, lifetime): a replayed task lives again, and a requester of
+        # its new lifetime is owed a new answer
+        self.answers: Counter[tuple[bytes, str, int]] = Counter()
+        self.lifetime: Counter[str] = Counter()
         self.accepted: set[str] = set()
         self.next_task = 0
         self.next_node = 0
         self.late = 0
+        self.pending: dict[str, int] = {}  # the store's view, folded from the journal
+        self.dead: set[str] = set()
 
     def apply(self, sender: bytes, message: p.Message) -> None:
         self.absorb(self.sched.handle(sender, message, self.now))
+
+    def fold_journal(self) -> None:
+        """What a store would hold: must always match the scheduler's own state."""
+        for change in self.sched.take_journal():
+            if isinstance(change, j.Accepted):
+                self.pending[change.task.task_id] = change.task.attempts
+            elif isinstance(change, j.Attempted):
+                self.pending[change.task_id] = change.attempts
+            elif isinstance(change, j.Finished):
+                self.pending.pop(change.answer.task_id)
+            elif isinstance(change, j.DeadLettered):
+                self.dead.add(change.entry.task_id)
+            elif isinstance(change, j.DeadLetterRemoved):
+                self.dead.difference_update(
+                    self.dead if change.task_id is None else {change.task_id}
+                )
+        assert self.pending.keys() == self.sched.tasks.keys(), "journal and tasks disagree"
+        assert self.dead == {entry.task_id for entry in self.sched.dead}
 
     def absorb(self, sends: list[Send]) -> None:
         for send in sends:
@@ -39,16 +63,20 @@ class Simulation:
             if isinstance(msg, p.Run) and send.identity in self.running:
                 self.running[send.identity].add(msg.task_id)  # a dead node never sees it
             elif isinstance(msg, p.TaskCompleted) and msg.exit_code != p.EXIT_UNKNOWN_FUNCTION:
-                self.answers[send.identity, msg.task_id] += 1
+                self.answers[send.identity, msg.task_id, self.lifetime[msg.task_id]] += 1
+            elif isinstance(msg, p.DeadLettersReply):
+                self.lifetime.update(msg.body["replayed"])
 
     def step(self) -> None:
         self.now += self.rng.choice((0.0, 0.1, 0.5, 1.5))
         action = self.rng.choice(
             ["register", "submit", "submit", "submit", "result", "result", "heartbeat",
-             "deregister", "tick", "tick", "resend", "resend_finished", "die"]
+             "deregister", "tick", "tick", "resend", "resend_finished", "die", "restart",
+             "replay"]
         )  # fmt: skip
         getattr(self, f"do_{action}")()
         self.sched.check_invariants()
+        self.fold_journal()
 
     def live_nodes(self) -> list[bytes]:
         return [n for n in self.running if n in self.sched.pool]
@@ -61,14 +89,33 @@ class Simulation:
         self.running[identity] = set()
         self.apply(identity, p.Register(identity.decode(), "h", 1, functions, capacity))
 
+    def do_restart(self) -> None:
+        """A supervisor restarts a node process: a new identity and pid replace the old."""
+        if not self.live_nodes():
+            return
+        old = self.sched.pool.nodes[self.rng.choice(self.live_nodes())]
+        self.running.pop(old.identity)
+        identity = f"n{self.next_node}".encode()
+        self.next_node += 1
+        self.running[identity] = set()
+        functions = tuple(sorted(old.functions))
+        gone = p.Replaces(old.pid, "killed by signal 9 (SIGKILL)")
+        register = p.Register(old.name, old.host, old.pid + 1000, functions, old.capacity, gone)
+        self.apply(identity, register)
+
+    def do_replay(self) -> None:
+        self.apply(b"operator", p.DeadLetters("replay"))
+
     def do_submit(self) -> None:
         task_id = f"t{self.next_task}"
         self.next_task += 1
         function = self.rng.choice(FUNCTIONS)
         offered = self.sched.pool.offers(function)
         deadline = self.rng.choice((None, None, 0.5, 3.0))
+        timeout = self.rng.choice((None, None, 1.0))
         priority = self.rng.randint(0, 9)
-        self.apply(b"client", p.Execute(task_id, function, b"[]", priority, None, deadline))
+        execute = p.Execute(task_id, function, b"[]", priority, None, deadline, timeout)
+        self.apply(b"client", execute)
         if offered:
             self.accepted.add(task_id)
 
@@ -123,6 +170,7 @@ class Simulation:
                 self.apply(node, p.Heartbeat())
             self.absorb(self.sched.tick(self.now))
             self.sched.check_invariants()
+            self.fold_journal()
         raise AssertionError(f"tasks never finished: {sorted(self.sched.tasks)}")
 
 
@@ -135,6 +183,6 @@ def test_random_sequences_keep_invariants_and_answer_every_task_once(
     for _ in range(300):
         sim.step()
     sim.finish()
-    assert {task_id for _, task_id in sim.answers} == sim.accepted, "a task went unanswered"
+    assert {task_id for _, task_id, _ in sim.answers} == sim.accepted, "a task went unanswered"
     twice = {key: n for key, n in sim.answers.items() if n > 1}
     assert not twice, f"requesters answered more than once: {twice}"
