@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from broker import protocol as p
-from broker.control import BrokerUnreachable
+from broker.control import BadEndpoint, BrokerUnreachable
 from broker.control import status as query_status
+from broker.dlq_cli import app as dlq_app
+from broker.persistence import PersistenceConfig
 from broker.results import ResultCacheConfig
 from broker.retries import RetryPolicy
 from broker.scheduler import SchedulerConfig
@@ -29,7 +31,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.add_typer(dlq_app, name="dlq")
+
 BROKER_HELP = "URL of the broker to ask."
+DEFAULT_STORE = "zbroker.sqlite3"
 
 
 @app.command()
@@ -68,6 +73,36 @@ def start(
         help="Seconds a finished task's answer is kept, so a client's resend of it is answered, "
         "not run again (0 keeps none). At most 100,000 answers and 64 MiB are kept.",
     ),
+    task_timeout: float = typer.Option(
+        0.0,
+        min=0,
+        help="Seconds one attempt of a task may run before it is stopped and fails with exit "
+        "124, for tasks that do not set their own (EXECUTE timeout_ms). 0: no limit.",
+    ),
+    store: str = typer.Option(
+        DEFAULT_STORE,
+        metavar="PATH|none",
+        help="SQLite file that keeps accepted tasks, recent answers and dead letters across "
+        "crashes and restarts; 'none' keeps everything in memory only.",
+    ),
+    dlq_log: str = typer.Option(
+        "auto",
+        metavar="PATH|auto|none",
+        help="JSON-lines file every dead letter is appended to; 'auto' is the store's path + "
+        "'.dlq.jsonl' (none without a store).",
+    ),
+    store_sync: str = typer.Option(
+        "normal",
+        metavar="normal|full",
+        help="'normal' survives a killed broker; 'full' also an OS crash or power loss, at the "
+        "cost of an fsync per transaction.",
+    ),
+    drain_timeout: float = typer.Option(
+        10.0,
+        min=0,
+        help="On SIGINT/SIGTERM, seconds to wait for running tasks to finish (queued ones stay "
+        "in the store for the next start). A second signal stops at once.",
+    ),
     ready_file: Path | None = typer.Option(
         None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
     ),
@@ -82,11 +117,21 @@ def start(
         )
     results = ResultCacheConfig(ttl=keep_results)
     retry = RetryPolicy(retries, retry_backoff, retry_backoff_max)
-    scheduler = SchedulerConfig(strategy, heartbeat_interval, liveness, results, retry)
-    server = BrokerServer(BrokerConfig(bind, scheduler, max_message_size))
+    scheduler = SchedulerConfig(
+        strategy, heartbeat_interval, liveness, results, retry, task_timeout or None
+    )
+    persistence = _persistence(store, dlq_log, store_sync, results)
+    config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)
+    server = BrokerServer(config)
+    try:
+        server.restore()
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         endpoint = server.bind()
     except OSError as exc:
+        server.persistence.close()
         typer.echo(f"error: {exc}; is another broker running there? try --bind", err=True)
         raise typer.Exit(1) from None
     if ready_file is not None:
@@ -115,6 +160,9 @@ def status(
     except p.ProtocolError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
+    except BadEndpoint as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if json:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -138,11 +186,29 @@ def _print_status(body: dict[str, Any]) -> None:
             _summary(node.get("functions", [])),
         )
     console.print(table)
-    console.print(f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}")
+    console.print(
+        f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
+        f"dead letters: {body.get('dead_letters', 0)}"
+        + ("   (stopping)" if body.get("accepting") is False else "")
+    )
     counters = body.get("counters") or {}
     if counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     console.print("(zbroker status --json for ids and every function)", style="dim")
+
+
+def _persistence(
+    store: str, dlq_log: str, sync: str, results: ResultCacheConfig
+) -> PersistenceConfig:
+    if sync not in ("normal", "full"):
+        raise typer.BadParameter(f"{sync!r}; choose normal or full", param_hint="--store-sync")
+    store_path = None if store.lower() == "none" else store
+    if dlq_log.lower() == "auto":
+        log_path = None if store_path is None else store_path + ".dlq.jsonl"
+    else:
+        log_path = None if dlq_log.lower() == "none" else dlq_log
+    full = sync == "full"
+    return PersistenceConfig(store_path, log_path, results.ttl, results.max_entries, sync_full=full)
 
 
 def _summary(functions: list[str], shown: int = 3) -> str:

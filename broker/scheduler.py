@@ -152,7 +152,8 @@ class Scheduler(TaskFlow):
                 timeout=stored.timeout,
             )
             self.admit(record, now, journal=False)
-        self.counters["restored"] += len(self.tasks)
+        if self.tasks:
+            self.counters["restored"] += len(self.tasks)
 
     def next_seq(self) -> int:
         """The next submission number (tasks keep theirs when requeued)."""

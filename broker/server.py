@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from typing import Any, cast
 
 import zmq
 
 from broker import protocol as p
+from broker.persistence import Persistence, PersistenceConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
+from broker.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class BrokerConfig:
     bind: str = p.DEFAULT_BROKER_URL
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
+    drain_timeout: float = 10.0  # seconds a stopping broker waits for running tasks
     strict: bool = False  # re-raise bugs in the loop instead of logging them (tests)
 
 
@@ -44,13 +49,18 @@ class BrokerServer:
 
     def __init__(self, config: BrokerConfig, context: zmq.Context[Any] | None = None) -> None:
         self.config = config
-        self.scheduler = Scheduler(config.scheduler)
+        self.persistence = Persistence(config.persistence)
+        journal = self.persistence.enabled
+        self.scheduler = Scheduler(replace(config.scheduler, journal=journal))
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket[Any] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._stopping = False
+        self._stop_requests = 0
+        self._restored = False
+        self._store_failed = False
+        self._drain_until: float | None = None
         self.endpoint = ""
 
     def bind(self) -> str:
@@ -78,30 +88,90 @@ class BrokerServer:
         return self.endpoint
 
     def request_stop(self) -> None:
-        """Ask the loop to finish; safe from a signal handler or another thread."""
-        self._stopping = True
+        """Ask the loop to finish: the first call lets running tasks finish (up to
+        `drain_timeout`), a second stops at once. Safe from a signal handler or a thread."""
+        self._stop_requests += 1
         with contextlib.suppress(OSError):  # already woken, or closing
             self._wake_w.send(b"x")
 
+    def restore(self) -> None:
+        """Open the durable store and take back the tasks, answers and dead letters it kept.
+        Raises StoreError (an OSError) when the store cannot be used."""
+        if self._restored:
+            return
+        self._restored = True
+        now = time.monotonic()
+        self.scheduler.wall_offset = time.time() - now
+        snapshot = self.persistence.open(self.scheduler.wall_offset, now)
+        if snapshot is None:
+            return
+        self.scheduler.restore(
+            snapshot.tasks, snapshot.results, snapshot.dead_letters, snapshot.next_seq, now
+        )
+        log.info(
+            "store %s: %d pending tasks, %d kept answers, %d dead letters restored",
+            self.config.persistence.store,
+            len(snapshot.tasks),
+            len(snapshot.results),
+            len(snapshot.dead_letters),
+        )
+
     def serve(self) -> None:
         """Run until `request_stop()`; then tell the nodes and close the socket."""
+        self.restore()
         router = self._router or self._bind_now()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         log.info(
-            "broker listening on %s (strategy %s)", self.endpoint, self.config.scheduler.strategy
+            "broker listening on %s (strategy %s, store %s)",
+            self.endpoint,
+            self.config.scheduler.strategy,
+            self.config.persistence.store or "none: memory only",
         )
         try:
-            while not self._stopping:
-                wait = self.scheduler.next_deadline() - time.monotonic()
-                ready = dict(poller.poll(max(0, int(wait * 1000) + 1)))
+            while not self._finished():
+                wait = min(self.scheduler.next_deadline(), self._drain_until or math.inf)
+                ready = dict(poller.poll(max(0, int((wait - time.monotonic()) * 1000) + 1)))
                 if router in ready:
                     self._drain(router)
                 if time.monotonic() >= self.scheduler.next_deadline():
                     self._send_all(router, self.scheduler.tick(time.monotonic()))
+                self._save()
         finally:
             self._close(router)
+
+    def _finished(self) -> bool:
+        if not self._stop_requests:
+            return False
+        now = time.monotonic()
+        if self._drain_until is None:
+            self._drain_until = now + self.config.drain_timeout
+            self.scheduler.stop_accepting()
+            self._drain_wakeups()
+        running = self.scheduler.running()
+        if running and now >= self._drain_until:
+            log.warning("%d tasks still running at shutdown: they stay pending", running)
+        return self._stop_requests > 1 or not running or now >= self._drain_until
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+
+    def _save(self) -> None:
+        """Write what this pass changed to the store, in one transaction. A store that
+        cannot be written stops the broker at once: going on would promise what it cannot
+        keep."""
+        changes = self.scheduler.take_journal()
+        if not changes or self._store_failed:
+            return
+        now = time.monotonic()
+        try:
+            self.persistence.save(changes, time.time() - now, now)
+        except StoreError as exc:
+            log.critical("cannot write the store: %s; stopping at once", exc)
+            self._store_failed = True
+            self._stop_requests += 2
 
     def _bind_now(self) -> zmq.Socket[Any]:
         self.bind()
@@ -111,11 +181,13 @@ class BrokerServer:
     def _close(self, router: zmq.Socket[Any]) -> None:
         try:
             self._send_all(router, self.scheduler.shutdown())
+            self._save()
         finally:
             # Let the DISCONNECTs leave: linger 0 would discard whatever is still queued.
             router.close(linger=CLOSE_LINGER_MS)
             self._wake_r.close()
             self._wake_w.close()
+            self.persistence.close()
             log.info("broker stopped")
 
     def _drain(self, router: zmq.Socket[Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,49 +13,33 @@ import zmq
 from broker.protocol import (
     DEFAULT_BROKER_URL,
     PRIORITY_DEFAULT,
-    Batch,
     Error,
-    Execute,
     Message,
-    ProtocolError,
-    Status,
-    StatusReply,
     TaskCompleted,
-    decode,
     encode,
 )
-from client.errors import BrokerError, BrokerTimeout, ClientError
-from client.pipeline import (
-    Pipeline,
-    check_name,
-    check_priority,
-    check_queue_timeout,
-    check_retries,
-    encode_arguments,
-    open_socket,
-    poll_ms,
-    result_of,
-)
-
-_log = logging.getLogger(__name__)
+from client.admin import BrokerRequests
+from client.errors import BrokerTimeout, ClientError, broker_error
+from client.options import TaskOptions, check_name, check_timeout
+from client.payloads import encode_arguments, replies, result_of
+from client.pipeline import Pipeline, open_socket, poll_ms
 
 Timeout = float | None | EllipsisType  # ... means "the Client's timeout"
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    return timeout
-
-
-class Client:
+class Client(BrokerRequests):
     """A connection to a ZTB broker that submits tasks and waits for their results.
 
     `execute` sends one task over a REQ socket and waits for it (Lazy Pirate: when no
     reply comes within `resend_interval` seconds the socket is replaced and the same task
     id sent again, which the broker answers without running the task twice). `map` and
     `imap` keep many tasks in flight on a DEALER socket. `timeout` is the default total
-    wait per call, None waits forever.
+    wait per call for the answer, None waits forever. `priority`, `retries`,
+    `queue_timeout` and `task_timeout` are the defaults for the tasks this client sends;
+    `task_timeout` is how long one attempt may run on its node before it is stopped and
+    fails with exit 124 (None: the broker's limit, if any). `status()` and the
+    dead-letter queue (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`)
+    come from BrokerRequests.
 
     Not thread-safe: ZeroMQ sockets belong to one thread, so use one Client per thread.
     """
@@ -70,15 +53,18 @@ class Client:
         priority: int = PRIORITY_DEFAULT,
         retries: int | None = None,
         queue_timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> None:
         if not resend_interval > 0:
             raise ValueError(f"resend_interval must be positive, got {resend_interval!r}")
         self.url = url
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.resend_interval = resend_interval
-        self.priority = check_priority(priority)
-        self.retries = check_retries(retries)  # None: the broker's default
-        self.queue_timeout = check_queue_timeout(queue_timeout)  # None: wait as long as needed
+        defaults = TaskOptions(priority, retries, queue_timeout, task_timeout)
+        self.priority = defaults.priority
+        self.retries = defaults.retries  # None: the broker's default
+        self.queue_timeout = defaults.queue_timeout  # None: wait as long as needed
+        self.task_timeout = defaults.task_timeout  # None: the broker's default
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
         self._closed = False
@@ -114,23 +100,19 @@ class Client:
         task_id: str | None = None,
         retries: int | None = None,
         queue_timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> Any:
         """Run `function(*args)` on a node and return its result.
 
-        Raises TaskFailed when the task ends with a non-zero exit code, BrokerError when
-        the broker refuses the request, BrokerTimeout when no answer comes in time, and
-        TypeError for arguments JSON cannot carry.
+        `timeout`: seconds to wait for the answer; `task_timeout`: seconds the function may
+        run on its node (see `submit`). Raises TaskFailed when the task ends with a non-zero
+        exit code (124 when it ran out of `task_timeout`), BrokerError when the broker
+        refuses the request, BrokerTimeout when no answer comes in time, and TypeError for
+        arguments JSON cannot carry.
         """
-        completed = self.submit(
-            function,
-            args,
-            priority=priority,
-            timeout=timeout,
-            task_id=task_id,
-            retries=retries,
-            queue_timeout=queue_timeout,
-        )
-        return result_of(function, completed)
+        options = self._options(priority, retries, queue_timeout, task_timeout)
+        completed = self._submit(function, args, options, timeout, task_id)
+        return result_of(function, completed, options.task_timeout)
 
     def submit(
         self,
@@ -142,42 +124,18 @@ class Client:
         task_id: str | None = None,
         retries: int | None = None,
         queue_timeout: float | None = None,
+        task_timeout: float | None = None,
     ) -> TaskCompleted:
         """Run `function(*args)` and return the broker's TASK_COMPLETED as it came,
-        whatever its exit code. `retries`: extra attempts after failures (default: this
-        client's, else the broker's); `queue_timeout`: seconds it may wait for a free node
-        before it is answered Expired (exit 125). Raises BrokerError, BrokerTimeout,
-        TypeError."""
-        task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
-        request = Execute(
-            task_id,
-            check_name("function", function),
-            encode_arguments(args),
-            self._priority(priority),
-            self.retries if retries is None else check_retries(retries),
-            self.queue_timeout if queue_timeout is None else check_queue_timeout(queue_timeout),
-        )
-
-        def answers(reply: Message) -> bool:
-            if isinstance(reply, Error):
-                return reply.task_id in (None, task_id)
-            return isinstance(reply, TaskCompleted) and reply.task_id == task_id
-
-        reply = self._exchange(encode(request), answers, self._timeout(timeout))
-        if not isinstance(reply, TaskCompleted):
-            raise ClientError(f"unexpected reply {type(reply).__name__} to EXECUTE")
-        return reply
-
-    def status(self, timeout: float | None = 5.0) -> dict[str, Any]:
-        """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
-        reply = self._exchange(
-            encode(Status()),
-            lambda m: isinstance(m, (StatusReply, Error)),
-            _check_timeout(timeout),
-        )
-        if not isinstance(reply, StatusReply):
-            raise ClientError(f"unexpected reply {type(reply).__name__} to STATUS")
-        return reply.body
+        whatever its exit code. `retries`: extra attempts after failures; `queue_timeout`:
+        seconds it may wait for a free node before it is answered Expired (exit 125);
+        `task_timeout`: seconds one attempt may run before the node stops it and it fails
+        with exit 124 Timeout (0.001 to 604800, i.e. 7 days). Each defaults to this
+        client's, else the broker's. `timeout` is how long this call waits for the answer,
+        not a limit on the function. Raises BrokerError, BrokerTimeout, TypeError, and
+        ValueError for an option out of range."""
+        options = self._options(priority, retries, queue_timeout, task_timeout)
+        return self._submit(function, args, options, timeout, task_id)
 
     # ------------------------------------------------------------------------- many tasks
 
@@ -190,13 +148,15 @@ class Client:
         priority: int | None = None,
         timeout: Timeout = ...,
         return_exceptions: bool = False,
+        task_timeout: float | None = None,
     ) -> list[Any]:
         """`[function(*args) for args in arguments]`, run with up to `window` tasks in flight.
 
         Raises the first failure in input order (TaskFailed / BrokerError), or puts the
         exception objects in the list when `return_exceptions` is true; after a raise, the
         tasks still in flight run anyway and their results are dropped. `timeout` counts
-        from the last reply of the broker. TypeError for arguments JSON cannot carry.
+        from the last reply of the broker; `task_timeout` limits each task's run on its
+        node (see `submit`). TypeError for arguments JSON cannot carry.
         """
         return list(
             self.imap(
@@ -206,6 +166,7 @@ class Client:
                 priority=priority,
                 timeout=timeout,
                 return_exceptions=return_exceptions,
+                task_timeout=task_timeout,
             )
         )
 
@@ -218,6 +179,7 @@ class Client:
         priority: int | None = None,
         timeout: Timeout = ...,
         return_exceptions: bool = False,
+        task_timeout: float | None = None,
     ) -> Iterator[Any]:
         """Like `map`, but yields each result in input order as soon as it is known."""
         self._check_open()
@@ -227,9 +189,7 @@ class Client:
             function,
             arguments,
             window=window,
-            priority=self._priority(priority),
-            retries=self.retries,
-            queue_timeout=self.queue_timeout,
+            options=self._options(priority, None, None, task_timeout),
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,
@@ -238,11 +198,44 @@ class Client:
 
     # ------------------------------------------------------------------------- internals
 
-    def _priority(self, priority: int | None) -> int:
-        return self.priority if priority is None else check_priority(priority)
+    def _options(
+        self,
+        priority: int | None,
+        retries: int | None,
+        queue_timeout: float | None,
+        task_timeout: float | None,
+    ) -> TaskOptions:
+        """This call's task options: each one given, else this client's default."""
+        return TaskOptions(
+            self.priority if priority is None else priority,
+            self.retries if retries is None else retries,
+            self.queue_timeout if queue_timeout is None else queue_timeout,
+            self.task_timeout if task_timeout is None else task_timeout,
+        )
 
     def _timeout(self, timeout: Timeout) -> float | None:
-        return self.timeout if isinstance(timeout, EllipsisType) else _check_timeout(timeout)
+        return self.timeout if isinstance(timeout, EllipsisType) else check_timeout(timeout)
+
+    def _submit(
+        self,
+        function: str,
+        args: Sequence[Any],
+        options: TaskOptions,
+        timeout: Timeout,
+        task_id: str | None,
+    ) -> TaskCompleted:
+        task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
+        request = options.execute(task_id, check_name("function", function), encode_arguments(args))
+
+        def answers(reply: Message) -> bool:
+            if isinstance(reply, Error):
+                return reply.task_id in (None, task_id)
+            return isinstance(reply, TaskCompleted) and reply.task_id == task_id
+
+        reply = self._exchange(encode(request), answers, self._timeout(timeout))
+        if not isinstance(reply, TaskCompleted):
+            raise ClientError(f"unexpected reply {type(reply).__name__} to EXECUTE")
+        return reply
 
     def _check_open(self) -> None:
         if self._closed:
@@ -274,7 +267,7 @@ class Client:
                     self._discard_socket()
                     sock = self._connected()
                 else:
-                    reply = next((m for m in self._decode(frames) if answers(m)), None)
+                    reply = next((m for m in replies(frames, self.url) if answers(m)), None)
                     if reply is not None:
                         break
                 # After a stale reply a REQ socket must send before it may receive again.
@@ -283,7 +276,7 @@ class Client:
             self._discard_socket()  # its REQ state machine is mid-request
             raise
         if isinstance(reply, Error):
-            raise BrokerError(reply.code, reply.message, reply.task_id)
+            raise broker_error(reply)
         return reply
 
     def _receive(
@@ -300,14 +293,3 @@ class Client:
             assert timeout is not None
             raise BrokerTimeout(self.url, timeout)
         return None
-
-    def _decode(self, frames: list[bytes]) -> list[Message]:
-        """The messages in a reply: one, or the tasks of a batch (protocol.md 2.1)."""
-        try:
-            message = decode(frames)
-        except ProtocolError as exc:
-            _log.warning("ignoring a malformed reply from the broker at %s: %s", self.url, exc)
-            return []
-        if isinstance(message, Batch):
-            return [item for item in message.items if not isinstance(item, ProtocolError)]
-        return [message]

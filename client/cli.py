@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from broker.protocol import (
     DEFAULT_BROKER_URL,
+    EXIT_EXPIRED,
+    EXIT_NODE_LOST,
+    EXIT_TIMEOUT,
+    EXIT_WORKER_CRASHED,
     PRIORITY_DEFAULT,
     TaskCompleted,
     dumps_payload,
@@ -18,6 +22,7 @@ from broker.protocol import (
 )
 from client.api import Client
 from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
+from client.options import MAX_TASK_TIMEOUT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 _RAW_ARGS = "zsubmit.raw_args"
@@ -37,14 +42,19 @@ String arguments that start with "-" go after `--`. Examples:
   zsubmit sum_list '[1, 2, 3]'       sends a list
   zsubmit echo -- -x                 sends the string "-x"
   zsubmit --json multiply 5 10       prints {task_id, exit_code, result, error, attempts}
+  zsubmit --task-timeout 5 sleep 60  the node stops it after 5 s (task exit code 124)
+
+Two different timeouts: --task-timeout limits how long the function may run on its
+node; --timeout limits how long zsubmit waits for the answer.
 """
 
 EPILOG = """\b
 Exit codes:
   0  the task succeeded; its result is on stdout
   1  the task failed ("error: FUNCTION failed (exit N, ErrorType): message"
-     on stderr; with --json the answer is on stdout too), or the broker
-     refused the request
+     on stderr, or "FUNCTION timed out after S s (exit 124, Timeout)", etc.;
+     with --json the answer is on stdout too), or the broker refused the
+     request
   2  bad command line
   3  no answer from the broker within --timeout
 """
@@ -121,6 +131,70 @@ def _submit(broker: str, function: str, values: list[Any], wait: float, **task: 
         raise _fail(str(exc), EXIT_FAILED) from None
 
 
+# The options, declared once here so that `submit` reads as what it does.
+Function = Annotated[
+    str, typer.Argument(metavar="FUNCTION", help="Name of the function a node offers.")
+]
+Args = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="ARG", help="Arguments: JSON if they parse as JSON, else strings."),
+]
+Broker = Annotated[str, typer.Option("--broker", metavar="URL", help="Endpoint of the broker.")]
+Priority = Annotated[
+    int,
+    typer.Option(min=0, max=9, metavar="P", help="0 to 9; queued tasks run 9 first."),
+]
+Retries = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=100,
+        metavar="N",
+        help="Extra attempts if the function raises or its node dies, with growing waits "
+        "between them (default: the broker's, 3 unless zbroker start --retries says).",
+    ),
+]
+QueueTimeout = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        metavar="S",
+        help="Seconds the task may wait in the broker's queue for a free node; after that it "
+        "fails with exit code 125 (Expired) instead of running late.",
+    ),
+]
+TaskTimeout = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        max=MAX_TASK_TIMEOUT,
+        metavar="S",
+        help="Seconds the function may run on its node (each attempt); after that the node "
+        "stops it and the task fails with exit code 124 (Timeout). At most 604800 (7 days). "
+        "Default: the broker's (zbroker start --task-timeout), else no limit. Not how long "
+        "zsubmit waits: that is --timeout.",
+    ),
+]
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        min=0,
+        metavar="S",
+        help="Seconds zsubmit waits for the answer, resends included; 0 waits forever. "
+        "Not a limit on the function: that is --task-timeout.",
+    ),
+]
+JsonOutput = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the whole answer as one JSON object "
+        "{task_id, exit_code, result, error, attempts}, even when the task failed.",
+    ),
+]
+
+
 @app.command(
     cls=_SubmitCommand,
     help=HELP,
@@ -130,55 +204,18 @@ def _submit(broker: str, function: str, values: list[Any], wait: float, **task: 
 )
 def submit(
     ctx: typer.Context,
-    function: str = typer.Argument(
-        ..., metavar="FUNCTION", help="Name of the function a node offers."
-    ),
-    args: list[str] | None = typer.Argument(
-        None, metavar="ARG", help="Arguments: JSON if they parse as JSON, else strings."
-    ),
-    broker: str = typer.Option(
-        DEFAULT_BROKER_URL, "--broker", metavar="URL", help="Endpoint of the broker."
-    ),
-    priority: int = typer.Option(
-        PRIORITY_DEFAULT,
-        "--priority",
-        min=0,
-        max=9,
-        metavar="P",
-        help="0 to 9; queued tasks run 9 first.",
-    ),
-    retries: int | None = typer.Option(
-        None,
-        "--retries",
-        min=0,
-        max=100,
-        metavar="N",
-        help="Extra attempts if the function raises or its node dies, with growing waits "
-        "between them (default: the broker's, 3 unless zbroker start --retries says).",
-    ),
-    queue_timeout: float | None = typer.Option(
-        None,
-        "--queue-timeout",
-        min=0.001,
-        metavar="S",
-        help="Seconds the task may wait in the broker's queue for a free node; after that it "
-        "fails with exit code 125 (Expired) instead of running late.",
-    ),
-    timeout: float = typer.Option(
-        30.0,
-        "--timeout",
-        min=0,
-        metavar="S",
-        help="Seconds to wait for the result, resends included; 0 waits forever.",
-    ),
-    json_output: bool = typer.Option(
-        False,
-        "--json",
-        help="Print the whole answer as one JSON object "
-        "{task_id, exit_code, result, error, attempts}, even when the task failed.",
-    ),
+    function: Function,
+    args: Args = None,
+    broker: Broker = DEFAULT_BROKER_URL,
+    priority: Priority = PRIORITY_DEFAULT,
+    retries: Retries = None,
+    queue_timeout: QueueTimeout = None,
+    task_timeout: TaskTimeout = None,
+    timeout: Wait = 30.0,
+    json_output: JsonOutput = False,
 ) -> None:
     values = _arguments(ctx, function, args or [])
+    _warn_short_wait(timeout, task_timeout)
     completed = _submit(
         broker,
         function,
@@ -187,6 +224,7 @@ def submit(
         priority=priority,
         retries=retries,
         queue_timeout=queue_timeout,
+        task_timeout=task_timeout,
     )
     try:
         if json_output:
@@ -196,7 +234,27 @@ def submit(
     except ValueError as exc:
         raise _fail(f"the result of {function} is not valid JSON: {exc}", EXIT_FAILED) from None
     if completed.exit_code != 0:
-        raise _fail(str(TaskFailed.from_completed(function, completed)), EXIT_FAILED)
+        failure = TaskFailed.from_completed(function, completed, task_timeout)
+        raise _fail(f"{failure}{_HINTS.get(completed.exit_code, '')}", EXIT_FAILED)
+
+
+# What to do about the failures the broker reports (rather than the function).
+_HINTS = {
+    EXIT_TIMEOUT: "; give it longer with --task-timeout S",
+    EXIT_EXPIRED: "; start more nodes for it, or let it wait longer with --queue-timeout S",
+    EXIT_NODE_LOST: "; check the nodes with `zbroker status`, or allow more --retries N",
+    EXIT_WORKER_CRASHED: "; the function killed its process: see that node's log",
+}
+
+
+def _warn_short_wait(wait: float, task_timeout: float | None) -> None:
+    if wait > 0 and task_timeout is not None and task_timeout >= wait:
+        typer.echo(
+            f"warning: --timeout {wait:g} s is not longer than --task-timeout "
+            f"{task_timeout:g} s, so zsubmit may stop waiting before the task ends; "
+            "raise --timeout (0 waits forever)",
+            err=True,
+        )
 
 
 def main() -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.protocol import TaskCompleted
+from broker.protocol import (
+    ERR_NOT_FOUND,
+    EXIT_EXPIRED,
+    EXIT_NODE_LOST,
+    EXIT_TIMEOUT,
+    EXIT_WORKER_CRASHED,
+    Error,
+    TaskCompleted,
+)
 
 
 class ClientError(Exception):
@@ -12,7 +20,10 @@ class ClientError(Exception):
 
 
 class TaskFailed(ClientError):
-    """The task ran (or could not be run) and ended with a non-zero exit code."""
+    """The task ran (or could not be run) and ended with a non-zero exit code.
+
+    `task_timeout`: the execution limit the task was sent with (None: the broker's), used
+    only to word the message of a timeout (exit 124)."""
 
     def __init__(
         self,
@@ -22,18 +33,22 @@ class TaskFailed(ClientError):
         error_type: str,
         message: str,
         attempts: int = 1,
+        task_timeout: float | None = None,
     ) -> None:
-        text = f"{function} failed (exit {exit_code}, {error_type})"
-        super().__init__(f"{text}: {message}" if message else text)
+        what = failure_summary(function, exit_code, error_type, task_timeout)
+        super().__init__(f"{what}: {message}" if message else what)
         self.function = function
         self.task_id = task_id
         self.exit_code = exit_code
         self.error_type = error_type
         self.message = message
         self.attempts = attempts
+        self.task_timeout = task_timeout
 
     @classmethod
-    def from_completed(cls, function: str, completed: TaskCompleted) -> TaskFailed:
+    def from_completed(
+        cls, function: str, completed: TaskCompleted, task_timeout: float | None = None
+    ) -> TaskFailed:
         error = completed.error
         error_type = error.type if error is not None else "Error"
         message = error.message if error is not None else ""
@@ -44,11 +59,29 @@ class TaskFailed(ClientError):
             error_type,
             message,
             completed.attempts,
+            task_timeout,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.function, self.task_id, self.exit_code, self.error_type, self.message)
-        return type(self), (*args, self.attempts)
+        return type(self), (*args, self.attempts, self.task_timeout)
+
+
+def failure_summary(
+    function: str, exit_code: int, error_type: str, task_timeout: float | None = None
+) -> str:
+    """`FUNCTION failed (exit N, Type)`, or in words for the failures the broker reports."""
+    code = f"(exit {exit_code}, {error_type})"
+    if exit_code == EXIT_TIMEOUT:
+        limit = "the broker's task timeout" if task_timeout is None else f"{task_timeout:g} s"
+        return f"{function} timed out after {limit} {code}"
+    if exit_code == EXIT_WORKER_CRASHED:
+        return f"{function} killed the node process running it {code}"
+    if exit_code == EXIT_NODE_LOST:
+        return f"{function} failed: its node died or stopped answering {code}"
+    if exit_code == EXIT_EXPIRED:
+        return f"{function} expired in the queue before a node was free to start it {code}"
+    return f"{function} failed {code}"
 
 
 class BrokerTimeout(ClientError, TimeoutError):
@@ -78,3 +111,23 @@ class BrokerError(ClientError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.code, self.message, self.task_id)
+
+
+class NotFound(BrokerError, KeyError):
+    """The broker has no such task (ERROR `not_found`), e.g. a task id that is not in the
+    dead-letter queue. Also a KeyError, as for a missing key of a dict."""
+
+    def __init__(self, code: str, message: str, task_id: str | None = None) -> None:
+        super().__init__(code, message, task_id)
+        about = f"task {task_id!r}" if task_id else "the task"
+        self.args = (f"the broker does not have {about}: {message} [{code}]",)
+
+    def __str__(self) -> str:
+        # KeyError would show the repr of the message.
+        return str(self.args[0])
+
+
+def broker_error(error: Error) -> BrokerError:
+    """The exception for an ERROR reply: NotFound for `not_found`, else BrokerError."""
+    kind = NotFound if error.code == ERR_NOT_FOUND else BrokerError
+    return kind(error.code, error.message, error.task_id)

@@ -1,7 +1,6 @@
 """The pipelined client: many tasks in flight on one DEALER socket, results in input order.
 
-`Client.map` / `Client.imap` use this; it also holds the helpers both clients share
-(argument encoding, result decoding, socket setup).
+`Client.map` / `Client.imap` use this; it also holds the socket helpers both clients share.
 """
 
 from __future__ import annotations
@@ -16,10 +15,6 @@ from typing import Any
 import zmq
 
 from broker.protocol import (
-    MAX_NAME_LENGTH,
-    MAX_RETRIES,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
     Batch,
     Error,
     Execute,
@@ -27,78 +22,17 @@ from broker.protocol import (
     TaskCompleted,
     batches,
     decode,
-    dumps_payload,
     encode_batch,
-    loads_payload,
 )
-from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
+from client.errors import BrokerTimeout, ClientError, broker_error
+from client.options import TaskOptions, check_name
+from client.payloads import encode_arguments, result_of
 
 _log = logging.getLogger(__name__)
 
 # Plain ints: send_multipart/recv_multipart spend most of their time on enum flags.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
-
-_SUPPORTED = "None, bool, int, float, str, and lists/tuples/dicts (with str keys) of those"
-
-
-def encode_arguments(args: Sequence[Any]) -> bytes:
-    """The arguments frame for `args`; TypeError naming the argument JSON cannot carry."""
-    try:
-        return dumps_payload(list(args))
-    except TypeError:
-        pass
-    for position, arg in enumerate(args, 1):
-        try:
-            dumps_payload(arg)
-        except TypeError as exc:
-            raise TypeError(
-                f"argument {position} ({type(arg).__name__}) cannot be sent to a node: {exc}; "
-                f"task arguments must be JSON values: {_SUPPORTED}"
-            ) from None
-    raise TypeError(f"task arguments must be JSON values: {_SUPPORTED}")
-
-
-def result_of(function: str, completed: TaskCompleted) -> Any:
-    """The decoded result of a completed task; TaskFailed if its exit code is not 0."""
-    if completed.exit_code != 0:
-        raise TaskFailed.from_completed(function, completed)
-    try:
-        return loads_payload(completed.payload)
-    except ValueError as exc:
-        raise ClientError(
-            f"the result of {function} (task {completed.task_id}) is not valid JSON: {exc}"
-        ) from None
-
-
-def check_name(what: str, value: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
-        raise ValueError(f"{what} must be a string of 1 to {MAX_NAME_LENGTH} characters")
-    return value
-
-
-def check_retries(retries: int | None) -> int | None:
-    if retries is not None and (type(retries) is not int or not 0 <= retries <= MAX_RETRIES):
-        raise ValueError(
-            f"retries must be an integer from 0 to {MAX_RETRIES} (or None for the broker's "
-            f"default), got {retries!r}"
-        )
-    return retries
-
-
-def check_queue_timeout(seconds: float | None) -> float | None:
-    if seconds is not None and not 0.001 <= seconds <= 86_400:
-        raise ValueError(f"queue_timeout must be 0.001 to 86400 seconds or None, got {seconds!r}")
-    return seconds
-
-
-def check_priority(priority: int) -> int:
-    if type(priority) is not int or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise ValueError(
-            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
-            f"({PRIORITY_MAX} runs first), got {priority!r}"
-        )
-    return priority
 
 
 def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
@@ -138,9 +72,7 @@ class Pipeline:
         arguments: Iterable[Sequence[Any]],
         *,
         window: int,
-        priority: int,
-        retries: int | None = None,
-        queue_timeout: float | None = None,
+        options: TaskOptions,
         timeout: float | None,
         resend_interval: float,
         return_exceptions: bool,
@@ -150,9 +82,7 @@ class Pipeline:
         self._context = context
         self._url = url
         self._function = check_name("function", function)
-        self._priority = check_priority(priority)
-        self._retries = check_retries(retries)
-        self._queue_timeout = check_queue_timeout(queue_timeout)
+        self._options = options
         self._inputs = enumerate(arguments)
         self._window = window
         self._timeout = timeout
@@ -198,7 +128,7 @@ class Pipeline:
         """Send new tasks in one burst until `window` are in flight or the input ends."""
         if self._exhausted:
             return
-        outstanding, function, priority = self._outstanding, self._function, self._priority
+        outstanding, function, options = self._outstanding, self._function, self._options
         burst: list[Execute] = []
         for _ in range(self._window - len(outstanding)):
             item = next(self._inputs, None)
@@ -212,10 +142,7 @@ class Pipeline:
                     f"item {index} is a {type(args).__name__}"
                 )
             task_id = f"{self._prefix}.{index}"
-            arguments = encode_arguments(args)
-            execute = Execute(
-                task_id, function, arguments, priority, self._retries, self._queue_timeout
-            )
+            execute = options.execute(task_id, function, encode_arguments(args))
             outstanding[task_id] = (index, execute)
             burst.append(execute)
         self._send_batches(sock, burst)
@@ -306,7 +233,7 @@ class Pipeline:
 
     def _outcome(self, completed: TaskCompleted) -> Any:
         try:
-            return result_of(self._function, completed)
+            return result_of(self._function, completed, self._options.task_timeout)
         except ClientError as exc:
             return exc
 
@@ -317,7 +244,7 @@ class Pipeline:
                 "the broker at %s reported an error: %s [%s]", self._url, error.message, error.code
             )
             return
-        self._done[entry[0]] = BrokerError(error.code, error.message, error.task_id)
+        self._done[entry[0]] = broker_error(error)
 
 
 EXECUTE_BATCH_TASKS = 64  # tasks in one EXECUTE message, at most

@@ -59,6 +59,8 @@ class Cluster:
     def __enter__(self) -> str:
         ready = self.workdir / "endpoint"
         broker = ["zbroker", "start", "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready)]
+        if "--store" not in self.broker_args:  # the default store, in this run's directory
+            broker += ["--store", str(self.workdir / "broker.sqlite3")]
         self._start([*broker, "--log-level", self.log_level, *self.broker_args], "broker.log")
         wait_for(lambda: ready.exists() and ready.read_text().strip(), "the broker", self.procs)
         url = ready.read_text().strip()

@@ -27,7 +27,10 @@ class Cluster:
     broker: Proc | None = None
     nodes: list[Proc] = field(default_factory=list)
 
-    def start_broker(self, *extra: str, bind: str = "tcp://127.0.0.1:0") -> Proc:
+    def start_broker(
+        self, *extra: str, bind: str = "tcp://127.0.0.1:0", store: str | None = None
+    ) -> Proc:
+        """`zbroker start`; its store is one file per test, so a restart finds its tasks."""
         ready = self.tmp / f"broker-{len(self.spawner.procs)}.endpoint"
         self.broker = self.spawner.start(
             "zbroker",
@@ -43,10 +46,16 @@ class Cluster:
             str(LIVENESS),
             "--retry-backoff",
             str(RETRY_BACKOFF),
+            "--store",
+            store or str(self.store),
             *extra,
         )
         self.url = read_ready_file(ready, 15, self.broker)
         return self.broker
+
+    @property
+    def store(self) -> Path:
+        return self.tmp / "broker.sqlite3"
 
     def start_node(self, *extra: str, functions: str = "math", concurrency: int = 1) -> Proc:
         name = f"node{len(self.nodes)}"
@@ -83,6 +92,11 @@ class Cluster:
             what=f"nodes {sorted(names)} registered",
             alive=alive,
         )
+
+    def zbroker(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """`zbroker COMMAND ...` against this cluster's broker (`--broker` added last)."""
+        command = [str(BIN / "zbroker"), *argv, "--broker", self.url]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
     def zsubmit(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         command = [str(BIN / "zsubmit"), "--broker", self.url, *argv]

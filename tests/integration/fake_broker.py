@@ -9,14 +9,22 @@ The broker records every request and the most tasks it ever had unanswered at on
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from broker.protocol import (
+    DLQ_LIST,
+    DLQ_PURGE,
+    DLQ_REPLAY,
+    DLQ_SHOW,
+    ERR_NOT_FOUND,
     Batch,
+    DeadLetters,
+    DeadLettersReply,
     Error,
     ErrorInfo,
     Execute,
@@ -105,6 +113,71 @@ def refuse_all(request: Request) -> list[Reply]:
     return [(request.identity, error)]
 
 
+def dead_letter(
+    task_id: str,
+    function: str = "divide",
+    *,
+    exit_code: int = 1,
+    error: tuple[str, str] | None = ("ZeroDivisionError", "division by zero"),
+    attempts: int = 4,
+    failed_at: float = 1_795_363_200.5,
+) -> dict[str, Any]:
+    """An entry as DLQ_REPLY carries it (protocol.md 3.13)."""
+    return {
+        "task_id": task_id,
+        "function": function,
+        "priority": 5,
+        "retries": attempts - 1,
+        "attempts": attempts,
+        "exit_code": exit_code,
+        "error": None if error is None else {"type": error[0], "message": error[1]},
+        "failed_at": failed_at,
+    }
+
+
+class DeadLetterQueue:
+    """A handler that answers DLQ like the broker (protocol.md 3.12, 3.13) from a scripted
+    queue; STATUS is answered too, anything else is handed to `then` (if given).
+
+    `entries` are (entry, arguments frame), newest first. Replayed and purged tasks leave
+    the queue; `replayed` records the ids replayed, in order."""
+
+    def __init__(
+        self, entries: Iterable[tuple[dict[str, Any], bytes]], then: Handler | None = None
+    ) -> None:
+        self.entries = {entry["task_id"]: (entry, payload) for entry, payload in entries}
+        self.replayed: list[str] = []
+        self._then = then
+
+    def __call__(self, request: Request) -> list[Reply]:
+        message = request.message
+        if isinstance(message, Status):
+            return [(request.identity, StatusReply(STATUS_BODY))]
+        if not isinstance(message, DeadLetters):
+            return [] if self._then is None else list(self._then(request))
+        return [(request.identity, self._answer(message))]
+
+    def _answer(self, request: DeadLetters) -> Message:
+        if request.op == DLQ_LIST:
+            entries = [entry for entry, _ in self.entries.values()][: request.limit]
+            return DeadLettersReply({"dead_letters": entries, "total": len(self.entries)})
+        if request.op == DLQ_SHOW:
+            assert request.task_id is not None
+            if request.task_id not in self.entries:
+                text = f"task {request.task_id!r} is not in the dead-letter queue"
+                return Error(ERR_NOT_FOUND, text, request.task_id)
+            entry, payload = self.entries[request.task_id]
+            return DeadLettersReply({"dead_letter": entry}, payload)
+        chosen = list(self.entries) if request.task_id is None else [request.task_id]
+        found = [task_id for task_id in chosen if self.entries.pop(task_id, None) is not None]
+        if request.op == DLQ_PURGE:
+            return DeadLettersReply({"purged": len(found)})
+        assert request.op == DLQ_REPLAY
+        self.replayed += found
+        missing = [task_id for task_id in chosen if task_id not in found]
+        return DeadLettersReply({"replayed": found, "missing": missing})
+
+
 def unused_endpoint() -> str:
     """An endpoint nobody listens on: bound once by the OS, then released."""
     context: zmq.Context[Any] = zmq.Context()
@@ -115,6 +188,33 @@ def unused_endpoint() -> str:
     sock.close()
     context.term()
     return endpoint
+
+
+def dead_letter_requests(broker: FakeBroker) -> list[DeadLetters]:
+    return [r.message for r in broker.requests if isinstance(r.message, DeadLetters)]
+
+
+@contextmanager
+def fake_brokers() -> Iterator[Callable[[Handler], FakeBroker]]:
+    """`start(handler)` starts a FakeBroker; every one started is closed on the way out."""
+    started: list[FakeBroker] = []
+
+    def start(handler: Handler) -> FakeBroker:
+        broker = FakeBroker(handler).start()
+        started.append(broker)
+        return broker
+
+    try:
+        yield start
+    finally:
+        failures: list[AssertionError] = []
+        for broker in started:
+            try:
+                broker.close()
+            except AssertionError as exc:  # close the others all the same
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 class FakeBroker:

@@ -20,6 +20,7 @@ from tests.integration.fake_broker import (
     Request,
     completed,
     drop_first,
+    fake_brokers,
     ignore_all,
     refuse_all,
     serve_functions,
@@ -38,16 +39,8 @@ StartBroker = Callable[[Handler], FakeBroker]
 
 @pytest.fixture
 def fake_broker() -> Iterator[StartBroker]:
-    started: list[FakeBroker] = []
-
-    def start(handler: Handler) -> FakeBroker:
-        broker = FakeBroker(handler).start()
-        started.append(broker)
-        return broker
-
-    yield start
-    for broker in started:
-        broker.close()
+    with fake_brokers() as start:
+        yield start
 
 
 @pytest.fixture

@@ -1,0 +1,299 @@
+"""`zbroker dlq`: look at the broker's dead-letter queue, replay or purge what is in it.
+
+A typer sub-app that broker/cli.py mounts; the requests themselves are in broker/control.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from broker import control
+from broker import protocol as p
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3  # as `zbroker status`
+DEFAULT_LIMIT = 50
+
+EPILOG = """\b
+Exit codes: 0 done; 1 no such task in the dead-letter queue, or the broker
+refused the request; 2 bad command line; 3 no answer from the broker within
+--timeout."""
+
+app = typer.Typer(
+    help="The dead-letter queue: tasks that failed for good (retries used up, timed out, "
+    "expired in the queue, node lost), kept by the broker until they are replayed or purged.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+Broker = Annotated[str, typer.Option(metavar="URL", help="Endpoint of the broker to ask.")]
+Timeout = Annotated[float, typer.Option(min=0.001, metavar="S", help="Seconds to wait for it.")]
+OneTask = Annotated[
+    str | None,
+    typer.Argument(metavar="TASK_ID", help="The dead letter's task id (zbroker dlq list)."),
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _not_in_queue(task_id: str) -> str:
+    return (
+        f"task {task_id!r} is not in the dead-letter queue; "
+        "`zbroker dlq list` shows the task ids that are"
+    )
+
+
+@contextmanager
+def _asking(task_id: str | None = None) -> Iterator[None]:
+    """Turns what went wrong with a request into an error line and an exit code."""
+    try:
+        yield
+    except control.NotFound:
+        raise _fail(_not_in_queue(task_id or "?"), EXIT_FAILED) from None
+    except control.BrokerUnreachable as exc:
+        raise _fail(str(exc), EXIT_NO_ANSWER) from None
+    except control.BadEndpoint as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except p.ProtocolError as exc:
+        raise _fail(exc.message, EXIT_FAILED) from None
+
+
+def _task_id(task_id: str) -> str:
+    if not 0 < len(task_id) <= p.MAX_NAME_LENGTH:
+        raise _fail(f"a task id has 1 to {p.MAX_NAME_LENGTH} characters", EXIT_USAGE)
+    return task_id
+
+
+def _target(task_id: str | None, everything: bool, verb: str) -> str | None:
+    """The one task to act on, or None for all; refuses an ambiguous or missing choice."""
+    if task_id is not None and everything:
+        raise _fail(f"give a TASK_ID or --all, not both (zbroker dlq {verb} --help)", EXIT_USAGE)
+    if task_id is None and not everything:
+        raise _fail(
+            f"give the TASK_ID to {verb} (see zbroker dlq list), "
+            f"or --all to {verb} every dead letter",
+            EXIT_USAGE,
+        )
+    return None if task_id is None else _task_id(task_id)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _console() -> Console:
+    # No markup: error messages and arguments are data, "[1, 0]" must print as it is.
+    return Console(markup=False, highlight=False, emoji=False)
+
+
+def _local_time(failed_at: Any) -> str:
+    if not isinstance(failed_at, (int, float)):
+        return "?"
+    return datetime.fromtimestamp(failed_at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _error_type(entry: dict[str, Any]) -> str:
+    error = entry.get("error")
+    return str(error.get("type", "")) if isinstance(error, dict) else ""
+
+
+@app.command(
+    "list",
+    epilog=EPILOG,
+    help="List the dead letters, newest first: task id, function, attempts, exit code, "
+    "error type and when it failed (local time).",
+)
+def list_dead_letters(
+    broker: Broker = p.DEFAULT_BROKER_URL,
+    limit: Annotated[
+        int, typer.Option(min=0, max=1_000_000, metavar="N", help="Show the newest N; 0: all.")
+    ] = DEFAULT_LIMIT,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the entries as a JSON array, newest first.")
+    ] = False,
+    timeout: Timeout = 5.0,
+) -> None:
+    with _asking():
+        body = control.dead_letters(broker, limit or None, timeout)
+    entries = [entry for entry in body["dead_letters"] if isinstance(entry, dict)]
+    if json_output:
+        _print_json(entries)
+        return
+    total = body.get("total", len(entries))
+    _print_table(entries, total if isinstance(total, int) else len(entries))
+
+
+_COLUMNS = ("task id", "function", "attempts", "exit", "error", "failed at")
+_FIXED = {"attempts": 8, "exit": 4, "failed at": 16}  # the widest cell of each
+_GAP = 2  # between columns
+
+
+def _cells(entry: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        str(entry.get("task_id", "")),
+        str(entry.get("function", "")),
+        str(entry.get("attempts", "")),
+        str(entry.get("exit_code", "")),
+        _error_type(entry),
+        _local_time(entry.get("failed_at"))[:16],  # no seconds: `show` has them
+    )
+
+
+def _widths(rows: list[tuple[str, ...]], width: int) -> list[int]:
+    """Column widths for a terminal `width` wide: the fixed columns whole, and the task id
+    before function and error type, which are cut to 12 first (their text folds)."""
+    natural = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(_COLUMNS)]
+    room = width - _GAP * (len(_COLUMNS) - 1) - sum(_FIXED.values())
+    flexible = [natural[0], natural[1], natural[4]]
+    if sum(flexible) > room:
+        flexible[1:] = [min(w, 12) for w in flexible[1:]]
+    while sum(flexible) > room and max(flexible) > 8:
+        flexible[flexible.index(max(flexible))] -= 1
+    task_id, function, error = flexible
+    return [task_id, function, _FIXED["attempts"], _FIXED["exit"], error, _FIXED["failed at"]]
+
+
+def _print_table(entries: list[dict[str, Any]], total: int) -> None:
+    console = _console()
+    if not entries:
+        console.print("The dead-letter queue is empty.")
+        return
+    rows = [_cells(entry) for entry in entries]
+    table = Table(
+        title="Dead letters, newest first",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name, width in zip(_COLUMNS, _widths(rows, console.width), strict=True):
+        fixed = name in _FIXED
+        justify: Literal["left", "right"] = "right" if name in ("attempts", "exit") else "left"
+        table.add_column(name, width=width, no_wrap=fixed, overflow="fold", justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if total > len(entries):
+        console.print(f"showing the newest {len(entries)} of {total} (--limit 0 shows all)")
+    console.print("zbroker dlq show TASK_ID for a task's error and arguments", style="dim")
+
+
+@app.command(
+    epilog=EPILOG,
+    help="Show one dead letter: why it failed, and the arguments it was submitted with.",
+)
+def show(
+    task_id: Annotated[
+        str, typer.Argument(metavar="TASK_ID", help="The dead letter's task id (zbroker dlq list).")
+    ],
+    broker: Broker = p.DEFAULT_BROKER_URL,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print the entry as one JSON object, with its arguments in "args".'
+        ),
+    ] = False,
+    timeout: Timeout = 5.0,
+) -> None:
+    with _asking(task_id):
+        entry = control.dead_letter(broker, _task_id(task_id), timeout)
+    if json_output:
+        _print_json(entry)
+    else:
+        _print_entry(entry)
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    error = entry.get("error") if isinstance(entry.get("error"), dict) else {}
+    arguments = entry.get("raw_args")
+    if arguments is None:
+        arguments = p.dumps_payload(entry.get("args")).decode()
+    rows = [
+        ("task id", entry.get("task_id")),
+        ("function", entry.get("function")),
+        ("priority", entry.get("priority")),
+        ("attempts", f"{entry.get('attempts')} (retries allowed: {entry.get('retries')})"),
+        ("exit code", entry.get("exit_code")),
+        ("error", f"{error.get('type', '-')}: {error.get('message', '')}" if error else "-"),
+        ("failed at", _local_time(entry.get("failed_at"))),
+        ("arguments", arguments),
+    ]
+    console = _console()
+    # soft_wrap: long messages and arguments stay one line each, for grep and copying.
+    for name, value in rows:
+        console.print(f"{name + ':':<11}{value}", soft_wrap=True)
+    tid = entry.get("task_id")
+    console.print(
+        f"zbroker dlq replay {tid} runs it again; purge forgets it", style="dim", soft_wrap=True
+    )
+
+
+@app.command(
+    epilog=EPILOG,
+    help="Run a dead letter again (TASK_ID), or all of them (--all).\n\n"
+    "Each is queued again under its own task id with a fresh count of attempts. Nobody "
+    "waits for its result: a client that wants it submits the same task id again and gets "
+    "the replayed run's answer instead of starting a second run.",
+)
+def replay(
+    task_id: OneTask = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Replay every dead letter instead of one TASK_ID.")
+    ] = False,
+    broker: Broker = p.DEFAULT_BROKER_URL,
+    timeout: Timeout = 5.0,
+) -> None:
+    target = _target(task_id, everything, "replay")
+    with _asking(target):
+        outcome = control.replay(broker, target, timeout)
+    replayed, missing = outcome["replayed"], outcome["missing"]
+    if target is not None:
+        if not replayed:
+            raise _fail(
+                f"{_not_in_queue(target)} (a task queued or running again is not replayed)",
+                EXIT_FAILED,
+            )
+        typer.echo(f"replayed {target}: it is queued again")
+        return
+    typer.echo(f"replayed {len(replayed)} dead letter(s)")
+    if missing:
+        typer.echo(f"skipped {len(missing)} already queued or running again: {', '.join(missing)}")
+
+
+@app.command(
+    epilog=EPILOG,
+    help="Forget a dead letter for good (TASK_ID), or all of them (--all).\n\n"
+    "Emptying the whole queue needs --all, so that a forgotten TASK_ID cannot wipe it.",
+)
+def purge(
+    task_id: OneTask = None,
+    everything: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Purge every dead letter. Required to empty the queue, so that a "
+            "forgotten TASK_ID cannot wipe it.",
+        ),
+    ] = False,
+    broker: Broker = p.DEFAULT_BROKER_URL,
+    timeout: Timeout = 5.0,
+) -> None:
+    target = _target(task_id, everything, "purge")
+    with _asking(target):
+        purged = control.purge(broker, target, timeout)
+    if target is not None and purged == 0:
+        raise _fail(_not_in_queue(target), EXIT_FAILED)
+    typer.echo(f"purged {purged} dead letter(s)")

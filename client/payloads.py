@@ -1,0 +1,66 @@
+"""Payload frames on the client side: task arguments out, results and replies in.
+Pure code: no socket, so both clients and their tests share it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from broker.protocol import (
+    Batch,
+    Message,
+    ProtocolError,
+    TaskCompleted,
+    decode,
+    dumps_payload,
+    loads_payload,
+)
+from client.errors import ClientError, TaskFailed
+
+_log = logging.getLogger(__name__)
+
+_SUPPORTED = "None, bool, int, float, str, and lists/tuples/dicts (with str keys) of those"
+
+
+def encode_arguments(args: Sequence[Any]) -> bytes:
+    """The arguments frame for `args`; TypeError naming the argument JSON cannot carry."""
+    try:
+        return dumps_payload(list(args))
+    except TypeError:
+        pass
+    for position, arg in enumerate(args, 1):
+        try:
+            dumps_payload(arg)
+        except TypeError as exc:
+            raise TypeError(
+                f"argument {position} ({type(arg).__name__}) cannot be sent to a node: {exc}; "
+                f"task arguments must be JSON values: {_SUPPORTED}"
+            ) from None
+    raise TypeError(f"task arguments must be JSON values: {_SUPPORTED}")
+
+
+def result_of(function: str, completed: TaskCompleted, task_timeout: float | None = None) -> Any:
+    """The decoded result of a completed task; TaskFailed if its exit code is not 0.
+    `task_timeout`: the limit the task was sent with, for the message of a timeout."""
+    if completed.exit_code != 0:
+        raise TaskFailed.from_completed(function, completed, task_timeout)
+    try:
+        return loads_payload(completed.payload)
+    except ValueError as exc:
+        raise ClientError(
+            f"the result of {function} (task {completed.task_id}) is not valid JSON: {exc}"
+        ) from None
+
+
+def replies(frames: list[bytes], url: str) -> list[Message]:
+    """The messages in a reply: one, or the tasks of a batch (protocol.md 2.1); a reply that
+    does not decode is logged and skipped, as if it had been lost."""
+    try:
+        message = decode(frames)
+    except ProtocolError as exc:
+        _log.warning("ignoring a malformed reply from the broker at %s: %s", url, exc)
+        return []
+    if isinstance(message, Batch):
+        return [item for item in message.items if not isinstance(item, ProtocolError)]
+    return [message]
