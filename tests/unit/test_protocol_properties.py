@@ -45,6 +45,7 @@ payload_json = st.recursive(
     max_leaves=20,
 )
 
+
 def _no_show(body: dict[str, Any]) -> dict[str, Any]:
     body.pop("dead_letter", None)
     return body
