@@ -255,6 +255,9 @@ class BrokerServer:
         return p.decode(frames[2:])
 
     def _send_all(self, router: zmq.Socket[Any], sends: list[Send]) -> None:
+        if len(sends) == 1:  # the common case when tasks are few: no grouping, no batching
+            send = sends[0]
+            sends = self._send_one(router, send.identity, send.message)
         while sends:
             by_peer: dict[bytes, list[p.Message]] = {}
             for send in sends:
@@ -262,6 +265,13 @@ class BrokerServer:
             sends = []
             for identity, messages in by_peer.items():
                 sends += self._send_to(router, identity, messages)
+
+    def _send_one(self, router: zmq.Socket[Any], identity: bytes, message: p.Message) -> list[Send]:
+        try:
+            _send(router, identity, p.encode(message))
+        except zmq.ZMQError:
+            return self._send_to(router, identity, [message])  # it reports what went wrong
+        return []
 
     def _send_to(
         self, router: zmq.Socket[Any], identity: bytes, messages: list[p.Message]
