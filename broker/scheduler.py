@@ -152,6 +152,8 @@ class Scheduler(TaskFlow):
                 timeout=stored.timeout,
             )
             self.admit(record, now, journal=False)
+            # Their nodes come back after the restart: new tasks for them wait, too.
+            self.offered_until[stored.function] = now + self.config.offer_grace_seconds
         if self.tasks:
             self.counters["restored"] += len(self.tasks)
 
@@ -184,7 +186,7 @@ class Scheduler(TaskFlow):
             # It finished already; its requester lost the answer (or asks twice).
             self.counters["answered_again"] += 1
             return [Send(sender, answered)]
-        if not self.pool.offers(msg.function):
+        if not self.offered(msg.function, now):
             self.counters["unknown_function"] += 1
             error = p.ErrorInfo("UnknownFunction", _unknown_function(msg.function))
             reply = p.TaskCompleted(msg.task_id, p.EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
@@ -251,6 +253,7 @@ class Scheduler(TaskFlow):
         node = self.pool.drain(sender)
         if node is None:
             return []
+        self._note_offers(node, now)
         self.counters["nodes_deregistered"] += 1
         log.info(
             "node %s (%s) deregistered with %d tasks running",

@@ -44,12 +44,19 @@ class SchedulerConfig:
     results: ResultCacheConfig = field(default_factory=ResultCacheConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     task_timeout: float | None = None  # seconds per attempt for tasks that do not say
+    # How long after its last node left (or after a restart from a store) a function still
+    # counts as offered: its tasks wait for the node to come back instead of getting 127.
+    offer_grace: float | None = None  # None: 2 x heartbeat expiry + 5 s
     journal: bool = False  # record changes in `journal` for a durable store
     dead_letters_max: int = 100_000
 
     @property
     def expiry(self) -> float:
         return self.heartbeat_interval * self.liveness
+
+    @property
+    def offer_grace_seconds(self) -> float:
+        return 2 * self.expiry + 5.0 if self.offer_grace is None else self.offer_grace
 
     @property
     def timeout_grace(self) -> float:
@@ -75,8 +82,29 @@ class TaskFlow:
         self.journal: list[j.Change] = []  # changes since the server last took them
         self._journaling = self.config.journal
         self.accepting = True  # False once the broker is stopping: no new tasks start
+        self.offered_until: dict[str, float] = {}  # functions whose last node left lately
         self.counters: Counter[str] = Counter()
         self._seq = count()
+
+    def offered(self, function: str, now: float) -> bool:
+        """Whether a node offers `function`, or did until moments ago (a node process being
+        replaced, a broker restarted from its store): then its tasks wait for one."""
+        if self.pool.offers(function):
+            return True
+        until = self.offered_until.get(function)
+        if until is None:
+            return False
+        if until < now:
+            del self.offered_until[function]
+            return False
+        return True
+
+    def _note_offers(self, node: NodeRecord, now: float) -> None:
+        """`node` takes no more work: remember which functions it was the last to offer."""
+        grace = now + self.config.offer_grace_seconds
+        for function in node.functions:
+            if not self.pool.offers(function):
+                self.offered_until[function] = grace
 
     def next_seq(self) -> int:
         """The next submission number (tasks keep theirs when requeued)."""
@@ -246,6 +274,7 @@ class TaskFlow:
         node = self.pool.remove(identity)
         if node is None:
             return []
+        self._note_offers(node, now)
         self.counters[f"nodes_{why}"] += 1
         orphans = sorted(
             (self.tasks[t] for t in node.active if t in self.tasks),

@@ -1,31 +1,30 @@
-"""The node agent: registers with the broker, hands RUN to slot threads and RESULT back.
+"""The node agent: registers with the broker, hands RUN to its slots and RESULT back.
 
-One thread owns everything socket-side: the DEALER to the broker, the PULL its slot threads
-answer on and a wakeup fd for signals, all in one zmq.Poller, so a signal, a result or a
-silent broker is handled as soon as it happens. Functions run in slot threads of this
-process (node/executor.py); the agent never decodes task payloads.
+One thread owns everything socket-side: the DEALER to the broker and a wake-up socket pair
+for signals and finished slot-thread tasks, in one zmq.Poller, so a signal, a result or a
+silent broker is handled as soon as it happens. Functions run in the socket thread itself
+(node/inline.py) or in slot threads (node/executor.py); the agent never decodes payloads.
+
+A task past its timeout cannot be stopped inside the process: the agent answers it with
+exit 124, stops taking work and exits EXIT_RESTART for its supervisor to start a fresh
+process (node/supervisor.py), which registers with `replaces` naming this one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
+from typing import NoReturn
 
 import zmq
 
 from broker.protocol import (
-    DEFAULT_BROKER_URL,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_LIVENESS,
     ERR_MALFORMED,
     ERR_NOT_REGISTERED,
     Batch,
@@ -40,34 +39,20 @@ from broker.protocol import (
     decode,
     encode,
 )
-from node import registry
-from node.executor import InlineSlot, ThreadSlots
+from node import registry, restart
+from node.config import NodeConfig as NodeConfig
+from node.config import default_name as default_name
+from node.executor import ThreadSlots
+from node.inline import InlineSlot
+from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import NOBLOCK, BrokerLink, readable, recv_frames
+from node.timeouts import Deadlines, restart_reason, timeout_result
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
-
-
-def default_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """How to run a node (the options of `znode`)."""
-
-    function_sets: tuple[str, ...]
-    broker_url: str = DEFAULT_BROKER_URL
-    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes
-    threads: int = 1  # slot threads per process: the capacity each process registers
-    name: str = field(default_factory=default_name)
-    # Used only until the broker's REGISTERED says otherwise.
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
-    liveness: int = DEFAULT_LIVENESS
-    parent_pid: int | None = None  # a supervised node stops when its supervisor is gone
 
 
 class NodeAgent:
@@ -86,20 +71,22 @@ class NodeAgent:
             config.heartbeat_interval,
             config.liveness,
         )
+        self._deadlines = Deadlines()  # of timed tasks in slot threads (InlineSlot: its own)
         self._pool: InlineSlot | ThreadSlots
         if config.threads == 1:
-            self._pool = InlineSlot(functions, self._keep_alive, lambda: self._link.interval)
+            self._pool = InlineSlot(
+                functions, self._keep_alive, self._link.next_heartbeat, self._on_inline_timeout
+            )
         else:
             self._pool = ThreadSlots(functions, config.threads, self._results_ready)
+            self._deadlines = self._pool.deadlines
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
         self._poller.register(self._wake_fd, zmq.POLLIN)
-        self._unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
-        self._queued: deque[Run] = deque()  # RUNs that found no free slot
-        self._stopping = False
-        self._stop_asked = False  # a signal or request_stop() arrived (read by the watchdog)
+        self._replaces = config.replaces  # sent until the broker has answered a REGISTER
+        self._life = Lifecycle()
         self._deregistered = False
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
@@ -108,7 +95,7 @@ class NodeAgent:
 
     def run(self) -> int:
         """Serve until stopped; 0 after a clean stop, 130 after a second stop request."""
-        restore = self._install_signals()
+        restore = install_stop_signals(self._wake_w.fileno(), self._note_stop)
         try:
             self._pool.start()
             log.info(
@@ -133,23 +120,10 @@ class NodeAgent:
         with contextlib.suppress(OSError):  # closed: the agent has stopped already
             self._wake_w.send(b"\0")
 
-    def _install_signals(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None  # signals reach only the main thread; use request_stop()
-        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        old = {sig: signal.signal(sig, self._note_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            signal.set_wakeup_fd(old_fd)
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-
-        return restore
-
     def _note_stop(self, signum: int, frame: FrameType | None) -> None:
         """The wakeup fd brings the stop to the loop; a function running inline delays the
         loop, so the watchdog is told too and deregisters at once."""
-        self._stop_asked = True
+        self._life.asked = True
         if isinstance(self._pool, InlineSlot):
             self._pool.poke()
 
@@ -157,10 +131,15 @@ class NodeAgent:
         """Called by the InlineSlot watchdog, holding the socket, while a function runs."""
         if self._link.socket is None or not self._link.registered:
             return
-        if self._stop_asked and not self._deregistered:
+        if self._life.asked and not self._deregistered:
             self._deregister()
-        elif time.monotonic() - self._link.last_sent >= self._link.interval:
-            self._link.send(encode(Heartbeat()))
+        else:
+            self._link.heartbeat_if_due(time.monotonic())
+
+    def _on_inline_timeout(self, run: Run) -> NoReturn:
+        """Called by the InlineSlot watchdog, holding the socket, at a task's deadline: the
+        function cannot be stopped, so answer for it and end the process."""
+        self._restart_now([run])
 
     def _deregister(self) -> None:
         self._deregistered = True
@@ -171,10 +150,9 @@ class NodeAgent:
         self._link.close(clean=self._exit_code != 130)
         self._wake_r.close()
         self._wake_w.close()
-        if self._pool.idle:
-            self._context.term()
-        # else a slot thread is still inside a function and holds its socket: term() would
-        # wait for it forever; the process is about to exit anyway.
+        # Waits (at most the linger) for the last RESULTs and DEREGISTER to leave. Slot
+        # threads own no socket, so one still inside a function does not hold it up.
+        self._context.term()
 
     # ------------------------------------------------------------------ the loop
 
@@ -184,11 +162,15 @@ class NodeAgent:
                 self._drain_broker(self._link.socket)
             elif item == self._wake_fd:
                 self._on_wakeup()
-        self._tick(time.monotonic())
+        now = time.monotonic()
+        if self._deadlines.next_due <= now:
+            self._expire(now)
+        self._tick(now)
 
     def _poll_timeout(self) -> int:
-        due = self._link.due(self._stopping)
-        if due == float("inf"):
+        life = self._life
+        due = min(self._link.due(life.stopping), self._deadlines.next_due, life.restart_by)
+        if due == math.inf:
             return 1000
         return max(0, int((due - time.monotonic()) * 1000) + 1)
 
@@ -197,10 +179,10 @@ class NodeAgent:
         if parent is not None and os.getppid() != parent:
             log.error("supervisor %d is gone; stopping at once", parent)
             self._exit_code = 1
-        elif self._stopping and self._pool.busy == 0 and not self._queued:
+        elif self._life.stopping and self._life.drained(self._pool.busy, now):
             self._finish()
         elif self._link.socket is None:
-            if not self._stopping and now >= self._link.connect_at:
+            if not self._life.stopping and now >= self._link.connect_at:
                 self._connect()
         elif not self._link.registered:
             if now >= self._link.register_deadline:
@@ -208,23 +190,28 @@ class NodeAgent:
         elif now - self._link.last_heard >= self._link.expiry:
             silent = now - self._link.last_heard
             self._link.reconnect(f"broker at {self._link.url} silent for {silent:.1f} s")
-        elif self._unsent:
-            self._flush_unsent()
-        elif now - self._link.last_sent >= self._link.interval:
-            self._link.send(encode(Heartbeat()))
+        elif self._link.unsent:
+            self._link.flush()
+        else:
+            self._link.heartbeat_if_due(now)
 
     def _finish(self) -> None:
-        if self._unsent:
+        if self._link.unsent:
             log.warning(
                 "stopping with %d result(s) the broker never got; it will run those tasks again",
-                len(self._unsent),
+                len(self._link.unsent),
             )
+        if self._life.restart_reason is not None and self._life.restarting:
+            self._exit_for_restart(self._life.restart_reason, unanswered=self._pool.busy)
         log.info("node %s stopped", self._config.name)
         self._exit_code = 0
 
     def _connect(self) -> None:
         name, functions, capacity = self._config.name, self._functions, self._pool.capacity
-        self._link.connect(Register(name, socket.gethostname(), os.getpid(), functions, capacity))
+        register = Register(
+            name, socket.gethostname(), os.getpid(), functions, capacity, self._replaces
+        )
+        self._link.connect(register)
 
     # ------------------------------------------------------------------ from the broker
 
@@ -274,7 +261,8 @@ class NodeAgent:
 
     def _on_registered(self, msg: Registered) -> None:
         self._link.on_registered(msg)
-        self._flush_unsent()
+        self._replaces = None  # the broker knows now; a later REGISTER is not a restart
+        self._link.flush()
 
     def _on_runs(self, batch: Batch) -> None:
         for item in batch.items:
@@ -285,17 +273,9 @@ class NodeAgent:
 
     def _on_run(self, msg: Run) -> None:
         if isinstance(self._pool, InlineSlot):
-            self._send_result(self._pool.run(msg.task_id, msg.function, msg.payload))
-        elif self._queued or not self._pool.free_count:
-            if not self._queued:  # once per backlog, not per task
-                log.warning(
-                    "no free slot for task %s (a slot is restarting, or the broker sent more "
-                    "than the capacity): holding tasks until slots free up",
-                    msg.task_id,
-                )
-            self._queued.append(msg)
+            self._link.send_result(self._pool.run(msg))
         else:
-            self._pool.submit(msg.task_id, msg.function, msg.payload)
+            self._pool.submit(msg)
 
     # ------------------------------------------------------------------ from the slots
 
@@ -303,22 +283,6 @@ class NodeAgent:
         """Called by a slot thread: wake the socket thread (once per batch of results)."""
         with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: done
             self._wake_w.send(RESULTS_READY)
-
-    def _collect_results(self) -> None:
-        assert isinstance(self._pool, ThreadSlots)
-        for frames in self._pool.take_results():
-            self._send_result(frames)
-        while self._queued and self._pool.free_count:
-            run = self._queued.popleft()
-            self._pool.submit(run.task_id, run.function, run.payload)
-
-    def _send_result(self, frames: list[bytes]) -> None:
-        if not self._link.registered or self._unsent or not self._link.send(frames):
-            self._unsent.append(frames)
-
-    def _flush_unsent(self) -> None:
-        while self._unsent and self._link.send(self._unsent[0]):
-            self._unsent.pop(0)
 
     # ------------------------------------------------------------------ stopping
 
@@ -331,19 +295,76 @@ class NodeAgent:
             if byte in STOP_BYTES:
                 self._on_stop_request()
         if RESULTS_READY[0] in data:
-            self._collect_results()
+            assert isinstance(self._pool, ThreadSlots)
+            for frames in self._pool.take_results():
+                self._link.send_result(frames)
 
     def _on_stop_request(self) -> None:
-        if self._stopping:
+        if self._life.stop_requested():
             log.warning("second stop request: exiting now without waiting for running tasks")
             self._exit_code = 130
             return
-        self._stopping = True
         log.info("stopping: no new tasks; waiting for %d running task(s)", self._pool.busy)
         if not self._link.registered:
             self._link.drop(0.0)
         elif not self._deregistered:
             self._deregister()
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _expire(self, now: float) -> None:
+        """Answer the slot-thread tasks past their deadline; the process restarts after,
+        at once if nothing else runs (as InlineSlot does), else when the others finish."""
+        assert isinstance(self._pool, ThreadSlots)
+        late = self._pool.expire(now)
+        if not late:
+            return
+        if self._pool.busy == 0 and not self._life.stopping:
+            self._restart_now(late)
+        self._begin_restart(restart_reason(late[0]), now)
+        for run in late:
+            self._link.send_result(encode(timeout_result(run)))
+
+    def _restart_now(self, late: list[Run]) -> NoReturn:
+        """Answer the tasks past their deadline and end the process, nothing else running.
+
+        DEREGISTER first, so that the RESULT 124 freeing the slot brings no new RUN to a
+        process about to end; the broker keeps the functions offered for a grace period
+        (protocol.md 5.1), so tasks sent meanwhile wait for the successor."""
+        self._life.restart_reason = reason = restart_reason(late[0])
+        log.warning("%s; this node process restarts to stop it", reason)
+        if self._link.registered and not self._deregistered:
+            self._deregister()
+        for run in late:
+            self._link.send_result(encode(timeout_result(run)))
+        self._exit_for_restart(reason, unanswered=0)
+
+    def _begin_restart(self, reason: str, now: float) -> None:
+        """Take no new work (DEREGISTER, before the RESULT 124 frees a slot) and let the
+        running tasks finish for a while (lifecycle.RESTART_DRAIN)."""
+        if not self._life.begin_restart(reason, now):
+            return
+        log.warning("%s; this node process restarts once its other tasks finish", reason)
+        if self._link.registered and not self._deregistered:
+            self._deregister()
+
+    def _exit_for_restart(self, reason: str, unanswered: int) -> NoReturn:
+        """Tell the supervisor why, let the last messages leave, and exit EXIT_RESTART.
+
+        ZeroMQ sends in the background: a socket closed with a linger and a terminated
+        context make sure the RESULT 124 and DEREGISTER reach the broker before the exit."""
+        lost = unanswered + len(self._link.unsent)
+        if lost:
+            log.warning(
+                "restarting with %d task(s) running or answered but not sent (not registered):"
+                " the broker fails them when the next process registers",
+                lost,
+            )
+        restart.report(self._config.report_fd, reason)
+        self._link.close(clean=True)
+        self._context.term()
+        logging.shutdown()
+        os._exit(restart.EXIT_RESTART)
 
 
 def serve(config: NodeConfig) -> int:

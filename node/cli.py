@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL
+from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL, Replaces
+from node import restart
 from node.agent import NodeConfig, default_name, serve
 from node.registry import BUILTIN_SETS, NodeSetupError, resolve
 from node.supervisor import ChildOptions, Supervisor, die_with_parent
@@ -64,7 +66,8 @@ def run(
         metavar="N",
         min=1,
         help="Node processes to run, for CPU-bound functions on several cores (default: the "
-        "number of CPUs). Each registers with the broker as NAME.K.",
+        "number of CPUs). One process registers as NAME; with N > 1 each registers as NAME.K. "
+        "A supervisor restarts a process that dies or stops a task past its timeout.",
     ),
     threads: int = typer.Option(
         1,
@@ -98,7 +101,12 @@ def run(
         metavar="PATH",
         help="Also append the log to this file (the log always goes to stderr).",
     ),
+    # How the supervisor starts a node process: not for people.
     parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True),
+    report_fd: int | None = typer.Option(None, "--report-fd", hidden=True),
+    replaces_pid: int | None = typer.Option(None, "--replaces-pid", hidden=True),
+    replaces_reason: str = typer.Option("", "--replaces-reason", hidden=True),
+    standby: bool = typer.Option(False, "--standby", hidden=True),
 ) -> None:
     """Run a worker node: register with the broker and run the tasks it sends."""
     _configure_logging(log_level, log_file)
@@ -112,18 +120,34 @@ def run(
         name=name or default_name(),
         heartbeat_interval=heartbeat_interval,
         parent_pid=parent_pid,
+        replaces=Replaces(replaces_pid, replaces_reason) if replaces_pid else None,
+        report_fd=report_fd,
     )
     try:
-        if concurrency == 1:
-            code = serve(config)
-        else:
+        if parent_pid is None:
             resolve(config.function_sets)  # fail here, once, rather than in every child
             options = ChildOptions(log_level, str(log_file) if log_file else None)
             code = Supervisor(config, options).run()
+        elif standby:
+            code = _stand_by(config)
+        else:
+            code = serve(config)
     except NodeSetupError as exc:
+        restart.report(report_fd, f"{restart.SETUP_FAILED}{exc}")
         typer.echo(f"znode: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(restart.SETUP_ERROR) from None
     raise typer.Exit(code)
+
+
+def _stand_by(config: NodeConfig) -> int:
+    """A spare node process: load everything now, then wait for the supervisor to hand it
+    a name (a line on stdin) when a node process needs replacing; exit 0 on end of input."""
+    resolve(config.function_sets)
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return 0
+    name, replaces = restart.decode_assignment(line)
+    return serve(dataclasses.replace(config, name=name, replaces=replaces))
 
 
 def main() -> None:

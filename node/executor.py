@@ -1,5 +1,5 @@
-"""A node process's slots: InlineSlot (one task at a time, in the socket thread) or
-ThreadSlots (threads that run functions beside the socket thread).
+"""ThreadSlots: the slot threads that run functions beside the socket thread (`--threads T`
+with T > 1; node/inline.py has the one-slot case).
 
 The agent's thread owns the DEALER to the broker and never runs a function, so heartbeats
 keep flowing while a CPU-bound function holds the GIL (the interpreter hands the GIL over at
@@ -21,9 +21,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from broker.protocol import Result, batches, encode
+from broker.protocol import Result, Run, batches, encode
 from node import runner
 from node.registry import Function
+from node.timeouts import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ def _payload_size(frames: list[bytes]) -> int:
 class ThreadSlots:
     """`threads` slot threads fed from one queue. A finished task's RESULT frames go on a
     deque, and `notify()` wakes the socket thread once per batch (not once per result):
-    the socket thread then calls `take_results()`."""
+    the socket thread then calls `take_results()`.
+
+    Everything but `_slot` is called by the socket thread only."""
 
     socket = None
 
@@ -67,6 +70,9 @@ class ThreadSlots:
             for i in range(threads)
         ]
         self.running: set[str] = set()  # task ids handed to a slot and not yet answered
+        self._abandoned: set[str] = set()  # answered already (timed out), thread still inside
+        self._backlog: deque[Run] = deque()  # RUNs that found no free slot
+        self.deadlines = Deadlines()  # of the running tasks that have a timeout
 
     @property
     def capacity(self) -> int:
@@ -74,36 +80,61 @@ class ThreadSlots:
 
     @property
     def free_count(self) -> int:
-        return len(self._threads) - len(self.running)
+        return len(self._threads) - len(self.running) - len(self._abandoned)
 
     @property
     def busy(self) -> int:
-        return len(self.running)
-
-    @property
-    def idle(self) -> bool:
-        """Whether every slot thread has stopped (after close)."""
-        return not any(thread.is_alive() for thread in self._threads)
+        """Tasks running or waiting for a slot (not those answered already)."""
+        return len(self.running) + len(self._backlog)
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, task_id: str, function: str, payload: bytes) -> None:
-        self.running.add(task_id)
-        self._jobs.put((task_id, function, payload))
+    def submit(self, run: Run) -> None:
+        """Start the task in a free slot, or hold it until one frees up."""
+        if self._backlog or not self.free_count:
+            if not self._backlog:  # once per backlog, not per task
+                log.warning(
+                    "no free slot for task %s (a slot is restarting, or the broker sent more "
+                    "than the capacity): holding tasks until slots free up",
+                    run.task_id,
+                )
+            self._backlog.append(run)
+        else:
+            self._start(run)
+
+    def _start(self, run: Run) -> None:
+        self.running.add(run.task_id)
+        self._jobs.put((run.task_id, run.function, run.payload))
+        if run.timeout is not None:  # the deadline counts from the start, not from the RUN
+            self.deadlines.add(run, time.monotonic())
 
     def take_results(self) -> list[list[bytes]]:
         """RESULT messages for every task finished so far (several tasks per message, see
-        `combine_results`); frees their slots."""
+        `combine_results`); frees their slots for tasks held back."""
         self._notified = False  # before draining: a result added after this notifies again
         taken = []
-        done, running = self._done, self.running
+        done, running, abandoned = self._done, self.running, self._abandoned
         while done:
             task_id, frames = done.popleft()
+            if abandoned and task_id in abandoned:
+                abandoned.discard(task_id)  # its slot is free again; it was answered already
+                continue
             running.discard(task_id)
             taken.append(frames)
+        while self._backlog and self.free_count:
+            self._start(self._backlog.popleft())
         return combine_results(taken)
+
+    def expire(self, now: float) -> list[Run]:
+        """The running tasks past their deadline. They count as answered from now on (the
+        caller answers them); their slots stay taken until their functions return."""
+        late = self.deadlines.expired(now, self.running)
+        for run in late:
+            self.running.discard(run.task_id)
+            self._abandoned.add(run.task_id)
+        return late
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop the slot threads, waiting at most `timeout` in all; a thread still inside a
@@ -126,82 +157,3 @@ class ThreadSlots:
             if not self._notified:
                 self._notified = True
                 self._notify()
-
-
-class InlineSlot:
-    """One slot run by the socket thread itself (`--threads 1`): no hand-off per task.
-
-    The socket thread holds `lock` whenever it is not inside a function. While a function
-    runs, a watchdog thread may take the lock and call `keep_alive` to use the socket:
-    ZeroMQ allows a socket to move between threads across a full memory barrier, which the
-    lock provides, and only one thread touches it at a time. So heartbeats keep flowing and
-    a stop signal deregisters at once even during a long CPU-bound call.
-    """
-
-    socket = None
-    capacity = 1
-
-    def __init__(
-        self,
-        functions: Mapping[str, Function],
-        keep_alive: Callable[[], None],
-        period: Callable[[], float],
-    ) -> None:
-        self._functions = dict(functions)
-        self._keep_alive = keep_alive
-        self._period = period
-        self.lock = threading.Lock()
-        self._since: float | None = None  # when the running function started
-        self._wake = threading.Event()
-        self._stopped = False
-        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
-
-    @property
-    def busy(self) -> int:
-        return 0 if self._since is None else 1
-
-    @property
-    def free_count(self) -> int:
-        return 1 - self.busy
-
-    @property
-    def idle(self) -> bool:
-        return self._since is None
-
-    def start(self) -> None:
-        self.lock.acquire()
-        self._watchdog.start()
-
-    def run(self, task_id: str, function: str, payload: bytes) -> list[bytes]:
-        """Run one task now; the RESULT frames."""
-        self._since = time.monotonic()
-        self.lock.release()
-        try:
-            outcome = runner.run_task(self._functions, function, payload)
-        finally:
-            self.lock.acquire()
-            self._since = None
-        return encode(Result(task_id, outcome.exit_code, outcome.payload, outcome.error))
-
-    def poke(self) -> None:
-        """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
-        self._wake.set()
-
-    def close(self, timeout: float = 1.0) -> None:
-        self._stopped = True
-        self._wake.set()
-        self._watchdog.join(timeout)
-        if self.lock.locked():
-            self.lock.release()
-
-    def _watch(self) -> None:
-        while not self._stopped:
-            self._wake.wait(self._period() / 4)
-            self._wake.clear()
-            if self._since is None or self._stopped or not self.lock.acquire(blocking=False):
-                continue
-            try:
-                if self._since is not None:  # still inside the function: the socket is ours
-                    self._keep_alive()
-            finally:
-                self.lock.release()

@@ -2,8 +2,9 @@
 
 Owns the DEALER socket (fresh on every connect, so stale replies cannot reach a new
 registration), the registration state, the heartbeat settings the broker announced, when
-the node last sent and heard anything, and the backoff between attempts to register.
-Used only from the node's socket thread (or by the InlineSlot watchdog holding the lock).
+the node last sent and heard anything, the backoff between attempts to register, and the
+RESULTs waiting for a registration. Used only from the node's socket thread (or by the
+InlineSlot watchdog holding the lock).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import cast
 
 import zmq
 
-from broker.protocol import Register, Registered, encode
+from broker.protocol import Heartbeat, Register, Registered, encode
 from node.registry import NodeSetupError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class BrokerLink:
         self._backoff = MIN_BACKOFF
         self.connect_at = 0.0  # when to connect again while there is no socket
         self.register_deadline = self.last_sent = self.last_heard = 0.0
+        self.unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
 
     @property
     def expiry(self) -> float:
@@ -109,6 +111,25 @@ class BrokerLink:
             msg.heartbeat_interval,
             msg.liveness,
         )
+
+    def heartbeat_if_due(self, now: float) -> None:
+        """HEARTBEAT after an interval in which nothing else was sent (protocol.md 7.2)."""
+        if now - self.last_sent >= self.interval:
+            self.send(encode(Heartbeat()))
+
+    def next_heartbeat(self) -> float:
+        """When a heartbeat may be due next (a while from now if one is overdue already)."""
+        return max(self.last_sent + self.interval, time.monotonic() + self.interval / 4)
+
+    def send_result(self, frames: list[bytes]) -> None:
+        """Send a RESULT now if registered, else keep it (in order) until `flush()`."""
+        if not self.registered or self.unsent or not self.send(frames):
+            self.unsent.append(frames)
+
+    def flush(self) -> None:
+        """Send the RESULTs kept while the node was not registered (or the socket full)."""
+        while self.unsent and self.send(self.unsent[0]):
+            self.unsent.pop(0)
 
     def send(self, frames: list[bytes]) -> bool:
         """Send one message; False if it could not be queued now."""

@@ -1,15 +1,27 @@
-"""`znode --concurrency N`: N node processes, so CPU-bound Python functions use N cores.
+"""The `znode` process: it supervises the node processes that do the work.
 
-Each child is a whole node (its own DEALER connection and registration, named NAME.K), run
-as `python -m node.cli ... --concurrency 1`. The supervisor forwards SIGINT/SIGTERM once
-(children run in their own session so a terminal's Ctrl-C does not reach them twice),
-restarts a child that dies, and exits when all children have stopped. Children die with
-the supervisor (PR_SET_PDEATHSIG on Linux, and a parent check in their loop elsewhere).
+Each child is a whole node (its own DEALER connection and registration), run as
+`python -m node.cli ... --parent-pid PID`: with `--concurrency 1` the one child registers as
+NAME, with N > 1 the children register as NAME.0 .. NAME.N-1. The supervisor forwards
+SIGINT/SIGTERM once (children run in their own session so a terminal's Ctrl-C does not reach
+them twice), restarts a child that dies, and exits when all children have stopped. Children
+die with the supervisor (PR_SET_PDEATHSIG on Linux, and a parent check in their loop).
+
+A child that exits EXIT_RESTART (it stopped a task past its timeout) is restarted at once;
+one that keeps crashing soon after starting is restarted ever more slowly. The new child is
+told which process it replaces and how that one ended (`--replaces-pid`, `--replaces-reason`),
+which its first REGISTER carries so that the broker fails that process's tasks at once.
+
+Starting Python and importing the node takes a few hundred milliseconds of CPU, longer than
+a broker's heartbeat expiry on a busy machine. So one spare child stands by (`--standby`:
+imported, function sets loaded, not registered) and a restart hands it the dead child's
+name and `replaces` on its stdin: it registers within milliseconds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import signal
@@ -20,12 +32,15 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from node.agent import NodeConfig
+from broker.protocol import Replaces
+from node import restart
+from node.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
+RESTART_BACKOFF_MIN = 0.1
 RESTART_BACKOFF_MAX = 5.0
-SETUP_ERROR = 2  # a child's exit code when it cannot start; restarting will not help
+YOUNG = 10.0  # seconds: a child dying sooner than this after its start is backed off
 
 
 @dataclass(frozen=True)
@@ -38,21 +53,37 @@ class ChildOptions:
 
 @dataclass
 class _Child:
-    index: int
+    index: int | None  # None: the spare, standing by
     process: subprocess.Popen[bytes]
     started: float
+    report_fd: int  # read end of the pipe the child explains its exit on
 
 
-def _command(config: NodeConfig, options: ChildOptions, index: int) -> list[str]:
+def child_name(config: NodeConfig, index: int) -> str:
+    return config.name if config.concurrency == 1 else f"{config.name}.{index}"
+
+
+def _command(
+    config: NodeConfig,
+    options: ChildOptions,
+    report_fd: int,
+    name: str | None,
+    replaces: Replaces | None,
+) -> list[str]:
     argv = [sys.executable, "-m", "node.cli", "--concurrency", "1"]
     for function_set in config.function_sets:
         argv += ["--functions", function_set]
-    argv += ["--broker", config.broker_url, "--name", f"{config.name}.{index}"]
-    argv += ["--threads", str(config.threads), "--log-level", options.log_level]
+    argv += ["--broker", config.broker_url, "--threads", str(config.threads)]
     argv += ["--heartbeat-interval", str(config.heartbeat_interval)]
-    argv += ["--parent-pid", str(os.getpid())]
+    argv += ["--log-level", options.log_level]
     if options.log_file:
         argv += ["--log-file", options.log_file]
+    argv += ["--parent-pid", str(os.getpid()), "--report-fd", str(report_fd)]
+    if name is None:
+        return [*argv, "--standby"]
+    argv += ["--name", name]
+    if replaces is not None:
+        argv += ["--replaces-pid", str(replaces.pid), "--replaces-reason", replaces.reason]
     return argv
 
 
@@ -62,7 +93,10 @@ class Supervisor:
         self._options = options
         self._children: dict[int, _Child] = {}
         self._restart_at: dict[int, float] = {}
+        self._replaces: dict[int, Replaces] = {}  # what the next child of an index replaces
         self._backoff: dict[int, float] = {}  # next restart delay of a child that dies young
+        self._standby: _Child | None = None
+        self._standby_at = math.inf  # when to start a spare, if there is none
         self._stops = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -73,31 +107,66 @@ class Supervisor:
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)
         old = {sig: signal.signal(sig, _note) for sig in handled}
         try:
+            # The spare first: ready no later than the children, for a crash right away.
+            self._standby = self._start(None, None)
+            self._standby_at = math.inf
             for index in range(self._config.concurrency):
-                self._spawn(index)
-            log.info(
-                "supervising %d node processes named %s.0..%d",
-                self._config.concurrency,
-                self._config.name,
-                self._config.concurrency - 1,
-            )
+                self._spawn(index, self._start(child_name(self._config, index), None))
+            names = [child_name(self._config, i) for i in range(self._config.concurrency)]
+            log.info("supervising node processes %s", ", ".join(names))
             return self._loop()
         finally:
             signal.set_wakeup_fd(old_fd)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            for child in self._children.values():
-                child.process.kill()
-                child.process.wait()
+            for child in [*self._children.values(), *filter(None, [self._standby])]:
+                _discard(child)
 
-    def _spawn(self, index: int) -> None:
-        command = _command(self._config, self._options, index)
-        process = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
-        self._children[index] = _Child(index, process, time.monotonic())
+    def _spawn(self, index: int, child: _Child) -> None:
+        child.index, child.started = index, time.monotonic()
+        self._children[index] = child
+
+    def _restart(self, index: int) -> None:
+        replaces = self._replaces.pop(index, None)
+        child = self._activate_standby(index, replaces)
+        self._spawn(index, child or self._start(child_name(self._config, index), replaces))
+
+    def _start(self, name: str | None, replaces: Replaces | None) -> _Child:
+        """A new child process named `name`, or a spare if `name` is None."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        command = _command(self._config, self._options, write_fd, name, replaces)
+        stdin = subprocess.DEVNULL if name else subprocess.PIPE
+        try:
+            process = subprocess.Popen(
+                command, start_new_session=True, stdin=stdin, pass_fds=(write_fd,)
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child has its copy; EOF comes when it exits
+        return _Child(None, process, time.monotonic(), read_fd)
+
+    def _activate_standby(self, index: int, replaces: Replaces | None) -> _Child | None:
+        """The spare, told to serve as child `index`; None if there is no live spare."""
+        standby, self._standby = self._standby, None
+        self._standby_at = min(self._standby_at, time.monotonic())  # another one, now
+        if standby is None:
+            return None
+        stdin = standby.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(restart.encode_assignment(child_name(self._config, index), replaces))
+            stdin.close()
+        except OSError:  # it died: it is of no use
+            _discard(standby)
+            return None
+        return standby
 
     def _loop(self) -> int:
         exit_code = 0
-        while self._children or (self._restart_at and not self._stops):
+        while self._children or self._standby is not None or (self._restart_at and not self._stops):
             select.select([self._wake_r], [], [], self._wait_time())
             for signum in self._drain_wakeups():
                 if signum in (signal.SIGINT, signal.SIGTERM):
@@ -107,9 +176,10 @@ class Supervisor:
         return 130 if self._stops > 1 else exit_code
 
     def _wait_time(self) -> float:
-        if not self._restart_at:
-            return 1.0
-        return max(0.0, min(self._restart_at.values()) - time.monotonic())
+        due = [*self._restart_at.values(), 1.0 + time.monotonic()]
+        if self._standby is None and not self._stops:
+            due.append(self._standby_at)
+        return max(0.0, min(due) - time.monotonic())
 
     def _drain_wakeups(self) -> bytes:
         try:
@@ -120,52 +190,97 @@ class Supervisor:
     def _on_stop(self) -> None:
         self._stops += 1
         self._restart_at.clear()
+        if self._standby is not None:
+            self._standby.process.terminate()  # not serving: nothing to finish
         signum = signal.SIGTERM if self._stops == 1 else signal.SIGINT
         for child in self._children.values():
             # A child's second signal makes it exit at once, as a second Ctrl-C should.
             for _ in range(self._stops if signum == signal.SIGINT else 1):
                 child.process.send_signal(signum)
 
+    def _reap_standby(self) -> None:
+        standby = self._standby
+        code = None if standby is None else standby.process.poll()
+        if standby is None or code is None:
+            return
+        self._standby = None
+        if standby.process.stdin is not None:
+            standby.process.stdin.close()
+        reported = restart.read_report(standby.report_fd)
+        if not self._stops:
+            reason = restart.describe_exit(code, reported)
+            log.warning("the spare node process %s; starting another later", reason)
+            self._standby_at = time.monotonic() + RESTART_BACKOFF_MAX
+
     def _reap(self) -> int:
+        self._reap_standby()
         worst = 0
         for index, child in list(self._children.items()):
             code = child.process.poll()
             if code is None:
                 continue
             del self._children[index]
+            reported = restart.read_report(child.report_fd)
             if self._stops:
-                worst = max(worst, code if code > 0 else 0)
-            elif code == SETUP_ERROR:
-                log.error("node process %d cannot start (see its error above); stopping", index)
+                # A restart it was about to ask for no longer matters: the node is stopping.
+                worst = max(worst, code if code > 0 and code != restart.EXIT_RESTART else 0)
+            elif restart.is_setup_error(code, reported):
+                name = child_name(self._config, index)
+                log.error("node process %s cannot start (see above); stopping", name)
                 self._on_stop()
-                worst = SETUP_ERROR
+                worst = restart.SETUP_ERROR
             else:
-                self._schedule_restart(child, code)
+                self._schedule_restart(index, child, code, reported)
         return worst
 
-    def _schedule_restart(self, child: _Child, code: int) -> None:
-        # A child that crashes right after starting is restarted ever more slowly.
-        if time.monotonic() - child.started < 10:
-            delay = self._backoff.get(child.index, 0.1)
-            self._backoff[child.index] = min(delay * 2, RESTART_BACKOFF_MAX)
-        else:
-            delay = 0.0
-            self._backoff.pop(child.index, None)
+    def _schedule_restart(self, index: int, child: _Child, code: int, reported: str) -> None:
+        reason = restart.describe_exit(code, reported)
+        age = time.monotonic() - child.started
+        delay, backoff = restart_delay(code, age, self._backoff.pop(index, None))
+        if backoff is not None:
+            self._backoff[index] = backoff
         log.warning(
-            "node process %s.%d exited with %s; restarting in %.1f s",
-            self._config.name,
-            child.index,
-            code,
+            "node process %s (pid %d) %s; restarting it in %.1f s",
+            child_name(self._config, index),
+            child.process.pid,
+            reason,
             delay,
         )
-        self._restart_at[child.index] = time.monotonic() + delay
+        self._replaces[index] = Replaces(child.process.pid, reason)
+        self._restart_at[index] = time.monotonic() + delay
 
     def _restart_due(self) -> None:
+        if self._stops:
+            return
         now = time.monotonic()
         for index, when in list(self._restart_at.items()):
-            if when <= now and not self._stops:
+            if when <= now:
                 del self._restart_at[index]
-                self._spawn(index)
+                self._restart(index)
+        if self._standby is None and now >= self._standby_at:
+            self._standby = self._start(None, None)
+            self._standby_at = math.inf
+
+
+def restart_delay(code: int, age: float, backoff: float | None) -> tuple[float, float | None]:
+    """How long to wait before restarting a child that exited with `code` `age` seconds after
+    it started, and the delay to keep for its successor's next crash (None: none)."""
+    if code == restart.EXIT_RESTART:
+        return 0.0, backoff  # it asked for it: nothing is wrong with starting again
+    if age >= YOUNG:
+        return 0.0, None
+    # A child that keeps crashing right after starting is restarted ever more slowly; the
+    # first time at once, as the tasks sent to it wait for the new one to register.
+    delay = backoff or 0.0
+    return delay, min(max(delay * 2, RESTART_BACKOFF_MIN), RESTART_BACKOFF_MAX)
+
+
+def _discard(child: _Child) -> None:
+    child.process.kill()
+    child.process.wait()
+    if child.process.stdin is not None:
+        child.process.stdin.close()
+    os.close(child.report_fd)
 
 
 def _note(signum: int, frame: FrameType | None) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import time
 from typing import Any, NoReturn
 
-__all__ = ["burn", "crash", "echo", "fail", "noop", "pid", "spin"]
+__all__ = ["burn", "crash", "echo", "fail", "noop", "pid", "segfault", "spin"]
 
 MAX_SPIN = 3600.0
 
@@ -32,11 +34,20 @@ def pid() -> int:
 
 
 def crash(code: int = 1) -> NoReturn:
-    """Kill the node process running it at once with exit status `code` (a supervised node
-    is restarted by `znode --concurrency N`), to test what survives a crash."""
+    """Kill the node process running it at once with exit status `code` (its supervisor
+    starts a new one), to test what survives a crash."""
     if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
         raise ValueError(f"crash() expects an exit status from 0 to 255, got {code!r}")
     os._exit(code)
+
+
+def segfault() -> NoReturn:
+    """Crash the node process running it with a real SIGSEGV (a read of address 0), as a
+    broken C extension would; its supervisor starts a new one."""
+    # No core file: this crash is on purpose, and writing one would only slow the restart.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)
+    raise AssertionError("reading address 0 did not crash this process")  # unreachable
 
 
 def spin(seconds: float) -> int:

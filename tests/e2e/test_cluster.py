@@ -26,6 +26,11 @@ def two_nodes(cluster: Cluster) -> Cluster:
     return cluster
 
 
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def test_zsubmit_runs_math_tasks_exactly(two_nodes: Cluster) -> None:
     done = two_nodes.zsubmit("multiply", "5", "10")
     assert (done.returncode, done.stdout.strip()) == (0, "50"), done.stderr
@@ -97,7 +102,9 @@ def test_zbroker_status_json(two_nodes: Cluster, spawner: Any) -> None:
     for node in body["nodes"]:
         assert keys <= node.keys()
         assert "multiply" in node["functions"] and node["capacity"] == 1
-    assert sorted(n["pid"] for n in body["nodes"]) == sorted(p.pid for p in two_nodes.nodes)
+    # Each znode supervises the node process that registered: its parent.
+    parents = sorted(parent_pid(n["pid"]) for n in body["nodes"])
+    assert parents == sorted(p.pid for p in two_nodes.nodes)
 
 
 def test_sigterm_deregisters_at_once_and_finishes_running_work(cluster: Cluster) -> None:
@@ -129,14 +136,14 @@ def test_sigkill_mid_task_requeues_to_another_node(two_nodes: Cluster) -> None:
     worker = threading.Thread(target=submit)
     worker.start()
 
-    def busy_pid() -> int | None:
-        busy = [n["pid"] for n in two_nodes.status()["nodes"] if n["active"]]
+    def busy_name() -> str | None:
+        busy = [n["name"] for n in two_nodes.status()["nodes"] if n["active"]]
         return busy[0] if busy else None
 
-    pid = wait_until(busy_pid, 5, what="task running on a node")
-    [victim] = [n for n in two_nodes.nodes if n.pid == pid]
-    [survivor] = [n for n in two_nodes.nodes if n.pid != pid]
-    victim.signal(signal.SIGKILL)
+    name = wait_until(busy_name, 5, what="task running on a node")
+    [victim] = [n for n in two_nodes.nodes if n.name == name]
+    [survivor] = [n for n in two_nodes.nodes if n.name != name]
+    victim.signal(signal.SIGKILL)  # the znode supervisor: its node process dies with it
     started = time.monotonic()
     worker.join(15)
     assert outcome, "the task never completed"

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from broker.protocol import (
     ProtocolError,
     Register,
     Registered,
+    Replaces,
     Result,
     Run,
     decode,
@@ -141,8 +143,16 @@ class ScriptedBroker:
         self.keepalive.add(got.identity)
         return got.identity, got.message
 
-    def run(self, identity: bytes, task_id: str, function: str, *args: Any) -> None:
-        self.send(identity, Run(task_id, function, dumps_payload(list(args))))
+    def run(
+        self,
+        identity: bytes,
+        task_id: str,
+        function: str,
+        *args: Any,
+        timeout: float | None = None,
+        attempt: int = 1,
+    ) -> None:
+        self.send(identity, Run(task_id, function, dumps_payload(list(args)), attempt, timeout))
 
     def result(self, task_id: str, timeout: float = 5.0) -> tuple[bytes, Result]:
         got = self.take(Result, timeout, lambda r: getattr(r.message, "task_id", "") == task_id)
@@ -197,14 +207,21 @@ def single_node(spawner: Spawner, broker: ScriptedBroker, threads: int = 2) -> b
     return broker.register()[0]
 
 
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
 def test_register_carries_the_node_and_its_capacity(
     spawner: Spawner, broker: ScriptedBroker
 ) -> None:
     proc = start_node(spawner, broker, "--concurrency", "1", threads=3)
     _, register = broker.register()
-    assert register.name == "n1"
+    assert register.name == "n1"  # one process: the name as given, no ".0"
     assert register.host == socket.gethostname()
-    assert register.pid == proc.pid
+    # `znode` is the supervisor; the node process registering is its child.
+    assert register.pid != proc.pid and parent_of(register.pid) == proc.pid
+    assert register.replaces is None
     assert register.capacity == 3
     assert list(register.functions) == sorted(resolve(["math", "util"]))
     # Registered and idle: the node heartbeats about once per interval.
@@ -386,6 +403,7 @@ def test_concurrency_runs_node_processes_and_restarts_one_that_crashes(
     broker.keepalive.discard(first)
     again, reg0_again = broker.register(timeout=10, name="sup.0")
     assert again != first and reg0_again.pid != reg0.pid
+    assert reg0_again.replaces == Replaces(reg0.pid, "exited with status 3")
     assert broker.call(again, "multiply", 6, 7).payload == b"42"
     assert broker.call(other, "multiply", 2, 3).payload == b"6"  # the other was untouched
 

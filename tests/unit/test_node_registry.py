@@ -35,7 +35,7 @@ def test_builtin_sets() -> None:
     assert load_set("math")["multiply"] is mathset.multiply
     assert set(load_set("math")) == set(mathset.__all__)
     assert set(load_set("util")) == set(util.__all__)
-    assert {"noop", "echo", "fail", "pid", "crash", "spin"} <= set(util.__all__)
+    assert {"noop", "echo", "fail", "pid", "crash", "segfault", "spin"} <= set(util.__all__)
     assert registry.module_path("util") == "node.functions.util"
 
 

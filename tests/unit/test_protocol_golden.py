@@ -21,9 +21,11 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Register("node-a", "worker1", 4242, ("add", "multiply"), 4),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,'
                       b'"functions":["add","multiply"],"capacity":4}']),
-    (p.Register("node-a.0", "worker1", 4243, ("add",), 1, p.Replaces(4242, "killed by SIGSEGV")),
+    (p.Register("node-a.0", "worker1", 4243, ("add",), 1,
+                p.Replaces(4242, "killed by signal 11 (SIGSEGV)")),
      [T, b"REGISTER", b'{"name":"node-a.0","host":"worker1","pid":4243,"functions":["add"],'
-                      b'"capacity":1,"replaces":{"pid":4242,"reason":"killed by SIGSEGV"}}']),
+                      b'"capacity":1,"replaces":{"pid":4242,'
+                      b'"reason":"killed by signal 11 (SIGSEGV)"}}']),
     (p.Registered("node-1", 1.0, 3),
      [T, b"REGISTERED", b'{"node_id":"node-1","heartbeat_interval_ms":1000,"liveness":3}']),
     (p.Registered("node-2", 0.25, 5),

@@ -179,10 +179,15 @@ def test_deregister_stops_new_work_but_accepts_running_results(sched: Scheduler)
     sched.handle(CLIENT, execute("t1"), 0.1)
     assert sched.handle(b"n1", p.Deregister(), 0.2) == []
     sched.check_invariants()
-    [refused] = sched.handle(CLIENT, execute("t2"), 0.3)  # no node takes work now
+    # No node takes work now, but one did a moment ago (a node restarting, say): new tasks
+    # for its functions wait for the grace period, then are refused at once.
+    assert sched.handle(CLIENT, execute("t2"), 0.3) == []
+    assert "t2" in sched.tasks
+    later = 0.2 + sched.config.offer_grace_seconds + 0.1
+    [refused] = sched.handle(CLIENT, execute("t3"), later)
     assert isinstance(refused.message, p.TaskCompleted)
     assert refused.message.exit_code == p.EXIT_UNKNOWN_FUNCTION
-    sends = sched.handle(b"n1", ok("t1"), 0.4)
+    sends = sched.handle(b"n1", ok("t1"), later)
     assert sends == [Send(CLIENT, p.TaskCompleted("t1", 0, b"3", None, 1))]
     assert b"n1" not in sched.pool
     sched.check_invariants()

@@ -110,7 +110,7 @@ class Simulation:
         task_id = f"t{self.next_task}"
         self.next_task += 1
         function = self.rng.choice(FUNCTIONS)
-        offered = self.sched.pool.offers(function)
+        offered = self.sched.offered(function, self.now)
         deadline = self.rng.choice((None, None, 0.5, 3.0))
         timeout = self.rng.choice((None, None, 1.0))
         priority = self.rng.randint(0, 9)
