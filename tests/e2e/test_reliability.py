@@ -25,6 +25,22 @@ def _run_map(url: str, args: list[tuple[Any, ...]], out: dict[str, Any]) -> None
         out["error"] = exc
 
 
+def _run_sequential(url: str, worker: int, stop: threading.Event, out: dict[str, Any]) -> None:
+    """One REQ client: round trips until `stop`, each resent (same task id) after 0.5 s."""
+    results: list[Any] = []
+    out[f"req{worker}"] = results
+    try:
+        with Client(url, timeout=60, resend_interval=0.5) as client:
+            while not stop.is_set():
+                results.append(client.execute("echo", [worker, len(results)]))
+    except BaseException as exc:
+        out[f"error{worker}"] = exc
+
+
+def _served(out: dict[str, Any]) -> int:
+    return sum(len(out[f"req{w}"]) for w in range(3))
+
+
 def test_broker_killed_with_queued_and_running_tasks_loses_none(cluster: Cluster) -> None:
     url = f"tcp://127.0.0.1:{free_port()}"
     cluster.start_broker(bind=url)
@@ -33,8 +49,14 @@ def test_broker_killed_with_queued_and_running_tasks_loses_none(cluster: Cluster
     cluster.wait_nodes("node0", "node1")
     args = [(i,) for i in range(3000)]
     out: dict[str, Any] = {}
-    submitter = threading.Thread(target=_run_map, args=(url, args, out), daemon=True)
-    submitter.start()
+    stop = threading.Event()
+    threads = [threading.Thread(target=_run_map, args=(url, args, out), daemon=True)]
+    threads += [
+        threading.Thread(target=_run_sequential, args=(url, w, stop, out), daemon=True)
+        for w in range(3)
+    ]
+    for thread in threads:
+        thread.start()
     assert cluster.broker is not None
     wait_until(
         lambda: cluster.status()["counters"].get("completed", 0) >= 300,
@@ -44,11 +66,20 @@ def test_broker_killed_with_queued_and_running_tasks_loses_none(cluster: Cluster
     )
     cluster.broker.signal(signal.SIGKILL)
     cluster.broker.wait(5)
-    cluster.start_broker(bind=url)  # same store, same address: the client's resends find it
-    submitter.join(60)
-    assert not submitter.is_alive(), "the pipelined client never finished"
-    assert "error" not in out, out.get("error")
+    before = _served(out)
+    cluster.start_broker(bind=url)  # same store, same address: the clients' resends find it
+    threads[0].join(60)  # the pipelined client
+    wait_until(lambda: _served(out) > before + 30, 20, what="REQ clients served again")
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a client never finished"
+    errors = {key: value for key, value in out.items() if key.startswith("error")}
+    assert not errors, errors
     assert out["results"] == [i for (i,) in args]
+    for worker in range(3):
+        answers = out[f"req{worker}"]
+        assert answers == [[worker, k] for k in range(len(answers))]
     assert cluster.status()["counters"].get("restored", 0) > 0
 
 
