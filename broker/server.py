@@ -26,6 +26,7 @@ from broker.store import StoreError
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
+SAVE_BATCH = 1024  # changes that are written at once, without waiting for save_delay
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
 _BATCHED = (p.Run, p.TaskCompleted)
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
@@ -41,6 +42,7 @@ class BrokerConfig:
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     drain_timeout: float = 10.0  # seconds a stopping broker waits for running tasks
+    save_delay: float = 0.005  # seconds changes may wait to share a transaction
     strict: bool = False  # re-raise bugs in the loop instead of logging them (tests)
 
 
@@ -60,6 +62,7 @@ class BrokerServer:
         self._stop_requests = 0
         self._restored = False
         self._store_failed = False
+        self._save_due: float | None = None  # when the changes waiting must be written
         self._drain_until: float | None = None
         self.endpoint = ""
 
@@ -131,13 +134,17 @@ class BrokerServer:
         )
         try:
             while not self._finished():
-                wait = min(self.scheduler.next_deadline(), self._drain_until or math.inf)
+                wait = min(
+                    self.scheduler.next_deadline(),
+                    self._drain_until or math.inf,
+                    self._save_due or math.inf,
+                )
                 ready = dict(poller.poll(max(0, int((wait - time.monotonic()) * 1000) + 1)))
                 if router in ready:
                     self._drain(router)
                 if time.monotonic() >= self.scheduler.next_deadline():
                     self._send_all(router, self.scheduler.tick(time.monotonic()))
-                self._save()
+                self._save_when_due()
         finally:
             self._close(router)
 
@@ -158,10 +165,24 @@ class BrokerServer:
         with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
 
+    def _save_when_due(self) -> None:
+        """Group commit: what the loop changed is written at most `save_delay` after the
+        first change, or at once when many changes wait, so that a busy broker pays one
+        transaction for many tasks and a quiet one adds no commit to each round trip."""
+        pending = len(self.scheduler.journal)
+        if not pending:
+            return
+        now = time.monotonic()
+        if self._save_due is None:
+            self._save_due = now + self.config.save_delay
+        if now >= self._save_due or pending >= SAVE_BATCH:
+            self._save()
+
     def _save(self) -> None:
         """Write what this pass changed to the store, in one transaction. A store that
         cannot be written stops the broker at once: going on would promise what it cannot
         keep."""
+        self._save_due = None
         changes = self.scheduler.take_journal()
         if not changes or self._store_failed:
             return
