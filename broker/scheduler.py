@@ -93,6 +93,8 @@ class Scheduler(TaskFlow):
             sends += self._expire(record, now)
         for record in self.overdue.pop_due(now):
             sends += self._overdue(record, now)
+        if self.held_until is not None and now >= self.held_until:
+            sends += self._release_held(now)
         self.results.expire(now)
         self._next_tick = now + interval / 4
         return sends
@@ -104,6 +106,7 @@ class Scheduler(TaskFlow):
             self.retry_timers.next_due(),
             self.deadlines.next_due(),
             self.overdue.next_due(),
+            self.held_until,
         ]
         return min(t for t in due if t is not None)
 
@@ -156,6 +159,9 @@ class Scheduler(TaskFlow):
             self.offered_until[stored.function] = now + self.config.offer_grace_seconds
         if self.tasks:
             self.counters["restored"] += len(self.tasks)
+        if self.tasks or len(self.results) or len(self.dead):
+            # A restarted broker: its nodes have not registered again yet.
+            self.held_until = now + self.config.offer_grace_seconds
 
     def next_seq(self) -> int:
         """The next submission number (tasks keep theirs when requeued)."""
@@ -186,7 +192,8 @@ class Scheduler(TaskFlow):
             # It finished already; its requester lost the answer (or asks twice).
             self.counters["answered_again"] += 1
             return [Send(sender, answered)]
-        if not self.offered(msg.function, now):
+        held = not self.offered(msg.function, now)
+        if held and (self.held_until is None or now >= self.held_until):
             self.counters["unknown_function"] += 1
             error = p.ErrorInfo("UnknownFunction", _unknown_function(msg.function))
             reply = p.TaskCompleted(msg.task_id, p.EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
@@ -199,6 +206,8 @@ class Scheduler(TaskFlow):
         record.timeout = self.config.task_timeout if msg.timeout is None else msg.timeout
         if msg.queue_timeout is not None:
             record.expires_at = now + msg.queue_timeout
+        if held:  # just restarted: its node may not be back yet
+            self.held.append(record)
         return self.admit(record, now)
 
     def _on_status(self, sender: bytes, msg: p.Status, now: float) -> list[Send]:

@@ -83,6 +83,10 @@ class TaskFlow:
         self._journaling = self.config.journal
         self.accepting = True  # False once the broker is stopping: no new tasks start
         self.offered_until: dict[str, float] = {}  # functions whose last node left lately
+        # After a restart from a store, tasks for functions no node offers yet wait until
+        # `held_until` for their nodes to register again, instead of getting 127 at once.
+        self.held_until: float | None = None
+        self.held: list[TaskRecord] = []
         self.counters: Counter[str] = Counter()
         self._seq = count()
 
@@ -98,6 +102,22 @@ class TaskFlow:
             del self.offered_until[function]
             return False
         return True
+
+    def _release_held(self, now: float) -> list[Send]:
+        """The restart grace is over: tasks still waiting for a function no node offers
+        are refused as they would have been at once (exit 127, not dead letters)."""
+        self.held_until = None
+        sends: list[Send] = []
+        for record in self.held:
+            waiting = self.tasks.get(record.task_id) is record and record.attempt == 0
+            if waiting and not self.offered(record.function, now):
+                self.counters["unknown_function"] += 1
+                text = f"no node offering {record.function!r} registered after the restart"
+                error = p.ErrorInfo("UnknownFunction", text)
+                result = p.Result(record.task_id, p.EXIT_UNKNOWN_FUNCTION, b"null", error)
+                sends += self._complete(result, now, bury=False)
+        self.held.clear()
+        return sends
 
     def _note_offers(self, node: NodeRecord, now: float) -> None:
         """`node` takes no more work: remember which functions it was the last to offer."""
@@ -200,7 +220,7 @@ class TaskFlow:
         result = p.Result(record.task_id, failure[0], b"null", failure[1])
         return self._complete(result, now)
 
-    def _complete(self, msg: p.Result, now: float) -> list[Send]:
+    def _complete(self, msg: p.Result, now: float, bury: bool = True) -> list[Send]:
         record = self.tasks.pop(msg.task_id, None)
         if record is None:
             self.counters["results_unmatched"] += 1  # late duplicate or unknown task
@@ -214,7 +234,7 @@ class TaskFlow:
         self.results.add(reply, now)
         if self._journaling:
             self.journal.append(j.Finished(reply, now))
-        if msg.exit_code != 0:
+        if msg.exit_code != 0 and bury:
             self._bury(record, reply, now)
         return [Send(identity, reply) for identity in record.reply_to]
 

@@ -218,3 +218,32 @@ def test_stopping_broker_starts_nothing_new_and_ignores_new_tasks(sched: Schedul
     assert [type(s.message) for s in sends] == [p.TaskCompleted]  # t2 is not started
     assert sched.running() == 0 and set(sched.tasks) == {"t2"}
     sched.check_invariants()
+
+
+def test_restarted_broker_holds_tasks_until_their_nodes_are_back() -> None:
+    sched = Scheduler(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    done = p.TaskCompleted("old", 0, b"1", None, 1)
+    sched.restore([], [(done, 0.0)], [], 1, 0.0)  # a restart from a store
+    assert sched.handle(CLIENT, execute("early"), 0.1) == []  # no node yet: it waits
+    assert sched.handle(CLIENT, p.Execute("typo", "nosuch", b"[]"), 0.1) == []
+    sends = sched.handle(b"n1", register("n1"), 0.5)  # offers "f"
+    assert Send(b"n1", p.Run("early", "f", b"[1]", 1)) in sends
+    sched.handle(b"n1", p.Result("early", 0, b"1"), 0.6)
+    grace = sched.config.offer_grace_seconds
+    assert sched.next_deadline() <= grace
+    sched.handle(b"n1", p.Heartbeat(), grace)
+    [refused] = completed(sched.tick(grace + 0.1))
+    assert refused.task_id == "typo" and refused.exit_code == p.EXIT_UNKNOWN_FUNCTION
+    assert refused.attempts == 0 and "typo" not in sched.dead
+    [late] = sched.handle(CLIENT, p.Execute("later", "nosuch", b"[]"), grace + 0.2)
+    assert isinstance(late.message, p.TaskCompleted)
+    assert late.message.exit_code == p.EXIT_UNKNOWN_FUNCTION  # refused at once again
+    sched.check_invariants()
+
+
+def test_fresh_broker_refuses_unknown_functions_at_once() -> None:
+    sched = Scheduler(SchedulerConfig())
+    sched.restore([], [], [], 0, 0.0)  # an empty store: nothing to wait for
+    [refused] = sched.handle(CLIENT, execute("t1"), 0.1)
+    assert isinstance(refused.message, p.TaskCompleted)
+    assert refused.message.exit_code == p.EXIT_UNKNOWN_FUNCTION
