@@ -2,8 +2,9 @@
 
 Run through `python3 tools/dev.py demo` (which sets up .venv first). Starts `zbroker start` on
 a free loopback port, two `znode --functions math` processes, then submits tasks with
-`zsubmit` and with the Python client (one by one and pipelined), shows `zbroker status`, and
-stops everything with SIGTERM.
+`zsubmit` (a failure and a timeout among them, which end in the dead-letter queue) and with
+the Python client (one by one and pipelined), shows `zbroker status`, and stops everything
+with SIGTERM.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def tasks(url: str) -> None:
     show(["zsubmit", "--broker", url, "sum_squares", "1", "10000000"])
     show(["zsubmit", "--broker", url, "--json", "hash_text", "hello world"])
     show(["zsubmit", "--broker", url, "--retries", "0", "divide", "1", "0"])  # fails at once
+    # stopped after 1 s: its node process is replaced, and the task is a dead letter
+    show(["zsubmit", "--broker", url, "--retries", "0", "--task-timeout", "1", "sleep", "30"])
+    show(["zbroker", "dlq", "list", "--broker", url])
     console.print("[bold]Python client[/bold]")
     with Client(url) as client:
         console.print(f'client.execute("multiply", 5, 10) -> {client.execute("multiply", 5, 10)}')
