@@ -16,11 +16,13 @@ from typing import IO
 
 from broker import journal as j
 from broker.dlq_log import DeadLetterLog
+from broker.scheduler import Scheduler
 from broker.store import Snapshot, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 10.0  # seconds between deletions of expired kept answers
+SAVE_BATCH = 1024  # changes written at once, without waiting for the save delay
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class PersistenceConfig:
     results_max: int = 100_000  # kept answers in the store, as in memory
     dead_letters_max: int = 100_000
     sync_full: bool = False  # fsync every transaction (survive power loss, not only kill -9)
+    save_delay: float = 0.005  # seconds changes may wait to share a transaction
 
 
 class Persistence:
@@ -40,6 +43,7 @@ class Persistence:
         self._lock: IO[str] | None = None
         self._log: DeadLetterLog | None = None
         self._next_prune = 0.0
+        self.save_due: float | None = None  # when the changes waiting must be written
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +61,34 @@ class Persistence:
         self._next_prune = now
         return snapshot
 
+    def restore(self, scheduler: Scheduler, now: float) -> None:
+        """Open the store and give the scheduler back what it kept. Raises StoreError."""
+        snapshot = self.open(scheduler.wall_offset, now)
+        if snapshot is None:
+            return
+        scheduler.restore(
+            snapshot.tasks, snapshot.results, snapshot.dead_letters, snapshot.next_seq, now
+        )
+        log.info(
+            "store %s: %d pending tasks, %d kept answers, %d dead letters restored",
+            self.config.store,
+            len(snapshot.tasks),
+            len(snapshot.results),
+            len(snapshot.dead_letters),
+        )
+
+    def save_now(self, pending: int, now: float) -> bool:
+        """Group commit: changes are written at most `save_delay` after the first of them,
+        or at once when many wait, so that a busy broker pays one transaction for many
+        tasks and a quiet one adds no commit to each round trip."""
+        if not pending:
+            return False
+        if self.save_due is None:
+            self.save_due = now + self.config.save_delay
+        return now >= self.save_due or pending >= SAVE_BATCH
+
     def save(self, changes: list[j.Change], wall_offset: float, now: float) -> None:
+        self.save_due = None
         if self._store is not None:
             self._store.apply(changes, wall_offset)
             if now >= self._next_prune:

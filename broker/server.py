@@ -11,14 +11,13 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from itertools import groupby
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
 from broker import protocol as p
+from broker.framing import batched, log_sampled, too_large
 from broker.persistence import Persistence, PersistenceConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.store import StoreError
@@ -26,9 +25,7 @@ from broker.store import StoreError
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
-SAVE_BATCH = 1024  # changes that are written at once, without waiting for save_delay
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
-_BATCHED = (p.Run, p.TaskCompleted)
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -42,7 +39,6 @@ class BrokerConfig:
     max_message_size: int = p.DEFAULT_MAX_MESSAGE_SIZE
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     drain_timeout: float = 10.0  # seconds a stopping broker waits for running tasks
-    save_delay: float = 0.005  # seconds changes may wait to share a transaction
     strict: bool = False  # re-raise bugs in the loop instead of logging them (tests)
 
 
@@ -62,7 +58,6 @@ class BrokerServer:
         self._stop_requests = 0
         self._restored = False
         self._store_failed = False
-        self._save_due: float | None = None  # when the changes waiting must be written
         self._drain_until: float | None = None
         self.endpoint = ""
 
@@ -105,19 +100,7 @@ class BrokerServer:
         self._restored = True
         now = time.monotonic()
         self.scheduler.wall_offset = time.time() - now
-        snapshot = self.persistence.open(self.scheduler.wall_offset, now)
-        if snapshot is None:
-            return
-        self.scheduler.restore(
-            snapshot.tasks, snapshot.results, snapshot.dead_letters, snapshot.next_seq, now
-        )
-        log.info(
-            "store %s: %d pending tasks, %d kept answers, %d dead letters restored",
-            self.config.persistence.store,
-            len(snapshot.tasks),
-            len(snapshot.results),
-            len(snapshot.dead_letters),
-        )
+        self.persistence.restore(self.scheduler, now)
 
     def serve(self) -> None:
         """Run until `request_stop()`; then tell the nodes and close the socket."""
@@ -137,7 +120,7 @@ class BrokerServer:
                 wait = min(
                     self.scheduler.next_deadline(),
                     self._drain_until or math.inf,
-                    self._save_due or math.inf,
+                    self.persistence.save_due or math.inf,
                 )
                 ready = dict(poller.poll(max(0, int((wait - time.monotonic()) * 1000) + 1)))
                 if router in ready:
@@ -166,23 +149,13 @@ class BrokerServer:
             self._wake_r.recv(4096)
 
     def _save_when_due(self) -> None:
-        """Group commit: what the loop changed is written at most `save_delay` after the
-        first change, or at once when many changes wait, so that a busy broker pays one
-        transaction for many tasks and a quiet one adds no commit to each round trip."""
-        pending = len(self.scheduler.journal)
-        if not pending:
-            return
-        now = time.monotonic()
-        if self._save_due is None:
-            self._save_due = now + self.config.save_delay
-        if now >= self._save_due or pending >= SAVE_BATCH:
+        if self.persistence.save_now(len(self.scheduler.journal), time.monotonic()):
             self._save()
 
     def _save(self) -> None:
         """Write what this pass changed to the store, in one transaction. A store that
         cannot be written stops the broker at once: going on would promise what it cannot
         keep."""
-        self._save_due = None
         changes = self.scheduler.take_journal()
         if not changes or self._store_failed:
             return
@@ -249,7 +222,7 @@ class BrokerServer:
     ) -> list[Send]:
         sends = self.scheduler.refuse(identity, exc)
         count = self.scheduler.counters[f"refused_{exc.code}"]
-        _log_sampled(count, "refused message from %s: %s", identity.hex(), exc.message)
+        log_sampled(count, "refused message from %s: %s", identity.hex(), exc.message)
         if exc.code == p.ERR_TOO_LARGE and exc.task_id and frames and frames[3] == p.RESULT:
             # The node's work is lost, but its requesters still get their one reply.
             error = p.ErrorInfo("BadResult", exc.message)
@@ -272,7 +245,7 @@ class BrokerServer:
             raise p.ProtocolError(p.ERR_MALFORMED, "expected an empty delimiter frame first")
         size = sum(map(len, frames)) - len(frames[0])  # from the tag on
         if size > self.config.max_message_size:
-            raise _too_large(frames, size, self.config.max_message_size)
+            raise too_large(frames, size, self.config.max_message_size)
         return p.decode(frames[2:])
 
     def _send_all(self, router: zmq.Socket[Any], sends: list[Send]) -> None:
@@ -298,13 +271,13 @@ class BrokerServer:
         self, router: zmq.Socket[Any], identity: bytes, messages: list[p.Message]
     ) -> list[Send]:
         """Send `messages` to one peer in order; what a vanished peer's loss causes."""
-        for frames in _batched(messages):
+        for frames in batched(messages):
             try:
                 _send(router, identity, frames)
             except zmq.Again:
                 self.scheduler.counters["send_blocked"] += 1
                 count = self.scheduler.counters["send_blocked"]
-                _log_sampled(
+                log_sampled(
                     count,
                     "dropped a message to %s: it reads nothing and its queue is full",
                     identity.hex(),
@@ -317,28 +290,6 @@ class BrokerServer:
         return []
 
 
-def _batched(messages: list[p.Message]) -> Iterator[list[bytes]]:
-    """Frames for `messages` in order: consecutive RUNs or TASK_COMPLETEDs as batches."""
-    for kind, group in groupby(messages, key=type):
-        if kind in _BATCHED:
-            tasks = cast(Iterator[p.TaskMessage], group)
-            for batch in p.batches(tasks, _payload_size):
-                yield p.encode_batch(batch)
-        else:
-            yield from map(p.encode, group)
-
-
-def _payload_size(task: p.TaskMessage) -> int:
-    return len(task.payload)
-
-
-def _log_sampled(count: int, message: str, *args: object) -> None:
-    """Log the first ten of a kind, then every power of ten: a flood of bad input must not
-    become a flood of log lines."""
-    if count <= 10 or str(count).rstrip("0") == "1":
-        log.warning(message + " (%d so far)", *args, count)
-
-
 def _send(router: zmq.Socket[Any], identity: bytes, frames: list[bytes]) -> None:
     """One message to `identity`. With ROUTER_MANDATORY an unknown peer fails on the first
     frame, and once the first frame is queued ZeroMQ takes the rest of the message."""
@@ -348,15 +299,3 @@ def _send(router: zmq.Socket[Any], identity: bytes, frames: list[bytes]) -> None
     for frame in frames[:-1]:
         send(frame, _MORE)
     send(frames[-1], _NOBLOCK)
-
-
-def _too_large(frames: list[bytes], size: int, limit: int) -> p.ProtocolError:
-    task_id = None
-    try:
-        # The header is small even when the payload is not: name the task if possible.
-        if len(frames) >= 5 and len(frames[4]) <= 65536:
-            task_id = getattr(p.decode([*frames[2:5], b""]), "task_id", None)
-    except p.ProtocolError:
-        pass
-    text = f"message of {size} bytes exceeds the broker's limit of {limit} bytes"
-    return p.ProtocolError(p.ERR_TOO_LARGE, text, task_id)
