@@ -155,8 +155,6 @@ class Scheduler(TaskFlow):
                 timeout=stored.timeout,
             )
             self.admit(record, now, journal=False)
-            # Their nodes come back after the restart: new tasks for them wait, too.
-            self.offered_until[stored.function] = now + self.config.offer_grace_seconds
         if self.tasks:
             self.counters["restored"] += len(self.tasks)
         if self.tasks or len(self.results) or len(self.dead):
