@@ -21,15 +21,13 @@ from broker.framing import batched, log_sampled, too_large
 from broker.persistence import Persistence, PersistenceConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.store import StoreError
+from broker.wire import NOBLOCK, readable, recv_frames, send_routed
 
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per poll before timers are checked again
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
-# Plain ints and single-frame calls: recv_multipart/send_multipart cost twice as much.
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 @dataclass(frozen=True)
@@ -115,18 +113,20 @@ class BrokerServer:
             self.config.scheduler.strategy,
             self.config.persistence.store or "none: memory only",
         )
+        due = self.scheduler.next_deadline()  # once per pass: what a pass changed, it updates
         try:
             while not self._finished():
                 wait = min(
-                    self.scheduler.next_deadline(),
-                    self._drain_until or math.inf,
-                    self.persistence.save_due or math.inf,
+                    due, self._drain_until or math.inf, self.persistence.save_due or math.inf
                 )
                 ready = dict(poller.poll(max(0, int((wait - time.monotonic()) * 1000) + 1)))
                 if router in ready:
                     self._drain(router)
-                if time.monotonic() >= self.scheduler.next_deadline():
-                    self._send_all(router, self.scheduler.tick(time.monotonic()))
+                due = self.scheduler.next_deadline()
+                now = time.monotonic()
+                if now >= due:
+                    self._send_all(router, self.scheduler.tick(now))
+                    due = self.scheduler.next_deadline()
                 self._save_when_due()
         finally:
             self._close(router)
@@ -187,19 +187,16 @@ class BrokerServer:
     def _drain(self, router: zmq.Socket[Any]) -> None:
         """Handle what is waiting, up to BATCH messages. What one message causes goes out at
         once; several tasks to one peer leave in one message."""
-        recv = router.recv
         for _ in range(BATCH):
             try:
-                frame = recv(_NOBLOCK, copy=False)
+                frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
                 return
-            frames = [frame.bytes]
-            while frame.more:
-                frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
             sends = self._dispatch(frames)
             if sends:
                 self._send_all(router, sends)
+            if not readable(router):  # cheaper than the zmq.Again of one more receive
+                return
 
     def _dispatch(self, frames: list[bytes]) -> list[Send]:
         identity = frames[0]
@@ -262,7 +259,7 @@ class BrokerServer:
 
     def _send_one(self, router: zmq.Socket[Any], identity: bytes, message: p.Message) -> list[Send]:
         try:
-            _send(router, identity, p.encode(message))
+            send_routed(router, identity, p.encode(message), NOBLOCK)
         except zmq.ZMQError:
             return self._send_to(router, identity, [message])  # it reports what went wrong
         return []
@@ -273,7 +270,7 @@ class BrokerServer:
         """Send `messages` to one peer in order; what a vanished peer's loss causes."""
         for frames in batched(messages):
             try:
-                _send(router, identity, frames)
+                send_routed(router, identity, frames, NOBLOCK)
             except zmq.Again:
                 self.scheduler.counters["send_blocked"] += 1
                 count = self.scheduler.counters["send_blocked"]
@@ -288,14 +285,3 @@ class BrokerServer:
                 log.info("peer %s is gone; dropped %d messages", identity.hex(), len(messages))
                 return self.scheduler.unreachable(identity, time.monotonic())
         return []
-
-
-def _send(router: zmq.Socket[Any], identity: bytes, frames: list[bytes]) -> None:
-    """One message to `identity`. With ROUTER_MANDATORY an unknown peer fails on the first
-    frame, and once the first frame is queued ZeroMQ takes the rest of the message."""
-    send = router.send
-    send(identity, _MORE)
-    send(b"", _MORE)
-    for frame in frames[:-1]:
-        send(frame, _MORE)
-    send(frames[-1], _NOBLOCK)

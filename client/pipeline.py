@@ -24,15 +24,12 @@ from broker.protocol import (
     decode,
     encode_batch,
 )
+from broker.wire import NOBLOCK, recv_frames, send_frames, wait_readable
 from client.errors import BrokerTimeout, ClientError, broker_error
 from client.options import TaskOptions, check_name
 from client.payloads import encode_arguments, result_of
 
 _log = logging.getLogger(__name__)
-
-# Plain ints: send_multipart/recv_multipart spend most of their time on enum flags.
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
@@ -156,16 +153,11 @@ class Pipeline:
 
     @staticmethod
     def _send(sock: zmq.Socket[Any], frames: list[bytes]) -> bool:
-        """send_multipart without blocking, at a third of its cost; False if the queue is full."""
-        send = sock.send
+        """Send without blocking; False if the queue is full."""
         try:
-            send(frames[0], _MORE)
+            send_frames(sock, frames, NOBLOCK)
         except zmq.Again:
             return False
-        # Once the first part is queued, ZeroMQ accepts the rest of the message.
-        for frame in frames[1:-1]:
-            send(frame, _MORE)
-        send(frames[-1], _NOBLOCK)
         return True
 
     def _wait(self, sock: zmq.Socket[Any]) -> None:
@@ -174,7 +166,7 @@ class Pipeline:
         deadline = None if self._timeout is None else self._last_reply + self._timeout
         if deadline is not None:
             wake = min(wake, deadline)
-        if sock.poll(poll_ms(wake - time.monotonic())):
+        if wait_readable(sock, poll_ms(wake - time.monotonic())):
             self._drain(sock)
             return
         now = time.monotonic()
@@ -189,18 +181,12 @@ class Pipeline:
         self._send_batches(sock, [execute for _, execute in self._outstanding.values()])
 
     def _drain(self, sock: zmq.Socket[Any]) -> None:
-        recv = sock.recv
         handle = self._handle
         while True:
-            # recv_multipart without blocking, at half its cost.
             try:
-                frame = recv(_NOBLOCK, copy=False)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 break
-            frames = [frame.bytes]
-            while frame.more:
-                frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
             handle(frames)
         self._last_reply = self._quiet_since = time.monotonic()
 

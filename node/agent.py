@@ -39,13 +39,14 @@ from broker.protocol import (
     decode,
     encode,
 )
+from broker.wire import NOBLOCK, readable, recv_frames
 from node import registry, restart
 from node.config import NodeConfig as NodeConfig
 from node.config import default_name as default_name
 from node.executor import ThreadSlots
 from node.inline import InlineSlot
 from node.lifecycle import Lifecycle, install_stop_signals
-from node.link import NOBLOCK, BrokerLink, readable, recv_frames
+from node.link import BrokerLink
 from node.timeouts import Deadlines, restart_reason, timeout_result
 
 log = logging.getLogger(__name__)

@@ -13,46 +13,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
-from typing import cast
 
 import zmq
 
 from broker.protocol import Heartbeat, Register, Registered, encode
+from broker.wire import NOBLOCK, send_frames
 from node.registry import NodeSetupError
 
 log = logging.getLogger(__name__)
-
-NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-
-
-def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = 0) -> None:
-    """`send_multipart` without pyzmq's per-call checks, for the per-task hot path."""
-    last = len(frames) - 1
-    more = flags | _SNDMORE
-    send = sock.send
-    for i in range(last):
-        send(frames[i], more)
-    send(frames[last], flags)
-
-
-def recv_frames(sock: zmq.Socket[bytes], flags: int = 0) -> list[bytes]:
-    """`recv_multipart` without pyzmq's per-call checks, for the per-task hot path."""
-    recv = sock.recv
-    frames = [recv(flags)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(recv(flags))
-    return frames
-
-
-def readable(sock: zmq.Socket[bytes]) -> bool:
-    """Whether a message is waiting (cheaper than a non-blocking recv that fails)."""
-    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
-
 
 MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
 MAX_BACKOFF = 5.0
