@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import EllipsisType, TracebackType
 from typing import Any
@@ -18,6 +18,7 @@ from broker.protocol import (
     TaskCompleted,
     encode,
 )
+from broker.wire import recv_frames, send_frames, wait_readable
 from client.admin import BrokerRequests
 from client.errors import BrokerTimeout, ClientError, broker_error
 from client.options import TaskOptions, check_name, check_timeout
@@ -65,9 +66,13 @@ class Client(BrokerRequests):
         self.retries = defaults.retries  # None: the broker's default
         self.queue_timeout = defaults.queue_timeout  # None: wait as long as needed
         self.task_timeout = defaults.task_timeout  # None: the broker's default
+        self._last_options: tuple[object, TaskOptions] = (None, defaults)  # (key, options)
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
         self._closed = False
+        # Task ids: this client's random prefix and a count (cheaper than a uuid4 per task).
+        self._id_prefix = os.urandom(8).hex()
+        self._sent = 0
 
     def __enter__(self) -> Client:
         return self
@@ -205,13 +210,18 @@ class Client(BrokerRequests):
         queue_timeout: float | None,
         task_timeout: float | None,
     ) -> TaskOptions:
-        """This call's task options: each one given, else this client's default."""
-        return TaskOptions(
+        """This call's task options: each one given, else this client's default (checked
+        once per distinct set: the last one is kept, as most calls repeat it)."""
+        wanted = (
             self.priority if priority is None else priority,
             self.retries if retries is None else retries,
             self.queue_timeout if queue_timeout is None else queue_timeout,
             self.task_timeout if task_timeout is None else task_timeout,
         )
+        key = (wanted, tuple(map(type, wanted)))  # with types: True == 1, yet not a priority
+        if key != self._last_options[0]:
+            self._last_options = (key, TaskOptions(*wanted))
+        return self._last_options[1]
 
     def _timeout(self, timeout: Timeout) -> float | None:
         return self.timeout if isinstance(timeout, EllipsisType) else check_timeout(timeout)
@@ -224,7 +234,11 @@ class Client(BrokerRequests):
         timeout: Timeout,
         task_id: str | None,
     ) -> TaskCompleted:
-        task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
+        if task_id is None:
+            self._sent += 1
+            task_id = f"{self._id_prefix}-{self._sent}"
+        else:
+            task_id = check_name("task_id", task_id)
         request = options.execute(task_id, check_name("function", function), encode_arguments(args))
 
         def answers(reply: Message) -> bool:
@@ -259,7 +273,7 @@ class Client(BrokerRequests):
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             sock = self._connected()
-            sock.send_multipart(request)
+            send_frames(sock, request)
             while True:
                 frames = self._receive(sock, deadline, timeout)
                 if frames is None:
@@ -271,7 +285,7 @@ class Client(BrokerRequests):
                     if reply is not None:
                         break
                 # After a stale reply a REQ socket must send before it may receive again.
-                sock.send_multipart(request)
+                send_frames(sock, request)
         except BaseException:
             self._discard_socket()  # its REQ state machine is mid-request
             raise
@@ -286,9 +300,8 @@ class Client(BrokerRequests):
         wait = self.resend_interval
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
-        if wait > 0 and sock.poll(poll_ms(wait)):
-            frames: list[bytes] = sock.recv_multipart()
-            return frames
+        if wait > 0 and wait_readable(sock, poll_ms(wait)):
+            return recv_frames(sock)
         if deadline is not None and time.monotonic() >= deadline:
             assert timeout is not None
             raise BrokerTimeout(self.url, timeout)
