@@ -53,7 +53,9 @@ class _Group:
 
     functions: frozenset[str]
     members: set[bytes] = field(default_factory=set)
-    # (load, tie-break, identity, version); stale entries are skipped when they surface.
+    # (load, -push order, identity, version); stale entries are skipped when they surface.
+    # Among equal loads the node pushed last wins: an idle node that just answered takes
+    # the next task while its process is warm, instead of tasks cycling through cold nodes.
     heap: list[tuple[float, int, bytes, int]] = field(default_factory=list)
 
 
@@ -186,7 +188,7 @@ class WorkerPool:
             heap[:] = [e for e in heap if self._current(e)]
             heapq.heapify(heap)
         load = len(node.active) / node.capacity
-        heapq.heappush(heap, (load, next(self._tie), node.identity, node.version))
+        heapq.heappush(heap, (load, -next(self._tie), node.identity, node.version))
 
     def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
         node = self.nodes.get(entry[2])

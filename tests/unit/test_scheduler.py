@@ -101,6 +101,23 @@ def test_least_loaded_prefers_the_emptier_node_per_capacity() -> None:
     sched.check_invariants()
 
 
+def test_least_loaded_ties_go_to_the_node_freed_last() -> None:
+    """Sequential tasks stay on one warm node while others idle (its caches are hot); under
+    load the load ratio still spreads them."""
+    sched = Scheduler(SchedulerConfig(strategy=LEAST_LOADED))
+    for name in (b"a", b"b", b"c"):
+        sched.handle(name, register(name.decode(), capacity=2), 0.0)
+    targets = []
+    for i in range(4):
+        node, task_id = runs(sched.handle(CLIENT, execute(f"s{i}"), 0.1))[0]
+        targets.append(node)
+        sched.handle(node, ok(task_id), 0.2)
+    assert len(set(targets)) == 1
+    spread = [runs(sched.handle(CLIENT, execute(f"t{i}"), 0.3))[0][0] for i in range(6)]
+    assert sorted(spread) == [b"a", b"a", b"b", b"b", b"c", b"c"]
+    sched.check_invariants()
+
+
 def test_round_robin_cycles_through_nodes() -> None:
     sched = Scheduler(SchedulerConfig(strategy=ROUND_ROBIN))
     for name in (b"a", b"b", b"c"):
