@@ -8,6 +8,7 @@ of the process itself escapes (the broker requeues the tasks of a node that dies
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,21 +34,44 @@ class Outcome:
     error: ErrorInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Arity:
+    """How many positional arguments a function takes, from its signature."""
+
+    signature: inspect.Signature
+    fewest: int
+    most: float  # inf with *args
+    by_count: bool  # whether the count alone decides (no required keyword-only parameter)
+
+    def fits(self, count: int) -> bool:
+        return self.by_count and self.fewest <= count <= self.most
+
+
 # None: the callable has no introspectable signature, so arguments are not checked up front.
-_signatures: dict[Callable[..., Any], inspect.Signature | None] = {}
+_arities: dict[Callable[..., Any], _Arity | None] = {}
 
 
-def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+def _arity(function: Callable[..., Any]) -> _Arity | None:
     try:
-        return _signatures[function]
+        return _arities[function]
     except KeyError:
         pass
     try:
-        signature: inspect.Signature | None = inspect.signature(function)
+        signature = inspect.signature(function)
     except (TypeError, ValueError):
-        signature = None
-    _signatures[function] = signature
-    return signature
+        arity = None
+    else:
+        params = signature.parameters.values()
+        positional = [p for p in params if p.kind in _POSITIONAL]
+        fewest = sum(1 for p in positional if p.default is inspect.Parameter.empty)
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+        required_keywords = any(
+            p.kind is p.KEYWORD_ONLY and p.default is inspect.Parameter.empty for p in params
+        )
+        most = math.inf if varargs else len(positional)
+        arity = _Arity(signature, fewest, most, not required_keywords)
+    _arities[function] = arity
+    return arity
 
 
 def _failure(exit_code: int, error_type: str, message: str) -> Outcome:
@@ -116,12 +140,12 @@ def run_task(functions: Mapping[str, Callable[..., Any]], function: str, payload
     args = _arguments(payload)
     if isinstance(args, Outcome):
         return args
-    signature = _signature(fn)
-    if signature is not None:
-        try:
-            signature.bind(*args)
+    arity = _arity(fn)
+    if arity is not None and not arity.fits(len(args)):
+        try:  # for the exact reason (a fit by count is one by `bind` too)
+            arity.signature.bind(*args)
         except TypeError as exc:
-            return _bad_fit(function, signature, len(args), exc)
+            return _bad_fit(function, arity.signature, len(args), exc)
     try:
         result = fn(*args)
     except (Exception, SystemExit) as exc:
