@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker import protocol as p
-from broker.control import BadEndpoint, BrokerUnreachable
-from broker.control import status as query_status
+from broker.control import BadEndpoint, BrokerUnreachable, status as query_status
 from broker.dlq_cli import app as dlq_app
 from broker.persistence import PersistenceConfig
 from broker.results import ResultCacheConfig

@@ -17,8 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from broker import control
-from broker import protocol as p
+from broker import control, protocol as p
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3  # as `zbroker status`
 DEFAULT_LIMIT = 50

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from broker import journal as j
-from broker import protocol as p
+from broker import journal as j, protocol as p
 from broker.deadletters import DeadLetter
 from broker.queues import TaskRecord
 

@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterable
 from itertools import count
 from typing import Any
 
-from broker import journal as j
-from broker import protocol as p
+from broker import journal as j, protocol as p
 from broker.deadletters import DeadLetter
 from broker.dlq_ops import dead_letter_request
 from broker.invariants import check_invariants

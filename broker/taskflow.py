@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import TypeAlias
 
-from broker import journal as j
-from broker import protocol as p
+from broker import journal as j, protocol as p
 from broker.deadletters import DeadLetter, DeadLetters
 from broker.deadlines import Deadlines
 from broker.queues import TaskQueue, TaskRecord

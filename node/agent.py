@@ -41,8 +41,7 @@ from broker.protocol import (
 )
 from broker.wire import NOBLOCK, readable, recv_frames
 from node import registry, restart
-from node.config import NodeConfig as NodeConfig
-from node.config import default_name as default_name
+from node.config import NodeConfig as NodeConfig, default_name as default_name
 from node.executor import ThreadSlots
 from node.inline import InlineSlot
 from node.lifecycle import Lifecycle, install_stop_signals

@@ -49,8 +49,13 @@ ALL = tuple(f"{package}/*" for package in PACKAGES)
 RULES = (
     Rule(
         "the codec is shared by every peer: standard library and orjson only",
-        files=("broker/protocol.py", "broker/payload.py"),
-        only=(STDLIB, "orjson", "broker.payload"),
+        files=(
+            "broker/protocol.py",
+            "broker/messages.py",
+            "broker/decoding.py",
+            "broker/payload.py",
+        ),
+        only=(STDLIB, "orjson", "broker.payload", "broker.messages", "broker.decoding"),
     ),
     Rule(
         "the broker core is sans-IO and reads no clock (time comes in as `now`)",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker import protocol as p
+from broker.decoding import DECODERS
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "protocol.md"
 
@@ -117,12 +118,12 @@ DOC_EXAMPLES = _doc_examples()
 
 def test_protocol_md_has_an_example_of_every_command() -> None:
     commands = {frames[1] for frames in DOC_EXAMPLES}
-    assert commands == set(p._DECODERS)
+    assert commands == set(DECODERS)
 
 
 def test_protocol_md_has_a_section_per_command() -> None:
     text = PROTOCOL_MD.read_text(encoding="utf-8")
-    for command in p._DECODERS:
+    for command in DECODERS:
         assert re.search(rf"^### 3\.\d+ {command.decode()} \(", text, re.MULTILINE), command
 
 

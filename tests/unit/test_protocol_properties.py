@@ -8,14 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from broker import protocol as p
+from broker.decoding import DECODERS
 
 CODEC = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-COMMANDS = sorted(p._DECODERS)
+COMMANDS = sorted(DECODERS)
 FIELDS = sorted(
     {"name", "host", "pid", "functions", "capacity", "node_id", "heartbeat_interval_ms"}
     | {"liveness", "reason", "task_id", "function", "priority", "attempt", "exit_code"}

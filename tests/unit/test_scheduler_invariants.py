@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from broker import journal as j
-from broker import protocol as p
+from broker import journal as j, protocol as p
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.workers import STRATEGIES
 

@@ -7,8 +7,7 @@ import random
 
 import pytest
 
-from broker import journal as j
-from broker import protocol as p
+from broker import journal as j, protocol as p
 from broker.retries import RetryPolicy
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 
