@@ -7,14 +7,14 @@ scheduler's monotonic `now`; the store turns them into wall-clock time. Pure dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeAlias
 
 from broker.deadletters import DeadLetter
+from broker.messages import frozen
 from broker.protocol import TaskCompleted
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoredTask:
     """An accepted, unanswered task as the store keeps it (and gives back at start-up)."""
 
@@ -30,12 +30,12 @@ class StoredTask:
     expires_at: float | None  # monotonic queue deadline, None: none
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Accepted:
     task: StoredTask
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attempted:
     """An attempt failed and the task will run again: it has used `attempts` so far."""
 
@@ -43,7 +43,7 @@ class Attempted:
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Finished:
     """The task was answered: it is no longer pending, and its answer is kept for resends."""
 
@@ -51,19 +51,19 @@ class Finished:
     at: float  # monotonic
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadLettered:
     entry: DeadLetter
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadLetterRemoved:
     """Replayed or purged: `task_id` None means every dead letter."""
 
     task_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ResultForgotten:
     """A kept answer was dropped (a replay runs the task again under its id)."""
 

@@ -7,7 +7,21 @@ Imports only the standard library.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, dataclass_transform
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def frozen(cls: type[T]) -> type[T]:
+    """A value type: `@dataclass(frozen=True, slots=True)` as mypy sees it, so an assignment
+    to a field fails the type check; at run time a slots dataclass with a hash.
+
+    A frozen dataclass's `__init__` sets each field through `object.__setattr__`, which costs
+    three times a plain one's (1.2 against 0.4 us for Execute); a round trip builds about
+    ten of these records in the broker, the node and the client."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
 
 PROTOCOL_NAME = b"ZTB"
 VERSION = 1
@@ -73,7 +87,7 @@ class ProtocolError(Exception):
         self.task_id = task_id
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ErrorInfo:
     type: str
     message: str
@@ -82,7 +96,7 @@ class ErrorInfo:
         return {"type": self.type, "message": self.message}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Replaces:
     """The earlier process of a node that a restarted process stands in for."""
 
@@ -90,7 +104,7 @@ class Replaces:
     reason: str  # how it ended, for the error its tasks get
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Register:
     name: str
     host: str
@@ -100,29 +114,29 @@ class Register:
     replaces: Replaces | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Registered:
     node_id: str
     heartbeat_interval: float  # seconds; milliseconds on the wire
     liveness: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Deregister:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Heartbeat:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Disconnect:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Execute:
     task_id: str
     function: str
@@ -133,7 +147,7 @@ class Execute:
     timeout: float | None = None  # seconds one attempt may run; ms on the wire
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Run:
     task_id: str
     function: str
@@ -142,7 +156,7 @@ class Run:
     timeout: float | None = None  # seconds this attempt may run; ms on the wire
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Result:
     task_id: str
     exit_code: int
@@ -150,7 +164,7 @@ class Result:
     error: ErrorInfo | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskCompleted:
     task_id: str
     exit_code: int
@@ -162,7 +176,7 @@ class TaskCompleted:
 TaskMessage: TypeAlias = Execute | Run | Result | TaskCompleted
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Batch:
     """Several tasks in one EXECUTE, RUN, RESULT or TASK_COMPLETED message (protocol.md 2.1).
 
@@ -172,17 +186,17 @@ class Batch:
     items: tuple[TaskMessage | ProtocolError, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Status:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StatusReply:
     body: dict[str, Any] = field(hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadLetters:
     """A request about the dead-letter queue: list, show, replay or purge."""
 
@@ -191,13 +205,13 @@ class DeadLetters:
     limit: int | None = None  # list: at most this many, newest first
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeadLettersReply:
     body: dict[str, Any] = field(hash=False)
     payload: bytes | None = None  # show: the task's arguments, as it was submitted
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Error:
     code: str
     message: str

@@ -17,6 +17,7 @@ from typing import TypeAlias
 from broker import journal as j, protocol as p
 from broker.deadletters import DeadLetter, DeadLetters
 from broker.deadlines import Deadlines
+from broker.messages import frozen
 from broker.queues import TaskQueue, TaskRecord
 from broker.results import ResultCache, ResultCacheConfig
 from broker.retries import RETRYABLE, RetryPolicy, RetryTimers
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 Failure: TypeAlias = tuple[int, p.ErrorInfo]  # exit code and error of a failed attempt
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Send:
     """Command: send `message` to the peer with ROUTER identity `identity`."""
 
