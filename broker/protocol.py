@@ -133,14 +133,29 @@ def _encode_registered(m: Any) -> list[bytes]:
 
 
 def _encode_execute(m: Any) -> list[bytes]:
-    header = {"task_id": m.task_id, "function": m.function, "priority": m.priority}
-    if m.retries is not None:
-        header["retries"] = m.retries
-    if m.queue_timeout is not None:
-        header["queue_timeout_ms"] = round(m.queue_timeout * 1000)
-    if m.timeout is not None:
-        header["timeout_ms"] = round(m.timeout * 1000)
-    return [TAG, EXECUTE, _json(header), m.payload]
+    return execute_frames(
+        m.task_id, m.function, m.payload, m.priority, m.retries, m.queue_timeout, m.timeout
+    )
+
+
+def execute_frames(
+    task_id: str,
+    function: str,
+    payload: bytes,
+    priority: int = PRIORITY_DEFAULT,
+    retries: int | None = None,
+    queue_timeout: float | None = None,
+    timeout: float | None = None,
+) -> list[bytes]:
+    """`encode(Execute(...))` without the message: for a client's per-task path."""
+    header = {"task_id": task_id, "function": function, "priority": priority}
+    if retries is not None:
+        header["retries"] = retries
+    if queue_timeout is not None:
+        header["queue_timeout_ms"] = round(queue_timeout * 1000)
+    if timeout is not None:
+        header["timeout_ms"] = round(timeout * 1000)
+    return [TAG, EXECUTE, _json(header), payload]
 
 
 def _encode_run(m: Any) -> list[bytes]:

@@ -16,19 +16,18 @@ from broker.protocol import (
     Error,
     Message,
     TaskCompleted,
-    encode,
 )
-from broker.wire import recv_frames, send_frames, wait_readable
+from broker.wire import recv_frames, send_frames
 from client.admin import BrokerRequests
 from client.errors import BrokerTimeout, ClientError, broker_error
-from client.options import TaskOptions, check_name, check_timeout
-from client.payloads import encode_arguments, replies, result_of
+from client.options import TaskDefaults, TaskOptions, check_name, check_timeout
+from client.payloads import encode_arguments, first_answer, result_of
 from client.pipeline import Pipeline, open_socket, poll_ms
 
 Timeout = float | None | EllipsisType  # ... means "the Client's timeout"
 
 
-class Client(BrokerRequests):
+class Client(TaskDefaults, BrokerRequests):
     """A connection to a ZTB broker that submits tasks and waits for their results.
 
     `execute` sends one task over a REQ socket and waits for it (Lazy Pirate: when no
@@ -61,14 +60,10 @@ class Client(BrokerRequests):
         self.url = url
         self.timeout = check_timeout(timeout)
         self.resend_interval = resend_interval
-        defaults = TaskOptions(priority, retries, queue_timeout, task_timeout)
-        self.priority = defaults.priority
-        self.retries = defaults.retries  # None: the broker's default
-        self.queue_timeout = defaults.queue_timeout  # None: wait as long as needed
-        self.task_timeout = defaults.task_timeout  # None: the broker's default
-        self._last_options: tuple[object, TaskOptions] = (None, defaults)  # (key, options)
+        super().__init__(TaskOptions(priority, retries, queue_timeout, task_timeout))
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket: zmq.Socket[Any] | None = None
+        self._wait_ms = -1  # the socket's receive timeout (ZMQ_RCVTIMEO)
         self._closed = False
         # Task ids: this client's random prefix and a count (cheaper than a uuid4 per task).
         self._id_prefix = os.urandom(8).hex()
@@ -115,7 +110,7 @@ class Client(BrokerRequests):
         refuses the request, BrokerTimeout when no answer comes in time, and TypeError for
         arguments JSON cannot carry.
         """
-        options = self._options(priority, retries, queue_timeout, task_timeout)
+        options = self.options(priority, retries, queue_timeout, task_timeout)
         completed = self._submit(function, args, options, timeout, task_id)
         return result_of(function, completed, options.task_timeout)
 
@@ -139,7 +134,7 @@ class Client(BrokerRequests):
         client's, else the broker's. `timeout` is how long this call waits for the answer,
         not a limit on the function. Raises BrokerError, BrokerTimeout, TypeError, and
         ValueError for an option out of range."""
-        options = self._options(priority, retries, queue_timeout, task_timeout)
+        options = self.options(priority, retries, queue_timeout, task_timeout)
         return self._submit(function, args, options, timeout, task_id)
 
     # ------------------------------------------------------------------------- many tasks
@@ -194,7 +189,7 @@ class Client(BrokerRequests):
             function,
             arguments,
             window=window,
-            options=self._options(priority, None, None, task_timeout),
+            options=self.options(priority, None, None, task_timeout),
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,
@@ -202,26 +197,6 @@ class Client(BrokerRequests):
         return pipeline.run()
 
     # ------------------------------------------------------------------------- internals
-
-    def _options(
-        self,
-        priority: int | None,
-        retries: int | None,
-        queue_timeout: float | None,
-        task_timeout: float | None,
-    ) -> TaskOptions:
-        """This call's task options: each one given, else this client's default (checked
-        once per distinct set: the last one is kept, as most calls repeat it)."""
-        wanted = (
-            self.priority if priority is None else priority,
-            self.retries if retries is None else retries,
-            self.queue_timeout if queue_timeout is None else queue_timeout,
-            self.task_timeout if task_timeout is None else task_timeout,
-        )
-        key = (wanted, tuple(map(type, wanted)))  # with types: True == 1, yet not a priority
-        if key != self._last_options[0]:
-            self._last_options = (key, TaskOptions(*wanted))
-        return self._last_options[1]
 
     def _timeout(self, timeout: Timeout) -> float | None:
         return self.timeout if isinstance(timeout, EllipsisType) else check_timeout(timeout)
@@ -239,14 +214,16 @@ class Client(BrokerRequests):
             task_id = f"{self._id_prefix}-{self._sent}"
         else:
             task_id = check_name("task_id", task_id)
-        request = options.execute(task_id, check_name("function", function), encode_arguments(args))
+        request = options.execute_frames(
+            task_id, check_name("function", function), encode_arguments(args)
+        )
 
         def answers(reply: Message) -> bool:
             if isinstance(reply, Error):
                 return reply.task_id in (None, task_id)
             return isinstance(reply, TaskCompleted) and reply.task_id == task_id
 
-        reply = self._exchange(encode(request), answers, self._timeout(timeout))
+        reply = self._exchange(request, answers, self._timeout(timeout))
         if not isinstance(reply, TaskCompleted):
             raise ClientError(f"unexpected reply {type(reply).__name__} to EXECUTE")
         return reply
@@ -259,6 +236,7 @@ class Client(BrokerRequests):
         self._check_open()
         if self._socket is None:
             self._socket = open_socket(self._context, zmq.REQ, self.url)
+            self._wait_ms = -1  # its receive timeout: none set yet
         return self._socket
 
     def _discard_socket(self) -> None:
@@ -281,7 +259,7 @@ class Client(BrokerRequests):
                     self._discard_socket()
                     sock = self._connected()
                 else:
-                    reply = next((m for m in replies(frames, self.url) if answers(m)), None)
+                    reply = first_answer(frames, answers, self.url)
                     if reply is not None:
                         break
                 # After a stale reply a REQ socket must send before it may receive again.
@@ -296,12 +274,21 @@ class Client(BrokerRequests):
     def _receive(
         self, sock: zmq.Socket[Any], deadline: float | None, timeout: float | None
     ) -> list[bytes] | None:
-        """The next reply, or None once `resend_interval` passes without one."""
+        """The next reply, or None once `resend_interval` passes without one. A blocking
+        receive with a timeout (ZMQ_RCVTIMEO, set only when it changes) costs less than a
+        poll and a receive."""
         wait = self.resend_interval
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
-        if wait > 0 and wait_readable(sock, poll_ms(wait)):
-            return recv_frames(sock)
+        if wait > 0:
+            wait_ms = poll_ms(wait)
+            if wait_ms != self._wait_ms:
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                self._wait_ms = wait_ms
+            try:
+                return recv_frames(sock)
+            except zmq.Again:
+                pass
         if deadline is not None and time.monotonic() >= deadline:
             assert timeout is not None
             raise BrokerTimeout(self.url, timeout)

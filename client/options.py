@@ -4,7 +4,7 @@ ERROR malformed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.protocol import (
@@ -15,6 +15,7 @@ from broker.protocol import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     Execute,
+    execute_frames,
 )
 
 MAX_TASK_TIMEOUT = MAX_TIMEOUT_MS / 1000  # seconds: 7 days
@@ -107,3 +108,80 @@ class TaskOptions:
             self.queue_timeout,
             self.task_timeout,
         )
+
+    def execute_frames(self, task_id: str, function: str, payload: bytes) -> list[bytes]:
+        """The EXECUTE frames of a task with these options (what `encode(execute(...))` gives,
+        without the message in between)."""
+        return execute_frames(
+            task_id,
+            function,
+            payload,
+            self.priority,
+            self.retries,
+            self.queue_timeout,
+            self.task_timeout,
+        )
+
+
+class TaskDefaults:
+    """A client's default task options, checked when set: `priority`, `retries`,
+    `queue_timeout` and `task_timeout`. A call that gives none of its own reuses them as
+    they are; a call that does keeps its last set, as most calls repeat it."""
+
+    def __init__(self, defaults: TaskOptions) -> None:
+        self.defaults = defaults
+        self._last_options: tuple[object, TaskOptions] = (None, defaults)  # (key, options)
+
+    @property
+    def priority(self) -> int:
+        return self.defaults.priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self.defaults = replace(self.defaults, priority=value)
+
+    @property
+    def retries(self) -> int | None:
+        return self.defaults.retries  # None: the broker's default
+
+    @retries.setter
+    def retries(self, value: int | None) -> None:
+        self.defaults = replace(self.defaults, retries=value)
+
+    @property
+    def queue_timeout(self) -> float | None:
+        return self.defaults.queue_timeout  # None: wait as long as needed
+
+    @queue_timeout.setter
+    def queue_timeout(self, value: float | None) -> None:
+        self.defaults = replace(self.defaults, queue_timeout=value)
+
+    @property
+    def task_timeout(self) -> float | None:
+        return self.defaults.task_timeout  # None: the broker's default
+
+    @task_timeout.setter
+    def task_timeout(self, value: float | None) -> None:
+        self.defaults = replace(self.defaults, task_timeout=value)
+
+    def options(
+        self,
+        priority: int | None,
+        retries: int | None,
+        queue_timeout: float | None,
+        task_timeout: float | None,
+    ) -> TaskOptions:
+        """One call's task options: each one given, else the default."""
+        if priority is None and retries is None and queue_timeout is None and task_timeout is None:
+            return self.defaults
+        defaults = self.defaults
+        wanted = (
+            defaults.priority if priority is None else priority,
+            defaults.retries if retries is None else retries,
+            defaults.queue_timeout if queue_timeout is None else queue_timeout,
+            defaults.task_timeout if task_timeout is None else task_timeout,
+        )
+        key = (wanted, tuple(map(type, wanted)))  # with types: True == 1, yet not a priority
+        if key != self._last_options[0]:
+            self._last_options = (key, TaskOptions(*wanted))
+        return self._last_options[1]

@@ -4,7 +4,7 @@ Pure code: no socket, so both clients and their tests share it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.protocol import (
@@ -64,3 +64,13 @@ def replies(frames: list[bytes], url: str) -> list[Message]:
     if isinstance(message, Batch):
         return [item for item in message.items if not isinstance(item, ProtocolError)]
     return [message]
+
+
+def first_answer(
+    frames: list[bytes], answers: Callable[[Message], bool], url: str
+) -> Message | None:
+    """The first message in a reply that `answers` accepts, or None."""
+    for message in replies(frames, url):
+        if answers(message):
+            return message
+    return None
