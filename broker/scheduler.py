@@ -49,7 +49,16 @@ class Scheduler(TaskFlow):
     # ------------------------------------------------------------------ events
 
     def handle(self, sender: bytes, message: p.Message, now: float) -> list[Send]:
-        """A decoded message arrived from `sender`."""
+        """A decoded message arrived from `sender`: everything it causes."""
+        sends = self.respond(sender, message, now)
+        if self._answered or self._freed:
+            sends += self.settle(now)
+        return sends
+
+    def respond(self, sender: bytes, message: p.Message, now: float) -> list[Send]:
+        """The messages `message` causes at once. Some bookkeeping (see `settle`) waits so
+        that an answer leaves first: call `settle(now)` after sending these, before the next
+        event. `handle` does both."""
         node = self.pool.nodes.get(sender)
         if node is not None:
             node.last_seen = now  # any traffic is a sign of life
@@ -67,7 +76,7 @@ class Scheduler(TaskFlow):
         """A send to `identity` failed because that peer is gone."""
         self.counters["unreachable"] += 1
         if identity in self.pool:
-            return self._lose_node(identity, "unreachable", now)
+            return self._lose_node(identity, "unreachable", now) + self.settle(now)
         return []
 
     def tick(self, now: float) -> list[Send]:
@@ -94,6 +103,7 @@ class Scheduler(TaskFlow):
             sends += self._overdue(record, now)
         if self.held_until is not None and now >= self.held_until:
             sends += self._release_held(now)
+        sends += self.settle(now)
         self.results.expire(now)
         self._next_tick = now + interval / 4
         return sends
@@ -279,14 +289,14 @@ class Scheduler(TaskFlow):
 
     def _on_result(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
         node = self.pool.nodes.get(sender)
-        freed = node is not None and self.pool.release(node, msg.task_id)
-        sends = self._settle(sender, msg, now)
         if node is None:
-            sends.append(Send(sender, p.Disconnect("not registered: send REGISTER")))
-        elif node.draining and not node.active:
-            self.pool.remove(sender)
-        elif freed:
-            sends += self._feed(node, now)
+            sends = self._conclude(sender, msg, now)
+            return [*sends, Send(sender, p.Disconnect("not registered: send REGISTER"))]
+        if msg.exit_code != 0:  # a retry may take the slot this frees: free it first
+            released = self.pool.release(node, msg.task_id)
+            return self._conclude(sender, msg, now) + self._refill(node, released, now)
+        sends = self._conclude(sender, msg, now)  # the answer leaves first
+        self._freed.append((node, msg.task_id))  # then `settle` frees the slot and refills it
         return sends
 
     # ------------------------------------------------------------------ views

@@ -195,6 +195,9 @@ class BrokerServer:
             sends = self._dispatch(frames)
             if sends:
                 self._send_all(router, sends)
+            sends = self.scheduler.settle(time.monotonic())  # after the answers have left
+            if sends:
+                self._send_all(router, sends)
             if not readable(router):  # cheaper than the zmq.Again of one more receive
                 return
 
@@ -228,8 +231,9 @@ class BrokerServer:
         return sends
 
     def _handle(self, identity: bytes, message: p.Message) -> list[Send]:
+        """What `message` causes at once; the loop calls `Scheduler.settle` after sending."""
         try:
-            return self.scheduler.handle(identity, message, time.monotonic())
+            return self.scheduler.respond(identity, message, time.monotonic())
         except Exception:
             if self.config.strict:
                 raise

@@ -89,6 +89,10 @@ class TaskFlow:
         self.held: list[TaskRecord] = []
         self.counters: Counter[str] = Counter()
         self._seq = count()
+        # Left for `settle` by the last event: answers to keep, and (node, task id) slots
+        # that a RESULT freed.
+        self._answered: list[tuple[TaskRecord, p.TaskCompleted, bool]] = []
+        self._freed: list[tuple[NodeRecord, str]] = []
 
     def offered(self, function: str, now: float) -> bool:
         """Whether a node offers `function`, or did until moments ago (a node process being
@@ -144,7 +148,7 @@ class TaskFlow:
         record.expires_at = None
         return [self._start(record, node, now)]
 
-    def _settle(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
+    def _conclude(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
         """A RESULT arrived: answer the task, try it again later, or ignore a stale failure."""
         record = self.tasks.get(msg.task_id)
         if record is None or msg.exit_code == 0:
@@ -221,6 +225,9 @@ class TaskFlow:
         return self._complete(result, now)
 
     def _complete(self, msg: p.Result, now: float, bury: bool = True) -> list[Send]:
+        """Answer a task: its TASK_COMPLETED to every requester. Keeping the answer for
+        resends, the journal, the counters and the dead-letter queue wait for `settle`, so
+        that the answer leaves first."""
         record = self.tasks.pop(msg.task_id, None)
         if record is None:
             self.counters["results_unmatched"] += 1  # late duplicate or unknown task
@@ -229,14 +236,38 @@ class TaskFlow:
             self.queue.remove(record)  # a late result for a task already requeued
             record.retry_due = None  # and if it was waiting to retry, it waits no more
         record.overdue_at = record.expires_at = None
-        self.counters["completed" if msg.exit_code == 0 else "failed"] += 1
         reply = p.TaskCompleted(msg.task_id, msg.exit_code, msg.payload, msg.error, record.attempt)
-        self.results.add(reply, now)
-        if self._journaling:
-            self.journal.append(j.Finished(reply, now))
-        if msg.exit_code != 0 and bury:
-            self._bury(record, reply, now)
+        self._answered.append((record, reply, bury))
         return [Send(identity, reply) for identity in record.reply_to]
+
+    def settle(self, now: float) -> list[Send]:
+        """Finish the bookkeeping the last event left for after its sends: keep the answers
+        (for resends), journal them, count them, bury the failures, and give the slots that
+        RESULTs freed their next tasks. The state is whole again only after this."""
+        if self._answered:
+            answered, self._answered = self._answered, []
+            for record, reply, bury in answered:
+                self.counters["completed" if reply.exit_code == 0 else "failed"] += 1
+                self.results.add(reply, now)
+                if self._journaling:
+                    self.journal.append(j.Finished(reply, now))
+                if reply.exit_code != 0 and bury:
+                    self._bury(record, reply, now)
+        if not self._freed:
+            return []
+        freed, self._freed = self._freed, []
+        sends: list[Send] = []
+        for node, task_id in freed:
+            sends += self._refill(node, self.pool.release(node, task_id), now)
+        return sends
+
+    def _refill(self, node: NodeRecord, released: bool, now: float) -> list[Send]:
+        """A RESULT came from `node`: a draining node that runs nothing more is gone; else
+        if it freed a slot, the slot takes the next queued task."""
+        if node.draining and not node.active:
+            self.pool.remove(node.identity)
+            return []
+        return self._feed(node, now) if released else []
 
     def _bury(self, record: TaskRecord, reply: p.TaskCompleted, now: float) -> None:
         """A task that failed for good goes to the dead-letter queue."""

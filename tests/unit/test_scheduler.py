@@ -56,6 +56,30 @@ def test_execute_runs_on_a_node_and_result_goes_back_to_the_client(sched: Schedu
     sched.check_invariants()
 
 
+def test_respond_answers_first_and_settle_does_the_bookkeeping(sched: Scheduler) -> None:
+    """The server sends what `respond` gives before `settle` keeps the answer and refills
+    the freed slot (the next queued task's RUN comes from `settle`)."""
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    sched.handle(OTHER_CLIENT, execute("t2"), 0.1)  # queued: the one slot is busy
+    sends = sched.respond(b"n1", ok("t1", b"42"), 0.2)
+    assert sends == [Send(CLIENT, p.TaskCompleted("t1", 0, b"42", None, 1))]
+    assert "t1" not in sched.results and sched.counters["completed"] == 0
+    assert sched.settle(0.2) == [Send(b"n1", p.Run("t2", "f", b"[1,2]", 1))]
+    assert "t1" in sched.results and sched.counters["completed"] == 1
+    assert sched.settle(0.2) == []  # nothing is done twice
+    sched.check_invariants()
+
+
+def test_a_failure_frees_its_slot_before_its_retry_is_placed(sched: Scheduler) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    sends = sched.respond(b"n1", p.Result("t1", p.EXIT_WORKER_CRASHED, b"null"), 0.2)
+    assert runs(sends) == [(b"n1", "t1")]  # retried at once, on the slot it freed
+    assert sched.settle(0.2) == []
+    sched.check_invariants()
+
+
 def test_unknown_function_is_refused_at_once(sched: Scheduler) -> None:
     sched.handle(b"n1", register("n1", ("f",)), 0.0)
     [send] = sched.handle(CLIENT, execute("t1", "nope"), 0.1)
