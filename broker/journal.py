@@ -32,6 +32,9 @@ class StoredTask:
 
 @frozen
 class Accepted:
+    """A task was accepted. Its id is not pending: a task id is accepted again only after
+    it was answered (a replayed dead letter), so the store holds no row for it."""
+
     task: StoredTask
 
 

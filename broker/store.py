@@ -66,7 +66,7 @@ class Snapshot:
     tasks: list[j.StoredTask]  # by seq (submission order)
     results: list[tuple[TaskCompleted, float]]  # (answer, finished at), oldest first
     dead_letters: list[DeadLetter]  # in failure order
-    next_seq: int  # above every seq the store was ever given
+    next_seq: int  # above the seq of every task the store has written
 
 
 class Store:

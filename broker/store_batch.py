@@ -37,11 +37,11 @@ class NetChanges:
 
     def __init__(self) -> None:
         self.tasks: dict[str, j.StoredTask | None] = {}  # None: delete the row
+        self.new: set[str] = set()  # accepted in this batch: no row written yet
         self.attempts: dict[str, int] = {}  # of rows written by earlier batches
         self.results: dict[str, j.Finished | None] = {}  # in the order they finished
         self.dead_letters: dict[str, DeadLetter | None] = {}  # in failure order
         self.clear_dead_letters = False
-        self.next_seq = -1
 
     def add(self, change: j.Change) -> None:
         handler = _ADD.get(type(change))
@@ -51,9 +51,12 @@ class NetChanges:
 
     def _accepted(self, change: j.Accepted) -> None:
         task = change.task
+        if task.task_id not in self.tasks:
+            # A task id is accepted only when not pending, so it has no row, unless this
+            # batch has just answered it (then its row's DELETE must stay).
+            self.new.add(task.task_id)
         self.tasks[task.task_id] = task
         self.attempts.pop(task.task_id, None)
-        self.next_seq = max(self.next_seq, task.seq + 1)
 
     def _attempted(self, change: j.Attempted) -> None:
         if change.task_id not in self.tasks:
@@ -63,7 +66,11 @@ class NetChanges:
 
     def _finished(self, change: j.Finished) -> None:
         task_id = change.answer.task_id
-        self.tasks[task_id] = None
+        if task_id in self.new:  # accepted and answered in this batch: SQLite never saw it
+            self.new.discard(task_id)
+            self.tasks.pop(task_id, None)
+        else:
+            self.tasks[task_id] = None
         self.attempts.pop(task_id, None)
         self.results.pop(task_id, None)  # added again: the newest answer goes last
         self.results[task_id] = change
@@ -95,7 +102,8 @@ class NetChanges:
             ("DELETE FROM dead_letters", [()] if self.clear_dead_letters else []),
             ("DELETE FROM dead_letters WHERE task_id = ?", gone_entries),
             (_PUT_DEAD_LETTER, [_dead_letter_row(e, wall_offset) for e in entries]),
-            (_SET_NEXT_SEQ, [(self.next_seq,)] if self.next_seq >= 0 else []),
+            # Only pending rows need their order kept past a restart.
+            (_SET_NEXT_SEQ, [(max(t.seq for t in tasks) + 1,)] if tasks else []),
         ]
         for sql, rows in steps:
             if rows:  # an empty executemany still costs a statement reset
