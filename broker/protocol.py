@@ -91,6 +91,7 @@ from broker.messages import (
     StatusReply as StatusReply,
     TaskCompleted as TaskCompleted,
     TaskMessage as TaskMessage,
+    frozen as frozen,
 )
 from broker.payload import dumps_payload as dumps_payload, loads_payload as loads_payload
 

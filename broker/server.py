@@ -21,7 +21,7 @@ from broker.framing import batched, log_sampled, too_large
 from broker.persistence import Persistence, PersistenceConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.store import StoreError
-from broker.wire import NOBLOCK, readable, recv_frames, send_routed
+from broker.wire import NOBLOCK, POLLIN, poll, readable, recv_frames, send_routed
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,7 @@ class BrokerServer:
         """Run until `request_stop()`; then tell the nodes and close the socket."""
         self.restore()
         router = self._router or self._bind_now()
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        waited_on = [(router, POLLIN), (self._wake_r.fileno(), POLLIN)]
         log.info(
             "broker listening on %s (strategy %s, store %s)",
             self.endpoint,
@@ -119,8 +117,8 @@ class BrokerServer:
                 wait = min(
                     due, self._drain_until or math.inf, self.persistence.save_due or math.inf
                 )
-                ready = dict(poller.poll(max(0, int((wait - time.monotonic()) * 1000) + 1)))
-                if router in ready:
+                timeout_ms = max(0, int((wait - time.monotonic()) * 1000) + 1)
+                if any(item is router for item, _ in poll(waited_on, timeout_ms)):
                     self._drain(router)
                 due = self.scheduler.next_deadline()
                 now = time.monotonic()

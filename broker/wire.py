@@ -19,7 +19,7 @@ import zmq.backend
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
+POLLIN = int(zmq.POLLIN)
 
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
@@ -64,10 +64,17 @@ def recv_frames(sock: Socket, flags: int = 0) -> list[bytes]:
 
 def readable(sock: Socket) -> bool:
     """Whether a message is waiting: cheaper than a non-blocking receive that fails."""
-    return bool(cast(int, _get(sock, _EVENTS)) & _POLLIN)
+    return bool(cast(int, _get(sock, _EVENTS)) & POLLIN)
+
+
+def poll(items: Sequence[tuple[Any, int]], timeout_ms: int) -> list[tuple[Any, int]]:
+    """`zmq_poll` on (socket or file descriptor, events) pairs, built once by the caller: the
+    pairs with events, within `timeout_ms` (-1: without end). `zmq.Poller.poll` makes the
+    same call with its own lists around it."""
+    return cast(list[tuple[Any, int]], _poll(items, timeout_ms))
 
 
 def wait_readable(sock: Socket, timeout_ms: int) -> bool:
     """Wait up to `timeout_ms` (-1: without end) for a message; whether one is waiting.
     (`sock.poll()` builds a zmq.Poller per call.)"""
-    return bool(_poll([(sock, _POLLIN)], timeout_ms))
+    return bool(_poll([(sock, POLLIN)], timeout_ms))

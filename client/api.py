@@ -199,7 +199,7 @@ class Client(TaskDefaults, BrokerRequests):
     # ------------------------------------------------------------------------- internals
 
     def _timeout(self, timeout: Timeout) -> float | None:
-        return self.timeout if isinstance(timeout, EllipsisType) else check_timeout(timeout)
+        return self.timeout if timeout is ... else check_timeout(timeout)
 
     def _submit(
         self,
@@ -219,9 +219,9 @@ class Client(TaskDefaults, BrokerRequests):
         )
 
         def answers(reply: Message) -> bool:
-            if isinstance(reply, Error):
-                return reply.task_id in (None, task_id)
-            return isinstance(reply, TaskCompleted) and reply.task_id == task_id
+            if type(reply) is TaskCompleted:
+                return reply.task_id == task_id
+            return isinstance(reply, Error) and reply.task_id in (None, task_id)
 
         reply = self._exchange(request, answers, self._timeout(timeout))
         if not isinstance(reply, TaskCompleted):

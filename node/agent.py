@@ -1,7 +1,7 @@
 """The node agent: registers with the broker, hands RUN to its slots and RESULT back.
 
 One thread owns everything socket-side: the DEALER to the broker and a wake-up socket pair
-for signals and finished slot-thread tasks, in one zmq.Poller, so a signal, a result or a
+for signals and finished slot-thread tasks, polled together, so a signal, a result or a
 silent broker is handled as soon as it happens. Functions run in the socket thread itself
 (node/inline.py) or in slot threads (node/executor.py); the agent never decodes payloads.
 
@@ -39,7 +39,7 @@ from broker.protocol import (
     decode,
     encode,
 )
-from broker.wire import NOBLOCK, readable, recv_frames
+from broker.wire import NOBLOCK, POLLIN, poll, readable, recv_frames
 from node import registry, restart
 from node.config import NodeConfig as NodeConfig, default_name as default_name
 from node.executor import ThreadSlots
@@ -63,10 +63,8 @@ class NodeAgent:
         functions = registry.resolve(config.function_sets)
         self._functions = tuple(sorted(functions))
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._poller = zmq.Poller()
         self._link = BrokerLink(
             self._context,
-            self._poller,
             config.broker_url,
             config.heartbeat_interval,
             config.liveness,
@@ -84,7 +82,7 @@ class NodeAgent:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
-        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._wake = (self._wake_fd, POLLIN)
         self._replaces = config.replaces  # sent until the broker has answered a REGISTER
         self._life = Lifecycle()
         self._deregistered = False
@@ -157,9 +155,11 @@ class NodeAgent:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
-        for item, _ in self._poller.poll(self._poll_timeout()):
-            if item is self._link.socket and self._link.socket is not None:
-                self._drain_broker(self._link.socket)
+        sock = self._link.socket
+        waited_on = [(self._wake_fd, POLLIN)] if sock is None else [(sock, POLLIN), self._wake]
+        for item, _ in poll(waited_on, self._poll_timeout()):
+            if item is sock and sock is not None:
+                self._drain_broker(sock)
             elif item == self._wake_fd:
                 self._on_wakeup()
         now = time.monotonic()

@@ -32,12 +32,11 @@ class BrokerLink:
     def __init__(
         self,
         context: zmq.Context[zmq.Socket[bytes]],
-        poller: zmq.Poller,
         url: str,
         interval: float,
         liveness: int,
     ) -> None:
-        self._context, self._poller, self.url = context, poller, url
+        self._context, self.url = context, url
         self.socket: zmq.Socket[bytes] | None = None
         self.registered = False
         self.interval, self.liveness = interval, liveness  # until REGISTERED says otherwise
@@ -61,7 +60,6 @@ class BrokerLink:
             raise NodeSetupError(
                 f"cannot connect to broker URL {self.url!r}: {exc}; use a URL like tcp://HOST:PORT"
             ) from None
-        self._poller.register(sock, zmq.POLLIN)
         self.socket, self.registered = sock, False
         now = time.monotonic()
         self.register_deadline = now + self.expiry
@@ -112,7 +110,6 @@ class BrokerLink:
     def drop(self, delay: float) -> None:
         """Close the socket (discarding what it still holds); connect again after `delay`."""
         if self.socket is not None:
-            self._poller.unregister(self.socket)
             self.socket.close()
         self.socket, self.registered = None, False
         self.connect_at = time.monotonic() + delay

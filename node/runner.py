@@ -21,11 +21,12 @@ from broker.protocol import (
     EXIT_UNKNOWN_FUNCTION,
     ErrorInfo,
     dumps_payload,
+    frozen,
     loads_payload,
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What running a task gave: an exit code, the JSON result frame and the error, if any."""
 
