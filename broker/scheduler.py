@@ -110,14 +110,16 @@ class Scheduler(TaskFlow):
 
     def next_deadline(self) -> float:
         """When `tick` must next run (monotonic seconds, the clock `now` comes from)."""
-        due = [
-            self._next_tick,
+        due = self._next_tick
+        for other in (
             self.retry_timers.next_due(),
             self.deadlines.next_due(),
             self.overdue.next_due(),
             self.held_until,
-        ]
-        return min(t for t in due if t is not None)
+        ):
+            if other is not None and other < due:
+                due = other
+        return due
 
     def stop_accepting(self) -> None:
         """The broker is stopping: take no new tasks and start nothing more; what runs may

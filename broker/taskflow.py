@@ -304,7 +304,7 @@ class TaskFlow:
     def _feed(self, node: NodeRecord, now: float) -> list[Send]:
         """Fill `node`'s free slots from the queue (an idle node takes the next task)."""
         sends = []
-        while node.free > 0 and not node.draining and self.accepting:
+        while self.queue and node.free > 0 and not node.draining and self.accepting:
             record = self.queue.pop_for(node.functions)
             if record is None:
                 break
