@@ -183,6 +183,9 @@ class WorkerPool:
         if node.free <= 0:
             return
         heap = group.heap
+        while heap and not self._current(heap[0]):
+            # Most often the entry this node was picked by: drop it before it is buried.
+            heapq.heappop(heap)
         if len(heap) > 4 * len(group.members) + 16:
             # Stale entries deep in the heap never surface on their own; rebuild.
             heap[:] = [e for e in heap if self._current(e)]
