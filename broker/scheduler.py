@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable
-from itertools import count
+from collections.abc import Callable
 from typing import Any
 
-from broker import journal as j, protocol as p
-from broker.deadletters import DeadLetter
+from broker import protocol as p
 from broker.dlq_ops import dead_letter_request
 from broker.invariants import check_invariants
 from broker.queues import TaskRecord
-from broker.taskflow import SchedulerConfig, Send, TaskFlow
+from broker.recovery import Recovery
+from broker.taskflow import SchedulerConfig, Send
 from broker.views import status_body
 
 __all__ = ["Scheduler", "SchedulerConfig", "Send"]
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_REPLY_TO = 8  # requesters remembered per pending task (Lazy Pirate resends add one each)
 
 
-class Scheduler(TaskFlow):
+class Scheduler(Recovery):
     def __init__(
         self, config: SchedulerConfig | None = None, rng: random.Random | None = None
     ) -> None:
@@ -135,51 +134,6 @@ class Scheduler(TaskFlow):
         """Tell every node the broker is going away."""
         bye = p.Disconnect("broker shutting down")
         return [Send(identity, bye) for identity in self.pool.nodes]
-
-    def restore(
-        self,
-        tasks: Iterable[j.StoredTask],
-        results: Iterable[tuple[p.TaskCompleted, float]],
-        dead: Iterable[DeadLetter],
-        next_seq: int,
-        now: float,
-    ) -> None:
-        """Take back what a durable store kept: pending tasks queue again (nobody waits for
-        them until a client resends their id), kept answers and dead letters return."""
-        self._seq = count(next_seq)
-        for answer, at in results:
-            self.results.add(answer, at)
-        for entry in dead:
-            self.dead.add(entry)
-        for stored in tasks:
-            record = TaskRecord(
-                stored.task_id,
-                stored.function,
-                stored.payload,
-                stored.priority,
-                stored.seq,
-                [],
-                stored.submitted_at,
-                attempt=stored.attempts,
-                retries=stored.retries,
-                expires_at=stored.expires_at,
-                timeout=stored.timeout,
-            )
-            self.admit(record, now, journal=False)
-        if self.tasks:
-            self.counters["restored"] += len(self.tasks)
-        if self.tasks or len(self.results) or len(self.dead):
-            # A restarted broker: its nodes have not registered again yet.
-            self.held_until = now + self.config.offer_grace_seconds
-
-    def next_seq(self) -> int:
-        """The next submission number (tasks keep theirs when requeued)."""
-        return next(self._seq)
-
-    def take_journal(self) -> list[j.Change]:
-        """The changes since the last call, for the store; the journal starts again empty."""
-        changes, self.journal = self.journal, []
-        return changes
 
     # ------------------------------------------------------------------ clients
 

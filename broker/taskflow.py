@@ -1,8 +1,9 @@
 """TaskFlow: the scheduler's state and how tasks move through it, sans-IO.
 
-Start, queue, retry, expire, answer, bury in the dead-letter queue, and what a lost node
-costs its tasks. `broker.scheduler.Scheduler` adds the message handlers on top. No sockets,
-no clock: `now` comes in. Payloads pass through as bytes that are never decoded here.
+Admit, start, queue, answer, keep the answer, bury failures in the dead-letter queue, and
+restore what a durable store kept. `broker.recovery.Recovery` adds what failures cost and
+`broker.scheduler.Scheduler` the message handlers on top. No sockets, no clock: `now` comes
+in. Payloads pass through as bytes that are never decoded here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
 from typing import TypeAlias
@@ -20,7 +22,7 @@ from broker.deadlines import Deadlines
 from broker.messages import frozen
 from broker.queues import TaskQueue, TaskRecord
 from broker.results import ResultCache, ResultCacheConfig
-from broker.retries import RETRYABLE, RetryPolicy, RetryTimers
+from broker.retries import RetryPolicy, RetryTimers
 from broker.workers import LEAST_LOADED, NodeRecord, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -107,22 +109,6 @@ class TaskFlow:
             return False
         return True
 
-    def _release_held(self, now: float) -> list[Send]:
-        """The restart grace is over: tasks still waiting for a function no node offers
-        are refused as they would have been at once (exit 127, not dead letters)."""
-        self.held_until = None
-        sends: list[Send] = []
-        for record in self.held:
-            waiting = self.tasks.get(record.task_id) is record and record.attempt == 0
-            if waiting and not self.offered(record.function, now):
-                self.counters["unknown_function"] += 1
-                text = f"no node offering {record.function!r} registered after the restart"
-                error = p.ErrorInfo("UnknownFunction", text)
-                result = p.Result(record.task_id, p.EXIT_UNKNOWN_FUNCTION, b"null", error)
-                sends += self._complete(result, now, bury=False)
-        self.held.clear()
-        return sends
-
     def _note_offers(self, node: NodeRecord, now: float) -> None:
         """`node` takes no more work: remember which functions it was the last to offer."""
         grace = now + self.config.offer_grace_seconds
@@ -133,6 +119,47 @@ class TaskFlow:
     def next_seq(self) -> int:
         """The next submission number (tasks keep theirs when requeued)."""
         return next(self._seq)
+
+    def restore(
+        self,
+        tasks: Iterable[j.StoredTask],
+        results: Iterable[tuple[p.TaskCompleted, float]],
+        dead: Iterable[DeadLetter],
+        next_seq: int,
+        now: float,
+    ) -> None:
+        """Take back what a durable store kept: pending tasks queue again (nobody waits for
+        them until a client resends their id), kept answers and dead letters return."""
+        self._seq = count(next_seq)
+        for answer, at in results:
+            self.results.add(answer, at)
+        for entry in dead:
+            self.dead.add(entry)
+        for stored in tasks:
+            record = TaskRecord(
+                stored.task_id,
+                stored.function,
+                stored.payload,
+                stored.priority,
+                stored.seq,
+                [],
+                stored.submitted_at,
+                attempt=stored.attempts,
+                retries=stored.retries,
+                expires_at=stored.expires_at,
+                timeout=stored.timeout,
+            )
+            self.admit(record, now, journal=False)
+        if self.tasks:
+            self.counters["restored"] += len(self.tasks)
+        if self.tasks or len(self.results) or len(self.dead):
+            # A restarted broker: its nodes have not registered again yet.
+            self.held_until = now + self.config.offer_grace_seconds
+
+    def take_journal(self) -> list[j.Change]:
+        """The changes since the last call, for the store; the journal starts again empty."""
+        changes, self.journal = self.journal, []
+        return changes
 
     def admit(self, record: TaskRecord, now: float, journal: bool = True) -> list[Send]:
         """Take a new (or replayed, or restored) task: start it or queue it."""
@@ -147,82 +174,6 @@ class TaskFlow:
             return []
         record.expires_at = None
         return [self._start(record, node, now)]
-
-    def _conclude(self, sender: bytes, msg: p.Result, now: float) -> list[Send]:
-        """A RESULT arrived: answer the task, try it again later, or ignore a stale failure."""
-        record = self.tasks.get(msg.task_id)
-        if record is None or msg.exit_code == 0:
-            return self._complete(msg, now)
-        if record.node != sender:
-            self.counters["stale_failures"] += 1  # an attempt already replaced: no verdict
-            return []
-        if msg.exit_code in RETRYABLE and record.attempt <= record.retries:
-            return self._retry_later(record, now)
-        return self._complete(msg, now)
-
-    def _retry_later(self, record: TaskRecord, now: float) -> list[Send]:
-        self.counters["retried"] += 1
-        record.node = None
-        record.overdue_at = None
-        if self._journaling:
-            self.journal.append(j.Attempted(record.task_id, record.attempt))
-        due = now + self.config.retry.delay(record.attempt, self._rng)
-        if due <= now:
-            return self._requeue(record, now)
-        self.retry_timers.add(record, due)
-        return []
-
-    def _requeue(self, record: TaskRecord, now: float) -> list[Send]:
-        """Run `record` again now if a slot is free, else queue it (it keeps its place)."""
-        target = self.pool.pick(record.function) if self.accepting else None
-        if target is None:
-            self.queue.push(record)
-            return []
-        return [self._start(record, target, now)]
-
-    def _expire(self, record: TaskRecord, now: float) -> list[Send]:
-        """A queued task was not started by its deadline: answer it Expired."""
-        self.counters["expired"] += 1
-        waited = now - record.submitted_at
-        text = (
-            f"not started within its queue timeout ({waited:.3g} s waited): no free "
-            f"node offering {record.function!r}"
-        )
-        error = p.ErrorInfo("Expired", text)
-        return self._complete(p.Result(record.task_id, p.EXIT_EXPIRED, b"null", error), now)
-
-    def _overdue(self, record: TaskRecord, now: float) -> list[Send]:
-        """A node did not answer a task by its timeout plus the grace: it does not stop its
-        functions, so the broker stops using it (protocol.md 5.3)."""
-        node = self.pool.nodes.get(record.node or b"")
-        if node is None or self.tasks.get(record.task_id) is not record:
-            return []
-        log.warning(
-            "node %s (%s) did not answer task %s within its %g s timeout: disconnected",
-            node.name,
-            node.node_id,
-            record.task_id,
-            record.timeout,
-        )
-        text = (
-            f"exceeded its timeout of {record.timeout:g} s on node {node.name}, which did "
-            f"not stop it (attempt {record.attempt})"
-        )
-        failure = (p.EXIT_TIMEOUT, p.ErrorInfo("Timeout", text))
-        sends = [Send(node.identity, p.Disconnect("did not stop a task past its timeout"))]
-        return sends + self._lose_node(node.identity, "overdue", now, failure, record.task_id)
-
-    def _give_up(
-        self, record: TaskRecord, node: NodeRecord, now: float, failure: Failure | None
-    ) -> list[Send]:
-        """The task failed on its last allowed attempt: answer it (NodeLost by default)."""
-        if failure is None:
-            tries = record.attempt
-            text = f"node {node.name} stopped answering while running it, on attempt {tries}"
-            error = p.ErrorInfo("NodeLost", text + f" of {record.retries + 1}")
-            failure = (p.EXIT_NODE_LOST, error)
-        result = p.Result(record.task_id, failure[0], b"null", failure[1])
-        return self._complete(result, now)
 
     def _complete(self, msg: p.Result, now: float, bury: bool = True) -> list[Send]:
         """Answer a task: its TASK_COMPLETED to every requester. Keeping the answer for
@@ -309,38 +260,6 @@ class TaskFlow:
             if record is None:
                 break
             sends.append(self._start(record, node, now))
-        return sends
-
-    def _lose_node(
-        self,
-        identity: bytes,
-        why: str,
-        now: float,
-        failure: Failure | None = None,
-        only: str | None = None,
-    ) -> list[Send]:
-        """Forget a node; each task it was running has lost an attempt and is retried or
-        answered. The answer says NodeLost unless `failure` gives the cause (for every task,
-        or with `only` for that task alone)."""
-        node = self.pool.remove(identity)
-        if node is None:
-            return []
-        self._note_offers(node, now)
-        self.counters[f"nodes_{why}"] += 1
-        orphans = sorted(
-            (self.tasks[t] for t in node.active if t in self.tasks),
-            key=lambda r: (-r.priority, r.seq),
-        )
-        sends = []
-        for record in orphans:
-            if record.node != identity:
-                continue  # already restarted elsewhere
-            reason = failure if only is None or only == record.task_id else None
-            if record.attempt > record.retries:
-                sends += self._give_up(record, node, now, reason)
-            else:
-                self.counters["requeued"] += 1
-                sends += self._retry_later(record, now)
         return sends
 
 

@@ -71,6 +71,7 @@ RULES = (
             "broker/dlq_ops.py",
             "broker/journal.py",
             "broker/taskflow.py",
+            "broker/recovery.py",
             "broker/invariants.py",
         ),
         forbid=("zmq", "time", "datetime"),
