@@ -11,7 +11,7 @@ import zmq
 
 from broker import protocol as p
 from broker.scheduler import SchedulerConfig
-from broker.server import BrokerConfig, BrokerServer
+from broker.server import BATCH, BrokerConfig, BrokerServer
 from tests.support import wait_until
 
 INTERVAL = 0.1
@@ -280,3 +280,27 @@ def test_resend_after_completion_is_answered_without_running_again(
     assert counters["accepted"] == 1 and counters["answered_again"] == 1
     with pytest.raises(AssertionError, match="no message"):
         node.recv(timeout_ms=300)  # heartbeats only: no second RUN
+
+
+def test_a_backlog_longer_than_one_batch_is_answered_in_full() -> None:
+    """Messages waiting before the loop starts are read BATCH at a time; none is lost at
+    the edge of a batch."""
+    scheduler = SchedulerConfig(heartbeat_interval=INTERVAL, liveness=LIVENESS)
+    server = BrokerServer(BrokerConfig("tcp://127.0.0.1:*", scheduler=scheduler, strict=True))
+    peer = Peer(server.bind())
+    thread = threading.Thread(target=server.serve, daemon=True)
+    count = 3 * BATCH + 7
+    try:
+        for i in range(count):  # queued in ZeroMQ: the loop has not started yet
+            peer.send(p.Execute(f"t{i}", "nobody-offers-this", b"[]"))
+        thread.start()
+        answered = [peer.recv() for _ in range(count)]
+        assert [m.task_id for m in answered if isinstance(m, p.TaskCompleted)] == [
+            f"t{i}" for i in range(count)
+        ]
+        assert not peer.sock.poll(200), "an answer too many"
+    finally:
+        server.request_stop()
+        if thread.is_alive():
+            thread.join(5)
+        peer.close()
