@@ -148,7 +148,9 @@ class NodeAgent(TimeoutRestarts):
 
     def _step(self) -> None:
         sock = self._link.socket
-        waited_on = [(self._wake_fd, POLLIN)] if sock is None else [(sock, POLLIN), self._wake]
+        # The wake-up socket first: finished slot-thread results leave before more RUNs
+        # are taken in (the order zmq.Poller gave, where it was registered first).
+        waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
         for item, _ in poll(waited_on, self._poll_timeout()):
             if item is sock and sock is not None:
                 self._drain_broker(sock)
