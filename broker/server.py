@@ -19,7 +19,7 @@ from broker.framing import batched, log_sampled, too_large
 from broker.persistence import Persistence, PersistenceConfig
 from broker.scheduler import Scheduler, SchedulerConfig, Send
 from broker.store import StoreError
-from broker.wire import NOBLOCK, readable, recv_frames, send_routed
+from broker.wire import NOBLOCK, TimedReceiver, readable, recv_frames, send_routed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ class BrokerServer:
         self.scheduler = Scheduler(replace(config.scheduler, journal=journal))
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket[Any] | None = None
-        self._timeout_ms = -1  # the ROUTER's receive timeout (ZMQ_RCVTIMEO) as last set
         self._stop_requests = 0
         self._restored = False
         self._store_failed = False
@@ -100,6 +99,7 @@ class BrokerServer:
         """Run until `request_stop()`; then tell the nodes and close the socket."""
         self.restore()
         router = self._router or self._bind_now()
+        receiver = TimedReceiver(router)
         log.info(
             "broker listening on %s (strategy %s, store %s)",
             self.endpoint,
@@ -109,7 +109,7 @@ class BrokerServer:
         due = self.scheduler.next_deadline()  # once per pass: what a pass changed, it updates
         try:
             while not self._finished():
-                frames = self._receive(router, due)
+                frames = receiver.recv(self._wait_ms(due))
                 if frames is not None:
                     self._drain(router, frames)
                 due = self.scheduler.next_deadline()
@@ -121,10 +121,9 @@ class BrokerServer:
         finally:
             self._close(router)
 
-    def _receive(self, router: zmq.Socket[Any], due: float) -> list[bytes] | None:
-        """The next message, or None once the wait is over (at `due`, or a save or the end
-        of a drain, or STOP_CHECK). A blocking receive under ZMQ_RCVTIMEO (set only when it
-        changes) costs less per message than a poll followed by a receive."""
+    def _wait_ms(self, due: float) -> int:
+        """How long the loop may wait for a message: until `due`, a save or the end of a
+        drain, and at most STOP_CHECK."""
         now = time.monotonic()
         wait = min(
             due,
@@ -132,14 +131,7 @@ class BrokerServer:
             self._drain_until or math.inf,
             self.persistence.save_due or math.inf,
         )
-        timeout_ms = max(0, int((wait - now) * 1000) + 1)
-        if timeout_ms != self._timeout_ms:
-            router.setsockopt(zmq.RCVTIMEO, timeout_ms)
-            self._timeout_ms = timeout_ms
-        try:
-            return recv_frames(router)
-        except zmq.Again:
-            return None
+        return max(0, int((wait - now) * 1000) + 1)
 
     def _finished(self) -> bool:
         if not self._stop_requests:

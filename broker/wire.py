@@ -21,9 +21,12 @@ _MORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
+_RCVTIMEO = int(zmq.RCVTIMEO)
+
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 _get = zmq.backend.Socket.get
+_set = zmq.backend.Socket.set
 _poll = zmq.backend.zmq_poll
 
 Socket = zmq.Socket[Any]
@@ -60,6 +63,26 @@ def recv_frames(sock: Socket, flags: int = 0) -> list[bytes]:
         frame = _recv(sock, flags, False)
         frames.append(frame.bytes)
     return frames
+
+
+class TimedReceiver:
+    """Blocking receives on one socket, each within a timeout (ZMQ_RCVTIMEO, set only when
+    it changes). Waiting in the receive itself costs less per message than a poll followed
+    by a receive: libzmq waits on the socket's own mailbox."""
+
+    def __init__(self, sock: Socket) -> None:
+        self.sock = sock
+        self._timeout_ms = -1  # as last set; -1 is ZeroMQ's default, no timeout
+
+    def recv(self, timeout_ms: int) -> list[bytes] | None:
+        """The next message, or None if none came within `timeout_ms` (0: only one waiting)."""
+        if timeout_ms != self._timeout_ms:
+            _set(self.sock, _RCVTIMEO, timeout_ms)
+            self._timeout_ms = timeout_ms
+        try:
+            return recv_frames(self.sock)
+        except zmq.Again:
+            return None
 
 
 def readable(sock: Socket) -> bool:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import zmq
 
-from broker.wire import NOBLOCK, readable, recv_frames, send_frames, send_routed, wait_readable
+from broker.wire import (
+    NOBLOCK,
+    TimedReceiver,
+    readable,
+    recv_frames,
+    send_frames,
+    send_routed,
+    wait_readable,
+)
 
 
 @pytest.fixture
@@ -74,3 +83,18 @@ def test_readiness_and_an_empty_socket() -> None:
         assert not readable(router)
     finally:
         context.destroy(linger=0)
+
+
+def test_timed_receiver_waits_for_a_message_and_gives_up_after_its_timeout(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    router, dealer = pair
+    receiver = TimedReceiver(router)
+    started = time.monotonic()
+    assert receiver.recv(50) is None  # nothing sent: it waits about 50 ms, then gives up
+    assert 0.04 <= time.monotonic() - started < 2.0
+    assert router.getsockopt(zmq.RCVTIMEO) == 50
+    send_frames(dealer, [b"", b"hello"])
+    assert receiver.recv(5000) == [b"node-1", b"", b"hello"]  # the wait ends with it
+    assert router.getsockopt(zmq.RCVTIMEO) == 5000
+    assert receiver.recv(0) is None  # 0: only a message already waiting
