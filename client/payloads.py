@@ -70,13 +70,7 @@ def first_answer(
     frames: list[bytes], answers: Callable[[Message], bool], url: str
 ) -> Message | None:
     """The first message in a reply that `answers` accepts, or None."""
-    try:
-        message = decode(frames)
-    except ProtocolError:
-        message = None
-    if type(message) is not Batch and message is not None:  # the common case: one message
-        return message if answers(message) else None
-    for item in replies(frames, url):  # a batch, or one to log as malformed
-        if answers(item):
-            return item
+    for message in replies(frames, url):
+        if answers(message):
+            return message
     return None
