@@ -186,7 +186,7 @@ class BrokerServer:
             sends = self._dispatch(frames)
             if sends:
                 self._send_all(router, sends)
-            sends = self.scheduler.settle(time.monotonic())  # after the answers have left
+            sends = self._settle()  # after the answers have left
             if sends:
                 self._send_all(router, sends)
             # A readable check is cheaper than the zmq.Again of one more receive.
@@ -235,6 +235,16 @@ class BrokerServer:
                 raise
             self.scheduler.counters["internal_errors"] += 1
             log.exception("bug while handling %s from %s", type(message).__name__, identity.hex())
+            return []
+
+    def _settle(self) -> list[Send]:
+        try:
+            return self.scheduler.settle(time.monotonic())
+        except Exception:
+            if self.config.strict:
+                raise
+            self.scheduler.counters["internal_errors"] += 1
+            log.exception("bug while settling the last message")
             return []
 
     def _decode(self, frames: list[bytes]) -> p.Message:
