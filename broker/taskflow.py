@@ -209,7 +209,8 @@ class TaskFlow:
         freed, self._freed = self._freed, []
         sends: list[Send] = []
         for node, task_id in freed:
-            sends += self._refill(node, self.pool.release(node, task_id), now)
+            if self.pool.nodes.get(node.identity) is node:  # not lost since (its sends failed)
+                sends += self._refill(node, self.pool.release(node, task_id), now)
         return sends
 
     def _refill(self, node: NodeRecord, released: bool, now: float) -> list[Send]:

@@ -434,3 +434,18 @@ def test_a_task_started_in_time_does_not_expire(sched: Scheduler) -> None:
     assert not [s for s in sched.tick(2.5) if isinstance(s.message, p.TaskCompleted)]
     assert sched.counters["expired"] == 0
     sched.check_invariants()
+
+
+def test_a_node_lost_between_respond_and_settle_is_not_touched_again(sched: Scheduler) -> None:
+    """An answer's send can find its node gone (the server's `unreachable`) before the slot
+    that RESULT freed is given back: the lost node is forgotten, not refilled."""
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    sched.handle(OTHER_CLIENT, execute("t2"), 0.1)  # queued behind t1
+    sched.respond(b"n1", ok("t1"), 0.2)
+    sends = sched.unreachable(b"n1", 0.2)  # settles too
+    assert runs(sends) == []  # t2 is not given to the node that is gone
+    assert "n1" not in {n.name for n in sched.pool.nodes.values()}
+    assert "t1" in sched.results and "t2" in sched.tasks
+    assert sched.settle(0.3) == []
+    sched.check_invariants()
