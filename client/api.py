@@ -242,7 +242,7 @@ class Client(TaskDefaults, BrokerRequests):
     def _discard_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
-            self._socket = None
+            self._socket = self._receiver = None
 
     def _exchange(
         self, request: list[bytes], answers: Callable[[Message], bool], timeout: float | None
@@ -253,7 +253,7 @@ class Client(TaskDefaults, BrokerRequests):
             sock = self._connected()
             send_frames(sock, request)
             while True:
-                frames = self._receive(sock, deadline, timeout)
+                frames = self._receive(deadline, timeout)
                 if frames is None:
                     # A REQ socket stays stuck on a lost request: start over on a new one.
                     self._discard_socket()
@@ -271,15 +271,13 @@ class Client(TaskDefaults, BrokerRequests):
             raise broker_error(reply)
         return reply
 
-    def _receive(
-        self, sock: zmq.Socket[Any], deadline: float | None, timeout: float | None
-    ) -> list[bytes] | None:
+    def _receive(self, deadline: float | None, timeout: float | None) -> list[bytes] | None:
         """The next reply, or None once `resend_interval` passes without one."""
         wait = self.resend_interval
         if deadline is not None:
             wait = min(wait, deadline - time.monotonic())
         if wait > 0:
-            assert self._receiver is not None and self._receiver.sock is sock
+            assert self._receiver is not None  # made with the socket, in _connected()
             frames = self._receiver.recv(poll_ms(wait))
             if frames is not None:
                 return frames
