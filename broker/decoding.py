@@ -62,6 +62,8 @@ from broker.messages import (
     TaskMessage,
 )
 
+_loads = orjson.loads
+
 
 def decode(frames: Sequence[bytes]) -> Message:
     """The message in `frames` (starting at the protocol tag). Raises only ProtocolError."""
@@ -95,12 +97,14 @@ def _frame(frames: Sequence[bytes], index: int, what: str) -> bytes:
 
 
 def _object(frames: Sequence[bytes], index: int, what: str) -> dict[str, Any]:
-    raw = _frame(frames, index, what)
     try:
-        body = orjson.loads(raw)
+        body = _loads(frames[index])
+    except IndexError:
+        _frame(frames, index, what)  # raises, naming the missing frame
+        raise
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(ERR_MALFORMED, f"{what} frame is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise ProtocolError(ERR_MALFORMED, f"{what} frame must be a JSON object")
     return body
 
@@ -192,13 +196,15 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
     task_id = _name(header, "task_id")
     function = _name(header, "function", task_id)
     priority = _int(header, "priority", PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT, tid=task_id)
+    payload = _frame(frames, 3, "arguments")
+    if len(header) == 2 + ("priority" in header):  # no options, nothing unknown: most tasks
+        return Execute(task_id, function, payload, priority)
     retries = queue_timeout = None
     if header.get("retries") is not None:
         retries = _int(header, "retries", 0, MAX_RETRIES, tid=task_id)
     if header.get("queue_timeout_ms") is not None:
         queue_timeout = _int(header, "queue_timeout_ms", 1, 86_400_000, tid=task_id) / 1000
     timeout = _timeout(header, task_id)
-    payload = _frame(frames, 3, "arguments")
     return Execute(task_id, function, payload, priority, retries, queue_timeout, timeout)
 
 

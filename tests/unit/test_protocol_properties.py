@@ -239,3 +239,29 @@ def test_loads_payload_raises_only_value_error(data: bytes) -> None:
 def test_loads_payload_deep_nesting_with_long_integer_raises_value_error() -> None:
     with pytest.raises(ValueError):
         p.loads_payload(b"[" * 100_000 + b"12345678901234567890")
+
+
+@CODEC
+@given(
+    st.fixed_dictionaries(
+        {"task_id": names, "function": names},
+        optional={
+            "priority": st.integers(p.PRIORITY_MIN, p.PRIORITY_MAX),
+            "retries": st.none() | st.integers(0, p.MAX_RETRIES),
+            "queue_timeout_ms": st.none() | st.integers(1, 86_400_000),
+            "timeout_ms": st.none() | st.integers(1, p.MAX_TIMEOUT_MS),
+            "unknown": header_json,
+        },
+    )
+)
+def test_execute_header_fields_in_any_combination(header: dict[str, Any]) -> None:
+    """Any subset of the optional fields (as another client may send them) is read; the
+    decoder's shortcut for a header without options must not skip one."""
+    msg = p.decode([p.TAG, p.EXECUTE, orjson.dumps(header), b"[]"])
+    assert isinstance(msg, p.Execute)
+    assert (msg.task_id, msg.function) == (header["task_id"], header["function"])
+    assert msg.priority == header.get("priority", p.PRIORITY_DEFAULT)
+    assert msg.retries == header.get("retries")
+    queue_ms, timeout_ms = header.get("queue_timeout_ms"), header.get("timeout_ms")
+    assert msg.queue_timeout == (None if queue_ms is None else queue_ms / 1000)
+    assert msg.timeout == (None if timeout_ms is None else timeout_ms / 1000)
