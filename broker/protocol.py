@@ -98,12 +98,7 @@ from broker.payload import dumps_payload as dumps_payload, loads_payload as load
 # ---------------------------------------------------------------------------------- encoding
 
 
-def _json(body: dict[str, Any]) -> bytes:
-    return orjson.dumps(body)
-
-
-def _error_json(error: ErrorInfo | None) -> dict[str, str] | None:
-    return None if error is None else error.to_json()
+_json = orjson.dumps  # for JSON bodies and headers (bytes, compact, no options)
 
 
 def encode(msg: Message) -> list[bytes]:
@@ -167,7 +162,8 @@ def _encode_run(m: Any) -> list[bytes]:
 
 
 def _encode_result(m: Any) -> list[bytes]:
-    header = {"task_id": m.task_id, "exit_code": m.exit_code, "error": _error_json(m.error)}
+    error = None if m.error is None else m.error.to_json()
+    header = {"task_id": m.task_id, "exit_code": m.exit_code, "error": error}
     return [TAG, RESULT, _json(header), m.payload]
 
 
@@ -175,7 +171,7 @@ def _encode_task_completed(m: Any) -> list[bytes]:
     header = {
         "task_id": m.task_id,
         "exit_code": m.exit_code,
-        "error": _error_json(m.error),
+        "error": None if m.error is None else m.error.to_json(),
         "attempts": m.attempts,
     }
     return [TAG, TASK_COMPLETED, _json(header), m.payload]

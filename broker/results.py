@@ -40,14 +40,14 @@ class ResultCache:
         return None if entry is None else entry[0]
 
     def add(self, answer: TaskCompleted, now: float) -> None:
-        if self.config.ttl <= 0 or self.config.max_entries <= 0:
+        config, entries = self.config, self._entries
+        if config.ttl <= 0 or config.max_entries <= 0:
             return
-        self._drop(answer.task_id)
-        self._entries[answer.task_id] = (answer, now)
-        self.bytes += _cost(answer)
-        while self._entries and (
-            len(self._entries) > self.config.max_entries or self.bytes > self.config.max_bytes
-        ):
+        if answer.task_id in entries:
+            self._drop(answer.task_id)
+        entries[answer.task_id] = (answer, now)
+        self.bytes += len(answer.payload) + ENTRY_OVERHEAD  # _cost(answer)
+        while entries and (len(entries) > config.max_entries or self.bytes > config.max_bytes):
             self._pop_oldest()
 
     def forget(self, task_id: str) -> None:

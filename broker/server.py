@@ -250,7 +250,10 @@ class BrokerServer:
     def _decode(self, frames: list[bytes]) -> p.Message:
         if len(frames) < 3 or frames[1] != b"":
             raise p.ProtocolError(p.ERR_MALFORMED, "expected an empty delimiter frame first")
-        size = sum(map(len, frames)) - len(frames[0])  # from the tag on
+        if len(frames) == 6:  # one task: four frames from the tag on, summed without map()
+            size = len(frames[2]) + len(frames[3]) + len(frames[4]) + len(frames[5])
+        else:
+            size = sum(map(len, frames)) - len(frames[0])  # from the tag on
         if size > self.config.max_message_size:
             raise too_large(frames, size, self.config.max_message_size)
         return p.decode(frames[2:])

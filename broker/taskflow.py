@@ -189,7 +189,10 @@ class TaskFlow:
         record.overdue_at = record.expires_at = None
         reply = p.TaskCompleted(msg.task_id, msg.exit_code, msg.payload, msg.error, record.attempt)
         self._answered.append((record, reply, bury))
-        return [Send(identity, reply) for identity in record.reply_to]
+        reply_to = record.reply_to
+        if len(reply_to) == 1:  # the common case, without a comprehension's call
+            return [Send(reply_to[0], reply)]
+        return [Send(identity, reply) for identity in reply_to]
 
     def settle(self, now: float) -> list[Send]:
         """Finish the bookkeeping the last event left for after its sends: keep the answers

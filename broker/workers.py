@@ -174,13 +174,13 @@ class WorkerPool:
         while heap:
             _, _, identity, version = heap[0]
             node = self.nodes.get(identity)
-            if node is not None and node.version == version and node.free > 0:
+            if node is not None and node.version == version and len(node.active) < node.capacity:
                 return heap[0]
             heapq.heappop(heap)
         return None
 
     def _push(self, group: _Group, node: NodeRecord) -> None:
-        if node.free <= 0:
+        if len(node.active) >= node.capacity:  # no free slot
             return
         heap = group.heap
         while heap and not self._current(heap[0]):
@@ -195,7 +195,7 @@ class WorkerPool:
 
     def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
         node = self.nodes.get(entry[2])
-        return node is not None and node.version == entry[3] and node.free > 0
+        return node is not None and node.version == entry[3] and len(node.active) < node.capacity
 
     # ------------------------------------------------------------------ load
 

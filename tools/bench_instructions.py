@@ -165,7 +165,8 @@ def instructions(workload: str, prepared: int, steps: int) -> int:
         str(prepared),
         str(steps),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts on every run
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode != 0 or found is None:
         sys.exit(f"error: callgrind run of {workload} failed:\n{done.stderr[-2000:]}")

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from broker import protocol as p
+from broker import decoding, protocol as p
 from broker.decoding import DECODERS
 
 CODEC = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -265,3 +265,66 @@ def test_execute_header_fields_in_any_combination(header: dict[str, Any]) -> Non
     queue_ms, timeout_ms = header.get("queue_timeout_ms"), header.get("timeout_ms")
     assert msg.queue_timeout == (None if queue_ms is None else queue_ms / 1000)
     assert msg.timeout == (None if timeout_ms is None else timeout_ms / 1000)
+
+
+def _outcome(decode: Any, *args: Any) -> Any:
+    try:
+        return decode(*args)
+    except p.ProtocolError as exc:
+        return (exc.code, exc.message, exc.task_id)
+
+
+_CHECKED = {
+    p.EXECUTE: decoding._checked_execute,
+    p.RUN: decoding._checked_run,
+    p.RESULT: decoding._checked_result,
+    p.TASK_COMPLETED: decoding._checked_task_completed,
+}
+_ANY_VALUE = st.none() | st.booleans() | st.integers(-2, 1_000_002) | names | st.just("") | texts
+_NAME_VALUE = names | st.just("") | st.text(min_size=p.MAX_NAME_LENGTH + 1) | st.integers(0, 9)
+
+
+def _near(low: int, high: int) -> st.SearchStrategy[Any]:
+    """Integers at and just past both limits, and now and then a value of another type."""
+    return st.sampled_from([low - 1, low, high, high + 1]) | st.integers(low, high) | _ANY_VALUE
+
+
+# Per command: the fields of its common header, each sometimes invalid or left out.
+_SHAPES: dict[bytes, dict[str, st.SearchStrategy[Any]]] = {
+    p.EXECUTE: {"priority": _near(p.PRIORITY_MIN, p.PRIORITY_MAX), "function": _NAME_VALUE},
+    p.RUN: {"attempt": _near(1, 1_000_000), "function": _NAME_VALUE},
+    p.RESULT: {"exit_code": _near(0, 255), "error": st.none() | _ANY_VALUE},
+    p.TASK_COMPLETED: {
+        "exit_code": _near(0, 255),
+        "attempts": _near(0, 1_000_000),
+        "error": st.none() | _ANY_VALUE,
+    },
+}
+
+
+@st.composite
+def _task_headers(draw: Any, command: bytes) -> dict[str, Any]:
+    header = {"task_id": draw(_NAME_VALUE)}
+    for key, values in _SHAPES[command].items():
+        if draw(st.integers(0, 5)):  # present 5 times in 6
+            header[key] = draw(values)
+    if not draw(st.integers(0, 5)):  # once in 6: one more field, known or not
+        key = draw(st.sampled_from(["timeout_ms", "retries", "queue_timeout_ms", "unknown"]))
+        header[key] = draw(_ANY_VALUE)
+    return header
+
+
+@pytest.mark.parametrize("command", sorted(_CHECKED), ids=bytes.decode)
+def test_fast_task_decoders_agree_with_the_checked_ones(command: bytes) -> None:
+    """Each per-task decoder's shortcut gives what the field-by-field checks give: the same
+    message, or the same error."""
+
+    @settings(CODEC, max_examples=300)
+    @given(_task_headers(command), st.integers(0, 9))
+    def agree(header: dict[str, Any], frames_left_out: int) -> None:
+        frames = [p.TAG, command, orjson.dumps(header), b"[]"]
+        if not frames_left_out:  # the payload frame missing
+            frames.pop()
+        assert _outcome(p.decode, frames) == _outcome(_CHECKED[command], header, frames)
+
+    agree()
