@@ -62,7 +62,7 @@ def dumps_payload(value: Any) -> bytes:
 
 def loads_payload(data: bytes) -> Any:
     """The value in a payload frame. Raises ValueError if it is not JSON."""
-    if _LONG_DIGITS.search(data) is None:
+    if len(data) < 19 or _LONG_DIGITS.search(data) is None:  # no run of 19 digits
         return orjson.loads(data)
     try:
         text = data.decode("utf-8")

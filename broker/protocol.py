@@ -162,9 +162,19 @@ def _encode_run(m: Any) -> list[bytes]:
 
 
 def _encode_result(m: Any) -> list[bytes]:
-    error = None if m.error is None else m.error.to_json()
-    header = {"task_id": m.task_id, "exit_code": m.exit_code, "error": error}
-    return [TAG, RESULT, _json(header), m.payload]
+    return result_frames(m.task_id, m.exit_code, m.payload, m.error)
+
+
+def result_frames(
+    task_id: str, exit_code: int, payload: bytes, error: ErrorInfo | None = None
+) -> list[bytes]:
+    """`encode(Result(...))` without the message: for a node's per-task path."""
+    header = {
+        "task_id": task_id,
+        "exit_code": exit_code,
+        "error": None if error is None else error.to_json(),
+    }
+    return [TAG, RESULT, _json(header), payload]
 
 
 def _encode_task_completed(m: Any) -> list[bytes]:

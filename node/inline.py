@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from broker.protocol import Result, Run, encode
+from broker.protocol import Run, result_frames
 from node import runner
 from node.registry import Function
 
@@ -80,7 +80,7 @@ class InlineSlot:
         finally:
             self.lock.acquire()
             self._running = None
-        return encode(Result(msg.task_id, outcome.exit_code, outcome.payload, outcome.error))
+        return result_frames(msg.task_id, outcome.exit_code, outcome.payload, outcome.error)
 
     def poke(self) -> None:
         """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
