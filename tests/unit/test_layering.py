@@ -48,14 +48,14 @@ ALL = tuple(f"{package}/*" for package in PACKAGES)
 
 RULES = (
     Rule(
-        "the codec is shared by every peer: standard library and orjson only",
+        "the codec is shared by every peer: standard library, orjson and msgspec only",
         files=(
             "broker/protocol.py",
             "broker/messages.py",
             "broker/decoding.py",
             "broker/payload.py",
         ),
-        only=(STDLIB, "orjson", "broker.payload", "broker.messages", "broker.decoding"),
+        only=(STDLIB, "orjson", "msgspec", "broker.payload", "broker.messages", "broker.decoding"),
     ),
     Rule(
         "the broker core is sans-IO and reads no clock (time comes in as `now`)",

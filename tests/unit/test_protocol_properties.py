@@ -4,6 +4,7 @@ messages of every type survive a round trip, and payloads keep integers of any s
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import orjson
@@ -281,36 +282,54 @@ _CHECKED = {
     p.TASK_COMPLETED: decoding._checked_task_completed,
 }
 _ANY_VALUE = st.none() | st.booleans() | st.integers(-2, 1_000_002) | names | st.just("") | texts
-_NAME_VALUE = names | st.just("") | st.text(min_size=p.MAX_NAME_LENGTH + 1) | st.integers(0, 9)
+Field = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]  # (valid values, invalid ones)
+_NAME: Field = (names, st.just("") | st.text(min_size=p.MAX_NAME_LENGTH + 1) | st.integers(0, 9))
 
 
-def _near(low: int, high: int) -> st.SearchStrategy[Any]:
-    """Integers at and just past both limits, and now and then a value of another type."""
-    return st.sampled_from([low - 1, low, high, high + 1]) | st.integers(low, high) | _ANY_VALUE
+def _range(low: int, high: int, *, null: bool = False) -> Field:
+    """Valid: the limits and values between (and null if allowed); invalid: just past the
+    limits, and values of other types."""
+    valid = st.sampled_from([low, high]) | st.integers(low, high)
+    if null:
+        valid |= st.none()
+    past = st.sampled_from([low - 1, high + 1])
+    other = st.booleans() | st.just(float(low)) | texts | (st.nothing() if null else st.none())
+    return valid, st.one_of(past, past, past, other)
 
 
-# Per command: the fields of its common header, each sometimes invalid or left out.
-_SHAPES: dict[bytes, dict[str, st.SearchStrategy[Any]]] = {
-    p.EXECUTE: {"priority": _near(p.PRIORITY_MIN, p.PRIORITY_MAX), "function": _NAME_VALUE},
-    p.RUN: {"attempt": _near(1, 1_000_000), "function": _NAME_VALUE},
-    p.RESULT: {"exit_code": _near(0, 255), "error": st.none() | _ANY_VALUE},
+_ERROR: Field = (
+    st.none() | st.builds(dict, type=texts, message=texts),
+    st.builds(dict, type=st.integers(0, 1)) | texts | st.just([]),
+)
+_TIMEOUT_MS = _range(1, p.MAX_TIMEOUT_MS, null=True)
+# Per command: every field of its header, each valid nine times in ten, or left out.
+_SHAPES: dict[bytes, dict[str, Field]] = {
+    p.EXECUTE: {
+        "function": _NAME,
+        "priority": _range(p.PRIORITY_MIN, p.PRIORITY_MAX),
+        "retries": _range(0, p.MAX_RETRIES, null=True),
+        "queue_timeout_ms": _range(1, 86_400_000, null=True),
+        "timeout_ms": _TIMEOUT_MS,
+    },
+    p.RUN: {"function": _NAME, "attempt": _range(1, 1_000_000), "timeout_ms": _TIMEOUT_MS},
+    p.RESULT: {"exit_code": _range(0, 255), "error": _ERROR},
     p.TASK_COMPLETED: {
-        "exit_code": _near(0, 255),
-        "attempts": _near(0, 1_000_000),
-        "error": st.none() | _ANY_VALUE,
+        "exit_code": _range(0, 255),
+        "attempts": _range(0, 1_000_000),
+        "error": _ERROR,
     },
 }
 
 
 @st.composite
 def _task_headers(draw: Any, command: bytes) -> dict[str, Any]:
-    header = {"task_id": draw(_NAME_VALUE)}
-    for key, values in _SHAPES[command].items():
-        if draw(st.integers(0, 5)):  # present 5 times in 6
-            header[key] = draw(values)
-    if not draw(st.integers(0, 5)):  # once in 6: one more field, known or not
-        key = draw(st.sampled_from(["timeout_ms", "retries", "queue_timeout_ms", "unknown"]))
-        header[key] = draw(_ANY_VALUE)
+    header: dict[str, Any] = {}
+    for key, (valid, invalid) in {"task_id": _NAME, **_SHAPES[command]}.items():
+        roll = draw(st.integers(0, 19))
+        if roll >= 2:  # else left out, once in ten
+            header[key] = draw(invalid if roll < 4 else valid)
+    if not draw(st.integers(0, 9)):
+        header["unknown"] = draw(_ANY_VALUE)
     return header
 
 
@@ -319,7 +338,7 @@ def test_fast_task_decoders_agree_with_the_checked_ones(command: bytes) -> None:
     """Each per-task decoder's shortcut gives what the field-by-field checks give: the same
     message, or the same error."""
 
-    @settings(CODEC, max_examples=300)
+    @settings(CODEC, max_examples=int(os.environ.get("ZTB_EXAMPLES", "1000")))
     @given(_task_headers(command), st.integers(0, 9))
     def agree(header: dict[str, Any], frames_left_out: int) -> None:
         frames = [p.TAG, command, orjson.dumps(header), b"[]"]
