@@ -21,8 +21,8 @@ def frozen(cls: type[T]) -> type[T]:
     to a field fails the type check; at run time a slots dataclass with a hash.
 
     A frozen dataclass's `__init__` sets each field through `object.__setattr__`, which costs
-    about four times a plain one's (1.2 against 0.25 us for Execute); a round trip builds about
-    ten of these records in the broker, the node and the client."""
+    about four times a plain one's (1.2 against 0.25 us for Execute). The four per-task
+    messages, built several times per round trip, are msgspec Structs instead."""
     return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
