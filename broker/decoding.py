@@ -380,7 +380,7 @@ def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[...
 
 # The per-task decoders for a message of one task, which `decode` calls without going
 # through `_pairs`: one call less on every task's way.
-_ONE_TASK: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
+_ONE_TASK: dict[bytes, Callable[[Sequence[bytes]], TaskMessage]] = {
     EXECUTE: _decode_execute,
     RUN: _decode_run,
     RESULT: _decode_result,
@@ -393,10 +393,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     DEREGISTER: lambda frames: Deregister(),
     HEARTBEAT: lambda frames: Heartbeat(),
     DISCONNECT: _decode_disconnect,
-    EXECUTE: _pairs(_decode_execute),
-    RUN: _pairs(_decode_run),
-    RESULT: _pairs(_decode_result),
-    TASK_COMPLETED: _pairs(_decode_task_completed),
+    **{command: _pairs(decode_one) for command, decode_one in _ONE_TASK.items()},
     STATUS: lambda frames: Status(),
     STATUS_REPLY: lambda frames: StatusReply(_object(frames, 2, "body")),
     DLQ: _decode_dead_letters,

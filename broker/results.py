@@ -46,7 +46,7 @@ class ResultCache:
         if answer.task_id in entries:
             self._drop(answer.task_id)
         entries[answer.task_id] = (answer, now)
-        self.bytes += len(answer.payload) + ENTRY_OVERHEAD  # _cost(answer)
+        self.bytes += _cost(answer)
         while entries and (len(entries) > config.max_entries or self.bytes > config.max_bytes):
             self._pop_oldest()
 
