@@ -9,34 +9,33 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
-from broker.protocol import ErrorInfo
+from msgspec import Struct
+
+from broker.protocol import ErrorInfo, TaskSpec
 
 DEFAULT_MAX_ENTRIES = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    task_id: str
-    function: str
-    payload: bytes  # the arguments as submitted, never decoded by the broker
-    priority: int
-    retries: int
-    timeout: float | None
+class DeadLetter(Struct, frozen=True, gc=False):
+    """A task that failed for good: its spec as submitted, and how it ended."""
+
+    spec: TaskSpec
     attempts: int
     exit_code: int
     error: ErrorInfo | None
     failed_at: float  # monotonic
 
-    def view(self, wall_offset: float) -> dict[str, Any]:
+    def view(self, wall_offset: float, default_retries: int) -> dict[str, Any]:
         """The entry as DLQ_REPLY shows it (protocol.md 3.13); `failed_at` as Unix time."""
+        spec = self.spec
         return {
-            "task_id": self.task_id,
-            "function": self.function,
-            "priority": self.priority,
-            "retries": self.retries,
+            "task_id": spec.task_id,
+            "function": spec.function,
+            "priority": spec.priority,
+            "retries": default_retries if spec.retries is None else spec.retries,
             "attempts": self.attempts,
             "exit_code": self.exit_code,
             "error": None if self.error is None else self.error.to_json(),
@@ -63,15 +62,15 @@ class DeadLetters:
         return self._entries.get(task_id)
 
     def add(self, entry: DeadLetter) -> None:
-        self._entries.pop(entry.task_id, None)
-        self._entries[entry.task_id] = entry
+        self._entries.pop(entry.spec.task_id, None)
+        self._entries[entry.spec.task_id] = entry
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
             self.dropped += 1
 
     def newest(self, limit: int | None = None) -> list[DeadLetter]:
-        entries = list(reversed(self._entries.values()))
-        return entries if limit is None else entries[:limit]
+        """The newest `limit` entries (None: all), newest first."""
+        return list(islice(reversed(self._entries.values()), limit))
 
     def remove(self, task_id: str) -> DeadLetter | None:
         return self._entries.pop(task_id, None)

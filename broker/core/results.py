@@ -9,23 +9,16 @@ the oldest go first. Pure state: time comes in as `now`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
+from broker.core.config import ResultsConfig
 from broker.protocol import TaskCompleted
 
 ENTRY_OVERHEAD = 200  # bytes an entry costs besides its payload (ids, header, bookkeeping)
 
 
-@dataclass(frozen=True)
-class ResultCacheConfig:
-    ttl: float = 300.0  # seconds a finished task's answer is kept
-    max_entries: int = 100_000
-    max_bytes: int = 64 * 1024 * 1024
-
-
 class ResultCache:
-    def __init__(self, config: ResultCacheConfig | None = None) -> None:
-        self.config = config or ResultCacheConfig()
+    def __init__(self, config: ResultsConfig | None = None) -> None:
+        self.config = config or ResultsConfig()
         self._entries: OrderedDict[str, tuple[TaskCompleted, float]] = OrderedDict()
         self.bytes = 0  # payload bytes held, plus ENTRY_OVERHEAD per entry
 
@@ -54,6 +47,13 @@ class ResultCache:
         """Drop one answer (a replayed task will have a new one)."""
         self._drop(task_id)
 
+    def next_expiry(self) -> float | None:
+        """When the oldest answer expires; None when none is kept."""
+        if not self._entries:
+            return None
+        _, (_, added) = next(iter(self._entries.items()))
+        return added + self.config.ttl
+
     def expire(self, now: float) -> None:
         """Forget answers older than the TTL (entries are in the order they were added)."""
         cutoff = now - self.config.ttl
@@ -80,4 +80,4 @@ class ResultCache:
 
 
 def _cost(answer: TaskCompleted) -> int:
-    return len(answer.payload) + ENTRY_OVERHEAD
+    return len(answer.result) + ENTRY_OVERHEAD

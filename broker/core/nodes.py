@@ -1,4 +1,4 @@
-"""WorkerPool: the one owner of node state.
+"""NodePool: the registered nodes, their slots, and which node takes the next task.
 
 A node is picked for a task either from a per-function ready ring (round robin) or from a
 least-loaded heap (active tasks per unit of capacity). Nodes that registered the same set of
@@ -16,35 +16,57 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
 
+from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
+from broker.core.tasks import ProcessKey
 from broker.protocol import Register
 
-LEAST_LOADED = "least-loaded"
-ROUND_ROBIN = "round-robin"
-STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
 
+class Node:
+    """A registered node (one DEALER connection of one node process)."""
 
-@dataclass(eq=False)
-class NodeRecord:
-    identity: bytes
-    name: str
-    host: str
-    pid: int
-    functions: frozenset[str]
-    capacity: int
-    last_seen: float
-    last_sent: float
-    active: set[str] = field(default_factory=set)
-    completed: int = 0
-    draining: bool = False
-    version: int = 0
+    __slots__ = (
+        "identity",
+        "name",
+        "host",
+        "pid",
+        "functions",
+        "capacity",
+        "last_seen",
+        "last_sent",
+        "active",
+        "completed",
+        "draining",
+        "version",
+        "timer",
+    )
+
+    def __init__(self, identity: bytes, register: Register, now: float) -> None:
+        self.identity = identity  # its ROUTER identity: unique per connection
+        self.name, self.host, self.pid = register.name, register.host, register.pid
+        self.functions = frozenset(register.functions)
+        self.capacity = register.capacity
+        self.last_seen = now  # when the broker last heard from it
+        self.last_sent = now  # when the broker last sent it anything
+        self.active: set[str] = set()  # task ids of the attempts it holds
+        self.completed = 0
+        self.draining = False  # it sent DEREGISTER: no new work
+        self.version = 0  # see the heaps below
+        self.timer = 0  # its heartbeat and liveness check, see broker.core.timers
 
     @property
     def node_id(self) -> str:
         return self.identity.hex()
 
     @property
+    def process(self) -> ProcessKey:
+        return (self.name, self.host, self.pid)
+
+    @property
     def free(self) -> int:
         return self.capacity - len(self.active)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.node_id} {len(self.active)}/{self.capacity}>"
 
 
 @dataclass(eq=False)
@@ -59,13 +81,15 @@ class _Group:
     heap: list[tuple[float, int, bytes, int]] = field(default_factory=list)
 
 
-class WorkerPool:
+class NodePool:
     def __init__(self, strategy: str = LEAST_LOADED) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         self.strategy = strategy
-        self.nodes: dict[bytes, NodeRecord] = {}
-        self._rings: dict[str, deque[bytes]] = {}
+        self.nodes: dict[bytes, Node] = {}
+        self._processes: dict[ProcessKey, set[bytes]] = {}  # identities per node process
+        self._offering: dict[str, int] = {}  # nodes taking work, per function they offer
+        self._rings: dict[str, deque[bytes]] = {}  # round robin only
         self._groups: dict[frozenset[str], _Group] = {}
         self._groups_by_function: dict[str, list[_Group]] = {}
         self._tie = count()
@@ -75,30 +99,39 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ membership
 
-    def add(self, identity: bytes, register: Register, now: float) -> NodeRecord:
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def get(self, identity: bytes) -> Node | None:
+        return self.nodes.get(identity)
+
+    def add(self, identity: bytes, register: Register, now: float) -> Node:
         if identity in self.nodes:
             raise ValueError(f"node {identity.hex()} is already registered")
-        node = NodeRecord(
-            identity=identity,
-            name=register.name,
-            host=register.host,
-            pid=register.pid,
-            functions=frozenset(register.functions),
-            capacity=register.capacity,
-            last_seen=now,
-            last_sent=now,
-        )
+        node = Node(identity, register, now)
         self.nodes[identity] = node
+        self._processes.setdefault(node.process, set()).add(identity)
         self._join(node)
         return node
 
-    def remove(self, identity: bytes) -> NodeRecord | None:
+    def remove(self, identity: bytes) -> Node | None:
         node = self.nodes.pop(identity, None)
-        if node is not None and not node.draining:
+        if node is None:
+            return None
+        if not node.draining:
             self._leave(node)
+        same = self._processes[node.process]
+        same.discard(identity)
+        if not same:
+            del self._processes[node.process]
         return node
 
-    def drain(self, identity: bytes) -> NodeRecord | None:
+    def by_process(self, process: ProcessKey) -> list[Node]:
+        """The registrations of one node process (usually one; more while a reconnected
+        process's old registration has not expired yet)."""
+        return [self.nodes[identity] for identity in self._processes.get(process, ())]
+
+    def drain(self, identity: bytes) -> Node | None:
         """No new work for this node; it stays known until it runs nothing."""
         node = self.nodes.get(identity)
         if node is not None and not node.draining:
@@ -106,9 +139,12 @@ class WorkerPool:
             self._leave(node)
         return node
 
-    def _join(self, node: NodeRecord) -> None:
+    def _join(self, node: Node) -> None:
+        offering = self._offering
         for function in node.functions:
-            self._rings.setdefault(function, deque()).append(node.identity)
+            offering[function] = offering.get(function, 0) + 1
+            if self.strategy == ROUND_ROBIN:
+                self._rings.setdefault(function, deque()).append(node.identity)
         group = self._groups.get(node.functions)
         if group is None:
             group = self._groups[node.functions] = _Group(node.functions)
@@ -117,12 +153,17 @@ class WorkerPool:
         group.members.add(node.identity)
         self._push(group, node)
 
-    def _leave(self, node: NodeRecord) -> None:
+    def _leave(self, node: Node) -> None:
+        offering = self._offering
         for function in node.functions:
-            ring = self._rings[function]
-            ring.remove(node.identity)
-            if not ring:
-                del self._rings[function]
+            offering[function] -= 1
+            if not offering[function]:
+                del offering[function]
+            if self.strategy == ROUND_ROBIN:
+                ring = self._rings[function]
+                ring.remove(node.identity)  # O(ring): a ring is for a few nodes
+                if not ring:
+                    del self._rings[function]
         group = self._groups[node.functions]
         group.members.discard(node.identity)
         node.version += 1  # its heap entries are stale now
@@ -138,19 +179,20 @@ class WorkerPool:
 
     def offers(self, function: str) -> bool:
         """Whether any node that takes new work registered `function`."""
-        return function in self._rings
+        return function in self._offering
 
     def has_free(self, function: str) -> bool:
-        """Whether a node taking work offers `function` and has a free slot (no side effects)."""
-        return any(self.nodes[i].free > 0 for i in self._rings.get(function, ()))
+        """Whether a node taking work offers `function` and has a free slot (for checks)."""
+        groups = self._groups_by_function.get(function, ())
+        return any(self.nodes[i].free > 0 for group in groups for i in group.members)
 
-    def pick(self, function: str) -> NodeRecord | None:
+    def pick(self, function: str) -> Node | None:
         """A node that offers `function` and has a free slot, by the pool's strategy."""
         if self.strategy == ROUND_ROBIN:
             return self._pick_round_robin(function)
         return self._pick_least_loaded(function)
 
-    def _pick_round_robin(self, function: str) -> NodeRecord | None:
+    def _pick_round_robin(self, function: str) -> Node | None:
         ring = self._rings.get(function)
         if not ring:
             return None
@@ -161,7 +203,7 @@ class WorkerPool:
                 return node
         return None
 
-    def _pick_least_loaded(self, function: str) -> NodeRecord | None:
+    def _pick_least_loaded(self, function: str) -> Node | None:
         best: tuple[float, int, bytes, int] | None = None
         for group in self._groups_by_function.get(function, ()):
             entry = self._top(group)
@@ -179,7 +221,7 @@ class WorkerPool:
             heapq.heappop(heap)
         return None
 
-    def _push(self, group: _Group, node: NodeRecord) -> None:
+    def _push(self, group: _Group, node: Node) -> None:
         if len(node.active) >= node.capacity:  # no free slot
             return
         heap = group.heap
@@ -199,11 +241,11 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ load
 
-    def assign(self, node: NodeRecord, task_id: str) -> None:
+    def assign(self, node: Node, task_id: str) -> None:
         node.active.add(task_id)
         self._changed(node)
 
-    def release(self, node: NodeRecord, task_id: str) -> bool:
+    def release(self, node: Node, task_id: str) -> bool:
         """Free the slot `task_id` held on `node`; False if it held none."""
         if task_id not in node.active:
             return False
@@ -212,7 +254,7 @@ class WorkerPool:
         self._changed(node)
         return True
 
-    def _changed(self, node: NodeRecord) -> None:
+    def _changed(self, node: Node) -> None:
         node.version += 1
         if not node.draining:
             self._push(self._groups[node.functions], node)
@@ -222,6 +264,11 @@ class WorkerPool:
     def check_invariants(self) -> None:
         """Raise AssertionError if the ring, heaps and records disagree."""
         taking = {i for i, n in self.nodes.items() if not n.draining}
+        offering: dict[str, int] = {}
+        for identity in taking:
+            for function in self.nodes[identity].functions:
+                offering[function] = offering.get(function, 0) + 1
+        assert offering == self._offering, "the count of nodes per function drifted"
         for function, ring in self._rings.items():
             assert ring, f"empty ring kept for {function}"
             assert len(set(ring)) == len(ring), f"duplicate in ring for {function}"
@@ -231,14 +278,17 @@ class WorkerPool:
         for identity in taking:
             node = self.nodes[identity]
             assert 0 <= len(node.active) <= node.capacity, f"{node.name} over capacity"
-            for function in node.functions:
-                assert identity in self._rings[function], f"{node.name} missing from ring"
+            if self.strategy == ROUND_ROBIN:
+                for function in node.functions:
+                    assert identity in self._rings[function], f"{node.name} missing from ring"
             group = self._groups[node.functions]
             assert identity in group.members
             if node.free > 0:
                 assert any(self._current(e) and e[2] == identity for e in group.heap), (
                     f"{node.name} has a free slot but no current heap entry"
                 )
+        indexed = {i for identities in self._processes.values() for i in identities}
+        assert indexed == self.nodes.keys(), "the index by process drifted"
         members = {i for g in self._groups.values() for i in g.members}
         assert members == taking, "heap groups and records disagree"
         for function, groups in self._groups_by_function.items():

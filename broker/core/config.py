@@ -1,0 +1,82 @@
+"""How the scheduler behaves: its settings, with the defaults `zbroker start` uses."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from broker.protocol import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_LIVENESS,
+    EXIT_FUNCTION_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_WORKER_CRASHED,
+)
+
+LEAST_LOADED = "least-loaded"
+ROUND_ROBIN = "round-robin"
+STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
+
+# Worth another attempt: the function raised, its process died, it ran out of time.
+# Not: arguments or results that cannot work (2, 3), refused requests (64, 127).
+RETRYABLE = frozenset({EXIT_FUNCTION_ERROR, EXIT_WORKER_CRASHED, EXIT_TIMEOUT})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A task gets 1 + `retries` attempts. After a failed attempt the next one waits
+    `base * 2**(attempt - 1)` seconds, at most `max_delay`, varied by +-`jitter` so that
+    tasks that failed together do not come back together."""
+
+    retries: int = 3  # extra attempts for a task that does not say (EXECUTE "retries")
+    base: float = 0.5  # seconds before the second attempt
+    max_delay: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        plain = min(self.base * 2.0 ** (attempt - 1), self.max_delay)
+        return plain * rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class ResultsConfig:
+    """How long, and how many, answers of finished tasks are kept to answer resends."""
+
+    ttl: float = 300.0  # seconds
+    max_entries: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024  # result payloads, plus a fixed cost per entry
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    strategy: str = LEAST_LOADED
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL  # seconds
+    liveness: int = DEFAULT_LIVENESS
+    results: ResultsConfig = field(default_factory=ResultsConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    task_timeout: float | None = None  # seconds per attempt, for tasks that do not say
+    # How long a function still counts as offered after its last node left (or after a
+    # restart from a store): its tasks wait for a node to come back instead of getting 127.
+    offer_grace: float | None = None  # None: 2 x heartbeat expiry + 5 s
+    journal: bool = False  # emit store commands, for a durable store
+    dead_letters_max: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+
+    @property
+    def expiry(self) -> float:
+        """Seconds of silence after which a node is dead."""
+        return self.heartbeat_interval * self.liveness
+
+    @property
+    def offer_grace_seconds(self) -> float:
+        return 2 * self.expiry + 5.0 if self.offer_grace is None else self.offer_grace
+
+    @property
+    def timeout_grace(self) -> float:
+        """How long past a task's timeout the broker waits for the node's own RESULT 124
+        before it gives up on the node (protocol.md 5.3)."""
+        return max(1.0, self.expiry)

@@ -1,0 +1,79 @@
+"""What goes into the core and what comes out of it.
+
+Events are facts, named in the past tense; `Scheduler.handle(event, now)` takes each one.
+Commands are imperatives; `handle` and `tick` return them in the order they must be carried
+out: `Send` a message to a peer, or a store change (broker.core.journal).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from msgspec import Struct
+
+from broker.core.deadletters import DeadLetter
+from broker.core.journal import Change, PendingTask
+from broker.protocol import Message, RemoteProtocolError, TaskCompleted
+
+# ------------------------------------------------------------------------------- events
+
+
+class Received(Struct, frozen=True, gc=False):
+    """A message from the peer with ROUTER identity `peer` arrived and decoded."""
+
+    peer: bytes
+    message: Message
+
+
+class Undecodable(Struct, frozen=True, gc=False):
+    """A message from `peer` arrived that does not decode; `command` is its command frame
+    when it had one (an oversized RESULT still fails its task)."""
+
+    peer: bytes
+    error: RemoteProtocolError
+    command: bytes | None = None
+
+
+class PeerGone(Struct, frozen=True, gc=False):
+    """A send to `peer` failed: it is no longer connected."""
+
+    peer: bytes
+
+
+class Sent(Struct, frozen=True, gc=False):
+    """The commands of the last event have been carried out. The bookkeeping that waited so
+    that answers could leave first (see `Scheduler.deferred`) may run now."""
+
+
+class Restored(Struct, frozen=True, gc=False):
+    """A durable store gave back what it kept: pending tasks (by submission order), kept
+    answers with the time each was kept (oldest first) and dead letters (in failure order);
+    `next_seq` is above every submission number it holds."""
+
+    pending: list[PendingTask]
+    answers: list[tuple[TaskCompleted, float]]
+    dead_letters: list[DeadLetter]
+    next_seq: int
+
+
+class StopRequested(Struct, frozen=True, gc=False):
+    """The broker is stopping: no new task is accepted or started; running ones may finish."""
+
+
+class Stopped(Struct, frozen=True, gc=False):
+    """The broker is about to close its socket: the nodes must be told."""
+
+
+Event: TypeAlias = Received | Undecodable | PeerGone | Sent | Restored | StopRequested | Stopped
+
+# ------------------------------------------------------------------------------ commands
+
+
+class Send(Struct, frozen=True, gc=False):
+    """Send `message` to the peer with ROUTER identity `peer`."""
+
+    peer: bytes
+    message: Message
+
+
+Command: TypeAlias = Send | Change

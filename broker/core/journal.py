@@ -1,0 +1,70 @@
+"""The journal: what a durable store must do to keep up with the scheduler.
+
+With `SchedulerConfig.journal`, the scheduler returns these commands beside its `Send`s; the
+server hands them to the store (broker.store), which applies a batch of them in one
+transaction. Times are the scheduler's monotonic `now`; the store turns them into Unix time.
+Each record carries the task's spec whole, so a new task option changes nothing here.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from msgspec import Struct
+
+from broker.core.deadletters import DeadLetter
+from broker.protocol import TaskCompleted, TaskSpec
+
+
+class SaveTask(Struct, frozen=True, gc=False):
+    """Keep an accepted task pending. A task id is accepted again only after it was
+    answered (a replayed dead letter), so no pending row exists for it."""
+
+    spec: TaskSpec
+    seq: int  # submission order, so a restored queue keeps its order
+    submitted_at: float
+
+
+class SaveAttempts(Struct, frozen=True, gc=False):
+    """A pending task's attempt failed and it will run again: it has used `attempts`."""
+
+    task_id: str
+    attempts: int
+
+
+class SaveAnswer(Struct, frozen=True, gc=False):
+    """The task was answered: it is no longer pending, and its answer is kept."""
+
+    answer: TaskCompleted
+    at: float
+
+
+class ForgetAnswer(Struct, frozen=True, gc=False):
+    """Drop a kept answer (a replayed task will have a new one)."""
+
+    task_id: str
+
+
+class SaveDeadLetter(Struct, frozen=True, gc=False):
+    entry: DeadLetter
+
+
+class ForgetDeadLetter(Struct, frozen=True, gc=False):
+    """Replayed or purged; `task_id` None: every dead letter."""
+
+    task_id: str | None
+
+
+Change: TypeAlias = (
+    SaveTask | SaveAttempts | SaveAnswer | ForgetAnswer | SaveDeadLetter | ForgetDeadLetter
+)
+CHANGES = (SaveTask, SaveAttempts, SaveAnswer, ForgetAnswer, SaveDeadLetter, ForgetDeadLetter)
+
+
+class PendingTask(Struct, frozen=True, gc=False):
+    """A pending task as a store gives it back: what SaveTask and SaveAttempts kept."""
+
+    spec: TaskSpec
+    seq: int
+    submitted_at: float
+    attempts: int = 0  # attempts that failed so far

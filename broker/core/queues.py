@@ -1,0 +1,109 @@
+"""TaskQueue: tasks waiting for a free slot, per function, highest priority first, FIFO
+within a priority (by submission order, which a requeued task keeps).
+
+A task leaves the queue either from its top (`pop_for`) or from anywhere (`discard`: it
+expired, or was answered by a late result). A discarded entry stays in its heap, marked
+dead by the task's `queue_stamp`, until it surfaces; so every operation is O(log n)
+amortized, and a heap is rebuilt when its dead entries outnumber its live ones. Pure state.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Set
+
+from broker.core.tasks import Task
+
+Entry = tuple[int, int, int, Task]  # (-priority, seq, stamp, task); the stamp is unique
+
+
+class _Heap:
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+        self.live = 0
+
+    def top(self) -> Entry | None:
+        entries = self.entries
+        while entries and entries[0][3].queue_stamp != entries[0][2]:
+            heapq.heappop(entries)  # discarded meanwhile
+        return entries[0] if entries else None
+
+
+class TaskQueue:
+    def __init__(self) -> None:
+        self._heaps: dict[str, _Heap] = {}  # only functions with live entries
+        self._size = 0
+        self._stamp = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def has(self, function: str) -> bool:
+        """Whether a task for `function` is queued."""
+        return function in self._heaps
+
+    def push(self, task: Task) -> None:
+        heap = self._heaps.get(task.spec.function)
+        if heap is None:
+            heap = self._heaps[task.spec.function] = _Heap()
+        self._stamp += 1
+        task.queue_stamp = self._stamp
+        heapq.heappush(heap.entries, (-task.spec.priority, task.seq, self._stamp, task))
+        heap.live += 1
+        self._size += 1
+
+    def pop_for(self, functions: Set[str]) -> Task | None:
+        """The first task, by priority then age, whose function is in `functions`."""
+        best: Entry | None = None
+        if len(self._heaps) < len(functions):
+            candidates = [h for f, h in self._heaps.items() if f in functions]
+        else:
+            candidates = [h for f in functions if (h := self._heaps.get(f)) is not None]
+        for heap in candidates:
+            entry = heap.top()
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        if best is None:
+            return None
+        task = best[3]
+        heap = self._heaps[task.spec.function]
+        heapq.heappop(heap.entries)  # `best` is its top
+        self._taken(task, heap)
+        return task
+
+    def discard(self, task: Task) -> None:
+        """Take a queued task out, wherever it is."""
+        heap = self._heaps[task.spec.function]
+        self._taken(task, heap)
+        if len(heap.entries) > 32 and len(heap.entries) > 2 * heap.live:
+            heap.entries = [e for e in heap.entries if e[3].queue_stamp == e[2]]
+            heapq.heapify(heap.entries)
+
+    def _taken(self, task: Task, heap: _Heap) -> None:
+        task.queue_stamp = 0
+        heap.live -= 1
+        self._size -= 1
+        if not heap.live:
+            del self._heaps[task.spec.function]
+
+    def __iter__(self) -> Iterator[Task]:
+        """The queued tasks, in no particular order."""
+        for heap in self._heaps.values():
+            for entry in heap.entries:
+                if entry[3].queue_stamp == entry[2]:
+                    yield entry[3]
+
+    def counts(self) -> dict[str, int]:
+        """Queued tasks per function."""
+        return {function: heap.live for function, heap in self._heaps.items()}
+
+    def check_invariants(self) -> None:
+        total = 0
+        for function, heap in self._heaps.items():
+            live = [e[3] for e in heap.entries if e[3].queue_stamp == e[2]]
+            assert len(live) == heap.live > 0, f"live count of {function} drifted"
+            assert all(t.spec.function == function for t in live), f"{function}: stray task"
+            total += heap.live
+        assert total == self._size, "size drifted"

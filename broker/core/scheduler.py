@@ -1,0 +1,903 @@
+"""Scheduler: the one owner of the broker's state, sans-IO.
+
+State changes only in `handle(event, now)` (broker.core.events) and `tick(now)`; both return
+the commands for the shell to carry out, in order. No sockets, no clock: time comes in as
+`now`, and payloads pass through as bytes that are never decoded here. The parts (node pool,
+queue, task table, timers, kept answers, dead letters) are private; only the scheduler
+changes them, and `check_invariants()` checks that they agree.
+
+Rules the handlers keep:
+- Every EXECUTE gets exactly one answer per requester; a task id that is pending or was
+  answered lately is never run again (a resend joins the requesters or gets the answer).
+- Only the node that holds a task's current attempt answers it: a RESULT from any other
+  peer is refused, except a late one of an attempt given up on its own node (LostAttempt).
+- A queued task never waits beside a free slot that could run it.
+- Every per-event cost is O(log n) in the tasks and nodes held (a lost node costs its tasks).
+
+Deferred work: an answer leaves before its bookkeeping (keeping it for resends, the store,
+the dead-letter queue, refilling the slot a success freed), because only the work between
+a message's arrival and the send it causes is on the round trip. That work waits in
+`deferred` until the next event: the shell sends `Sent()` right after carrying out the
+commands, and any other event runs it first. `check_invariants()` accounts for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from broker.core import journal as j
+from broker.core.config import RETRYABLE, SchedulerConfig
+from broker.core.deadletters import DeadLetter, DeadLetters
+from broker.core.events import (
+    Command,
+    Event,
+    PeerGone,
+    Received,
+    Restored,
+    Send,
+    Sent,
+    Stopped,
+    StopRequested,
+    Undecodable,
+)
+from broker.core.nodes import Node, NodePool
+from broker.core.queues import TaskQueue
+from broker.core.results import ResultCache
+from broker.core.status import sampled, status_body
+from broker.core.tasks import (
+    DONE,
+    QUEUED,
+    RUNNING,
+    WAITING_RETRY,
+    LostAttempt,
+    Task,
+    TaskState,
+    TaskTable,
+)
+from broker.core.timers import Timers
+from broker.protocol import (
+    DLQ_LIST,
+    DLQ_REPLAY,
+    DLQ_SHOW,
+    ERR_NOT_FOUND,
+    ERR_NOT_HOLDER,
+    ERR_TOO_LARGE,
+    ERR_UNKNOWN_COMMAND,
+    EXIT_BAD_RESULT,
+    EXIT_EXPIRED,
+    EXIT_NODE_LOST,
+    EXIT_TIMEOUT,
+    EXIT_UNKNOWN_FUNCTION,
+    EXIT_WORKER_CRASHED,
+    RESULT,
+    Batch,
+    DeadLetters as DeadLettersRequest,
+    DeadLettersReply,
+    Deregister,
+    Disconnect,
+    Error,
+    ErrorInfo,
+    Execute,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    Register,
+    Registered,
+    Result,
+    Run,
+    Status,
+    StatusReply,
+    TaskCompleted,
+    TaskSpec,
+)
+
+log = logging.getLogger("broker.core")
+
+MAX_REQUESTERS = 8  # requesters remembered per pending task (Lazy Pirate resends add one each)
+NOT_REGISTERED = Disconnect("not registered: send REGISTER")
+Failure = tuple[int, ErrorInfo]  # exit code and error of a failed attempt
+
+
+class Grace:
+    """A while in which a function counts as offered although no node offers it: after its
+    last node left (a node process being replaced), or, for every function (`function`
+    None), after a restart from a store (the nodes have not registered again yet). Tasks
+    accepted only thanks to it are `held`: refused with exit 127 when it ends unless a node
+    offering their function came meanwhile."""
+
+    __slots__ = ("function", "until", "held", "timer")
+
+    def __init__(self, function: str | None) -> None:
+        self.function = function
+        self.until = 0.0
+        self.held: list[Task] = []
+        self.timer = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig | None = None,
+        rng: random.Random | None = None,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.config = config = config or SchedulerConfig()
+        self._rng = rng or random.Random()  # retry jitter; seeded in tests
+        self._wall_offset = wall_offset  # Unix time minus `now`, for the views only
+        self._pool = NodePool(config.strategy)
+        self._queue = TaskQueue()
+        self._tasks = TaskTable()
+        self._timers: Timers[Task | Node | Grace] = Timers()
+        self._results = ResultCache(config.results)
+        self._dead = DeadLetters(config.dead_letters_max)
+        self._counters: Counter[str] = Counter()
+        self._graces: dict[str, Grace] = {}  # by function
+        self._restart_grace: Grace | None = None
+        self._accepting = True
+        self._journal = config.journal
+        self._seq = 0  # submission numbers
+        self._results_checked = -math.inf  # when kept answers were last expired
+        # The deferred work (see the module's docstring): answers to keep, and the slots
+        # that successful RESULTs freed, as (node, task id).
+        self._answered: list[tuple[Task, TaskCompleted, bool]] = []
+        self._freed: list[tuple[Node, str]] = []
+        self._events: dict[type, Callable[[Any, float], list[Command]]] = {
+            Received: self._on_received,
+            Sent: lambda event, now: [],
+            Undecodable: self._on_undecodable,
+            PeerGone: self._on_peer_gone,
+            Restored: self._on_restored,
+            StopRequested: self._on_stop_requested,
+            Stopped: self._on_stopped,
+        }
+        self._messages: dict[type, Callable[[bytes, Node | None, Any, float], list[Command]]]
+        self._messages = {
+            Execute: self._on_execute,
+            Result: self._on_result,
+            Heartbeat: self._on_heartbeat,
+            Register: self._on_register,
+            Deregister: self._on_deregister,
+            Status: self._on_status,
+            DeadLettersRequest: self._on_dead_letters,
+            Error: self._on_error,
+            Batch: self._on_batch,
+        }
+
+    # ================================================================== the entry points
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Everything `event` causes, as commands to carry out in order."""
+        if self._answered or self._freed:
+            return self._settle(now) + self._events[type(event)](event, now)
+        return self._events[type(event)](event, now)
+
+    def tick(self, now: float) -> list[Command]:
+        """What is due by `now`: timers of tasks, nodes and graces, expired answers. Call it
+        at `next_deadline()`; it leaves no deferred work."""
+        commands = self._settle(now)
+        for subject in self._timers.pop_due(now):
+            if type(subject) is Task:
+                commands += self._task_due(subject, now)
+            elif type(subject) is Node:
+                commands += self._node_due(subject, now)
+            else:
+                assert type(subject) is Grace
+                commands += self._grace_over(subject, now)
+        if now >= self._results_checked + 1.0:
+            self._results.expire(now)
+            self._results_checked = now
+        return commands + self._settle(now)
+
+    def next_deadline(self) -> float:
+        """When `tick` must run next (the clock `now` comes from); -inf while deferred
+        work waits, inf when nothing is due."""
+        if self._answered or self._freed:
+            return -math.inf
+        due = self._timers.next_due()
+        expiry = self._results.next_expiry()
+        if expiry is not None:
+            expiry = max(expiry, self._results_checked + 1.0)  # at most once a second
+            due = expiry if due is None else min(due, expiry)
+        return math.inf if due is None else due
+
+    # ================================================================== views
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        return MappingProxyType(self._counters)
+
+    @property
+    def deferred(self) -> int:
+        """How many pieces of bookkeeping wait for the next event."""
+        return len(self._answered) + len(self._freed)
+
+    def running(self) -> int:
+        """Attempts running on nodes."""
+        return self._tasks.count(RUNNING)
+
+    def state_of(self, task_id: str) -> TaskState | None:
+        """A pending task's state; None when it is not pending."""
+        task = self._tasks.get(task_id)
+        return None if task is None else task.state
+
+    def kept_answer(self, task_id: str) -> TaskCompleted | None:
+        return self._results.get(task_id)
+
+    def pending(self) -> list[str]:
+        """The ids of the pending tasks."""
+        return [task.spec.task_id for task in self._tasks]
+
+    def dead_letter_ids(self) -> list[str]:
+        return [entry.spec.task_id for entry in self._dead]
+
+    def registered(self, identity: bytes) -> bool:
+        return identity in self._pool.nodes
+
+    def offered(self, function: str, now: float) -> bool:
+        """Whether a node offers `function`, or a grace still counts it as offered."""
+        return self._pool.offers(function) or self._grace_for(function, now) is not None
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The STATUS_REPLY body (protocol.md 3.11)."""
+        return status_body(
+            self._pool,
+            self._tasks,
+            self._queue,
+            self._results,
+            self._dead,
+            self.config,
+            self._accepting,
+            self._counters,
+            now,
+        )
+
+    # ================================================================== events
+
+    def _on_received(self, event: Received, now: float) -> list[Command]:
+        peer, message = event.peer, event.message
+        node = self._pool.nodes.get(peer)
+        if node is not None:
+            node.last_seen = now  # any traffic is a sign of life
+        handler = self._messages.get(type(message))
+        if handler is None:
+            text = f"{type(message).__name__} is not a message the broker accepts (protocol.md 1)"
+            return self._refuse(peer, ProtocolError(ERR_UNKNOWN_COMMAND, text))
+        return handler(peer, node, message, now)
+
+    def _on_batch(self, peer: bytes, node: Node | None, batch: Batch, now: float) -> list[Command]:
+        commands: list[Command] = []
+        for item in batch.items:
+            if isinstance(item, ProtocolError):
+                commands += self._refuse(peer, item)
+            else:
+                commands += self._on_received(Received(peer, item), now)
+        return commands
+
+    def _on_undecodable(self, event: Undecodable, now: float) -> list[Command]:
+        error = event.error
+        commands = self._refuse(event.peer, error)
+        if error.code == ERR_TOO_LARGE and error.task_id and event.command == RESULT:
+            # The node's work is lost, but its requesters still get their one answer.
+            failed = Result(error.task_id, EXIT_BAD_RESULT, b"null", ErrorInfo("BadResult", error.message))
+            commands += self._on_received(Received(event.peer, failed), now)
+        return commands
+
+    def _refuse(self, peer: bytes, error: ProtocolError) -> list[Command]:
+        self._counters[f"refused_{error.code}"] += 1
+        count = self._counters[f"refused_{error.code}"]
+        if sampled(count):
+            log.warning("refused a message from %s: %s (%d so far)", peer.hex(), error.message, count)
+        return [Send(peer, Error(error.code, error.message, error.task_id))]
+
+    def _on_peer_gone(self, event: PeerGone, now: float) -> list[Command]:
+        self._counters["unreachable"] += 1
+        node = self._pool.nodes.get(event.peer)
+        return [] if node is None else self._lose_node(node, "unreachable", now)
+
+    def _on_restored(self, event: Restored, now: float) -> list[Command]:
+        """Take back what a durable store kept: pending tasks queue again (nobody waits for
+        them until a client resends their id), kept answers and dead letters return."""
+        for answer, at in event.answers:
+            self._results.add(answer, at)
+        for entry in event.dead_letters:
+            self._dead.add(entry)
+        commands: list[Command] = []
+        for pending in event.pending:
+            task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
+            task.attempt = pending.attempts
+            commands += self._admit(task, now)
+        self._seq = max(self._seq, event.next_seq)
+        if event.pending:
+            self._counters["restored"] += len(event.pending)
+        if event.pending or event.answers or event.dead_letters:
+            # A restarted broker: its nodes have not registered again yet.
+            self._restart_grace = grace = Grace(None)
+            self._extend(grace, now)
+        return commands
+
+    def _on_stop_requested(self, event: StopRequested, now: float) -> list[Command]:
+        if self._accepting:
+            self._accepting = False
+            log.info("stopping: no new tasks; %d running may finish", self.running())
+        return []
+
+    def _on_stopped(self, event: Stopped, now: float) -> list[Command]:
+        bye = Disconnect("broker shutting down")
+        return [Send(identity, bye) for identity in self._pool.nodes]
+
+    # ================================================================== clients
+
+    def _on_execute(self, peer: bytes, node: Node | None, msg: Execute, now: float) -> list[Command]:
+        spec = msg.spec
+        if not self._accepting:
+            # No answer: the client's resend (same task id) reaches the next broker.
+            self._counters["ignored_stopping"] += 1
+            return []
+        task = self._tasks.get(spec.task_id)
+        if task is not None:
+            # A resend (Lazy Pirate) or a second submitter: answer it, do not run it again.
+            self._counters["resubmitted"] += 1
+            requesters = task.requesters
+            if peer not in requesters:
+                requesters.append(peer)
+                del requesters[:-MAX_REQUESTERS]
+            return []
+        answer = self._results.get(spec.task_id)
+        if answer is not None:
+            # It finished already; its requester lost the answer (or asks twice).
+            self._counters["answered_again"] += 1
+            return [Send(peer, answer)]
+        grace = None
+        if not self._pool.offers(spec.function):
+            grace = self._grace_for(spec.function, now)
+            if grace is None:
+                self._counters["unknown_function"] += 1
+                error = ErrorInfo("UnknownFunction", _no_node(spec.function))
+                reply = TaskCompleted(spec.task_id, EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
+                return [Send(peer, reply)]
+        self._counters["accepted"] += 1
+        self._seq += 1
+        task = self._new_task(spec, self._seq, now, [peer])
+        if grace is not None:
+            grace.held.append(task)
+        commands = self._admit(task, now)
+        if self._journal:
+            commands.append(j.SaveTask(spec, task.seq, now))
+        return commands
+
+    def _on_status(self, peer: bytes, node: Node | None, msg: Status, now: float) -> list[Command]:
+        return [Send(peer, StatusReply(self.status(now)))]
+
+    def _on_error(self, peer: bytes, node: Node | None, msg: Error, now: float) -> list[Command]:
+        self._counters["errors_received"] += 1
+        log.warning("peer %s sent ERROR %s: %s", peer.hex(), msg.code, msg.message)
+        return []  # never answer an error with an error
+
+    def _on_dead_letters(
+        self, peer: bytes, node: Node | None, msg: DeadLettersRequest, now: float
+    ) -> list[Command]:
+        default_retries = self.config.retry.retries
+        if msg.op == DLQ_LIST:
+            views = [e.view(self._wall_offset, default_retries) for e in self._dead.newest(msg.limit)]
+            reply: Message = DeadLettersReply({"dead_letters": views, "total": len(self._dead)})
+            return [Send(peer, reply)]
+        if msg.op == DLQ_SHOW:
+            entry = self._dead.get(msg.task_id or "")
+            if entry is None:
+                text = f"task {msg.task_id!r} is not in the dead-letter queue (see `zbroker dlq list`)"
+                return [Send(peer, Error(ERR_NOT_FOUND, text, msg.task_id))]
+            view = entry.view(self._wall_offset, default_retries)
+            return [Send(peer, DeadLettersReply({"dead_letter": view}, entry.spec.args))]
+        if msg.op == DLQ_REPLAY:
+            return self._replay(peer, msg.task_id, now)
+        return [Send(peer, DeadLettersReply({"purged": self._purge(msg.task_id)}))]
+
+    def _replay(self, peer: bytes, task_id: str | None, now: float) -> list[Command]:
+        """Run dead letters again under their own ids, with a fresh count of attempts; their
+        old answers are forgotten, so a resend waits for the new outcome."""
+        wanted = [task_id] if task_id is not None else self.dead_letter_ids()
+        replayed: list[str] = []
+        missing: list[str] = []
+        commands: list[Command] = []
+        for tid in wanted:
+            entry = self._dead.get(tid)
+            if entry is None or tid in self._tasks:
+                missing.append(tid)  # not dead, or submitted again meanwhile
+                continue
+            self._dead.remove(tid)
+            self._results.forget(tid)
+            self._counters["replayed"] += 1
+            self._seq += 1
+            task = self._new_task(entry.spec, self._seq, now, [])
+            commands += self._admit(task, now)
+            if self._journal:
+                commands += [j.ForgetDeadLetter(tid), j.ForgetAnswer(tid)]
+                commands.append(j.SaveTask(entry.spec, task.seq, now))
+            replayed.append(tid)
+        reply = DeadLettersReply({"replayed": replayed, "missing": missing})
+        return [Send(peer, reply), *commands]
+
+    def _purge(self, task_id: str | None) -> int:
+        if task_id is None:
+            count = self._dead.clear()
+        else:
+            count = 0 if self._dead.remove(task_id) is None else 1
+        self._counters["purged"] += count
+        return count
+
+    # ================================================================== nodes
+
+    def _on_register(
+        self, peer: bytes, node: Node | None, msg: Register, now: float
+    ) -> list[Command]:
+        commands = [] if node is None else self._lose_node(node, "reregistered", now)
+        if msg.replaces is not None:
+            commands += self._replace(msg, now)
+        node = self._pool.add(peer, msg, now)
+        self._schedule_check(node)
+        self._counters["nodes_registered"] += 1
+        log.info(
+            "node %s (%s) registered: capacity %d, %d functions",
+            node.name,
+            node.node_id,
+            node.capacity,
+            len(node.functions),
+        )
+        config = self.config
+        commands.append(Send(peer, Registered(node.node_id, config.heartbeat_interval, config.liveness)))
+        return commands + self._feed(node, now)
+
+    def _replace(self, msg: Register, now: float) -> list[Command]:
+        """A supervisor restarted a node process: the old one's tasks failed with it."""
+        assert msg.replaces is not None
+        gone = msg.replaces
+        commands: list[Command] = []
+        for node in self._pool.by_process((msg.name, msg.host, gone.pid)):
+            text = f"node {node.name} (pid {gone.pid}) died while running it: {gone.reason}"
+            failure = (EXIT_WORKER_CRASHED, ErrorInfo("WorkerCrashed", text))
+            commands += self._lose_node(node, "crashed", now, failure)
+        return commands
+
+    def _on_deregister(
+        self, peer: bytes, node: Node | None, msg: Deregister, now: float
+    ) -> list[Command]:
+        if node is None or node.draining:
+            return []
+        self._pool.drain(peer)
+        self._start_graces(node, now)
+        self._counters["nodes_deregistered"] += 1
+        log.info(
+            "node %s (%s) deregistered with %d tasks running",
+            node.name,
+            node.node_id,
+            len(node.active),
+        )
+        if not node.active:
+            self._remove_node(node)
+        return []
+
+    def _on_heartbeat(
+        self, peer: bytes, node: Node | None, msg: Heartbeat, now: float
+    ) -> list[Command]:
+        if node is not None:
+            return []
+        self._counters["heartbeats_unknown"] += 1
+        return [Send(peer, NOT_REGISTERED)]
+
+    def _on_result(self, peer: bytes, node: Node | None, msg: Result, now: float) -> list[Command]:
+        task = self._tasks.get(msg.task_id)
+        if task is not None and task.state is RUNNING:
+            holder = self._holder(task, peer, node, msg.attempt)
+            if holder is not None:
+                if msg.exit_code == 0:
+                    commands = self._answer(task, 0, msg.result, None, now)  # leaves first
+                    self._freed.append((holder, msg.task_id))  # then the slot is refilled
+                    return commands
+                released = self._pool.release(holder, msg.task_id)  # a retry may take it
+                commands = self._attempt_failed(task, msg, now)
+                return commands + self._refill(holder, released, now)
+        if task is not None and self._lost_attempt(task, peer, node, msg.attempt):
+            return self._late_result(task, peer, node, msg, now)
+        if node is not None and msg.task_id in node.active:
+            # It ran the task, which was answered meanwhile (a late attempt's success).
+            self._counters["results_dropped"] += 1
+            return self._refill(node, self._pool.release(node, msg.task_id), now)
+        return self._refuse_result(peer, node, msg)
+
+    def _holder(
+        self, task: Task, peer: bytes, node: Node | None, attempt: int | None
+    ) -> Node | None:
+        """The node record that holds `task`'s current attempt, if the sender is that node:
+        its connection, or the same process registered again on a new connection."""
+        if attempt is not None and attempt != task.attempt:
+            return None
+        if task.holder == peer:
+            return node
+        if node is not None:
+            holder = self._pool.nodes.get(task.holder or b"")
+            if holder is not None and holder.process == node.process:
+                return holder
+        return None
+
+    def _lost_attempt(
+        self, task: Task, peer: bytes, node: Node | None, attempt: int | None
+    ) -> bool:
+        process = None if node is None else node.process
+        return task.lost is not None and any(
+            lost.matches(attempt, peer, process) for lost in task.lost
+        )
+
+    def _late_result(
+        self, task: Task, peer: bytes, node: Node | None, msg: Result, now: float
+    ) -> list[Command]:
+        """A RESULT of an attempt given up on its node (declared dead, say): a success is
+        the task's answer (the first success wins); a failure no longer counts."""
+        commands: list[Command] = [] if node is not None else [Send(peer, NOT_REGISTERED)]
+        if msg.exit_code != 0:
+            self._counters["stale_failures"] += 1
+            return commands
+        self._counters["late_results"] += 1
+        return self._answer(task, 0, msg.result, None, now) + commands
+
+    def _refuse_result(self, peer: bytes, node: Node | None, msg: Result) -> list[Command]:
+        """A RESULT from a peer that holds no attempt of that task: forged, misdirected, or
+        for a task answered long ago. It changes nothing."""
+        self._counters["refused_not_holder"] += 1
+        count = self._counters["refused_not_holder"]
+        if sampled(count):
+            who = "an unregistered peer" if node is None else f"node {node.name}"
+            log.warning(
+                "refused a RESULT for task %s from %s (%s), which does not hold it (%d so far)",
+                msg.task_id,
+                who,
+                peer.hex(),
+                count,
+            )
+        if node is None:
+            return [Send(peer, NOT_REGISTERED)]
+        text = f"this node does not hold an attempt of task {msg.task_id}; its RESULT is ignored"
+        return [Send(peer, Error(ERR_NOT_HOLDER, text, msg.task_id))]
+
+    # ================================================================== timers
+
+    def _task_due(self, task: Task, now: float) -> list[Command]:
+        if task.state is QUEUED:
+            return self._expire(task, now)
+        if task.state is WAITING_RETRY:
+            return self._requeue(task, now)
+        return self._overdue(task, now)
+
+    def _node_due(self, node: Node, now: float) -> list[Command]:
+        """A node's heartbeat and liveness check: dead after `expiry` of silence; sent a
+        HEARTBEAT after an interval in which it was sent nothing else."""
+        config = self.config
+        silent = now - node.last_seen
+        if silent >= config.expiry:
+            log.warning("node %s (%s) silent for %.2fs: declared dead", node.name, node.node_id, silent)
+            return self._lose_node(node, "expired", now)
+        commands: list[Command] = []
+        if now - node.last_sent >= config.heartbeat_interval:
+            node.last_sent = now
+            commands.append(Send(node.identity, Heartbeat()))
+        self._schedule_check(node)
+        return commands
+
+    def _schedule_check(self, node: Node) -> None:
+        config = self.config
+        due = min(node.last_seen + config.expiry, node.last_sent + config.heartbeat_interval)
+        self._timers.schedule(node, due)
+
+    def _expire(self, task: Task, now: float) -> list[Command]:
+        """A queued task was not started by its queue deadline: answer it Expired."""
+        self._counters["expired"] += 1
+        waited = now - task.submitted_at
+        text = (
+            f"not started within its queue timeout ({waited:.3g} s waited): no free node "
+            f"offering {task.spec.function!r}"
+        )
+        return self._answer(task, EXIT_EXPIRED, b"null", ErrorInfo("Expired", text), now)
+
+    def _overdue(self, task: Task, now: float) -> list[Command]:
+        """A node did not answer a task by its timeout plus the grace: it does not stop its
+        functions, so the broker stops using it (protocol.md 5.3)."""
+        node = self._pool.nodes[task.holder or b""]
+        log.warning(
+            "node %s (%s) did not answer task %s within its %g s timeout: disconnected",
+            node.name,
+            node.node_id,
+            task.spec.task_id,
+            task.task_timeout,
+        )
+        text = (
+            f"exceeded its timeout of {task.task_timeout:g} s on node {node.name}, which did "
+            f"not stop it (attempt {task.attempt})"
+        )
+        failure = (EXIT_TIMEOUT, ErrorInfo("Timeout", text))
+        commands: list[Command] = [Send(node.identity, Disconnect("did not stop a task past its timeout"))]
+        return commands + self._lose_node(node, "overdue", now, failure, task.spec.task_id)
+
+    # ================================================================== graces
+
+    def _grace_for(self, function: str, now: float) -> Grace | None:
+        for grace in (self._graces.get(function), self._restart_grace):
+            if grace is not None and grace.until > now:
+                return grace
+        return None
+
+    def _start_graces(self, node: Node, now: float) -> None:
+        """`node` takes no more work: the functions it was the last to offer stay offered
+        for a grace, so that their tasks wait for a node to come back."""
+        for function in node.functions:
+            if not self._pool.offers(function):
+                grace = self._graces.get(function)
+                if grace is None:
+                    grace = self._graces[function] = Grace(function)
+                self._extend(grace, now)
+
+    def _extend(self, grace: Grace, now: float) -> None:
+        grace.until = now + self.config.offer_grace_seconds
+        self._timers.schedule(grace, grace.until)
+
+    def _grace_over(self, grace: Grace, now: float) -> list[Command]:
+        """Tasks accepted only thanks to the grace that still have no node are refused as
+        they would have been at once (exit 127, attempts 0; not dead letters)."""
+        if grace.function is None:
+            self._restart_grace = None
+        else:
+            del self._graces[grace.function]
+        commands: list[Command] = []
+        for task in grace.held:
+            function = task.spec.function
+            waiting = self._tasks.get(task.spec.task_id) is task and task.state is QUEUED
+            if not waiting or task.attempt or self._pool.offers(function):
+                continue
+            other = self._grace_for(function, now)
+            if other is not None:
+                other.held.append(task)
+                continue
+            self._counters["unknown_function"] += 1
+            why = "after its last node left" if grace.function else "after the broker restarted"
+            text = f"no node offering {function!r} registered within the grace {why}"
+            error = ErrorInfo("UnknownFunction", text)
+            commands += self._answer(task, EXIT_UNKNOWN_FUNCTION, b"null", error, now, bury=False)
+        return commands
+
+    # ================================================================== how tasks move
+
+    def _new_task(
+        self, spec: TaskSpec, seq: int, submitted_at: float, requesters: list[bytes]
+    ) -> Task:
+        config = self.config
+        retries = config.retry.retries if spec.retries is None else spec.retries
+        timeout = config.task_timeout if spec.task_timeout is None else spec.task_timeout
+        return Task(spec, seq, submitted_at, requesters, retries, timeout)
+
+    def _admit(self, task: Task, now: float) -> list[Command]:
+        """Take a new (or replayed, or restored) task: start it or queue it."""
+        self._tasks.add(task)
+        function = task.spec.function
+        if self._accepting and not self._queue.has(function):
+            node = self._pool.pick(function)
+            if node is not None:
+                return [self._start(task, node, now)]
+        self._queue.push(task)
+        deadline = task.spec.queue_timeout
+        if deadline is not None and not task.attempt:
+            self._timers.schedule(task, task.submitted_at + deadline)
+        return []
+
+    def _start(self, task: Task, node: Node, now: float) -> Send:
+        task.attempt += 1
+        self._tasks.move(task, RUNNING)
+        task.holder = node.identity
+        self._pool.assign(node, task.spec.task_id)
+        node.last_sent = now
+        timeout = task.task_timeout
+        if timeout is not None:
+            self._timers.schedule(task, now + timeout + self.config.timeout_grace)
+        elif task.timer:
+            self._timers.cancel(task)
+        spec = task.spec
+        return Send(node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, timeout))
+
+    def _feed(self, node: Node, now: float) -> list[Command]:
+        """Fill `node`'s free slots from the queue (an idle node takes the next task)."""
+        commands: list[Command] = []
+        queue = self._queue
+        while queue and node.free > 0 and not node.draining and self._accepting:
+            task = queue.pop_for(node.functions)
+            if task is None:
+                break
+            commands.append(self._start(task, node, now))
+        return commands
+
+    def _refill(self, node: Node, released: bool, now: float) -> list[Command]:
+        """A RESULT came from `node`: a draining node that runs nothing more is gone; else
+        if it freed a slot, the slot takes the next queued task."""
+        if node.draining and not node.active:
+            self._remove_node(node)
+            return []
+        return self._feed(node, now) if released else []
+
+    def _attempt_failed(self, task: Task, msg: Result, now: float) -> list[Command]:
+        if msg.exit_code in RETRYABLE and task.attempt <= task.retries:
+            return self._retry_later(task, now)
+        return self._answer(task, msg.exit_code, msg.result, msg.error, now)
+
+    def _retry_later(self, task: Task, now: float) -> list[Command]:
+        self._counters["retried"] += 1
+        task.holder = None
+        commands: list[Command] = []
+        if self._journal:
+            commands.append(j.SaveAttempts(task.spec.task_id, task.attempt))
+        delay = self.config.retry.delay(task.attempt, self._rng)
+        if delay <= 0:
+            return self._requeue(task, now) + commands
+        self._tasks.move(task, WAITING_RETRY)
+        self._timers.schedule(task, now + delay)
+        return commands
+
+    def _requeue(self, task: Task, now: float) -> list[Command]:
+        """Run `task` again now if a slot is free, else queue it (it keeps its place)."""
+        node = self._pool.pick(task.spec.function) if self._accepting else None
+        if node is not None:
+            return [self._start(task, node, now)]
+        self._tasks.move(task, QUEUED)
+        if task.timer:
+            self._timers.cancel(task)
+        self._queue.push(task)
+        return []
+
+    def _answer(
+        self,
+        task: Task,
+        exit_code: int,
+        result: bytes,
+        error: ErrorInfo | None,
+        now: float,
+        bury: bool = True,
+    ) -> list[Command]:
+        """Answer a pending task: its TASK_COMPLETED to every requester. Keeping the answer,
+        the store, the counters and the dead-letter queue wait (see `deferred`)."""
+        if task.state is QUEUED:
+            self._queue.discard(task)
+        if task.timer:
+            self._timers.cancel(task)
+        task.holder = None
+        self._tasks.move(task, DONE)
+        reply = TaskCompleted(task.spec.task_id, exit_code, result, error, task.attempt)
+        self._answered.append((task, reply, bury))
+        requesters = task.requesters
+        if len(requesters) == 1:  # the common case, without a comprehension's call
+            return [Send(requesters[0], reply)]
+        return [Send(peer, reply) for peer in requesters]
+
+    def _give_up(self, task: Task, node: Node, now: float, failure: Failure | None) -> list[Command]:
+        """The task failed on its last allowed attempt: answer it (NodeLost by default)."""
+        if failure is None:
+            text = (
+                f"node {node.name} stopped answering while running it, on attempt "
+                f"{task.attempt} of {task.retries + 1}"
+            )
+            failure = (EXIT_NODE_LOST, ErrorInfo("NodeLost", text))
+        return self._answer(task, failure[0], b"null", failure[1], now)
+
+    def _settle(self, now: float) -> list[Command]:
+        """Run the deferred work: keep the answers (for resends), store them, count them,
+        bury the failures, and give the slots that RESULTs freed their next tasks."""
+        commands: list[Command] = []
+        if self._answered:
+            answered, self._answered = self._answered, []
+            for task, reply, bury in answered:
+                self._counters["completed" if reply.exit_code == 0 else "failed"] += 1
+                self._results.add(reply, now)
+                if self._journal:
+                    commands.append(j.SaveAnswer(reply, now))
+                if reply.exit_code != 0 and bury:
+                    commands += self._bury(task, reply, now)
+        if self._freed:
+            freed, self._freed = self._freed, []
+            for node, task_id in freed:
+                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
+                    commands += self._refill(node, self._pool.release(node, task_id), now)
+        return commands
+
+    def _bury(self, task: Task, reply: TaskCompleted, now: float) -> list[Command]:
+        """A task that failed for good goes to the dead-letter queue."""
+        self._counters["dead_lettered"] += 1
+        entry = DeadLetter(task.spec, reply.attempts, reply.exit_code, reply.error, now)
+        self._dead.add(entry)
+        return [j.SaveDeadLetter(entry)] if self._journal else []
+
+    # ================================================================== losing nodes
+
+    def _remove_node(self, node: Node) -> None:
+        self._pool.remove(node.identity)
+        self._timers.cancel(node)
+
+    def _lose_node(
+        self,
+        node: Node,
+        why: str,
+        now: float,
+        failure: Failure | None = None,
+        only: str | None = None,
+    ) -> list[Command]:
+        """Forget a node; each attempt it held is lost: retried or answered. The answer says
+        NodeLost unless `failure` gives the cause (for every task, or with `only` for that
+        task alone)."""
+        if not node.draining:
+            self._pool.drain(node.identity)
+            self._start_graces(node, now)
+        self._remove_node(node)
+        self._counters[f"nodes_{why}"] += 1
+        held = [self._tasks.get(task_id) for task_id in node.active]
+        orphans = sorted(
+            (t for t in held if t is not None and t.holder == node.identity),
+            key=lambda t: (-t.spec.priority, t.seq),
+        )
+        commands: list[Command] = []
+        for task in orphans:
+            lost = LostAttempt(task.attempt, node.identity, node.process)
+            if task.lost is None:
+                task.lost = [lost]
+            else:
+                task.lost.append(lost)
+            reason = failure if only is None or only == task.spec.task_id else None
+            if task.attempt > task.retries:
+                commands += self._give_up(task, node, now, reason)
+            else:
+                self._counters["requeued"] += 1
+                commands += self._retry_later(task, now)
+        return commands
+
+    # ================================================================== checks
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the parts disagree (the deferred work accounted for)."""
+        self._pool.check_invariants()
+        self._queue.check_invariants()
+        self._tasks.check_invariants()
+        self._results.check_invariants()
+        self._timers.check_invariants()
+        queued = {id(task) for task in self._queue}
+        nodes = self._pool.nodes
+        for task in self._tasks:
+            task_id = task.spec.task_id
+            assert (task.state is QUEUED) == (id(task) in queued), f"{task_id}: queued iff QUEUED"
+            assert task_id not in self._results, f"{task_id} is pending and answered"
+            assert len(task.requesters) <= MAX_REQUESTERS
+            if task.state is RUNNING:
+                holder = nodes.get(task.holder or b"")
+                assert holder is not None, f"{task_id} runs on a node that is gone"
+                assert task_id in holder.active, f"{task_id} is not on its node"
+            if task.state is WAITING_RETRY:
+                assert task.timer, f"{task_id} waits for a retry that has no timer"
+        for node in nodes.values():
+            for task_id in node.active:
+                task = self._tasks.get(task_id)
+                assert task is None or task.holder == node.identity, f"{task_id} on two nodes"
+        deferred = {task.spec.task_id for task, _, _ in self._answered}
+        assert not deferred & {t.spec.task_id for t in self._tasks}, "deferred answer pending"
+        for node, task_id in self._freed:
+            assert task_id not in self._tasks, f"freed slot of {task_id} whose task is pending"
+        if self._accepting:
+            for function in self._queue.counts():
+                assert not self._pool.has_free(function), f"{function} waits beside a free slot"
+
+
+def _no_node(function: str) -> str:
+    return (
+        f"no registered node offers function {function!r}; start a node that provides it "
+        f"(znode --functions SET) or check the name with `zbroker status`"
+    )

@@ -1,0 +1,458 @@
+"""Decoding ZTB/1 frames into messages (protocol.md 3): every check a message must pass
+before the broker, a node or a client acts on it.
+
+One path per message: msgspec parses each header or body straight into a typed struct and
+checks every field against `broker.protocol.limits` while it parses, in C. When it refuses
+one, the error is translated into a RemoteProtocolError that names the field and its rule,
+written from the same types, and carries the task id whenever the header has a readable one
+(protocol.md 8.3). Decoders raise nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NoReturn
+
+import msgspec
+import orjson
+
+from broker.protocol.errors import (
+    ERR_MALFORMED,
+    ERR_TOO_LARGE,
+    ERR_UNKNOWN_COMMAND,
+    ERR_UNSUPPORTED_VERSION,
+    RemoteProtocolError,
+)
+from broker.protocol.limits import (
+    MAX_HOST_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_REASON_LENGTH,
+    PRIORITY_DEFAULT,
+    Attempt,
+    Attempts,
+    Capacity,
+    DeadLetterLimit,
+    ExitCode,
+    Functions,
+    HeartbeatIntervalMs,
+    Liveness,
+    Name,
+    Pid,
+    Priority,
+    QueueTimeoutMs,
+    ReplacedPid,
+    Retries,
+    TaskTimeoutMs,
+)
+from broker.protocol.messages import (
+    DEREGISTER,
+    DISCONNECT,
+    DLQ,
+    DLQ_REPLY,
+    DLQ_SHOW,
+    ERROR,
+    EXECUTE,
+    HEARTBEAT,
+    PROTOCOL_NAME,
+    REGISTER,
+    REGISTERED,
+    RESULT,
+    RUN,
+    STATUS,
+    STATUS_REPLY,
+    TAG,
+    TASK_COMPLETED,
+    VERSION,
+    Batch,
+    DeadLetters,
+    DeadLettersReply,
+    Deregister,
+    Disconnect,
+    Error,
+    ErrorInfo,
+    Execute,
+    Heartbeat,
+    Message,
+    Register,
+    Registered,
+    Replaces,
+    Result,
+    Run,
+    Status,
+    StatusReply,
+    TaskCompleted,
+    TaskMessage,
+    TaskSpec,
+)
+
+# ------------------------------------------------------------------ headers and bodies
+
+
+class _ErrorHeader(msgspec.Struct, gc=False):
+    type: str
+    message: str
+
+
+class _ExecuteHeader(msgspec.Struct, gc=False):
+    task_id: Name
+    function: Name
+    priority: Priority = PRIORITY_DEFAULT
+    retries: Retries | None = None
+    queue_timeout_ms: QueueTimeoutMs | None = None
+    timeout_ms: TaskTimeoutMs | None = None
+
+
+class _RunHeader(msgspec.Struct, gc=False):
+    task_id: Name
+    function: Name
+    attempt: Attempt = 1
+    timeout_ms: TaskTimeoutMs | None = None
+
+
+class _ResultHeader(msgspec.Struct, gc=False):
+    task_id: Name
+    exit_code: ExitCode
+    error: _ErrorHeader | None = None
+    attempt: Attempt | None = None
+
+
+class _TaskCompletedHeader(msgspec.Struct, gc=False):
+    task_id: Name
+    exit_code: ExitCode
+    error: _ErrorHeader | None = None
+    attempts: Attempts = 1
+
+
+class _ReplacesBody(msgspec.Struct, gc=False):
+    pid: ReplacedPid
+    reason: str = ""
+
+
+class _RegisterBody(msgspec.Struct, gc=False):
+    name: Name
+    functions: Functions
+    capacity: Capacity
+    host: str = ""
+    pid: Pid = 0
+    replaces: _ReplacesBody | None = None
+
+
+class _RegisteredBody(msgspec.Struct, gc=False):
+    node_id: Name
+    heartbeat_interval_ms: HeartbeatIntervalMs
+    liveness: Liveness
+
+
+class _DisconnectBody(msgspec.Struct, gc=False):
+    reason: Any = ""  # free text; anything else reads as ""
+
+
+class _DeadLettersBody(msgspec.Struct, gc=False):
+    op: Literal["list", "show", "replay", "purge"]
+    task_id: Name | None = None
+    limit: DeadLetterLimit | None = None
+
+
+class _ErrorBody(msgspec.Struct, gc=False):
+    code: str
+    message: str
+    task_id: Any = None  # a non-string reads as null
+
+
+_Object = dict[str, Any]
+
+# What a field must be, for error messages, where the type alone does not say it well.
+_RULES = {
+    "functions": "a non-empty list of names (strings of 1 to 256 characters)",
+    "error": "null or an object {type, message} of two strings",
+    "replaces": "null or an object {pid, reason}: pid an integer from 1 to 2^63-1",
+    "pid": "an integer from 0 to 2^63-1",
+}
+
+
+def _describe(t: msgspec.inspect.Type) -> str:
+    """What a value of type `t` must be, in words."""
+    if isinstance(t, msgspec.inspect.StrType):
+        if t.min_length and t.max_length:
+            return f"a string of {t.min_length} to {t.max_length} characters"
+        return "a string"
+    if isinstance(t, msgspec.inspect.IntType):
+        return f"an integer from {t.ge} to {t.le}"
+    if isinstance(t, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(map(str, t.values))
+    if isinstance(t, msgspec.inspect.UnionType):
+        others = [u for u in t.types if not isinstance(u, msgspec.inspect.NoneType)]
+        if len(others) == 1 and len(others) < len(t.types):
+            return f"{_describe(others[0])}, or null"
+    return "a value of the documented type"
+
+
+def _rules(struct: type[msgspec.Struct]) -> dict[str, str]:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name: _RULES.get(f.name) or _describe(f.type) for f in info.fields}
+
+
+_FIELD_AT = re.compile(r"at `\$\.(\w+)")
+_MISSING = re.compile(r"missing required field `(\w+)`")
+
+
+def _field_of(error: str) -> str | None:
+    """The header field a msgspec ValidationError is about (its top-level key), if any."""
+    found = _FIELD_AT.search(error) or _MISSING.search(error)
+    return None if found is None else found.group(1)
+
+
+class _Reader:
+    """Reads one kind of header or body frame into its struct; turns what msgspec refuses
+    into a RemoteProtocolError that names the field and its rule."""
+
+    def __init__(self, struct: type[Any], what: str, has_task: bool = False) -> None:
+        self.decode: Callable[[bytes], Any] = msgspec.json.Decoder(struct).decode
+        self.what = what  # "header" or "body", as protocol.md names the frame
+        self.has_task = has_task  # a task command: name its task id in errors when readable
+        self.rules = _rules(struct) if isinstance(struct, type) else {}
+
+    def read(self, frames: Sequence[bytes], index: int = 2) -> Any:
+        try:
+            return self.decode(frames[index])
+        except (msgspec.MsgspecError, RecursionError, IndexError) as exc:
+            self.refuse(frames, index, exc)
+
+    def refuse(self, frames: Sequence[bytes], index: int, exc: Exception) -> NoReturn:
+        """Raise the RemoteProtocolError for a frame `self.decode` refused with `exc`."""
+        if isinstance(exc, IndexError):
+            _missing(frames, self.what, None)
+        task_id = _task_id_in(frames[index]) if self.has_task else None
+        if isinstance(exc, RecursionError):
+            text = f"{self.what} frame nests too deeply"
+        elif isinstance(exc, msgspec.ValidationError):
+            field = _field_of(str(exc))
+            if field is None:
+                text = f"{self.what} frame must be a JSON object"
+            else:
+                text = f"{field!r} must be {self.rules.get(field, 'of the documented type')}"
+                if field == "task_id":
+                    task_id = None
+        else:
+            text = f"{self.what} frame is not valid JSON: {exc}"
+        raise RemoteProtocolError(ERR_MALFORMED, text, task_id)
+
+
+def _task_id_in(frame: bytes) -> str | None:
+    """The task id of a header that failed its checks, when it has a valid one."""
+    try:
+        task_id = orjson.loads(frame).get("task_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(task_id, str) and 0 < len(task_id) <= MAX_NAME_LENGTH:
+        return task_id
+    return None
+
+
+def _missing(frames: Sequence[bytes], what: str, task_id: str | None) -> NoReturn:
+    command = frames[1][:32].decode("ascii", "replace")
+    raise RemoteProtocolError(ERR_MALFORMED, f"{command} needs a frame: {what}", task_id)
+
+
+_EXECUTE = _Reader(_ExecuteHeader, "header", has_task=True)
+_RUN = _Reader(_RunHeader, "header", has_task=True)
+_RESULT = _Reader(_ResultHeader, "header", has_task=True)
+_TASK_COMPLETED = _Reader(_TaskCompletedHeader, "header", has_task=True)
+_REGISTER = _Reader(_RegisterBody, "body")
+_REGISTERED = _Reader(_RegisteredBody, "body")
+_DISCONNECT = _Reader(_DisconnectBody, "body")
+_DEAD_LETTERS = _Reader(_DeadLettersBody, "body")
+_ERROR = _Reader(_ErrorBody, "body")
+_OBJECT = _Reader(_Object, "body")
+
+# ------------------------------------------------------------------ the four task commands
+# Each reads its header and its payload frame in one `try`: the common case pays for no
+# other check. What fails is sorted out by `_refuse_task`.
+
+_SLOW = (msgspec.MsgspecError, RecursionError, IndexError)
+
+
+def _refuse_task(reader: _Reader, frames: Sequence[bytes], what: str) -> NoReturn:
+    try:
+        header = reader.decode(frames[2])
+    except _SLOW as exc:
+        reader.refuse(frames, 2, exc)
+    _missing(frames, what, header.task_id)  # the header was fine: the payload frame is not
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def _error_info(error: _ErrorHeader | None) -> ErrorInfo | None:
+    return None if error is None else ErrorInfo(error.type, error.message)
+
+
+def _decode_execute(frames: Sequence[bytes]) -> Execute:
+    try:
+        h, args = _EXECUTE.decode(frames[2]), frames[3]
+    except _SLOW:
+        _refuse_task(_EXECUTE, frames, "arguments")
+    if h.retries is None and h.queue_timeout_ms is None and h.timeout_ms is None:
+        return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
+    queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
+    spec = TaskSpec(h.task_id, h.function, args, h.priority, h.retries, queue_timeout, task_timeout)
+    return Execute(spec)
+
+
+def _decode_run(frames: Sequence[bytes]) -> Run:
+    try:
+        h, args = _RUN.decode(frames[2]), frames[3]
+    except _SLOW:
+        _refuse_task(_RUN, frames, "arguments")
+    return Run(h.task_id, h.function, args, h.attempt, _seconds(h.timeout_ms))
+
+
+def _decode_result(frames: Sequence[bytes]) -> Result:
+    try:
+        h, result = _RESULT.decode(frames[2]), frames[3]
+    except _SLOW:
+        _refuse_task(_RESULT, frames, "result")
+    return Result(h.task_id, h.exit_code, result, _error_info(h.error), h.attempt)
+
+
+def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
+    try:
+        h, result = _TASK_COMPLETED.decode(frames[2]), frames[3]
+    except _SLOW:
+        _refuse_task(_TASK_COMPLETED, frames, "result")
+    return TaskCompleted(h.task_id, h.exit_code, result, _error_info(h.error), h.attempts)
+
+
+def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[..., Message]:
+    """A decoder for a task command: one (header, payload) pair, or a Batch of several."""
+
+    def decode_pairs(frames: Sequence[bytes]) -> Message:
+        if len(frames) < 6:
+            return decode_one(frames)  # one pair; a lone trailing frame is ignored
+        items: list[TaskMessage | RemoteProtocolError] = []
+        for i in range(2, len(frames) - 1, 2):
+            try:
+                items.append(decode_one((frames[0], frames[1], frames[i], frames[i + 1])))
+            except RemoteProtocolError as exc:
+                items.append(exc)
+        return Batch(tuple(items))
+
+    return decode_pairs
+
+
+# ------------------------------------------------------------------ the other commands
+
+
+def _decode_register(frames: Sequence[bytes]) -> Register:
+    b = _REGISTER.read(frames)
+    replaces = None
+    if b.replaces is not None:
+        replaces = Replaces(b.replaces.pid, b.replaces.reason[:MAX_REASON_LENGTH])
+    functions = tuple(dict.fromkeys(b.functions))  # duplicates dropped, first kept
+    return Register(b.name, b.host[:MAX_HOST_LENGTH], b.pid, functions, b.capacity, replaces)
+
+
+def _decode_registered(frames: Sequence[bytes]) -> Registered:
+    b = _REGISTERED.read(frames)
+    return Registered(b.node_id, b.heartbeat_interval_ms / 1000, b.liveness)
+
+
+def _decode_disconnect(frames: Sequence[bytes]) -> Disconnect:
+    reason = _DISCONNECT.read(frames).reason
+    return Disconnect(reason if isinstance(reason, str) else "")
+
+
+def _decode_dead_letters(frames: Sequence[bytes]) -> DeadLetters:
+    b = _DEAD_LETTERS.read(frames)
+    if b.op == DLQ_SHOW and b.task_id is None:
+        raise RemoteProtocolError(ERR_MALFORMED, "DLQ show needs a 'task_id'")
+    return DeadLetters(b.op, b.task_id, b.limit)
+
+
+def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DeadLettersReply:
+    body = _OBJECT.read(frames)
+    if "dead_letter" not in body:
+        return DeadLettersReply(body)  # only `show` carries the arguments frame
+    if len(frames) < 4:
+        _missing(frames, "arguments", None)
+    return DeadLettersReply(body, frames[3])
+
+
+def _decode_error(frames: Sequence[bytes]) -> Error:
+    b = _ERROR.read(frames)
+    return Error(b.code, b.message, b.task_id if isinstance(b.task_id, str) else None)
+
+
+# ------------------------------------------------------------------ the entry point
+
+# The per-task decoders for a message of one task, which `decode` calls without going
+# through `_pairs`: one call less on every task's way.
+_ONE_TASK: dict[bytes, Callable[[Sequence[bytes]], TaskMessage]] = {
+    EXECUTE: _decode_execute,
+    RUN: _decode_run,
+    RESULT: _decode_result,
+    TASK_COMPLETED: _decode_task_completed,
+}
+
+DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
+    REGISTER: _decode_register,
+    REGISTERED: _decode_registered,
+    DEREGISTER: lambda frames: Deregister(),
+    HEARTBEAT: lambda frames: Heartbeat(),
+    DISCONNECT: _decode_disconnect,
+    **{command: _pairs(decode_one) for command, decode_one in _ONE_TASK.items()},
+    STATUS: lambda frames: Status(),
+    STATUS_REPLY: lambda frames: StatusReply(_OBJECT.read(frames)),
+    DLQ: _decode_dead_letters,
+    DLQ_REPLY: _decode_dead_letters_reply,
+    ERROR: _decode_error,
+}
+
+def oversized(frames: Sequence[bytes], size: int, limit: int) -> RemoteProtocolError:
+    """The error for a message of `size` bytes (from the tag on) over `limit`, naming its
+    task when its header can be read (a header is small even when its payload is not)."""
+    task_id = None
+    if len(frames) >= 3 and frames[1] in _ONE_TASK and len(frames[2]) <= 65536:
+        task_id = _task_id_in(frames[2])
+    text = f"message of {size} bytes exceeds the broker's limit of {limit} bytes"
+    return RemoteProtocolError(ERR_TOO_LARGE, text, task_id)
+
+
+# A tag is "ZTB" and a version: a decimal number without leading zeros (protocol.md 2.1).
+_TAG = re.compile(rb"ZTB([1-9][0-9]{0,8})")
+
+
+def decode(frames: Sequence[bytes]) -> Message:
+    """The message in `frames` (starting at the protocol tag). Raises only
+    RemoteProtocolError."""
+    if len(frames) < 2:
+        raise RemoteProtocolError(ERR_MALFORMED, f"expected at least 2 frames, got {len(frames)}")
+    if frames[0] != TAG:
+        _refuse_tag(frames[0])
+    if len(frames) < 6:  # one header and payload at most: no batch (protocol.md 2.4)
+        decode_one = _ONE_TASK.get(frames[1])
+        if decode_one is not None:
+            return decode_one(frames)
+    decoder = DECODERS.get(frames[1])
+    if decoder is None:
+        name = frames[1][:32].decode("ascii", "replace")
+        raise RemoteProtocolError(ERR_UNKNOWN_COMMAND, f"unknown command {name!r}")
+    return decoder(frames)
+
+
+def _refuse_tag(tag: bytes) -> NoReturn:
+    found = _TAG.fullmatch(tag)
+    if found is not None:
+        raise RemoteProtocolError(
+            ERR_UNSUPPORTED_VERSION,
+            f"protocol version {found.group(1).decode()} is not supported; this broker speaks "
+            f"version {VERSION}",
+        )
+    raise RemoteProtocolError(
+        ERR_MALFORMED,
+        f"first frame must be the tag {TAG.decode()!r} ({PROTOCOL_NAME.decode()} and a version "
+        f"number without leading zeros), got {tag[:16]!r}",
+    )

@@ -1,0 +1,254 @@
+"""Encoding messages into ZTB/1 frames (protocol.md 3), from the tag on.
+
+The empty delimiter frame before the tag belongs to the socket layer: a REQ socket adds and
+strips it itself, DEALER peers send it explicitly. Headers are compact JSON with keys in the
+order of protocol.md's field tables; optional keys are written only when set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import groupby
+from typing import Any, TypeVar, cast
+
+import orjson
+
+from broker.protocol.errors import ERR_MALFORMED, LocalProtocolError, ProtocolError
+from broker.protocol.messages import (
+    DEREGISTER,
+    DISCONNECT,
+    DLQ,
+    DLQ_REPLY,
+    ERROR,
+    EXECUTE,
+    HEARTBEAT,
+    REGISTER,
+    REGISTERED,
+    RESULT,
+    RUN,
+    STATUS,
+    STATUS_REPLY,
+    TAG,
+    TASK_COMPLETED,
+    Batch,
+    DeadLetters,
+    DeadLettersReply,
+    Deregister,
+    Disconnect,
+    Error,
+    ErrorInfo,
+    Execute,
+    Heartbeat,
+    Message,
+    Register,
+    Registered,
+    Result,
+    Run,
+    Status,
+    StatusReply,
+    TaskCompleted,
+    TaskMessage,
+    TaskSpec,
+)
+
+_json = orjson.dumps  # compact JSON as bytes, keys in insertion order
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for `msg`, starting at the protocol tag. LocalProtocolError if it is not a
+    message this codec knows."""
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
+        raise LocalProtocolError(ERR_MALFORMED, f"not a protocol message: {msg!r}")
+    return encoder(msg)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _error(error: ErrorInfo | None) -> dict[str, str] | None:
+    return None if error is None else {"type": error.type, "message": error.message}
+
+
+def execute_frames(spec: TaskSpec) -> list[bytes]:
+    """The EXECUTE of one task: `encode(Execute(spec))` without the message in between."""
+    header: dict[str, Any] = {
+        "task_id": spec.task_id,
+        "function": spec.function,
+        "priority": spec.priority,
+    }
+    if spec.retries is not None:
+        header["retries"] = spec.retries
+    if spec.queue_timeout is not None:
+        header["queue_timeout_ms"] = _ms(spec.queue_timeout)
+    if spec.task_timeout is not None:
+        header["timeout_ms"] = _ms(spec.task_timeout)
+    return [TAG, EXECUTE, _json(header), spec.args]
+
+
+def run_frames(run: Run) -> list[bytes]:
+    header: dict[str, Any] = {
+        "task_id": run.task_id,
+        "function": run.function,
+        "attempt": run.attempt,
+    }
+    if run.task_timeout is not None:
+        header["timeout_ms"] = _ms(run.task_timeout)
+    return [TAG, RUN, _json(header), run.args]
+
+
+def result_frames(
+    task_id: str,
+    exit_code: int,
+    result: bytes,
+    error: ErrorInfo | None = None,
+    attempt: int | None = None,
+) -> list[bytes]:
+    """The RESULT of one task: `encode(Result(...))` without the message in between."""
+    header: dict[str, Any] = {"task_id": task_id, "exit_code": exit_code, "error": _error(error)}
+    if attempt is not None:
+        header["attempt"] = attempt
+    return [TAG, RESULT, _json(header), result]
+
+
+def _encode_register(m: Register) -> list[bytes]:
+    body: dict[str, Any] = {
+        "name": m.name,
+        "host": m.host,
+        "pid": m.pid,
+        "functions": list(m.functions),
+        "capacity": m.capacity,
+    }
+    if m.replaces is not None:
+        body["replaces"] = {"pid": m.replaces.pid, "reason": m.replaces.reason}
+    return [TAG, REGISTER, _json(body)]
+
+
+def _encode_registered(m: Registered) -> list[bytes]:
+    body = {
+        "node_id": m.node_id,
+        "heartbeat_interval_ms": _ms(m.heartbeat_interval),
+        "liveness": m.liveness,
+    }
+    return [TAG, REGISTERED, _json(body)]
+
+
+def _encode_result(m: Result) -> list[bytes]:
+    return result_frames(m.task_id, m.exit_code, m.result, m.error, m.attempt)
+
+
+def _encode_task_completed(m: TaskCompleted) -> list[bytes]:
+    header = {
+        "task_id": m.task_id,
+        "exit_code": m.exit_code,
+        "error": _error(m.error),
+        "attempts": m.attempts,
+    }
+    return [TAG, TASK_COMPLETED, _json(header), m.result]
+
+
+def _encode_dead_letters(m: DeadLetters) -> list[bytes]:
+    body: dict[str, Any] = {"op": m.op}
+    if m.task_id is not None:
+        body["task_id"] = m.task_id
+    if m.limit is not None:
+        body["limit"] = m.limit
+    return [TAG, DLQ, _json(body)]
+
+
+def _encode_dead_letters_reply(m: DeadLettersReply) -> list[bytes]:
+    frames = [TAG, DLQ_REPLY, _json(m.body)]
+    return frames if m.args is None else [*frames, m.args]
+
+
+def _encode_error(m: Error) -> list[bytes]:
+    return [TAG, ERROR, _json({"code": m.code, "message": m.message, "task_id": m.task_id})]
+
+
+# ------------------------------------------------------------------------------- batches
+
+BATCH_MAX_TASKS = 256  # tasks per message the reference peers put in one batch (2.4)
+BATCH_MAX_BYTES = 1024 * 1024  # payload bytes per batch; a larger single task travels alone
+
+T = TypeVar("T")
+
+
+def batches(
+    items: Iterable[T],
+    payload_size: Callable[[T], int],
+    max_items: int = BATCH_MAX_TASKS,
+    max_bytes: int = BATCH_MAX_BYTES,
+) -> Iterator[list[T]]:
+    """Consecutive `items` grouped into batches within the task and payload-byte caps."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        n = payload_size(item)
+        if batch and (len(batch) >= max_items or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch
+
+
+def encode_batch(messages: Sequence[TaskMessage]) -> list[bytes]:
+    """One message carrying several tasks of one command: [tag, command, h1, p1, h2, p2...]."""
+    frames = encode(messages[0])
+    kind = type(messages[0])
+    for message in messages[1:]:
+        if type(message) is not kind:
+            raise LocalProtocolError(
+                ERR_MALFORMED, f"a batch holds one command; got {kind.__name__} and {message!r}"
+            )
+        frames += encode(message)[2:4]
+    return frames
+
+
+_BATCHED = (Run, TaskCompleted)  # what the broker groups when one peer gets several
+
+
+def encode_many(messages: list[Message]) -> Iterator[list[bytes]]:
+    """Frames for `messages` to one peer, in order: consecutive RUNs or TASK_COMPLETEDs go
+    as batches (2.4), every other message alone."""
+    for kind, group in groupby(messages, key=type):
+        if kind in _BATCHED:
+            tasks = cast(Iterator[TaskMessage], group)
+            for batch in batches(tasks, _payload_size):
+                yield encode_batch(batch)
+        else:
+            yield from map(encode, group)
+
+
+def _payload_size(task: TaskMessage) -> int:
+    return len(task.args) if type(task) is Run else len(cast(TaskCompleted, task).result)
+
+
+def _encode_batch(batch: Batch) -> list[bytes]:
+    items = [item for item in batch.items if not isinstance(item, ProtocolError)]
+    if len(items) != len(batch.items) or not items:
+        raise LocalProtocolError(
+            ERR_MALFORMED, "only a non-empty Batch of messages (no errors) can be encoded"
+        )
+    return encode_batch(items)
+
+
+_ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
+    Register: _encode_register,
+    Registered: _encode_registered,
+    Deregister: lambda m: [TAG, DEREGISTER],
+    Heartbeat: lambda m: [TAG, HEARTBEAT],
+    Disconnect: lambda m: [TAG, DISCONNECT, _json({"reason": m.reason})],
+    Execute: lambda m: execute_frames(m.spec),
+    Run: run_frames,
+    Result: _encode_result,
+    TaskCompleted: _encode_task_completed,
+    Status: lambda m: [TAG, STATUS],
+    StatusReply: lambda m: [TAG, STATUS_REPLY, _json(m.body)],
+    DeadLetters: _encode_dead_letters,
+    DeadLettersReply: _encode_dead_letters_reply,
+    Error: _encode_error,
+    Batch: _encode_batch,
+}

@@ -1,0 +1,53 @@
+"""The limits and defaults of ZTB/1 (protocol.md 9), stated once.
+
+The decoders check every header field against the annotated types below (msgspec checks them
+in C while it parses), the error messages are written from the same types, and the clients
+check their options against the same numbers before they send anything.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+DEFAULT_BROKER_URL = "tcp://127.0.0.1:5000"
+DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds
+DEFAULT_LIVENESS = 3  # missed intervals before a peer is declared dead
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # bytes, all frames of one message
+
+MAX_NAME_LENGTH = 256  # task ids, function names, node names, node ids
+MAX_HOST_LENGTH = 256  # a longer REGISTER `host` is cut to this
+MAX_REASON_LENGTH = 1024  # a longer REGISTER `replaces.reason` is cut to this
+PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
+MAX_RETRIES = 100  # extra attempts a task may ask for
+MAX_QUEUE_TIMEOUT_MS = 86_400_000  # one day
+MAX_TASK_TIMEOUT_MS = 7 * 86_400_000  # seven days
+MAX_CAPACITY = 1_000_000
+MAX_ATTEMPT = 1_000_000
+MAX_PID = 2**63 - 1
+MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
+MAX_LIVENESS = 1000
+MAX_DLQ_LIMIT = 1_000_000
+MAX_EXIT_CODE = 255
+
+# Header fields as the decoders check them.
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+Priority = Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+Retries = Annotated[int, Meta(ge=0, le=MAX_RETRIES)]
+QueueTimeoutMs = Annotated[int, Meta(ge=1, le=MAX_QUEUE_TIMEOUT_MS)]
+TaskTimeoutMs = Annotated[int, Meta(ge=1, le=MAX_TASK_TIMEOUT_MS)]
+ExitCode = Annotated[int, Meta(ge=0, le=MAX_EXIT_CODE)]
+Attempt = Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
+Attempts = Annotated[int, Meta(ge=0, le=MAX_ATTEMPT)]
+Capacity = Annotated[int, Meta(ge=1, le=MAX_CAPACITY)]
+Pid = Annotated[int, Meta(ge=0, le=MAX_PID)]
+ReplacedPid = Annotated[int, Meta(ge=1, le=MAX_PID)]
+HeartbeatIntervalMs = Annotated[int, Meta(ge=1, le=MAX_HEARTBEAT_INTERVAL_MS)]
+Liveness = Annotated[int, Meta(ge=1, le=MAX_LIVENESS)]
+DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
+Functions = Annotated[list[Name], Meta(min_length=1)]
+
+# The same limits in seconds, as a TaskSpec holds them.
+QueueTimeout = Annotated[float, Meta(ge=0.001, le=MAX_QUEUE_TIMEOUT_MS / 1000)]
+TaskTimeout = Annotated[float, Meta(ge=0.001, le=MAX_TASK_TIMEOUT_MS / 1000)]

@@ -1,0 +1,218 @@
+"""The ZTB/1 vocabulary: the tag, command names, exit codes, and one type per message.
+
+Every message is a frozen msgspec Struct: its constructor runs in C (several are built per
+task), an assignment to a field fails (at run time, and in mypy), and values compare by
+content. Durations are seconds here and integer milliseconds on the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from msgspec import Struct
+
+from broker.protocol.errors import ProtocolError
+from broker.protocol.limits import (
+    PRIORITY_DEFAULT,
+    Name,
+    Priority,
+    QueueTimeout,
+    Retries,
+    TaskTimeout,
+)
+
+PROTOCOL_NAME = b"ZTB"
+VERSION = 1
+TAG = PROTOCOL_NAME + str(VERSION).encode()
+
+# Exit codes carried by RESULT and TASK_COMPLETED (protocol.md 8.2).
+EXIT_OK = 0
+EXIT_FUNCTION_ERROR = 1
+EXIT_BAD_ARGUMENTS = 2
+EXIT_BAD_RESULT = 3
+EXIT_BAD_REQUEST = 64
+EXIT_NODE_LOST = 69
+EXIT_WORKER_CRASHED = 70
+EXIT_TIMEOUT = 124
+EXIT_EXPIRED = 125
+EXIT_UNKNOWN_FUNCTION = 127
+
+# Command frames.
+REGISTER = b"REGISTER"
+REGISTERED = b"REGISTERED"
+DEREGISTER = b"DEREGISTER"
+HEARTBEAT = b"HEARTBEAT"
+DISCONNECT = b"DISCONNECT"
+EXECUTE = b"EXECUTE"
+RUN = b"RUN"
+RESULT = b"RESULT"
+TASK_COMPLETED = b"TASK_COMPLETED"
+STATUS = b"STATUS"
+STATUS_REPLY = b"STATUS_REPLY"
+DLQ = b"DLQ"
+DLQ_REPLY = b"DLQ_REPLY"
+ERROR = b"ERROR"
+
+# DLQ operations.
+DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE = "list", "show", "replay", "purge"
+DLQ_OPS = (DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE)
+
+
+class ErrorInfo(Struct, frozen=True, gc=False):
+    """Why a task failed: `{"type", "message"}` on the wire."""
+
+    type: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class TaskSpec(Struct, frozen=True, gc=False):
+    """One task as its submitter described it: what an EXECUTE carries for each task.
+
+    The broker keeps it whole, never copied field by field: in its task table and queue,
+    in the store, in the dead-letter queue and for a replay. A new task option is a field
+    here, a key in the EXECUTE header (broker.protocol.encoding and .decoding), a client
+    option and a line in protocol.md. `args` is the JSON array of arguments, which the
+    broker never decodes. None means "the broker's default" for `retries` and
+    `task_timeout`, and "no limit" for `queue_timeout`. The field types carry the limits of
+    `broker.protocol.limits`: a decoder of specs (the store's) checks them, the constructor
+    does not."""
+
+    task_id: Name
+    function: Name
+    args: bytes
+    priority: Priority = PRIORITY_DEFAULT
+    retries: Retries | None = None  # extra attempts after failed ones
+    queue_timeout: QueueTimeout | None = None  # seconds it may wait for its first start
+    task_timeout: TaskTimeout | None = None  # seconds one attempt may run
+
+
+class Replaces(Struct, frozen=True, gc=False):
+    """The earlier process of a node that a restarted process stands in for."""
+
+    pid: int
+    reason: str  # how it ended, for the error its tasks get
+
+
+class Register(Struct, frozen=True, gc=False):
+    name: str
+    host: str
+    pid: int
+    functions: tuple[str, ...]
+    capacity: int
+    replaces: Replaces | None = None
+
+
+class Registered(Struct, frozen=True, gc=False):
+    node_id: str
+    heartbeat_interval: float  # seconds
+    liveness: int
+
+
+class Deregister(Struct, frozen=True, gc=False):
+    pass
+
+
+class Heartbeat(Struct, frozen=True, gc=False):
+    pass
+
+
+class Disconnect(Struct, frozen=True, gc=False):
+    reason: str
+
+
+class Execute(Struct, frozen=True, gc=False):
+    """Submit the task `spec` (protocol.md 3.6)."""
+
+    spec: TaskSpec
+
+
+class Run(Struct, frozen=True, gc=False):
+    """Run attempt `attempt` of a task in one free slot (protocol.md 3.7)."""
+
+    task_id: str
+    function: str
+    args: bytes
+    attempt: int = 1
+    task_timeout: float | None = None  # seconds this attempt may run
+
+
+class Result(Struct, frozen=True, gc=False):
+    """The outcome of one RUN (protocol.md 3.8). `attempt` echoes the RUN's; None from nodes
+    that do not send it."""
+
+    task_id: str
+    exit_code: int
+    result: bytes = b"null"  # the JSON result, never decoded by the broker
+    error: ErrorInfo | None = None
+    attempt: int | None = None
+
+
+class TaskCompleted(Struct, frozen=True, gc=False):
+    """The one answer to a task (protocol.md 3.9)."""
+
+    task_id: str
+    exit_code: int
+    result: bytes = b"null"
+    error: ErrorInfo | None = None
+    attempts: int = 1
+
+
+TaskMessage: TypeAlias = Execute | Run | Result | TaskCompleted
+
+
+class Batch(Struct, frozen=True):
+    """Several tasks in one EXECUTE, RUN, RESULT or TASK_COMPLETED message (protocol.md 2.4).
+
+    Each pair of frames is decoded on its own: a pair that does not decode is a
+    ProtocolError in `items`, and the others still count."""
+
+    items: tuple[TaskMessage | ProtocolError, ...]
+
+
+class Status(Struct, frozen=True, gc=False):
+    pass
+
+
+class StatusReply(Struct, frozen=True):
+    body: dict[str, Any]
+
+
+class DeadLetters(Struct, frozen=True, gc=False):
+    """A request about the dead-letter queue: list, show, replay or purge."""
+
+    op: str
+    task_id: str | None = None  # show: required; replay/purge: one task, None for all
+    limit: int | None = None  # list: at most this many, newest first
+
+
+class DeadLettersReply(Struct, frozen=True):
+    body: dict[str, Any]
+    args: bytes | None = None  # show: the task's arguments, as they were submitted
+
+
+class Error(Struct, frozen=True, gc=False):
+    code: str
+    message: str
+    task_id: str | None = None
+
+
+Message: TypeAlias = (
+    Register
+    | Registered
+    | Deregister
+    | Heartbeat
+    | Disconnect
+    | Execute
+    | Run
+    | Result
+    | TaskCompleted
+    | Status
+    | StatusReply
+    | DeadLetters
+    | DeadLettersReply
+    | Error
+    | Batch
+)
