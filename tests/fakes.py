@@ -182,7 +182,9 @@ class FakeBroker:
 
         got = self.take(Register, timeout, named)
         assert isinstance(got.message, Register)
-        self.send(got.identity, Registered(node_id or f"node-{got.identity.hex()}", INTERVAL, LIVENESS))
+        self.send(
+            got.identity, Registered(node_id or f"node-{got.identity.hex()}", INTERVAL, LIVENESS)
+        )
         self.keepalive.add(got.identity)
         return got.identity, got.message
 

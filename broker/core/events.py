@@ -40,6 +40,18 @@ class PeerGone(Struct, frozen=True, gc=False):
     peer: bytes
 
 
+class SendDropped(Struct, frozen=True, gc=False):
+    """A message to `peer` was dropped: the peer reads nothing and its queue is full."""
+
+    peer: bytes
+
+
+class HandlerFailed(Struct, frozen=True, gc=False):
+    """Handling an event (named by `what`) raised: a bug, logged by the shell, counted here."""
+
+    what: str
+
+
 class Sent(Struct, frozen=True, gc=False):
     """The commands of the last event have been carried out. The bookkeeping that waited so
     that answers could leave first (see `Scheduler.deferred`) may run now."""
@@ -64,7 +76,17 @@ class Stopped(Struct, frozen=True, gc=False):
     """The broker is about to close its socket: the nodes must be told."""
 
 
-Event: TypeAlias = Received | Undecodable | PeerGone | Sent | Restored | StopRequested | Stopped
+Event: TypeAlias = (
+    Received
+    | Undecodable
+    | PeerGone
+    | SendDropped
+    | HandlerFailed
+    | Sent
+    | Restored
+    | StopRequested
+    | Stopped
+)
 
 # ------------------------------------------------------------------------------ commands
 

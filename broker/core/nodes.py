@@ -25,19 +25,19 @@ class Node:
     """A registered node (one DEALER connection of one node process)."""
 
     __slots__ = (
-        "identity",
-        "name",
-        "host",
-        "pid",
-        "functions",
-        "capacity",
-        "last_seen",
-        "last_sent",
         "active",
+        "capacity",
         "completed",
         "draining",
-        "version",
+        "functions",
+        "host",
+        "identity",
+        "last_seen",
+        "last_sent",
+        "name",
+        "pid",
         "timer",
+        "version",
     )
 
     def __init__(self, identity: bytes, register: Register, now: float) -> None:

@@ -54,10 +54,13 @@ class ResultCache:
         _, (_, added) = next(iter(self._entries.items()))
         return added + self.config.ttl
 
-    def expire(self, now: float) -> None:
-        """Forget answers older than the TTL (entries are in the order they were added)."""
+    def expire(self, now: float, limit: int) -> None:
+        """Forget answers older than the TTL, at most `limit` of them (entries are in the
+        order they were added)."""
         cutoff = now - self.config.ttl
-        while self._entries:
+        for _ in range(limit):
+            if not self._entries:
+                return
             _, (_, added) = next(iter(self._entries.items()))
             if added > cutoff:
                 return

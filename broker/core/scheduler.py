@@ -31,16 +31,20 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from msgspec import Struct
+
 from broker.core import journal as j
 from broker.core.config import RETRYABLE, SchedulerConfig
 from broker.core.deadletters import DeadLetter, DeadLetters
 from broker.core.events import (
     Command,
     Event,
+    HandlerFailed,
     PeerGone,
     Received,
     Restored,
     Send,
+    SendDropped,
     Sent,
     Stopped,
     StopRequested,
@@ -100,8 +104,25 @@ from broker.protocol import (
 log = logging.getLogger("broker.core")
 
 MAX_REQUESTERS = 8  # requesters remembered per pending task (Lazy Pirate resends add one each)
+# Timers (and kept answers, and tasks held by an ending grace) handled per `tick`: a burst
+# of them (50,000 queue deadlines at once) is spread over ticks, between which the shell
+# handles the messages waiting, so that no one waits long behind it.
+TICK_BUDGET = 512
 NOT_REGISTERED = Disconnect("not registered: send REGISTER")
 Failure = tuple[int, ErrorInfo]  # exit code and error of a failed attempt
+# Events that arise while the shell carries out the last event's commands: the deferred
+# work waits for `Sent` (a node found gone must not be given the slot it freed).
+_WHILE_CARRYING_OUT = frozenset({PeerGone, SendDropped, HandlerFailed})
+
+
+class TaskView(Struct, frozen=True, gc=False):
+    """What the scheduler shows of a pending task (a copy: changing it changes nothing)."""
+
+    spec: TaskSpec
+    state: TaskState
+    attempt: int
+    holder: bytes | None
+    requesters: int
 
 
 class Grace:
@@ -111,7 +132,7 @@ class Grace:
     accepted only thanks to it are `held`: refused with exit 127 when it ends unless a node
     offering their function came meanwhile."""
 
-    __slots__ = ("function", "until", "held", "timer")
+    __slots__ = ("function", "held", "timer", "until")
 
     def __init__(self, function: str | None) -> None:
         self.function = function
@@ -152,6 +173,8 @@ class Scheduler:
             Sent: lambda event, now: [],
             Undecodable: self._on_undecodable,
             PeerGone: self._on_peer_gone,
+            SendDropped: self._on_send_dropped,
+            HandlerFailed: self._on_handler_failed,
             Restored: self._on_restored,
             StopRequested: self._on_stop_requested,
             Stopped: self._on_stopped,
@@ -173,15 +196,19 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Everything `event` causes, as commands to carry out in order."""
-        if self._answered or self._freed:
+        if (self._answered or self._freed) and type(event) not in _WHILE_CARRYING_OUT:
             return self._settle(now) + self._events[type(event)](event, now)
         return self._events[type(event)](event, now)
 
     def tick(self, now: float) -> list[Command]:
-        """What is due by `now`: timers of tasks, nodes and graces, expired answers. Call it
-        at `next_deadline()`; it leaves no deferred work."""
+        """What is due by `now`: timers of tasks, nodes and graces, expired answers, at most
+        TICK_BUDGET of each (`next_deadline()` stays due while more are). Call it at
+        `next_deadline()`; it leaves no deferred work."""
         commands = self._settle(now)
-        for subject in self._timers.pop_due(now):
+        for _ in range(TICK_BUDGET):
+            subject = self._timers.pop_due(now)
+            if subject is None:
+                break
             if type(subject) is Task:
                 commands += self._task_due(subject, now)
             elif type(subject) is Node:
@@ -190,8 +217,10 @@ class Scheduler:
                 assert type(subject) is Grace
                 commands += self._grace_over(subject, now)
         if now >= self._results_checked + 1.0:
-            self._results.expire(now)
-            self._results_checked = now
+            self._results.expire(now, TICK_BUDGET)
+            expiry = self._results.next_expiry()
+            if expiry is None or expiry > now:  # else more are due: go on at the next tick
+                self._results_checked = now
         return commands + self._settle(now)
 
     def next_deadline(self) -> float:
@@ -225,10 +254,12 @@ class Scheduler:
         """Attempts running on nodes."""
         return self._tasks.count(RUNNING)
 
-    def state_of(self, task_id: str) -> TaskState | None:
-        """A pending task's state; None when it is not pending."""
+    def task_view(self, task_id: str) -> TaskView | None:
+        """A pending task as it stands now; None when it is not pending."""
         task = self._tasks.get(task_id)
-        return None if task is None else task.state
+        if task is None:
+            return None
+        return TaskView(task.spec, task.state, task.attempt, task.holder, len(task.requesters))
 
     def kept_answer(self, task_id: str) -> TaskCompleted | None:
         return self._results.get(task_id)
@@ -288,7 +319,9 @@ class Scheduler:
         commands = self._refuse(event.peer, error)
         if error.code == ERR_TOO_LARGE and error.task_id and event.command == RESULT:
             # The node's work is lost, but its requesters still get their one answer.
-            failed = Result(error.task_id, EXIT_BAD_RESULT, b"null", ErrorInfo("BadResult", error.message))
+            failed = Result(
+                error.task_id, EXIT_BAD_RESULT, b"null", ErrorInfo("BadResult", error.message)
+            )
             commands += self._on_received(Received(event.peer, failed), now)
         return commands
 
@@ -296,13 +329,30 @@ class Scheduler:
         self._counters[f"refused_{error.code}"] += 1
         count = self._counters[f"refused_{error.code}"]
         if sampled(count):
-            log.warning("refused a message from %s: %s (%d so far)", peer.hex(), error.message, count)
+            log.warning(
+                "refused a message from %s: %s (%d so far)", peer.hex(), error.message, count
+            )
         return [Send(peer, Error(error.code, error.message, error.task_id))]
 
     def _on_peer_gone(self, event: PeerGone, now: float) -> list[Command]:
         self._counters["unreachable"] += 1
         node = self._pool.nodes.get(event.peer)
         return [] if node is None else self._lose_node(node, "unreachable", now)
+
+    def _on_send_dropped(self, event: SendDropped, now: float) -> list[Command]:
+        self._counters["send_blocked"] += 1
+        count = self._counters["send_blocked"]
+        if sampled(count):
+            log.warning(
+                "dropped a message to %s: it reads nothing and its queue is full (%d so far)",
+                event.peer.hex(),
+                count,
+            )
+        return []
+
+    def _on_handler_failed(self, event: HandlerFailed, now: float) -> list[Command]:
+        self._counters["internal_errors"] += 1
+        return []
 
     def _on_restored(self, event: Restored, now: float) -> list[Command]:
         """Take back what a durable store kept: pending tasks queue again (nobody waits for
@@ -337,7 +387,9 @@ class Scheduler:
 
     # ================================================================== clients
 
-    def _on_execute(self, peer: bytes, node: Node | None, msg: Execute, now: float) -> list[Command]:
+    def _on_execute(
+        self, peer: bytes, node: Node | None, msg: Execute, now: float
+    ) -> list[Command]:
         spec = msg.spec
         if not self._accepting:
             # No answer: the client's resend (same task id) reaches the next broker.
@@ -388,13 +440,17 @@ class Scheduler:
     ) -> list[Command]:
         default_retries = self.config.retry.retries
         if msg.op == DLQ_LIST:
-            views = [e.view(self._wall_offset, default_retries) for e in self._dead.newest(msg.limit)]
+            views = [
+                e.view(self._wall_offset, default_retries) for e in self._dead.newest(msg.limit)
+            ]
             reply: Message = DeadLettersReply({"dead_letters": views, "total": len(self._dead)})
             return [Send(peer, reply)]
         if msg.op == DLQ_SHOW:
             entry = self._dead.get(msg.task_id or "")
             if entry is None:
-                text = f"task {msg.task_id!r} is not in the dead-letter queue (see `zbroker dlq list`)"
+                text = (
+                    f"task {msg.task_id!r} is not in the dead-letter queue (see `zbroker dlq list`)"
+                )
                 return [Send(peer, Error(ERR_NOT_FOUND, text, msg.task_id))]
             view = entry.view(self._wall_offset, default_retries)
             return [Send(peer, DeadLettersReply({"dead_letter": view}, entry.spec.args))]
@@ -454,7 +510,9 @@ class Scheduler:
             len(node.functions),
         )
         config = self.config
-        commands.append(Send(peer, Registered(node.node_id, config.heartbeat_interval, config.liveness)))
+        commands.append(
+            Send(peer, Registered(node.node_id, config.heartbeat_interval, config.liveness))
+        )
         return commands + self._feed(node, now)
 
     def _replace(self, msg: Register, now: float) -> list[Command]:
@@ -508,7 +566,7 @@ class Scheduler:
                 return commands + self._refill(holder, released, now)
         if task is not None and self._lost_attempt(task, peer, node, msg.attempt):
             return self._late_result(task, peer, node, msg, now)
-        if node is not None and msg.task_id in node.active:
+        if task is None and node is not None and msg.task_id in node.active:
             # It ran the task, which was answered meanwhile (a late attempt's success).
             self._counters["results_dropped"] += 1
             return self._refill(node, self._pool.release(node, msg.task_id), now)
@@ -532,10 +590,16 @@ class Scheduler:
     def _lost_attempt(
         self, task: Task, peer: bytes, node: Node | None, attempt: int | None
     ) -> bool:
+        """Whether the sender held an attempt of `task` given up earlier; that attempt is
+        then done with: it answers once."""
+        if task.lost is None:
+            return False
         process = None if node is None else node.process
-        return task.lost is not None and any(
-            lost.matches(attempt, peer, process) for lost in task.lost
-        )
+        for index, lost in enumerate(task.lost):
+            if lost.matches(attempt, peer, process):
+                del task.lost[index]
+                return True
+        return False
 
     def _late_result(
         self, task: Task, peer: bytes, node: Node | None, msg: Result, now: float
@@ -583,7 +647,9 @@ class Scheduler:
         config = self.config
         silent = now - node.last_seen
         if silent >= config.expiry:
-            log.warning("node %s (%s) silent for %.2fs: declared dead", node.name, node.node_id, silent)
+            log.warning(
+                "node %s (%s) silent for %.2fs: declared dead", node.name, node.node_id, silent
+            )
             return self._lose_node(node, "expired", now)
         commands: list[Command] = []
         if now - node.last_sent >= config.heartbeat_interval:
@@ -623,7 +689,9 @@ class Scheduler:
             f"not stop it (attempt {task.attempt})"
         )
         failure = (EXIT_TIMEOUT, ErrorInfo("Timeout", text))
-        commands: list[Command] = [Send(node.identity, Disconnect("did not stop a task past its timeout"))]
+        commands: list[Command] = [
+            Send(node.identity, Disconnect("did not stop a task past its timeout"))
+        ]
         return commands + self._lose_node(node, "overdue", now, failure, task.spec.task_id)
 
     # ================================================================== graces
@@ -650,13 +718,18 @@ class Scheduler:
 
     def _grace_over(self, grace: Grace, now: float) -> list[Command]:
         """Tasks accepted only thanks to the grace that still have no node are refused as
-        they would have been at once (exit 127, attempts 0; not dead letters)."""
+        they would have been at once (exit 127, attempts 0; not dead letters), TICK_BUDGET
+        at a time: the grace's timer comes back at once for the rest."""
         if grace.function is None:
-            self._restart_grace = None
-        else:
+            if self._restart_grace is grace:
+                self._restart_grace = None
+        elif self._graces.get(grace.function) is grace:
             del self._graces[grace.function]
+        held, grace.held = grace.held[:TICK_BUDGET], grace.held[TICK_BUDGET:]
+        if grace.held:
+            self._timers.schedule(grace, now)
         commands: list[Command] = []
-        for task in grace.held:
+        for task in held:
             function = task.spec.function
             waiting = self._tasks.get(task.spec.task_id) is task and task.state is QUEUED
             if not waiting or task.attempt or self._pool.offers(function):
@@ -708,7 +781,9 @@ class Scheduler:
         elif task.timer:
             self._timers.cancel(task)
         spec = task.spec
-        return Send(node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, timeout))
+        return Send(
+            node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, timeout)
+        )
 
     def _feed(self, node: Node, now: float) -> list[Command]:
         """Fill `node`'s free slots from the queue (an idle node takes the next task)."""
@@ -782,7 +857,9 @@ class Scheduler:
             return [Send(requesters[0], reply)]
         return [Send(peer, reply) for peer in requesters]
 
-    def _give_up(self, task: Task, node: Node, now: float, failure: Failure | None) -> list[Command]:
+    def _give_up(
+        self, task: Task, node: Node, now: float, failure: Failure | None
+    ) -> list[Command]:
         """The task failed on its last allowed attempt: answer it (NodeLost by default)."""
         if failure is None:
             text = (
@@ -885,12 +962,14 @@ class Scheduler:
                 assert task.timer, f"{task_id} waits for a retry that has no timer"
         for node in nodes.values():
             for task_id in node.active:
-                task = self._tasks.get(task_id)
-                assert task is None or task.holder == node.identity, f"{task_id} on two nodes"
+                held = self._tasks.get(task_id)
+                assert held is None or held.holder == node.identity, f"{task_id} on two nodes"
         deferred = {task.spec.task_id for task, _, _ in self._answered}
         assert not deferred & {t.spec.task_id for t in self._tasks}, "deferred answer pending"
         for node, task_id in self._freed:
             assert task_id not in self._tasks, f"freed slot of {task_id} whose task is pending"
+            lost = nodes.get(node.identity) is not node
+            assert lost or task_id in node.active, f"freed slot of {task_id} already free"
         if self._accepting:
             for function in self._queue.counts():
                 assert not self._pool.has_free(function), f"{function} waits beside a free slot"

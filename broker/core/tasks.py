@@ -73,18 +73,18 @@ class Task:
     """An accepted task that has not been answered yet (mutable; owned by the table)."""
 
     __slots__ = (
-        "spec",
-        "seq",
-        "submitted_at",
-        "retries",
-        "task_timeout",
-        "state",
         "attempt",
         "holder",
-        "requesters",
-        "timer",
-        "queue_stamp",
         "lost",
+        "queue_stamp",
+        "requesters",
+        "retries",
+        "seq",
+        "spec",
+        "state",
+        "submitted_at",
+        "task_timeout",
+        "timer",
     )
 
     def __init__(

@@ -54,15 +54,15 @@ class Timers(Generic[S]):
             self._dead -= 1
         return heap[0][0] if heap else None
 
-    def pop_due(self, now: float) -> list[S]:
-        """The subjects whose timers are due, earliest first; their timers are gone."""
-        due = []
-        heap = self._heap
-        while (when := self.next_due()) is not None and when <= now:
-            subject = heapq.heappop(heap)[2]
-            subject.timer = 0
-            due.append(subject)
-        return due
+    def pop_due(self, now: float) -> S | None:
+        """The subject of the earliest timer if it is due by `now` (its timer is gone then),
+        else None. One at a time: handling one may cancel or replace the next ones."""
+        when = self.next_due()
+        if when is None or when > now:
+            return None
+        subject = heapq.heappop(self._heap)[2]
+        subject.timer = 0
+        return subject
 
     def __len__(self) -> int:
         """Live timers."""

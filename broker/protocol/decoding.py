@@ -411,6 +411,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     ERROR: _decode_error,
 }
 
+
 def oversized(frames: Sequence[bytes], size: int, limit: int) -> RemoteProtocolError:
     """The error for a message of `size` bytes (from the tag on) over `limit`, naming its
     task when its header can be read (a header is small even when its payload is not)."""

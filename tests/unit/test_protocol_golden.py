@@ -1,5 +1,5 @@
 """Golden frames: the exact bytes of every ZTB/1 message, and protocol.md's examples checked
-against the codec so that the document and `broker/protocol.py` cannot drift apart."""
+against the codec so that the document and `broker/protocol/` cannot drift apart."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker import protocol as p
-from broker.decoding import DECODERS
+from broker.protocol import DECODERS
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "protocol.md"
 
@@ -35,17 +35,17 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Heartbeat(), [T, b"HEARTBEAT"]),
     (p.Disconnect("broker shutting down"),
      [T, b"DISCONNECT", b'{"reason":"broker shutting down"}']),
-    (p.Execute("1234", "multiply", b"[5,10]", 5),
+    (p.Execute(p.TaskSpec("1234", "multiply", b"[5,10]", 5)),
      [T, b"EXECUTE", b'{"task_id":"1234","function":"multiply","priority":5}', b"[5,10]"]),
-    (p.Execute("t-\u00e9", "sum", b"[1180591620717411303424]", 9),
+    (p.Execute(p.TaskSpec("t-\u00e9", "sum", b"[1180591620717411303424]", 9)),
      [T, b"EXECUTE", b'{"task_id":"t-\xc3\xa9","function":"sum","priority":9}',
       b"[1180591620717411303424]"]),
-    (p.Execute("r", "f", b"[]", 5, retries=0),
+    (p.Execute(p.TaskSpec("r", "f", b"[]", 5, retries=0)),
      [T, b"EXECUTE", b'{"task_id":"r","function":"f","priority":5,"retries":0}', b"[]"]),
-    (p.Execute("q", "f", b"[]", 5, queue_timeout=1.5),
+    (p.Execute(p.TaskSpec("q", "f", b"[]", 5, queue_timeout=1.5)),
      [T, b"EXECUTE", b'{"task_id":"q","function":"f","priority":5,"queue_timeout_ms":1500}',
       b"[]"]),
-    (p.Execute("s", "sleep", b"[10]", 5, timeout=1.0),
+    (p.Execute(p.TaskSpec("s", "sleep", b"[10]", 5, task_timeout=1.0)),
      [T, b"EXECUTE", b'{"task_id":"s","function":"sleep","priority":5,"timeout_ms":1000}',
       b"[10]"]),
     (p.Run("1234", "multiply", b"[5,10]", 2),
@@ -54,6 +54,8 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"RUN", b'{"task_id":"s","function":"sleep","attempt":1,"timeout_ms":1000}', b"[10]"]),
     (p.Result("1234", 0, b"50"),
      [T, b"RESULT", b'{"task_id":"1234","exit_code":0,"error":null}', b"50"]),
+    (p.Result("1234", 0, b"50", None, 2),
+     [T, b"RESULT", b'{"task_id":"1234","exit_code":0,"error":null,"attempt":2}', b"50"]),
     (p.Result("1234", 1, b"null", p.ErrorInfo("ZeroDivisionError", "division by zero")),
      [T, b"RESULT", b'{"task_id":"1234","exit_code":1,'
                     b'"error":{"type":"ZeroDivisionError","message":"division by zero"}}',
@@ -65,7 +67,8 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"TASK_COMPLETED", b'{"task_id":"x","exit_code":127,'
                             b'"error":{"type":"UnknownFunction","message":"no node"},'
                             b'"attempts":0}', b"null"]),
-    (p.Batch((p.Execute("a", "noop", b"[]", 5), p.Execute("b", "noop", b"[1]", 9))),
+    (p.Batch((p.Execute(p.TaskSpec("a", "noop", b"[]", 5)),
+              p.Execute(p.TaskSpec("b", "noop", b"[1]", 9)))),
      [T, b"EXECUTE", b'{"task_id":"a","function":"noop","priority":5}', b"[]",
       b'{"task_id":"b","function":"noop","priority":9}', b"[1]"]),
     (p.Status(), [T, b"STATUS"]),
@@ -141,11 +144,11 @@ def test_absent_optional_fields_take_documented_defaults() -> None:
     long_host = b'{"name":"n","host":"' + b"h" * 300 + b'","functions":["f"],"capacity":1}'
     assert p.decode([p.TAG, p.REGISTER, long_host]) == p.Register("n", "h" * 256, 0, ("f",), 1)
     execute = p.decode([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f"}', b"[]"])
-    assert execute == p.Execute("t", "f", b"[]", p.PRIORITY_DEFAULT)
+    assert execute == p.Execute(p.TaskSpec("t", "f", b"[]", p.PRIORITY_DEFAULT))
     run = p.decode([p.TAG, p.RUN, b'{"task_id":"t","function":"f"}', b"[]"])
     assert run == p.Run("t", "f", b"[]", 1)
     result = p.decode([p.TAG, p.RESULT, b'{"task_id":"t","exit_code":0}', b"1"])
-    assert result == p.Result("t", 0, b"1", None)
+    assert result == p.Result("t", 0, b"1", None, None)  # no attempt: the node did not say
     done = p.decode([p.TAG, p.TASK_COMPLETED, b'{"task_id":"t","exit_code":0}', b"1"])
     assert done == p.TaskCompleted("t", 0, b"1", None, 1)
     assert p.decode([p.TAG, p.DISCONNECT, b"{}"]) == p.Disconnect("")
@@ -155,7 +158,7 @@ def test_absent_optional_fields_take_documented_defaults() -> None:
 def test_unknown_fields_whitespace_and_trailing_frames_are_ignored() -> None:
     header = b'{ "extra": [1], "function": "f", "task_id": "t", "priority": 9 }'
     frames = [p.TAG, p.EXECUTE, header, b"[1]", b"trailing"]
-    assert p.decode(frames) == p.Execute("t", "f", b"[1]", 9)
+    assert p.decode(frames) == p.Execute(p.TaskSpec("t", "f", b"[1]", 9))
     assert p.decode([p.TAG, p.HEARTBEAT, b"anything"]) == p.Heartbeat()
 
 
@@ -171,7 +174,9 @@ REFUSALS: list[tuple[list[bytes], str, str | None]] = [
     ([p.TAG, p.EXECUTE], BAD, None),
     ([p.TAG, p.EXECUTE, b"[]", b"[]"], BAD, None),
     ([p.TAG, p.EXECUTE, b"{", b"[]"], BAD, None),
-    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f"}'], BAD, None),
+    ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f"}'], BAD, "t"),  # the id is readable
+    ([b"ZTB01", p.STATUS], BAD, None),  # a version has no leading zeros
+    ([b"ZTB0", p.STATUS], BAD, None),
     ([p.TAG, p.EXECUTE, b'{"task_id":"","function":"f"}', b"[]"], BAD, None),
     ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":null}', b"[]"], BAD, "t"),
     ([p.TAG, p.EXECUTE, b'{"task_id":"t","function":"f","priority":10}', b"[]"], BAD, "t"),
@@ -191,7 +196,7 @@ REFUSALS: list[tuple[list[bytes], str, str | None]] = [
 def test_refused_frames_raise_protocol_error(
     frames: list[bytes], code: str, task_id: str | None
 ) -> None:
-    with pytest.raises(p.ProtocolError) as caught:
+    with pytest.raises(p.RemoteProtocolError) as caught:
         p.decode(frames)
     assert (caught.value.code, caught.value.task_id) == (code, task_id)
     assert caught.value.message
@@ -306,9 +311,9 @@ def test_a_lone_trailing_frame_after_the_pairs_is_ignored() -> None:
 
 
 def test_a_batch_holds_one_command() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(p.LocalProtocolError):
         p.encode_batch([p.Run("a", "f", b"[]"), p.Result("a", 0)])
-    with pytest.raises(TypeError):
+    with pytest.raises(p.LocalProtocolError):
         p.encode(p.Batch((p.ProtocolError("malformed", "x"),)))
 
 
@@ -322,3 +327,29 @@ def test_batches_respect_the_task_and_byte_caps() -> None:
         [5],
     ]
     assert list(p.batches([], lambda n: n)) == []
+
+
+def test_a_repeated_key_counts_once_the_last_time() -> None:
+    """protocol.md 2.2: senders never repeat a key; a receiver takes the last occurrence,
+    as JSON.parse and Python's json do."""
+    header = b'{"task_id":"a","function":"f","priority":1,"priority":9}'
+    msg = p.decode([p.TAG, p.EXECUTE, header, b"[]"])
+    assert isinstance(msg, p.Execute) and msg.spec.priority == 9
+    bad_last = b'{"task_id":"a","function":"f","priority":1,"priority":10}'
+    with pytest.raises(p.RemoteProtocolError):
+        p.decode([p.TAG, p.EXECUTE, bad_last, b"[]"])
+
+
+def test_refusals_name_the_field_and_its_limits() -> None:
+    cases = {
+        b'{"task_id":"t","function":"f","priority":10}': (
+            "'priority' must be an integer from 0 to 9"
+        ),
+        b'{"task_id":"","function":"f"}': "'task_id' must be a string of 1 to 256 characters",
+        b'{"task_id":"t"}': "'function' must be a string of 1 to 256 characters",
+        b"[1]": "header frame must be a JSON object",
+    }
+    for header, text in cases.items():
+        with pytest.raises(p.RemoteProtocolError) as caught:
+            p.decode([p.TAG, p.EXECUTE, header, b"[]"])
+        assert caught.value.message == text

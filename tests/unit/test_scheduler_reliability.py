@@ -1,15 +1,18 @@
 """Scenario tests of the scheduler's reliability parts: execution timeouts, replaced node
-processes, the dead-letter queue, the journal for the store, restore and stopping."""
+processes, who may answer a task, graces, the dead-letter queue, the journal for the store,
+restore and stopping."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from broker import journal as j, protocol as p
-from broker.retries import RetryPolicy
-from broker.scheduler import Scheduler, SchedulerConfig, Send
+from broker import protocol as p
+from broker.core import journal as j
+from broker.core.config import ResultsConfig, RetryPolicy, SchedulerConfig
+from broker.core.events import Received, Restored, Send, StopRequested
+from broker.core.journal import PendingTask
+from broker.core.scheduler import TICK_BUDGET
+from tests.unit.core import Core, completed
 
 CLIENT = b"client-1"
 
@@ -18,42 +21,38 @@ def register(name: str, pid: int = 1, replaces: p.Replaces | None = None) -> p.R
     return p.Register(name, "h", pid, ("f",), 1, replaces)
 
 
-def execute(task_id: str, retries: int = 0, timeout: float | None = None) -> p.Execute:
-    return p.Execute(task_id, "f", b"[1]", 5, retries, None, timeout)
+def execute(task_id: str, retries: int = 0, task_timeout: float | None = None) -> p.Execute:
+    return p.Execute(p.TaskSpec(task_id, "f", b"[1]", 5, retries, None, task_timeout))
 
 
 def failed(task_id: str) -> p.Result:
     return p.Result(task_id, 1, b"null", p.ErrorInfo("ValueError", "bad"))
 
 
-def completed(sends: list[Send]) -> list[p.TaskCompleted]:
-    return [s.message for s in sends if isinstance(s.message, p.TaskCompleted)]
-
-
 @pytest.fixture
-def sched() -> Scheduler:
+def sched() -> Core:
     config = SchedulerConfig(
         heartbeat_interval=1.0, liveness=3, retry=RetryPolicy(base=0), journal=True
     )
-    return Scheduler(config, random.Random(1))
+    return Core(config)
 
 
 # ------------------------------------------------------------------------ execution timeout
 
 
 def test_run_carries_the_task_timeout_or_the_broker_default() -> None:
-    sched = Scheduler(SchedulerConfig(task_timeout=30.0))
+    sched = Core(SchedulerConfig(task_timeout=30.0))
     sched.handle(b"n1", register("n1"), 0.0)
-    [run] = sched.handle(CLIENT, execute("t1", timeout=1.5), 0.0)
+    [run] = sched.handle(CLIENT, execute("t1", task_timeout=1.5), 0.0)
     assert run.message == p.Run("t1", "f", b"[1]", 1, 1.5)
     sched.handle(b"n1", p.Result("t1", 0, b"1"), 0.1)
     [run] = sched.handle(CLIENT, execute("t2"), 0.2)
     assert run.message == p.Run("t2", "f", b"[1]", 1, 30.0)
 
 
-def test_node_that_does_not_stop_an_overdue_task_is_disconnected(sched: Scheduler) -> None:
+def test_node_that_does_not_stop_an_overdue_task_is_disconnected(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1", timeout=1.0), 0.0)
+    sched.handle(CLIENT, execute("t1", task_timeout=1.0), 0.0)
     grace = sched.config.timeout_grace
     assert sched.next_deadline() <= 1.0 + grace
     for second in range(1, int(grace) + 2):  # it heartbeats: alive, but silent on the task
@@ -65,57 +64,54 @@ def test_node_that_does_not_stop_an_overdue_task_is_disconnected(sched: Schedule
     [answer] = completed(sends)
     assert answer.exit_code == p.EXIT_TIMEOUT and answer.error is not None
     assert answer.error.type == "Timeout" and "1 s" in answer.error.message
-    assert b"n1" not in sched.pool
-    sched.check_invariants()
+    assert not sched.registered(b"n1")
 
 
-def test_node_answering_124_in_time_keeps_its_registration(sched: Scheduler) -> None:
+def test_node_answering_124_in_time_keeps_its_registration(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1", timeout=1.0), 0.0)
+    sched.handle(CLIENT, execute("t1", task_timeout=1.0), 0.0)
     result = p.Result("t1", p.EXIT_TIMEOUT, b"null", p.ErrorInfo("Timeout", "exceeded 1 s"))
     [answer] = completed(sched.handle(b"n1", result, 1.01))
     assert answer.exit_code == p.EXIT_TIMEOUT
-    assert completed(sched.tick(10.0)) == [] and b"n1" not in sched.pool  # expired by silence
-    sched.check_invariants()
+    assert completed(sched.tick(10.0)) == [] and not sched.registered(b"n1")  # expired by silence
 
 
 # ------------------------------------------------------------------------ replaced processes
 
 
-def test_replacement_process_fails_the_dead_process_tasks_as_crashed(sched: Scheduler) -> None:
+def test_replacement_process_fails_the_dead_process_tasks_as_crashed(sched: Core) -> None:
     sched.handle(b"old", register("n.0", pid=100), 0.0)
     sched.handle(CLIENT, execute("t1", retries=1), 0.0)
     sends = sched.handle(b"new", register("n.0", 101, p.Replaces(100, "killed by SIGSEGV")), 0.5)
-    assert b"old" not in sched.pool
+    assert not sched.registered(b"old")
     # one retry left: it runs again at once on the new process
     assert Send(b"new", p.Run("t1", "f", b"[1]", 2)) in sends
     [answer] = completed(sched.handle(b"new", failed("t1"), 0.6))
     assert answer.attempts == 2 and answer.exit_code == 1
-    sched.check_invariants()
 
 
-def test_crash_on_the_last_attempt_is_answered_worker_crashed(sched: Scheduler) -> None:
+def test_crash_on_the_last_attempt_is_answered_worker_crashed(sched: Core) -> None:
     sched.handle(b"old", register("n.0", pid=100), 0.0)
     sched.handle(CLIENT, execute("t1", retries=0), 0.0)
     sends = sched.handle(b"new", register("n.0", 101, p.Replaces(100, "exited with status 3")), 1)
     [answer] = completed(sends)
     assert answer.exit_code == p.EXIT_WORKER_CRASHED and answer.error is not None
     assert answer.error.type == "WorkerCrashed" and "exited with status 3" in answer.error.message
-    assert "t1" in sched.dead
+    assert sched.scheduler.dead_letter_ids() == ["t1"]
 
 
-def test_replaces_only_the_named_pid_of_the_same_node(sched: Scheduler) -> None:
+def test_replaces_only_the_named_pid_of_the_same_node(sched: Core) -> None:
     sched.handle(b"a", register("n.0", pid=100), 0.0)
     sched.handle(b"b", register("n.1", pid=100), 0.0)  # same pid, another name
     sched.handle(b"new", register("n.0", 102, p.Replaces(999, "gone")), 0.1)
-    assert b"a" in sched.pool and b"b" in sched.pool
+    assert sched.registered(b"a") and sched.registered(b"b")
 
 
 # ------------------------------------------------------------------------ dead letters
 
 
 def test_final_failure_goes_to_the_dead_letter_queue_and_can_be_replayed(
-    sched: Scheduler,
+    sched: Core,
 ) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
@@ -126,25 +122,24 @@ def test_final_failure_goes_to_the_dead_letter_queue_and_can_be_replayed(
     [entry] = listing.message.body["dead_letters"]
     assert (entry["task_id"], entry["exit_code"], entry["attempts"]) == ("t1", 1, 1)
     [show] = sched.handle(CLIENT, p.DeadLetters("show", "t1"), 0.2)
-    assert isinstance(show.message, p.DeadLettersReply) and show.message.payload == b"[1]"
+    assert isinstance(show.message, p.DeadLettersReply) and show.message.args == b"[1]"
     sends = sched.handle(CLIENT, p.DeadLetters("replay", "t1"), 0.3)
     assert sends[0].message == p.DeadLettersReply({"replayed": ["t1"], "missing": []})
     assert sends[1] == Send(b"n1", p.Run("t1", "f", b"[1]", 1))  # a fresh count of attempts
-    assert "t1" not in sched.dead and "t1" not in sched.results
+    assert sched.scheduler.dead_letter_ids() == [] and not sched.answered("t1")
     sched.handle(b"n1", p.Result("t1", 0, b"7"), 0.4)
     # the new answer is the one a resend of the id gets
     [again] = sched.handle(b"c2", execute("t1"), 0.5)
     assert again.message == p.TaskCompleted("t1", 0, b"7", None, 1)
-    sched.check_invariants()
 
 
-def test_unknown_function_refusals_are_not_dead_letters(sched: Scheduler) -> None:
+def test_unknown_function_refusals_are_not_dead_letters(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, p.Execute("t1", "nosuch", b"[]"), 0.0)
-    assert len(sched.dead) == 0
+    sched.handle(CLIENT, p.Execute(p.TaskSpec("t1", "nosuch", b"[]")), 0.0)
+    assert sched.scheduler.dead_letter_ids() == []
 
 
-def test_dead_letter_show_of_unknown_id_and_purge(sched: Scheduler) -> None:
+def test_dead_letter_show_of_unknown_id_and_purge(sched: Core) -> None:
     [reply] = sched.handle(CLIENT, p.DeadLetters("show", "nope"), 0.0)
     assert isinstance(reply.message, p.Error) and reply.message.code == p.ERR_NOT_FOUND
     sched.handle(b"n1", register("n1"), 0.0)
@@ -154,77 +149,105 @@ def test_dead_letter_show_of_unknown_id_and_purge(sched: Scheduler) -> None:
     [one] = sched.handle(CLIENT, p.DeadLetters("purge", "a"), 0.2)
     assert one.message == p.DeadLettersReply({"purged": 1})
     [rest] = sched.handle(CLIENT, p.DeadLetters("purge"), 0.2)
-    assert rest.message == p.DeadLettersReply({"purged": 1}) and len(sched.dead) == 0
+    assert rest.message == p.DeadLettersReply({"purged": 1})
+    assert sched.scheduler.dead_letter_ids() == []
 
 
-def test_replay_all_reports_ids_pending_again_as_missing(sched: Scheduler) -> None:
+def test_replay_all_reports_ids_pending_again_as_missing() -> None:
+    # Answers are kept for 1 s only, so the id can be submitted again once it expired.
+    sched = Core(SchedulerConfig(heartbeat_interval=100, results=ResultsConfig(ttl=1.0)))
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("a"), 0.0)
     sched.handle(b"n1", failed("a"), 0.1)
-    sched.results.forget("a")  # its answer expired ...
-    sched.handle(CLIENT, execute("a"), 0.2)  # ... and someone submitted the id again
-    [reply, *_] = sched.handle(CLIENT, p.DeadLetters("replay"), 0.3)
+    sched.tick(2.0)  # its answer expired ...
+    sched.handle(CLIENT, execute("a"), 2.1)  # ... and someone submitted the id again
+    [reply, *_] = sched.handle(CLIENT, p.DeadLetters("replay"), 2.2)
     assert reply.message == p.DeadLettersReply({"replayed": [], "missing": ["a"]})
 
 
 # ------------------------------------------------------------------------ journal and restore
 
 
-def test_journal_records_accept_retry_finish_and_dead_letter(sched: Scheduler) -> None:
+def test_journal_records_accept_retry_finish_and_dead_letter(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1", retries=1), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)
     sched.handle(b"n1", failed("t1"), 0.2)
     kinds = [type(change) for change in sched.take_journal()]
-    assert kinds == [j.Accepted, j.Attempted, j.Finished, j.DeadLettered]
+    assert kinds == [j.SaveTask, j.SaveAttempts, j.SaveAnswer, j.SaveDeadLetter]
     assert sched.take_journal() == []
 
 
-def test_no_journal_without_a_store() -> None:
-    sched = Scheduler(SchedulerConfig())
+def test_replay_journals_the_forgetting_and_the_new_task(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"n1", failed("t1"), 0.1)
+    sched.take_journal()
+    sched.handle(CLIENT, p.DeadLetters("replay", "t1"), 0.2)
+    changes = sched.take_journal()
+    assert [type(c) for c in changes] == [j.ForgetDeadLetter, j.ForgetAnswer, j.SaveTask]
+    saved = changes[-1]
+    assert isinstance(saved, j.SaveTask) and saved.spec == execute("t1").spec
+
+
+def test_no_journal_without_a_store() -> None:
+    sched = Core(SchedulerConfig())
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"n1", failed("t1"), 0.1)
     assert sched.journal == []
 
 
-def test_restore_queues_kept_tasks_and_answers_kept_results(sched: Scheduler) -> None:
+def test_restore_queues_kept_tasks_and_answers_kept_results(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1", retries=2, timeout=5.0), 0.0)
+    sched.handle(CLIENT, execute("t1", retries=2, task_timeout=5.0), 0.0)
     sched.handle(CLIENT, execute("t2"), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)  # attempt 1 of t1 failed; t2 starts
+    journal = sched.take_journal()
+    saved = [c for c in journal if isinstance(c, j.SaveTask)]
+    attempts = {c.task_id: c.attempts for c in journal if isinstance(c, j.SaveAttempts)}
+    pending = [
+        PendingTask(c.spec, c.seq, c.submitted_at, attempts.get(c.spec.task_id, 0)) for c in saved
+    ]
     done = p.TaskCompleted("old", 0, b"1", None, 1)
-    stored = [c.task for c in sched.take_journal() if isinstance(c, j.Accepted)]
-    fresh = Scheduler(sched.config)
-    fresh.restore(stored, [(done, 0.0)], [], 10, 0.0)
-    assert set(fresh.tasks) == {"t1", "t2"} and len(fresh.queue) == 2
+    fresh = Core(sched.config)
+    fresh.event(Restored(pending, [(done, 0.0)], [], 10), 0.0)
+    assert sorted(fresh.scheduler.pending()) == ["t1", "t2"] and fresh.queued() == 2
+    assert fresh.attempt("t1") == 1
     [reply] = fresh.handle(b"c2", execute("old"), 0.1)
     assert reply.message == done
-    fresh.handle(b"n2", register("n2"), 0.2)
-    fresh.check_invariants()
-    assert fresh.next_seq() == 10
+    sends = fresh.handle(b"n2", register("n2"), 0.2)
+    [run] = [s.message for s in sends if isinstance(s.message, p.Run)]
+    assert (run.task_id, run.attempt, run.task_timeout) == ("t1", 2, 5.0)  # first in line
+    fresh.handle(CLIENT, execute("t3"), 0.3)
+    [saved_t3] = [c for c in fresh.take_journal() if isinstance(c, j.SaveTask)]
+    assert saved_t3.seq > 10  # numbering goes on above what the store held
 
 
 # ------------------------------------------------------------------------ stopping
 
 
-def test_stopping_broker_starts_nothing_new_and_ignores_new_tasks(sched: Scheduler) -> None:
+def test_stopping_broker_starts_nothing_new_and_ignores_new_tasks(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
     sched.handle(CLIENT, execute("t2"), 0.0)  # queued
-    sched.stop_accepting()
+    sched.event(StopRequested(), 0.05)
     assert sched.handle(CLIENT, execute("t3"), 0.1) == []
     sends = sched.handle(b"n1", p.Result("t1", 0, b"1"), 0.2)
     assert [type(s.message) for s in sends] == [p.TaskCompleted]  # t2 is not started
-    assert sched.running() == 0 and set(sched.tasks) == {"t2"}
-    sched.check_invariants()
+    assert sched.scheduler.running() == 0 and sched.scheduler.pending() == ["t2"]
+
+
+# ------------------------------------------------------------------------ graces
 
 
 def test_restarted_broker_holds_tasks_until_their_nodes_are_back() -> None:
-    sched = Scheduler(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
     done = p.TaskCompleted("old", 0, b"1", None, 1)
-    sched.restore([], [(done, 0.0)], [], 1, 0.0)  # a restart from a store
+    sched.event(Restored([], [(done, 0.0)], [], 1), 0.0)  # a restart from a store
     assert sched.handle(CLIENT, execute("early"), 0.1) == []  # no node yet: it waits
-    assert sched.handle(CLIENT, p.Execute("typo", "nosuch", b"[]"), 0.1) == []
+    typo = p.Execute(p.TaskSpec("typo", "nosuch", b"[]"))
+    assert sched.handle(CLIENT, typo, 0.1) == []
     sends = sched.handle(b"n1", register("n1"), 0.5)  # offers "f"
     assert Send(b"n1", p.Run("early", "f", b"[1]", 1)) in sends
     sched.handle(b"n1", p.Result("early", 0, b"1"), 0.6)
@@ -233,16 +256,74 @@ def test_restarted_broker_holds_tasks_until_their_nodes_are_back() -> None:
     sched.handle(b"n1", p.Heartbeat(), grace)
     [refused] = completed(sched.tick(grace + 0.1))
     assert refused.task_id == "typo" and refused.exit_code == p.EXIT_UNKNOWN_FUNCTION
-    assert refused.attempts == 0 and "typo" not in sched.dead
-    [late] = sched.handle(CLIENT, p.Execute("later", "nosuch", b"[]"), grace + 0.2)
+    assert refused.attempts == 0 and sched.scheduler.dead_letter_ids() == []
+    later = p.Execute(p.TaskSpec("later", "nosuch", b"[]"))
+    [late] = sched.handle(CLIENT, later, grace + 0.2)
     assert isinstance(late.message, p.TaskCompleted)
     assert late.message.exit_code == p.EXIT_UNKNOWN_FUNCTION  # refused at once again
-    sched.check_invariants()
 
 
 def test_fresh_broker_refuses_unknown_functions_at_once() -> None:
-    sched = Scheduler(SchedulerConfig())
-    sched.restore([], [], [], 0, 0.0)  # an empty store: nothing to wait for
+    sched = Core(SchedulerConfig())
+    sched.event(Restored([], [], [], 0), 0.0)  # an empty store: nothing to wait for
     [refused] = sched.handle(CLIENT, execute("t1"), 0.1)
     assert isinstance(refused.message, p.TaskCompleted)
     assert refused.message.exit_code == p.EXIT_UNKNOWN_FUNCTION
+
+
+def test_tasks_accepted_in_the_grace_after_a_node_left_are_refused_when_it_ends() -> None:
+    """A task accepted only because its function's last node left a moment ago waits for
+    a node; if none comes within the grace, it gets the 127 it would have got at once.
+    A task accepted while a node offered its function is never dropped."""
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(CLIENT, execute("running"), 0.0)
+    sched.handle(CLIENT, execute("queued"), 0.0)  # accepted while n1 offers f
+    sched.handle(b"n1", p.Deregister(), 0.1)
+    assert sched.handle(CLIENT, execute("in-grace"), 0.2) == []  # waits for a node
+    sched.handle(b"n1", p.Result("running", 0, b"1"), 0.3)
+    grace = sched.config.offer_grace_seconds
+    [refused] = completed(sched.tick(0.1 + grace))
+    assert refused.task_id == "in-grace" and refused.exit_code == p.EXIT_UNKNOWN_FUNCTION
+    assert refused.error is not None and "after its last node left" in refused.error.message
+    assert sched.scheduler.pending() == ["queued"]  # still waiting for a node
+    sends = sched.handle(b"n2", register("n2"), grace + 1)
+    assert [s.message.task_id for s in sends if isinstance(s.message, p.Run)] == ["queued"]
+
+
+def test_a_node_back_within_the_grace_runs_the_tasks_that_waited() -> None:
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    sched.handle(b"n1", register("n1"), 0.0)
+    sched.handle(b"n1", p.Deregister(), 0.1)
+    assert sched.handle(CLIENT, execute("t1"), 0.2) == []
+    sends = sched.handle(b"n2", register("n2"), 1.0)
+    assert Send(b"n2", p.Run("t1", "f", b"[1]", 1)) in sends
+    sched.handle(b"n2", p.Result("t1", 0, b"1"), 1.1)
+    sched.handle(CLIENT, execute("t2"), 1.2)  # accepted: n2 offers f
+    sched.handle(b"n2", p.Heartbeat(), 59.9)
+    assert completed(sched.tick(60.0)) == []  # the grace ends with nothing to refuse
+    assert sched.counter("unknown_function") == 0
+
+
+# ------------------------------------------------------------------------ bursts
+
+
+def test_a_burst_of_queue_deadlines_is_spread_over_ticks() -> None:
+    """50,000 queued tasks reaching their queue deadline together are answered TICK_BUDGET
+    per tick, so the shell handles the messages waiting (a STATUS) between two ticks."""
+    sched = Core(SchedulerConfig(heartbeat_interval=1000.0)).scheduler  # no per-step checks
+    sched.handle(Received(b"n1", register("n1")), 0.0)
+    sched.handle(Received(CLIENT, execute("busy")), 0.0)
+    for i in range(50_000):
+        spec = p.TaskSpec(f"t{i}", "f", b"[]", queue_timeout=1.0)
+        sched.handle(Received(CLIENT, p.Execute(spec)), 0.5)
+    assert sched.status(0.5)["queued"] == 50_000
+    sizes = []
+    while sched.next_deadline() <= 1.5:
+        sizes.append(sum(1 for c in sched.tick(1.5) if type(c) is Send))
+        if len(sizes) % 20 == 0:
+            sched.check_invariants()
+    assert sum(sizes) == 50_000 and max(sizes) <= TICK_BUDGET
+    assert len(sizes) == -(-50_000 // TICK_BUDGET)
+    assert sched.status(1.5)["queued"] == 0 and sched.counters["expired"] == 50_000
+    sched.check_invariants()
