@@ -304,7 +304,7 @@ def test_result_cache_keeps_within_its_entry_and_byte_bounds() -> None:
     cache.add(p.TaskCompleted("big", 0, b"x" * 9_700), 5.0)  # pushes older ones out by size
     assert "big" in cache and len(cache) == 1
     assert cache.bytes <= 10_000
-    cache.expire(100.0)
+    cache.expire(100.0, limit=1000)
     assert len(cache) == 0 and cache.bytes == 0
 
 
@@ -372,9 +372,11 @@ def test_a_late_failure_from_a_replaced_attempt_is_ignored() -> None:
     view = sched.scheduler.task_view("t1")
     assert view is not None and view.state is TaskState.WAITING_RETRY
     assert sched.counter("stale_failures") == 1
-    success = sched.handle(b"n1", ok("t1", b"9"), 0.3)  # but a late success is the answer
-    assert Send(CLIENT, p.TaskCompleted("t1", 0, b"9", None, 1)) in success
-    assert sched.tick(5.0) == []  # its retry is off
+    # That attempt has answered: a second RESULT for it is refused, not taken as the answer.
+    assert sched.handle(b"n1", ok("t1", b"9", attempt=1), 0.3) != []
+    assert sched.pending("t1") and sched.counter("refused_not_holder") == 1
+    sends = sched.handle(b"n2", register("n2"), 1.5)  # the retry runs when its wait is over
+    assert runs(sends) == [] and runs(sched.tick(1.5)) == [(b"n2", "t1")]
 
 
 def test_a_task_not_started_by_its_queue_timeout_expires(sched: Core) -> None:
