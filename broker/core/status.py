@@ -16,6 +16,44 @@ from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache
 from broker.core.tasks import RUNNING, WAITING_RETRY, TaskTable
 
+# Every counter STATUS_REPLY may carry, and what it counts (protocol.md 3.11 lists them).
+COUNTERS = {
+    "accepted": "tasks accepted: queued or started",
+    "resubmitted": "EXECUTEs of a pending task id: its requester added, nothing run again",
+    "answered_again": "EXECUTEs of a recently answered task id: answered with the kept answer",
+    "unknown_function": "tasks answered 127: no node offers the function",
+    "ignored_stopping": "EXECUTEs left unanswered while the broker stops (4.4)",
+    "completed": "tasks answered with exit code 0",
+    "failed": "tasks answered with another exit code",
+    "retried": "failed attempts followed by another attempt",
+    "requeued": "attempts lost with their node, run again",
+    "expired": "tasks answered 125: not started within their queue timeout",
+    "dead_lettered": "tasks put in the dead-letter queue",
+    "replayed": "dead letters queued again",
+    "purged": "dead letters forgotten",
+    "restored": "pending tasks taken back from the store at start",
+    "late_results": "successes of attempts given up earlier, taken as the answer (7.2)",
+    "stale_failures": "failures of attempts given up earlier, ignored (7.2)",
+    "results_dropped": "RESULTs of tasks answered meanwhile: their slot freed, nothing else",
+    "nodes_registered": "REGISTERs accepted",
+    "nodes_deregistered": "DEREGISTERs",
+    "nodes_expired": "nodes declared dead after interval x liveness of silence",
+    "nodes_crashed": "node processes replaced by their supervisor (REGISTER replaces)",
+    "nodes_overdue": "nodes dropped for not stopping a task past its timeout (5.3)",
+    "nodes_unreachable": "nodes dropped because a send to them failed",
+    "nodes_reregistered": "REGISTERs from an identity already registered",
+    "heartbeats_unknown": "HEARTBEATs from peers that are not registered",
+    "errors_received": "ERRORs received (never answered)",
+    "unreachable": "sends that found their peer gone",
+    "send_blocked": "messages dropped: the peer reads nothing and its queue is full",
+    "internal_errors": "bugs caught in the broker's loop (logged with a traceback)",
+    "refused_malformed": "messages refused with ERROR malformed",
+    "refused_unsupported_version": "messages refused with ERROR unsupported_version",
+    "refused_unknown_command": "messages refused with ERROR unknown_command",
+    "refused_too_large": "messages refused with ERROR too_large",
+    "refused_not_holder": "RESULTs refused: the sender holds no attempt of that task (7.2)",
+}
+
 
 def status_body(
     pool: NodePool,
