@@ -1,10 +1,11 @@
 """The node agent: registers with the broker, hands RUN to its slots and RESULT back.
 
-One thread owns everything socket-side: the DEALER to the broker and a wake-up socket pair
-for signals and finished slot-thread tasks, polled together, so a signal, a result or a
-silent broker is handled as soon as it happens. Functions run in the socket thread itself
-(node/inline.py) or in slot threads (node/executor.py); the agent never decodes payloads.
-What a task past its timeout costs the process is in node/restarts.py.
+One thread owns everything socket-side: the DEALER to the broker (through the link) and a
+wake-up socket pair for signals and finished slot-thread tasks, polled together, so a
+signal, a result or a silent broker is handled as soon as it happens. The agent holds its
+parts and wires them together: the link (node/link.py), the slots (node/slots/), the
+lifecycle (node/lifecycle.py) and what an overdue task costs (node/overdue.py). It never
+decodes arguments or results.
 """
 
 from __future__ import annotations
@@ -22,67 +23,57 @@ import zmq
 
 from broker.protocol import (
     ERR_MALFORMED,
+    ERR_NOT_HOLDER,
     ERR_NOT_REGISTERED,
     Batch,
-    Deregister,
     Disconnect,
     Error,
     Heartbeat,
-    ProtocolError,
     Register,
     Registered,
+    RemoteProtocolError,
     Run,
     decode,
-    encode,
 )
-from broker.wire import NOBLOCK, POLLIN, poll, readable, recv_frames
+from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames
 from node import registry
-from node.config import NodeConfig as NodeConfig, default_name as default_name
-from node.executor import ThreadSlots
-from node.inline import InlineSlot
+from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import BrokerLink
-from node.restarts import TimeoutRestarts
-from node.timeouts import Deadlines
+from node.overdue import OverdueTasks
+from node.slots import SlotHooks, open_slots
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
+IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
 
 
-class NodeAgent(TimeoutRestarts):
+class NodeAgent:
     """The node's main loop. `run()` blocks until the node stops and gives its exit code."""
 
     def __init__(self, config: NodeConfig) -> None:
         self._config = config
         functions = registry.resolve(config.function_sets)
         self._functions = tuple(sorted(functions))
-        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._link = BrokerLink(
-            self._context,
-            config.broker_url,
-            config.heartbeat_interval,
-            config.liveness,
+        self._link = BrokerLink(config.broker_url, config.heartbeat_interval, config.liveness)
+        self._life = Lifecycle()
+        hooks = SlotHooks(
+            results_ready=self._results_ready,
+            keep_alive=self._keep_alive,
+            next_heartbeat=self._link.next_heartbeat,
+            overdue=self._on_overdue_inline,
         )
-        self._deadlines = Deadlines()  # of timed tasks in slot threads (InlineSlot: its own)
-        self._pool: InlineSlot | ThreadSlots
-        if config.threads == 1:
-            self._pool = InlineSlot(
-                functions, self._keep_alive, self._link.next_heartbeat, self._on_inline_timeout
-            )
-        else:
-            self._pool = ThreadSlots(functions, config.threads, self._results_ready)
-            self._deadlines = self._pool.deadlines
+        self._slots = open_slots(functions, config.threads, hooks)
+        self._overdue = OverdueTasks(self._link, self._life, self._slots, config.report_fd)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
         self._wake = (self._wake_fd, POLLIN)
         self._replaces = config.replaces  # sent until the broker has answered a REGISTER
-        self._life = Lifecycle()
-        self._deregistered = False
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -92,11 +83,11 @@ class NodeAgent(TimeoutRestarts):
         """Serve until stopped; 0 after a clean stop, 130 after a second stop request."""
         restore = install_stop_signals(self._wake_w.fileno(), self._note_stop)
         try:
-            self._pool.start()
+            self._slots.start()
             log.info(
                 "node %s: %d slots ready for %d functions (%s); broker %s",
                 self._config.name,
-                self._pool.capacity,
+                self._slots.capacity,
                 len(self._functions),
                 ", ".join(self._config.function_sets),
                 self._config.broker_url,
@@ -117,77 +108,64 @@ class NodeAgent(TimeoutRestarts):
 
     def _note_stop(self, signum: int, frame: FrameType | None) -> None:
         """The wakeup fd brings the stop to the loop; a function running inline delays the
-        loop, so the watchdog is told too and deregisters at once."""
+        loop, so the slots are poked too (the inline watchdog deregisters at once)."""
         self._life.asked = True
-        if isinstance(self._pool, InlineSlot):
-            self._pool.poke()
-
-    def _keep_alive(self) -> None:
-        """Called by the InlineSlot watchdog, holding the socket, while a function runs."""
-        if self._link.socket is None or not self._link.registered:
-            return
-        if self._life.asked and not self._deregistered:
-            self._deregister()
-        else:
-            self._link.heartbeat_if_due(time.monotonic())
-
-    def _deregister(self) -> None:
-        self._deregistered = True
-        self._link.send(encode(Deregister()))
+        self._slots.poke()
 
     def _close(self) -> None:
-        self._pool.close(timeout=0.0 if self._exit_code == 130 else 1.0)
-        self._link.close(clean=self._exit_code != 130)
-        self._wake_r.close()
-        self._wake_w.close()
+        at_once = self._exit_code == 130
+        self._slots.close(wait=0.0 if at_once else 1.0)
         # Waits (at most the linger) for the last RESULTs and DEREGISTER to leave. Slot
         # threads own no socket, so one still inside a function does not hold it up.
-        self._context.term()
+        self._link.close(clean=not at_once)
+        self._wake_r.close()
+        self._wake_w.close()
 
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
         sock = self._link.socket
         # The wake-up socket first: finished slot-thread results leave before more RUNs
-        # are taken in (the order zmq.Poller gave, where it was registered first).
+        # are taken in.
         waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
-        for item, _ in poll(waited_on, self._poll_timeout()):
+        for item, _ in poll(waited_on, self._poll_wait_ms()):
             if item is sock and sock is not None:
                 self._drain_broker(sock)
             elif item == self._wake_fd:
                 self._on_wakeup()
         now = time.monotonic()
-        if self._deadlines.next_due <= now:
-            self._expire(now)
+        if self._slots.next_deadline <= now:
+            self._overdue.expire(now)
         self._tick(now)
 
-    def _poll_timeout(self) -> int:
+    def _poll_wait_ms(self) -> int:
         life = self._life
-        due = min(self._link.due(life.stopping), self._deadlines.next_due, life.restart_by)
+        due = min(self._link.due(life.stopping), self._slots.next_deadline, life.restart_by)
         if due == math.inf:
-            return 1000
+            return IDLE_WAIT_MS
         return max(0, int((due - time.monotonic()) * 1000) + 1)
 
     def _tick(self, now: float) -> None:
         parent = self._config.parent_pid
+        link = self._link
         if parent is not None and os.getppid() != parent:
             log.error("supervisor %d is gone; stopping at once", parent)
             self._exit_code = 1
-        elif self._life.stopping and self._life.drained(self._pool.busy, now):
+        elif self._life.stopping and self._life.drained(self._slots.busy, now):
             self._finish()
-        elif self._link.socket is None:
-            if not self._life.stopping and now >= self._link.connect_at:
+        elif link.socket is None:
+            if not self._life.stopping and now >= link.connect_at:
                 self._connect()
-        elif not self._link.registered:
-            if now >= self._link.register_deadline:
-                self._link.retry()
-        elif now - self._link.last_heard >= self._link.expiry:
-            silent = now - self._link.last_heard
-            self._link.reconnect(f"broker at {self._link.url} silent for {silent:.1f} s")
-        elif self._link.unsent:
-            self._link.flush()
+        elif not link.registered:
+            if now >= link.register_deadline:
+                link.retry()
+        elif now - link.last_heard >= link.expiry:
+            silent = now - link.last_heard
+            link.reconnect(f"broker at {link.url} silent for {silent:.1f} s")
+        elif link.unsent:
+            link.flush()
         else:
-            self._link.heartbeat_if_due(now)
+            link.heartbeat_if_due(now)
 
     def _finish(self) -> None:
         if self._link.unsent:
@@ -195,13 +173,12 @@ class NodeAgent(TimeoutRestarts):
                 "stopping with %d result(s) the broker never got; it will run those tasks again",
                 len(self._link.unsent),
             )
-        if self._life.restart_reason is not None and self._life.restarting:
-            self._exit_for_restart(self._life.restart_reason, unanswered=self._pool.busy)
+        self._overdue.exit_if_restarting()
         log.info("node %s stopped", self._config.name)
         self._exit_code = 0
 
     def _connect(self) -> None:
-        name, functions, capacity = self._config.name, self._functions, self._pool.capacity
+        name, functions, capacity = self._config.name, self._functions, self._slots.capacity
         register = Register(
             name, socket.gethostname(), os.getpid(), functions, capacity, self._replaces
         )
@@ -210,6 +187,7 @@ class NodeAgent(TimeoutRestarts):
     # ------------------------------------------------------------------ from the broker
 
     def _drain_broker(self, sock: zmq.Socket[bytes]) -> None:
+        """Handle the messages waiting on the broker socket (at most DRAIN_BATCH)."""
         for _ in range(DRAIN_BATCH):
             try:
                 frames = recv_frames(sock, NOBLOCK)
@@ -220,9 +198,9 @@ class NodeAgent(TimeoutRestarts):
             self._link.last_heard = time.monotonic()
             try:
                 if frames[0]:
-                    raise ProtocolError(ERR_MALFORMED, "missing the empty delimiter frame")
+                    raise RemoteProtocolError(ERR_MALFORMED, "missing the empty delimiter frame")
                 msg = decode(frames[1:])
-            except (ProtocolError, IndexError) as exc:
+            except RemoteProtocolError as exc:
                 self._on_malformed(exc)
                 continue
             if type(msg) is Run:
@@ -241,17 +219,26 @@ class NodeAgent(TimeoutRestarts):
         )
 
     def _on_control(self, msg: object) -> None:
+        link = self._link
         if isinstance(msg, Registered):
             self._on_registered(msg)
         elif isinstance(msg, Disconnect):
             reason = msg.reason or "no reason given"
-            self._link.reconnect(f"broker at {self._link.url} disconnected us ({reason})")
-        elif isinstance(msg, Error) and msg.code == ERR_NOT_REGISTERED:
-            self._link.reconnect(f"broker at {self._link.url} does not know us")
+            link.reconnect(f"broker at {link.url} disconnected us ({reason})")
         elif isinstance(msg, Error):
-            log.warning("broker reported error %s: %s", msg.code, msg.message)
+            self._on_error(msg)
         elif not isinstance(msg, Heartbeat):
             self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
+
+    def _on_error(self, msg: Error) -> None:
+        if msg.code == ERR_NOT_REGISTERED:
+            self._link.reconnect(f"broker at {self._link.url} does not know us")
+        elif msg.code == ERR_NOT_HOLDER:
+            # This process does not hold that attempt (any more): the broker ignored the
+            # RESULT and the task goes on elsewhere; nothing here needs mending.
+            log.warning("broker refused the result of task %s: %s", msg.task_id, msg.message)
+        else:
+            log.warning("broker reported error %s: %s", msg.code, msg.message)
 
     def _on_registered(self, msg: Registered) -> None:
         self._link.on_registered(msg)
@@ -265,11 +252,10 @@ class NodeAgent(TimeoutRestarts):
             else:
                 self._on_malformed(ValueError(f"a batch from the broker holds {item!r}"))
 
-    def _on_run(self, msg: Run) -> None:
-        if isinstance(self._pool, InlineSlot):
-            self._link.send_result(self._pool.run(msg))
-        else:
-            self._pool.submit(msg)
+    def _on_run(self, run: Run) -> None:
+        done = self._slots.submit(run)
+        if done is not None:
+            self._link.send_result(done)
 
     # ------------------------------------------------------------------ from the slots
 
@@ -277,6 +263,21 @@ class NodeAgent(TimeoutRestarts):
         """Called by a slot thread: wake the socket thread (once per batch of results)."""
         with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: done
             self._wake_w.send(RESULTS_READY)
+
+    def _keep_alive(self) -> None:
+        """Called by the inline watchdog, holding the socket, while a function runs."""
+        link = self._link
+        if link.socket is None or not link.registered:
+            return
+        if self._life.asked and not link.deregistered:
+            link.deregister()
+        else:
+            link.heartbeat_if_due(time.monotonic())
+
+    def _on_overdue_inline(self, run: Run) -> None:
+        """Called by the inline watchdog, holding the socket, at the deadline of the task
+        whose function the socket thread is in: answer for it and end the process."""
+        self._overdue.end_now([run])
 
     # ------------------------------------------------------------------ stopping
 
@@ -289,8 +290,7 @@ class NodeAgent(TimeoutRestarts):
             if byte in STOP_BYTES:
                 self._on_stop_request()
         if RESULTS_READY[0] in data:
-            assert isinstance(self._pool, ThreadSlots)
-            for frames in self._pool.take_results():
+            for frames in self._slots.take_results():
                 self._link.send_result(frames)
 
     def _on_stop_request(self) -> None:
@@ -298,11 +298,11 @@ class NodeAgent(TimeoutRestarts):
             log.warning("second stop request: exiting now without waiting for running tasks")
             self._exit_code = 130
             return
-        log.info("stopping: no new tasks; waiting for %d running task(s)", self._pool.busy)
+        log.info("stopping: no new tasks; waiting for %d running task(s)", self._slots.busy)
         if not self._link.registered:
             self._link.drop(0.0)
-        elif not self._deregistered:
-            self._deregister()
+        else:
+            self._link.deregister()
 
 
 def serve(config: NodeConfig) -> int:

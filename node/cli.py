@@ -11,8 +11,9 @@ from pathlib import Path
 import typer
 
 from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL, Replaces
-from node import restart
-from node.agent import NodeConfig, default_name, serve
+from node import supervision
+from node.agent import serve
+from node.config import NodeConfig, default_name
 from node.registry import BUILTIN_SETS, NodeSetupError, resolve
 from node.supervisor import ChildOptions, Supervisor, die_with_parent
 
@@ -67,7 +68,7 @@ def run(
         min=1,
         help="Node processes to run, for CPU-bound functions on several cores (default: the "
         "number of CPUs). One process registers as NAME; with N > 1 each registers as NAME.K. "
-        "A supervisor restarts a process that dies or stops a task past its timeout.",
+        "A supervisor restarts a process that dies or stops a task past its task timeout.",
     ),
     threads: int = typer.Option(
         1,
@@ -133,9 +134,9 @@ def run(
         else:
             code = serve(config)
     except NodeSetupError as exc:
-        restart.report(report_fd, f"{restart.SETUP_FAILED}{exc}")
+        supervision.report(report_fd, f"{supervision.SETUP_FAILED}{exc}")
         typer.echo(f"znode: {exc}", err=True)
-        raise typer.Exit(restart.SETUP_ERROR) from None
+        raise typer.Exit(supervision.SETUP_ERROR) from None
     raise typer.Exit(code)
 
 
@@ -146,7 +147,7 @@ def _stand_by(config: NodeConfig) -> int:
     line = sys.stdin.buffer.readline()
     if not line:
         return 0
-    name, replaces = restart.decode_assignment(line)
+    name, replaces = supervision.decode_assignment(line)
     return serve(dataclasses.replace(config, name=name, replaces=replaces))
 
 

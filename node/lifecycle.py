@@ -1,6 +1,6 @@
 """How a node process comes to an end: an operator's stop (SIGTERM, SIGINT or
 `request_stop()`: no new work, finish the running tasks; a second one: at once), or a restart
-after a task outlived its timeout (no new work, the other tasks get RESTART_DRAIN seconds).
+after a task passed its task timeout (no new work, the other tasks get RESTART_DRAIN seconds).
 Pure state and the signal plumbing; the agent acts on it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-# How long a process restarting after a timeout lets its other running tasks finish; those
+# How long a process restarting for an overdue task lets its other running tasks finish; those
 # still running then are failed by the broker (exit 70) when the next process registers.
 RESTART_DRAIN = 5.0
 
@@ -38,7 +38,7 @@ class Lifecycle:
         self.stopping = False  # no new work: a stop was asked, or a restart is under way
         self.asked = False  # a stop signal arrived (set in the handler, read by the watchdog)
         self.stops = 0  # stop requests the loop has handled
-        self.restart_reason: str | None = None  # why the process restarts, once a task timed out
+        self.restart_reason: str | None = None  # why the process restarts: a task was overdue
         self.restart_by = math.inf  # when a restarting process stops waiting for its tasks
 
     @property
@@ -53,7 +53,7 @@ class Lifecycle:
         return self.stops > 1
 
     def begin_restart(self, reason: str, now: float) -> bool:
-        """Note that a task timed out; True the first time only."""
+        """Note that a task passed its task timeout; True the first time only."""
         if self.restart_reason is not None:
             return False
         self.restart_reason, self.restart_by = reason, now + RESTART_DRAIN

@@ -1,10 +1,10 @@
 """BrokerLink: a node's connection to the broker, and what it knows about it.
 
-Owns the DEALER socket (fresh on every connect, so stale replies cannot reach a new
-registration), the registration state, the heartbeat settings the broker announced, when
-the node last sent and heard anything, the backoff between attempts to register, and the
-RESULTs waiting for a registration. Used only from the node's socket thread (or by the
-InlineSlot watchdog holding the lock).
+Owns the ZeroMQ context and the DEALER socket (fresh on every connect, so stale replies
+cannot reach a new registration), the registration state, the heartbeat settings the broker
+announced, when the node last sent and heard anything, the backoff between attempts to
+register, and the RESULTs waiting for a registration. Used only from the node's socket
+thread (or by the inline watchdog holding the socket).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 
 import zmq
 
-from broker.protocol import Heartbeat, Register, Registered, encode
-from broker.wire import NOBLOCK, send_frames
+from broker.protocol import Deregister, Heartbeat, Register, Registered, encode
+from broker.protocol.frames import NOBLOCK, send_frames
 from node.registry import NodeSetupError
 
 log = logging.getLogger(__name__)
@@ -29,16 +29,12 @@ CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to le
 
 
 class BrokerLink:
-    def __init__(
-        self,
-        context: zmq.Context[zmq.Socket[bytes]],
-        url: str,
-        interval: float,
-        liveness: int,
-    ) -> None:
-        self._context, self.url = context, url
+    def __init__(self, url: str, interval: float, liveness: int) -> None:
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.url = url
         self.socket: zmq.Socket[bytes] | None = None
         self.registered = False
+        self.deregistered = False  # DEREGISTER sent: the node takes no new work, for good
         self.interval, self.liveness = interval, liveness  # until REGISTERED says otherwise
         self._backoff = MIN_BACKOFF
         self.connect_at = 0.0  # when to connect again while there is no socket
@@ -77,6 +73,13 @@ class BrokerLink:
             msg.heartbeat_interval,
             msg.liveness,
         )
+
+    def deregister(self) -> None:
+        """Tell the broker to send no more RUNs (once, and only if registered); the tasks
+        running still answer."""
+        if self.registered and not self.deregistered:
+            self.deregistered = True
+            self.send(encode(Deregister()))
 
     def heartbeat_if_due(self, now: float) -> None:
         """HEARTBEAT after an interval in which nothing else was sent (protocol.md 7.2)."""
@@ -130,10 +133,15 @@ class BrokerLink:
         self.drop(delay)
 
     def close(self, clean: bool) -> None:
-        """Close for good; a clean stop lets the last RESULTs and DEREGISTER leave first."""
+        """Close for good; a clean stop lets the last RESULTs and DEREGISTER leave first.
+
+        ZeroMQ sends in the background: the socket closed with a linger and the context
+        terminated (which waits for that linger) see them leave before this returns."""
         if self.socket is not None:
             self.socket.close(linger=CLOSE_LINGER_MS if clean else 0)
             self.socket = None
+        if not self._context.closed:
+            self._context.term()
 
     def due(self, stopping: bool) -> float:
         """When the link next needs attention (monotonic seconds, or inf)."""

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from msgspec import Struct
+
 from broker.protocol import (
     EXIT_BAD_ARGUMENTS,
     EXIT_BAD_RESULT,
@@ -21,17 +23,16 @@ from broker.protocol import (
     EXIT_UNKNOWN_FUNCTION,
     ErrorInfo,
     dumps_payload,
-    frozen,
     loads_payload,
 )
 
 
-@frozen
-class Outcome:
-    """What running a task gave: an exit code, the JSON result frame and the error, if any."""
+class Outcome(Struct, frozen=True, gc=False):
+    """What running a task gave: an exit code, the JSON result frame and the error, if any.
+    A msgspec Struct: built once per task, its constructor runs in C."""
 
     exit_code: int
-    payload: bytes = b"null"
+    result: bytes = b"null"
     error: ErrorInfo | None = None
 
 
@@ -118,9 +119,9 @@ _JSON_KINDS = {
 }
 
 
-def _arguments(payload: bytes) -> list[Any] | Outcome:
+def _arguments(encoded: bytes) -> list[Any] | Outcome:
     try:
-        args = loads_payload(payload)
+        args = loads_payload(encoded)
     except ValueError as exc:
         return _failure(EXIT_BAD_ARGUMENTS, "BadArguments", f"arguments are not valid JSON: {exc}")
     if not isinstance(args, list):
@@ -131,24 +132,24 @@ def _arguments(payload: bytes) -> list[Any] | Outcome:
     return args
 
 
-def run_task(functions: Mapping[str, Callable[..., Any]], function: str, payload: bytes) -> Outcome:
-    """Run `function` from `functions` on the JSON array of arguments in `payload`."""
+def run_task(functions: Mapping[str, Callable[..., Any]], function: str, args: bytes) -> Outcome:
+    """Run `function` from `functions` on the JSON array of arguments `args`."""
     fn = functions.get(function)
     if fn is None:
         return _failure(
             EXIT_UNKNOWN_FUNCTION, "UnknownFunction", f"this node has no function {function!r}"
         )
-    args = _arguments(payload)
-    if isinstance(args, Outcome):
-        return args
+    values = _arguments(args)
+    if isinstance(values, Outcome):
+        return values
     arity = _arity(fn)
-    if arity is not None and not arity.fits(len(args)):
+    if arity is not None and not arity.fits(len(values)):
         try:  # for the exact reason (a fit by count is one by `bind` too)
-            arity.signature.bind(*args)
+            arity.signature.bind(*values)
         except TypeError as exc:
-            return _bad_fit(function, arity.signature, len(args), exc)
+            return _bad_fit(function, arity.signature, len(values), exc)
     try:
-        result = fn(*args)
+        result = fn(*values)
     except (Exception, SystemExit) as exc:
         return _failure(EXIT_FUNCTION_ERROR, type(exc).__name__, str(exc))
     try:

@@ -7,7 +7,7 @@ SIGINT/SIGTERM once (children run in their own session so a terminal's Ctrl-C do
 them twice), restarts a child that dies, and exits when all children have stopped. Children
 die with the supervisor (PR_SET_PDEATHSIG on Linux, and a parent check in their loop).
 
-A child that exits EXIT_RESTART (it stopped a task past its timeout) is restarted at once;
+A child that exits EXIT_RESTART (a task of it passed its task timeout) is restarted at once;
 one that keeps crashing soon after starting is restarted ever more slowly. The new child is
 told which process it replaces and how that one ended (`--replaces-pid`, `--replaces-reason`),
 which its first REGISTER carries so that the broker fails that process's tasks at once.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from broker.protocol import Replaces
-from node import restart
+from node import supervision
 from node.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class Supervisor:
         stdin = standby.process.stdin
         assert stdin is not None
         try:
-            stdin.write(restart.encode_assignment(child_name(self._config, index), replaces))
+            stdin.write(supervision.encode_assignment(child_name(self._config, index), replaces))
             stdin.close()
         except OSError:  # it died: it is of no use
             _discard(standby)
@@ -206,9 +206,9 @@ class Supervisor:
         self._standby = None
         if standby.process.stdin is not None:
             standby.process.stdin.close()
-        reported = restart.read_report(standby.report_fd)
+        reported = supervision.read_report(standby.report_fd)
         if not self._stops:
-            reason = restart.describe_exit(code, reported)
+            reason = supervision.describe_exit(code, reported)
             log.warning("the spare node process %s; starting another later", reason)
             self._standby_at = time.monotonic() + RESTART_BACKOFF_MAX
 
@@ -220,21 +220,21 @@ class Supervisor:
             if code is None:
                 continue
             del self._children[index]
-            reported = restart.read_report(child.report_fd)
+            reported = supervision.read_report(child.report_fd)
             if self._stops:
                 # A restart it was about to ask for no longer matters: the node is stopping.
-                worst = max(worst, code if code > 0 and code != restart.EXIT_RESTART else 0)
-            elif restart.is_setup_error(code, reported):
+                worst = max(worst, code if code > 0 and code != supervision.EXIT_RESTART else 0)
+            elif supervision.is_setup_error(code, reported):
                 name = child_name(self._config, index)
                 log.error("node process %s cannot start (see above); stopping", name)
                 self._on_stop()
-                worst = restart.SETUP_ERROR
+                worst = supervision.SETUP_ERROR
             else:
                 self._schedule_restart(index, child, code, reported)
         return worst
 
     def _schedule_restart(self, index: int, child: _Child, code: int, reported: str) -> None:
-        reason = restart.describe_exit(code, reported)
+        reason = supervision.describe_exit(code, reported)
         age = time.monotonic() - child.started
         delay, backoff = restart_delay(code, age, self._backoff.pop(index, None))
         if backoff is not None:
@@ -265,7 +265,7 @@ class Supervisor:
 def restart_delay(code: int, age: float, backoff: float | None) -> tuple[float, float | None]:
     """How long to wait before restarting a child that exited with `code` `age` seconds after
     it started, and the delay to keep for its successor's next crash (None: none)."""
-    if code == restart.EXIT_RESTART:
+    if code == supervision.EXIT_RESTART:
         return 0.0, backoff  # it asked for it: nothing is wrong with starting again
     if age >= YOUNG:
         return 0.0, None

@@ -63,9 +63,9 @@ def test_big_integers_stay_exact_both_ways() -> None:
     big = 2**200 + 1
     outcome = run("echo", [big])
     assert outcome.exit_code == EXIT_OK
-    assert loads_payload(outcome.payload) == big
-    assert loads_payload(run("sum_squares", [1, 10_000_000]).payload) == 333333383333335000000
-    assert loads_payload(run("fib", [300]).payload) == mathset.fib(300)
+    assert loads_payload(outcome.result) == big
+    assert loads_payload(run("sum_squares", [1, 10_000_000]).result) == 333333383333335000000
+    assert loads_payload(run("fib", [300]).result) == mathset.fib(300)
 
 
 def test_unknown_function_is_127() -> None:
@@ -77,7 +77,7 @@ def test_unknown_function_is_127() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "expected"),
+    ("args", "expected"),
     [
         (b"not json", "not valid JSON"),
         (b"", "not valid JSON"),
@@ -86,8 +86,8 @@ def test_unknown_function_is_127() -> None:
         (b"null", "must be a JSON array, got null"),
     ],
 )
-def test_arguments_not_a_json_array_are_2(payload: bytes, expected: str) -> None:
-    outcome = run_task(FUNCTIONS, "multiply", payload)
+def test_arguments_not_a_json_array_are_2(args: bytes, expected: str) -> None:
+    outcome = run_task(FUNCTIONS, "multiply", args)
     assert outcome.exit_code == EXIT_BAD_ARGUMENTS
     assert outcome.error is not None
     assert outcome.error.type == "BadArguments"
@@ -122,7 +122,7 @@ def test_keyword_only_parameter_cannot_be_filled() -> None:
 
 
 def test_varargs_accept_any_count() -> None:
-    assert run("with_varargs", [1, 2, 3, 4]).payload == b"10"
+    assert run("with_varargs", [1, 2, 3, 4]).result == b"10"
 
 
 def test_exception_in_function_is_1_with_class_name_and_message() -> None:

@@ -1,5 +1,6 @@
 """The slots of a node process, with real threads and functions that wait on events:
-ThreadSlots' backlog and timed-out tasks, and when the InlineSlot watchdog acts."""
+what both kinds do behind the one interface, ThreadSlots' backlog and overdue tasks, and
+when the InlineSlot watchdog acts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 
 from broker.protocol import Result, Run, decode, dumps_payload
-from node.executor import ThreadSlots
-from node.inline import InlineSlot
+from node.slots import SlotHooks, Slots, open_slots
+from node.slots.inline import InlineSlot
+from node.slots.threads import ThreadSlots
 from tests.support import wait_until
 
 RELEASE = threading.Event()  # what `block` waits for
@@ -34,11 +36,17 @@ def released() -> Iterator[None]:
     RELEASE.set()  # let every slot thread of the test finish
 
 
-def run(task_id: str, function: str = "block", *args: Any, timeout: float | None = None) -> Run:
-    return Run(task_id, function, dumps_payload(list(args or [10])), 1, timeout)
+def run(
+    task_id: str,
+    function: str = "block",
+    *args: Any,
+    task_timeout: float | None = None,
+    attempt: int = 1,
+) -> Run:
+    return Run(task_id, function, dumps_payload(list(args or [10])), attempt, task_timeout)
 
 
-def results(slots: ThreadSlots) -> dict[str, Result]:
+def results(slots: Slots) -> dict[str, Result]:
     found: dict[str, Result] = {}
     for frames in slots.take_results():
         msg = decode(frames)
@@ -47,7 +55,7 @@ def results(slots: ThreadSlots) -> dict[str, Result]:
     return found
 
 
-def collect(slots: ThreadSlots, woken: threading.Event, want: int) -> dict[str, Result]:
+def collect(slots: Slots, woken: threading.Event, want: int) -> dict[str, Result]:
     """Take results as the slot threads announce them until `want` have come."""
     got: dict[str, Result] = {}
 
@@ -61,6 +69,48 @@ def collect(slots: ThreadSlots, woken: threading.Event, want: int) -> dict[str, 
     return got
 
 
+class Hooks:
+    """SlotHooks that record what the slots asked of the agent."""
+
+    def __init__(self, heartbeat_in: float = 60.0) -> None:
+        self.heartbeat_in = heartbeat_in
+        self.woken = threading.Event()
+        self.kept_alive: list[float] = []
+        self.overdue: list[tuple[float, Run]] = []
+        self.looks = 0  # how often the watchdog computed when to wake
+
+    def keep_alive(self) -> None:
+        self.kept_alive.append(time.monotonic())
+
+    def next_heartbeat(self) -> float:
+        self.looks += 1
+        return time.monotonic() + self.heartbeat_in
+
+    def on_overdue(self, msg: Run) -> None:
+        self.overdue.append((time.monotonic(), msg))
+        RELEASE.set()  # the agent would end the process here; the test lets the call return
+
+    def slot_hooks(self) -> SlotHooks:
+        return SlotHooks(self.woken.set, self.keep_alive, self.next_heartbeat, self.on_overdue)
+
+
+@pytest.mark.parametrize("threads", [1, 3], ids=["inline", "threads"])
+def test_both_kinds_run_tasks_and_echo_the_attempt(threads: int) -> None:
+    hooks = Hooks()
+    slots = open_slots(FUNCTIONS, threads, hooks.slot_hooks())
+    slots.start()
+    assert (slots.capacity, slots.busy, slots.next_deadline) == (threads, 0, math.inf)
+    done = slots.submit(run("a", "echo", 7, attempt=3))
+    if done is None:  # it runs in a slot thread: its result comes when announced
+        got: object = collect(slots, hooks.woken, 1)["a"]
+    else:
+        got = decode(done)
+        assert slots.take_results() == []
+    assert got == Result("a", 0, b"7", None, attempt=3)
+    assert slots.busy == 0 and slots.expire(time.monotonic() + 3600) == []
+    slots.close(wait=1.0)
+
+
 def test_thread_slots_hold_tasks_beyond_their_capacity() -> None:
     woken = threading.Event()
     slots = ThreadSlots(FUNCTIONS, 2, woken.set)
@@ -70,90 +120,96 @@ def test_thread_slots_hold_tasks_beyond_their_capacity() -> None:
     assert (slots.busy, slots.free_count, sorted(slots.running)) == (3, 0, ["a", "b"])
     RELEASE.set()
     got = collect(slots, woken, 3)
-    assert {r.payload for r in got.values()} == {b'"released"'}
+    assert {r.result for r in got.values()} == {b'"released"'}
     assert slots.busy == 0 and slots.free_count == 2
-    slots.close()
+    slots.close(wait=1.0)
 
 
-def test_thread_slots_expire_a_timed_task_and_drop_its_late_result() -> None:
+def test_thread_slots_expire_an_overdue_task_and_drop_its_late_result() -> None:
     woken = threading.Event()
     slots = ThreadSlots(FUNCTIONS, 2, woken.set)
     slots.start()
-    slots.submit(run("late", timeout=0.05))
+    slots.submit(run("late", task_timeout=0.05))
     slots.submit(run("untimed", "echo", 1))
     started = time.monotonic()
-    assert slots.deadlines.next_due == pytest.approx(started + 0.05, abs=0.05)
+    assert slots.next_deadline == pytest.approx(started + 0.05, abs=0.05)
     assert slots.expire(started) == []
     [late] = slots.expire(started + 0.1)
     assert late.task_id == "late"
     # Answered by the caller now, its thread still inside the function: not busy, not free.
-    assert slots.deadlines.next_due == math.inf
+    assert slots.next_deadline == math.inf
     assert "late" not in slots.running and slots.free_count == 2 - len(slots.running) - 1
     assert list(collect(slots, woken, 1)) == ["untimed"]
     RELEASE.set()
     wait_until(lambda: woken.wait(0.05), 5, what="the late function to return", interval=0)
     assert results(slots) == {}  # its own result is dropped: it was answered already
     assert slots.free_count == 2
-    slots.close()
+    slots.close(wait=1.0)
 
 
-class Watched:
-    """An InlineSlot with recording callbacks, started as the agent starts it."""
-
-    def __init__(self, heartbeat_in: float) -> None:
-        self.heartbeat_in = heartbeat_in
-        self.kept_alive: list[float] = []
-        self.timed_out: list[tuple[float, Run]] = []
-        self.looks = 0  # how often the watchdog computed when to wake
-        self.slot = InlineSlot(FUNCTIONS, self.keep_alive, self.next_heartbeat, self.on_timeout)
-        self.slot.start()
-
-    def keep_alive(self) -> None:
-        self.kept_alive.append(time.monotonic())
-
-    def next_heartbeat(self) -> float:
-        self.looks += 1
-        return time.monotonic() + self.heartbeat_in
-
-    def on_timeout(self, msg: Run) -> None:
-        self.timed_out.append((time.monotonic(), msg))
-        RELEASE.set()  # the agent would end the process here; the test lets the call return
+def watched(hooks: Hooks) -> InlineSlot:
+    """An InlineSlot with recording hooks, started as the agent starts it."""
+    slot = InlineSlot(FUNCTIONS, hooks.keep_alive, hooks.next_heartbeat, hooks.on_overdue)
+    slot.start()
+    return slot
 
 
-def test_inline_watchdog_stops_a_task_at_its_deadline() -> None:
-    watched = Watched(heartbeat_in=60.0)
+def test_inline_watchdog_acts_on_a_task_at_its_deadline() -> None:
+    hooks = Hooks(heartbeat_in=60.0)
+    slot = watched(hooks)
     started = time.monotonic()
-    frames = watched.slot.run(run("late", timeout=0.2))
-    [(at, msg)] = watched.timed_out
+    frames = slot.submit(run("late", task_timeout=0.2, attempt=2))
+    [(at, msg)] = hooks.overdue
     assert msg.task_id == "late" and 0.2 <= at - started < 0.4
-    assert decode(frames) == Result("late", 0, b'"released"')  # the call did return here
-    watched.slot.close()
+    # The hook would have ended the process; here it let the call return.
+    assert decode(frames) == Result("late", 0, b'"released"', attempt=2)
+    slot.close(wait=1.0)
 
 
 def test_inline_watchdog_wakes_only_for_a_deadline_sooner_than_its_own() -> None:
-    watched = Watched(heartbeat_in=5.0)
-    wait_until(lambda: watched.looks, 2)
-    looks = watched.looks
+    hooks = Hooks(heartbeat_in=5.0)
+    slot = watched(hooks)
+    wait_until(lambda: hooks.looks, 2)
+    looks = hooks.looks
     threading.Timer(0.3, RELEASE.set).start()
-    watched.slot.run(run("untimed"))
+    slot.submit(run("untimed"))
     for _ in range(1000):
-        watched.slot.run(run("quick", "echo", 1, timeout=30.0))  # after its next heartbeat
-    assert watched.looks == looks, "the watchdog woke for tasks that did not need it"
+        slot.submit(run("quick", "echo", 1, task_timeout=30.0))  # after its next heartbeat
+    assert hooks.looks == looks, "the watchdog woke for tasks that did not need it"
     for _ in range(1000):
-        watched.slot.run(run("short", "echo", 1, timeout=2.0))
+        slot.submit(run("short", "echo", 1, task_timeout=2.0))
     # Sooner than its alarm: it wakes to move the alarm to about 2 s from now, which the
     # later tasks' deadlines do not beat. (Not exactly once: on a busy machine the OS may
     # pause the watchdog while it computes its alarm, and a task started then wakes it.)
-    wait_until(lambda: watched.looks > looks, 2, what="the watchdog to move its alarm")
-    assert watched.looks <= looks + 10, "the watchdog woke for every task"
-    assert watched.timed_out == []
-    watched.slot.close()
+    wait_until(lambda: hooks.looks > looks, 2, what="the watchdog to move its alarm")
+    assert hooks.looks <= looks + 10, "the watchdog woke for every task"
+    assert hooks.overdue == []
+    slot.close(wait=1.0)
 
 
 def test_inline_watchdog_keeps_the_link_alive_during_a_long_call() -> None:
-    watched = Watched(heartbeat_in=0.05)
+    hooks = Hooks(heartbeat_in=0.05)
+    slot = watched(hooks)
     threading.Timer(0.4, RELEASE.set).start()
-    watched.slot.run(run("long"))
-    assert 3 <= len(watched.kept_alive) <= 12
-    assert watched.timed_out == []
-    watched.slot.close()
+    slot.submit(run("long"))
+    assert 3 <= len(hooks.kept_alive) <= 12
+    assert hooks.overdue == []
+    slot.close(wait=1.0)
+
+
+def test_a_poke_makes_the_inline_watchdog_act_during_a_call() -> None:
+    hooks = Hooks(heartbeat_in=60.0)  # no heartbeat due: only the poke wakes the watchdog
+    slot = watched(hooks)
+
+    def poke_then_release() -> None:
+        slot.poke()
+        wait_until(lambda: hooks.kept_alive, 5, what="the watchdog to act")
+        RELEASE.set()
+
+    threading.Timer(0.1, poke_then_release).start()
+    started = time.monotonic()
+    slot.submit(run("long"))
+    # It acted during the call (the agent's keep_alive deregisters when a stop was asked).
+    [at] = hooks.kept_alive
+    assert at - started >= 0.1
+    slot.close(wait=1.0)

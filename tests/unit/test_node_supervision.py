@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from broker.protocol import Replaces
-from node import restart
+from node import supervision
 from node.supervisor import RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, YOUNG, restart_delay
 
 
@@ -21,20 +21,20 @@ from node.supervisor import RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, YOUNG, res
         (-signal.SIGSEGV, "", "killed by signal 11 (SIGSEGV)"),
         (-signal.SIGKILL, "ignored: a signal says it all", "killed by signal 9 (SIGKILL)"),
         (3, "", "exited with status 3"),
-        (restart.EXIT_RESTART, "stopped after task t exceeded its 1 s timeout", None),
-        (restart.EXIT_RESTART, "", "exited with status 75 to be restarted"),
+        (supervision.EXIT_RESTART, "stopped after task t exceeded its 1 s timeout", None),
+        (supervision.EXIT_RESTART, "", "exited with status 75 to be restarted"),
         (-200, "", "killed by signal 200 (signal 200)"),
     ],
 )
 def test_describe_exit(returncode: int, reported: str, reason: str | None) -> None:
-    assert restart.describe_exit(returncode, reported) == (reason or reported)
+    assert supervision.describe_exit(returncode, reported) == (reason or reported)
 
 
 def test_a_report_travels_through_the_pipe_once_the_writer_is_gone() -> None:
     read_fd, write_fd = os.pipe()
-    restart.report(write_fd, "stopped after task t exceeded its 1 s timeout")
+    supervision.report(write_fd, "stopped after task t exceeded its 1 s timeout")
     os.close(write_fd)
-    assert restart.read_report(read_fd) == "stopped after task t exceeded its 1 s timeout"
+    assert supervision.read_report(read_fd) == "stopped after task t exceeded its 1 s timeout"
     with pytest.raises(OSError):
         os.fstat(read_fd)  # read_report closed it
 
@@ -42,36 +42,36 @@ def test_a_report_travels_through_the_pipe_once_the_writer_is_gone() -> None:
 def test_no_report_reads_as_empty_and_reporting_unsupervised_is_a_no_op() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
-    assert restart.read_report(read_fd) == ""  # the writer is still open: nothing yet
+    assert supervision.read_report(read_fd) == ""  # the writer is still open: nothing yet
     os.close(write_fd)
-    restart.report(None, "nobody listens")
+    supervision.report(None, "nobody listens")
 
 
 def test_a_long_report_is_cut_to_one_atomic_write() -> None:
     read_fd, write_fd = os.pipe()
-    restart.report(write_fd, "x" * 10_000)
+    supervision.report(write_fd, "x" * 10_000)
     os.close(write_fd)
-    assert len(restart.read_report(read_fd)) == restart.MAX_REPORT
+    assert len(supervision.read_report(read_fd)) == supervision.MAX_REPORT
 
 
 def test_only_a_reported_setup_error_stops_the_supervisor() -> None:
-    failed = f"{restart.SETUP_FAILED}no function set 'maht'"
-    assert restart.is_setup_error(restart.SETUP_ERROR, failed)
-    assert not restart.is_setup_error(restart.SETUP_ERROR, "")  # crash(2) from a function
-    assert not restart.is_setup_error(1, failed)
+    failed = f"{supervision.SETUP_FAILED}no function set 'maht'"
+    assert supervision.is_setup_error(supervision.SETUP_ERROR, failed)
+    assert not supervision.is_setup_error(supervision.SETUP_ERROR, "")  # crash(2) from a function
+    assert not supervision.is_setup_error(1, failed)
 
 
 @pytest.mark.parametrize("replaces", [None, Replaces(42, "killed by signal 11 (SIGSEGV)")])
 def test_assignment_round_trip(replaces: Replaces | None) -> None:
-    line = restart.encode_assignment("node-a.1", replaces)
+    line = supervision.encode_assignment("node-a.1", replaces)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert restart.decode_assignment(line) == ("node-a.1", replaces)
+    assert supervision.decode_assignment(line) == ("node-a.1", replaces)
 
 
 def test_restart_delay() -> None:
     # A timed-out process asked for it: at once, and a crash backoff in force is kept.
-    assert restart_delay(restart.EXIT_RESTART, 0.1, None) == (0.0, None)
-    assert restart_delay(restart.EXIT_RESTART, 0.1, 0.4) == (0.0, 0.4)
+    assert restart_delay(supervision.EXIT_RESTART, 0.1, None) == (0.0, None)
+    assert restart_delay(supervision.EXIT_RESTART, 0.1, 0.4) == (0.0, 0.4)
     # A young process that crashes: at once the first time, then ever more slowly.
     delays, backoff = [], None
     for _ in range(8):

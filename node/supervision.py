@@ -1,5 +1,8 @@
-"""What a supervised node process tells its supervisor when it exits, and how the supervisor
-words the end of a process for the REGISTER `replaces` of the process it starts in its place.
+"""What a supervised node process and its supervisor (node/supervisor.py) tell each other.
+
+The child tells why it exits; the supervisor words the end of a child for the REGISTER
+`replaces` of the child it starts in its place, and puts a spare child to work with an
+assignment line on its stdin.
 
 A child gets the write end of a pipe (`--report-fd`) and writes one short line to it just
 before it exits on purpose: why it restarts, or why it cannot start at all. A child that
@@ -16,7 +19,7 @@ import signal
 
 from broker.protocol import Replaces
 
-EXIT_RESTART = 75  # (EX_TEMPFAIL) "restart me now": the process stopped a timed-out task
+EXIT_RESTART = 75  # (EX_TEMPFAIL) "restart me now": a task passed its task timeout
 SETUP_ERROR = 2  # the process cannot start as configured; restarting will not help
 SETUP_FAILED = "cannot start: "  # how the report of a SETUP_ERROR begins
 MAX_REPORT = 512  # bytes; below PIPE_BUF, so one write arrives whole

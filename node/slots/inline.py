@@ -20,33 +20,37 @@ class InlineSlot:
     runs, a watchdog thread may take the lock and use the socket: ZeroMQ allows a socket to
     move between threads across a full memory barrier, which the lock provides, and only one
     thread touches it at a time. So heartbeats keep flowing and a stop signal deregisters at
-    once even during a long CPU-bound call, and a task's timeout is enforced.
+    once even during a long CPU-bound call, and a task's task timeout is enforced.
 
     The watchdog sleeps until the next heartbeat would be due or the running task's deadline
-    passes, whichever comes first. A task without a timeout does not wake it; a task with one
-    wakes it only when its deadline comes before the watchdog's next wake-up anyway.
+    passes, whichever comes first. A task without a task timeout does not wake it; a task
+    with one wakes it only when its deadline comes before the watchdog's next wake-up anyway.
+
+    The watchdog itself acts on a task past its task timeout (`on_overdue`, which ends the
+    process): the socket thread is inside that task's function, so the loop cannot. Hence
+    `expire` never has a task to give and `next_deadline` is never due.
     """
 
-    socket = None
     capacity = 1
+    next_deadline = math.inf
 
     def __init__(
         self,
         functions: Mapping[str, Function],
         keep_alive: Callable[[], None],
         next_heartbeat: Callable[[], float],
-        on_timeout: Callable[[Run], None],
+        on_overdue: Callable[[Run], None],
     ) -> None:
         self._functions = dict(functions)
         self._keep_alive = keep_alive
         self._next_heartbeat = next_heartbeat
-        self._on_timeout = on_timeout
+        self._on_overdue = on_overdue
         self.lock = threading.Lock()
         # Written by the socket thread holding the lock, before it enters the function.
         self._running: Run | None = None  # the task inside its function
-        # The deadline of the latest task with a timeout: the running task's if it has one.
-        # Kept after that task ends, so the watchdog, looking between two tasks, still sleeps
-        # until about when the next one's deadline will be (no wake-up per task).
+        # The deadline of the latest task with a task timeout: the running task's if it has
+        # one. Kept after that task ends, so the watchdog, looking between two tasks, still
+        # sleeps until about when the next one's deadline will be (no wake-up per task).
         self._deadline = math.inf
         self._wake_at = -math.inf  # when the watchdog wakes by itself next
         self._wake = threading.Event()
@@ -57,39 +61,43 @@ class InlineSlot:
     def busy(self) -> int:
         return 0 if self._running is None else 1
 
-    @property
-    def free_count(self) -> int:
-        return 1 - self.busy
-
     def start(self) -> None:
         self.lock.acquire()
         self._watchdog.start()
 
-    def run(self, msg: Run) -> list[bytes]:
-        """Run one task now; the RESULT frames."""
-        if msg.timeout is None:
-            self._running = msg
+    def submit(self, run: Run) -> list[bytes]:
+        """Run one task now; its RESULT frames."""
+        if run.task_timeout is None:
+            self._running = run
         else:
-            self._deadline = deadline = time.monotonic() + msg.timeout
-            self._running = msg  # after its deadline: a timed task is seen with its own
+            self._deadline = deadline = time.monotonic() + run.task_timeout
+            self._running = run  # after its deadline: a timed task is seen with its own
             if deadline < self._wake_at:
                 self._wake.set()
         self.lock.release()
         try:
-            outcome = runner.run_task(self._functions, msg.function, msg.payload)
+            outcome = runner.run_task(self._functions, run.function, run.args)
         finally:
             self.lock.acquire()
             self._running = None
-        return result_frames(msg.task_id, outcome.exit_code, outcome.payload, outcome.error)
+        return result_frames(
+            run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+        )
+
+    def take_results(self) -> list[list[bytes]]:
+        return []  # every result is given by `submit`
+
+    def expire(self, now: float) -> list[Run]:
+        return []  # the watchdog acts on a task past its task timeout
 
     def poke(self) -> None:
         """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
         self._wake.set()
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, wait: float) -> None:
         self._stopped = True
         self._wake.set()
-        self._watchdog.join(timeout)
+        self._watchdog.join(wait)
         if self.lock.locked():
             self.lock.release()
 
@@ -98,19 +106,19 @@ class InlineSlot:
             # Published before the deadline is read: a task that starts meanwhile sees inf
             # and wakes us, so its deadline cannot be missed.
             self._wake_at = math.inf
-            self._wake_at = wake_at = min(self._next_deadline(), self._next_heartbeat())
+            self._wake_at = wake_at = min(self._next_due(), self._next_heartbeat())
             self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
             if not self._stopped:
                 self._check()
 
-    def _next_deadline(self) -> float:
+    def _next_due(self) -> float:
         now = time.monotonic()
         deadline = self._deadline
         if deadline > now:
             return deadline
-        running = self._running  # read after the deadline: see run()
-        timed = running is not None and running.timeout is not None
+        running = self._running  # read after the deadline: see submit()
+        timed = running is not None and running.task_timeout is not None
         return now if timed else math.inf  # passed: act now if it is the running task's
 
     def _check(self) -> None:
@@ -120,9 +128,9 @@ class InlineSlot:
         try:
             if self._running is not running:
                 return  # it finished and another started meanwhile: look again later
-            if running.timeout is not None and time.monotonic() >= self._deadline:
+            if running.task_timeout is not None and time.monotonic() >= self._deadline:
                 self._deadline = math.inf  # once, should the callback ever return
-                self._on_timeout(running)  # answers 124 and ends the process
+                self._on_overdue(running)  # answers 124 and ends the process
             else:
                 self._keep_alive()
         finally:

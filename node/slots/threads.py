@@ -1,5 +1,5 @@
 """ThreadSlots: the slot threads that run functions beside the socket thread (`--threads T`
-with T > 1; node/inline.py has the one-slot case).
+with T > 1; node/slots/inline.py has the one-slot case).
 
 The agent's thread owns the DEALER to the broker and never runs a function, so heartbeats
 keep flowing while a CPU-bound function holds the GIL (the interpreter hands the GIL over at
@@ -8,8 +8,8 @@ holds the broker connection keeps a task to four socket hops (client, broker, no
 client); a separate slot process would add two more and double the round trip. CPU
 parallelism comes from running several node processes (`znode --concurrency N`).
 
-Results come back on a deque; one wake-up byte per batch tells the socket thread (no
-socket per thread, no frames copied through inproc).
+Results come back on a deque; one wake-up per batch tells the socket thread (no socket per
+thread, no frames copied through inproc).
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from broker.protocol import Result, Run, batches, encode
+from broker.protocol import Run, batches, result_frames
 from node import runner
 from node.registry import Function
-from node.timeouts import Deadlines
+from node.slots.deadlines import TaskDeadlines
 
 log = logging.getLogger(__name__)
 
-_STOP = ("", "", b"")
+_STOP = Run("", "", b"")  # tells a slot thread to end
 
 
 def combine_results(results: list[list[bytes]]) -> list[list[bytes]]:
     """RESULT messages each carrying several results (protocol.md 2.4): one message for many
     results saves a wake-up per task."""
-    return [_joined(batch) for batch in batches(results, _payload_size)]
+    return [_joined(batch) for batch in batches(results, _result_size)]
 
 
 def _joined(messages: list[list[bytes]]) -> list[bytes]:
@@ -44,7 +44,7 @@ def _joined(messages: list[list[bytes]]) -> list[bytes]:
     return frames
 
 
-def _payload_size(frames: list[bytes]) -> int:
+def _result_size(frames: list[bytes]) -> int:
     return len(frames[3])
 
 
@@ -55,14 +55,12 @@ class ThreadSlots:
 
     Everything but `_slot` is called by the socket thread only."""
 
-    socket = None
-
     def __init__(
         self, functions: Mapping[str, Function], threads: int, notify: Callable[[], None]
     ) -> None:
         self._functions = dict(functions)
         self._notify = notify
-        self._jobs: queue.SimpleQueue[tuple[str, str, bytes]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Run] = queue.SimpleQueue()
         self._done: deque[tuple[str, list[bytes]]] = deque()
         self._notified = False  # a wake-up is on its way and not yet acted on
         self._threads = [
@@ -70,9 +68,9 @@ class ThreadSlots:
             for i in range(threads)
         ]
         self.running: set[str] = set()  # task ids handed to a slot and not yet answered
-        self._abandoned: set[str] = set()  # answered already (timed out), thread still inside
+        self._abandoned: set[str] = set()  # answered already (overdue), thread still inside
         self._backlog: deque[Run] = deque()  # RUNs that found no free slot
-        self.deadlines = Deadlines()  # of the running tasks that have a timeout
+        self._deadlines = TaskDeadlines()  # of the running tasks that have a task timeout
 
     @property
     def capacity(self) -> int:
@@ -87,12 +85,17 @@ class ThreadSlots:
         """Tasks running or waiting for a slot (not those answered already)."""
         return len(self.running) + len(self._backlog)
 
+    @property
+    def next_deadline(self) -> float:
+        return self._deadlines.next_due
+
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
 
     def submit(self, run: Run) -> None:
-        """Start the task in a free slot, or hold it until one frees up."""
+        """Start the task in a free slot, or hold it until one frees up; its result comes
+        from `take_results`."""
         if self._backlog or not self.free_count:
             if not self._backlog:  # once per backlog, not per task
                 log.warning(
@@ -106,9 +109,9 @@ class ThreadSlots:
 
     def _start(self, run: Run) -> None:
         self.running.add(run.task_id)
-        self._jobs.put((run.task_id, run.function, run.payload))
-        if run.timeout is not None:  # the deadline counts from the start, not from the RUN
-            self.deadlines.add(run, time.monotonic())
+        self._jobs.put(run)
+        if run.task_timeout is not None:  # the deadline counts from the start, not the RUN
+            self._deadlines.add(run, time.monotonic())
 
     def take_results(self) -> list[list[bytes]]:
         """RESULT messages for every task finished so far (several tasks per message, see
@@ -128,32 +131,37 @@ class ThreadSlots:
         return combine_results(taken)
 
     def expire(self, now: float) -> list[Run]:
-        """The running tasks past their deadline. They count as answered from now on (the
-        caller answers them); their slots stay taken until their functions return."""
-        late = self.deadlines.expired(now, self.running)
+        """The running tasks past their task timeout. They count as answered from now on
+        (the caller answers them); their slots stay taken until their functions return."""
+        late = self._deadlines.expired(now, self.running)
         for run in late:
             self.running.discard(run.task_id)
             self._abandoned.add(run.task_id)
         return late
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the slot threads, waiting at most `timeout` in all; a thread still inside a
-        function is left behind (a daemon: it dies with the process)."""
+    def poke(self) -> None:
+        """Nothing to do: the socket thread never runs a function, so it sees a stop itself."""
+
+    def close(self, wait: float) -> None:
+        """Stop the slot threads, waiting at most `wait` seconds in all; a thread still inside
+        a function is left behind (a daemon: it dies with the process)."""
         for _ in self._threads:
             self._jobs.put(_STOP)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _slot(self) -> None:
         functions, jobs, done = self._functions, self._jobs, self._done
         while True:
-            task_id, function, payload = jobs.get()
-            if not task_id:
+            run = jobs.get()
+            if run is _STOP:
                 return
-            outcome = runner.run_task(functions, function, payload)
-            result = Result(task_id, outcome.exit_code, outcome.payload, outcome.error)
-            done.append((task_id, encode(result)))
+            outcome = runner.run_task(functions, run.function, run.args)
+            frames = result_frames(
+                run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+            )
+            done.append((run.task_id, frames))
             if not self._notified:
                 self._notified = True
                 self._notify()

@@ -1,0 +1,88 @@
+"""The slots of a node process: where its functions run. One interface, two kinds.
+
+- `InlineSlot` (`--threads 1`, node/slots/inline.py): the socket thread runs the function
+  itself, with no hand-off per task (the fastest path); a watchdog thread keeps the link
+  alive meanwhile and ends the process when a task passes its task timeout.
+- `ThreadSlots` (`--threads T`, T > 1, node/slots/threads.py): T slot threads beside the
+  socket thread; their results come back through `take_results()` after `results_ready`.
+
+The agent uses either through `Slots` and never asks which kind it has; `open_slots` is the
+one place that chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.protocol import Run
+from node.registry import Function
+from node.slots.inline import InlineSlot
+from node.slots.threads import ThreadSlots
+
+
+class Slots(Protocol):
+    """What the socket thread asks of its slots. Every method is called by the socket thread
+    (by the inline watchdog only while it holds the socket), except `poke`."""
+
+    @property
+    def capacity(self) -> int:
+        """Tasks run at once: the capacity the node registers."""
+        ...
+
+    @property
+    def busy(self) -> int:
+        """Tasks running or waiting for a slot, not counting those answered already."""
+        ...
+
+    @property
+    def next_deadline(self) -> float:
+        """When `expire` next has a task to give (monotonic seconds, or inf)."""
+        ...
+
+    def start(self) -> None: ...
+
+    def submit(self, run: Run) -> list[bytes] | None:
+        """Run a task: its RESULT frames if it finished at once, else None (its result comes
+        later from `take_results`)."""
+        ...
+
+    def take_results(self) -> list[list[bytes]]:
+        """The RESULT messages finished since the last call, after `results_ready`."""
+        ...
+
+    def expire(self, now: float) -> list[Run]:
+        """The running tasks past their task timeout; they count as answered from now on
+        (the caller answers them)."""
+        ...
+
+    def poke(self) -> None:
+        """A stop was requested: act on it even while a function runs. Safe from a signal
+        handler."""
+        ...
+
+    def close(self, wait: float) -> None:
+        """Stop, waiting at most `wait` seconds for functions still running."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlotHooks:
+    """What the slots may ask of the agent, which owns the socket."""
+
+    # From a slot thread: results are waiting in `take_results()`.
+    results_ready: Callable[[], None]
+    # From the inline watchdog, holding the socket while a function runs: heartbeat or
+    # deregister as the loop would; when that is due next; and a task that passed its task
+    # timeout, which the function running inline cannot be stopped for (ends the process).
+    keep_alive: Callable[[], None]
+    next_heartbeat: Callable[[], float]
+    overdue: Callable[[Run], None]
+
+
+def open_slots(functions: Mapping[str, Function], threads: int, hooks: SlotHooks) -> Slots:
+    """`threads` slots for `functions`: one inline slot, or that many slot threads."""
+    if threads == 1:
+        return InlineSlot(functions, hooks.keep_alive, hooks.next_heartbeat, hooks.overdue)
+    return ThreadSlots(functions, threads, hooks.results_ready)
