@@ -1,28 +1,40 @@
-"""The broker server in-process (strict mode) with scripted peers on real sockets."""
+"""The broker server in-process (strict mode: the core's invariants are checked after every
+event) with scripted peers on real sockets."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import zmq
 
 from broker import protocol as p
-from broker.scheduler import SchedulerConfig
+from broker.core.config import SchedulerConfig
 from broker.server import BATCH, BrokerConfig, BrokerServer
+from broker.store import PersistenceConfig
 from tests.support import wait_until
 
 INTERVAL = 0.1
 LIVENESS = 3
 TIMEOUT_MS = 3000
+MakeSocket = Callable[[int], zmq.Socket[Any]]
+
+
+def execute(task_id: str, function: str = "f", args: bytes = b"[]", **options: Any) -> p.Execute:
+    return p.Execute(p.TaskSpec(task_id, function, args, **options))
 
 
 class Broker:
     def __init__(self, **config: Any) -> None:
         scheduler = SchedulerConfig(heartbeat_interval=INTERVAL, liveness=LIVENESS)
-        defaults: dict[str, Any] = {"scheduler": scheduler, "strict": True}
+        defaults: dict[str, Any] = {
+            "scheduler": scheduler,
+            "strict": True,
+            "persistence": PersistenceConfig(store=None),
+        }
         self.server = BrokerServer(BrokerConfig("tcp://127.0.0.1:*", **(defaults | config)))
         self.endpoint = self.server.bind()
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
@@ -37,9 +49,8 @@ class Broker:
 class Peer:
     """A DEALER speaking ZTB with explicit delimiters (a node or a pipelined client)."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+    def __init__(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        self.sock = sock
         self.sock.connect(endpoint)
 
     def send(self, message: p.Message) -> None:
@@ -57,12 +68,11 @@ class Peer:
             if not (skip_heartbeats and isinstance(message, p.Heartbeat)):
                 return message
 
-    def register(self, name: str, functions: tuple[str, ...] = ("f",), capacity: int = 1) -> None:
-        self.send(p.Register(name, "localhost", 123, functions, capacity))
+    def register(
+        self, name: str, functions: tuple[str, ...] = ("f",), capacity: int = 1, pid: int = 123
+    ) -> None:
+        self.send(p.Register(name, "localhost", pid, functions, capacity))
         assert isinstance(self.recv(), p.Registered)
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
 
 
 @pytest.fixture
@@ -75,14 +85,6 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for peer in made:
-        peer.close()
-
-
-@pytest.fixture
 def small_broker() -> Iterator[Broker]:
     """A broker that refuses messages over 4096 bytes."""
     b = Broker(max_message_size=4096)
@@ -92,20 +94,14 @@ def small_broker() -> Iterator[Broker]:
         b.stop()
 
 
-def new_peer(broker: Broker, peers: list[Peer]) -> Peer:
-    peer = Peer(broker.endpoint)
-    peers.append(peer)
-    return peer
-
-
-def status(broker: Broker) -> dict[str, Any]:
-    from broker.control import status as query
-
-    return query(broker.endpoint, timeout=3.0)
+@pytest.fixture
+def peers(make_socket: MakeSocket) -> Callable[[Broker], Peer]:
+    """`peers(broker)`: a new DEALER peer of that broker, closed after the test."""
+    return lambda broker: Peer(make_socket(zmq.DEALER), broker.endpoint)
 
 
 def req_roundtrip(endpoint: str, frames: list[bytes]) -> p.Message:
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
@@ -116,22 +112,32 @@ def req_roundtrip(endpoint: str, frames: list[bytes]) -> p.Message:
         sock.close(linger=0)
 
 
-def test_register_execute_run_result_completed(broker: Broker, peers: list[Peer]) -> None:
-    node = new_peer(broker, peers)
+def status(broker: Broker) -> dict[str, Any]:
+    reply = req_roundtrip(broker.endpoint, p.encode(p.Status()))
+    assert isinstance(reply, p.StatusReply)
+    return reply.body
+
+
+def test_register_execute_run_result_completed(
+    broker: Broker, peers: Callable[[Broker], Peer]
+) -> None:
+    node = peers(broker)
     node.send(p.Register("n1", "localhost", 123, ("multiply",), 2))
     registered = node.recv()
     assert registered == p.Registered(registered.node_id, INTERVAL, LIVENESS)  # type: ignore[union-attr]
-    client = new_peer(broker, peers)
-    client.send(p.Execute("t1", "multiply", b"[5,10]", 5))
+    client = peers(broker)
+    client.send(execute("t1", "multiply", b"[5,10]"))
     run = node.recv()
     assert run == p.Run("t1", "multiply", b"[5,10]", 1)
-    node.send(p.Result("t1", 0, b"50"))
+    node.send(p.Result("t1", 0, b"50", None, 1))
     assert client.recv() == p.TaskCompleted("t1", 0, b"50", None, 1)
 
 
-def test_req_client_gets_unknown_function_error(broker: Broker, peers: list[Peer]) -> None:
-    new_peer(broker, peers).register("n1", ("f",))
-    reply = req_roundtrip(broker.endpoint, p.encode(p.Execute("t1", "nope", b"[]")))
+def test_req_client_gets_unknown_function_error(
+    broker: Broker, peers: Callable[[Broker], Peer]
+) -> None:
+    peers(broker).register("n1", ("f",))
+    reply = req_roundtrip(broker.endpoint, p.encode(execute("t1", "nope")))
     assert isinstance(reply, p.TaskCompleted)
     assert reply.exit_code == p.EXIT_UNKNOWN_FUNCTION
     assert reply.error is not None and "nope" in reply.error.message
@@ -153,39 +159,39 @@ def test_req_client_gets_unknown_function_error(broker: Broker, peers: list[Peer
     ],
 )
 def test_bad_input_gets_an_error_and_the_broker_keeps_serving(
-    broker: Broker, peers: list[Peer], frames: list[bytes], code: str
+    broker: Broker, peers: Callable[[Broker], Peer], frames: list[bytes], code: str
 ) -> None:
     reply = req_roundtrip(broker.endpoint, frames)
     assert isinstance(reply, p.Error) and reply.code == code, reply
     counters = status(broker)["counters"]
     assert counters[f"refused_{code}"] == 1
-    node = new_peer(broker, peers)
+    node = peers(broker)
     node.register("n1")  # still serving
 
 
-def test_missing_delimiter_is_refused(broker: Broker, peers: list[Peer]) -> None:
-    peer = new_peer(broker, peers)
+def test_missing_delimiter_is_refused(broker: Broker, peers: Callable[[Broker], Peer]) -> None:
+    peer = peers(broker)
     peer.send_raw(p.encode(p.Heartbeat()))  # a DEALER that forgot the empty frame
     reply = peer.recv()
     assert isinstance(reply, p.Error) and reply.code == p.ERR_MALFORMED
 
 
 def test_oversized_message_is_refused_with_its_task_id(small_broker: Broker) -> None:
-    big = p.Execute("t-big", "f", b"[" + b"1," * 4000 + b"1]")
+    big = execute("t-big", "f", b"[" + b"1," * 4000 + b"1]")
     reply = req_roundtrip(small_broker.endpoint, p.encode(big))
     assert reply == p.Error(p.ERR_TOO_LARGE, reply.message, "t-big")  # type: ignore[union-attr]
     assert "4096" in reply.message  # type: ignore[union-attr]
 
 
 def test_silent_node_is_declared_dead_and_its_task_completes_elsewhere(
-    broker: Broker, peers: list[Peer]
+    broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:
-    doomed = new_peer(broker, peers)
+    doomed = peers(broker)
     doomed.register("doomed")
-    client = new_peer(broker, peers)
-    client.send(p.Execute("t1", "f", b"[]"))
+    client = peers(broker)
+    client.send(execute("t1"))
     assert isinstance(doomed.recv(), p.Run)
-    rescuer = new_peer(broker, peers)
+    rescuer = peers(broker)
     rescuer.register("rescuer")
     # doomed falls silent; rescuer answers heartbeats until the task comes to it.
     deadline_ms = int((INTERVAL * LIVENESS + 0.5) * 1000)
@@ -201,36 +207,36 @@ def test_silent_node_is_declared_dead_and_its_task_completes_elsewhere(
 
 
 def test_node_gets_heartbeats_and_unknown_heartbeats_get_disconnect(
-    broker: Broker, peers: list[Peer]
+    broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:
-    node = new_peer(broker, peers)
+    node = peers(broker)
     node.register("n1")
     assert isinstance(node.recv(skip_heartbeats=False), p.Heartbeat)
-    stranger = new_peer(broker, peers)
+    stranger = peers(broker)
     stranger.send(p.Heartbeat())
     assert isinstance(stranger.recv(), p.Disconnect)
 
 
 def test_resend_of_pending_task_runs_once_and_answers_both(
-    broker: Broker, peers: list[Peer]
+    broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:
-    node = new_peer(broker, peers)
+    node = peers(broker)
     node.register("n1")
-    first, second = new_peer(broker, peers), new_peer(broker, peers)
-    first.send(p.Execute("t1", "f", b"[]"))
+    first, second = peers(broker), peers(broker)
+    first.send(execute("t1"))
     assert isinstance(node.recv(), p.Run)
-    second.send(p.Execute("t1", "f", b"[]"))
+    second.send(execute("t1"))
     wait_until(lambda: status(broker)["counters"].get("resubmitted") == 1, 3, what="resend")
     node.send(p.Result("t1", 0, b"7"))
     assert first.recv() == second.recv() == p.TaskCompleted("t1", 0, b"7", None, 1)
     assert status(broker)["counters"]["accepted"] == 1
 
 
-def test_deregister_drains_then_forgets(broker: Broker, peers: list[Peer]) -> None:
-    node = new_peer(broker, peers)
+def test_deregister_drains_then_forgets(broker: Broker, peers: Callable[[Broker], Peer]) -> None:
+    node = peers(broker)
     node.register("n1")
-    client = new_peer(broker, peers)
-    client.send(p.Execute("t1", "f", b"[]"))
+    client = peers(broker)
+    client.send(execute("t1"))
     assert isinstance(node.recv(), p.Run)
     node.send(p.Deregister())
     wait_until(lambda: status(broker)["nodes"][0]["state"] == "draining", 3, what="draining")
@@ -239,21 +245,20 @@ def test_deregister_drains_then_forgets(broker: Broker, peers: list[Peer]) -> No
     wait_until(lambda: status(broker)["nodes"] == [], 3, what="node forgotten")
 
 
-def test_stop_sends_disconnect_to_nodes(peers: list[Peer]) -> None:
+def test_stop_sends_disconnect_to_nodes(peers: Callable[[Broker], Peer]) -> None:
     b = Broker()
-    node = Peer(b.endpoint)
-    peers.append(node)
+    node = peers(b)
     node.register("n1")
     b.stop()
     assert node.recv() == p.Disconnect("broker shutting down")
 
 
 def test_oversized_result_fails_the_task_with_bad_result(
-    small_broker: Broker, peers: list[Peer]
+    small_broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:
-    node, client = new_peer(small_broker, peers), new_peer(small_broker, peers)
+    node, client = peers(small_broker), peers(small_broker)
     node.register("n1")
-    client.send(p.Execute("t1", "f", b"[]"))
+    client.send(execute("t1"))
     assert isinstance(node.recv(), p.Run)
     node.send(p.Result("t1", 0, b'"' + b"x" * 5000 + b'"'))
     refused = node.recv()
@@ -264,17 +269,17 @@ def test_oversized_result_fails_the_task_with_bad_result(
 
 
 def test_resend_after_completion_is_answered_without_running_again(
-    broker: Broker, peers: list[Peer]
+    broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:
-    node = new_peer(broker, peers)
+    node = peers(broker)
     node.register("n1")
-    client = new_peer(broker, peers)
-    client.send(p.Execute("t1", "f", b"[]"))
+    client = peers(broker)
+    client.send(execute("t1"))
     assert isinstance(node.recv(), p.Run)
     node.send(p.Result("t1", 0, b"7"))
     first = client.recv()
     # A REQ client that lost that reply resends on a fresh socket.
-    again = req_roundtrip(broker.endpoint, p.encode(p.Execute("t1", "f", b"[]")))
+    again = req_roundtrip(broker.endpoint, p.encode(execute("t1")))
     assert again == first == p.TaskCompleted("t1", 0, b"7", None, 1)
     counters = status(broker)["counters"]
     assert counters["accepted"] == 1 and counters["answered_again"] == 1
@@ -282,17 +287,20 @@ def test_resend_after_completion_is_answered_without_running_again(
         node.recv(timeout_ms=300)  # heartbeats only: no second RUN
 
 
-def test_a_backlog_longer_than_one_batch_is_answered_in_full() -> None:
+def test_a_backlog_longer_than_one_batch_is_answered_in_full(make_socket: MakeSocket) -> None:
     """Messages waiting before the loop starts are read BATCH at a time; none is lost at
     the edge of a batch."""
     scheduler = SchedulerConfig(heartbeat_interval=INTERVAL, liveness=LIVENESS)
-    server = BrokerServer(BrokerConfig("tcp://127.0.0.1:*", scheduler=scheduler, strict=True))
-    peer = Peer(server.bind())
+    config = BrokerConfig(
+        "tcp://127.0.0.1:*", scheduler, persistence=PersistenceConfig(store=None), strict=True
+    )
+    server = BrokerServer(config)
+    peer = Peer(make_socket(zmq.DEALER), server.bind())
     thread = threading.Thread(target=server.serve, daemon=True)
     count = 3 * BATCH + 7
     try:
         for i in range(count):  # queued in ZeroMQ: the loop has not started yet
-            peer.send(p.Execute(f"t{i}", "nobody-offers-this", b"[]"))
+            peer.send(execute(f"t{i}", "nobody-offers-this"))
         thread.start()
         answered = [peer.recv() for _ in range(count)]
         assert [m.task_id for m in answered if isinstance(m, p.TaskCompleted)] == [
@@ -303,4 +311,61 @@ def test_a_backlog_longer_than_one_batch_is_answered_in_full() -> None:
         server.request_stop()
         if thread.is_alive():
             thread.join(5)
-        peer.close()
+
+
+def test_only_the_holder_answers_a_task(broker: Broker, peers: Callable[[Broker], Peer]) -> None:
+    """A stranger, and a registered node that does not hold the task, are refused; the
+    client gets the holder's answer."""
+    holder, other = peers(broker), peers(broker)
+    holder.register("holder", pid=1)
+    client = peers(broker)
+    client.send(execute("t1"))
+    assert isinstance(holder.recv(), p.Run)
+    other.register("other", pid=2)
+    stranger = peers(broker)
+    stranger.send(p.Result("t1", 0, b'"forged"'))
+    assert stranger.recv() == p.Disconnect("not registered: send REGISTER")
+    other.send(p.Result("t1", 0, b'"forged"'))
+    refused = other.recv()
+    assert isinstance(refused, p.Error) and (refused.code, refused.task_id) == ("not_holder", "t1")
+    holder.send(p.Result("t1", 0, b"42", None, 1))
+    assert client.recv() == p.TaskCompleted("t1", 0, b"42", None, 1)
+    assert status(broker)["counters"]["refused_not_holder"] == 2
+
+
+def test_status_is_answered_within_100_ms_while_50000_tasks_expire(
+    peers: Callable[[Broker], Peer], make_socket: MakeSocket
+) -> None:
+    """50,000 queued tasks reach their queue deadline together: the broker answers them
+    TICK_BUDGET at a time and a STATUS between two of those batches."""
+    # Not strict: checking every invariant after each of 100,000 events would take minutes.
+    b = Broker(scheduler=SchedulerConfig(heartbeat_interval=30.0, liveness=3), strict=False)
+    try:
+        node, client = peers(b), peers(b)
+        node.register("busy")
+        client.send(execute("busy"))
+        assert isinstance(node.recv(), p.Run)  # its one slot stays taken
+        total = 50_000
+        client.sock.setsockopt(zmq.RCVHWM, 0)
+        specs = [execute(f"t{i}", queue_timeout=2.0) for i in range(total)]
+        for start in range(0, total, 256):
+            client.send_raw([b"", *p.encode_batch(specs[start : start + 256])])
+        wait_until(lambda: status(b)["queued"] == total, 20, what="all tasks queued")
+        asker = make_socket(zmq.REQ)
+        asker.connect(b.endpoint)
+        slowest = 0.0
+        answered = 0
+        while answered < total:
+            started = time.perf_counter()
+            asker.send_multipart(p.encode(p.Status()))
+            assert asker.poll(TIMEOUT_MS), "no STATUS_REPLY"
+            reply = p.decode(asker.recv_multipart())
+            slowest = max(slowest, time.perf_counter() - started)
+            assert isinstance(reply, p.StatusReply)
+            answered = total - reply.body["queued"]
+            while client.sock.poll(0):
+                client.sock.recv_multipart()  # answers (exit 125) as they come
+        assert slowest < 0.1, f"a STATUS took {slowest * 1000:.0f} ms while tasks expired"
+        assert status(b)["counters"]["expired"] == total
+    finally:
+        b.stop()

@@ -1,4 +1,4 @@
-"""broker.wire on real sockets: whole messages in and out, routing, readiness."""
+"""broker.protocol.frames on real sockets: whole messages in and out, routing, readiness."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import zmq
 
-from broker.wire import (
+from broker.protocol.frames import (
     NOBLOCK,
     TimedReceiver,
     readable,
