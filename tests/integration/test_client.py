@@ -12,12 +12,12 @@ import pytest
 
 from broker.protocol import Error, Execute
 from client import BrokerError, BrokerTimeout, Client, TaskFailed
-from tests.integration.fake_broker import (
+from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
     Handler,
+    Received,
     Reply,
-    Request,
     completed,
     drop_first,
     fake_brokers,
@@ -48,9 +48,9 @@ def functions_broker(fake_broker: StartBroker) -> FakeBroker:
     return fake_broker(serve_functions(FUNCTIONS))
 
 
-def _arguments(request: Request) -> Any:
-    assert isinstance(request.message, Execute)
-    return orjson.loads(request.message.payload)
+def _arguments(received: Received) -> Any:
+    assert isinstance(received.message, Execute)
+    return orjson.loads(received.message.spec.args)
 
 
 # ------------------------------------------------------------------------------ execute
@@ -61,8 +61,8 @@ def test_execute_returns_the_result(functions_broker: FakeBroker) -> None:
         assert client.execute("multiply", 5, 10) == 50
         assert client.execute("echo", "a", [1, 2], {"k": None}) == ["a", [1, 2], {"k": None}]
     (_, execute), _ = functions_broker.executes()
-    assert execute.function == "multiply" and execute.priority == 5
-    assert orjson.loads(execute.payload) == [5, 10]
+    assert execute.spec.function == "multiply" and execute.spec.priority == 5
+    assert orjson.loads(execute.spec.args) == [5, 10]
 
 
 def test_big_integers_stay_exact(functions_broker: FakeBroker) -> None:
@@ -109,24 +109,24 @@ def test_lost_request_is_resent_on_a_fresh_socket(fake_broker: StartBroker) -> N
     with Client(broker.url, resend_interval=0.2, timeout=10) as client:
         assert client.execute("multiply", 6, 7) == 42
     (first_identity, first), (second_identity, second) = broker.executes()
-    assert first.task_id == second.task_id
+    assert first.spec.task_id == second.spec.task_id
     assert first_identity != second_identity
 
 
 def test_stale_reply_is_ignored(fake_broker: StartBroker) -> None:
-    answered: list[Request] = []
+    answered: list[Received] = []
 
-    def stale_then_right(request: Request) -> list[Reply]:
-        answered.append(request)
+    def stale_then_right(received: Received) -> list[Reply]:
+        answered.append(received)
         if len(answered) == 1:
-            return [completed(request, "stale", task_id="someone-else")]
-        return [completed(request, "right")]
+            return [completed(received, "stale", task_id="someone-else")]
+        return [completed(received, "right")]
 
     broker = fake_broker(stale_then_right)
     with Client(broker.url, resend_interval=5, timeout=10) as client:
         assert client.execute("anything") == "right"
     first, second = (execute for _, execute in broker.executes())
-    assert first.task_id == second.task_id
+    assert first.spec.task_id == second.spec.task_id
 
 
 def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
@@ -140,7 +140,7 @@ def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
         assert broker.url in str(info.value) and "zbroker start" in str(info.value)
         assert 0.5 <= elapsed < 5
         # Every resend repeated the one task id.
-        assert len({execute.task_id for _, execute in broker.executes()}) == 1
+        assert len({execute.spec.task_id for _, execute in broker.executes()}) == 1
 
 
 def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
@@ -152,10 +152,10 @@ def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
 
 
 def test_map_returns_results_in_input_order(fake_broker: StartBroker) -> None:
-    held: list[Request] = []
+    held: list[Received] = []
 
-    def reverse_order(request: Request) -> list[Reply]:
-        held.append(request)
+    def reverse_order(received: Received) -> list[Reply]:
+        held.append(received)
         if len(held) < 6:
             return []
         return [completed(r, _arguments(r)[0] * 2) for r in reversed(held)]
@@ -166,17 +166,17 @@ def test_map_returns_results_in_input_order(fake_broker: StartBroker) -> None:
 
 
 def test_map_keeps_at_most_window_tasks_in_flight(fake_broker: StartBroker) -> None:
-    held: list[Request] = []
-    received = 0
+    held: list[Received] = []
+    arrived = 0
     total = 10
 
-    def batches(request: Request) -> list[Reply]:
+    def batches(received: Received) -> list[Reply]:
         # Answer only full batches of 4 (and the last 2), so a client that sent a
         # fifth task before any answer would show up in max_in_flight.
-        nonlocal received
-        received += 1
-        held.append(request)
-        if len(held) < 4 and received < total:
+        nonlocal arrived
+        arrived += 1
+        held.append(received)
+        if len(held) < 4 and arrived < total:
             return []
         replies = [completed(r, "ok") for r in held]
         held.clear()
@@ -192,7 +192,7 @@ def test_map_resends_outstanding_tasks(fake_broker: StartBroker) -> None:
     broker = fake_broker(drop_first(5, serve_functions(FUNCTIONS)))
     with Client(broker.url, timeout=10, resend_interval=0.2) as client:
         assert client.map("multiply", [(i, 10) for i in range(5)]) == [0, 10, 20, 30, 40]
-    task_ids = [execute.task_id for _, execute in broker.executes()]
+    task_ids = [execute.spec.task_id for _, execute in broker.executes()]
     assert len(task_ids) == 10
     assert all(task_ids.count(task_id) == 2 for task_id in task_ids)
 
@@ -210,11 +210,11 @@ def test_map_raises_at_the_failing_position(functions_broker: FakeBroker) -> Non
 
 
 def test_map_error_reply_fails_that_task(fake_broker: StartBroker) -> None:
-    def refuse_second(request: Request) -> list[Reply]:
-        assert isinstance(request.message, Execute)
-        if _arguments(request) == [2]:
-            return [(request.identity, Error("malformed", "bad", request.message.task_id))]
-        return [completed(request, "ok")]
+    def refuse_second(received: Received) -> list[Reply]:
+        assert isinstance(received.message, Execute)
+        if _arguments(received) == [2]:
+            return [(received.identity, Error("malformed", "bad", received.message.spec.task_id))]
+        return [completed(received, "ok")]
 
     broker = fake_broker(refuse_second)
     with Client(broker.url, timeout=10) as client:
@@ -265,7 +265,7 @@ def test_zsubmit_json_prints_the_whole_answer(functions_broker: FakeBroker) -> N
     assert body.keys() == {"task_id", "exit_code", "result", "error", "attempts"}
     assert (body["exit_code"], body["result"], body["error"], body["attempts"]) == (0, 50, None, 1)
     [(_, execute)] = functions_broker.executes()
-    assert execute.task_id == body["task_id"] and execute.priority == 9
+    assert execute.spec.task_id == body["task_id"] and execute.spec.priority == 9
 
 
 def test_zsubmit_failed_task_exits_1(functions_broker: FakeBroker) -> None:

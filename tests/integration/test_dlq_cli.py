@@ -22,12 +22,12 @@ from broker.protocol import (
     DeadLetters,
     Error,
 )
-from tests.integration.fake_broker import (
+from tests.fakes import (
     DeadLetterQueue,
     FakeBroker,
     Handler,
     Reply,
-    Request,
+    Received,
     dead_letter,
     dead_letter_requests,
     fake_brokers,
@@ -232,8 +232,8 @@ def test_no_broker_exits_3(argv: list[str]) -> None:
 
 
 def test_a_broker_without_dlq_exits_1(fake_broker: StartBroker) -> None:
-    def old_broker(request: Request) -> list[Reply]:
-        return [(request.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
+    def old_broker(received: Received) -> list[Reply]:
+        return [(received.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
 
     broker = fake_broker(old_broker)
     done = dlq("list", "--broker", broker.url)
