@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from typing import Any
 
 import orjson
 import pytest
 
-from broker.protocol import Error, Execute
-from client import BrokerError, BrokerTimeout, Client, TaskFailed
+from broker.protocol import Error, Execute, RemoteProtocolError
+from client import BadEndpoint, BadReply, BrokerError, BrokerTimeout, Client, TaskFailed
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
@@ -141,6 +142,28 @@ def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
         assert 0.5 <= elapsed < 5
         # Every resend repeated the one task id.
         assert len({execute.spec.task_id for _, execute in broker.executes()}) == 1
+
+
+def test_a_reply_that_is_not_ztb_raises_bad_reply(fake_broker: StartBroker) -> None:
+    brokers: list[FakeBroker] = []
+
+    def speak_http(received: Received) -> list[Reply]:
+        brokers[0].send_raw(received.identity, b"", b"HTTP/1.1 400 Bad Request")
+        return []
+
+    brokers.append(fake_broker(speak_http))
+    with Client(brokers[0].url, timeout=30) as client, pytest.raises(BadReply) as info:
+        client.execute("multiply", 1, 2)
+    assert isinstance(info.value, RemoteProtocolError)
+    assert str(info.value).endswith("is it a ZTB broker?")
+    assert len(brokers[0].executes()) == 1  # raised at once, not resent until the timeout
+
+
+def test_a_url_that_is_not_an_endpoint_raises_bad_endpoint() -> None:
+    with Client("localhost:5000") as client, pytest.raises(BadEndpoint) as info:
+        client.execute("multiply", 1, 2)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith("cannot use 'localhost:5000' as the broker's address")
 
 
 def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
@@ -296,6 +319,17 @@ def test_zsubmit_without_broker_exits_3() -> None:
         f"error: no answer from the broker at {url} within 0.5 s; "
         "is `zbroker start` running? (use --broker to point elsewhere)\n"
     )
+
+
+def test_zsubmit_bad_endpoint_exits_2() -> None:
+    done = zsubmit("--broker", "localhost:5000", "multiply", "1", "2")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("error: cannot use 'localhost:5000' as the broker's address")
+
+
+def test_zsubmit_version() -> None:
+    done = zsubmit("--version")
+    assert (done.returncode, done.stdout) == (0, f"zsubmit {metadata.version('zmq-taskbroker')}\n")
 
 
 def test_zsubmit_reads_json_else_strings(functions_broker: FakeBroker) -> None:
