@@ -22,7 +22,7 @@ from broker.protocol import (
 )
 from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.errors import BadReply, ClientError
-from client.link import RESEND_INTERVAL, ReqLink
+from client.link import CLOSED, RESEND_INTERVAL, ReqLink
 from client.options import TaskOptions, check_name, check_timeout
 from client.payloads import encode_arguments, result_of
 from client.pipeline import Pipeline
@@ -207,34 +207,34 @@ class Client:
 
     def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
-        return self._open_control().status(timeout)
+        return self._control.status(timeout)
 
     def dead_letters(
         self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> list[dict[str, Any]]:
         """The dead letters (tasks that failed for good), newest first, at most `limit`
         (None: all of them); see ControlClient.dead_letters for the entries."""
-        return self._open_control().dead_letters(limit, timeout=timeout).entries
+        return self._control.dead_letters(limit, timeout=timeout).entries
 
     def dead_letter(
         self, task_id: str, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> dict[str, Any]:
         """One dead letter with its decoded arguments in "args"; NotFound (a KeyError too)
         when the task is not in the dead-letter queue. See ControlClient.dead_letter."""
-        return self._open_control().dead_letter(task_id, timeout=timeout)
+        return self._control.dead_letter(task_id, timeout=timeout)
 
     def replay(
         self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> dict[str, list[str]]:
         """Queue a dead letter again (None: all of them): {"replayed": [ids], "missing":
         [ids]}. See ControlClient.replay."""
-        return self._open_control().replay(task_id, timeout=timeout)
+        return self._control.replay(task_id, timeout=timeout)
 
     def purge_dead_letters(
         self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
     ) -> int:
         """Forget a dead letter (None: every one of them); returns how many were removed."""
-        return self._open_control().purge(task_id, timeout=timeout)
+        return self._control.purge(task_id, timeout=timeout)
 
     # ------------------------------------------------------------------------- internals
 
@@ -275,16 +275,11 @@ class Client:
                 return reply.task_id == task_id
             return isinstance(reply, Error) and reply.task_id in (None, task_id)
 
-        self._check_open()
         reply = self._link.exchange(execute_frames(spec), answers, self._timeout(timeout))
         if not isinstance(reply, TaskCompleted):
             raise BadReply(ERR_MALFORMED, f"the broker answered {type(reply).__name__} to EXECUTE")
         return reply
 
-    def _open_control(self) -> ControlClient:
-        self._check_open()
-        return self._control
-
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientError("this Client is closed; create a new one")
+            raise ClientError(CLOSED)

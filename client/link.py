@@ -17,6 +17,7 @@ from client.errors import BadEndpoint, BrokerTimeout, ClientError, broker_error
 from client.payloads import first_answer
 
 RESEND_INTERVAL = 2.5  # seconds without a reply before a request is sent again
+CLOSED = "this client is closed; create a new Client (or ReqLink) to reach the broker again"
 
 
 def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
@@ -118,7 +119,7 @@ class ReqLink:
 
     def _connected(self) -> TimedReceiver:
         if self._closed:
-            raise ClientError(f"the connection to the broker at {self.url} is closed")
+            raise ClientError(CLOSED)
         if self._receiver is None:
             self._receiver = TimedReceiver(open_socket(self._context, zmq.REQ, self.url))
         return self._receiver

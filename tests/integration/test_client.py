@@ -12,7 +12,15 @@ import orjson
 import pytest
 
 from broker.protocol import Error, Execute, RemoteProtocolError
-from client import BadEndpoint, BadReply, BrokerError, BrokerTimeout, Client, TaskFailed
+from client import (
+    BadEndpoint,
+    BadReply,
+    BrokerError,
+    BrokerTimeout,
+    Client,
+    ClientError,
+    TaskFailed,
+)
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
@@ -105,6 +113,51 @@ def test_unsupported_argument_is_a_type_error(functions_broker: FakeBroker) -> N
     assert functions_broker.executes() == []
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"priority": 10}, r"priority must be an integer from 0 to 9 \(9 runs first\), got 10"),
+        ({"priority": True}, "priority must be an integer from 0 to 9"),
+        ({"retries": 101}, r"retries must be an integer from 0 to 100 \(or None"),
+        ({"retries": 1.5}, "retries must be an integer from 0 to 100"),
+        ({"queue_timeout": 0}, "queue_timeout must be 0.001 to 86400 seconds or None, got 0"),
+    ],
+)
+def test_a_bad_task_option_fails_before_sending(
+    functions_broker: FakeBroker, option: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Client(functions_broker.url, **option)
+    with Client(functions_broker.url) as client:
+        with pytest.raises(ValueError, match=message):
+            client.execute("multiply", 1, 2, **option)
+        with pytest.raises(ValueError, match=message):
+            client.submit("multiply", [1, 2], **option)
+        if "priority" in option:
+            with pytest.raises(ValueError, match=message):
+                client.map("multiply", [(1, 2)], **option)
+    assert functions_broker.requests == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.execute("", 1), "function must be a string of 1 to 256 characters"),
+        (lambda c: c.execute("f", task_id="x" * 257), "task_id must be a string of 1 to 256"),
+        (lambda c: c.execute("f", timeout=0), "timeout must be a positive number of seconds"),
+        (lambda c: c.map("f", [()], window=0), "window must be a positive integer"),
+    ],
+)
+def test_a_bad_argument_fails_before_sending(
+    functions_broker: FakeBroker, call: Callable[[Client], object], message: str
+) -> None:
+    with Client(functions_broker.url) as client, pytest.raises(ValueError, match=message):
+        call(client)
+    with pytest.raises(ValueError, match="resend_interval must be positive"):
+        Client(functions_broker.url, resend_interval=0)
+    assert functions_broker.requests == []
+
+
 def test_lost_request_is_resent_on_a_fresh_socket(fake_broker: StartBroker) -> None:
     broker = fake_broker(drop_first(1, serve_functions(FUNCTIONS)))
     with Client(broker.url, resend_interval=0.2, timeout=10) as client:
@@ -164,6 +217,22 @@ def test_a_url_that_is_not_an_endpoint_raises_bad_endpoint() -> None:
         client.execute("multiply", 1, 2)
     assert isinstance(info.value, ValueError)
     assert str(info.value).startswith("cannot use 'localhost:5000' as the broker's address")
+
+
+def test_a_closed_client_refuses_every_call(functions_broker: FakeBroker) -> None:
+    client = Client(functions_broker.url)
+    client.close()
+    client.close()  # a second close does nothing
+    calls: list[Callable[[], object]] = [
+        lambda: client.execute("multiply", 1, 2),
+        lambda: client.map("multiply", [(1, 2)]),
+        client.status,
+        client.dead_letters,
+    ]
+    for call in calls:
+        with pytest.raises(ClientError, match="this client is closed; create a new Client"):
+            call()
+    assert functions_broker.requests == []
 
 
 def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
