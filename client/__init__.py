@@ -8,6 +8,30 @@ with Client("tcp://127.0.0.1:5000") as c:
 """
 
 from client.api import Client
-from client.errors import BrokerError, BrokerTimeout, ClientError, NotFound, TaskFailed
+from client.control import ControlClient, DeadLetterList
+from client.errors import (
+    BadEndpoint,
+    BadReply,
+    BrokerError,
+    BrokerTimeout,
+    ClientError,
+    NotFound,
+    TaskFailed,
+)
+from client.link import ReqLink
+from client.options import TaskOptions
 
-__all__ = ["BrokerError", "BrokerTimeout", "Client", "ClientError", "NotFound", "TaskFailed"]
+__all__ = [
+    "BadEndpoint",
+    "BadReply",
+    "BrokerError",
+    "BrokerTimeout",
+    "Client",
+    "ClientError",
+    "ControlClient",
+    "DeadLetterList",
+    "NotFound",
+    "ReqLink",
+    "TaskFailed",
+    "TaskOptions",
+]

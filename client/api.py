@@ -1,10 +1,10 @@
-"""The request/reply client: one task at a time over a REQ socket, Lazy Pirate style."""
+"""The client: tasks one at a time over a REQ socket (Lazy Pirate style) or many at once
+with `map`, and the broker's status and dead-letter queue through the control client."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import EllipsisType, TracebackType
 from typing import Any
 
@@ -12,22 +12,25 @@ import zmq
 
 from broker.protocol import (
     DEFAULT_BROKER_URL,
+    ERR_MALFORMED,
     PRIORITY_DEFAULT,
     Error,
     Message,
     TaskCompleted,
+    TaskSpec,
+    execute_frames,
 )
-from broker.wire import TimedReceiver, send_frames
-from client.admin import BrokerRequests
-from client.errors import BrokerTimeout, ClientError, broker_error
-from client.options import TaskDefaults, TaskOptions, check_name, check_timeout
-from client.payloads import encode_arguments, first_answer, result_of
-from client.pipeline import Pipeline, open_socket, poll_ms
+from client.control import DEFAULT_TIMEOUT, ControlClient
+from client.errors import BadReply, ClientError
+from client.link import CLOSED, RESEND_INTERVAL, ReqLink
+from client.options import TaskOptions, check_name, check_timeout
+from client.payloads import encode_arguments, result_of
+from client.pipeline import Pipeline
 
 Timeout = float | None | EllipsisType  # ... means "the Client's timeout"
 
 
-class Client(TaskDefaults, BrokerRequests):
+class Client:
     """A connection to a ZTB broker that submits tasks and waits for their results.
 
     `execute` sends one task over a REQ socket and waits for it (Lazy Pirate: when no
@@ -35,11 +38,11 @@ class Client(TaskDefaults, BrokerRequests):
     id sent again, which the broker answers without running the task twice). `map` and
     `imap` keep many tasks in flight on a DEALER socket. `timeout` is the default total
     wait per call for the answer, None waits forever. `priority`, `retries`,
-    `queue_timeout` and `task_timeout` are the defaults for the tasks this client sends;
-    `task_timeout` is how long one attempt may run on its node before it is stopped and
-    fails with exit 124 (None: the broker's limit, if any). `status()` and the
-    dead-letter queue (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`)
-    come from BrokerRequests.
+    `queue_timeout` and `task_timeout` are the defaults for the tasks this client sends
+    (`defaults`); `task_timeout` is how long one attempt may run on its node before it is
+    stopped and fails with exit 124 (None: the broker's limit, if any). `status()` and the
+    dead-letter queue (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`) are
+    asked through the same REQ socket, by the control client `zbroker` uses too.
 
     Not thread-safe: ZeroMQ sockets belong to one thread, so use one Client per thread.
     """
@@ -49,25 +52,30 @@ class Client(TaskDefaults, BrokerRequests):
         url: str = DEFAULT_BROKER_URL,
         *,
         timeout: float | None = 30.0,
-        resend_interval: float = 2.5,
+        resend_interval: float = RESEND_INTERVAL,
         priority: int = PRIORITY_DEFAULT,
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        if not resend_interval > 0:
-            raise ValueError(f"resend_interval must be positive, got {resend_interval!r}")
         self.url = url
         self.timeout = check_timeout(timeout)
-        self.resend_interval = resend_interval
-        super().__init__(TaskOptions(priority, retries, queue_timeout, task_timeout))
+        self.defaults = TaskOptions(priority, retries, queue_timeout, task_timeout)
         self._context: zmq.Context[Any] = zmq.Context()
-        self._socket: zmq.Socket[Any] | None = None
-        self._receiver: TimedReceiver | None = None  # on the current socket
+        try:
+            self._link = ReqLink(url, resend_interval, self._context)
+        except BaseException:
+            self._context.destroy(linger=0)
+            raise
+        self._control = ControlClient(self._link)
         self._closed = False
         # Task ids: this client's random prefix and a count (cheaper than a uuid4 per task).
         self._id_prefix = os.urandom(8).hex()
         self._sent = 0
+
+    @property
+    def resend_interval(self) -> float:
+        return self._link.resend_interval
 
     def __enter__(self) -> Client:
         return self
@@ -85,7 +93,7 @@ class Client(TaskDefaults, BrokerRequests):
         if self._closed:
             return
         self._closed = True
-        self._discard_socket()
+        self._link.close()
         # destroy, not term: a half-consumed imap() must not keep close() waiting.
         self._context.destroy(linger=0)
 
@@ -110,9 +118,8 @@ class Client(TaskDefaults, BrokerRequests):
         refuses the request, BrokerTimeout when no answer comes in time, and TypeError for
         arguments JSON cannot carry.
         """
-        options = self.options(priority, retries, queue_timeout, task_timeout)
-        completed = self._submit(function, args, options, timeout, task_id)
-        return result_of(function, completed, options.task_timeout)
+        spec = self._spec(function, args, task_id, priority, retries, queue_timeout, task_timeout)
+        return result_of(function, self._submit(spec, timeout), spec.task_timeout)
 
     def submit(
         self,
@@ -134,8 +141,8 @@ class Client(TaskDefaults, BrokerRequests):
         client's, else the broker's. `timeout` is how long this call waits for the answer,
         not a limit on the function. Raises BrokerError, BrokerTimeout, TypeError, and
         ValueError for an option out of range."""
-        options = self.options(priority, retries, queue_timeout, task_timeout)
-        return self._submit(function, args, options, timeout, task_id)
+        spec = self._spec(function, args, task_id, priority, retries, queue_timeout, task_timeout)
+        return self._submit(spec, timeout)
 
     # ------------------------------------------------------------------------- many tasks
 
@@ -189,99 +196,90 @@ class Client(TaskDefaults, BrokerRequests):
             function,
             arguments,
             window=window,
-            options=self.options(priority, None, None, task_timeout),
+            options=self.defaults.override(priority, task_timeout),
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,
         )
         return pipeline.run()
 
+    # ------------------------------------------------------------------------- the broker
+
+    def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
+        return self._control.status(timeout)
+
+    def dead_letters(
+        self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """The dead letters (tasks that failed for good), newest first, at most `limit`
+        (None: all of them); see ControlClient.dead_letters for the entries."""
+        return self._control.dead_letters(limit, timeout=timeout).entries
+
+    def dead_letter(
+        self, task_id: str, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """One dead letter with its decoded arguments in "args"; NotFound (a KeyError too)
+        when the task is not in the dead-letter queue. See ControlClient.dead_letter."""
+        return self._control.dead_letter(task_id, timeout=timeout)
+
+    def replay(
+        self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> dict[str, list[str]]:
+        """Queue a dead letter again (None: all of them): {"replayed": [ids], "missing":
+        [ids]}. See ControlClient.replay."""
+        return self._control.replay(task_id, timeout=timeout)
+
+    def purge_dead_letters(
+        self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> int:
+        """Forget a dead letter (None: every one of them); returns how many were removed."""
+        return self._control.purge(task_id, timeout=timeout)
+
     # ------------------------------------------------------------------------- internals
 
     def _timeout(self, timeout: Timeout) -> float | None:
         return self.timeout if timeout is ... else check_timeout(timeout)
 
-    def _submit(
+    def _spec(
         self,
         function: str,
         args: Sequence[Any],
-        options: TaskOptions,
-        timeout: Timeout,
         task_id: str | None,
-    ) -> TaskCompleted:
+        priority: int | None,
+        retries: int | None,
+        queue_timeout: float | None,
+        task_timeout: float | None,
+    ) -> TaskSpec:
+        """The task a call describes, every option given checked, before anything is sent."""
         if task_id is None:
             self._sent += 1
             task_id = f"{self._id_prefix}-{self._sent}"
         else:
             task_id = check_name("task_id", task_id)
-        request = options.execute_frames(
-            task_id, check_name("function", function), encode_arguments(args)
+        return self.defaults.spec(
+            task_id,
+            check_name("function", function),
+            encode_arguments(args),
+            priority,
+            retries,
+            queue_timeout,
+            task_timeout,
         )
+
+    def _submit(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
+        task_id = spec.task_id
 
         def answers(reply: Message) -> bool:
             if type(reply) is TaskCompleted:
                 return reply.task_id == task_id
             return isinstance(reply, Error) and reply.task_id in (None, task_id)
 
-        reply = self._exchange(request, answers, self._timeout(timeout))
+        reply = self._link.exchange(execute_frames(spec), answers, self._timeout(timeout))
         if not isinstance(reply, TaskCompleted):
-            raise ClientError(f"unexpected reply {type(reply).__name__} to EXECUTE")
+            raise BadReply(ERR_MALFORMED, f"the broker answered {type(reply).__name__} to EXECUTE")
         return reply
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClientError("this Client is closed; create a new one")
-
-    def _connected(self) -> zmq.Socket[Any]:
-        self._check_open()
-        if self._socket is None:
-            self._socket = open_socket(self._context, zmq.REQ, self.url)
-            self._receiver = TimedReceiver(self._socket)
-        return self._socket
-
-    def _discard_socket(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = self._receiver = None
-
-    def _exchange(
-        self, request: list[bytes], answers: Callable[[Message], bool], timeout: float | None
-    ) -> Message:
-        """Send `request` until a reply `answers` it; an ERROR answer raises BrokerError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            sock = self._connected()
-            send_frames(sock, request)
-            while True:
-                frames = self._receive(deadline, timeout)
-                if frames is None:
-                    # A REQ socket stays stuck on a lost request: start over on a new one.
-                    self._discard_socket()
-                    sock = self._connected()
-                else:
-                    reply = first_answer(frames, answers, self.url)
-                    if reply is not None:
-                        break
-                # After a stale reply a REQ socket must send before it may receive again.
-                send_frames(sock, request)
-        except BaseException:
-            self._discard_socket()  # its REQ state machine is mid-request
-            raise
-        if isinstance(reply, Error):
-            raise broker_error(reply)
-        return reply
-
-    def _receive(self, deadline: float | None, timeout: float | None) -> list[bytes] | None:
-        """The next reply, or None once `resend_interval` passes without one."""
-        wait = self.resend_interval
-        if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
-        if wait > 0:
-            assert self._receiver is not None  # made with the socket, in _connected()
-            frames = self._receiver.recv(poll_ms(wait))
-            if frames is not None:
-                return frames
-        if deadline is not None and time.monotonic() >= deadline:
-            assert timeout is not None
-            raise BrokerTimeout(self.url, timeout)
-        return None
+            raise ClientError(CLOSED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -55,7 +56,8 @@ Exit codes:
      on stderr, or "FUNCTION timed out after S s (exit 124, Timeout)", etc.;
      with --json the answer is on stdout too), or the broker refused the
      request
-  2  bad command line
+  2  bad command line (an option out of range, a --broker URL that is not
+     an endpoint)
   3  no answer from the broker within --timeout
 """
 
@@ -105,7 +107,7 @@ def _print_json(completed: TaskCompleted) -> None:
     body = {
         "task_id": completed.task_id,
         "exit_code": completed.exit_code,
-        "result": loads_payload(completed.payload),
+        "result": loads_payload(completed.result),
         "error": error,
         "attempts": completed.attempts,
     }
@@ -125,7 +127,7 @@ def _submit(broker: str, function: str, values: list[Any], wait: float, **task: 
         ) from None
     except BrokerError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
-    except ValueError as exc:
+    except ValueError as exc:  # an option out of range, or BadEndpoint: a bad --broker
         raise _fail(str(exc), EXIT_USAGE) from None
     except ClientError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
@@ -185,6 +187,30 @@ Wait = Annotated[
         "Not a limit on the function: that is --task-timeout.",
     ),
 ]
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"zsubmit {_package_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("zmq-taskbroker")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: the zmq-taskbroker package is not installed)"
+
+
+Version = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version of zsubmit and exit.",
+    ),
+]
 JsonOutput = Annotated[
     bool,
     typer.Option(
@@ -213,6 +239,7 @@ def submit(
     task_timeout: TaskTimeout = None,
     timeout: Wait = 30.0,
     json_output: JsonOutput = False,
+    version: Version = False,
 ) -> None:
     values = _arguments(ctx, function, args or [])
     _warn_short_wait(timeout, task_timeout)
@@ -230,7 +257,7 @@ def submit(
         if json_output:
             _print_json(completed)
         elif completed.exit_code == 0:
-            typer.echo(dumps_payload(loads_payload(completed.payload)).decode())
+            typer.echo(dumps_payload(loads_payload(completed.result)).decode())
     except ValueError as exc:
         raise _fail(f"the result of {function} is not valid JSON: {exc}", EXIT_FAILED) from None
     if completed.exit_code != 0:

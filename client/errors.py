@@ -1,4 +1,12 @@
-"""Exceptions the clients raise. Every one of them is a `ClientError`."""
+"""Exceptions the clients raise, every one a `ClientError`:
+
+- `TaskFailed`: the task ran (or could not run) and ended with a non-zero exit code;
+- `BrokerError`: the broker answered ERROR, it refused the request; `NotFound` when it has
+  no such task;
+- `BrokerTimeout`: no answer within the wait, resends included;
+- `BadEndpoint`: the broker URL is not one ZeroMQ can connect to (also a ValueError);
+- `BadReply`: the reply breaks the protocol (also a `RemoteProtocolError`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from broker.protocol import (
     EXIT_TIMEOUT,
     EXIT_WORKER_CRASHED,
     Error,
+    RemoteProtocolError,
     TaskCompleted,
 )
 
@@ -100,7 +109,7 @@ class BrokerTimeout(ClientError, TimeoutError):
 
 
 class BrokerError(ClientError):
-    """The broker answered ERROR: it could not decode or accept the request."""
+    """The broker answered ERROR: it could not decode or would not accept the request."""
 
     def __init__(self, code: str, message: str, task_id: str | None = None) -> None:
         about = f" (task {task_id})" if task_id else ""
@@ -125,6 +134,26 @@ class NotFound(BrokerError, KeyError):
     def __str__(self) -> str:
         # KeyError would show the repr of the message.
         return str(self.args[0])
+
+
+class BadEndpoint(ClientError, ValueError):
+    """The broker URL is not a ZeroMQ endpoint this process can connect to."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot use {url!r} as the broker's address: {reason}; "
+            "give an endpoint like tcp://127.0.0.1:5000"
+        )
+        self.url = url
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.url, self.reason)
+
+
+class BadReply(ClientError, RemoteProtocolError):
+    """The broker's reply breaks protocol.md: it does not decode, or lacks what the request
+    asks for. Resending does not help: the peer may not be a ZTB/1 broker at all."""
 
 
 def broker_error(error: Error) -> BrokerError:

@@ -8,18 +8,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from broker.protocol import (
+    MAX_DLQ_LIMIT,
     MAX_NAME_LENGTH,
+    MAX_QUEUE_TIMEOUT_MS,
     MAX_RETRIES,
-    MAX_TIMEOUT_MS,
+    MAX_TASK_TIMEOUT_MS,
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
     PRIORITY_MIN,
-    Execute,
-    execute_frames,
+    TaskSpec,
 )
 
-MAX_TASK_TIMEOUT = MAX_TIMEOUT_MS / 1000  # seconds: 7 days
-MAX_LIMIT = 1_000_000  # entries a DLQ list may ask for (protocol.md 3.12)
+MAX_TASK_TIMEOUT = MAX_TASK_TIMEOUT_MS / 1000  # seconds: 7 days
+MAX_QUEUE_TIMEOUT = MAX_QUEUE_TIMEOUT_MS / 1000  # seconds: 1 day
 
 
 def _is_number(value: Any) -> bool:
@@ -49,8 +50,10 @@ def check_retries(retries: int | None) -> int | None:
 
 
 def check_queue_timeout(seconds: float | None) -> float | None:
-    if seconds is not None and not (_is_number(seconds) and 0.001 <= seconds <= 86_400):
-        raise ValueError(f"queue_timeout must be 0.001 to 86400 seconds or None, got {seconds!r}")
+    if seconds is not None and not (_is_number(seconds) and 0.001 <= seconds <= MAX_QUEUE_TIMEOUT):
+        raise ValueError(
+            f"queue_timeout must be 0.001 to {MAX_QUEUE_TIMEOUT:g} seconds or None, got {seconds!r}"
+        )
     return seconds
 
 
@@ -75,9 +78,9 @@ def check_priority(priority: int) -> int:
 
 
 def check_limit(limit: int | None) -> int | None:
-    if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_LIMIT):
+    if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_DLQ_LIMIT):
         raise ValueError(
-            f"limit must be an integer from 1 to {MAX_LIMIT:,} (or None for every entry), "
+            f"limit must be an integer from 1 to {MAX_DLQ_LIMIT:,} (or None for every entry), "
             f"got {limit!r}"
         )
     return limit
@@ -85,7 +88,8 @@ def check_limit(limit: int | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """How the broker should treat a task: checked once, then stamped on every EXECUTE."""
+    """How the broker should treat a task, checked when made: a client's defaults, or the
+    options of one map."""
 
     priority: int = PRIORITY_DEFAULT
     retries: int | None = None  # extra attempts after failures; None: the broker's default
@@ -98,90 +102,33 @@ class TaskOptions:
         check_queue_timeout(self.queue_timeout)
         check_task_timeout(self.task_timeout)
 
-    def execute(self, task_id: str, function: str, payload: bytes) -> Execute:
-        return Execute(
-            task_id,
-            function,
-            payload,
-            self.priority,
-            self.retries,
-            self.queue_timeout,
-            self.task_timeout,
-        )
-
-    def execute_frames(self, task_id: str, function: str, payload: bytes) -> list[bytes]:
-        """The EXECUTE frames of a task with these options (what `encode(execute(...))` gives,
-        without the message in between)."""
-        return execute_frames(
-            task_id,
-            function,
-            payload,
-            self.priority,
-            self.retries,
-            self.queue_timeout,
-            self.task_timeout,
-        )
-
-
-class TaskDefaults:
-    """A client's default task options, checked when set: `priority`, `retries`,
-    `queue_timeout` and `task_timeout`. A call that gives none of its own reuses them as
-    they are; a call that does keeps its last set, as most calls repeat it."""
-
-    def __init__(self, defaults: TaskOptions) -> None:
-        self.defaults = defaults
-        self._last_options: tuple[object, TaskOptions] = (None, defaults)  # (key, options)
-
-    @property
-    def priority(self) -> int:
-        return self.defaults.priority
-
-    @priority.setter
-    def priority(self, value: int) -> None:
-        self.defaults = replace(self.defaults, priority=value)
-
-    @property
-    def retries(self) -> int | None:
-        return self.defaults.retries  # None: the broker's default
-
-    @retries.setter
-    def retries(self, value: int | None) -> None:
-        self.defaults = replace(self.defaults, retries=value)
-
-    @property
-    def queue_timeout(self) -> float | None:
-        return self.defaults.queue_timeout  # None: wait as long as needed
-
-    @queue_timeout.setter
-    def queue_timeout(self, value: float | None) -> None:
-        self.defaults = replace(self.defaults, queue_timeout=value)
-
-    @property
-    def task_timeout(self) -> float | None:
-        return self.defaults.task_timeout  # None: the broker's default
-
-    @task_timeout.setter
-    def task_timeout(self, value: float | None) -> None:
-        self.defaults = replace(self.defaults, task_timeout=value)
-
-    def options(
+    def spec(
         self,
-        priority: int | None,
-        retries: int | None,
-        queue_timeout: float | None,
-        task_timeout: float | None,
-    ) -> TaskOptions:
-        """One call's task options: each one given, else the default."""
-        if priority is None and retries is None and queue_timeout is None and task_timeout is None:
-            return self.defaults
-        defaults = self.defaults
-        wanted = (
-            defaults.priority if priority is None else priority,
-            defaults.retries if retries is None else retries,
-            defaults.queue_timeout if queue_timeout is None else queue_timeout,
-            defaults.task_timeout if task_timeout is None else task_timeout,
+        task_id: str,
+        function: str,
+        args: bytes,
+        priority: int | None = None,
+        retries: int | None = None,
+        queue_timeout: float | None = None,
+        task_timeout: float | None = None,
+    ) -> TaskSpec:
+        """One task with these options, except those given here, which are checked."""
+        return TaskSpec(
+            task_id,
+            function,
+            args,
+            self.priority if priority is None else check_priority(priority),
+            self.retries if retries is None else check_retries(retries),
+            self.queue_timeout if queue_timeout is None else check_queue_timeout(queue_timeout),
+            self.task_timeout if task_timeout is None else check_task_timeout(task_timeout),
         )
-        key = (wanted, tuple(map(type, wanted)))  # with types: True == 1, yet not a priority
-        if key != self._last_options[0]:
-            self._last_options = (key, TaskOptions(*wanted))
-        return self._last_options[1]
+
+    def override(self, priority: int | None, task_timeout: float | None) -> TaskOptions:
+        """These options with `priority` and `task_timeout` replaced where given."""
+        if priority is None and task_timeout is None:
+            return self
+        return replace(
+            self,
+            priority=self.priority if priority is None else priority,
+            task_timeout=self.task_timeout if task_timeout is None else task_timeout,
+        )

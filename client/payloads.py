@@ -11,12 +11,13 @@ from broker.protocol import (
     Batch,
     Message,
     ProtocolError,
+    RemoteProtocolError,
     TaskCompleted,
     decode,
     dumps_payload,
     loads_payload,
 )
-from client.errors import ClientError, TaskFailed
+from client.errors import BadReply, ClientError, TaskFailed
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def result_of(function: str, completed: TaskCompleted, task_timeout: float | Non
     if completed.exit_code != 0:
         raise TaskFailed.from_completed(function, completed, task_timeout)
     try:
-        return loads_payload(completed.payload)
+        return loads_payload(completed.result)
     except ValueError as exc:
         raise ClientError(
             f"the result of {function} (task {completed.task_id}) is not valid JSON: {exc}"
@@ -54,16 +55,23 @@ def result_of(function: str, completed: TaskCompleted, task_timeout: float | Non
 
 
 def replies(frames: list[bytes], url: str) -> list[Message]:
-    """The messages in a reply: one, or the tasks of a batch (protocol.md 2.1); a reply that
-    does not decode is logged and skipped, as if it had been lost."""
+    """The messages in a reply: one, or the tasks of a batch (protocol.md 2.4). BadReply if
+    the reply does not decode; a task of a batch that does not is logged and skipped."""
     try:
         message = decode(frames)
-    except ProtocolError as exc:
-        _log.warning("ignoring a malformed reply from the broker at %s: %s", url, exc)
-        return []
-    if isinstance(message, Batch):
-        return [item for item in message.items if not isinstance(item, ProtocolError)]
-    return [message]
+    except RemoteProtocolError as exc:
+        raise BadReply(
+            exc.code, f"the answer from {url} is not ZTB/1 ({exc.message}); is it a ZTB broker?"
+        ) from None
+    if not isinstance(message, Batch):
+        return [message]
+    found: list[Message] = []
+    for item in message.items:
+        if isinstance(item, ProtocolError):
+            _log.warning("ignoring a malformed task in a reply from %s: %s", url, item)
+        else:
+            found.append(item)
+    return found
 
 
 def first_answer(

@@ -1,12 +1,9 @@
 """The pipelined client: many tasks in flight on one DEALER socket, results in input order.
-
-`Client.map` / `Client.imap` use this; it also holds the socket helpers both clients share.
-"""
+`Client.map` / `Client.imap` use this."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,38 +15,19 @@ from broker.protocol import (
     Batch,
     Error,
     Execute,
-    ProtocolError,
+    RemoteProtocolError,
     TaskCompleted,
     batches,
     decode,
     encode_batch,
 )
-from broker.wire import NOBLOCK, recv_frames, send_frames, wait_readable
+from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
 from client.errors import BrokerTimeout, ClientError, broker_error
+from client.link import open_socket, poll_ms
 from client.options import TaskOptions, check_name
 from client.payloads import encode_arguments, result_of
 
 _log = logging.getLogger(__name__)
-
-
-def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
-    """A socket of `kind` connected to the broker, with linger 0 so closing never hangs."""
-    sock: zmq.Socket[Any] = context.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(url)
-    except zmq.ZMQError as exc:
-        sock.close()
-        raise ClientError(
-            f"cannot connect to the broker at {url!r}: {exc}; "
-            "give an endpoint like tcp://127.0.0.1:5000"
-        ) from None
-    return sock
-
-
-def poll_ms(seconds: float) -> int:
-    """Milliseconds for zmq poll; at least 1 so a nearly-due deadline does not spin."""
-    return max(1, math.ceil(seconds * 1000))
 
 
 class Pipeline:
@@ -139,7 +117,7 @@ class Pipeline:
                     f"item {index} is a {type(args).__name__}"
                 )
             task_id = f"{self._prefix}.{index}"
-            execute = options.execute(task_id, function, encode_arguments(args))
+            execute = Execute(options.spec(task_id, function, encode_arguments(args)))
             outstanding[task_id] = (index, execute)
             burst.append(execute)
         self._send_batches(sock, burst)
@@ -196,7 +174,7 @@ class Pipeline:
             return
         try:
             message = decode(frames[1:])
-        except ProtocolError as exc:
+        except RemoteProtocolError as exc:
             _log.warning("ignoring a malformed reply from the broker at %s: %s", self._url, exc)
             return
         if type(message) is TaskCompleted:
@@ -237,4 +215,4 @@ EXECUTE_BATCH_TASKS = 64  # tasks in one EXECUTE message, at most
 
 
 def _batches(executes: list[Execute]) -> Iterator[list[Execute]]:
-    return batches(executes, lambda execute: len(execute.payload), EXECUTE_BATCH_TASKS)
+    return batches(executes, lambda execute: len(execute.spec.args), EXECUTE_BATCH_TASKS)

@@ -5,19 +5,28 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from typing import Any
 
 import orjson
 import pytest
 
-from broker.protocol import Error, Execute
-from client import BrokerError, BrokerTimeout, Client, TaskFailed
-from tests.integration.fake_broker import (
+from broker.protocol import Error, Execute, RemoteProtocolError
+from client import (
+    BadEndpoint,
+    BadReply,
+    BrokerError,
+    BrokerTimeout,
+    Client,
+    ClientError,
+    TaskFailed,
+)
+from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
     Handler,
+    Received,
     Reply,
-    Request,
     completed,
     drop_first,
     fake_brokers,
@@ -48,9 +57,9 @@ def functions_broker(fake_broker: StartBroker) -> FakeBroker:
     return fake_broker(serve_functions(FUNCTIONS))
 
 
-def _arguments(request: Request) -> Any:
-    assert isinstance(request.message, Execute)
-    return orjson.loads(request.message.payload)
+def _arguments(received: Received) -> Any:
+    assert isinstance(received.message, Execute)
+    return orjson.loads(received.message.spec.args)
 
 
 # ------------------------------------------------------------------------------ execute
@@ -61,8 +70,8 @@ def test_execute_returns_the_result(functions_broker: FakeBroker) -> None:
         assert client.execute("multiply", 5, 10) == 50
         assert client.execute("echo", "a", [1, 2], {"k": None}) == ["a", [1, 2], {"k": None}]
     (_, execute), _ = functions_broker.executes()
-    assert execute.function == "multiply" and execute.priority == 5
-    assert orjson.loads(execute.payload) == [5, 10]
+    assert execute.spec.function == "multiply" and execute.spec.priority == 5
+    assert orjson.loads(execute.spec.args) == [5, 10]
 
 
 def test_big_integers_stay_exact(functions_broker: FakeBroker) -> None:
@@ -104,29 +113,74 @@ def test_unsupported_argument_is_a_type_error(functions_broker: FakeBroker) -> N
     assert functions_broker.executes() == []
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"priority": 10}, r"priority must be an integer from 0 to 9 \(9 runs first\), got 10"),
+        ({"priority": True}, "priority must be an integer from 0 to 9"),
+        ({"retries": 101}, r"retries must be an integer from 0 to 100 \(or None"),
+        ({"retries": 1.5}, "retries must be an integer from 0 to 100"),
+        ({"queue_timeout": 0}, "queue_timeout must be 0.001 to 86400 seconds or None, got 0"),
+    ],
+)
+def test_a_bad_task_option_fails_before_sending(
+    functions_broker: FakeBroker, option: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Client(functions_broker.url, **option)
+    with Client(functions_broker.url) as client:
+        with pytest.raises(ValueError, match=message):
+            client.execute("multiply", 1, 2, **option)
+        with pytest.raises(ValueError, match=message):
+            client.submit("multiply", [1, 2], **option)
+        if "priority" in option:
+            with pytest.raises(ValueError, match=message):
+                client.map("multiply", [(1, 2)], **option)
+    assert functions_broker.requests == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c: c.execute("", 1), "function must be a string of 1 to 256 characters"),
+        (lambda c: c.execute("f", task_id="x" * 257), "task_id must be a string of 1 to 256"),
+        (lambda c: c.execute("f", timeout=0), "timeout must be a positive number of seconds"),
+        (lambda c: c.map("f", [()], window=0), "window must be a positive integer"),
+    ],
+)
+def test_a_bad_argument_fails_before_sending(
+    functions_broker: FakeBroker, call: Callable[[Client], object], message: str
+) -> None:
+    with Client(functions_broker.url) as client, pytest.raises(ValueError, match=message):
+        call(client)
+    with pytest.raises(ValueError, match="resend_interval must be positive"):
+        Client(functions_broker.url, resend_interval=0)
+    assert functions_broker.requests == []
+
+
 def test_lost_request_is_resent_on_a_fresh_socket(fake_broker: StartBroker) -> None:
     broker = fake_broker(drop_first(1, serve_functions(FUNCTIONS)))
     with Client(broker.url, resend_interval=0.2, timeout=10) as client:
         assert client.execute("multiply", 6, 7) == 42
     (first_identity, first), (second_identity, second) = broker.executes()
-    assert first.task_id == second.task_id
+    assert first.spec.task_id == second.spec.task_id
     assert first_identity != second_identity
 
 
 def test_stale_reply_is_ignored(fake_broker: StartBroker) -> None:
-    answered: list[Request] = []
+    answered: list[Received] = []
 
-    def stale_then_right(request: Request) -> list[Reply]:
-        answered.append(request)
+    def stale_then_right(received: Received) -> list[Reply]:
+        answered.append(received)
         if len(answered) == 1:
-            return [completed(request, "stale", task_id="someone-else")]
-        return [completed(request, "right")]
+            return [completed(received, "stale", task_id="someone-else")]
+        return [completed(received, "right")]
 
     broker = fake_broker(stale_then_right)
     with Client(broker.url, resend_interval=5, timeout=10) as client:
         assert client.execute("anything") == "right"
     first, second = (execute for _, execute in broker.executes())
-    assert first.task_id == second.task_id
+    assert first.spec.task_id == second.spec.task_id
 
 
 def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
@@ -140,7 +194,45 @@ def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
         assert broker.url in str(info.value) and "zbroker start" in str(info.value)
         assert 0.5 <= elapsed < 5
         # Every resend repeated the one task id.
-        assert len({execute.task_id for _, execute in broker.executes()}) == 1
+        assert len({execute.spec.task_id for _, execute in broker.executes()}) == 1
+
+
+def test_a_reply_that_is_not_ztb_raises_bad_reply(fake_broker: StartBroker) -> None:
+    brokers: list[FakeBroker] = []
+
+    def speak_http(received: Received) -> list[Reply]:
+        brokers[0].send_raw(received.identity, b"", b"HTTP/1.1 400 Bad Request")
+        return []
+
+    brokers.append(fake_broker(speak_http))
+    with Client(brokers[0].url, timeout=30) as client, pytest.raises(BadReply) as info:
+        client.execute("multiply", 1, 2)
+    assert isinstance(info.value, RemoteProtocolError)
+    assert str(info.value).endswith("is it a ZTB broker?")
+    assert len(brokers[0].executes()) == 1  # raised at once, not resent until the timeout
+
+
+def test_a_url_that_is_not_an_endpoint_raises_bad_endpoint() -> None:
+    with Client("localhost:5000") as client, pytest.raises(BadEndpoint) as info:
+        client.execute("multiply", 1, 2)
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith("cannot use 'localhost:5000' as the broker's address")
+
+
+def test_a_closed_client_refuses_every_call(functions_broker: FakeBroker) -> None:
+    client = Client(functions_broker.url)
+    client.close()
+    client.close()  # a second close does nothing
+    calls: list[Callable[[], object]] = [
+        lambda: client.execute("multiply", 1, 2),
+        lambda: client.map("multiply", [(1, 2)]),
+        client.status,
+        client.dead_letters,
+    ]
+    for call in calls:
+        with pytest.raises(ClientError, match="this client is closed; create a new Client"):
+            call()
+    assert functions_broker.requests == []
 
 
 def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
@@ -152,10 +244,10 @@ def test_status_returns_the_body(functions_broker: FakeBroker) -> None:
 
 
 def test_map_returns_results_in_input_order(fake_broker: StartBroker) -> None:
-    held: list[Request] = []
+    held: list[Received] = []
 
-    def reverse_order(request: Request) -> list[Reply]:
-        held.append(request)
+    def reverse_order(received: Received) -> list[Reply]:
+        held.append(received)
         if len(held) < 6:
             return []
         return [completed(r, _arguments(r)[0] * 2) for r in reversed(held)]
@@ -166,17 +258,17 @@ def test_map_returns_results_in_input_order(fake_broker: StartBroker) -> None:
 
 
 def test_map_keeps_at_most_window_tasks_in_flight(fake_broker: StartBroker) -> None:
-    held: list[Request] = []
-    received = 0
+    held: list[Received] = []
+    arrived = 0
     total = 10
 
-    def batches(request: Request) -> list[Reply]:
+    def batches(received: Received) -> list[Reply]:
         # Answer only full batches of 4 (and the last 2), so a client that sent a
         # fifth task before any answer would show up in max_in_flight.
-        nonlocal received
-        received += 1
-        held.append(request)
-        if len(held) < 4 and received < total:
+        nonlocal arrived
+        arrived += 1
+        held.append(received)
+        if len(held) < 4 and arrived < total:
             return []
         replies = [completed(r, "ok") for r in held]
         held.clear()
@@ -192,7 +284,7 @@ def test_map_resends_outstanding_tasks(fake_broker: StartBroker) -> None:
     broker = fake_broker(drop_first(5, serve_functions(FUNCTIONS)))
     with Client(broker.url, timeout=10, resend_interval=0.2) as client:
         assert client.map("multiply", [(i, 10) for i in range(5)]) == [0, 10, 20, 30, 40]
-    task_ids = [execute.task_id for _, execute in broker.executes()]
+    task_ids = [execute.spec.task_id for _, execute in broker.executes()]
     assert len(task_ids) == 10
     assert all(task_ids.count(task_id) == 2 for task_id in task_ids)
 
@@ -210,11 +302,11 @@ def test_map_raises_at_the_failing_position(functions_broker: FakeBroker) -> Non
 
 
 def test_map_error_reply_fails_that_task(fake_broker: StartBroker) -> None:
-    def refuse_second(request: Request) -> list[Reply]:
-        assert isinstance(request.message, Execute)
-        if _arguments(request) == [2]:
-            return [(request.identity, Error("malformed", "bad", request.message.task_id))]
-        return [completed(request, "ok")]
+    def refuse_second(received: Received) -> list[Reply]:
+        assert isinstance(received.message, Execute)
+        if _arguments(received) == [2]:
+            return [(received.identity, Error("malformed", "bad", received.message.spec.task_id))]
+        return [completed(received, "ok")]
 
     broker = fake_broker(refuse_second)
     with Client(broker.url, timeout=10) as client:
@@ -265,7 +357,7 @@ def test_zsubmit_json_prints_the_whole_answer(functions_broker: FakeBroker) -> N
     assert body.keys() == {"task_id", "exit_code", "result", "error", "attempts"}
     assert (body["exit_code"], body["result"], body["error"], body["attempts"]) == (0, 50, None, 1)
     [(_, execute)] = functions_broker.executes()
-    assert execute.task_id == body["task_id"] and execute.priority == 9
+    assert execute.spec.task_id == body["task_id"] and execute.spec.priority == 9
 
 
 def test_zsubmit_failed_task_exits_1(functions_broker: FakeBroker) -> None:
@@ -296,6 +388,17 @@ def test_zsubmit_without_broker_exits_3() -> None:
         f"error: no answer from the broker at {url} within 0.5 s; "
         "is `zbroker start` running? (use --broker to point elsewhere)\n"
     )
+
+
+def test_zsubmit_bad_endpoint_exits_2() -> None:
+    done = zsubmit("--broker", "localhost:5000", "multiply", "1", "2")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("error: cannot use 'localhost:5000' as the broker's address")
+
+
+def test_zsubmit_version() -> None:
+    done = zsubmit("--version")
+    assert (done.returncode, done.stdout) == (0, f"zsubmit {metadata.version('zmq-taskbroker')}\n")
 
 
 def test_zsubmit_reads_json_else_strings(functions_broker: FakeBroker) -> None:

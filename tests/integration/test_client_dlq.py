@@ -19,12 +19,12 @@ from broker.protocol import (
     Error,
 )
 from client import BrokerError, BrokerTimeout, Client, ClientError, NotFound
-from tests.integration.fake_broker import (
+from tests.fakes import (
     DeadLetterQueue,
     FakeBroker,
     Handler,
+    Received,
     Reply,
-    Request,
     dead_letter,
     dead_letter_requests,
     fake_brokers,
@@ -121,13 +121,13 @@ def test_purge_one_then_all(dlq_broker: FakeBroker, queue: DeadLetterQueue) -> N
 
 
 def test_a_lost_dlq_request_is_resent(fake_broker: StartBroker, queue: DeadLetterQueue) -> None:
-    dropped: list[Request] = []
+    dropped: list[Received] = []
 
-    def drop_first(request: Request) -> list[Reply]:
+    def drop_first(received: Received) -> list[Reply]:
         if not dropped:
-            dropped.append(request)
+            dropped.append(received)
             return []
-        return queue(request)
+        return queue(received)
 
     broker = fake_broker(drop_first)
     with Client(broker.url, resend_interval=0.2) as client:
@@ -146,8 +146,8 @@ def test_no_answer_raises_broker_timeout(fake_broker: StartBroker) -> None:
 
 
 def test_a_broker_without_dlq_raises_broker_error(fake_broker: StartBroker) -> None:
-    def old_broker(request: Request) -> list[Reply]:
-        return [(request.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
+    def old_broker(received: Received) -> list[Reply]:
+        return [(received.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
 
     broker = fake_broker(old_broker)
     with Client(broker.url) as client, pytest.raises(BrokerError) as info:
@@ -157,8 +157,8 @@ def test_a_broker_without_dlq_raises_broker_error(fake_broker: StartBroker) -> N
 
 
 def test_a_reply_without_its_fields_is_a_client_error(fake_broker: StartBroker) -> None:
-    def wrong_body(request: Request) -> list[Reply]:
-        return [(request.identity, DeadLettersReply({"purged": "all"}))]
+    def wrong_body(received: Received) -> list[Reply]:
+        return [(received.identity, DeadLettersReply({"purged": "all"}))]
 
     broker = fake_broker(wrong_body)
     with Client(broker.url) as client, pytest.raises(ClientError, match="'purged'"):

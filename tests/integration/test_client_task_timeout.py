@@ -20,11 +20,11 @@ from broker.protocol import (
     Execute,
 )
 from client import Client, TaskFailed
-from tests.integration.fake_broker import (
+from tests.fakes import (
     FakeBroker,
     Handler,
+    Received,
     Reply,
-    Request,
     completed,
     fake_brokers,
 )
@@ -40,14 +40,14 @@ FAILURES = {
 }
 
 
-def answer(request: Request) -> list[Reply]:
+def answer(received: Received) -> list[Reply]:
     """`fail` with an exit code as its argument fails like that; anything else returns 7."""
-    execute = request.message
+    execute = received.message
     assert isinstance(execute, Execute)
-    if execute.function == "fail":
-        code = orjson.loads(execute.payload)[0]
-        return [completed(request, exit_code=code, error=FAILURES[code])]
-    return [completed(request, 7)]
+    if execute.spec.function == "fail":
+        code = orjson.loads(execute.spec.args)[0]
+        return [completed(received, exit_code=code, error=FAILURES[code])]
+    return [completed(received, 7)]
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def broker() -> Iterator[FakeBroker]:
 
 
 def sent_timeouts(broker: FakeBroker) -> list[float | None]:
-    return [execute.timeout for _, execute in broker.executes()]
+    return [execute.spec.task_timeout for _, execute in broker.executes()]
 
 
 # ------------------------------------------------------------------------------ Python API
@@ -76,7 +76,7 @@ def test_task_timeout_goes_on_the_wire(broker: FakeBroker) -> None:
 
 def test_the_clients_task_timeout_is_the_default(broker: FakeBroker) -> None:
     with Client(broker.url, task_timeout=3) as client:
-        assert client.task_timeout == 3
+        assert client.defaults.task_timeout == 3
         client.execute("f")
         client.execute("f", task_timeout=1)
         client.map("f", [()])

@@ -1,4 +1,4 @@
-"""`zbroker dlq` (broker/dlq_cli.py) through typer's CliRunner, against a fake broker with a
+"""`zbroker dlq` (broker/cli/dlq.py) through typer's CliRunner, against a fake broker with a
 scripted dead-letter queue."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner, Result
 
-from broker.dlq_cli import app
+from broker.cli import app as zbroker
+from broker.cli.dlq import app
 from broker.protocol import (
     DLQ_LIST,
     DLQ_PURGE,
@@ -22,12 +23,12 @@ from broker.protocol import (
     DeadLetters,
     Error,
 )
-from tests.integration.fake_broker import (
+from tests.fakes import (
     DeadLetterQueue,
     FakeBroker,
     Handler,
+    Received,
     Reply,
-    Request,
     dead_letter,
     dead_letter_requests,
     fake_brokers,
@@ -232,8 +233,8 @@ def test_no_broker_exits_3(argv: list[str]) -> None:
 
 
 def test_a_broker_without_dlq_exits_1(fake_broker: StartBroker) -> None:
-    def old_broker(request: Request) -> list[Reply]:
-        return [(request.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
+    def old_broker(received: Received) -> list[Reply]:
+        return [(received.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'DLQ'"))]
 
     broker = fake_broker(old_broker)
     done = dlq("list", "--broker", broker.url)
@@ -261,17 +262,10 @@ def test_a_too_long_task_id_exits_2(broker: FakeBroker) -> None:
 
 
 def test_mounted_as_zbroker_dlq(broker: FakeBroker) -> None:
-    root = typer.Typer()
-
-    @root.command()
-    def status() -> None:
-        """Stands in for `zbroker status` (a group needs two commands to show them)."""
-
-    root.add_typer(app, name="dlq")
-    done = dlq("dlq", "list", "--broker", broker.url, "--json", root=root)
+    done = dlq("dlq", "list", "--broker", broker.url, "--json", root=zbroker)
     assert done.exit_code == 0, done.output
     assert len(orjson.loads(done.stdout)) == 3
-    done = dlq("--help", root=root)
+    done = dlq("--help", root=zbroker)
     assert "dead-letter queue" in done.stdout
 
 

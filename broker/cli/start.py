@@ -1,4 +1,11 @@
-"""zbroker: start a broker, or ask a running one for its status."""
+"""`zbroker start`: run a broker in the foreground.
+
+The server and its store are imported when the command runs, so that `zbroker status` and
+`zbroker dlq` do not load them.
+"""
+
+# typer declares options as default values:
+# ruff: noqa: B008
 
 from __future__ import annotations
 
@@ -7,36 +14,25 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
-import orjson
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from broker import protocol as p
-from broker.control import BadEndpoint, BrokerUnreachable, status as query_status
-from broker.dlq_cli import app as dlq_app
-from broker.persistence import PersistenceConfig
-from broker.results import ResultCacheConfig
-from broker.retries import RetryPolicy
-from broker.scheduler import SchedulerConfig
-from broker.server import BrokerConfig, BrokerServer
-from broker.workers import STRATEGIES
-
-app = typer.Typer(
-    help="The ZTB task broker: routes tasks from clients to nodes. See protocol.md.",
-    no_args_is_help=True,
-    add_completion=False,
+from broker.core.config import (
+    LEAST_LOADED,
+    STRATEGIES,
+    ResultsConfig,
+    RetryPolicy,
+    SchedulerConfig,
 )
 
-app.add_typer(dlq_app, name="dlq")
+if TYPE_CHECKING:
+    from broker.store import PersistenceConfig
 
-BROKER_HELP = "URL of the broker to ask."
 DEFAULT_STORE = "zbroker.sqlite3"
 
 
-@app.command()
 def start(
     bind: str = typer.Option(
         p.DEFAULT_BROKER_URL,
@@ -44,7 +40,7 @@ def start(
         "tcp://127.0.0.1:0 for a free port (see --ready-file).",
     ),
     strategy: str = typer.Option(
-        "least-loaded", help=f"How a node is chosen for a task: {' or '.join(STRATEGIES)}."
+        LEAST_LOADED, help=f"How a node is chosen for a task: {' or '.join(STRATEGIES)}."
     ),
     heartbeat_interval: float = typer.Option(
         p.DEFAULT_HEARTBEAT_INTERVAL, min=0.01, help="Seconds between heartbeats."
@@ -109,12 +105,14 @@ def start(
     log_file: Path | None = typer.Option(None, help="Also append logs to this file."),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
+    from broker.server import BrokerConfig, BrokerServer
+
     _configure_logging(log_level, log_file)
     if strategy not in STRATEGIES:
         raise typer.BadParameter(
             f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
         )
-    results = ResultCacheConfig(ttl=keep_results)
+    results = ResultsConfig(ttl=keep_results)
     retry = RetryPolicy(retries, retry_backoff, retry_backoff_max)
     scheduler = SchedulerConfig(
         strategy, heartbeat_interval, liveness, results, retry, task_timeout or None
@@ -144,61 +142,9 @@ def start(
     server.serve()
 
 
-@app.command()
-def status(
-    broker: str = typer.Option(p.DEFAULT_BROKER_URL, help=BROKER_HELP),
-    json: bool = typer.Option(False, "--json", help="Print the broker's STATUS_REPLY as JSON."),
-    timeout: float = typer.Option(5.0, help="Seconds to wait for the answer."),
-) -> None:
-    """Show the nodes a broker knows and what is queued."""
-    try:
-        body = query_status(broker, timeout)
-    except BrokerUnreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(3) from None
-    except p.ProtocolError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    except BadEndpoint as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if json:
-        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        _print_status(body)
+def _persistence(store: str, dlq_log: str, sync: str, results: ResultsConfig) -> PersistenceConfig:
+    from broker.store import PersistenceConfig
 
-
-def _print_status(body: dict[str, Any]) -> None:
-    console = Console()
-    table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
-    for column in ("name", "host", "pid", "state", "load", "done", "seen", "functions"):
-        table.add_column(column, justify="right" if column in ("pid", "load", "done") else "left")
-    for node in sorted(body.get("nodes", []), key=lambda n: str(n.get("name", ""))):
-        table.add_row(
-            str(node.get("name", "")),
-            str(node.get("host", "")),
-            str(node.get("pid", "")),
-            str(node.get("state", "")),
-            f"{node.get('active', 0)}/{node.get('capacity', 0)}",
-            str(node.get("completed", "")),
-            f"{node.get('last_seen', 0):.1f}s ago",
-            _summary(node.get("functions", [])),
-        )
-    console.print(table)
-    console.print(
-        f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
-        f"dead letters: {body.get('dead_letters', 0)}"
-        + ("   (stopping)" if body.get("accepting") is False else "")
-    )
-    counters = body.get("counters") or {}
-    if counters:
-        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
-    console.print("(zbroker status --json for ids and every function)", style="dim")
-
-
-def _persistence(
-    store: str, dlq_log: str, sync: str, results: ResultCacheConfig
-) -> PersistenceConfig:
     if sync not in ("normal", "full"):
         raise typer.BadParameter(f"{sync!r}; choose normal or full", param_hint="--store-sync")
     store_path = None if store.lower() == "none" else store
@@ -208,11 +154,6 @@ def _persistence(
         log_path = None if dlq_log.lower() == "none" else dlq_log
     full = sync == "full"
     return PersistenceConfig(store_path, log_path, results.ttl, results.max_entries, sync_full=full)
-
-
-def _summary(functions: list[str], shown: int = 3) -> str:
-    more = len(functions) - shown
-    return ", ".join(functions[:shown]) + (f" +{more} more" if more > 0 else "")
 
 
 def _configure_logging(level: str, log_file: Path | None) -> None:

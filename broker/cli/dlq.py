@@ -1,13 +1,12 @@
 """`zbroker dlq`: look at the broker's dead-letter queue, replay or purge what is in it.
 
-A typer sub-app that broker/cli.py mounts; the requests themselves are in broker/control.py.
+A typer sub-app that broker/cli/__init__.py mounts; the requests go through the client's
+ControlClient (broker/cli/control.py).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,9 +16,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from broker import control, protocol as p
+from broker.cli.control import EXIT_FAILED, EXIT_USAGE, Broker, Timeout, asking, fail
+from broker.protocol import DEFAULT_BROKER_URL, MAX_DLQ_LIMIT, dumps_payload
+from client.control import DEFAULT_TIMEOUT
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3  # as `zbroker status`
 DEFAULT_LIMIT = 50
 
 EPILOG = """\b
@@ -34,17 +34,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-Broker = Annotated[str, typer.Option(metavar="URL", help="Endpoint of the broker to ask.")]
-Timeout = Annotated[float, typer.Option(min=0.001, metavar="S", help="Seconds to wait for it.")]
 OneTask = Annotated[
     str | None,
     typer.Argument(metavar="TASK_ID", help="The dead letter's task id (zbroker dlq list)."),
 ]
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _not_in_queue(task_id: str) -> str:
@@ -54,38 +47,17 @@ def _not_in_queue(task_id: str) -> str:
     )
 
 
-@contextmanager
-def _asking(task_id: str | None = None) -> Iterator[None]:
-    """Turns what went wrong with a request into an error line and an exit code."""
-    try:
-        yield
-    except control.NotFound:
-        raise _fail(_not_in_queue(task_id or "?"), EXIT_FAILED) from None
-    except control.BrokerUnreachable as exc:
-        raise _fail(str(exc), EXIT_NO_ANSWER) from None
-    except control.BadEndpoint as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
-    except p.ProtocolError as exc:
-        raise _fail(exc.message, EXIT_FAILED) from None
-
-
-def _task_id(task_id: str) -> str:
-    if not 0 < len(task_id) <= p.MAX_NAME_LENGTH:
-        raise _fail(f"a task id has 1 to {p.MAX_NAME_LENGTH} characters", EXIT_USAGE)
-    return task_id
-
-
 def _target(task_id: str | None, everything: bool, verb: str) -> str | None:
     """The one task to act on, or None for all; refuses an ambiguous or missing choice."""
     if task_id is not None and everything:
-        raise _fail(f"give a TASK_ID or --all, not both (zbroker dlq {verb} --help)", EXIT_USAGE)
+        raise fail(f"give a TASK_ID or --all, not both (zbroker dlq {verb} --help)", EXIT_USAGE)
     if task_id is None and not everything:
-        raise _fail(
+        raise fail(
             f"give the TASK_ID to {verb} (see zbroker dlq list), "
             f"or --all to {verb} every dead letter",
             EXIT_USAGE,
         )
-    return None if task_id is None else _task_id(task_id)
+    return task_id
 
 
 def _print_json(value: Any) -> None:
@@ -115,23 +87,22 @@ def _error_type(entry: dict[str, Any]) -> str:
     "error type and when it failed (local time).",
 )
 def list_dead_letters(
-    broker: Broker = p.DEFAULT_BROKER_URL,
+    broker: Broker = DEFAULT_BROKER_URL,
     limit: Annotated[
-        int, typer.Option(min=0, max=1_000_000, metavar="N", help="Show the newest N; 0: all.")
+        int,
+        typer.Option(min=0, max=MAX_DLQ_LIMIT, metavar="N", help="Show the newest N; 0: all."),
     ] = DEFAULT_LIMIT,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the entries as a JSON array, newest first.")
     ] = False,
-    timeout: Timeout = 5.0,
+    timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
-    with _asking():
-        body = control.dead_letters(broker, limit or None, timeout)
-    entries = [entry for entry in body["dead_letters"] if isinstance(entry, dict)]
+    with asking(broker, "DLQ") as control:
+        found = control.dead_letters(limit or None, timeout=timeout)
     if json_output:
-        _print_json(entries)
-        return
-    total = body.get("total", len(entries))
-    _print_table(entries, total if isinstance(total, int) else len(entries))
+        _print_json(found.entries)
+    else:
+        _print_table(found.entries, found.total)
 
 
 _COLUMNS = ("task id", "function", "attempts", "exit", "error", "failed at")
@@ -198,17 +169,17 @@ def show(
     task_id: Annotated[
         str, typer.Argument(metavar="TASK_ID", help="The dead letter's task id (zbroker dlq list).")
     ],
-    broker: Broker = p.DEFAULT_BROKER_URL,
+    broker: Broker = DEFAULT_BROKER_URL,
     json_output: Annotated[
         bool,
         typer.Option(
             "--json", help='Print the entry as one JSON object, with its arguments in "args".'
         ),
     ] = False,
-    timeout: Timeout = 5.0,
+    timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
-    with _asking(task_id):
-        entry = control.dead_letter(broker, _task_id(task_id), timeout)
+    with asking(broker, "DLQ", _not_in_queue(task_id)) as control:
+        entry = control.dead_letter(task_id, timeout=timeout)
     if json_output:
         _print_json(entry)
     else:
@@ -219,7 +190,7 @@ def _print_entry(entry: dict[str, Any]) -> None:
     error = entry.get("error") if isinstance(entry.get("error"), dict) else {}
     arguments = entry.get("raw_args")
     if arguments is None:
-        arguments = p.dumps_payload(entry.get("args")).decode()
+        arguments = dumps_payload(entry.get("args")).decode()
     rows = [
         ("task id", entry.get("task_id")),
         ("function", entry.get("function")),
@@ -252,16 +223,16 @@ def replay(
     everything: Annotated[
         bool, typer.Option("--all", help="Replay every dead letter instead of one TASK_ID.")
     ] = False,
-    broker: Broker = p.DEFAULT_BROKER_URL,
-    timeout: Timeout = 5.0,
+    broker: Broker = DEFAULT_BROKER_URL,
+    timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     target = _target(task_id, everything, "replay")
-    with _asking(target):
-        outcome = control.replay(broker, target, timeout)
+    with asking(broker, "DLQ") as control:
+        outcome = control.replay(target, timeout=timeout)
     replayed, missing = outcome["replayed"], outcome["missing"]
     if target is not None:
         if not replayed:
-            raise _fail(
+            raise fail(
                 f"{_not_in_queue(target)} (a task queued or running again is not replayed)",
                 EXIT_FAILED,
             )
@@ -287,12 +258,12 @@ def purge(
             "forgotten TASK_ID cannot wipe it.",
         ),
     ] = False,
-    broker: Broker = p.DEFAULT_BROKER_URL,
-    timeout: Timeout = 5.0,
+    broker: Broker = DEFAULT_BROKER_URL,
+    timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
     target = _target(task_id, everything, "purge")
-    with _asking(target):
-        purged = control.purge(broker, target, timeout)
+    with asking(broker, "DLQ") as control:
+        purged = control.purge(target, timeout=timeout)
     if target is not None and purged == 0:
-        raise _fail(_not_in_queue(target), EXIT_FAILED)
+        raise fail(_not_in_queue(target), EXIT_FAILED)
     typer.echo(f"purged {purged} dead letter(s)")

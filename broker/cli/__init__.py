@@ -1,0 +1,52 @@
+"""zbroker: start a broker, or ask a running one for its status and its dead letters.
+
+`app` is the console script (`zbroker = "broker.cli:app"`). Each command lives in a module
+of its own: `start` runs the server, `status` and `dlq` ask a running broker through the
+client's ControlClient (zbroker is a client program of the broker it asks).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated
+
+import typer
+
+from broker.cli import dlq
+from broker.cli.start import start
+from broker.cli.status import EPILOG as STATUS_EPILOG, status
+
+DISTRIBUTION = "zmq-taskbroker"
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+app.command()(start)
+app.command(epilog=STATUS_EPILOG)(status)
+app.add_typer(dlq.app, name="dlq")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"zbroker {_package_version()}")
+        raise typer.Exit(0)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return f"(version unknown: the {DISTRIBUTION} package is not installed)"
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of zbroker and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The ZTB task broker: routes tasks from clients to nodes. See protocol.md."""

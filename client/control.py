@@ -1,0 +1,147 @@
+"""The control client: requests about the broker rather than about one task, STATUS and the
+dead-letter queue. `Client` and `zbroker status` / `zbroker dlq` both ask through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from broker.protocol import (
+    DLQ_LIST,
+    DLQ_PURGE,
+    DLQ_REPLAY,
+    DLQ_SHOW,
+    ERR_MALFORMED,
+    DeadLetters,
+    DeadLettersReply,
+    Message,
+    Status,
+    StatusReply,
+    encode,
+    loads_payload,
+)
+from client.errors import BadReply
+from client.link import ReqLink
+from client.options import check_limit, check_name, check_timeout
+
+Reply = TypeVar("Reply", StatusReply, DeadLettersReply)
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0  # seconds a control request waits for its answer
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterList:
+    """The newest dead letters, as `ControlClient.dead_letters` asked for them."""
+
+    entries: list[dict[str, Any]]  # newest first
+    total: int  # how many the queue holds, also those not listed
+
+
+class ControlClient:
+    """`status()` and the dead-letter queue: tasks that failed for good (retries used up,
+    timed out, expired, node lost), which the broker keeps until they are replayed or purged.
+
+    Each request goes through `link` (its Lazy Pirate resends included), which the caller
+    owns and closes. `replay` and `purge` act once: the answer to a resend of one whose
+    reply was lost reports the task as missing (replay) or counts 0 (purge). Arguments are
+    checked before anything is sent (ValueError); an ERROR answer raises BrokerError
+    (NotFound for a task the broker does not have), no answer BrokerTimeout, a reply
+    without what the request asks for BadReply.
+    """
+
+    def __init__(self, link: ReqLink) -> None:
+        self._link = link
+
+    def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
+        return self._ask(Status(), StatusReply, timeout).body
+
+    def dead_letters(
+        self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> DeadLetterList:
+        """The dead-letter entries, newest first, at most `limit` (None: all of them).
+
+        Each is a dict with task_id, function, priority, retries, attempts, exit_code,
+        error ({type, message} or None) and failed_at (seconds since the Unix epoch)."""
+        request = DeadLetters(DLQ_LIST, limit=check_limit(limit))
+        body = self._ask(request, DeadLettersReply, timeout).body
+        entries = [entry for entry in _field(body, "dead_letters", list) if isinstance(entry, dict)]
+        total = body.get("total")
+        return DeadLetterList(entries, total if type(total) is int else len(entries))
+
+    def dead_letter(
+        self, task_id: str, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """One entry (as in `dead_letters`) plus "args": the task's arguments, decoded.
+
+        Arguments that are not valid JSON (the task failed with BadArguments) come back as
+        "args": None and "raw_args": their text. Raises NotFound (a KeyError too) when the
+        task is not in the dead-letter queue."""
+        request = DeadLetters(DLQ_SHOW, check_name("task_id", task_id))
+        reply = self._ask(request, DeadLettersReply, timeout)
+        entry = dict(_field(reply.body, "dead_letter", dict))
+        entry.update(_arguments(reply.args))
+        return entry
+
+    def replay(
+        self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> dict[str, list[str]]:
+        """Queue a dead letter again under its own id with a fresh count of attempts (None:
+        every dead letter). Returns {"replayed": [ids], "missing": [ids not in the queue or
+        pending again]}. The results go to nobody: submit the task again to wait for one."""
+        body = self._act(DLQ_REPLAY, task_id, timeout)
+        return {
+            "replayed": _field(body, "replayed", list),
+            "missing": _field(body, "missing", list),
+        }
+
+    def purge(self, task_id: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT) -> int:
+        """Forget a dead letter (None: every one of them); returns how many were removed."""
+        return _field(self._act(DLQ_PURGE, task_id, timeout), "purged", int)
+
+    # ------------------------------------------------------------------------- internals
+
+    def _act(self, op: str, task_id: str | None, timeout: float | None) -> dict[str, Any]:
+        if task_id is not None:
+            check_name("task_id", task_id)
+        return self._ask(DeadLetters(op, task_id), DeadLettersReply, timeout).body
+
+    def _ask(self, request: Message, kind: type[Reply], timeout: float | None) -> Reply:
+        """The broker's answer, which must be of type `kind`."""
+        reply = self._link.exchange(encode(request), _any_reply, check_timeout(timeout))
+        if not isinstance(reply, kind):
+            raise BadReply(
+                ERR_MALFORMED,
+                f"the broker at {self._link.url} answered {type(reply).__name__} "
+                f"to {type(request).__name__}",
+            )
+        return reply
+
+
+def _any_reply(reply: Message) -> bool:
+    # Every reply on a REQ socket answers the request in flight; a control request has no
+    # task id to check it by.
+    return True
+
+
+def _field(body: dict[str, Any], key: str, kind: type[T]) -> T:
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadReply(
+            ERR_MALFORMED,
+            f"the broker's DLQ_REPLY has no {kind.__name__} {key!r} (protocol.md 3.13): {body!r}",
+        )
+    return value
+
+
+def _arguments(args: bytes | None) -> dict[str, Any]:
+    if args is None:
+        raise BadReply(
+            ERR_MALFORMED,
+            "the broker's DLQ_REPLY to show has no arguments frame (protocol.md 3.13)",
+        )
+    try:
+        return {"args": loads_payload(args)}
+    except ValueError:
+        return {"args": None, "raw_args": args.decode("utf-8", "replace")}

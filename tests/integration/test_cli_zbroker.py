@@ -1,0 +1,202 @@
+"""`zbroker` itself and `zbroker status` (broker/cli/) through typer's CliRunner, against a fake
+broker: what the commands print, and how trouble with the broker maps to exit codes (1
+refused or not ZTB/1, 2 bad command line, 3 no answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Any
+
+import orjson
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner, Result
+
+from broker.cli import app
+from broker.protocol import ERR_UNKNOWN_COMMAND, DeadLettersReply, Error, Status, StatusReply
+from tests.fakes import (
+    STATUS_BODY,
+    FakeBroker,
+    Handler,
+    Received,
+    Reply,
+    fake_brokers,
+    unused_endpoint,
+)
+
+StartBroker = Callable[[Handler], FakeBroker]
+
+NODE = {
+    "id": "node-1",
+    "name": "node-a",
+    "host": "worker1",
+    "pid": 4242,
+    "functions": ["add", "multiply", "divide", "power"],
+    "capacity": 4,
+    "active": 1,
+    "completed": 17,
+    "last_seen": 0.25,
+    "state": "ready",
+}
+BODY: dict[str, Any] = {
+    "strategy": "least-loaded",
+    "nodes": [NODE],
+    "queued": 2,
+    "running": 1,
+    "dead_letters": 3,
+    "counters": {"received": 42, "malformed": 0},
+}
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[StartBroker]:
+    with fake_brokers() as start:
+        yield start
+
+
+def answer_status(body: dict[str, Any]) -> Handler:
+    def handle(received: Received) -> list[Reply]:
+        assert isinstance(received.message, Status)
+        return [(received.identity, StatusReply(body))]
+
+    return handle
+
+
+def zbroker(*argv: str) -> Result:
+    # COLUMNS: rich sizes tables to the terminal; this is the 100-column one.
+    return CliRunner().invoke(app, list(argv), env={"COLUMNS": "100", "NO_COLOR": "1"})
+
+
+# ------------------------------------------------------------------------------ zbroker
+
+
+def test_version_is_the_installed_package() -> None:
+    done = zbroker("--version")
+    assert (done.exit_code, done.stdout) == (0, f"zbroker {metadata.version('zmq-taskbroker')}\n")
+
+
+def test_every_command_option_and_argument_has_help() -> None:
+    def commands(group: Any, path: str) -> Iterator[tuple[str, Any]]:
+        for name, command in getattr(group, "commands", {}).items():
+            yield f"{path} {name}", command
+            yield from commands(command, f"{path} {name}")
+
+    found = dict(commands(get_command(app), "zbroker"))
+    assert set(found) >= {"zbroker start", "zbroker status", "zbroker dlq", "zbroker dlq list"}
+    for name, command in found.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name}"
+
+
+# ------------------------------------------------------------------------------ status
+
+
+def test_status_prints_the_nodes_and_the_queue(fake_broker: StartBroker) -> None:
+    broker = fake_broker(answer_status(BODY))
+    done = zbroker("status", "--broker", broker.url)
+    assert done.exit_code == 0, done.output
+    row = next(line for line in done.stdout.splitlines() if "node-a" in line)
+    assert row.split("│")[1:-1] == [
+        " node-a ",
+        " worker1 ",
+        " 4242 ",
+        " ready ",
+        "  1/4 ",
+        "   17 ",
+        " 0.2s ago ",
+        " add, multiply, divide +1 more ",
+    ]
+    assert "queued: 2   running: 1   dead letters: 3\n" in done.stdout
+    assert "counters: malformed=0, received=42\n" in done.stdout
+
+
+def test_status_json_prints_the_body(fake_broker: StartBroker) -> None:
+    broker = fake_broker(answer_status(BODY))
+    done = zbroker("status", "--broker", broker.url, "--json")
+    assert done.exit_code == 0, done.output
+    assert orjson.loads(done.stdout) == BODY
+
+
+def test_a_lost_status_request_is_resent(fake_broker: StartBroker) -> None:
+    # zbroker asks through the client's ReqLink, Lazy Pirate resends included.
+    answered = answer_status(STATUS_BODY)
+    seen: list[Received] = []
+
+    def drop_first(received: Received) -> list[Reply]:
+        seen.append(received)
+        return [] if len(seen) == 1 else list(answered(received))
+
+    broker = fake_broker(drop_first)
+    done = zbroker("status", "--broker", broker.url, "--json", "--timeout", "10")
+    assert done.exit_code == 0, done.output
+    assert orjson.loads(done.stdout) == STATUS_BODY
+    first, second = broker.requests
+    assert first.message == second.message == Status()
+    assert first.identity != second.identity  # a fresh REQ socket for the resend
+
+
+def test_no_answer_exits_3() -> None:
+    url = unused_endpoint()
+    done = zbroker("status", "--broker", url, "--timeout", "0.3")
+    assert (done.exit_code, done.stdout) == (3, "")
+    assert done.stderr == (
+        f"error: no answer from the broker at {url} within 0.3 s; "
+        "is `zbroker start` running there? (use --broker to point elsewhere)\n"
+    )
+
+
+@pytest.mark.parametrize("url", ["localhost:5000", "tcp://", "tcp://127.0.0.1:notaport"])
+def test_a_url_that_is_not_an_endpoint_exits_2(url: str) -> None:
+    done = zbroker("status", "--broker", url)
+    assert (done.exit_code, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"error: cannot use {url!r} as the broker's address: ")
+    assert done.stderr.endswith("; give an endpoint like tcp://127.0.0.1:5000\n")
+
+
+def test_a_bad_timeout_exits_2() -> None:
+    done = zbroker("status", "--timeout", "0")
+    assert done.exit_code == 2
+    assert "--timeout" in done.stderr
+
+
+def test_a_refusal_exits_1(fake_broker: StartBroker) -> None:
+    def refuse(received: Received) -> list[Reply]:
+        return [(received.identity, Error(ERR_UNKNOWN_COMMAND, "unknown command 'STATUS'"))]
+
+    broker = fake_broker(refuse)
+    done = zbroker("status", "--broker", broker.url)
+    assert (done.exit_code, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"error: the broker at {broker.url} refused STATUS: unknown command 'STATUS' "
+        "[unknown_command]; the broker is older than this command: upgrade and restart it\n"
+    )
+
+
+def test_an_answer_that_is_not_ztb_exits_1_at_once(fake_broker: StartBroker) -> None:
+    brokers: list[FakeBroker] = []
+
+    def speak_http(received: Received) -> list[Reply]:
+        brokers[0].send_raw(received.identity, b"", b"HTTP/1.1 400 Bad Request")
+        return []
+
+    brokers.append(fake_broker(speak_http))
+    url = brokers[0].url
+    done = zbroker("status", "--broker", url, "--timeout", "30")
+    assert (done.exit_code, done.stdout) == (1, "")
+    assert done.stderr.startswith(f"error: the answer from {url} is not ZTB/1 (")
+    assert done.stderr.endswith("); is it a ZTB broker?\n")
+    assert len(brokers[0].requests) == 1  # not resent: a resend gets the same answer
+
+
+def test_an_answer_of_the_wrong_kind_exits_1(fake_broker: StartBroker) -> None:
+    def answer_dlq(received: Received) -> list[Reply]:
+        return [(received.identity, DeadLettersReply({"purged": 0}))]
+
+    broker = fake_broker(answer_dlq)
+    done = zbroker("status", "--broker", broker.url)
+    assert (done.exit_code, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"error: the broker at {broker.url} answered DeadLettersReply to Status\n"
+    )
