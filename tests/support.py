@@ -11,9 +11,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Watched(Protocol):
+    """A child process a wait keeps an eye on (tests.support.Proc, client.cluster.Process)."""
+
+    name: str
+
+    def alive(self) -> bool: ...
+
+    def log(self) -> str: ...
 
 BIN = Path(sys.executable).parent
 
@@ -94,7 +104,7 @@ def wait_until(
     timeout: float = 10.0,
     *,
     what: str = "condition",
-    alive: Iterable[Proc] = (),
+    alive: Iterable[Watched] = (),
     interval: float = 0.02,
 ) -> T:
     """Poll `predicate` until it returns something truthy; fail early if a process died."""
@@ -106,10 +116,7 @@ def wait_until(
             return value
         for proc in watched:
             if not proc.alive():
-                raise AssertionError(
-                    f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n"
-                    f"{proc.log()}"
-                )
+                raise AssertionError(f"{proc.name} exited while waiting for {what}:\n{proc.log()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)

@@ -104,8 +104,12 @@ def start(
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
     log_file: Path | None = typer.Option(None, help="Also append logs to this file."),
 ) -> None:
-    """Run a broker in the foreground until SIGINT or SIGTERM."""
-    from broker.server import BrokerConfig, BrokerServer
+    """Run a broker in the foreground until SIGINT or SIGTERM.
+
+    Exit codes: 0 after a clean stop; 1 when it cannot start (the store is not a valid
+    store or is in use, the address is taken); 2 for a bad command line; 74 when its store
+    failed while it ran (a full disk): nothing after the failure was accepted."""
+    from broker.server import EXIT_STORE_FAILED, BrokerConfig, BrokerServer
 
     _configure_logging(log_level, log_file)
     if strategy not in STRATEGIES:
@@ -140,6 +144,9 @@ def start(
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     server.serve()
+    if server.store_failure is not None:
+        typer.echo(f"error: {server.store_failure}", err=True)
+        raise typer.Exit(EXIT_STORE_FAILED)
 
 
 def _persistence(store: str, dlq_log: str, sync: str, results: ResultsConfig) -> PersistenceConfig:

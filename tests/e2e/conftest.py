@@ -1,111 +1,76 @@
+"""The e2e tier: the real commands as separate processes, started through the project's one
+cluster launcher (client.cluster.LocalCluster), with short heartbeats so that a dead node is
+found fast. Every process is reaped after each test, and all their logs are printed when it
+fails."""
+
 from __future__ import annotations
 
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broker.control import BrokerUnreachable, status
-from tests.support import BIN, Proc, Spawner, read_ready_file, wait_until
+from client.cluster import LocalCluster, Process, command
 
-INTERVAL = 0.2  # short heartbeats so dead nodes are found fast
+INTERVAL = 0.2  # seconds between heartbeats
 LIVENESS = 3
 RETRY_BACKOFF = 0.05  # short waits between attempts, for the same reason
 
 
-@dataclass
-class Cluster:
-    """A broker and nodes started through their CLIs, as a user would."""
+class Cluster(LocalCluster):
+    """LocalCluster with the tests' settings and a few conveniences."""
 
-    spawner: Spawner
-    tmp: Path
-    url: str = ""
-    broker: Proc | None = None
-    nodes: list[Proc] = field(default_factory=list)
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp, log_level="INFO")
+        self.tmp = tmp
 
     def start_broker(
-        self, *extra: str, bind: str = "tcp://127.0.0.1:0", store: str | None = None
-    ) -> Proc:
-        """`zbroker start`; its store is one file per test, so a restart finds its tasks."""
-        ready = self.tmp / f"broker-{len(self.spawner.procs)}.endpoint"
-        self.broker = self.spawner.start(
-            "zbroker",
-            "zbroker",
-            "start",
-            "--bind",
-            bind,
-            "--ready-file",
-            str(ready),
-            "--heartbeat-interval",
-            str(INTERVAL),
-            "--liveness",
-            str(LIVENESS),
-            "--retry-backoff",
-            str(RETRY_BACKOFF),
-            "--store",
-            store or str(self.store),
-            *extra,
-        )
-        self.url = read_ready_file(ready, 15, self.broker)
-        return self.broker
+        self, *args: str, bind: str = "tcp://127.0.0.1:0", store: str | Path | None = None
+    ) -> Process:
+        fast = ["--heartbeat-interval", str(INTERVAL), "--liveness", str(LIVENESS)]
+        fast += ["--retry-backoff", str(RETRY_BACKOFF)]
+        return super().start_broker(*fast, *args, bind=bind, store=store)
 
-    @property
-    def store(self) -> Path:
-        return self.tmp / "broker.sqlite3"
-
-    def start_node(self, *extra: str, functions: str = "math", concurrency: int = 1) -> Proc:
-        name = f"node{len(self.nodes)}"
-        node = self.spawner.start(
-            name,
-            "znode",
-            "--broker",
-            self.url,
-            "--functions",
-            functions,
-            "--concurrency",
-            str(concurrency),
-            "--name",
-            name,
-            *extra,
-        )
-        self.nodes.append(node)
-        return node
-
-    def status(self) -> dict[str, Any]:
-        return status(self.url, timeout=2.0)
-
-    def node_names(self) -> list[str]:
-        try:
-            return sorted(n["name"] for n in self.status()["nodes"])
-        except BrokerUnreachable:
-            return []
+    def start_node(
+        self,
+        *args: str,
+        functions: str = "math",
+        concurrency: int = 1,
+        name: str | None = None,
+    ) -> Process:
+        return super().start_node(*args, functions=[functions], concurrency=concurrency, name=name)
 
     def wait_nodes(self, *names: str, timeout: float = 15) -> None:
-        alive = [p for p in [self.broker, *self.nodes] if p is not None and p.alive()]
-        wait_until(
+        """Until exactly these node processes are registered."""
+        self.wait_for(
             lambda: self.node_names() == sorted(names),
+            f"nodes {sorted(names)} registered",
             timeout,
-            what=f"nodes {sorted(names)} registered",
-            alive=alive,
         )
 
     def zbroker(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """`zbroker COMMAND ...` against this cluster's broker (`--broker` added last)."""
-        command = [str(BIN / "zbroker"), *argv, "--broker", self.url]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        argv_ = [*command("zbroker"), *argv, "--broker", self.url]
+        return subprocess.run(argv_, capture_output=True, text=True, timeout=timeout)
 
     def zsubmit(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        command = [str(BIN / "zsubmit"), "--broker", self.url, *argv]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        argv_ = [*command("zsubmit"), "--broker", self.url, *argv]
+        return subprocess.run(argv_, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
-def cluster(spawner: Spawner, tmp_path: Path) -> Iterator[Cluster]:
-    yield Cluster(spawner, tmp_path)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+        report: Any = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(made.logs())
 
 
 def free_port() -> int:

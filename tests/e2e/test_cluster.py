@@ -74,18 +74,9 @@ def test_zsubmit_without_a_broker_says_so(cluster: Cluster) -> None:
     assert "no answer from the broker" in done.stderr
 
 
-def test_zbroker_status_json(two_nodes: Cluster, spawner: Any) -> None:
-    import subprocess
-
-    from tests.support import BIN
-
-    out = subprocess.run(
-        [str(BIN / "zbroker"), "status", "--broker", two_nodes.url, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
+def test_zbroker_status_json(two_nodes: Cluster) -> None:
+    out = two_nodes.zbroker("status", "--json", timeout=10)
+    assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
     assert body["queued"] == 0
     keys = {
