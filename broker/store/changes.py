@@ -89,11 +89,13 @@ class NetChanges:
         self.dead_letters[task_id] = change.entry
 
     def _forget_dead_letter(self, change: ForgetDeadLetter) -> None:
-        if change.task_id is not None:
-            self.dead_letters[change.task_id] = None
-        else:
+        if change.task_id is None:
             self.dead_letters.clear()
             self.clear_dead_letters = True
+        elif self.clear_dead_letters:  # no row left but those saved after the clear
+            self.dead_letters.pop(change.task_id, None)
+        else:
+            self.dead_letters[change.task_id] = None
 
     def write(self, conn: sqlite3.Connection, wall_offset: float) -> None:
         """Run the statements, in an order in which each row ends as its last command

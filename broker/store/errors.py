@@ -19,10 +19,15 @@ class StoreError(OSError):
 
 def store_write_failed(path: Path, exc: sqlite3.Error, what: str) -> StoreError:
     """The error for a store transaction that failed: `what` it was doing and SQLite's
-    reason; a full disk (or a file at its size limit) says so first."""
+    reason. A full disk says so first; a row SQLite refuses is the broker's own fault."""
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return StoreError(
             f"disk full writing {path}: {exc} ({what}); free space and restart the broker"
+        )
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        return StoreError(
+            f"cannot write store {path}: {exc} ({what}); this is a zbroker bug: please report "
+            "it, then restart the broker"
         )
     return StoreError(
         f"cannot write store {path}: {exc} ({what}); check the disk (space, permissions) "
