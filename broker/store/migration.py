@@ -80,7 +80,8 @@ def _spec(table: str, task_id: object, options: list[Any], queue_timeout: object
         "task_timeout": timeout,
     }
     try:
-        return msgspec.convert(fields, TaskSpec)
+        # builtin_types: a TEXT payload is refused, not read as base64.
+        return msgspec.convert(fields, TaskSpec, builtin_types=(bytes,))
     except msgspec.ValidationError as exc:
         why, _, where = str(exc).partition(" - at `$.")
         field = where.rstrip("`") or "?"

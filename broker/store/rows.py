@@ -159,7 +159,8 @@ def error(row: ResultRow | DeadLetterRow, table: str) -> ErrorInfo | None:
 
 def _convert(rows: Sequence[Any], row_type: type[R], table: str) -> list[R]:
     try:
-        return msgspec.convert(rows, list[row_type])  # type: ignore[valid-type]
+        # builtin_types: a TEXT value where bytes belong is refused, not read as base64.
+        return msgspec.convert(rows, list[row_type], builtin_types=(bytes,))  # type: ignore[valid-type]
     except msgspec.ValidationError as exc:
         match = _AT_ROW.match(str(exc))
         if match is None:  # not raised for the rows of a query: the columns are fixed

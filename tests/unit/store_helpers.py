@@ -30,8 +30,9 @@ FAR = 1e12  # a `now` later than every time in these tests
 
 def spec(task_id: str, **options: Any) -> TaskSpec:
     """A spec with every option set; `options` override them."""
-    fields: dict[str, Any] = {"priority": 5, "retries": 2, "queue_timeout": 30.0}
-    return TaskSpec(task_id, "f", b"[1,2]", **(fields | {"task_timeout": 1.5} | options))
+    fields: dict[str, Any] = {"args": b"[1,2]", "priority": 5, "retries": 2}
+    fields |= {"queue_timeout": 30.0, "task_timeout": 1.5}
+    return TaskSpec(task_id, "f", **(fields | options))
 
 
 def save(task_id: str, seq: int = 0, at: float = 10.25, **options: Any) -> SaveTask:

@@ -128,7 +128,7 @@ def test_dead_letters_forgotten_one_or_all_and_saved_again(store: Store) -> None
     store.apply([SaveDeadLetter(dead(i)) for i in "abc"], OFFSET)
     store.apply([ForgetDeadLetter("b"), SaveDeadLetter(dead("a", 21.0))], OFFSET)
     assert load(store).dead_letters == [dead("c"), dead("a", 21.0)]
-    batch = [ForgetDeadLetter(None), SaveDeadLetter(dead("d")), ForgetDeadLetter("x")]
+    batch: list[Change] = [ForgetDeadLetter(None), SaveDeadLetter(dead("d")), ForgetDeadLetter("x")]
     store.apply(batch, OFFSET)
     assert load(store).dead_letters == [dead("d")]
     store.apply([SaveDeadLetter(dead("e")), ForgetDeadLetter(None)], OFFSET)
