@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -107,15 +108,12 @@ class Persistence:
                 self._log.append(dead, wall_offset)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """Close the store, the log and the lock, each even if closing another fails."""
+        with ExitStack() as stack:
+            for part in (self._lock, self._log, self._store):  # closed in reverse order
+                if part is not None:
+                    stack.callback(part.close)
+            self._store = self._log = self._lock = None
 
 
 def _lock(store: str) -> IO[str]:

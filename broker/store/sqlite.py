@@ -136,12 +136,20 @@ class Store:
                 result = work()
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback()
                 raise
         except sqlite3.Error as exc:
             raise store_write_failed(self.path, exc, what) from exc
         return result
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, unless SQLite has already. It runs while the
+        cause propagates: a failure of the ROLLBACK itself is logged, never raised over it."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("store %s: ROLLBACK failed too: %s", self.path, exc)
 
 
 def _create_file(path: Path) -> bool:
