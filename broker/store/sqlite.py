@@ -218,19 +218,23 @@ def _prepare(conn: sqlite3.Connection, path: Path, created: bool, durable_sync: 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
     try:
-        tasks, dead = migrate(conn)
+        migrated = migrate(conn)
     except BadRow as exc:
         raise StoreError(
             f"cannot open store {path}: {exc} (migrating schema version {version}); restore "
             f"a backup {ELSEWHERE}"
         ) from None
+    defaulted = migrated.defaulted
     log.info(
-        "store %s: schema version %d migrated to %d (%d pending tasks, %d dead letters)",
+        "store %s: schema version %d migrated to %d (%d pending tasks, %d dead letters%s)",
         path,
         version,
         schema.SCHEMA_VERSION,
-        tasks,
-        dead,
+        migrated.tasks,
+        migrated.dead_letters,
+        f"; {defaulted} task timeouts beyond the protocol's limits left to the broker's default"
+        if defaulted
+        else "",
     )
 
 

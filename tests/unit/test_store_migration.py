@@ -119,6 +119,32 @@ def test_a_version_1_store_is_migrated_with_one_log_line(
     assert len([r for r in caplog.records if "migrated" in r.getMessage()]) == 1
 
 
+def test_a_version_1_task_timeout_beyond_the_limits_becomes_the_brokers_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 1 stores the timeout in force, the broker's default included, and `zbroker
+    start --task-timeout` has no upper limit: such a value goes back to being the default."""
+    path = v1_store(tmp_path / "broker.db")
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE tasks SET timeout = 1e7 WHERE task_id = 'a'")
+        conn.execute("UPDATE dead_letters SET timeout = 0.0001 WHERE task_id = 'd'")
+    conn.close()
+    caplog.set_level(logging.INFO, logger="broker.store")
+    store = Store.open(path)
+    try:
+        restored = load(store)
+    finally:
+        store.close()
+    a = next(t.spec for t in restored.pending if t.spec.task_id == "a")
+    assert a == TaskSpec("a", "f", b"[1]", 9, 3, 30.0, None)
+    assert restored.dead_letters[0].spec.task_timeout is None
+    assert [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()] == [
+        f"store {path}: schema version 1 migrated to 2 (2 pending tasks, 2 dead letters; "
+        "2 task timeouts beyond the protocol's limits left to the broker's default)"
+    ]
+
+
 def test_a_version_1_row_out_of_the_protocols_limits_is_refused_and_left_as_it_was(
     tmp_path: Path,
 ) -> None:
