@@ -1,0 +1,156 @@
+"""Persistence: what the broker keeps on disk, behind the one door the server uses.
+
+The server hands over the scheduler's journal in batches (group commit: see `save_now`);
+`save` writes a batch to the store in one transaction and appends its new dead letters to
+the JSON-lines log. A lock file next to the store keeps a second broker away from it while
+this one runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from broker.core.config import RetryPolicy
+from broker.core.events import Restored
+from broker.core.journal import Change, SaveDeadLetter
+from broker.store.dlq_log import DeadLetterLog
+from broker.store.errors import StoreError
+from broker.store.sqlite import Store
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 10.0  # seconds between deletions of expired kept answers
+SAVE_BATCH = 1024  # changes written at once, without waiting for the save delay
+
+
+@dataclass(frozen=True)
+class PersistenceConfig:
+    store: str | None = None  # SQLite file; None: memory only
+    dead_letter_log: str | None = None  # JSON-lines file; None: no log
+    results_ttl: float = 300.0  # seconds an answer is kept, as in memory
+    results_max: int = 100_000  # kept answers in the store, as in memory
+    dead_letters_max: int = 100_000  # dead letters in the store, as in memory
+    sync_full: bool = False  # fsync every transaction (survive power loss, not only kill -9)
+    save_delay: float = 0.005  # seconds changes may wait to share a transaction
+    default_retries: int = RetryPolicy().retries  # the log's "retries" for specs without
+
+
+class Persistence:
+    def __init__(self, config: PersistenceConfig) -> None:
+        self.config = config
+        self._store: Store | None = None
+        self._lock: IO[str] | None = None
+        self._log: DeadLetterLog | None = None
+        self._next_prune = 0.0
+        self.save_due: float | None = None  # when the changes waiting must be written
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the scheduler must keep a journal for this door."""
+        return self.config.store is not None or self.config.dead_letter_log is not None
+
+    def open(self, wall_offset: float, now: float) -> Restored | None:
+        """Open the store (and the log); what the store held, as the event that gives it
+        back to the scheduler, or None without a store. Raises StoreError, with nothing
+        left open."""
+        config = self.config
+        try:
+            if config.dead_letter_log is not None:
+                self._log = DeadLetterLog(config.dead_letter_log, config.default_retries)
+            if config.store is None:
+                return None
+            self._lock = _lock(config.store)
+            self._store = Store.open(config.store, durable_sync=config.sync_full)
+            restored = self._store.load(wall_offset, now)
+        except BaseException:
+            self.close()
+            raise
+        self._next_prune = now
+        log.info(
+            "store %s: %d pending tasks, %d kept answers, %d dead letters restored",
+            config.store,
+            len(restored.pending),
+            len(restored.answers),
+            len(restored.dead_letters),
+        )
+        return restored
+
+    def save_now(self, pending_changes: int, now: float) -> bool:
+        """Group commit: changes are written at most `save_delay` after the first of them,
+        or at once when many wait, so that a busy broker pays one transaction for many
+        tasks and a quiet one adds no commit to each round trip."""
+        if not pending_changes:
+            return False
+        if self.save_due is None:
+            self.save_due = now + self.config.save_delay
+        return now >= self.save_due or pending_changes >= SAVE_BATCH
+
+    def save(self, changes: list[Change], wall_offset: float, now: float) -> None:
+        """Write `changes` (the journal, in order) to the store in one transaction and their
+        dead letters to the log. Raises StoreError if either write fails."""
+        self.save_due = None
+        if self._store is not None:
+            self._store.apply(changes, wall_offset)
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                older_than = now - self.config.results_ttl
+                self._store.prune_results(older_than, wall_offset, keep=self.config.results_max)
+                self._store.trim_dead_letters(self.config.dead_letters_max)
+        if self._log is not None:
+            dead = [c.entry for c in changes if type(c) is SaveDeadLetter]
+            if dead:
+                self._log.append(dead, wall_offset)
+
+    def close(self) -> None:
+        """Close the store, the log and the lock, each even if closing another fails."""
+        with ExitStack() as stack:
+            for part in (self._lock, self._log, self._store):  # closed in reverse order
+                if part is not None:
+                    stack.callback(part.close)
+            self._store = self._log = self._lock = None
+
+
+def _lock(store: str) -> IO[str]:
+    """An exclusive lock next to the store, held while the broker runs; the file holds the
+    pid of the broker that holds it."""
+    path = Path(store + ".lock")
+    if not path.parent.is_dir():
+        raise StoreError(
+            f"cannot open store {store}: directory {path.parent} does not exist; create it "
+            "or pick another --store path"
+        )
+    try:
+        handle = path.open("a+")
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open the store's lock file {path}: {exc.strerror}; check that its "
+            "directory exists and is writable, or start with another --store path"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise StoreError(
+            f"store {store} is in use by another broker (pid {owner}); stop it, or give "
+            "each broker its own --store path"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+    except OSError as exc:
+        handle.close()
+        raise StoreError(
+            f"cannot write the store's lock file {path}: {exc.strerror}; free space and "
+            "restart the broker"
+        ) from None
+    return handle
