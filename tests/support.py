@@ -25,6 +25,7 @@ class Watched(Protocol):
 
     def log(self) -> str: ...
 
+
 BIN = Path(sys.executable).parent
 
 

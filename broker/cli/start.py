@@ -121,7 +121,7 @@ def start(
     scheduler = SchedulerConfig(
         strategy, heartbeat_interval, liveness, results, retry, task_timeout or None
     )
-    persistence = _persistence(store, dlq_log, store_sync, results)
+    persistence = _persistence(store, dlq_log, store_sync, results, retries)
     config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)
     server = BrokerServer(config)
     try:
@@ -149,7 +149,9 @@ def start(
         raise typer.Exit(EXIT_STORE_FAILED)
 
 
-def _persistence(store: str, dlq_log: str, sync: str, results: ResultsConfig) -> PersistenceConfig:
+def _persistence(
+    store: str, dlq_log: str, sync: str, results: ResultsConfig, retries: int
+) -> PersistenceConfig:
     from broker.store import PersistenceConfig
 
     if sync not in ("normal", "full"):
@@ -159,8 +161,14 @@ def _persistence(store: str, dlq_log: str, sync: str, results: ResultsConfig) ->
         log_path = None if store_path is None else store_path + ".dlq.jsonl"
     else:
         log_path = None if dlq_log.lower() == "none" else dlq_log
-    full = sync == "full"
-    return PersistenceConfig(store_path, log_path, results.ttl, results.max_entries, sync_full=full)
+    return PersistenceConfig(
+        store_path,
+        log_path,
+        results.ttl,
+        results.max_entries,
+        sync_full=sync == "full",
+        default_retries=retries,
+    )
 
 
 def _configure_logging(level: str, log_file: Path | None) -> None:

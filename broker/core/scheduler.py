@@ -456,7 +456,11 @@ class Scheduler:
             return [Send(peer, DeadLettersReply({"dead_letter": view}, entry.spec.args))]
         if msg.op == DLQ_REPLAY:
             return self._replay(peer, msg.task_id, now)
-        return [Send(peer, DeadLettersReply({"purged": self._purge(msg.task_id)}))]
+        purged = self._purge(msg.task_id)
+        commands: list[Command] = [Send(peer, DeadLettersReply({"purged": purged}))]
+        if purged and self._journal:
+            commands.append(j.ForgetDeadLetter(msg.task_id))
+        return commands
 
     def _replay(self, peer: bytes, task_id: str | None, now: float) -> list[Command]:
         """Run dead letters again under their own ids, with a fresh count of attempts; their

@@ -367,5 +367,7 @@ def test_status_is_answered_within_100_ms_while_50000_tasks_expire(
                 client.sock.recv_multipart()  # answers (exit 125) as they come
         assert slowest < 0.1, f"a STATUS took {slowest * 1000:.0f} ms while tasks expired"
         assert status(b)["counters"]["expired"] == total
+        node.send(p.Result("busy", 0, b"null", None, 1))  # so that the broker stops at once
+        wait_until(lambda: status(b)["running"] == 0, 5, what="the busy task answered")
     finally:
         b.stop()

@@ -327,3 +327,15 @@ def test_a_burst_of_queue_deadlines_is_spread_over_ticks() -> None:
     assert len(sizes) == -(-50_000 // TICK_BUDGET)
     assert sched.status(1.5)["queued"] == 0 and sched.counters["expired"] == 50_000
     sched.check_invariants()
+
+
+def test_purges_are_journaled_so_purged_dead_letters_stay_gone(sched: Core) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    for task_id in ("a", "b"):
+        sched.handle(CLIENT, execute(task_id), 0.0)
+        sched.handle(b"n1", failed(task_id), 0.1)
+    sched.take_journal()
+    sched.handle(CLIENT, p.DeadLetters("purge", "a"), 0.2)
+    sched.handle(CLIENT, p.DeadLetters("purge"), 0.3)
+    sched.handle(CLIENT, p.DeadLetters("purge"), 0.4)  # nothing left: nothing to journal
+    assert sched.take_journal() == [j.ForgetDeadLetter("a"), j.ForgetDeadLetter(None)]
