@@ -164,15 +164,15 @@ class LocalCluster:
     def start_node(
         self,
         *args: str,
-        functions: Iterable[str] = ("math",),
+        functions: str | Iterable[str] = ("math",),
         concurrency: int = 1,
         name: str | None = None,
     ) -> Process:
-        """`znode` with these function sets and `concurrency` processes, named `name` (by
-        default node0, node1, ...); returns at once (see `wait_for_nodes`)."""
+        """`znode` with these function sets (one, or several) and `concurrency` processes,
+        named `name` (by default node0, node1, ...); returns at once (see `wait_for_nodes`)."""
         name = name or f"node{len(self.nodes)}"
         argv = ["--broker", self.url, "--name", name, "--concurrency", str(concurrency)]
-        for function_set in functions:
+        for function_set in [functions] if isinstance(functions, str) else functions:
             argv += ["--functions", function_set]
         node = self._start("znode", [*argv, "--log-level", self.log_level, *args], name)
         self.nodes.append(node)

@@ -170,7 +170,8 @@ def _create_file(path: Path) -> bool:
         if path.stat().st_size == 0:
             raise StoreError(
                 f"cannot open store {path}: the file is empty (0 bytes), not a zbroker "
-                f"store; delete it to start a new store {ELSEWHERE}"
+                f"store (was it truncated?); restore it from a backup, delete it to start "
+                f"a new store, {ELSEWHERE}"
             ) from None
         return False
     except OSError as exc:

@@ -34,15 +34,6 @@ class Cluster(LocalCluster):
         fast += ["--retry-backoff", str(RETRY_BACKOFF)]
         return super().start_broker(*fast, *args, bind=bind, store=store)
 
-    def start_node(
-        self,
-        *args: str,
-        functions: str = "math",
-        concurrency: int = 1,
-        name: str | None = None,
-    ) -> Process:
-        return super().start_node(*args, functions=[functions], concurrency=concurrency, name=name)
-
     def wait_nodes(self, *names: str, timeout: float = 15) -> None:
         """Until exactly these node processes are registered."""
         self.wait_for(

@@ -93,7 +93,7 @@ class Core:
 
     def node(self, name: str) -> dict[str, Any]:
         [node] = [n for n in self.status()["nodes"] if n["name"] == name]
-        return node
+        return dict(node)
 
     def status(self, now: float = 0.0) -> dict[str, Any]:
         return self.scheduler.status(now)

@@ -152,7 +152,8 @@ def test_absent_optional_fields_take_documented_defaults() -> None:
     done = p.decode([p.TAG, p.TASK_COMPLETED, b'{"task_id":"t","exit_code":0}', b"1"])
     assert done == p.TaskCompleted("t", 0, b"1", None, 1)
     assert p.decode([p.TAG, p.DISCONNECT, b"{}"]) == p.Disconnect("")
-    assert p.decode([p.TAG, p.ERROR, b'{"code":"c","message":"m","task_id":5}']).task_id is None
+    error = p.decode([p.TAG, p.ERROR, b'{"code":"c","message":"m","task_id":5}'])
+    assert isinstance(error, p.Error) and error.task_id is None
 
 
 def test_unknown_fields_whitespace_and_trailing_frames_are_ignored() -> None:

@@ -284,9 +284,9 @@ _NAME: Field = (names, st.just("") | st.text(min_size=p.MAX_NAME_LENGTH + 1) | s
 def _range(low: int, high: int, *, null: bool = False) -> Field:
     """Valid: the limits and values between (and null if allowed); invalid: just past the
     limits, and values of other types."""
-    valid = st.sampled_from([low, high]) | st.integers(low, high)
+    valid: st.SearchStrategy[int | None] = st.sampled_from([low, high]) | st.integers(low, high)
     if null:
-        valid |= st.none()
+        valid = valid | st.none()
     past = st.sampled_from([low - 1, high + 1])
     other = st.booleans() | st.just(float(low)) | texts | (st.nothing() if null else st.none())
     return valid, st.one_of(past, past, past, other)
