@@ -50,6 +50,7 @@ from broker.core.events import (
     StopRequested,
     Undecodable,
 )
+from broker.core.graces import Grace, Graces
 from broker.core.nodes import Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache
@@ -125,22 +126,6 @@ class TaskView(Struct, frozen=True, gc=False):
     requesters: int
 
 
-class Grace:
-    """A while in which a function counts as offered although no node offers it: after its
-    last node left (a node process being replaced), or, for every function (`function`
-    None), after a restart from a store (the nodes have not registered again yet). Tasks
-    accepted only thanks to it are `held`: refused with exit 127 when it ends unless a node
-    offering their function came meanwhile."""
-
-    __slots__ = ("function", "held", "timer", "until")
-
-    def __init__(self, function: str | None) -> None:
-        self.function = function
-        self.until = 0.0
-        self.held: list[Task] = []
-        self.timer = 0
-
-
 class Scheduler:
     def __init__(
         self,
@@ -155,11 +140,10 @@ class Scheduler:
         self._queue = TaskQueue()
         self._tasks = TaskTable()
         self._timers: Timers[Task | Node | Grace] = Timers()
+        self._graces = Graces(self._timers, config.offer_grace_seconds)
         self._results = ResultCache(config.results)
         self._dead = DeadLetters(config.dead_letters_max)
         self._counters: Counter[str] = Counter()
-        self._graces: dict[str, Grace] = {}  # by function
-        self._restart_grace: Grace | None = None
         self._accepting = True
         self._journal = config.journal
         self._seq = 0  # submission numbers
@@ -276,7 +260,7 @@ class Scheduler:
 
     def offered(self, function: str, now: float) -> bool:
         """Whether a node offers `function`, or a grace still counts it as offered."""
-        return self._pool.offers(function) or self._grace_for(function, now) is not None
+        return self._pool.offers(function) or self._graces.covering(function, now) is not None
 
     def status(self, now: float) -> dict[str, Any]:
         """The STATUS_REPLY body (protocol.md 3.11)."""
@@ -371,8 +355,7 @@ class Scheduler:
             self._counters["restored"] += len(event.pending)
         if event.pending or event.answers or event.dead_letters:
             # A restarted broker: its nodes have not registered again yet.
-            self._restart_grace = grace = Grace(None)
-            self._extend(grace, now)
+            self._graces.after_restart(now)
         return commands
 
     def _on_stop_requested(self, event: StopRequested, now: float) -> list[Command]:
@@ -411,7 +394,7 @@ class Scheduler:
             return [Send(peer, answer)]
         grace = None
         if not self._pool.offers(spec.function):
-            grace = self._grace_for(spec.function, now)
+            grace = self._graces.covering(spec.function, now)
             if grace is None:
                 self._counters["unknown_function"] += 1
                 error = ErrorInfo("UnknownFunction", _no_node(spec.function))
@@ -700,45 +683,24 @@ class Scheduler:
 
     # ================================================================== graces
 
-    def _grace_for(self, function: str, now: float) -> Grace | None:
-        for grace in (self._graces.get(function), self._restart_grace):
-            if grace is not None and grace.until > now:
-                return grace
-        return None
-
     def _start_graces(self, node: Node, now: float) -> None:
         """`node` takes no more work: the functions it was the last to offer stay offered
         for a grace, so that their tasks wait for a node to come back."""
         for function in node.functions:
             if not self._pool.offers(function):
-                grace = self._graces.get(function)
-                if grace is None:
-                    grace = self._graces[function] = Grace(function)
-                self._extend(grace, now)
-
-    def _extend(self, grace: Grace, now: float) -> None:
-        grace.until = now + self.config.offer_grace_seconds
-        self._timers.schedule(grace, grace.until)
+                self._graces.after_last_node(function, now)
 
     def _grace_over(self, grace: Grace, now: float) -> list[Command]:
         """Tasks accepted only thanks to the grace that still have no node are refused as
         they would have been at once (exit 127, attempts 0; not dead letters), TICK_BUDGET
-        at a time: the grace's timer comes back at once for the rest."""
-        if grace.function is None:
-            if self._restart_grace is grace:
-                self._restart_grace = None
-        elif self._graces.get(grace.function) is grace:
-            del self._graces[grace.function]
-        held, grace.held = grace.held[:TICK_BUDGET], grace.held[TICK_BUDGET:]
-        if grace.held:
-            self._timers.schedule(grace, now)
+        at a time."""
         commands: list[Command] = []
-        for task in held:
+        for task in self._graces.ending(grace, now, TICK_BUDGET):
             function = task.spec.function
             waiting = self._tasks.get(task.spec.task_id) is task and task.state is QUEUED
             if not waiting or task.attempt or self._pool.offers(function):
                 continue
-            other = self._grace_for(function, now)
+            other = self._graces.covering(function, now)
             if other is not None:
                 other.held.append(task)
                 continue
