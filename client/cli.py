@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +20,7 @@ from broker.protocol import (
     dumps_payload,
     loads_payload,
 )
+from broker.protocol.version import package_version
 from client.api import Client
 from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
 from client.options import MAX_TASK_TIMEOUT
@@ -191,15 +191,8 @@ Wait = Annotated[
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        typer.echo(f"zsubmit {_package_version()}")
+        typer.echo(f"zsubmit {package_version()}")
         raise typer.Exit(EXIT_OK)
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("zmq-taskbroker")
-    except metadata.PackageNotFoundError:
-        return "(version unknown: the zmq-taskbroker package is not installed)"
 
 
 Version = Annotated[

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL, Replaces
+from broker.protocol.version import package_version
 from node import supervision
 from node.agent import serve
 from node.config import NodeConfig, default_name
@@ -39,6 +40,12 @@ def _configure_logging(level: str, log_file: Path | None) -> None:
                 f"cannot open log file: {exc}; pick a writable path", param_hint="--log-file"
             ) from None
     logging.basicConfig(level=name, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"znode {package_version()}")
+        raise typer.Exit(0)
 
 
 @app.command()
@@ -108,6 +115,13 @@ def run(
     replaces_pid: int | None = typer.Option(None, "--replaces-pid", hidden=True),
     replaces_reason: str = typer.Option("", "--replaces-reason", hidden=True),
     standby: bool = typer.Option(False, "--standby", hidden=True),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version of znode and exit.",
+    ),
 ) -> None:
     """Run a worker node: register with the broker and run the tasks it sends."""
     _configure_logging(log_level, log_file)

@@ -7,7 +7,6 @@ client's ControlClient (zbroker is a client program of the broker it asks).
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Annotated
 
 import typer
@@ -15,8 +14,7 @@ import typer
 from broker.cli import dlq
 from broker.cli.start import start
 from broker.cli.status import EPILOG as STATUS_EPILOG, status
-
-DISTRIBUTION = "zmq-taskbroker"
+from broker.protocol.version import package_version
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.command()(start)
@@ -26,15 +24,8 @@ app.add_typer(dlq.app, name="dlq")
 
 def _print_version(wanted: bool) -> None:
     if wanted:
-        typer.echo(f"zbroker {_package_version()}")
+        typer.echo(f"zbroker {package_version()}")
         raise typer.Exit(0)
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return f"(version unknown: the {DISTRIBUTION} package is not installed)"
 
 
 @app.callback()

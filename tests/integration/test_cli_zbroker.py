@@ -4,6 +4,7 @@ refused or not ZTB/1, 2 bad command line, 3 no answer)."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
@@ -15,6 +16,7 @@ from typer.testing import CliRunner, Result
 
 from broker.cli import app
 from broker.protocol import ERR_UNKNOWN_COMMAND, DeadLettersReply, Error, Status, StatusReply
+from client.cluster import command
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
@@ -200,3 +202,12 @@ def test_an_answer_of_the_wrong_kind_exits_1(fake_broker: StartBroker) -> None:
     assert done.stderr == (
         f"error: the broker at {broker.url} answered DeadLettersReply to Status\n"
     )
+
+
+@pytest.mark.parametrize("script", ["zbroker", "znode", "zsubmit"])
+def test_every_command_prints_its_version(script: str) -> None:
+    done = subprocess.run(
+        [*command(script), "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{script} {metadata.version('zmq-taskbroker')}\n"
