@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from broker.cli import app
 from broker.protocol import ERR_UNKNOWN_COMMAND, DeadLettersReply, Error, Status, StatusReply
-from client.cluster import command
+from client.cluster import command as script_command
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
@@ -207,7 +207,7 @@ def test_an_answer_of_the_wrong_kind_exits_1(fake_broker: StartBroker) -> None:
 @pytest.mark.parametrize("script", ["zbroker", "znode", "zsubmit"])
 def test_every_command_prints_its_version(script: str) -> None:
     done = subprocess.run(
-        [*command(script), "--version"], capture_output=True, text=True, timeout=30
+        [*script_command(script), "--version"], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{script} {metadata.version('zmq-taskbroker')}\n"
