@@ -7,6 +7,7 @@ scheduling is in broker.core, which it drives and never reaches into.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -72,6 +73,8 @@ class BrokerServer:
         self._restored = False
         self._drain_until: float | None = None
         self.store_failure: StoreError | None = None  # why the store stopped the broker
+        self._strict = config.strict
+        self._max_size = config.max_message_size
         self.endpoint = ""
 
     # ------------------------------------------------------------------ setup
@@ -144,15 +147,10 @@ class BrokerServer:
             self._close(router)
 
     def _drain(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:
-        """Handle `frames` and what else is waiting, up to BATCH messages. What one message
-        causes goes out at once; the bookkeeping it left waits until then (`Sent`)."""
+        """Handle `frames` and what else is waiting, up to BATCH messages."""
+        process = self._process
         for handled in range(1, BATCH + 1):
-            commands = self._handle(self._event(frames), time.monotonic())
-            if commands:
-                self._carry_out(router, commands)
-                commands = self._handle(_SENT, time.monotonic())
-                if commands:
-                    self._carry_out(router, commands)
+            process(router, frames)
             # A readable check is cheaper than the zmq.Again of one more receive.
             if handled == BATCH or not readable(router):
                 return
@@ -160,6 +158,25 @@ class BrokerServer:
                 frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
                 return
+
+    def _process(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:
+        """One message: its event, what the core makes of it, carried out; then, once the
+        answers have left, the bookkeeping they left for later (`Sent`)."""
+        event = self._event(frames)
+        scheduler = self.scheduler
+        if self._strict:
+            commands = self._handle(event, time.monotonic())
+        else:  # `_handle` without its call, on every message's way
+            try:
+                commands = scheduler.handle(event, time.monotonic())
+            except Exception:
+                commands = self._handle_failed(event)
+        if commands:
+            self._carry_out(router, commands)
+        if scheduler.deferred:
+            commands = self._handle(_SENT, time.monotonic())
+            if commands:
+                self._carry_out(router, commands)
 
     def _event(self, frames: list[bytes]) -> Event:
         """The event for the frames of one message (identity first)."""
@@ -172,8 +189,8 @@ class BrokerServer:
         else:
             size = sum(map(len, frames)) - len(frames[0])  # from the tag on
         try:
-            if size > self.config.max_message_size:
-                raise p.oversized(frames[2:], size, self.config.max_message_size)
+            if size > self._max_size:
+                raise p.oversized(frames[2:], size, self._max_size)
             return Received(peer, p.decode(frames[2:]))
         except p.RemoteProtocolError as exc:
             return Undecodable(peer, exc, frames[3] if len(frames) > 3 else None)
@@ -184,14 +201,19 @@ class BrokerServer:
         try:
             commands = self.scheduler.handle(event, now)
         except Exception:
-            if self.config.strict:
+            if self._strict:
                 raise
-            log.exception("bug while handling %s", type(event).__name__)
-            self.scheduler.handle(HandlerFailed(type(event).__name__), now)
-            return []
-        if self.config.strict:
+            return self._handle_failed(event)
+        if self._strict:
             self.scheduler.check_invariants()
         return commands
+
+    def _handle_failed(self, event: Event) -> list[Command]:
+        """Handling `event` raised (a bug): log it with its traceback, count it, go on."""
+        log.exception("bug while handling %s", type(event).__name__)
+        with contextlib.suppress(Exception):
+            self.scheduler.handle(HandlerFailed(type(event).__name__), time.monotonic())
+        return []
 
     def _step(self, tick: Any, now: float) -> list[Command]:
         try:

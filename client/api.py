@@ -257,14 +257,22 @@ class Client:
             task_id = f"{self._id_prefix}-{self._sent}"
         else:
             task_id = check_name("task_id", task_id)
-        return self.defaults.spec(
-            task_id,
-            check_name("function", function),
-            encode_arguments(args),
-            priority,
-            retries,
-            queue_timeout,
-            task_timeout,
+        function = check_name("function", function)
+        options = self.defaults
+        if priority is None and retries is None and queue_timeout is None and task_timeout is None:
+            # Most calls give no option of their own: the defaults, checked when set.
+            return TaskSpec(
+                task_id,
+                function,
+                encode_arguments(args),
+                options.priority,
+                options.retries,
+                options.queue_timeout,
+                options.task_timeout,
+            )
+        args_frame = encode_arguments(args)
+        return options.spec(
+            task_id, function, args_frame, priority, retries, queue_timeout, task_timeout
         )
 
     def _submit(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
@@ -275,7 +283,8 @@ class Client:
                 return reply.task_id == task_id
             return isinstance(reply, Error) and reply.task_id in (None, task_id)
 
-        reply = self._link.exchange(execute_frames(spec), answers, self._timeout(timeout))
+        wait = self.timeout if timeout is ... else check_timeout(timeout)  # `_timeout`, inline
+        reply = self._link.exchange(execute_frames(spec), answers, wait)
         if not isinstance(reply, TaskCompleted):
             raise BadReply(ERR_MALFORMED, f"the broker answered {type(reply).__name__} to EXECUTE")
         return reply

@@ -94,7 +94,7 @@ class ReqLink:
         limit = math.inf if timeout is None else timeout
         deadline = time.monotonic() + limit
         try:
-            receiver = self._connected()
+            receiver = self._receiver or self._connected()  # no call once connected
             send_frames(receiver.sock, request)
             while True:
                 frames = self._receive(receiver, deadline)
@@ -132,4 +132,5 @@ class ReqLink:
     def _receive(self, receiver: TimedReceiver, deadline: float) -> list[bytes] | None:
         """The next reply, or None once `resend_interval` or the deadline passes first."""
         wait = min(self.resend_interval, deadline - time.monotonic())
-        return receiver.recv(poll_ms(wait)) if wait > 0 else None
+        # poll_ms(wait), without its call on every request's way:
+        return receiver.recv(max(1, math.ceil(wait * 1000))) if wait > 0 else None

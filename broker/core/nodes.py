@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -89,6 +90,8 @@ class NodePool:
         self.nodes: dict[bytes, Node] = {}
         self._processes: dict[ProcessKey, set[bytes]] = {}  # identities per node process
         self._offering: dict[str, int] = {}  # nodes taking work, per function they offer
+        # Whether any node that takes new work registered a function (a C call).
+        self.offers: Callable[[str], bool] = self._offering.__contains__
         self._rings: dict[str, deque[bytes]] = {}  # round robin only
         self._groups: dict[frozenset[str], _Group] = {}
         self._groups_by_function: dict[str, list[_Group]] = {}
@@ -176,10 +179,6 @@ class NodePool:
                     del self._groups_by_function[function]
 
     # ------------------------------------------------------------------ picking
-
-    def offers(self, function: str) -> bool:
-        """Whether any node that takes new work registered `function`."""
-        return function in self._offering
 
     def has_free(self, function: str) -> bool:
         """Whether a node taking work offers `function` and has a free slot (for checks)."""

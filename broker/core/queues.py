@@ -10,7 +10,7 @@ amortized, and a heap is rebuilt when its dead entries outnumber its live ones. 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 
 from broker.core.tasks import Task
 
@@ -34,15 +34,13 @@ class _Heap:
 class TaskQueue:
     def __init__(self) -> None:
         self._heaps: dict[str, _Heap] = {}  # only functions with live entries
-        self._size = 0
+        self.size = 0  # tasks queued (read it; only the queue changes it)
         self._stamp = 0
+        # Whether a task for a function is queued: the dict's own method (a C call).
+        self.has: Callable[[str], bool] = self._heaps.__contains__
 
     def __len__(self) -> int:
-        return self._size
-
-    def has(self, function: str) -> bool:
-        """Whether a task for `function` is queued."""
-        return function in self._heaps
+        return self.size
 
     def push(self, task: Task) -> None:
         heap = self._heaps.get(task.spec.function)
@@ -52,7 +50,7 @@ class TaskQueue:
         task.queue_stamp = self._stamp
         heapq.heappush(heap.entries, (-task.spec.priority, task.seq, self._stamp, task))
         heap.live += 1
-        self._size += 1
+        self.size += 1
 
     def pop_for(self, functions: Set[str]) -> Task | None:
         """The first task, by priority then age, whose function is in `functions`."""
@@ -84,7 +82,7 @@ class TaskQueue:
     def _taken(self, task: Task, heap: _Heap) -> None:
         task.queue_stamp = 0
         heap.live -= 1
-        self._size -= 1
+        self.size -= 1
         if not heap.live:
             del self._heaps[task.spec.function]
 
@@ -106,4 +104,4 @@ class TaskQueue:
             assert len(live) == heap.live > 0, f"live count of {function} drifted"
             assert all(t.spec.function == function for t in live), f"{function}: stray task"
             total += heap.live
-        assert total == self._size, "size drifted"
+        assert total == self.size, "size drifted"

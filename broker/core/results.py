@@ -9,6 +9,7 @@ the oldest go first. Pure state: time comes in as `now`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from broker.core.config import ResultsConfig
 from broker.protocol import TaskCompleted
@@ -21,6 +22,9 @@ class ResultCache:
         self.config = config or ResultsConfig()
         self._entries: OrderedDict[str, tuple[TaskCompleted, float]] = OrderedDict()
         self.bytes = 0  # payload bytes held, plus ENTRY_OVERHEAD per entry
+        # (answer, when it was kept) of a task id, or None: `get` as the dict's own method
+        # (a C call), for the scheduler's per-task path.
+        self.find: Callable[[str], tuple[TaskCompleted, float] | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -146,12 +146,17 @@ class Scheduler:
         self._counters: Counter[str] = Counter()
         self._accepting = True
         self._journal = config.journal
+        self._default_retries = config.retry.retries
+        self._default_timeout = config.task_timeout
         self._seq = 0  # submission numbers
         self._results_checked = -math.inf  # when kept answers were last expired
         # The deferred work (see the module's docstring): answers to keep, and the slots
         # that successful RESULTs freed, as (node, task id).
         self._answered: list[tuple[Task, TaskCompleted, bool]] = []
         self._freed: list[tuple[Node, str]] = []
+        # Whether any of that waits (read it; only the scheduler changes it): an attribute,
+        # as the shell asks after every message.
+        self.deferred = False
         self._events: dict[type, Callable[[Any, float], list[Command]]] = {
             Received: self._on_received,
             Sent: lambda event, now: [],
@@ -180,8 +185,19 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Everything `event` causes, as commands to carry out in order."""
-        if (self._answered or self._freed) and type(event) not in _WHILE_CARRYING_OUT:
-            return self._settle(now) + self._events[type(event)](event, now)
+        if self.deferred:
+            if type(event) is Sent:
+                return self._settle(now)
+            if type(event) not in _WHILE_CARRYING_OUT:
+                return self._settle(now) + self.handle(event, now)
+        if type(event) is Received:  # most events: `_on_received` without its call
+            peer, message = event.peer, event.message
+            node = self._pool.nodes.get(peer)
+            if node is not None:
+                node.last_seen = now  # any traffic is a sign of life
+            handler = self._messages.get(type(message))
+            if handler is not None:
+                return handler(peer, node, message, now)
         return self._events[type(event)](event, now)
 
     def tick(self, now: float) -> list[Command]:
@@ -210,7 +226,7 @@ class Scheduler:
     def next_deadline(self) -> float:
         """When `tick` must run next (the clock `now` comes from); -inf while deferred
         work waits, inf when nothing is due."""
-        if self._answered or self._freed:
+        if self.deferred:
             return -math.inf
         due = self._timers.next_due()
         expiry = self._results.next_expiry()
@@ -229,14 +245,9 @@ class Scheduler:
     def counters(self) -> Mapping[str, int]:
         return MappingProxyType(self._counters)
 
-    @property
-    def deferred(self) -> int:
-        """How many pieces of bookkeeping wait for the next event."""
-        return len(self._answered) + len(self._freed)
-
     def running(self) -> int:
         """Attempts running on nodes."""
-        return self._tasks.count(RUNNING)
+        return self._tasks.running
 
     def task_view(self, task_id: str) -> TaskView | None:
         """A pending task as it stands now; None when it is not pending."""
@@ -387,11 +398,11 @@ class Scheduler:
                 requesters.append(peer)
                 del requesters[:-MAX_REQUESTERS]
             return []
-        answer = self._results.get(spec.task_id)
-        if answer is not None:
+        kept = self._results.find(spec.task_id)
+        if kept is not None:
             # It finished already; its requester lost the answer (or asks twice).
             self._counters["answered_again"] += 1
-            return [Send(peer, answer)]
+            return [Send(peer, kept[0])]
         grace = None
         if not self._pool.offers(spec.function):
             grace = self._graces.covering(spec.function, now)
@@ -402,7 +413,10 @@ class Scheduler:
                 return [Send(peer, reply)]
         self._counters["accepted"] += 1
         self._seq += 1
-        task = self._new_task(spec, self._seq, now, [peer])
+        # `_new_task`, without its call on every task's way:
+        retries = self._default_retries if spec.retries is None else spec.retries
+        timeout = self._default_timeout if spec.task_timeout is None else spec.task_timeout
+        task = Task(spec, self._seq, now, [peer], retries, timeout)
         if grace is not None:
             grace.held.append(task)
         commands = self._admit(task, now)
@@ -542,11 +556,15 @@ class Scheduler:
     def _on_result(self, peer: bytes, node: Node | None, msg: Result, now: float) -> list[Command]:
         task = self._tasks.get(msg.task_id)
         if task is not None and task.state is RUNNING:
-            holder = self._holder(task, peer, node, msg.attempt)
+            if task.holder == peer and (msg.attempt is None or msg.attempt == task.attempt):
+                holder = node  # the common case, without a call
+            else:
+                holder = self._holder(task, peer, node, msg.attempt)
             if holder is not None:
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
+                    self.deferred = True
                     return commands
                 released = self._pool.release(holder, msg.task_id)  # a retry may take it
                 commands = self._attempt_failed(task, msg, now)
@@ -716,9 +734,8 @@ class Scheduler:
     def _new_task(
         self, spec: TaskSpec, seq: int, submitted_at: float, requesters: list[bytes]
     ) -> Task:
-        config = self.config
-        retries = config.retry.retries if spec.retries is None else spec.retries
-        timeout = config.task_timeout if spec.task_timeout is None else spec.task_timeout
+        retries = self._default_retries if spec.retries is None else spec.retries
+        timeout = self._default_timeout if spec.task_timeout is None else spec.task_timeout
         return Task(spec, seq, submitted_at, requesters, retries, timeout)
 
     def _admit(self, task: Task, now: float) -> list[Command]:
@@ -755,7 +772,9 @@ class Scheduler:
         """Fill `node`'s free slots from the queue (an idle node takes the next task)."""
         commands: list[Command] = []
         queue = self._queue
-        while queue and node.free > 0 and not node.draining and self._accepting:
+        while queue.size and len(node.active) < node.capacity and not node.draining:
+            if not self._accepting:
+                break
             task = queue.pop_for(node.functions)
             if task is None:
                 break
@@ -768,7 +787,7 @@ class Scheduler:
         if node.draining and not node.active:
             self._remove_node(node)
             return []
-        return self._feed(node, now) if released else []
+        return self._feed(node, now) if released and self._queue.size else []
 
     def _attempt_failed(self, task: Task, msg: Result, now: float) -> list[Command]:
         if msg.exit_code in RETRYABLE and task.attempt <= task.retries:
@@ -818,6 +837,7 @@ class Scheduler:
         self._tasks.move(task, DONE)
         reply = TaskCompleted(task.spec.task_id, exit_code, result, error, task.attempt)
         self._answered.append((task, reply, bury))
+        self.deferred = True
         requesters = task.requesters
         if len(requesters) == 1:  # the common case, without a comprehension's call
             return [Send(requesters[0], reply)]
@@ -838,6 +858,7 @@ class Scheduler:
     def _settle(self, now: float) -> list[Command]:
         """Run the deferred work: keep the answers (for resends), store them, count them,
         bury the failures, and give the slots that RESULTs freed their next tasks."""
+        self.deferred = False
         commands: list[Command] = []
         if self._answered:
             answered, self._answered = self._answered, []
@@ -852,7 +873,9 @@ class Scheduler:
             freed, self._freed = self._freed, []
             for node, task_id in freed:
                 if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    commands += self._refill(node, self._pool.release(node, task_id), now)
+                    released = self._pool.release(node, task_id)
+                    if node.draining or (released and self._queue.size):  # else: nothing to do
+                        commands += self._refill(node, released, now)
         return commands
 
     def _bury(self, task: Task, reply: TaskCompleted, now: float) -> list[Command]:
@@ -930,6 +953,7 @@ class Scheduler:
             for task_id in node.active:
                 held = self._tasks.get(task_id)
                 assert held is None or held.holder == node.identity, f"{task_id} on two nodes"
+        assert self.deferred == bool(self._answered or self._freed), "deferred flag drifted"
         deferred = {task.spec.task_id for task, _, _ in self._answered}
         assert not deferred & {t.spec.task_id for t in self._tasks}, "deferred answer pending"
         for node, task_id in self._freed:

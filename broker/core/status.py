@@ -14,7 +14,7 @@ from broker.core.deadletters import DeadLetters
 from broker.core.nodes import Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache
-from broker.core.tasks import RUNNING, WAITING_RETRY, TaskTable
+from broker.core.tasks import TaskTable
 
 # Every counter STATUS_REPLY may carry, and what it counts (protocol.md 3.11 lists them).
 COUNTERS = {
@@ -69,8 +69,8 @@ def status_body(
     return {
         "nodes": [_node_view(node, now) for node in pool.nodes.values()],
         "queued": len(queue),
-        "waiting_retry": tasks.count(WAITING_RETRY),
-        "running": tasks.count(RUNNING),
+        "waiting_retry": tasks.waiting_retry,
+        "running": tasks.running,
         "queued_by_function": queue.counts(),
         "results_kept": len(results),
         "results_bytes": results.bytes,

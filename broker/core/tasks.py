@@ -23,16 +23,21 @@ Pure state: no sockets, no clock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from msgspec import Struct
 
 from broker.protocol import TaskSpec
 
 
-class TaskState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING_RETRY = "waiting_retry"
-    DONE = "done"
+class TaskState(enum.IntEnum):
+    """Small integers, so that the table indexes its counts and edges by them (an IntEnum
+    hashes and indexes in C; a plain Enum hashes in Python)."""
+
+    QUEUED = 0
+    RUNNING = 1
+    WAITING_RETRY = 2
+    DONE = 3
 
 
 QUEUED, RUNNING, WAITING_RETRY, DONE = (
@@ -42,12 +47,12 @@ QUEUED, RUNNING, WAITING_RETRY, DONE = (
     TaskState.DONE,
 )
 
-MOVES: dict[TaskState, frozenset[TaskState]] = {
-    QUEUED: frozenset({RUNNING, DONE}),
-    RUNNING: frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING}),
-    WAITING_RETRY: frozenset({QUEUED, RUNNING, DONE}),
-    DONE: frozenset(),
-}
+MOVES: tuple[frozenset[TaskState], ...] = (  # by state: the states it may move to
+    frozenset({RUNNING, DONE}),  # QUEUED
+    frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING}),  # RUNNING
+    frozenset({QUEUED, RUNNING, DONE}),  # WAITING_RETRY
+    frozenset(),  # DONE
+)
 
 ProcessKey = tuple[str, str, int]  # a node process: (name, host, pid) from its REGISTER
 
@@ -69,61 +74,42 @@ class LostAttempt:
         return identity == self.holder or process == self.process
 
 
-class Task:
-    """An accepted task that has not been answered yet (mutable; owned by the table)."""
+class Task(Struct, eq=False):
+    """An accepted task that has not been answered yet (mutable; owned by the table). A
+    msgspec Struct: one is made per task, and its constructor runs in C. Compared by
+    identity."""
 
-    __slots__ = (
-        "attempt",
-        "holder",
-        "lost",
-        "queue_stamp",
-        "requesters",
-        "retries",
-        "seq",
-        "spec",
-        "state",
-        "submitted_at",
-        "task_timeout",
-        "timer",
-    )
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        seq: int,
-        submitted_at: float,
-        requesters: list[bytes],
-        retries: int,
-        task_timeout: float | None,
-        attempt: int = 0,
-    ) -> None:
-        self.spec = spec
-        self.seq = seq  # submission order; kept when requeued, so it keeps its place
-        self.submitted_at = submitted_at
-        self.retries = retries  # the spec's, or the broker's default
-        self.task_timeout = task_timeout  # the spec's, or the broker's default
-        self.state = QUEUED
-        self.attempt = attempt  # attempts started so far
-        self.holder: bytes | None = None  # the node running the current attempt
-        self.requesters = requesters  # who gets the answer
-        self.timer = 0  # see broker.core.timers
-        self.queue_stamp = 0  # see broker.core.queues
-        self.lost: list[LostAttempt] | None = None
+    spec: TaskSpec
+    seq: int  # submission order; kept when requeued, so it keeps its place
+    submitted_at: float
+    requesters: list[bytes]  # who gets the answer
+    retries: int  # the spec's, or the broker's default
+    task_timeout: float | None  # the spec's, or the broker's default
+    attempt: int = 0  # attempts started so far
+    state: TaskState = QUEUED
+    holder: bytes | None = None  # the node running the current attempt
+    timer: int = 0  # see broker.core.timers
+    queue_stamp: int = 0  # see broker.core.queues
+    lost: list[LostAttempt] | None = None
 
     @property
     def task_id(self) -> str:
         return self.spec.task_id
 
     def __repr__(self) -> str:
-        return f"<Task {self.spec.task_id} {self.state.value} attempt {self.attempt}>"
+        return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"
 
 
 class TaskTable:
-    """The tasks by id, with a count per state (O(1) for the views)."""
+    """The tasks by id, and how many run and wait for a retry (O(1) for the views)."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self._counts = dict.fromkeys(TaskState, 0)
+        self.running = 0  # tasks in state RUNNING (read them; only the table changes them)
+        self.waiting_retry = 0  # tasks in state WAITING_RETRY
+        # The pending task of an id, or None: the dict's own method, a C call on the
+        # scheduler's per-task path.
+        self.get: Callable[[str], Task | None] = self._tasks.get
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -134,33 +120,31 @@ class TaskTable:
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks.values())
 
-    def get(self, task_id: str) -> Task | None:
-        return self._tasks.get(task_id)
-
-    def count(self, state: TaskState) -> int:
-        return self._counts[state]
-
     def add(self, task: Task) -> None:
-        """A task accepted in state QUEUED (admission then starts it or queues it)."""
-        if task.spec.task_id in self._tasks:
-            raise ValueError(f"task {task.spec.task_id} is pending already")
+        """A task accepted, in state QUEUED (admission then starts it or queues it)."""
+        if task.spec.task_id in self._tasks or task.state is not QUEUED:
+            raise ValueError(f"task {task.spec.task_id} is pending already, or not new")
         self._tasks[task.spec.task_id] = task
-        self._counts[task.state] += 1
 
     def move(self, task: Task, state: TaskState) -> None:
         """Change a pending task's state along one of MOVES' edges; DONE takes it out."""
         old = task.state
         if state not in MOVES[old]:
             raise AssertionError(f"task {task.spec.task_id}: no move from {old} to {state}")
-        self._counts[old] -= 1
         task.state = state
-        if state is DONE:
+        if old is RUNNING:
+            self.running -= 1
+        elif old is WAITING_RETRY:
+            self.waiting_retry -= 1
+        if state is RUNNING:
+            self.running += 1
+        elif state is WAITING_RETRY:
+            self.waiting_retry += 1
+        elif state is DONE:
             del self._tasks[task.spec.task_id]
-        else:
-            self._counts[state] += 1
 
     def check_invariants(self) -> None:
-        counts = dict.fromkeys(TaskState, 0)
+        counts = [0] * len(TaskState)
         for task_id, task in self._tasks.items():
             assert task.spec.task_id == task_id, f"{task_id} filed under another id"
             assert task.state is not DONE, f"{task_id} is DONE but still pending"
@@ -168,4 +152,5 @@ class TaskTable:
             running = task.state is RUNNING
             assert (task.holder is not None) == running, f"{task_id}: holder iff running"
             assert task.attempt >= (1 if running else 0), f"{task_id}: running without attempt"
-        assert counts == self._counts, "the counts per state drifted"
+        assert counts[RUNNING] == self.running, "the count of running tasks drifted"
+        assert counts[WAITING_RETRY] == self.waiting_retry, "the count of waiting tasks drifted"

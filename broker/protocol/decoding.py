@@ -286,10 +286,6 @@ def _seconds(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def _error_info(error: _ErrorHeader | None) -> ErrorInfo | None:
-    return None if error is None else ErrorInfo(error.type, error.message)
-
-
 def _decode_execute(frames: Sequence[bytes]) -> Execute:
     try:
         h, args = _EXECUTE.decode(frames[2]), frames[3]
@@ -307,7 +303,8 @@ def _decode_run(frames: Sequence[bytes]) -> Run:
         h, args = _RUN.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_RUN, frames, "arguments")
-    return Run(h.task_id, h.function, args, h.attempt, _seconds(h.timeout_ms))
+    ms = h.timeout_ms  # most RUNs have none: no call for them
+    return Run(h.task_id, h.function, args, h.attempt, None if ms is None else ms / 1000)
 
 
 def _decode_result(frames: Sequence[bytes]) -> Result:
@@ -315,7 +312,9 @@ def _decode_result(frames: Sequence[bytes]) -> Result:
         h, result = _RESULT.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_RESULT, frames, "result")
-    return Result(h.task_id, h.exit_code, result, _error_info(h.error), h.attempt)
+    error = h.error  # most RESULTs have none: no call for them
+    info = None if error is None else ErrorInfo(error.type, error.message)
+    return Result(h.task_id, h.exit_code, result, info, h.attempt)
 
 
 def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
@@ -323,7 +322,9 @@ def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
         h, result = _TASK_COMPLETED.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_TASK_COMPLETED, frames, "result")
-    return TaskCompleted(h.task_id, h.exit_code, result, _error_info(h.error), h.attempts)
+    error = h.error  # most answers have none: no call for them
+    info = None if error is None else ErrorInfo(error.type, error.message)
+    return TaskCompleted(h.task_id, h.exit_code, result, info, h.attempts)
 
 
 def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[..., Message]:

@@ -106,7 +106,9 @@ def result_frames(
     attempt: int | None = None,
 ) -> list[bytes]:
     """The RESULT of one task: `encode(Result(...))` without the message in between."""
-    header: dict[str, Any] = {"task_id": task_id, "exit_code": exit_code, "error": _error(error)}
+    # `_error(error)`, without its call on every result's way:
+    info = None if error is None else {"type": error.type, "message": error.message}
+    header: dict[str, Any] = {"task_id": task_id, "exit_code": exit_code, "error": info}
     if attempt is not None:
         header["attempt"] = attempt
     return [TAG, RESULT, _json(header), result]
