@@ -55,6 +55,7 @@ from client import Client, ControlClient, ReqLink
 from client.cluster import LocalCluster
 
 Handler = Callable[[argparse.Namespace], None]
+OFFSET = time.time() - time.monotonic()  # the wall_offset of the store and the scheduler
 SENT = Sent()  # the event the server handles after carrying out a message's commands
 
 
@@ -68,11 +69,6 @@ def runs_text(values: Sequence[float], form: str = "{:,.0f}") -> str:
 
 def print_json(result: object) -> None:
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-
-
-def dealer_execute(task_id: str, function: str, args: bytes, **options: Any) -> list[bytes]:
-    """An EXECUTE as a DEALER peer sends it (empty delimiter first)."""
-    return [b"", *p.execute_frames(p.TaskSpec(task_id, function, args, **options))]
 
 
 # ======================================================================================= run
@@ -376,7 +372,7 @@ def instructions(args: argparse.Namespace) -> None:
 def count_instructions(workload: str, prepared: int, steps: int) -> int:
     """Instructions of a process that prepares `prepared` steps and runs `steps` of them."""
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    command += [sys.executable, __file__, "instructions", "--child", workload]
+    command += [sys.executable, str(Path(__file__).resolve()), "instructions", "--child", workload]
     command += [str(prepared), str(steps)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts on every run
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -481,8 +477,8 @@ def floor_steps(n: int) -> Step:
         frames = executes[i]
         header = loads(frames[4])
         waiting[header["task_id"]] = frames[0]
-        run = {"task_id": header["task_id"], "function": header["function"], "attempt": 1}
-        [p.TAG, p.RUN, dumps(run), frames[5]]
+        run_header = {"task_id": header["task_id"], "function": header["function"], "attempt": 1}
+        [p.TAG, p.RUN, dumps(run_header), frames[5]]
         frames = results[i]
         header = loads(frames[4])
         waiting.pop(header["task_id"])
@@ -516,7 +512,6 @@ def add_instructions(sub: Any) -> None:
 # ===================================================================================== store
 
 BROKER_RATE = 20_000.0  # tasks/s, pipelined, memory only (README)
-OFFSET = time.time() - time.monotonic()
 Pattern = Callable[[int, int, bytes], Iterator[list[Change]]]
 
 
@@ -769,17 +764,17 @@ def expiry(args: argparse.Namespace) -> None:
         broker_args=["--store", "none"],
         node_args=["--concurrency", "1", "--threads", "1"],
     )
-    context: zmq.Context[Any] = zmq.Context()
     with cluster, ReqLink(cluster.url, resend_interval=30.0) as link:
         control = ControlClient(link)
+        context: zmq.Context[Any] = zmq.Context()
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # every EXECUTE is queued at once, never dropped
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(cluster.url)
         try:
-            busy = dealer_execute("busy", "sleep", b"[%d]" % BUSY_SECONDS, retries=0)
-            sock.send_multipart(busy)
+            busy = p.TaskSpec("busy", "sleep", b"[%d]" % BUSY_SECONDS, retries=0)
+            send_frames(sock, [b"", *p.execute_frames(busy)])
             cluster.wait_for(lambda: control.status()["running"] == 1, "the busy task to start")
             bursts = []
             for i in range(args.runs):
@@ -791,7 +786,6 @@ def expiry(args: argparse.Namespace) -> None:
                     f"max {b['status_max_ms']:.1f} ms"
                 )
         finally:
-            sock.close()
             context.destroy(linger=0)
             # Its busy task would hold a stopping node for a day: SIGKILL (its processes die
             # with it), then the broker stops as usual.
@@ -800,13 +794,13 @@ def expiry(args: argparse.Namespace) -> None:
 
 
 def expiry_burst(
-    sock: zmq.Socket[Any], control: ControlClient, args: argparse.Namespace, run: str
+    sock: zmq.Socket[Any], control: ControlClient, args: argparse.Namespace, prefix: str
 ) -> dict[str, Any]:
     """One burst: submit, wait until all are queued, then STATUS and answers until all are
     answered; the figures of the burst."""
     total, queue_timeout = args.tasks, args.queue_timeout
     before = control.status()["counters"].get("expired", 0)
-    first_sent, all_queued = submit_burst(sock, control, total, queue_timeout, run)
+    first_sent, all_queued = submit_burst(sock, control, total, queue_timeout, prefix)
     first_deadline, last_deadline = first_sent + queue_timeout, all_queued + queue_timeout
     last_answer, round_trips = take_expiries(sock, control, total, first_deadline)
     counted = control.status()["counters"].get("expired", 0) - before
@@ -823,12 +817,12 @@ def expiry_burst(
 
 
 def submit_burst(
-    sock: zmq.Socket[Any], control: ControlClient, total: int, queue_timeout: float, run: str
+    sock: zmq.Socket[Any], control: ControlClient, total: int, queue_timeout: float, prefix: str
 ) -> tuple[float, float]:
-    """Send `total` tasks (ids `run`-i); when the first was sent and when STATUS showed them
+    """Send `total` tasks (ids `prefix`-i); when the first was sent and when STATUS showed them
     all queued. Their deadlines lie between those two times plus the queue timeout."""
     specs = [
-        p.TaskSpec(f"{run}-{i}", "multiply", b"[%d,2]" % i, queue_timeout=queue_timeout)
+        p.TaskSpec(f"{prefix}-{i}", "multiply", b"[%d,2]" % i, queue_timeout=queue_timeout)
         for i in range(total)
     ]
     messages = [
