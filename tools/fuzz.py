@@ -234,7 +234,7 @@ def main() -> None:
         "--flood", type=int, default=50_000, help="messages from a peer that never reads"
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="time bound for sending")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the hostile mix")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
     cluster = LocalCluster(
