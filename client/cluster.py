@@ -111,6 +111,7 @@ class LocalCluster:
         self.log_level = log_level
         self.env = env
         self.url = ""
+        self.listening_since = 0.0  # time.time() when the current broker began to listen
         self.broker: Process | None = None
         self.nodes: list[Process] = []
         self.processes: list[Process] = []
@@ -149,8 +150,9 @@ class LocalCluster:
     def start_broker(
         self, *args: str, bind: str = "tcp://127.0.0.1:0", store: str | Path | None = None
     ) -> Process:
-        """`zbroker start` on `bind`; returns once it listens (`url` is its endpoint). A
-        broker started again (after a kill, say) keeps the store unless told otherwise."""
+        """`zbroker start` on `bind`; returns once it listens (`url` is its endpoint,
+        `listening_since` when it began to). A broker started again (after a kill, say)
+        keeps the store unless told otherwise."""
         ready = self.workdir / f"broker-{len(self.processes)}.endpoint"
         argv = ["start", "--bind", bind, "--ready-file", str(ready), "--log-level", self.log_level]
         if "--store" not in args:
@@ -159,6 +161,8 @@ class LocalCluster:
         self.url = self._wait_for(
             lambda: _read(ready), f"the broker to listen ({ready.name})", [self.broker]
         )
+        # It writes the file once bound, just before it serves: a RUN it sends comes later.
+        self.listening_since = min(ready.stat().st_mtime, time.time())
         return self.broker
 
     def start_node(

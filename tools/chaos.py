@@ -3,15 +3,16 @@ task must come back right, and no task may run more often than the kills explain
 
     .venv/bin/python tools/chaos.py [--tasks 20000] [--nodes 3] [--concurrency 2] [--json]
 
-Starts `zbroker start` (a store in a temporary directory, a fixed port so the restarted broker
-has the same URL, heartbeats every 0.2 s x 3) and --nodes `znode --functions chaos_tasks`, as
-a user would. --clients threads submit `record(i, delay)` with Client.imap (resending after
+Starts `zbroker start` (a store in the run's directory, heartbeats every 0.2 s x 3) and
+--nodes `znode --functions chaos` through client.cluster.LocalCluster, as a user would; the
+nodes load this very file as their function set (tools/ on their PYTHONPATH), which offers
+only `record`. --clients threads submit `record(i, delay)` with Client.imap (resending after
 --resend-interval s of silence); each execution appends a line to a file of its process,
-sleeps --delay s and returns 3i + 1 (tools/chaos_tasks.py). Every --kill-interval s a node
-process is SIGKILLed (its supervisor restarts it; the broker fails its tasks as WorkerCrashed
-and retries them) or, with probability --znode-share, a whole znode (a fresh one replaces it;
-heartbeats tell the broker). Once --broker-kill-at of the tasks are answered, the broker is
-SIGKILLed and restarted on the same store and address.
+sleeps --delay s and returns 3i + 1. Every --kill-interval s a node process is SIGKILLed (its
+supervisor restarts it; the broker fails its tasks as WorkerCrashed and retries them) or,
+with probability --znode-share, a whole znode (a fresh one replaces it; heartbeats tell the
+broker). Once --broker-kill-at of the tasks are answered, the broker is SIGKILLed and
+restarted on the same store and address.
 
 Tasks in flight at a node kill: those running on what dies, by the broker's STATUS around the
 kill. At the broker kill: those that had started (a line in the record files from before the
@@ -35,32 +36,491 @@ a promise is broken.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
-from chaos_cluster import Chaos, Cluster, SetupFailed
-from chaos_tasks import DIR_VARIABLE, IN_FLIGHT_RULE, Tally, analyse, submit
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from broker.control import BrokerUnreachable
+from broker.protocol import TaskSpec, loads_payload
+from client import BrokerTimeout, Client, ClientError, TaskFailed
+from client.cluster import LocalCluster, Process
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["record"]  # the only function nodes offer; the rest is the tool
 
 TOOLS = Path(__file__).resolve().parent
+DIR_VARIABLE = "ZTB_CHAOS_DIR"
+SUFFIX = ".executions"
+
+# =============================================================================== the workload
+#
+# `record(i, delay)` first appends one line "i time pid" to a file of its own process in the
+# directory named by ZTB_CHAOS_DIR, so every execution that started is counted, even one
+# whose process is SIGKILLed a moment later: the line is one os.write on an O_APPEND
+# descriptor, which no other writer can split and a kill cannot undo once it returned.
+
+_fd: int | None = None
+
+
+def expected(i: int) -> int:
+    """What record(i, ...) returns: a value the client can check for each task."""
+    return i * 3 + 1
+
+
+def _descriptor() -> int:
+    global _fd
+    if _fd is None:
+        directory = os.environ.get(DIR_VARIABLE)
+        if not directory:
+            raise RuntimeError(f"set {DIR_VARIABLE} to the directory executions are recorded in")
+        path = Path(directory) / f"{os.getpid()}{SUFFIX}"
+        _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    return _fd
+
+
+def record(i: int, delay: float) -> int:
+    """Note this execution of task i, hold its slot for `delay` seconds, return expected(i)."""
+    os.write(_descriptor(), f"{i} {time.time():.6f} {os.getpid()}\n".encode())
+    time.sleep(delay)
+    return expected(i)
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    task: int
+    at: float  # time.time() when the function started
+    pid: int
+
+
+def read_executions(directory: Path) -> list[Execution]:
+    """Every execution recorded in `directory`, oldest first."""
+    executions = []
+    for path in directory.glob(f"*{SUFFIX}"):
+        for line in path.read_text().splitlines():
+            task, at, pid = line.split()
+            executions.append(Execution(int(task), float(at), int(pid)))
+    return sorted(executions, key=lambda e: e.at)
+
+
+def superseded(executions: list[Execution]) -> tuple[int, list[Execution]]:
+    """How many tasks ran at all, and the executions of a task that a later execution of
+    the same task followed: one per duplicate."""
+    runs: dict[int, list[Execution]] = {}
+    for execution in executions:  # oldest first
+        runs.setdefault(execution.task, []).append(execution)
+    return len(runs), [run for task_runs in runs.values() for run in task_runs[:-1]]
+
+
+# ================================================================================ the clients
+
+
+class Tally:
+    """The answers the client threads got, each checked against expected(i)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.answered = self.ok = self.lost = 0
+        self.failed: list[str] = []
+        self.failures: Counter[str] = Counter()  # by exit code and exception type
+        self.wrong: list[str] = []
+        self.gave_up: list[str] = []
+
+    def add(self, i: int, result: Any) -> None:
+        with self.lock:
+            self.answered += 1
+            if isinstance(result, Exception):
+                self._failed(i, result)
+            elif result == expected(i):
+                self.ok += 1
+            else:
+                self.wrong.append(f"task {i} returned {result!r}, not {expected(i)}")
+
+    def _failed(self, i: int, exc: Exception) -> None:
+        if isinstance(exc, TaskFailed):
+            kind = f"exit {exc.exit_code} {exc.error_type}"
+            message = f"task {i} (id {exc.task_id}, {kind}, {exc.attempts} attempts): {exc.message}"
+        else:
+            kind = type(exc).__name__
+            message = f"task {i} ({kind}): {exc}"
+        self.failures[kind] += 1
+        self.failed.append(message)
+
+    def give_up(self, unanswered: list[int], exc: Exception) -> None:
+        with self.lock:
+            self.lost += len(unanswered)
+            self.gave_up.append(f"{len(unanswered)} tasks unanswered from {unanswered[0]}: {exc}")
+
+
+def submit(url: str, indices: list[int], args: argparse.Namespace, tally: Tally) -> None:
+    """One client thread: imap over its share of the tasks, every answer into the tally."""
+    answered = 0
+    try:
+        with Client(url, timeout=args.timeout, resend_interval=args.resend_interval) as client:
+            calls = [(i, args.delay) for i in indices]
+            results = client.imap("record", calls, window=args.window, return_exceptions=True)
+            for i, result in zip(indices, results, strict=False):
+                tally.add(i, result)
+                answered += 1
+    except ClientError as exc:  # nothing heard for --timeout s: the rest are lost
+        tally.give_up(indices[answered:], exc)
+
+
+# ================================================================================== the kills
+
+
+@dataclass
+class Kill:
+    kind: str  # "process" (one node process), "znode" (supervisor and processes), "broker"
+    target: str
+    pids: list[int]
+    # Nodes: tasks running on what was killed, by the broker's STATUS. The broker: set by
+    # broker_in_flight, see IN_FLIGHT_RULE.
+    in_flight: int = 0
+    at: float = field(default_factory=time.time)
+    # The broker: when its replacement listened. Until then a node may still start a task from
+    # a RUN the killed broker had sent (seen up to 8 ms after the SIGKILL).
+    until: float = 0.0
+    duplicates: int = 0  # superseded executions charged to this kill
+    note: str = ""
+    running: int | None = None  # the broker: STATUS `running` just before the kill
+    pending: frozenset[int] | None = None  # the broker: tasks pending in its store after it
+    started_after_kill: int | None = None  # the broker: in_flight tasks that started after it
+    not_pending: int | None = None  # the broker: its duplicates of tasks its store did not hold
+
+
+class SetupFailed(Exception):
+    """The run could not be carried out; the message says what failed."""
+
+
+class ChaosCluster(LocalCluster):
+    """The run's broker and znodes, started through the project's cluster launcher with the
+    run's settings. The broker started again after its kill listens on the same address and
+    opens the same store (LocalCluster keeps both)."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> None:
+        super().__init__(workdir, log_level="INFO", env=env)
+        self.args = args
+        self.znodes: dict[str, Process] = {}  # the live znodes (supervisors), by name
+        self.znodes_started = 0
+
+    def start_broker(
+        self, *args: str, bind: str = "tcp://127.0.0.1:0", store: str | Path | None = None
+    ) -> Process:
+        a = self.args
+        run = ["--drain-timeout", "2", "--retries", str(a.retries)]
+        run += ["--heartbeat-interval", str(a.heartbeat_interval), "--liveness", str(a.liveness)]
+        run += ["--retry-backoff", str(a.retry_backoff)]
+        return super().start_broker(*run, *args, bind=bind, store=store)
+
+    def start_znode(self) -> None:
+        self.znodes_started += 1
+        name = f"chaos{self.znodes_started}"
+        concurrency = self.args.concurrency
+        self.znodes[name] = self.start_node(functions=["chaos"], concurrency=concurrency, name=name)
+
+    def pending_in_store(self) -> frozenset[int]:
+        """The numbers of the tasks the store holds as pending (queued or running). Call it
+        only while no broker runs: it reads what the killed broker had committed."""
+        try:
+            rows = read_tasks(self.store)
+        except (sqlite3.Error, msgspec.DecodeError) as exc:
+            raise SetupFailed(f"cannot read the killed broker's store {self.store}: {exc}") from exc
+        return frozenset(task_number(task_id, args, self.args.clients) for task_id, args in rows)
+
+
+def read_tasks(store: Path) -> list[tuple[str, bytes]]:
+    """(task_id, arguments) of every row of the store's `tasks` table, read without writing.
+
+    mode=ro: a read-only connection never checkpoints, so the file and its WAL stay as the
+    broker left them, and it still reads the WAL, where the last commits are. The broker keeps
+    its WAL index in memory (EXCLUSIVE locking), so SQLite creates a -shm file to read the WAL;
+    it is removed again so the store's directory looks as the broker left it. Each row keeps
+    its task's TaskSpec whole, MessagePack-encoded (broker/store/schema.py)."""
+    shm = store.with_name(store.name + "-shm")
+    had_shm = shm.exists()
+    conn = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows: list[tuple[str, bytes]] = conn.execute("SELECT task_id, spec FROM tasks").fetchall()
+    finally:
+        conn.close()
+        if not had_shm:
+            shm.unlink(missing_ok=True)
+    return [(task_id, msgspec.msgpack.decode(spec, type=TaskSpec).args) for task_id, spec in rows]
+
+
+def task_number(task_id: str, args: bytes, clients: int) -> int:
+    """The i of a stored task `record(i, delay)`. Its arguments give i; its id, which
+    Client.imap makes "<prefix>.<position in its client's share>", must agree (client c of
+    `clients` submits i = c, c + clients, ...), or the store holds something else."""
+    arguments = loads_payload(args)
+    i = arguments[0] if isinstance(arguments, list) and arguments else None
+    if not isinstance(i, int) or task_id.rpartition(".")[2] != str(i // clients):
+        raise SetupFailed(f"the store holds task {task_id} {arguments!r}, not one of this run")
+    return i
+
+
+class Chaos(threading.Thread):
+    """Kills a node every few seconds, and the broker once, until `done` is set."""
+
+    def __init__(
+        self,
+        cluster: ChaosCluster,
+        args: argparse.Namespace,
+        tally: Tally,
+        say: Callable[[str], None],
+    ) -> None:
+        super().__init__(daemon=True, name="chaos")
+        self.cluster, self.args, self.tally, self.say = cluster, args, tally, say
+        self.rng = random.Random(args.seed)
+        self.kills: list[Kill] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the main thread reports it and ends the run
+            self.error = exc
+
+    def _loop(self) -> None:
+        low, high = self.args.kill_interval
+        next_kill = time.monotonic() + self.rng.uniform(low, high)
+        broker_due = self.args.broker_kill_at > 0
+        while not self.done.wait(0.02):
+            if broker_due and self.tally.answered >= self.args.broker_kill_at * self.args.tasks:
+                broker_due = False
+                self._kill_broker()
+            elif time.monotonic() >= next_kill:
+                self._kill_node()
+                next_kill = time.monotonic() + self.rng.uniform(low, high)
+
+    def _kill_node(self) -> None:
+        try:
+            before = self.cluster.status()
+        except BrokerTimeout:
+            self.say("no STATUS from the broker: this node kill is skipped")
+            return
+        name = self.rng.choice(sorted(self.cluster.znodes))
+        supervisor = self.cluster.znodes[name]
+        children = child_pids(supervisor.pid)
+        if self.rng.random() < self.args.znode_share:
+            kill = self._kill_znode(name, supervisor, children)
+        else:
+            candidates = [n for n in before["nodes"] if n["pid"] in children]
+            if not candidates:
+                return  # its processes are being restarted; try again at the next kill
+            node = self.rng.choice(candidates)
+            kill = Kill("process", node["name"], [node["pid"]])
+            os.kill(node["pid"], signal.SIGKILL)
+            kill.at = time.time()  # after: a task may start between STATUS and the signal
+        # Before or after: a RUN may have been on its way; take the higher count.
+        kill.in_flight = running_on(before, kill.pids)
+        with contextlib.suppress(BrokerTimeout):
+            kill.in_flight = max(kill.in_flight, running_on(self.cluster.status(), kill.pids))
+        self.kills.append(kill)
+        self.say(f"SIGKILL {kill.kind} {kill.target} {kill.pids}: {kill.in_flight} in flight")
+
+    def _kill_znode(self, name: str, supervisor: Process, children: list[int]) -> Kill:
+        """SIGKILL a supervisor and its node processes, and start a fresh znode."""
+        kill = Kill("znode", name, [supervisor.pid, *children])
+        for pid in kill.pids:  # its processes would follow it; make it one instant
+            os.kill(pid, signal.SIGKILL)
+        kill.at = time.time()
+        supervisor.wait(timeout=10)
+        del self.cluster.znodes[name]
+        self.cluster.start_znode()
+        return kill
+
+    def _kill_broker(self) -> None:
+        """SIGKILL the broker, read which tasks its store still holds, start a new one."""
+        cluster, before = self.cluster, self.cluster.status()
+        broker = cluster.broker
+        assert broker is not None
+        kill = Kill("broker", "zbroker", [broker.pid], running=before["running"])
+        broker.signal(signal.SIGKILL)
+        kill.at = time.time()
+        broker.wait(timeout=10)  # its locks on the store go with it
+        kill.pending = cluster.pending_in_store()
+        self.kills.append(kill)
+        cluster.start_broker(bind=cluster.url)  # the same address; the store is kept
+        kill.until = cluster.listening_since  # from then on a RUN may come from the new one
+        kill.note = (
+            f"{before['queued']} queued, {before.get('waiting_retry', 0)} waiting to retry; "
+            f"listening again {kill.until - kill.at:.2f} s after the kill"
+        )
+        self.say(
+            f"SIGKILL broker {kill.pids}: {kill.running} running, {len(kill.pending)} "
+            f"pending in its store, {kill.note}"
+        )
+
+
+def child_pids(parent: int) -> list[int]:
+    """The live processes whose parent is `parent` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # it ended while we looked
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == parent and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def running_on(body: dict[str, Any], pids: list[int]) -> int:
+    return sum(int(node["active"]) for node in body["nodes"] if node["pid"] in pids)
+
+
+# ================================================================================ the verdict
+
+IN_FLIGHT_RULE = (
+    "in flight at a node kill: tasks running on it by the broker's STATUS; at the broker kill: "
+    "tasks that had started (by the record files, before its replacement listened) and "
+    "were still pending in its store, read after the kill"
+)
+
+
+def broker_in_flight(kills: list[Kill], executions: list[Execution]) -> None:
+    """Set in_flight of each broker kill: tasks it had sent to run that its store still held,
+    so that the restarted broker runs them again (group commit: also those answered in the
+    last milliseconds before the kill, not only those running). Call it before charge, which
+    counts not_pending."""
+    for kill in kills:
+        if kill.pending is None:
+            continue
+        started = {e.task for e in executions if e.at <= max(kill.at, kill.until)}
+        before = {e.task for e in executions if e.at <= kill.at}
+        in_flight = started & kill.pending
+        kill.in_flight = len(in_flight)
+        kill.started_after_kill = len(in_flight - before)
+        kill.not_pending = 0
+
+
+def charge(extra: list[Execution], kills: list[Kill]) -> int:
+    """Charge each superseded execution to the first kill of its process after it started,
+    or of the broker before its replacement listened; returns how many no kill explains."""
+    unexplained = 0
+    for run in extra:
+        causes = (
+            k
+            for k in kills
+            if max(k.at, k.until) >= run.at and (k.kind == "broker" or run.pid in k.pids)
+        )
+        cause = next(causes, None)
+        if cause is None:
+            unexplained += 1
+        else:
+            cause.duplicates += 1
+            if cause.pending is not None and run.task not in cause.pending:
+                cause.not_pending = (cause.not_pending or 0) + 1
+    return unexplained
+
+
+def kill_report(kill: Kill, started: float) -> dict[str, Any]:
+    """The kill as the report shows it: times since `started`, the count of pending tasks."""
+    figures = asdict(kill)
+    pending = figures.pop("pending")
+    return figures | {
+        "at": round(kill.at - started, 3),
+        "until": round(max(kill.until, kill.at) - started, 3),
+        "pending_in_store": None if pending is None else len(pending),
+    }
+
+
+def analyse(
+    args: argparse.Namespace, tally: Tally, kills: list[Kill], wall: float
+) -> dict[str, Any]:
+    """The figures of the run, the promises it broke, and notes on what looks off."""
+    executions = read_executions(args.records)
+    ran, extra = superseded(executions)
+    broker_in_flight(kills, executions)
+    unexplained = charge(extra, kills)
+    report: dict[str, Any] = {
+        "tasks": args.tasks,
+        "ok": tally.ok,
+        "lost": tally.lost,
+        "failed": len(tally.failed),
+        "wrong": len(tally.wrong),
+        "executions": len(executions),
+        "never_executed": args.tasks - ran,
+        "duplicates": len(extra),
+        **kill_figures(kills),
+        "unexplained_duplicates": unexplained,
+        "wall_seconds": round(wall, 2),
+        "tasks_per_second": round(args.tasks / wall),
+        "seed": args.seed,
+        "started_at": args.started,  # time.time(); kill times below count from it
+        "kills": [kill_report(k, args.started) for k in kills],
+        "failures": dict(tally.failures),
+        "samples": (tally.gave_up + tally.failed + tally.wrong)[:20],
+    }
+    return report | verdict(report, kills)
+
+
+def kill_figures(kills: list[Kill]) -> dict[str, Any]:
+    brokers = [k for k in kills if k.kind == "broker"]
+    in_flight = sum(k.in_flight for k in kills)
+    return {
+        "in_flight_at_kills": in_flight,  # the bound on duplicates
+        "in_flight_at_node_kills": in_flight - sum(k.in_flight for k in brokers),
+        "broker_kill_running": sum(k.running or 0 for k in brokers),
+        "broker_kill_in_flight": sum(k.in_flight for k in brokers),
+        "in_flight_rule": IN_FLIGHT_RULE,
+        "node_kills": len(kills) - len(brokers),
+        "broker_kills": len(brokers),
+    }
+
+
+def verdict(report: dict[str, Any], kills: list[Kill]) -> dict[str, list[str]]:
+    """The promises the run broke, and notes on kills charged more than they had in flight."""
+    broken = [f"{report[key]} {key}" for key in ("lost", "failed", "wrong") if report[key]]
+    duplicates, in_flight = report["duplicates"], report["in_flight_at_kills"]
+    if duplicates > in_flight:
+        broken.append(f"{duplicates} duplicate executions > {in_flight} tasks in flight at kills")
+    notes = [
+        f"{k.kind} {k.target}: {k.duplicates} duplicates > {k.in_flight} in flight"
+        for k in kills
+        if k.duplicates > k.in_flight
+    ]
+    notes += [
+        f"{k.kind}: {k.not_pending} duplicates of tasks its store did not hold at the kill "
+        "(accepted and started in its last milliseconds?)"
+        for k in kills
+        if k.not_pending
+    ]
+    unexplained = report["unexplained_duplicates"]
+    notes += [f"{unexplained} duplicates no kill explains"] if unexplained else []
+    return {"broken": broken, "notes": notes}
+
+
+# ==================================================================================== the run
+#
+# rich is imported where the display needs it: nodes import this module for `record` alone.
 
 
 def watch(threads: list[threading.Thread], chaos: Chaos, total: int, console: Console) -> None:
     """Show progress until the client threads are done (a bar on a terminal, else a line
     every 5 s); stop early if the chaos thread failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     tally, last_line = chaos.tally, time.monotonic()
     columns = [TextColumn("answered"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, TextColumn("{task.description}"), console=console) as bar:
@@ -81,20 +541,22 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> dict[str, 
     args.records = workdir / "executions"
     args.records.mkdir()
     path = os.pathsep.join(filter(None, [str(TOOLS), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, DIR_VARIABLE: str(args.records)}
-    cluster = Cluster(args, workdir, env)
+    env = {"PYTHONPATH": path, DIR_VARIABLE: str(args.records)}
+    cluster = ChaosCluster(args, workdir, env)
     chaos = Chaos(cluster, args, Tally(), console.log)
-    # Client c submits i = c, c + clients, ...: chaos_cluster.task_number relies on it.
-    shares = [list(range(c, args.tasks, args.clients)) for c in range(args.clients)]
-    clients = [
-        threading.Thread(target=submit, args=(cluster.url, share, args, chaos.tally), daemon=True)
-        for share in shares
-    ]
     try:
         cluster.start_broker()
         for _ in range(args.nodes):
             cluster.start_znode()
-        cluster.wait_registered(args.nodes * args.concurrency)
+        cluster.wait_for_nodes(args.nodes * args.concurrency)
+        # Client c submits i = c, c + clients, ...: task_number relies on it.
+        shares = [list(range(c, args.tasks, args.clients)) for c in range(args.clients)]
+        clients = [
+            threading.Thread(
+                target=submit, args=(cluster.url, share, args, chaos.tally), daemon=True
+            )
+            for share in shares
+        ]
         args.started = time.time()
         for thread in [*clients, chaos]:
             thread.start()
@@ -107,7 +569,7 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> dict[str, 
         chaos.done.set()
         if chaos.is_alive():
             chaos.join(60)
-        cluster.stop()
+        cluster.close()
     # The restarted broker's counters (they start at 0), for the record.
     return analyse(args, chaos.tally, chaos.kills, wall) | {"broker_counters": counters}
 
@@ -120,6 +582,8 @@ COLUMNS = ["t", "kind", "target", "pids", "running", "in store", "in flight"]
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
     kills = Table(title="Kills (t: seconds since the first task)")
     for column in [*COLUMNS, "duplicates"]:
         kills.add_column(column, justify="left" if column in ("kind", "target") else "right")
@@ -145,13 +609,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    from rich.console import Console
+
     args = parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=True, log_path=False)
     workdir = Path(tempfile.mkdtemp(prefix="ztb-chaos-"))
     try:
         report = run(args, workdir, console)
-    except (SetupFailed, BrokerUnreachable) as exc:
+    except (SetupFailed, ClientError) as exc:  # ClusterError, BrokerTimeout among them
         console.print(f"error: {exc}; the logs are in {workdir}", style="bold red")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,33 +1,31 @@
 """A broker, two nodes and real tasks on this machine, as a user would run them.
 
 Run through `python3 tools/dev.py demo` (which sets up .venv first). Starts `zbroker start` on
-a free loopback port, two `znode --functions math` processes, then submits tasks with
-`zsubmit` (a failure and a timeout among them, which end in the dead-letter queue) and with
-the Python client (one by one and pipelined), shows `zbroker status`, and stops everything
-with SIGTERM.
+a free loopback port and two `znode --functions math` processes through the project's cluster
+launcher (client.cluster.LocalCluster), then submits tasks with `zsubmit` (a failure and a
+timeout among them, which end in the dead-letter queue) and with the Python client (one by
+one and pipelined), shows `zbroker status`, and stops everything with SIGTERM.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-from cluster import Cluster  # type: ignore[import-not-found]
 from rich.console import Console
 from rich.progress import track
 
 from client import Client
+from client.cluster import LocalCluster, command
 
 console = Console()
-BIN = Path(sys.executable).parent
 
 
-def show(command: list[str]) -> None:
-    console.print(f"[bold]$ {' '.join(command)}[/bold]")
-    subprocess.run([str(BIN / command[0]), *command[1:]], check=False)
+def show(argv: list[str]) -> None:
+    """Run a console script (`zsubmit`, `zbroker`) as a user types it, showing the line."""
+    console.print(f"[bold]$ {' '.join(argv)}[/bold]")
+    subprocess.run([*command(argv[0]), *argv[1:]], check=False)
 
 
 def tasks(url: str) -> None:
@@ -57,19 +55,16 @@ def tasks(url: str) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ztb-demo-") as tmp:
-        cluster = Cluster(
-            Path(tmp),
-            nodes=2,
-            functions="math",
-            log_level="INFO",
-            node_args=["--concurrency", "1"],
-            name_prefix="demo-node",
-        )
-        with cluster as url:
+        cluster = LocalCluster(tmp, log_level="INFO")
+        with cluster:
+            for name in ("demo-node-1", "demo-node-2"):
+                cluster.start_node(functions=["math"], concurrency=1, name=name)
+            cluster.wait_for_nodes(2)
+            url = cluster.url
             console.print(f"broker listening on {url}; two nodes registered (logs in {tmp})")
             tasks(url)
             show(["zbroker", "status", "--broker", url])
-        codes = [proc.returncode for proc in cluster.procs]
+        codes = [process.popen.returncode for process in cluster.processes]
         console.print(f"stopped the broker and both nodes with SIGTERM; exit codes {codes}")
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The project's two front-door commands; needs only Python 3.11+.
 
-    python3 tools/dev.py demo    set up .venv, start a broker and two nodes, run real tasks
-    python3 tools/dev.py test    set up .venv, run ruff, ruff format --check, mypy and pytest
+    python3 tools/dev.py demo           set up .venv, start a broker and two nodes, run real tasks
+    python3 tools/dev.py test           set up .venv, run ruff, ruff format --check, mypy, pytest
+    python3 tools/dev.py test --fast    the same checks, then only the unit tier (pytest -m unit)
 
 Setting up means: create .venv next to pyproject.toml if missing and `pip install -e .[dev]`
-into it whenever pyproject.toml changed. Extra arguments after `test` go to pytest.
+into it whenever pyproject.toml changed. mypy checks the packages (as pyproject.toml says) and
+then tools/. Other arguments after `test` go to pytest.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ def run(command: list[str]) -> None:
         sys.exit(code)
 
 
-def test(pytest_args: list[str]) -> None:
+def test(args: list[str]) -> None:
+    fast = "--fast" in args
+    pytest_args = [arg for arg in args if arg != "--fast"]
     tool = [str(PYTHON), "-m"]
     run([*tool, "ruff", "check", "."])
     run([*tool, "ruff", "format", "--check", "."])
     run([*tool, "mypy"])
-    run([*tool, "pytest", *pytest_args])
+    run([*tool, "mypy", "tools"])  # scripts, not a package: checked as a directory
+    run([*tool, "pytest", *(["-m", "unit"] if fast else []), *pytest_args])
 
 
 def main() -> None:
