@@ -447,12 +447,7 @@ def broker_steps(n: int) -> Step:
 
     def handle(frames: list[bytes]) -> None:
         """What BrokerServer._drain does for each message it receives."""
-        commands = broker._handle(broker._event(frames), time.monotonic())
-        if commands:
-            broker._carry_out(router, commands)
-            commands = broker._handle(SENT, time.monotonic())
-            if commands:
-                broker._carry_out(router, commands)
+        broker._process(router, frames)
 
     handle([b"N", b"", *p.encode(p.Register("n", "h", 1, ("noop",), 1))])
     ids = [f"{i:016x}-{i}" for i in range(n)]

@@ -4,9 +4,6 @@ The server and its store are imported when the command runs, so that `zbroker st
 `zbroker dlq` do not load them.
 """
 
-# typer declares options as default values:
-# ruff: noqa: B008
-
 from __future__ import annotations
 
 import logging

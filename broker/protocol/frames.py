@@ -4,7 +4,7 @@ A ZTB message is 4 to 6 frames and one task's round trip moves 8 messages, so th
 frame counts. pyzmq's `zmq.Socket.send`, `recv`, `getsockopt` and `send_multipart` /
 `recv_multipart` are Python wrappers (argument checks, enum conversions) around the Cython
 methods of `zmq.backend.Socket`, their base class. Calling those methods with plain int
-flags moves a 4-frame message for 5.5 us instead of 13.5 us (`tools/bench_wire.py`, in
+flags moves a 4-frame message for 5.5 us instead of 13.5 us (`tools/bench.py frames`, in
 process). Bytes frames only: no `copy=False` sends, no trackers.
 """
 
