@@ -16,7 +16,7 @@ from broker.core.events import Command, Received, Restored, Sent
 from broker.core.journal import CHANGES, Change, SaveAnswer, SaveDeadLetter
 from broker.core.scheduler import Scheduler
 from broker.store import SAVE_BATCH, Persistence, PersistenceConfig, StoreError
-from tests.unit.store_helpers import OFFSET, answer, dead, save
+from tests.store_helpers import OFFSET, answer, dead, save
 
 
 def store_config(tmp_path: Path, **options: object) -> PersistenceConfig:

@@ -1,5 +1,5 @@
 """NetChanges, a batch of journal commands reduced to what SQLite must do, and the store under
-random journals and batchings against a simple model (tests/unit/store_helpers.Model)."""
+random journals and batchings against a simple model (tests.store_helpers.Model)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from broker.core.journal import (
 )
 from broker.store import Store, schema
 from broker.store.changes import NetChanges
-from tests.unit.store_helpers import OFFSET, Model, answer, dead, load, save
+from tests.store_helpers import OFFSET, Model, answer, dead, load, save
 
 PUT_RESULT = "INSERT OR REPLACE INTO results VALUES (NULL,?,?,?,?,?,?)"
 

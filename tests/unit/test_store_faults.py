@@ -5,8 +5,6 @@ files in tmp_path)."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
@@ -15,7 +13,7 @@ import pytest
 from broker.core.journal import SaveAnswer, SaveDeadLetter
 from broker.protocol import TaskSpec
 from broker.store import Store, StoreError, schema
-from tests.unit.store_helpers import OFFSET, answer, dead, load, save
+from tests.store_helpers import OFFSET, answer, dead, load, save
 
 
 def refusal(path: Path) -> str:
@@ -221,55 +219,6 @@ def test_a_full_disk_says_so_and_records_nothing_of_the_batch(tmp_path: Path) ->
         assert len(load(store).pending) == 101
     finally:
         store.close()
-
-
-FAILED_COMMIT = """
-import os, resource, signal, sys
-from broker.core.journal import SaveTask
-from broker.protocol import TaskSpec
-from broker.store import Store, StoreError, schema
-
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-path = sys.argv[1]
-store = Store.open(path)
-sizes = [os.path.getsize(f) for f in (path, path + "-wal") if os.path.exists(f)]
-resource.setrlimit(resource.RLIMIT_FSIZE, (max(sizes) + 8192, resource.RLIM_INFINITY))
-batch = [SaveTask(TaskSpec(f"t{i}", "f", b"[%d]" % i * 300), 10 + i, 1.0) for i in range(200)]
-try:
-    store.apply(batch, 0.0)
-except StoreError as exc:
-    print(exc)
-resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-store.apply(batch[:1], 0.0)  # the store still works once the disk takes writes again
-store.close()
-"""
-
-
-def test_a_failed_commit_reports_its_cause_not_the_rollback(tmp_path: Path) -> None:
-    """The pages of a transaction reach the WAL file at COMMIT; when that write fails SQLite
-    ends the transaction itself, and a ROLLBACK after it would fail with "no transaction is
-    active" and hide the cause. A real failed write, reliably: a child process whose file
-    size limit (RLIMIT_FSIZE, SIGXFSZ ignored) is just above the store's files. SQLite
-    reports EFBIG as "disk I/O error" (ENOSPC would be SQLITE_FULL, shown by the test
-    above); the child keeps the limit away from every other file of the test run."""
-    path = made_store(tmp_path / "broker.db")
-    child = subprocess.run(
-        [sys.executable, "-c", FAILED_COMMIT, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == 0, child.stderr
-    message = child.stdout.strip()
-    assert message.startswith(f"cannot write store {path}: disk I/O error (recording changes)")
-    assert message.endswith("check the disk (space, permissions) and restart the broker")
-    assert "rollback" not in message
-    store = Store.open(path)
-    try:
-        ids = [t.spec.task_id for t in load(store).pending]
-    finally:
-        store.close()
-    assert ids == ["a", "t0"]  # the failed batch left nothing; the next one was kept
 
 
 def test_a_new_store_that_could_not_be_set_up_leaves_no_file(

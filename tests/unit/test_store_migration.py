@@ -14,7 +14,7 @@ from broker.core.events import Restored
 from broker.core.journal import PendingTask, SaveAnswer, SaveTask
 from broker.protocol import ErrorInfo, TaskCompleted, TaskSpec
 from broker.store import Store, StoreError
-from tests.unit.store_helpers import OFFSET, answer, load
+from tests.store_helpers import OFFSET, answer, load
 
 # The version-1 schema, as a version-1 broker creates it.
 V1_SCHEMA = """

@@ -4,11 +4,8 @@ and a writer killed with SIGKILL."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -25,10 +22,8 @@ from broker.core.journal import (
 )
 from broker.protocol import TaskSpec
 from broker.store import SCHEMA_VERSION, Store, StoreError
-from tests.unit.store_helpers import (
-    FAR,
+from tests.store_helpers import (
     OFFSET,
-    Model,
     answer,
     dead,
     load,
@@ -205,77 +200,3 @@ def test_trim_dead_letters_keeps_the_newest(store: Store) -> None:
 
 
 # ------------------------------------------------------------------------------ kill -9
-
-BATCHES = """
-from broker.core.journal import SaveAnswer, SaveTask
-from broker.protocol import TaskCompleted, TaskSpec
-
-def changes(batch):
-    # 60 tasks saved per batch; the first 30 of the batch before answered in this one.
-    saved = [
-        SaveTask(TaskSpec(f"{batch}-{i}", "f", b"[%d]" % i), batch * 100 + i, float(batch))
-        for i in range(60)
-    ]
-    answered = [SaveAnswer(TaskCompleted(f"{batch - 1}-{i}", 0, b"%d" % i), float(batch))
-                for i in range(30)]
-    return saved + answered if batch else saved
-"""
-
-WRITER = """
-import sys
-from broker.store import Store
-
-store = Store.open(sys.argv[1])
-batch = int(sys.argv[2])
-pending = changes(batch)
-while True:
-    store.apply(pending, 0.0)
-    pending = changes(batch + 1)  # ready first, so that a kill after a print lands in apply
-    print(batch, flush=True)  # only once apply returned
-    batch += 1
-"""
-
-
-def expected_after(batches: int) -> Restored:
-    namespace: dict[str, Any] = {}
-    exec(BATCHES, namespace)
-    model = Model()
-    for batch in range(batches):
-        for change in namespace["changes"](batch):
-            model.apply(change)
-    return model.restored()
-
-
-def run_writer_and_kill(path: Path, start: int, batches_to_see: int) -> int:
-    """Start a writer at batch `start` and SIGKILL it once it reported `batches_to_see`
-    batches (it is then most likely inside `apply`); the last batch it reported applied."""
-    command = [sys.executable, "-c", BATCHES + WRITER, str(path), str(start)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        reported = [proc.stdout.readline() for _ in range(batches_to_see)]
-    finally:
-        proc.kill()  # SIGKILL
-        # Through the same buffered reader: readline may have read ahead.
-        reported += proc.stdout.read().splitlines()
-        error = proc.stderr.read().decode()
-        proc.wait(timeout=10)
-    assert proc.returncode == -9, f"the writer stopped by itself: {error}"
-    assert len(reported) >= batches_to_see and all(reported), reported
-    return max(int(n) for n in reported)
-
-
-def test_every_batch_reported_applied_survives_kill_9(tmp_path: Path) -> None:
-    path = tmp_path / "broker.db"
-    committed = 0
-    for round_ in range(5):
-        last = run_writer_and_kill(path, committed, batches_to_see=10 + 7 * round_)
-        store = Store.open(path)
-        try:
-            restored = store.load(0.0, FAR)
-        finally:
-            store.close()
-        committed = (restored.next_seq + 99) // 100  # the batches whose tasks are there
-        # At most one batch more than reported: it committed, the kill came before the print.
-        assert committed in (last + 1, last + 2)
-        assert restored == expected_after(committed)  # whole batches, never part of one
