@@ -1,8 +1,9 @@
 """Fixtures shared by every tier, and the tier markers.
 
-Each test is marked by the folder it lives in: `unit` (pure code, no sockets or processes),
-`integration` (real sockets on 127.0.0.1, in-process or one real process) and `e2e` (the
-real commands as separate processes). `python3 tools/dev.py test --fast` runs the unit tier.
+Each test is marked by the folder it lives in: `unit` (in process: no sockets, no child
+processes; real files allowed), `integration` (real sockets on 127.0.0.1, in process or with
+child processes) and `e2e` (the real commands as separate processes). `python3 tools/dev.py
+test --fast` runs the unit tier.
 
 ZeroMQ resources follow pyzmq's own tests: sockets made through the `make_socket` fixture are
 closed with linger 0 at teardown, and the `context` is terminated within a deadline, so a
