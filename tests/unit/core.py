@@ -34,13 +34,13 @@ class Core:
     def handle(self, peer: bytes, message: p.Message, now: float) -> list[Send]:
         return self.event(Received(peer, message), now)
 
-    def respond(self, peer: bytes, message: p.Message, now: float) -> list[Send]:
-        """Only what leaves at once: the deferred work waits for `settle`."""
+    def receive(self, peer: bytes, message: p.Message, now: float) -> list[Send]:
+        """Only what leaves at once: the deferred work waits for `sent`."""
         sends = self._split(self.scheduler.handle(Received(peer, message), now))
         self.scheduler.check_invariants()
         return sends
 
-    def settle(self, now: float) -> list[Send]:
+    def sent(self, now: float) -> list[Send]:
         sends = self._split(self.scheduler.handle(SENT, now))
         self.scheduler.check_invariants()
         return sends

@@ -47,21 +47,21 @@ def test_the_answer_leaves_first_and_sent_does_the_bookkeeping(sched: Core) -> N
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.1)
     sched.handle(OTHER_CLIENT, execute("t2"), 0.1)  # queued: the one slot is busy
-    sends = sched.respond(b"n1", ok("t1", b"42"), 0.2)
+    sends = sched.receive(b"n1", ok("t1", b"42"), 0.2)
     assert sends == [Send(CLIENT, p.TaskCompleted("t1", 0, b"42", None, 1))]
     assert not sched.answered("t1") and sched.counter("completed") == 0
     assert sched.scheduler.deferred  # keep the answer, refill the slot
-    assert sched.settle(0.2) == [Send(b"n1", p.Run("t2", "f", b"[1,2]", 1))]
+    assert sched.sent(0.2) == [Send(b"n1", p.Run("t2", "f", b"[1,2]", 1))]
     assert sched.answered("t1") and sched.counter("completed") == 1
-    assert sched.settle(0.2) == []  # nothing is done twice
+    assert sched.sent(0.2) == []  # nothing is done twice
 
 
 def test_a_failure_frees_its_slot_before_its_retry_is_placed(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.1)
-    sends = sched.respond(b"n1", p.Result("t1", p.EXIT_WORKER_CRASHED, b"null"), 0.2)
+    sends = sched.receive(b"n1", p.Result("t1", p.EXIT_WORKER_CRASHED, b"null"), 0.2)
     assert runs(sends) == [(b"n1", "t1")]  # retried at once, on the slot it freed
-    assert sched.settle(0.2) == []
+    assert sched.sent(0.2) == []
 
 
 def test_unknown_function_is_refused_at_once(sched: Core) -> None:
@@ -410,9 +410,9 @@ def test_a_node_lost_between_answer_and_bookkeeping_is_not_touched_again(sched: 
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.1)
     sched.handle(OTHER_CLIENT, execute("t2"), 0.1)  # queued behind t1
-    sched.respond(b"n1", ok("t1"), 0.2)
-    sends = sched.gone(b"n1", 0.2)  # settles too
+    sched.receive(b"n1", ok("t1"), 0.2)
+    sends = sched.gone(b"n1", 0.2)  # then Sent: the deferred work
     assert runs(sends) == []  # t2 is not given to the node that is gone
     assert not sched.registered(b"n1")
     assert sched.answered("t1") and sched.pending("t2")
-    assert sched.settle(0.3) == []
+    assert sched.sent(0.3) == []
