@@ -47,7 +47,8 @@ from broker.protocol import (
     encode,
     loads_payload,
 )
-from tests.support import Proc, wait_until
+from client.cluster import Process
+from tests.support import wait_until
 
 INTERVAL = 0.2  # the heartbeat interval `register` gives nodes
 LIVENESS = 3
@@ -75,7 +76,7 @@ def ignore_all(received: Received) -> list[Reply]:
 class FakeBroker:
     """Start with `start()` (or use `fake_brokers()`); always `close()`."""
 
-    def __init__(self, handler: Handler = ignore_all, alive: Iterable[Proc] = ()) -> None:
+    def __init__(self, handler: Handler = ignore_all, alive: Iterable[Process] = ()) -> None:
         self.url = ""
         self.max_in_flight = 0  # the most EXECUTEs it ever had unanswered at once
         self.alive = list(alive)  # a wait fails early when one of these dies

@@ -3,8 +3,6 @@ child processes that are always reaped and whose logs are shown when a test fail
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from client.cluster import Process
+
 T = TypeVar("T")
 
 
 class Watched(Protocol):
-    """A child process a wait keeps an eye on (tests.support.Proc, client.cluster.Process)."""
+    """A child process a wait keeps an eye on (a client.cluster.Process)."""
 
     name: str
 
@@ -30,54 +30,13 @@ BIN = Path(sys.executable).parent
 
 
 @dataclass
-class Proc:
-    """A child process started by a test, with its combined output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.kill(self.popen.pid, signum)
-
-    def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL if it does not go; always reaps."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        if self.popen.returncode is None:
-            self.popen.kill()
-            self.popen.wait(timeout=timeout)
-
-
-@dataclass
 class Spawner:
     """Starts console scripts from this virtualenv; `close()` reaps every one of them."""
 
     directory: Path
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Process] = field(default_factory=list)
 
-    def start(self, name: str, *argv: str) -> Proc:
+    def start(self, name: str, *argv: str) -> Process:
         log_path = self.directory / f"{name}-{len(self.procs)}.log"
         exe = BIN / argv[0]
         command = [str(exe) if exe.exists() else argv[0], *argv[1:]]
@@ -85,7 +44,7 @@ class Spawner:
             popen = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        proc = Proc(name, popen, log_path)
+        proc = Process(name, popen, log_path)
         self.procs.append(proc)
         return proc
 
@@ -123,7 +82,7 @@ def wait_until(
         time.sleep(interval)
 
 
-def read_ready_file(path: Path, timeout: float, proc: Proc) -> str:
+def read_ready_file(path: Path, timeout: float, proc: Process) -> str:
     """The endpoint a process wrote to its --ready-file once it was listening."""
 
     def endpoint() -> str | None:

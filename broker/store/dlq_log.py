@@ -69,23 +69,12 @@ class DeadLetterLog:
 
 def line(entry: DeadLetter, wall_offset: float, default_retries: int) -> bytes:
     """The JSON line (with its newline) for `entry`; `failed_at` is monotonic + wall_offset."""
-    spec = entry.spec
-    failed_at = round(entry.failed_at + wall_offset, 3)
-    when = datetime.fromtimestamp(failed_at, UTC).isoformat(timespec="milliseconds")
-    fields = {
-        "task_id": spec.task_id,
-        "function": spec.function,
-        "priority": spec.priority,
-        "retries": default_retries if spec.retries is None else spec.retries,
-        "attempts": entry.attempts,
-        "exit_code": entry.exit_code,
-        "error": None if entry.error is None else entry.error.to_json(),
-        "failed_at": failed_at,
-        "failed_at_iso": when.replace("+00:00", "Z"),
-    }
-    args = _json_text(spec.args)
+    fields = entry.view(wall_offset, default_retries)  # as DLQ_REPLY shows it
+    when = datetime.fromtimestamp(fields["failed_at"], UTC).isoformat(timespec="milliseconds")
+    fields["failed_at_iso"] = when.replace("+00:00", "Z")
+    args = _json_text(entry.spec.args)
     if args is None:
-        fields["args_hex"] = spec.args.hex()
+        fields["args_hex"] = entry.spec.args.hex()
         return orjson.dumps(fields) + b"\n"
     return orjson.dumps(fields)[:-1] + b',"args":' + args + b"}\n"
 

@@ -31,9 +31,10 @@ from broker.protocol import (
     encode_batch,
     loads_payload,
 )
+from client.cluster import Process
 from node.registry import resolve
 from tests.fakes import INTERVAL, LIVENESS, FakeBroker
-from tests.support import Proc, Spawner, wait_until
+from tests.support import Spawner, wait_until
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def broker() -> Iterator[FakeBroker]:
 
 def start_node(
     spawner: Spawner, broker: FakeBroker, *extra: str, name: str = "n1", threads: int = 2
-) -> Proc:
+) -> Process:
     proc = spawner.start(
         name,
         "znode",

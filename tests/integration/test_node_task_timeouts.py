@@ -24,9 +24,10 @@ from broker.protocol import (
     Replaces,
     Result,
 )
+from client.cluster import Process
 from tests.fakes import INTERVAL, LIVENESS, FakeBroker, Received
 from tests.integration.test_node_agent import parent_of, start_node
-from tests.support import Proc, Spawner, wait_until
+from tests.support import Spawner, wait_until
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def broker() -> Iterator[FakeBroker]:
 
 def supervised(
     spawner: Spawner, broker: FakeBroker, threads: int = 1
-) -> tuple[Proc, bytes, Register]:
+) -> tuple[Process, bytes, Register]:
     """`znode --concurrency 1`, registered: the supervisor, its child's identity and REGISTER."""
     proc = start_node(spawner, broker, "--concurrency", "1", threads=threads)
     identity, register = broker.register()
