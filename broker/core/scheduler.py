@@ -16,9 +16,11 @@ Rules the handlers keep:
 
 Deferred work: an answer leaves before its bookkeeping (keeping it for resends, the store,
 the dead-letter queue, refilling the slot a success freed), because only the work between
-a message's arrival and the send it causes is on the round trip. That work waits in
-`deferred` until the next event: the shell sends `Sent()` right after carrying out the
-commands, and any other event runs it first. `check_invariants()` accounts for it.
+a message's arrival and the send it causes is on the round trip. That work waits, as data
+(`_answered`, `_freed`; the flag `deferred` says whether any does), until the next event:
+the shell sends `Sent()` right after carrying out the commands, and any other event (but
+those that arise while it carries them out) runs it first. `check_invariants()` accounts
+for it.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ class Scheduler:
         # as the shell asks after every message.
         self.deferred = False
         self._events: dict[type, Callable[[Any, float], list[Command]]] = {
-            Received: self._on_received,
+            Received: lambda event, now: self._dispatch(event.peer, event.message, now),
             Sent: lambda event, now: [],
             Undecodable: self._on_undecodable,
             PeerGone: self._on_peer_gone,
@@ -190,7 +192,7 @@ class Scheduler:
                 return self._settle(now)
             if type(event) not in _WHILE_CARRYING_OUT:
                 return self._settle(now) + self.handle(event, now)
-        if type(event) is Received:  # most events: `_on_received` without its call
+        if type(event) is Received:  # most events: `_dispatch` without its call
             peer, message = event.peer, event.message
             node = self._pool.nodes.get(peer)
             if node is not None:
@@ -289,8 +291,8 @@ class Scheduler:
 
     # ================================================================== events
 
-    def _on_received(self, event: Received, now: float) -> list[Command]:
-        peer, message = event.peer, event.message
+    def _dispatch(self, peer: bytes, message: Message, now: float) -> list[Command]:
+        """A message from `peer` to its handler (or refused, if the broker takes no such)."""
         node = self._pool.nodes.get(peer)
         if node is not None:
             node.last_seen = now  # any traffic is a sign of life
@@ -306,7 +308,7 @@ class Scheduler:
             if isinstance(item, ProtocolError):
                 commands += self._refuse(peer, item)
             else:
-                commands += self._on_received(Received(peer, item), now)
+                commands += self._dispatch(peer, item, now)
         return commands
 
     def _on_undecodable(self, event: Undecodable, now: float) -> list[Command]:
@@ -317,7 +319,7 @@ class Scheduler:
             failed = Result(
                 error.task_id, EXIT_BAD_RESULT, b"null", ErrorInfo("BadResult", error.message)
             )
-            commands += self._on_received(Received(event.peer, failed), now)
+            commands += self._dispatch(event.peer, failed, now)
         return commands
 
     def _refuse(self, peer: bytes, error: ProtocolError) -> list[Command]:
