@@ -12,8 +12,8 @@ from broker.protocol import (
     DLQ_REPLAY,
     DLQ_SHOW,
     ERR_MALFORMED,
-    DeadLetters,
-    DeadLettersReply,
+    Dlq,
+    DlqReply,
     Message,
     Status,
     StatusReply,
@@ -24,7 +24,7 @@ from client.errors import BadReply
 from client.link import ReqLink
 from client.options import check_limit, check_name, check_timeout
 
-Reply = TypeVar("Reply", StatusReply, DeadLettersReply)
+Reply = TypeVar("Reply", StatusReply, DlqReply)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0  # seconds a control request waits for its answer
@@ -64,8 +64,8 @@ class ControlClient:
 
         Each is a dict with task_id, function, priority, retries, attempts, exit_code,
         error ({type, message} or None) and failed_at (seconds since the Unix epoch)."""
-        request = DeadLetters(DLQ_LIST, limit=check_limit(limit))
-        body = self._ask(request, DeadLettersReply, timeout).body
+        request = Dlq(DLQ_LIST, limit=check_limit(limit))
+        body = self._ask(request, DlqReply, timeout).body
         entries = [entry for entry in _field(body, "dead_letters", list) if isinstance(entry, dict)]
         total = body.get("total")
         return DeadLetterList(entries, total if type(total) is int else len(entries))
@@ -78,8 +78,8 @@ class ControlClient:
         Arguments that are not valid JSON (the task failed with BadArguments) come back as
         "args": None and "raw_args": their text. Raises NotFound (a KeyError too) when the
         task is not in the dead-letter queue."""
-        request = DeadLetters(DLQ_SHOW, check_name("task_id", task_id))
-        reply = self._ask(request, DeadLettersReply, timeout)
+        request = Dlq(DLQ_SHOW, check_name("task_id", task_id))
+        reply = self._ask(request, DlqReply, timeout)
         entry = dict(_field(reply.body, "dead_letter", dict))
         entry.update(_arguments(reply.args))
         return entry
@@ -105,7 +105,7 @@ class ControlClient:
     def _act(self, op: str, task_id: str | None, timeout: float | None) -> dict[str, Any]:
         if task_id is not None:
             check_name("task_id", task_id)
-        return self._ask(DeadLetters(op, task_id), DeadLettersReply, timeout).body
+        return self._ask(Dlq(op, task_id), DlqReply, timeout).body
 
     def _ask(self, request: Message, kind: type[Reply], timeout: float | None) -> Reply:
         """The broker's answer, which must be of type `kind`."""

@@ -27,8 +27,8 @@ from broker.protocol import (
     DLQ_SHOW,
     ERR_NOT_FOUND,
     Batch,
-    DeadLetters,
-    DeadLettersReply,
+    Dlq,
+    DlqReply,
     Error,
     ErrorInfo,
     Execute,
@@ -390,33 +390,33 @@ class DeadLetterQueue:
         message = received.message
         if isinstance(message, Status):
             return [(received.identity, StatusReply(STATUS_BODY))]
-        if not isinstance(message, DeadLetters):
+        if not isinstance(message, Dlq):
             return [] if self._then is None else list(self._then(received))
         return [(received.identity, self._answer(message))]
 
-    def _answer(self, request: DeadLetters) -> Message:
+    def _answer(self, request: Dlq) -> Message:
         if request.op == DLQ_LIST:
             entries = [entry for entry, _ in self.entries.values()][: request.limit]
-            return DeadLettersReply({"dead_letters": entries, "total": len(self.entries)})
+            return DlqReply({"dead_letters": entries, "total": len(self.entries)})
         if request.op == DLQ_SHOW:
             assert request.task_id is not None
             if request.task_id not in self.entries:
                 text = f"task {request.task_id!r} is not in the dead-letter queue"
                 return Error(ERR_NOT_FOUND, text, request.task_id)
             entry, args = self.entries[request.task_id]
-            return DeadLettersReply({"dead_letter": entry}, args)
+            return DlqReply({"dead_letter": entry}, args)
         chosen = list(self.entries) if request.task_id is None else [request.task_id]
         found = [task_id for task_id in chosen if self.entries.pop(task_id, None) is not None]
         if request.op == DLQ_PURGE:
-            return DeadLettersReply({"purged": len(found)})
+            return DlqReply({"purged": len(found)})
         assert request.op == DLQ_REPLAY
         self.replayed += found
         missing = [task_id for task_id in chosen if task_id not in found]
-        return DeadLettersReply({"replayed": found, "missing": missing})
+        return DlqReply({"replayed": found, "missing": missing})
 
 
-def dead_letter_requests(broker: FakeBroker) -> list[DeadLetters]:
-    return [r.message for r in broker.requests if isinstance(r.message, DeadLetters)]
+def dead_letter_requests(broker: FakeBroker) -> list[Dlq]:
+    return [r.message for r in broker.requests if isinstance(r.message, Dlq)]
 
 
 def unused_endpoint() -> str:

@@ -84,10 +84,10 @@ from broker.protocol import (
     EXIT_WORKER_CRASHED,
     RESULT,
     Batch,
-    DeadLetters as DeadLettersRequest,
-    DeadLettersReply,
     Deregister,
     Disconnect,
+    Dlq,
+    DlqReply,
     Error,
     ErrorInfo,
     Execute,
@@ -178,7 +178,7 @@ class Scheduler:
             Register: self._on_register,
             Deregister: self._on_deregister,
             Status: self._on_status,
-            DeadLettersRequest: self._on_dead_letters,
+            Dlq: self._on_dead_letters,
             Error: self._on_error,
             Batch: self._on_batch,
         }
@@ -435,14 +435,14 @@ class Scheduler:
         return []  # never answer an error with an error
 
     def _on_dead_letters(
-        self, peer: bytes, node: Node | None, msg: DeadLettersRequest, now: float
+        self, peer: bytes, node: Node | None, msg: Dlq, now: float
     ) -> list[Command]:
         default_retries = self.config.retry.retries
         if msg.op == DLQ_LIST:
             views = [
                 e.view(self._wall_offset, default_retries) for e in self._dead.newest(msg.limit)
             ]
-            reply: Message = DeadLettersReply({"dead_letters": views, "total": len(self._dead)})
+            reply: Message = DlqReply({"dead_letters": views, "total": len(self._dead)})
             return [Send(peer, reply)]
         if msg.op == DLQ_SHOW:
             entry = self._dead.get(msg.task_id or "")
@@ -452,11 +452,11 @@ class Scheduler:
                 )
                 return [Send(peer, Error(ERR_NOT_FOUND, text, msg.task_id))]
             view = entry.view(self._wall_offset, default_retries)
-            return [Send(peer, DeadLettersReply({"dead_letter": view}, entry.spec.args))]
+            return [Send(peer, DlqReply({"dead_letter": view}, entry.spec.args))]
         if msg.op == DLQ_REPLAY:
             return self._replay(peer, msg.task_id, now)
         purged = self._purge(msg.task_id)
-        commands: list[Command] = [Send(peer, DeadLettersReply({"purged": purged}))]
+        commands: list[Command] = [Send(peer, DlqReply({"purged": purged}))]
         if purged and self._journal:
             commands.append(j.ForgetDeadLetter(msg.task_id))
         return commands
@@ -483,7 +483,7 @@ class Scheduler:
                 commands += [j.ForgetDeadLetter(tid), j.ForgetAnswer(tid)]
                 commands.append(j.SaveTask(entry.spec, task.seq, now))
             replayed.append(tid)
-        reply = DeadLettersReply({"replayed": replayed, "missing": missing})
+        reply = DlqReply({"replayed": replayed, "missing": missing})
         return [Send(peer, reply), *commands]
 
     def _purge(self, task_id: str | None) -> int:

@@ -65,10 +65,10 @@ from broker.protocol.messages import (
     TASK_COMPLETED,
     VERSION,
     Batch,
-    DeadLetters,
-    DeadLettersReply,
     Deregister,
     Disconnect,
+    Dlq,
+    DlqReply,
     Error,
     ErrorInfo,
     Execute,
@@ -366,20 +366,20 @@ def _decode_disconnect(frames: Sequence[bytes]) -> Disconnect:
     return Disconnect(reason if isinstance(reason, str) else "")
 
 
-def _decode_dead_letters(frames: Sequence[bytes]) -> DeadLetters:
+def _decode_dead_letters(frames: Sequence[bytes]) -> Dlq:
     b = _DEAD_LETTERS.read(frames)
     if b.op == DLQ_SHOW and b.task_id is None:
         raise RemoteProtocolError(ERR_MALFORMED, "DLQ show needs a 'task_id'")
-    return DeadLetters(b.op, b.task_id, b.limit)
+    return Dlq(b.op, b.task_id, b.limit)
 
 
-def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DeadLettersReply:
+def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DlqReply:
     body = _OBJECT.read(frames)
     if "dead_letter" not in body:
-        return DeadLettersReply(body)  # only `show` carries the arguments frame
+        return DlqReply(body)  # only `show` carries the arguments frame
     if len(frames) < 4:
         _missing(frames, "arguments", None)
-    return DeadLettersReply(body, frames[3])
+    return DlqReply(body, frames[3])
 
 
 def _decode_error(frames: Sequence[bytes]) -> Error:

@@ -31,10 +31,10 @@ from broker.protocol.messages import (
     TAG,
     TASK_COMPLETED,
     Batch,
-    DeadLetters,
-    DeadLettersReply,
     Deregister,
     Disconnect,
+    Dlq,
+    DlqReply,
     Error,
     ErrorInfo,
     Execute,
@@ -150,7 +150,7 @@ def _encode_task_completed(m: TaskCompleted) -> list[bytes]:
     return [TAG, TASK_COMPLETED, _json(header), m.result]
 
 
-def _encode_dead_letters(m: DeadLetters) -> list[bytes]:
+def _encode_dead_letters(m: Dlq) -> list[bytes]:
     body: dict[str, Any] = {"op": m.op}
     if m.task_id is not None:
         body["task_id"] = m.task_id
@@ -159,7 +159,7 @@ def _encode_dead_letters(m: DeadLetters) -> list[bytes]:
     return [TAG, DLQ, _json(body)]
 
 
-def _encode_dead_letters_reply(m: DeadLettersReply) -> list[bytes]:
+def _encode_dead_letters_reply(m: DlqReply) -> list[bytes]:
     frames = [TAG, DLQ_REPLY, _json(m.body)]
     return frames if m.args is None else [*frames, m.args]
 
@@ -249,8 +249,8 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     TaskCompleted: _encode_task_completed,
     Status: lambda m: [TAG, STATUS],
     StatusReply: lambda m: [TAG, STATUS_REPLY, _json(m.body)],
-    DeadLetters: _encode_dead_letters,
-    DeadLettersReply: _encode_dead_letters_reply,
+    Dlq: _encode_dead_letters,
+    DlqReply: _encode_dead_letters_reply,
     Error: _encode_error,
     Batch: _encode_batch,
 }

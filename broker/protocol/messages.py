@@ -180,7 +180,7 @@ class StatusReply(Struct, frozen=True):
     body: dict[str, Any]
 
 
-class DeadLetters(Struct, frozen=True, gc=False):
+class Dlq(Struct, frozen=True, gc=False):
     """A request about the dead-letter queue: list, show, replay or purge."""
 
     op: str
@@ -188,7 +188,7 @@ class DeadLetters(Struct, frozen=True, gc=False):
     limit: int | None = None  # list: at most this many, newest first
 
 
-class DeadLettersReply(Struct, frozen=True):
+class DlqReply(Struct, frozen=True):
     body: dict[str, Any]
     args: bytes | None = None  # show: the task's arguments, as they were submitted
 
@@ -211,8 +211,8 @@ Message: TypeAlias = (
     | TaskCompleted
     | Status
     | StatusReply
-    | DeadLetters
-    | DeadLettersReply
+    | Dlq
+    | DlqReply
     | Error
     | Batch
 )

@@ -15,7 +15,7 @@ from typer.main import get_command
 from typer.testing import CliRunner, Result
 
 from broker.cli import app
-from broker.protocol import ERR_UNKNOWN_COMMAND, DeadLettersReply, Error, Status, StatusReply
+from broker.protocol import ERR_UNKNOWN_COMMAND, DlqReply, Error, Status, StatusReply
 from client.cluster import command as script_command
 from tests.fakes import (
     STATUS_BODY,
@@ -194,14 +194,12 @@ def test_an_answer_that_is_not_ztb_exits_1_at_once(fake_broker: StartBroker) -> 
 
 def test_an_answer_of_the_wrong_kind_exits_1(fake_broker: StartBroker) -> None:
     def answer_dlq(received: Received) -> list[Reply]:
-        return [(received.identity, DeadLettersReply({"purged": 0}))]
+        return [(received.identity, DlqReply({"purged": 0}))]
 
     broker = fake_broker(answer_dlq)
     done = zbroker("status", "--broker", broker.url)
     assert (done.exit_code, done.stdout) == (1, "")
-    assert done.stderr == (
-        f"error: the broker at {broker.url} answered DeadLettersReply to Status\n"
-    )
+    assert done.stderr == (f"error: the broker at {broker.url} answered DlqReply to Status\n")
 
 
 @pytest.mark.parametrize("script", ["zbroker", "znode", "zsubmit"])

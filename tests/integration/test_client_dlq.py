@@ -14,8 +14,8 @@ from broker.protocol import (
     DLQ_REPLAY,
     DLQ_SHOW,
     ERR_UNKNOWN_COMMAND,
-    DeadLetters,
-    DeadLettersReply,
+    Dlq,
+    DlqReply,
     Error,
 )
 from client import BrokerError, BrokerTimeout, Client, ClientError, NotFound
@@ -62,8 +62,8 @@ def test_dead_letters_lists_the_entries_newest_first(dlq_broker: FakeBroker) -> 
         assert client.dead_letters() == [NEWEST, MIDDLE, OLDEST]
         assert client.dead_letters(limit=2) == [NEWEST, MIDDLE]
     assert dead_letter_requests(dlq_broker) == [
-        DeadLetters(DLQ_LIST, None, None),
-        DeadLetters(DLQ_LIST, None, 2),
+        Dlq(DLQ_LIST, None, None),
+        Dlq(DLQ_LIST, None, 2),
     ]
 
 
@@ -71,7 +71,7 @@ def test_dead_letter_adds_the_decoded_arguments(dlq_broker: FakeBroker) -> None:
     with Client(dlq_broker.url) as client:
         entry = client.dead_letter("t-2")
     assert entry == {**MIDDLE, "args": [2**65, 3]}  # big integers stay exact
-    assert dead_letter_requests(dlq_broker) == [DeadLetters(DLQ_SHOW, "t-2")]
+    assert dead_letter_requests(dlq_broker) == [Dlq(DLQ_SHOW, "t-2")]
 
 
 def test_dead_letter_with_arguments_that_are_not_json(fake_broker: StartBroker) -> None:
@@ -104,9 +104,9 @@ def test_replay_one_then_all(dlq_broker: FakeBroker, queue: DeadLetterQueue) -> 
     assert queue.replayed == ["t-2", "t-3", "t-1"]
     requests = dead_letter_requests(dlq_broker)
     assert requests[:3] == [
-        DeadLetters(DLQ_REPLAY, "t-2"),
-        DeadLetters(DLQ_REPLAY, "t-2"),
-        DeadLetters(DLQ_REPLAY, None),
+        Dlq(DLQ_REPLAY, "t-2"),
+        Dlq(DLQ_REPLAY, "t-2"),
+        Dlq(DLQ_REPLAY, None),
     ]
 
 
@@ -117,7 +117,7 @@ def test_purge_one_then_all(dlq_broker: FakeBroker, queue: DeadLetterQueue) -> N
         assert client.purge_dead_letters() == 2
         assert client.dead_letters() == []
     assert queue.replayed == []
-    assert dead_letter_requests(dlq_broker)[2] == DeadLetters(DLQ_PURGE, None)
+    assert dead_letter_requests(dlq_broker)[2] == Dlq(DLQ_PURGE, None)
 
 
 def test_a_lost_dlq_request_is_resent(fake_broker: StartBroker, queue: DeadLetterQueue) -> None:
@@ -133,7 +133,7 @@ def test_a_lost_dlq_request_is_resent(fake_broker: StartBroker, queue: DeadLette
     with Client(broker.url, resend_interval=0.2) as client:
         assert client.dead_letters(timeout=10) == [NEWEST, MIDDLE, OLDEST]
     first, second = broker.requests
-    assert first.message == second.message == DeadLetters(DLQ_LIST)
+    assert first.message == second.message == Dlq(DLQ_LIST)
     assert first.identity != second.identity  # a fresh REQ socket for the resend
 
 
@@ -158,7 +158,7 @@ def test_a_broker_without_dlq_raises_broker_error(fake_broker: StartBroker) -> N
 
 def test_a_reply_without_its_fields_is_a_client_error(fake_broker: StartBroker) -> None:
     def wrong_body(received: Received) -> list[Reply]:
-        return [(received.identity, DeadLettersReply({"purged": "all"}))]
+        return [(received.identity, DlqReply({"purged": "all"}))]
 
     broker = fake_broker(wrong_body)
     with Client(broker.url) as client, pytest.raises(ClientError, match="'purged'"):

@@ -20,7 +20,7 @@ from broker.protocol import (
     DLQ_REPLAY,
     DLQ_SHOW,
     ERR_UNKNOWN_COMMAND,
-    DeadLetters,
+    Dlq,
     Error,
 )
 from tests.fakes import (
@@ -106,7 +106,7 @@ def test_list_prints_a_table_that_fits_80_columns(broker: FakeBroker) -> None:
         assert f" {entry['exit_code']} " in text
     assert "[bold]lost[/bold]" not in text and "NodeLost" in text  # the type, no markup
     assert lines[-1] == "zbroker dlq show TASK_ID for a task's error and arguments"
-    assert dead_letter_requests(broker) == [DeadLetters(DLQ_LIST, None, 50)]
+    assert dead_letter_requests(broker) == [Dlq(DLQ_LIST, None, 50)]
 
 
 def test_list_limit_and_json(broker: FakeBroker) -> None:
@@ -150,9 +150,9 @@ def test_show_prints_the_entry_and_its_arguments(broker: FakeBroker) -> None:
     assert done.exit_code == 0, done.output
     assert orjson.loads(done.stdout) == {**LOST, "args": [6, 7]}
     assert dead_letter_requests(broker) == [
-        DeadLetters(DLQ_SHOW, "t-1"),
-        DeadLetters(DLQ_SHOW, MAP_ID),
-        DeadLetters(DLQ_SHOW, MAP_ID),
+        Dlq(DLQ_SHOW, "t-1"),
+        Dlq(DLQ_SHOW, MAP_ID),
+        Dlq(DLQ_SHOW, MAP_ID),
     ]
 
 
@@ -181,7 +181,7 @@ def test_replay_all(broker: FakeBroker, queue: DeadLetterQueue) -> None:
     done = dlq("replay", "--all", "--broker", broker.url)
     assert (done.exit_code, done.stdout) == (0, "replayed 3 dead letter(s)\n")
     assert queue.replayed == [LONG_ID, MAP_ID, "t-1"]
-    assert dead_letter_requests(broker) == [DeadLetters(DLQ_REPLAY, None)]
+    assert dead_letter_requests(broker) == [Dlq(DLQ_REPLAY, None)]
 
 
 @pytest.mark.parametrize("command", ["replay", "purge"])
@@ -209,7 +209,7 @@ def test_purge_one_then_all(broker: FakeBroker, queue: DeadLetterQueue) -> None:
     done = dlq("purge", "--all", "--broker", broker.url)
     assert (done.exit_code, done.stdout) == (0, "purged 2 dead letter(s)\n")
     assert queue.entries == {} and queue.replayed == []
-    assert dead_letter_requests(broker)[-1] == DeadLetters(DLQ_PURGE, None)
+    assert dead_letter_requests(broker)[-1] == Dlq(DLQ_PURGE, None)
 
 
 def test_purge_help_says_all_is_required() -> None:

@@ -93,15 +93,11 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     ),
     p.Status: st.just(p.Status()),
     p.StatusReply: st.builds(p.StatusReply, st.dictionaries(texts, header_json, max_size=5)),
-    p.DeadLetters: st.builds(
-        p.DeadLetters, st.sampled_from(p.DLQ_OPS), names, st.none() | st.integers(1, 1_000_000)
+    p.Dlq: st.builds(
+        p.Dlq, st.sampled_from(p.DLQ_OPS), names, st.none() | st.integers(1, 1_000_000)
     ),
-    p.DeadLettersReply: st.builds(
-        p.DeadLettersReply, st.dictionaries(texts, header_json, max_size=5).map(_no_show)
-    )
-    | st.builds(
-        p.DeadLettersReply, st.builds(dict, dead_letter=st.dictionaries(texts, texts)), payloads
-    ),
+    p.DlqReply: st.builds(p.DlqReply, st.dictionaries(texts, header_json, max_size=5).map(_no_show))
+    | st.builds(p.DlqReply, st.builds(dict, dead_letter=st.dictionaries(texts, texts)), payloads),
     p.Error: st.builds(p.Error, texts, texts, st.none() | texts),
 }
 

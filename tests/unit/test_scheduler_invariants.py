@@ -70,7 +70,7 @@ class Simulation:
                 assert msg.result != FORGED, f"a forged RESULT answered {msg.task_id}"
                 # 127 too: refused at once, or at the end of the grace it was accepted in.
                 self.answers[send.peer, msg.task_id, self.lifetime[msg.task_id]] += 1
-            elif isinstance(msg, p.DeadLettersReply):
+            elif isinstance(msg, p.DlqReply):
                 self.lifetime.update(msg.body["replayed"])
 
     def step(self) -> None:
@@ -112,7 +112,7 @@ class Simulation:
         self.apply(identity, register)
 
     def do_replay(self) -> None:
-        self.apply(b"operator", p.DeadLetters("replay"))
+        self.apply(b"operator", p.Dlq("replay"))
 
     def do_submit(self) -> None:
         task_id = f"t{self.next_task}"

@@ -116,15 +116,15 @@ def test_final_failure_goes_to_the_dead_letter_queue_and_can_be_replayed(
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)
-    [listing] = sched.handle(CLIENT, p.DeadLetters("list"), 0.2)
-    assert isinstance(listing.message, p.DeadLettersReply)
+    [listing] = sched.handle(CLIENT, p.Dlq("list"), 0.2)
+    assert isinstance(listing.message, p.DlqReply)
     assert listing.message.body["total"] == 1
     [entry] = listing.message.body["dead_letters"]
     assert (entry["task_id"], entry["exit_code"], entry["attempts"]) == ("t1", 1, 1)
-    [show] = sched.handle(CLIENT, p.DeadLetters("show", "t1"), 0.2)
-    assert isinstance(show.message, p.DeadLettersReply) and show.message.args == b"[1]"
-    sends = sched.handle(CLIENT, p.DeadLetters("replay", "t1"), 0.3)
-    assert sends[0].message == p.DeadLettersReply({"replayed": ["t1"], "missing": []})
+    [show] = sched.handle(CLIENT, p.Dlq("show", "t1"), 0.2)
+    assert isinstance(show.message, p.DlqReply) and show.message.args == b"[1]"
+    sends = sched.handle(CLIENT, p.Dlq("replay", "t1"), 0.3)
+    assert sends[0].message == p.DlqReply({"replayed": ["t1"], "missing": []})
     assert sends[1] == Send(b"n1", p.Run("t1", "f", b"[1]", 1))  # a fresh count of attempts
     assert sched.scheduler.dead_letter_ids() == [] and not sched.answered("t1")
     sched.handle(b"n1", p.Result("t1", 0, b"7"), 0.4)
@@ -140,16 +140,16 @@ def test_unknown_function_refusals_are_not_dead_letters(sched: Core) -> None:
 
 
 def test_dead_letter_show_of_unknown_id_and_purge(sched: Core) -> None:
-    [reply] = sched.handle(CLIENT, p.DeadLetters("show", "nope"), 0.0)
+    [reply] = sched.handle(CLIENT, p.Dlq("show", "nope"), 0.0)
     assert isinstance(reply.message, p.Error) and reply.message.code == p.ERR_NOT_FOUND
     sched.handle(b"n1", register("n1"), 0.0)
     for task_id in ("a", "b"):
         sched.handle(CLIENT, execute(task_id), 0.0)
         sched.handle(b"n1", failed(task_id), 0.1)
-    [one] = sched.handle(CLIENT, p.DeadLetters("purge", "a"), 0.2)
-    assert one.message == p.DeadLettersReply({"purged": 1})
-    [rest] = sched.handle(CLIENT, p.DeadLetters("purge"), 0.2)
-    assert rest.message == p.DeadLettersReply({"purged": 1})
+    [one] = sched.handle(CLIENT, p.Dlq("purge", "a"), 0.2)
+    assert one.message == p.DlqReply({"purged": 1})
+    [rest] = sched.handle(CLIENT, p.Dlq("purge"), 0.2)
+    assert rest.message == p.DlqReply({"purged": 1})
     assert sched.scheduler.dead_letter_ids() == []
 
 
@@ -161,8 +161,8 @@ def test_replay_all_reports_ids_pending_again_as_missing() -> None:
     sched.handle(b"n1", failed("a"), 0.1)
     sched.tick(2.0)  # its answer expired ...
     sched.handle(CLIENT, execute("a"), 2.1)  # ... and someone submitted the id again
-    [reply, *_] = sched.handle(CLIENT, p.DeadLetters("replay"), 2.2)
-    assert reply.message == p.DeadLettersReply({"replayed": [], "missing": ["a"]})
+    [reply, *_] = sched.handle(CLIENT, p.Dlq("replay"), 2.2)
+    assert reply.message == p.DlqReply({"replayed": [], "missing": ["a"]})
 
 
 # ------------------------------------------------------------------------ journal and restore
@@ -183,7 +183,7 @@ def test_replay_journals_the_forgetting_and_the_new_task(sched: Core) -> None:
     sched.handle(CLIENT, execute("t1"), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)
     sched.take_journal()
-    sched.handle(CLIENT, p.DeadLetters("replay", "t1"), 0.2)
+    sched.handle(CLIENT, p.Dlq("replay", "t1"), 0.2)
     changes = sched.take_journal()
     assert [type(c) for c in changes] == [j.ForgetDeadLetter, j.ForgetAnswer, j.SaveTask]
     saved = changes[-1]
@@ -335,7 +335,7 @@ def test_purges_are_journaled_so_purged_dead_letters_stay_gone(sched: Core) -> N
         sched.handle(CLIENT, execute(task_id), 0.0)
         sched.handle(b"n1", failed(task_id), 0.1)
     sched.take_journal()
-    sched.handle(CLIENT, p.DeadLetters("purge", "a"), 0.2)
-    sched.handle(CLIENT, p.DeadLetters("purge"), 0.3)
-    sched.handle(CLIENT, p.DeadLetters("purge"), 0.4)  # nothing left: nothing to journal
+    sched.handle(CLIENT, p.Dlq("purge", "a"), 0.2)
+    sched.handle(CLIENT, p.Dlq("purge"), 0.3)
+    sched.handle(CLIENT, p.Dlq("purge"), 0.4)  # nothing left: nothing to journal
     assert sched.take_journal() == [j.ForgetDeadLetter("a"), j.ForgetDeadLetter(None)]
