@@ -76,7 +76,7 @@ class SchedulerConfig:
         return 2 * self.expiry + 5.0 if self.offer_grace is None else self.offer_grace
 
     @property
-    def timeout_grace(self) -> float:
-        """How long past a task's timeout the broker waits for the node's own RESULT 124
+    def overdue_grace(self) -> float:
+        """How long past a task's task timeout the broker waits for the node's own RESULT 124
         before it gives up on the node (protocol.md 5.3)."""
         return max(1.0, self.expiry)

@@ -149,7 +149,7 @@ class Scheduler:
         self._accepting = True
         self._journal = config.journal
         self._default_retries = config.retry.retries
-        self._default_timeout = config.task_timeout
+        self._default_task_timeout = config.task_timeout
         self._seq = 0  # submission numbers
         self._results_checked = -math.inf  # when kept answers were last expired
         # The deferred work (see the module's docstring): answers to keep, and the slots
@@ -417,8 +417,8 @@ class Scheduler:
         self._seq += 1
         # `_new_task`, without its call on every task's way:
         retries = self._default_retries if spec.retries is None else spec.retries
-        timeout = self._default_timeout if spec.task_timeout is None else spec.task_timeout
-        task = Task(spec, self._seq, now, [peer], retries, timeout)
+        limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
+        task = Task(spec, self._seq, now, [peer], retries, limit)
         if grace is not None:
             grace.held.append(task)
         commands = self._admit(task, now)
@@ -681,11 +681,11 @@ class Scheduler:
         return self._answer(task, EXIT_EXPIRED, b"null", ErrorInfo("Expired", text), now)
 
     def _overdue(self, task: Task, now: float) -> list[Command]:
-        """A node did not answer a task by its timeout plus the grace: it does not stop its
+        """A node did not answer a task by its task timeout plus the grace: it does not stop its
         functions, so the broker stops using it (protocol.md 5.3)."""
         node = self._pool.nodes[task.holder or b""]
         log.warning(
-            "node %s (%s) did not answer task %s within its %g s timeout: disconnected",
+            "node %s (%s) did not answer task %s within its %g s task timeout: disconnected",
             node.name,
             node.node_id,
             task.spec.task_id,
@@ -737,8 +737,8 @@ class Scheduler:
         self, spec: TaskSpec, seq: int, submitted_at: float, requesters: list[bytes]
     ) -> Task:
         retries = self._default_retries if spec.retries is None else spec.retries
-        timeout = self._default_timeout if spec.task_timeout is None else spec.task_timeout
-        return Task(spec, seq, submitted_at, requesters, retries, timeout)
+        limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
+        return Task(spec, seq, submitted_at, requesters, retries, limit)
 
     def _admit(self, task: Task, now: float) -> list[Command]:
         """Take a new (or replayed, or restored) task: start it or queue it."""
@@ -760,14 +760,14 @@ class Scheduler:
         task.holder = node.identity
         self._pool.assign(node, task.spec.task_id)
         node.last_sent = now
-        timeout = task.task_timeout
-        if timeout is not None:
-            self._timers.schedule(task, now + timeout + self.config.timeout_grace)
+        task_timeout = task.task_timeout
+        if task_timeout is not None:
+            self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
         elif task.timer:
             self._timers.cancel(task)
         spec = task.spec
         return Send(
-            node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, timeout)
+            node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, task_timeout)
         )
 
     def _feed(self, node: Node, now: float) -> list[Command]:

@@ -53,7 +53,7 @@ def test_run_carries_the_task_timeout_or_the_broker_default() -> None:
 def test_node_that_does_not_stop_an_overdue_task_is_disconnected(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1", task_timeout=1.0), 0.0)
-    grace = sched.config.timeout_grace
+    grace = sched.config.overdue_grace
     assert sched.next_deadline() <= 1.0 + grace
     for second in range(1, int(grace) + 2):  # it heartbeats: alive, but silent on the task
         sched.handle(b"n1", p.Heartbeat(), second - 0.05)
