@@ -65,6 +65,7 @@ class Received:
 
 Reply = tuple[bytes, Message]  # (identity to send to, message)
 Handler = Callable[[Received], Iterable[Reply]]
+StartBroker = Callable[[Handler], "FakeBroker"]  # what `fake_brokers()` gives
 
 STATUS_BODY: dict[str, Any] = {"nodes": [], "queued": 0, "running": 0, "counters": {}}
 

@@ -5,7 +5,7 @@ refused or not ZTB/1, 2 bad command line, 3 no answer)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -23,11 +23,9 @@ from tests.fakes import (
     Handler,
     Received,
     Reply,
-    fake_brokers,
+    StartBroker,
     unused_endpoint,
 )
-
-StartBroker = Callable[[Handler], FakeBroker]
 
 NODE = {
     "id": "node-1",
@@ -49,12 +47,6 @@ BODY: dict[str, Any] = {
     "dead_letters": 3,
     "counters": {"received": 42, "malformed": 0},
 }
-
-
-@pytest.fixture
-def fake_broker() -> Iterator[StartBroker]:
-    with fake_brokers() as start:
-        yield start
 
 
 def answer_status(body: dict[str, Any]) -> Handler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -24,12 +24,11 @@ from client import (
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
-    Handler,
     Received,
     Reply,
+    StartBroker,
     completed,
     drop_first,
-    fake_brokers,
     ignore_all,
     refuse_all,
     serve_functions,
@@ -43,13 +42,6 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "power": lambda a, b: a**b,
     "echo": lambda *args: list(args),
 }
-StartBroker = Callable[[Handler], FakeBroker]
-
-
-@pytest.fixture
-def fake_broker() -> Iterator[StartBroker]:
-    with fake_brokers() as start:
-        yield start
 
 
 @pytest.fixture

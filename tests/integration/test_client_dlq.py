@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -22,27 +22,18 @@ from client import BrokerError, BrokerTimeout, Client, ClientError, NotFound
 from tests.fakes import (
     DeadLetterQueue,
     FakeBroker,
-    Handler,
     Received,
     Reply,
+    StartBroker,
     dead_letter,
     dead_letter_requests,
-    fake_brokers,
     ignore_all,
 )
-
-StartBroker = Callable[[Handler], FakeBroker]
 
 NEWEST = dead_letter("t-3", "sleep", exit_code=124, error=("Timeout", "ran longer than 1 s"))
 MIDDLE = dead_letter("t-2", "multiply", exit_code=69, error=("NodeLost", "node lost"))
 OLDEST = dead_letter("t-1", "divide")
 ARGUMENTS = {"t-3": b"[10]", "t-2": b"[36893488147419103232,3]", "t-1": b"[1,0]"}
-
-
-@pytest.fixture
-def fake_broker() -> Iterator[StartBroker]:
-    with fake_brokers() as start:
-        yield start
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import pickle
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -22,15 +22,12 @@ from broker.protocol import (
 from client import Client, TaskFailed
 from tests.fakes import (
     FakeBroker,
-    Handler,
     Received,
     Reply,
     completed,
     fake_brokers,
 )
 from tests.support import BIN
-
-StartBroker = Callable[[Handler], FakeBroker]
 
 FAILURES = {
     EXIT_TIMEOUT: ErrorInfo("Timeout", "stopped after running 1.5 s"),

@@ -3,7 +3,6 @@ scripted dead-letter queue."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import orjson
@@ -26,16 +25,13 @@ from broker.protocol import (
 from tests.fakes import (
     DeadLetterQueue,
     FakeBroker,
-    Handler,
     Received,
     Reply,
+    StartBroker,
     dead_letter,
     dead_letter_requests,
-    fake_brokers,
     unused_endpoint,
 )
-
-StartBroker = Callable[[Handler], FakeBroker]
 
 # Typical ids: 32 hex digits (Client's), and map's "<prefix>.<position>".
 LONG_ID = "0123456789abcdef0123456789abcdef"
@@ -48,12 +44,6 @@ ARGUMENTS = {LONG_ID: b"[1,10000000]", MAP_ID: b"[6,7]", "t-1": b"[1,0]"}
 
 def local(failed_at: float) -> str:
     return datetime.fromtimestamp(failed_at).strftime("%Y-%m-%d %H:%M:%S")
-
-
-@pytest.fixture
-def fake_broker() -> Iterator[StartBroker]:
-    with fake_brokers() as start:
-        yield start
 
 
 @pytest.fixture
