@@ -141,7 +141,7 @@ class BrokerServer:
                     self._drain(router, frames)
                 now = time.monotonic()
                 if now >= scheduler.next_deadline():
-                    self._carry_out(router, self._step(scheduler.tick, now))
+                    self._carry_out(router, self._tick(now))
                 self._save_when_due()
         finally:
             self._close(router)
@@ -170,7 +170,7 @@ class BrokerServer:
             try:
                 commands = scheduler.handle(event, time.monotonic())
             except Exception:
-                commands = self._handle_failed(event)
+                commands = self._bug(type(event).__name__)
         if commands:
             self._carry_out(router, commands)
         if scheduler.deferred:
@@ -203,37 +203,37 @@ class BrokerServer:
         except Exception:
             if self._strict:
                 raise
-            return self._handle_failed(event)
+            return self._bug(type(event).__name__)
         if self._strict:
             self.scheduler.check_invariants()
         return commands
 
-    def _handle_failed(self, event: Event) -> list[Command]:
-        """Handling `event` raised (a bug): log it with its traceback, count it, go on."""
-        log.exception("bug while handling %s", type(event).__name__)
-        with contextlib.suppress(Exception):
-            self.scheduler.handle(HandlerFailed(type(event).__name__), time.monotonic())
-        return []
-
-    def _step(self, tick: Any, now: float) -> list[Command]:
+    def _tick(self, now: float) -> list[Command]:
+        """What is due by `now`; a bug in it is treated as in `_handle`."""
         try:
-            commands: list[Command] = tick(now)
+            commands = self.scheduler.tick(now)
         except Exception:
-            if self.config.strict:
+            if self._strict:
                 raise
-            log.exception("bug while ticking")
-            self.scheduler.handle(HandlerFailed("tick"), now)
-            return []
-        if self.config.strict:
+            return self._bug("tick")
+        if self._strict:
             self.scheduler.check_invariants()
         return commands
+
+    def _bug(self, what: str) -> list[Command]:
+        """Handling `what` raised: log it with its traceback, count it, go on (called from
+        the `except` clause, where the traceback is)."""
+        log.exception("bug while handling %s", what)
+        with contextlib.suppress(Exception):
+            self.scheduler.handle(HandlerFailed(what), time.monotonic())
+        return []
 
     def _handle_all(self, event: Event, now: float) -> None:
         """Handle an event that sends nothing (no socket yet): only store changes."""
         for command in self._handle(event, now):
-            if type(command) is Send:
+            if isinstance(command, Send):
                 raise AssertionError(f"{type(event).__name__} caused a send before binding")
-            self._changes.append(command)  # type: ignore[arg-type]
+            self._changes.append(command)
 
     # ------------------------------------------------------------------ commands
 
@@ -249,10 +249,10 @@ class BrokerServer:
                 pass  # _send_to says what went wrong
         by_peer: dict[bytes, list[p.Message]] = {}
         for command in commands:
-            if type(command) is Send:
+            if isinstance(command, Send):
                 by_peer.setdefault(command.peer, []).append(command.message)
             else:
-                self._changes.append(command)  # type: ignore[arg-type]
+                self._changes.append(command)
         for peer, messages in by_peer.items():
             self._send_to(router, peer, messages)
 

@@ -80,16 +80,3 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def read_ready_file(path: Path, timeout: float, proc: Process) -> str:
-    """The endpoint a process wrote to its --ready-file once it was listening."""
-
-    def endpoint() -> str | None:
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return text or None
-
-    return wait_until(endpoint, timeout, what=f"{path.name} from {proc.name}", alive=[proc])

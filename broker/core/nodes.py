@@ -97,16 +97,7 @@ class NodePool:
         self._groups_by_function: dict[str, list[_Group]] = {}
         self._tie = count()
 
-    def __contains__(self, identity: bytes) -> bool:
-        return identity in self.nodes
-
     # ------------------------------------------------------------------ membership
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
-    def get(self, identity: bytes) -> Node | None:
-        return self.nodes.get(identity)
 
     def add(self, identity: bytes, register: Register, now: float) -> Node:
         if identity in self.nodes:

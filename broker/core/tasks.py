@@ -92,10 +92,6 @@ class Task(Struct, eq=False):
     queue_stamp: int = 0  # see broker.core.queues
     lost: list[LostAttempt] | None = None
 
-    @property
-    def task_id(self) -> str:
-        return self.spec.task_id
-
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"
 

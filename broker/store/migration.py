@@ -20,8 +20,6 @@ from broker.store import rows
 from broker.store.rows import BadRow
 from broker.store.schema import SCHEMA_VERSION, TABLES
 
-FROM_VERSION = 1
-
 _V1_TASKS = """SELECT task_id, function, payload, priority, retries, timeout, expires_at,
     seq, attempts, submitted_at FROM tasks"""
 _TIMEOUT = 5  # the column of the timeout in both queries
