@@ -4,7 +4,6 @@ event) with scripted peers on real sockets."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -334,11 +333,13 @@ def test_only_the_holder_answers_a_task(broker: Broker, peers: Callable[[Broker]
     assert status(broker)["counters"]["refused_not_holder"] == 2
 
 
-def test_status_is_answered_within_100_ms_while_50000_tasks_expire(
+def test_status_is_answered_between_slices_while_50000_tasks_expire(
     peers: Callable[[Broker], Peer], make_socket: MakeSocket
 ) -> None:
     """50,000 queued tasks reach their queue deadline together: the broker answers them
-    TICK_BUDGET at a time and a STATUS between two of those batches."""
+    TICK_BUDGET at a time and STATUS requests between two of those slices, so some
+    STATUS sees the burst half done. How long a STATUS takes meanwhile is measured by
+    `tools/bench.py expiry`, not here."""
     # Not strict: checking every invariant after each of 100,000 events would take minutes.
     b = Broker(scheduler=SchedulerConfig(heartbeat_interval=30.0, liveness=3), strict=False)
     try:
@@ -354,19 +355,19 @@ def test_status_is_answered_within_100_ms_while_50000_tasks_expire(
         wait_until(lambda: status(b)["queued"] == total, 20, what="all tasks queued")
         asker = make_socket(zmq.REQ)
         asker.connect(b.endpoint)
-        slowest = 0.0
-        answered = 0
-        while answered < total:
-            started = time.perf_counter()
+        seen_mid_burst: list[int] = []
+        queued = total
+        while queued:
             asker.send_multipart(p.encode(p.Status()))
             assert asker.poll(TIMEOUT_MS), "no STATUS_REPLY"
             reply = p.decode(asker.recv_multipart())
-            slowest = max(slowest, time.perf_counter() - started)
             assert isinstance(reply, p.StatusReply)
-            answered = total - reply.body["queued"]
+            queued = reply.body["queued"]
+            if 0 < queued < total:
+                seen_mid_burst.append(queued)
             while client.sock.poll(0):
                 client.sock.recv_multipart()  # answers (exit 125) as they come
-        assert slowest < 0.1, f"a STATUS took {slowest * 1000:.0f} ms while tasks expired"
+        assert seen_mid_burst, "no STATUS was answered while the burst was being handled"
         assert status(b)["counters"]["expired"] == total
         node.send(p.Result("busy", 0, b"null", None, 1))  # so that the broker stops at once
         wait_until(lambda: status(b)["running"] == 0, 5, what="the busy task answered")
