@@ -76,9 +76,10 @@ class _Group:
 
     functions: frozenset[str]
     members: set[bytes] = field(default_factory=set)
-    # (load, -push order, identity, version); stale entries are skipped when they surface.
-    # Among equal loads the node pushed last wins: an idle node that just answered takes
-    # the next task while its process is warm, instead of tasks cycling through cold nodes.
+    # (load, push order, identity, version); stale entries are skipped when they surface.
+    # Among equal loads the node pushed first wins, so ties go round robin (as nginx's
+    # least_conn): sequential tasks spread over idle nodes instead of all landing on the
+    # one that answered last.
     heap: list[tuple[float, int, bytes, int]] = field(default_factory=list)
 
 
@@ -223,7 +224,7 @@ class NodePool:
             heap[:] = [e for e in heap if self._current(e)]
             heapq.heapify(heap)
         load = len(node.active) / node.capacity
-        heapq.heappush(heap, (load, -next(self._tie), node.identity, node.version))
+        heapq.heappush(heap, (load, next(self._tie), node.identity, node.version))
 
     def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
         node = self.nodes.get(entry[2])
