@@ -17,6 +17,7 @@ import typer
 
 from broker import protocol as p
 from broker.core.config import (
+    DEFAULT_MAX_PREFETCH,
     LEAST_LOADED,
     STRATEGIES,
     ResultsConfig,
@@ -47,6 +48,14 @@ def start(
     ),
     max_message_size: int = typer.Option(
         p.DEFAULT_MAX_MESSAGE_SIZE, min=1024, help="Largest message accepted, in bytes."
+    ),
+    max_prefetch: int = typer.Option(
+        DEFAULT_MAX_PREFETCH,
+        min=0,
+        max=p.MAX_PREFETCH,
+        help="Most tasks a node may hold unstarted beyond its slots, so that a freed slot starts "
+        "the next task at once (each node asks for its own number, znode --prefetch); held "
+        "tasks are taken back when another node's slot is idle. 0 turns prefetching off.",
     ),
     retries: int = typer.Option(
         3,
@@ -116,7 +125,13 @@ def start(
     results = ResultsConfig(ttl=keep_results)
     retry = RetryPolicy(retries, retry_backoff, retry_backoff_max)
     scheduler = SchedulerConfig(
-        strategy, heartbeat_interval, liveness, results, retry, task_timeout or None
+        strategy,
+        heartbeat_interval,
+        liveness,
+        results,
+        retry,
+        task_timeout or None,
+        max_prefetch=max_prefetch,
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
     config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)

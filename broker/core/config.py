@@ -13,6 +13,7 @@ from broker.protocol import (
     EXIT_WORKER_CRASHED,
 )
 
+DEFAULT_MAX_PREFETCH = 64
 LEAST_LOADED = "least-loaded"
 ROUND_ROBIN = "round-robin"
 STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
@@ -61,6 +62,9 @@ class SchedulerConfig:
     offer_grace: float | None = None  # None: 2 x heartbeat expiry + 5 s
     journal: bool = False  # emit store commands, for a durable store
     dead_letters_max: int = 100_000
+    # The most tasks a node may hold unstarted beyond its slots (it asks for its own number
+    # in REGISTER `prefetch`); 0 turns prefetching off.
+    max_prefetch: int = DEFAULT_MAX_PREFETCH
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -1,5 +1,11 @@
 """NodePool: the registered nodes, their slots, and which node takes the next task.
 
+A node takes tasks up to its window: `capacity` slots, plus `prefetch` tasks it holds
+unstarted (protocol.md 5.5). A node runs what it holds in the order it got it, starting one
+whenever a slot frees, so the pool knows which tasks have started without being told: the
+oldest `capacity` (`Node.held` lists the others, oldest first). Tasks asked back (RETRACT)
+wait in `Node.retracting` for the node's answer.
+
 A node is picked for a task either from a per-function ready ring (round robin) or from a
 least-loaded heap (active tasks per unit of capacity). Nodes that registered the same set of
 functions share one heap, so a load change costs one push whatever the number of functions,
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -31,24 +37,32 @@ class Node:
         "completed",
         "draining",
         "functions",
+        "held",
         "host",
         "identity",
         "last_seen",
         "last_sent",
         "name",
         "pid",
+        "prefetch",
+        "retracting",
         "timer",
         "version",
+        "window",
     )
 
-    def __init__(self, identity: bytes, register: Register, now: float) -> None:
+    def __init__(self, identity: bytes, register: Register, now: float, prefetch: int) -> None:
         self.identity = identity  # its ROUTER identity: unique per connection
         self.name, self.host, self.pid = register.name, register.host, register.pid
         self.functions = frozenset(register.functions)
         self.capacity = register.capacity
+        self.prefetch = prefetch  # tasks it holds beyond its slots (REGISTER's, capped)
+        self.window = register.capacity + prefetch  # RUNs it may have without RESULT
         self.last_seen = now  # when the broker last heard from it
         self.last_sent = now  # when the broker last sent it anything
-        self.active: set[str] = set()  # task ids of the attempts it holds
+        self.active: set[str] = set()  # task ids of the attempts it holds: all of them
+        self.held: dict[str, str] = {}  # of those, not started yet: id -> function, oldest first
+        self.retracting: set[str] = set()  # of those, asked back and not answered yet
         self.completed = 0
         self.draining = False  # it sent DEREGISTER: no new work
         self.version = 0  # see the heaps below
@@ -64,7 +78,18 @@ class Node:
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.active)
+        """Places left in its window."""
+        return self.window - len(self.active)
+
+    @property
+    def running(self) -> int:
+        """Attempts it has started, as far as the broker knows."""
+        return len(self.active) - len(self.held) - len(self.retracting)
+
+    @property
+    def idle_slot(self) -> bool:
+        """Whether a slot has nothing to run: it would start a task at once."""
+        return not self.held and self.running < self.capacity
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.node_id} {len(self.active)}/{self.capacity}>"
@@ -84,11 +109,16 @@ class _Group:
 
 
 class NodePool:
-    def __init__(self, strategy: str = LEAST_LOADED) -> None:
+    def __init__(self, strategy: str = LEAST_LOADED, max_prefetch: int = 0) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         self.strategy = strategy
+        self.max_prefetch = max_prefetch  # the most a node may hold beyond its slots
         self.nodes: dict[bytes, Node] = {}
+        # Nodes holding unstarted tasks, by the tasks' function: identity -> how many. Where a
+        # node with an idle slot looks for tasks to take back (RETRACT) and run itself.
+        self._holding: dict[str, dict[bytes, int]] = {}
+        self.held = 0  # unstarted tasks held by all nodes (read it; only the pool changes it)
         self._processes: dict[ProcessKey, set[bytes]] = {}  # identities per node process
         self._offering: dict[str, int] = {}  # nodes taking work, per function they offer
         # Whether any node that takes new work registered a function (a C call).
@@ -103,7 +133,7 @@ class NodePool:
     def add(self, identity: bytes, register: Register, now: float) -> Node:
         if identity in self.nodes:
             raise ValueError(f"node {identity.hex()} is already registered")
-        node = Node(identity, register, now)
+        node = Node(identity, register, now, min(register.prefetch, self.max_prefetch))
         self.nodes[identity] = node
         self._processes.setdefault(node.process, set()).add(identity)
         self._join(node)
@@ -115,6 +145,8 @@ class NodePool:
             return None
         if not node.draining:
             self._leave(node)
+        for function in node.held.values():
+            self._unhold(node, function)
         same = self._processes[node.process]
         same.discard(identity)
         if not same:
@@ -173,12 +205,13 @@ class NodePool:
     # ------------------------------------------------------------------ picking
 
     def has_free(self, function: str) -> bool:
-        """Whether a node taking work offers `function` and has a free slot (for checks)."""
+        """Whether a node taking work offers `function` and has a free place (for checks)."""
         groups = self._groups_by_function.get(function, ())
         return any(self.nodes[i].free > 0 for group in groups for i in group.members)
 
     def pick(self, function: str) -> Node | None:
-        """A node that offers `function` and has a free slot, by the pool's strategy."""
+        """A node that offers `function` and has a free place in its window, by the pool's
+        strategy (least-loaded: a free slot before a place to hold the task)."""
         if self.strategy == ROUND_ROBIN:
             return self._pick_round_robin(function)
         return self._pick_least_loaded(function)
@@ -190,7 +223,7 @@ class NodePool:
         for _ in range(len(ring)):
             node = self.nodes[ring[0]]
             ring.rotate(-1)
-            if len(node.active) < node.capacity:
+            if len(node.active) < node.window:
                 return node
         return None
 
@@ -207,13 +240,13 @@ class NodePool:
         while heap:
             _, _, identity, version = heap[0]
             node = self.nodes.get(identity)
-            if node is not None and node.version == version and len(node.active) < node.capacity:
+            if node is not None and node.version == version and len(node.active) < node.window:
                 return heap[0]
             heapq.heappop(heap)
         return None
 
     def _push(self, group: _Group, node: Node) -> None:
-        if len(node.active) >= node.capacity:  # no free slot
+        if len(node.active) >= node.window:  # no free place
             return
         heap = group.heap
         while heap and not self._current(heap[0]):
@@ -228,22 +261,109 @@ class NodePool:
 
     def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
         node = self.nodes.get(entry[2])
-        return node is not None and node.version == entry[3] and len(node.active) < node.capacity
+        return node is not None and node.version == entry[3] and len(node.active) < node.window
 
     # ------------------------------------------------------------------ load
 
-    def assign(self, node: Node, task_id: str) -> None:
+    def assign(self, node: Node, task_id: str, function: str) -> bool:
+        """`node` was sent `task_id`: True if a slot starts it, False if the node holds it
+        (behind the tasks it holds already)."""
+        started = not node.held and node.running < node.capacity
         node.active.add(task_id)
+        if not started:
+            node.held[task_id] = function
+            self._hold(node, function)
         self._changed(node)
+        return started
 
     def release(self, node: Node, task_id: str) -> bool:
-        """Free the slot `task_id` held on `node`; False if it held none."""
+        """`node` answered `task_id` (or gave it back): free its place; False if it had
+        none. Held tasks wait for `promote`."""
         if task_id not in node.active:
             return False
         node.active.remove(task_id)
+        function = node.held.pop(task_id, None)
+        if function is not None:  # it ran before the broker counted a slot free for it
+            self._unhold(node, function)
+        node.retracting.discard(task_id)
         node.completed += 1
         self._changed(node)
         return True
+
+    def promote(self, node: Node) -> str | None:
+        """The oldest held task of `node`, if a slot is free to start it (it has then)."""
+        held = node.held
+        if not held or node.running >= node.capacity:
+            return None
+        task_id = next(iter(held))
+        self._unhold(node, held.pop(task_id))
+        return task_id
+
+    def start_held(self, node: Node, task_id: str) -> None:
+        """`node` started a task the pool counted as held (its RESULT came first, or its
+        answer to RETRACT says so)."""
+        function = node.held.pop(task_id, None)
+        if function is not None:
+            self._unhold(node, function)
+        node.retracting.discard(task_id)
+
+    # ------------------------------------------------------------------ taking back
+
+    def holders(self, functions: frozenset[str]) -> Iterator[Node]:
+        """Nodes holding unstarted tasks of any of `functions`."""
+        for function in functions:
+            for identity in self._holding.get(function, ()):
+                yield self.nodes[identity]
+
+    def retract(self, node: Node, functions: frozenset[str], most: int) -> list[str]:
+        """Mark up to `most` of the tasks `node` holds (of `functions`, newest first) as
+        asked back; their ids, for a RETRACT."""
+        taken = []
+        for task_id, function in reversed(node.held.items()):
+            if function in functions:
+                taken.append(task_id)
+                if len(taken) >= most:
+                    break
+        for task_id in taken:
+            self.ask_back(node, task_id)
+        return taken
+
+    def ask_back(self, node: Node, task_id: str) -> bool:
+        """Mark one task `node` holds as asked back; False if it holds no such task."""
+        function = node.held.pop(task_id, None)
+        if function is None:
+            return False
+        self._unhold(node, function)
+        node.retracting.add(task_id)
+        return True
+
+    def given_back(self, node: Node, task_id: str) -> bool:
+        """The node gave back a task asked back: its place frees; False if it was not
+        being asked back (answered meanwhile)."""
+        if task_id not in node.retracting:
+            return False
+        node.retracting.remove(task_id)
+        node.active.remove(task_id)
+        self._changed(node)
+        return True
+
+    def _hold(self, node: Node, function: str) -> None:
+        by_node = self._holding.get(function)
+        if by_node is None:
+            by_node = self._holding[function] = {}
+        by_node[node.identity] = by_node.get(node.identity, 0) + 1
+        self.held += 1
+
+    def _unhold(self, node: Node, function: str) -> None:
+        by_node = self._holding[function]
+        count = by_node[node.identity] - 1
+        if count:
+            by_node[node.identity] = count
+        else:
+            del by_node[node.identity]
+            if not by_node:
+                del self._holding[function]
+        self.held -= 1
 
     def _changed(self, node: Node) -> None:
         node.version += 1
@@ -266,9 +386,10 @@ class NodePool:
             for identity in ring:
                 assert identity in taking, f"ring for {function} holds a node not taking work"
                 assert function in self.nodes[identity].functions
+        self._check_held()
         for identity in taking:
             node = self.nodes[identity]
-            assert 0 <= len(node.active) <= node.capacity, f"{node.name} over capacity"
+            assert 0 <= len(node.active) <= node.window, f"{node.name} over its window"
             if self.strategy == ROUND_ROBIN:
                 for function in node.functions:
                     assert identity in self._rings[function], f"{node.name} missing from ring"
@@ -284,3 +405,15 @@ class NodePool:
         assert members == taking, "heap groups and records disagree"
         for function, groups in self._groups_by_function.items():
             assert all(function in g.functions for g in groups)
+
+    def _check_held(self) -> None:
+        holding: dict[str, dict[bytes, int]] = {}
+        for identity, node in self.nodes.items():
+            assert node.held.keys() <= node.active, f"{node.name} holds what it was not sent"
+            assert node.retracting <= node.active, f"{node.name} asked back what it lacks"
+            assert not node.retracting & node.held.keys(), f"{node.name}: held and asked back"
+            for function in node.held.values():
+                by_node = holding.setdefault(function, {})
+                by_node[identity] = by_node.get(identity, 0) + 1
+        assert holding == self._holding, "the index of held tasks drifted"
+        assert self.held == sum(len(node.held) for node in self.nodes.values()), "held drifted"

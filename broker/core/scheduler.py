@@ -11,7 +11,9 @@ Rules the handlers keep:
   answered lately is never run again (a resend joins the requesters or gets the answer).
 - Only the node that holds a task's current attempt answers it: a RESULT from any other
   peer is refused, except a late one of an attempt given up on its own node (LostAttempt).
-- A queued task never waits beside a free slot that could run it.
+- A queued task never waits beside a free place (a slot, or room in a node's prefetch
+  window) that could take it; a node with an idle slot and nothing queued for it takes back
+  tasks another node holds unstarted (RETRACT), so none waits behind a long one.
 - Every per-event cost is O(log n) in the tasks and nodes held (a lost node costs its tasks).
 
 Deferred work: an answer leaves before its bookkeeping (keeping it for resends, the store,
@@ -59,6 +61,7 @@ from broker.core.results import ResultCache
 from broker.core.status import sampled, status_body
 from broker.core.tasks import (
     DONE,
+    HELD,
     QUEUED,
     RUNNING,
     WAITING_RETRY,
@@ -97,6 +100,8 @@ from broker.protocol import (
     Register,
     Registered,
     Result,
+    Retract,
+    Retracted,
     Run,
     Status,
     StatusReply,
@@ -138,7 +143,7 @@ class Scheduler:
         self.config = config = config or SchedulerConfig()
         self._rng = rng or random.Random()  # retry jitter; seeded in tests
         self._wall_offset = wall_offset  # Unix time minus `now`, for the views only
-        self._pool = NodePool(config.strategy)
+        self._pool = NodePool(config.strategy, config.max_prefetch)
         self._queue = TaskQueue()
         self._tasks = TaskTable()
         self._timers: Timers[Task | Node | Grace] = Timers()
@@ -181,6 +186,7 @@ class Scheduler:
             Dlq: self._on_dead_letters,
             Error: self._on_error,
             Batch: self._on_batch,
+            Retracted: self._on_retracted,
         }
 
     # ================================================================== the entry points
@@ -250,6 +256,10 @@ class Scheduler:
     def running(self) -> int:
         """Attempts running on nodes."""
         return self._tasks.running
+
+    def held(self) -> int:
+        """Tasks held unstarted by nodes (their prefetch windows)."""
+        return self._tasks.held
 
     def task_view(self, task_id: str) -> TaskView | None:
         """A pending task as it stands now; None when it is not pending."""
@@ -557,18 +567,22 @@ class Scheduler:
 
     def _on_result(self, peer: bytes, node: Node | None, msg: Result, now: float) -> list[Command]:
         task = self._tasks.get(msg.task_id)
-        if task is not None and task.state is RUNNING:
+        if task is not None and task.holder is not None:  # RUNNING or HELD
             if task.holder == peer and (msg.attempt is None or msg.attempt == task.attempt):
                 holder = node  # the common case, without a call
             else:
                 holder = self._holder(task, peer, node, msg.attempt)
             if holder is not None:
+                if task.state is HELD:  # it ran before the broker counted a slot free for it
+                    self._pool.start_held(holder, msg.task_id)
+                    task.expiring = False
+                    self._tasks.move(task, RUNNING)
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
                     self.deferred = True
                     return commands
-                released = self._pool.release(holder, msg.task_id)  # a retry may take it
+                released = self._release(holder, msg.task_id, now)  # a retry may take it
                 commands = self._attempt_failed(task, msg, now)
                 return commands + self._refill(holder, released, now)
         if task is not None and self._lost_attempt(task, peer, node, msg.attempt):
@@ -576,7 +590,7 @@ class Scheduler:
         if task is None and node is not None and msg.task_id in node.active:
             # It ran the task, which was answered meanwhile (a late attempt's success).
             self._counters["results_dropped"] += 1
-            return self._refill(node, self._pool.release(node, msg.task_id), now)
+            return self._refill(node, self._release(node, msg.task_id, now), now)
         return self._refuse_result(peer, node, msg)
 
     def _holder(
@@ -646,6 +660,8 @@ class Scheduler:
             return self._expire(task, now)
         if task.state is WAITING_RETRY:
             return self._requeue(task, now)
+        if task.state is HELD:
+            return self._retract_expired(task, now)
         return self._overdue(task, now)
 
     def _node_due(self, node: Node, now: float) -> list[Command]:
@@ -755,41 +771,144 @@ class Scheduler:
         return []
 
     def _start(self, task: Task, node: Node, now: float) -> Send:
+        """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
         task.attempt += 1
-        self._tasks.move(task, RUNNING)
         task.holder = node.identity
-        self._pool.assign(node, task.spec.task_id)
+        spec = task.spec
         node.last_sent = now
         task_timeout = task.task_timeout
-        if task_timeout is not None:
-            self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
-        elif task.timer:
-            self._timers.cancel(task)
-        spec = task.spec
+        if self._pool.assign(node, spec.task_id, spec.function):
+            self._tasks.move(task, RUNNING)
+            if task_timeout is not None:
+                self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
+            elif task.timer:
+                self._timers.cancel(task)
+        else:
+            self._tasks.move(task, HELD)
+            if task.attempt > 1:  # its queue timeout no longer applies
+                if task.timer:
+                    self._timers.cancel(task)
+            elif not task.timer and spec.queue_timeout is not None:  # not started yet
+                self._timers.schedule(task, task.submitted_at + spec.queue_timeout)
         return Send(
             node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, task_timeout)
         )
 
+    def _release(self, node: Node, task_id: str, now: float) -> bool:
+        """`node` answered `task_id`: its place frees, and a task it holds starts in the slot
+        (the node runs what it holds in order, protocol.md 5.5)."""
+        released = self._pool.release(node, task_id)
+        if released and node.held:
+            self._promote(node, now)
+        return released
+
+    def _promote(self, node: Node, now: float) -> None:
+        """The tasks `node` holds that its free slots start now: their task timeouts run."""
+        while True:
+            task_id = self._pool.promote(node)
+            if task_id is None:
+                return
+            task = self._tasks.get(task_id)
+            if task is not None and task.holder == node.identity:
+                self._promote_one(task, now)
+            # else answered meanwhile (a late attempt's success): its RESULT is dropped
+
     def _feed(self, node: Node, now: float) -> list[Command]:
-        """Fill `node`'s free slots from the queue (an idle node takes the next task)."""
+        """Fill `node`'s window from the queue (an idle node takes the next tasks); a slot
+        left idle takes back tasks another node holds unstarted."""
         commands: list[Command] = []
         queue = self._queue
-        while queue.size and len(node.active) < node.capacity and not node.draining:
-            if not self._accepting:
-                break
+        if node.draining or not self._accepting:
+            return commands
+        while queue.size and len(node.active) < node.window:
             task = queue.pop_for(node.functions)
             if task is None:
                 break
             commands.append(self._start(task, node, now))
+        if self._pool.held and node.idle_slot:
+            commands += self._take_back_for(node)
         return commands
+
+    def _take_back_for(self, thief: Node) -> list[Command]:
+        """Ask a node that holds unstarted tasks `thief` offers for some of them back (half,
+        at most what `thief` can take); they are placed again when they come back."""
+        for victim in self._pool.holders(thief.functions):
+            if victim is thief:
+                continue
+            most = min(max(1, len(victim.held) // 2), thief.free)
+            task_ids = self._pool.retract(victim, thief.functions, most)
+            if task_ids:
+                self._counters["retracts_sent"] += 1
+                return [Send(victim.identity, Retract(tuple(task_ids)))]
+        return []
 
     def _refill(self, node: Node, released: bool, now: float) -> list[Command]:
         """A RESULT came from `node`: a draining node that runs nothing more is gone; else
-        if it freed a slot, the slot takes the next queued task."""
+        if it freed a place, the place takes the next queued task (or one taken back)."""
         if node.draining and not node.active:
             self._remove_node(node)
             return []
-        return self._feed(node, now) if released and self._queue.size else []
+        if released and (self._queue.size or self._pool.held):
+            return self._feed(node, now)
+        return []
+
+    def _on_retracted(
+        self, peer: bytes, node: Node | None, msg: Retracted, now: float
+    ) -> list[Command]:
+        """A node's answer to RETRACT: what it gave back is placed again with its attempt
+        undone (or answered Expired if its queue timeout passed); what it started runs."""
+        if node is None:
+            return [Send(peer, NOT_REGISTERED)]
+        for task_id in msg.started:
+            if task_id not in node.retracting:
+                continue  # answered meanwhile
+            self._pool.start_held(node, task_id)
+            task = self._tasks.get(task_id)
+            if task is not None and task.holder == node.identity and task.state is HELD:
+                self._promote_one(task, now)
+        commands: list[Command] = []
+        for task_id in msg.returned:
+            if not self._pool.given_back(node, task_id):
+                continue  # not asked back, or answered meanwhile
+            task = self._tasks.get(task_id)
+            if task is None or task.holder != node.identity or task.state is not HELD:
+                continue
+            commands += self._unstarted(task, now)
+            self._counters["retracted"] += 1
+        if node.draining and not node.active:
+            self._remove_node(node)
+        elif self._queue.size:
+            commands += self._feed(node, now)
+        return commands
+
+    def _promote_one(self, task: Task, now: float) -> None:
+        """A task its node held has started: its task timeout runs from now."""
+        self._tasks.move(task, RUNNING)
+        task.expiring = False
+        if task.task_timeout is not None:
+            self._timers.schedule(task, now + task.task_timeout + self.config.overdue_grace)
+        elif task.timer:
+            self._timers.cancel(task)
+
+    def _unstarted(self, task: Task, now: float) -> list[Command]:
+        """A task its node held never started (given back, or the node was lost): the
+        attempt is undone and it is placed again, or answered Expired if it was asked back
+        for its queue timeout."""
+        task.attempt -= 1
+        task.holder = None
+        if task.expiring:
+            task.expiring = False
+            return self._expire(task, now)
+        return self._requeue(task, now)
+
+    def _retract_expired(self, task: Task, now: float) -> list[Command]:
+        """A held task's queue timeout passed before it started: ask its node for it back;
+        if it comes back unstarted it is answered Expired."""
+        node = self._pool.nodes[task.holder or b""]
+        task.expiring = True
+        if not self._pool.ask_back(node, task.spec.task_id):
+            return []  # asked back already
+        return [Send(node.identity, Retract((task.spec.task_id,)))]
 
     def _attempt_failed(self, task: Task, msg: Result, now: float) -> list[Command]:
         if msg.exit_code in RETRYABLE and task.attempt <= task.retries:
@@ -815,7 +934,7 @@ class Scheduler:
         if node is not None:
             return [self._start(task, node, now)]
         self._tasks.move(task, QUEUED)
-        if task.timer:
+        if task.timer and task.attempt:  # else the timer is its queue deadline: it stays
             self._timers.cancel(task)
         self._queue.push(task)
         return []
@@ -875,8 +994,8 @@ class Scheduler:
             freed, self._freed = self._freed, []
             for node, task_id in freed:
                 if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    released = self._pool.release(node, task_id)
-                    if node.draining or (released and self._queue.size):  # else: nothing to do
+                    released = self._release(node, task_id, now)
+                    if node.draining or (released and (self._queue.size or self._pool.held)):
                         commands += self._refill(node, released, now)
         return commands
 
@@ -909,13 +1028,17 @@ class Scheduler:
             self._start_graces(node, now)
         self._remove_node(node)
         self._counters[f"nodes_{why}"] += 1
-        held = [self._tasks.get(task_id) for task_id in node.active]
+        on_node = [self._tasks.get(task_id) for task_id in node.active]
         orphans = sorted(
-            (t for t in held if t is not None and t.holder == node.identity),
+            (t for t in on_node if t is not None and t.holder == node.identity),
             key=lambda t: (-t.spec.priority, t.seq),
         )
         commands: list[Command] = []
         for task in orphans:
+            if task.state is HELD:  # never started there: placed again, no attempt counted
+                self._counters["requeued_unstarted"] += 1
+                commands += self._unstarted(task, now)
+                continue
             lost = LostAttempt(task.attempt, node.identity, node.process)
             if task.lost is None:
                 task.lost = [lost]
@@ -945,10 +1068,12 @@ class Scheduler:
             assert (task.state is QUEUED) == (id(task) in queued), f"{task_id}: queued iff QUEUED"
             assert task_id not in self._results, f"{task_id} is pending and answered"
             assert len(task.requesters) <= MAX_REQUESTERS
-            if task.state is RUNNING:
+            if task.state is RUNNING or task.state is HELD:
                 holder = nodes.get(task.holder or b"")
                 assert holder is not None, f"{task_id} runs on a node that is gone"
                 assert task_id in holder.active, f"{task_id} is not on its node"
+                unstarted = task_id in holder.held or task_id in holder.retracting
+                assert unstarted == (task.state is HELD), f"{task_id}: HELD iff its node holds it"
             if task.state is WAITING_RETRY:
                 assert task.timer, f"{task_id} waits for a retry that has no timer"
         for node in nodes.values():

@@ -3,17 +3,23 @@
 A task is its `TaskSpec` (frozen, as submitted) and the little the broker adds while it
 owns it. Its state moves only along these edges, checked on every move:
 
-    QUEUED         waits in the queue for a node with a free slot
+    QUEUED         waits in the queue for a node with a free place
       -> RUNNING        a node with a free slot took it (a RUN was sent)
+      -> HELD           a node with a free place in its prefetch window took it
       -> DONE           answered without running: expired, refused at the end of a grace,
                         or a late success of an attempt given up earlier
+    HELD           a node holds it, behind tasks its slots run first; not started yet
+      -> RUNNING        a slot freed on its node (or its RESULT came first)
+      -> QUEUED         given back (RETRACT), or its node was lost: the attempt is undone
+      -> RUNNING, HELD  given back or its node lost, and another node took it at once
+      -> DONE           given back after its queue timeout passed: answered Expired
     RUNNING        one node holds the current attempt
       -> DONE           answered: its RESULT, or no attempt left
       -> WAITING_RETRY  the attempt failed and another waits for its backoff
-      -> QUEUED         the attempt failed, another may start at once, no slot is free
-      -> RUNNING        the attempt failed and another started at once on a free slot
+      -> QUEUED         the attempt failed, another may start at once, no place is free
+      -> RUNNING, HELD  the attempt failed and another node took the next one at once
     WAITING_RETRY  waits for the backoff before its next attempt
-      -> QUEUED, RUNNING  the backoff is over (RUNNING if a slot is free)
+      -> QUEUED, RUNNING, HELD  the backoff is over
       -> DONE           a late success of an attempt given up earlier
 
 A task leaves the table when it is DONE; its answer is kept by `ResultCache` from then on.
@@ -38,20 +44,23 @@ class TaskState(enum.IntEnum):
     RUNNING = 1
     WAITING_RETRY = 2
     DONE = 3
+    HELD = 4
 
 
-QUEUED, RUNNING, WAITING_RETRY, DONE = (
+QUEUED, RUNNING, WAITING_RETRY, DONE, HELD = (
     TaskState.QUEUED,
     TaskState.RUNNING,
     TaskState.WAITING_RETRY,
     TaskState.DONE,
+    TaskState.HELD,
 )
 
 MOVES: tuple[frozenset[TaskState], ...] = (  # by state: the states it may move to
-    frozenset({RUNNING, DONE}),  # QUEUED
-    frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING}),  # RUNNING
-    frozenset({QUEUED, RUNNING, DONE}),  # WAITING_RETRY
+    frozenset({RUNNING, HELD, DONE}),  # QUEUED
+    frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING, HELD}),  # RUNNING
+    frozenset({QUEUED, RUNNING, HELD, DONE}),  # WAITING_RETRY
     frozenset(),  # DONE
+    frozenset({RUNNING, QUEUED, HELD, DONE}),  # HELD
 )
 
 ProcessKey = tuple[str, str, int]  # a node process: (name, host, pid) from its REGISTER
@@ -87,10 +96,11 @@ class Task(Struct, eq=False):
     task_timeout: float | None  # the spec's, or the broker's default
     attempt: int = 0  # attempts started so far
     state: TaskState = QUEUED
-    holder: bytes | None = None  # the node running the current attempt
+    holder: bytes | None = None  # the node running (or holding) the current attempt
     timer: int = 0  # see broker.core.timers
     queue_stamp: int = 0  # see broker.core.queues
     lost: list[LostAttempt] | None = None
+    expiring: bool = False  # HELD, asked back because its queue timeout passed
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"
@@ -103,6 +113,7 @@ class TaskTable:
         self._tasks: dict[str, Task] = {}
         self.running = 0  # tasks in state RUNNING (read them; only the table changes them)
         self.waiting_retry = 0  # tasks in state WAITING_RETRY
+        self.held = 0  # tasks in state HELD
         # The pending task of an id, or None: the dict's own method, a C call on the
         # scheduler's per-task path.
         self.get: Callable[[str], Task | None] = self._tasks.get
@@ -132,10 +143,14 @@ class TaskTable:
             self.running -= 1
         elif old is WAITING_RETRY:
             self.waiting_retry -= 1
+        elif old is HELD:
+            self.held -= 1
         if state is RUNNING:
             self.running += 1
         elif state is WAITING_RETRY:
             self.waiting_retry += 1
+        elif state is HELD:
+            self.held += 1
         elif state is DONE:
             del self._tasks[task.spec.task_id]
 
@@ -145,8 +160,10 @@ class TaskTable:
             assert task.spec.task_id == task_id, f"{task_id} filed under another id"
             assert task.state is not DONE, f"{task_id} is DONE but still pending"
             counts[task.state] += 1
-            running = task.state is RUNNING
-            assert (task.holder is not None) == running, f"{task_id}: holder iff running"
-            assert task.attempt >= (1 if running else 0), f"{task_id}: running without attempt"
+            on_node = task.state is RUNNING or task.state is HELD
+            assert (task.holder is not None) == on_node, f"{task_id}: holder iff on a node"
+            assert task.attempt >= (1 if on_node else 0), f"{task_id}: on a node, no attempt"
+            assert not task.expiring or task.state is HELD, f"{task_id}: expiring, not held"
         assert counts[RUNNING] == self.running, "the count of running tasks drifted"
+        assert counts[HELD] == self.held, "the count of held tasks drifted"
         assert counts[WAITING_RETRY] == self.waiting_retry, "the count of waiting tasks drifted"

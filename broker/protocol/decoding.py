@@ -39,9 +39,12 @@ from broker.protocol.limits import (
     Liveness,
     Name,
     Pid,
+    Prefetch,
     Priority,
     QueueTimeoutMs,
     ReplacedPid,
+    RetractedIds,
+    RetractIds,
     Retries,
     TaskTimeoutMs,
 )
@@ -58,6 +61,8 @@ from broker.protocol.messages import (
     REGISTER,
     REGISTERED,
     RESULT,
+    RETRACT,
+    RETRACTED,
     RUN,
     STATUS,
     STATUS_REPLY,
@@ -78,6 +83,8 @@ from broker.protocol.messages import (
     Registered,
     Replaces,
     Result,
+    Retract,
+    Retracted,
     Run,
     Status,
     StatusReply,
@@ -136,12 +143,22 @@ class _RegisterBody(msgspec.Struct, gc=False):
     host: str = ""
     pid: Pid = 0
     replaces: _ReplacesBody | None = None
+    prefetch: Prefetch = 0
 
 
 class _RegisteredBody(msgspec.Struct, gc=False):
     node_id: Name
     heartbeat_interval_ms: HeartbeatIntervalMs
     liveness: Liveness
+
+
+class _RetractBody(msgspec.Struct, gc=False):
+    task_ids: RetractIds
+
+
+class _RetractedBody(msgspec.Struct, gc=False):
+    returned: RetractedIds
+    started: RetractedIds
 
 
 class _DisconnectBody(msgspec.Struct, gc=False):
@@ -264,6 +281,8 @@ _REGISTER = _Reader(_RegisterBody, "body")
 _REGISTERED = _Reader(_RegisteredBody, "body")
 _DISCONNECT = _Reader(_DisconnectBody, "body")
 _DEAD_LETTERS = _Reader(_DeadLettersBody, "body")
+_RETRACT = _Reader(_RetractBody, "body")
+_RETRACTED = _Reader(_RetractedBody, "body")
 _ERROR = _Reader(_ErrorBody, "body")
 _OBJECT = _Reader(_Object, "body")
 
@@ -353,7 +372,17 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
     if b.replaces is not None:
         replaces = Replaces(b.replaces.pid, b.replaces.reason[:MAX_REASON_LENGTH])
     functions = tuple(dict.fromkeys(b.functions))  # duplicates dropped, first kept
-    return Register(b.name, b.host[:MAX_HOST_LENGTH], b.pid, functions, b.capacity, replaces)
+    host = b.host[:MAX_HOST_LENGTH]
+    return Register(b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch)
+
+
+def _decode_retract(frames: Sequence[bytes]) -> Retract:
+    return Retract(tuple(_RETRACT.read(frames).task_ids))
+
+
+def _decode_retracted(frames: Sequence[bytes]) -> Retracted:
+    b = _RETRACTED.read(frames)
+    return Retracted(tuple(b.returned), tuple(b.started))
 
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
@@ -410,6 +439,8 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     DLQ: _decode_dead_letters,
     DLQ_REPLY: _decode_dead_letters_reply,
     ERROR: _decode_error,
+    RETRACT: _decode_retract,
+    RETRACTED: _decode_retracted,
 }
 
 

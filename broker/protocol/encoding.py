@@ -25,6 +25,8 @@ from broker.protocol.messages import (
     REGISTER,
     REGISTERED,
     RESULT,
+    RETRACT,
+    RETRACTED,
     RUN,
     STATUS,
     STATUS_REPLY,
@@ -43,6 +45,8 @@ from broker.protocol.messages import (
     Register,
     Registered,
     Result,
+    Retract,
+    Retracted,
     Run,
     Status,
     StatusReply,
@@ -124,6 +128,8 @@ def _encode_register(m: Register) -> list[bytes]:
     }
     if m.replaces is not None:
         body["replaces"] = {"pid": m.replaces.pid, "reason": m.replaces.reason}
+    if m.prefetch:
+        body["prefetch"] = m.prefetch
     return [TAG, REGISTER, _json(body)]
 
 
@@ -252,5 +258,11 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Dlq: _encode_dead_letters,
     DlqReply: _encode_dead_letters_reply,
     Error: _encode_error,
+    Retract: lambda m: [TAG, RETRACT, _json({"task_ids": list(m.task_ids)})],
+    Retracted: lambda m: [
+        TAG,
+        RETRACTED,
+        _json({"returned": list(m.returned), "started": list(m.started)}),
+    ],
     Batch: _encode_batch,
 }

@@ -24,6 +24,8 @@ MAX_RETRIES = 100  # extra attempts a task may ask for
 MAX_QUEUE_TIMEOUT_MS = 86_400_000  # one day
 MAX_TASK_TIMEOUT_MS = 7 * 86_400_000  # seven days
 MAX_CAPACITY = 1_000_000
+MAX_PREFETCH = 1_000_000
+MAX_RETRACT = 256  # task ids per RETRACT
 MAX_ATTEMPT = 1_000_000
 MAX_PID = 2**63 - 1
 MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
@@ -41,12 +43,15 @@ ExitCode = Annotated[int, Meta(ge=0, le=MAX_EXIT_CODE)]
 Attempt = Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
 Attempts = Annotated[int, Meta(ge=0, le=MAX_ATTEMPT)]
 Capacity = Annotated[int, Meta(ge=1, le=MAX_CAPACITY)]
+Prefetch = Annotated[int, Meta(ge=0, le=MAX_PREFETCH)]
 Pid = Annotated[int, Meta(ge=0, le=MAX_PID)]
 ReplacedPid = Annotated[int, Meta(ge=1, le=MAX_PID)]
 HeartbeatIntervalMs = Annotated[int, Meta(ge=1, le=MAX_HEARTBEAT_INTERVAL_MS)]
 Liveness = Annotated[int, Meta(ge=1, le=MAX_LIVENESS)]
 DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
 Functions = Annotated[list[Name], Meta(min_length=1)]
+RetractIds = Annotated[list[Name], Meta(min_length=1, max_length=MAX_RETRACT)]
+RetractedIds = Annotated[list[Name], Meta(max_length=MAX_RETRACT)]
 
 # The same limits in seconds, as a TaskSpec holds them.
 QueueTimeout = Annotated[float, Meta(ge=0.001, le=MAX_QUEUE_TIMEOUT_MS / 1000)]

@@ -51,6 +51,8 @@ STATUS = b"STATUS"
 STATUS_REPLY = b"STATUS_REPLY"
 DLQ = b"DLQ"
 DLQ_REPLY = b"DLQ_REPLY"
+RETRACT = b"RETRACT"
+RETRACTED = b"RETRACTED"
 ERROR = b"ERROR"
 
 # DLQ operations.
@@ -103,6 +105,7 @@ class Register(Struct, frozen=True, gc=False):
     functions: tuple[str, ...]
     capacity: int
     replaces: Replaces | None = None
+    prefetch: int = 0  # tasks it will hold beyond `capacity`, not started yet
 
 
 class Registered(Struct, frozen=True, gc=False):
@@ -137,6 +140,19 @@ class Run(Struct, frozen=True, gc=False):
     args: bytes
     attempt: int = 1
     task_timeout: float | None = None  # seconds this attempt may run
+
+
+class Retract(Struct, frozen=True, gc=False):
+    """Give back these tasks unless they have started (protocol.md 3.15)."""
+
+    task_ids: tuple[str, ...]
+
+
+class Retracted(Struct, frozen=True, gc=False):
+    """The answer to one RETRACT: every task id it named, in one of two lists."""
+
+    returned: tuple[str, ...]  # given back: never started, and never will be here
+    started: tuple[str, ...]  # started, finished or unknown here: a RESULT answers each
 
 
 class Result(Struct, frozen=True, gc=False):
@@ -214,5 +230,7 @@ Message: TypeAlias = (
     | Dlq
     | DlqReply
     | Error
+    | Retract
+    | Retracted
     | Batch
 )

@@ -27,6 +27,9 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"REGISTER", b'{"name":"node-a.0","host":"worker1","pid":4243,"functions":["add"],'
                       b'"capacity":1,"replaces":{"pid":4242,'
                       b'"reason":"killed by signal 11 (SIGSEGV)"}}']),
+    (p.Register("node-a", "worker1", 4242, ("add", "multiply"), 1, None, 16),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,'
+                      b'"functions":["add","multiply"],"capacity":1,"prefetch":16}']),
     (p.Registered("node-1", 1.0, 3),
      [T, b"REGISTERED", b'{"node_id":"node-1","heartbeat_interval_ms":1000,"liveness":3}']),
     (p.Registered("node-2", 0.25, 5),
@@ -80,6 +83,9 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"DLQ_REPLY", b'{"replayed":["1234"],"missing":[]}']),
     (p.DlqReply({"dead_letter": {"task_id": "1234"}}, b"[5,10]"),
      [T, b"DLQ_REPLY", b'{"dead_letter":{"task_id":"1234"}}', b"[5,10]"]),
+    (p.Retract(("t-17", "t-16")), [T, b"RETRACT", b'{"task_ids":["t-17","t-16"]}']),
+    (p.Retracted(("t-17",), ("t-16",)),
+     [T, b"RETRACTED", b'{"returned":["t-17"],"started":["t-16"]}']),
     (p.Error("malformed", "bad header", "1234"),
      [T, b"ERROR", b'{"code":"malformed","message":"bad header","task_id":"1234"}']),
     (p.Error("too_large", "too big"),

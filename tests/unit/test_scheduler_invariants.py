@@ -27,7 +27,10 @@ class Simulation:
         self.core = Core(config, seed)  # retry jitter, reproducible; invariants every step
         self.sched = self.core.scheduler
         self.now = 0.0
-        self.running: dict[bytes, set[str]] = {}  # what each live node believes it runs
+        # What each live node was sent and has not answered, in order: it runs the first
+        # `capacity` and holds the rest (protocol.md 5.5).
+        self.running: dict[bytes, list[str]] = {}
+        self.retracts: dict[bytes, list[tuple[str, ...]]] = {}  # RETRACTs not answered yet
         self.registers: dict[bytes, p.Register] = {}  # what each node registered with
         # (requester, task id, lifetime): a replayed task lives again, and a requester of
         # its new lifetime is owed a new answer
@@ -65,7 +68,9 @@ class Simulation:
         for send in sends:
             msg = send.message
             if isinstance(msg, p.Run) and send.peer in self.running:
-                self.running[send.peer].add(msg.task_id)  # a dead node never sees it
+                self.running[send.peer].append(msg.task_id)  # a dead node never sees it
+            elif isinstance(msg, p.Retract) and send.peer in self.running:
+                self.retracts.setdefault(send.peer, []).append(msg.task_ids)
             elif isinstance(msg, p.TaskCompleted):
                 assert msg.result != FORGED, f"a forged RESULT answered {msg.task_id}"
                 # 127 too: refused at once, or at the end of the grace it was accepted in.
@@ -78,7 +83,7 @@ class Simulation:
         action = self.rng.choice(
             ["register", "submit", "submit", "submit", "result", "result", "heartbeat",
              "deregister", "tick", "tick", "resend", "resend_finished", "die", "restart",
-             "replay", "forge"]
+             "replay", "forge", "answer_retract"]
         )  # fmt: skip
         getattr(self, f"do_{action}")()
         self.fold_journal()
@@ -91,8 +96,9 @@ class Simulation:
         self.next_node += 1
         functions = tuple(self.rng.sample(FUNCTIONS, self.rng.randint(1, 3)))
         capacity = self.rng.randint(1, 3)
-        self.running[identity] = set()
-        register = p.Register(identity.decode(), "h", 1, functions, capacity)
+        prefetch = self.rng.choice((0, 0, 1, 3))
+        self.running[identity] = []
+        register = p.Register(identity.decode(), "h", 1, functions, capacity, None, prefetch)
         self.registers[identity] = register
         self.apply(identity, register)
 
@@ -105,9 +111,11 @@ class Simulation:
         self.running.pop(old_identity)
         identity = f"n{self.next_node}".encode()
         self.next_node += 1
-        self.running[identity] = set()
+        self.running[identity] = []
         gone = p.Replaces(old.pid, "killed by signal 9 (SIGKILL)")
-        register = p.Register(old.name, old.host, old.pid + 1000, old.functions, old.capacity, gone)
+        register = p.Register(
+            old.name, old.host, old.pid + 1000, old.functions, old.capacity, gone, old.prefetch
+        )
         self.registers[identity] = register
         self.apply(identity, register)
 
@@ -144,13 +152,31 @@ class Simulation:
             if self.sched.task_view(task_id) is not None:  # its answer expired: it runs anew
                 self.lifetime[task_id] += 1
 
+    def started(self, node: bytes) -> list[str]:
+        return self.running[node][: self.registers[node].capacity]
+
     def do_result(self) -> None:
         busy = [n for n, tasks in self.running.items() if tasks]
         if busy:
             node = self.rng.choice(busy)
-            task_id = self.rng.choice(sorted(self.running[node]))
-            self.running[node].discard(task_id)
+            task_id = self.rng.choice(sorted(self.started(node)))
+            self.running[node].remove(task_id)
             self.apply(node, p.Result(task_id, self.rng.choice((0, 1)), b"null"))
+
+    def do_answer_retract(self) -> None:
+        asked = [n for n, retracts in self.retracts.items() if retracts and n in self.running]
+        if asked:
+            self.answer_retract(self.rng.choice(asked))
+
+    def answer_retract(self, node: bytes) -> None:
+        """What the node has not started is given back; the rest it runs (or ran)."""
+        task_ids = self.retracts[node].pop(0)
+        started = set(self.started(node))
+        returned = [t for t in task_ids if t in self.running[node] and t not in started]
+        for task_id in returned:
+            self.running[node].remove(task_id)
+        others = tuple(t for t in task_ids if t not in returned)
+        self.apply(node, p.Retracted(tuple(returned), others))
 
     def do_forge(self) -> None:
         """A RESULT for a pending task from a peer that does not run it: a registered node
@@ -180,15 +206,18 @@ class Simulation:
 
     def finish(self) -> None:
         """Bring up a node for everything, let time pass, and answer every RUN."""
-        self.running[b"closer"] = set()
-        self.apply(b"closer", p.Register("closer", "h", 1, FUNCTIONS, 3))
+        self.running[b"closer"] = []
+        self.registers[b"closer"] = p.Register("closer", "h", 1, FUNCTIONS, 3)
+        self.apply(b"closer", self.registers[b"closer"])
         for _ in range(10_000):
             if not self.sched.pending():
                 return
             self.now += 0.5
             for node in self.live_nodes():
-                for task_id in sorted(self.running[node]):
-                    self.running[node].discard(task_id)
+                while self.retracts.get(node):
+                    self.answer_retract(node)
+                while self.running[node]:
+                    task_id = self.running[node].pop(0)
                     self.apply(node, p.Result(task_id, 0, b"null"))
                 self.apply(node, p.Heartbeat())
             self.absorb(self.core.tick(self.now))
