@@ -32,8 +32,11 @@ from broker.protocol import (
     Register,
     Registered,
     RemoteProtocolError,
+    Retract,
+    Retracted,
     Run,
     decode,
+    encode,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames
 from node import registry
@@ -42,10 +45,15 @@ from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import BrokerLink
 from node.overdue import OverdueTasks
 from node.slots import SlotHooks, open_slots
+from node.slots.threads import combine_results
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
+# Results of tasks run inline leave together: at most FLUSH_AFTER after the first of them
+# while more tasks run, and by FLUSH_BY (the inline watchdog sends them) should one run long.
+FLUSH_AFTER = 0.0002
+FLUSH_BY = 0.002
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
@@ -74,6 +82,9 @@ class NodeAgent:
         self._wake_fd = self._wake_r.fileno()
         self._wake = (self._wake_fd, POLLIN)
         self._replaces = config.replaces  # sent until the broker has answered a REGISTER
+        # RESULTs of tasks run inline, not sent yet (see FLUSH_AFTER), and when the first came.
+        self._pending: list[list[bytes]] = []
+        self._pending_since = 0.0
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -114,6 +125,8 @@ class NodeAgent:
 
     def _close(self) -> None:
         at_once = self._exit_code == 130
+        if self._link.socket is not None:
+            self._flush_pending()
         self._slots.close(wait=0.0 if at_once else 1.0)
         # Waits (at most the linger) for the last RESULTs and DEREGISTER to leave. Slot
         # threads own no socket, so one still inside a function does not hold it up.
@@ -128,11 +141,14 @@ class NodeAgent:
         # The wake-up socket first: finished slot-thread results leave before more RUNs
         # are taken in.
         waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
-        for item, _ in poll(waited_on, self._poll_wait_ms()):
+        wait_ms = 0 if self._slots.runnable else self._poll_wait_ms()
+        for item, _ in poll(waited_on, wait_ms):
             if item is sock and sock is not None:
                 self._drain_broker(sock)
             elif item == self._wake_fd:
                 self._on_wakeup()
+        if self._slots.runnable:
+            self._run_held()
         now = time.monotonic()
         if self._slots.next_deadline <= now:
             self._overdue.expire(now)
@@ -161,7 +177,7 @@ class NodeAgent:
                 link.retry()
         elif now - link.last_heard >= link.expiry:
             silent = now - link.last_heard
-            link.reconnect(f"broker at {link.url} silent for {silent:.1f} s")
+            self._reconnect(f"broker at {link.url} silent for {silent:.1f} s")
         elif link.unsent:
             link.flush()
         else:
@@ -178,9 +194,15 @@ class NodeAgent:
         self._exit_code = 0
 
     def _connect(self) -> None:
-        name, functions, capacity = self._config.name, self._functions, self._slots.capacity
+        config, host = self._config, socket.gethostname()
         register = Register(
-            name, socket.gethostname(), os.getpid(), functions, capacity, self._replaces
+            config.name,
+            host,
+            os.getpid(),
+            self._functions,
+            self._slots.capacity,
+            self._replaces,
+            config.prefetch,
         )
         self._link.connect(register)
 
@@ -204,9 +226,11 @@ class NodeAgent:
                 self._on_malformed(exc)
                 continue
             if type(msg) is Run:
-                self._on_run(msg)
+                self._slots.submit(msg)
             elif type(msg) is Batch:
                 self._on_runs(msg)
+            elif type(msg) is Retract:
+                self._on_retract(msg)
             else:
                 self._on_control(msg)
             if self._link.socket is not sock or not readable(sock):
@@ -224,7 +248,7 @@ class NodeAgent:
             self._on_registered(msg)
         elif isinstance(msg, Disconnect):
             reason = msg.reason or "no reason given"
-            link.reconnect(f"broker at {link.url} disconnected us ({reason})")
+            self._reconnect(f"broker at {link.url} disconnected us ({reason})")
         elif isinstance(msg, Error):
             self._on_error(msg)
         elif not isinstance(msg, Heartbeat):
@@ -232,7 +256,7 @@ class NodeAgent:
 
     def _on_error(self, msg: Error) -> None:
         if msg.code == ERR_NOT_REGISTERED:
-            self._link.reconnect(f"broker at {self._link.url} does not know us")
+            self._reconnect(f"broker at {self._link.url} does not know us")
         elif msg.code == ERR_NOT_HOLDER:
             # This process does not hold that attempt (any more): the broker ignored the
             # RESULT and the task goes on elsewhere; nothing here needs mending.
@@ -245,17 +269,50 @@ class NodeAgent:
         self._replaces = None  # the broker knows now; a later REGISTER is not a restart
         self._link.flush()
 
+    def _reconnect(self, why: str) -> None:
+        """Register again on a fresh socket. The tasks held unstarted are dropped: the broker
+        places them again when it forgets this registration (protocol.md 5.5)."""
+        dropped = self._slots.drop_held()
+        if dropped:
+            log.warning("dropping %d task(s) held unstarted: the broker places them again", dropped)
+        self._link.reconnect(why)
+
     def _on_runs(self, batch: Batch) -> None:
         for item in batch.items:
             if type(item) is Run:
-                self._on_run(item)
+                self._slots.submit(item)
             else:
                 self._on_malformed(ValueError(f"a batch from the broker holds {item!r}"))
 
-    def _on_run(self, run: Run) -> None:
-        done = self._slots.submit(run)
-        if done is not None:
-            self._link.send_result(done)
+    def _on_retract(self, msg: Retract) -> None:
+        """Give back what has not started; a RESULT finished before goes first."""
+        returned, started = self._slots.retract(msg.task_ids)
+        self._flush_pending()
+        self._link.send_in_order(encode(Retracted(tuple(returned), tuple(started))))
+
+    def _run_held(self) -> None:
+        """Run held tasks inline, oldest first, until none is left or a message waits; their
+        results leave together (FLUSH_AFTER, FLUSH_BY)."""
+        slots, link, pending = self._slots, self._link, self._pending
+        while slots.runnable:
+            if pending and time.monotonic() - self._pending_since >= FLUSH_AFTER:
+                self._flush_pending()
+            frames = slots.run_next(self._pending_since + FLUSH_BY if pending else math.inf)
+            if not pending:  # (the watchdog may have sent them meanwhile)
+                self._pending_since = time.monotonic()
+            pending.append(frames)
+            sock = link.socket
+            if sock is None or readable(sock) or self._life.asked:
+                break
+        if not slots.runnable:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        if pending:
+            for message in combine_results(pending):
+                self._link.send_in_order(message)
+            pending.clear()
 
     # ------------------------------------------------------------------ from the slots
 
@@ -265,8 +322,15 @@ class NodeAgent:
             self._wake_w.send(RESULTS_READY)
 
     def _keep_alive(self) -> None:
-        """Called by the inline watchdog, holding the socket, while a function runs."""
+        """Called by the inline watchdog, holding the socket, while a function runs: send
+        the results that wait, read the broker (a RETRACT is answered at once), and
+        heartbeat or deregister as the loop would."""
         link = self._link
+        if link.socket is None or not link.registered:
+            return
+        self._flush_pending()
+        if readable(link.socket):
+            self._drain_broker(link.socket)
         if link.socket is None or not link.registered:
             return
         if self._life.asked and not link.deregistered:
@@ -277,6 +341,7 @@ class NodeAgent:
     def _on_overdue_inline(self, run: Run) -> None:
         """Called by the inline watchdog, holding the socket, at the deadline of the task
         whose function the socket thread is in: answer for it and end the process."""
+        self._flush_pending()
         self._overdue.end_now([run])
 
     # ------------------------------------------------------------------ stopping
@@ -291,7 +356,7 @@ class NodeAgent:
                 self._on_stop_request()
         if RESULTS_READY[0] in data:
             for frames in self._slots.take_results():
-                self._link.send_result(frames)
+                self._link.send_in_order(frames)
 
     def _on_stop_request(self) -> None:
         if self._life.stop_requested():

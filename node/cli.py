@@ -10,11 +10,16 @@ from pathlib import Path
 
 import typer
 
-from broker.protocol import DEFAULT_BROKER_URL, DEFAULT_HEARTBEAT_INTERVAL, Replaces
+from broker.protocol import (
+    DEFAULT_BROKER_URL,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    MAX_PREFETCH,
+    Replaces,
+)
 from broker.protocol.version import package_version
 from node import supervision
 from node.agent import serve
-from node.config import NodeConfig, default_name
+from node.config import DEFAULT_PREFETCH, NodeConfig, default_name
 from node.registry import BUILTIN_SETS, NodeSetupError, resolve
 from node.supervisor import ChildOptions, Supervisor, die_with_parent
 
@@ -86,6 +91,16 @@ def run(
         help="Tasks each process runs at once, in threads: raise it for I/O-bound functions "
         "(capacity = concurrency x threads).",
     ),
+    prefetch: int = typer.Option(
+        DEFAULT_PREFETCH,
+        "--prefetch",
+        metavar="N",
+        min=0,
+        max=MAX_PREFETCH,
+        help="Tasks each process holds beyond the ones it runs, so that a finished task is "
+        "followed at once by the next instead of a round trip to the broker. Held tasks are "
+        "taken back when another node has a slot with nothing to do. 0 turns it off.",
+    ),
     name: str = typer.Option(
         None,
         "--name",
@@ -132,6 +147,7 @@ def run(
         broker_url=broker,
         concurrency=concurrency,
         threads=threads,
+        prefetch=prefetch,
         name=name or default_name(),
         heartbeat_interval=heartbeat_interval,
         parent_pid=parent_pid,

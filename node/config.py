@@ -13,6 +13,11 @@ from broker.protocol import (
     Replaces,
 )
 
+# Tasks a node process asks to hold beyond its slots (protocol.md 5.5): enough that a slot
+# that frees starts its next task while the broker sends more, small enough that few wait
+# behind a long task (and those are taken back for an idle slot elsewhere).
+DEFAULT_PREFETCH = 16
+
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -26,6 +31,7 @@ class NodeConfig:
     broker_url: str = DEFAULT_BROKER_URL
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes
     threads: int = 1  # slot threads per process: the capacity each process registers
+    prefetch: int = DEFAULT_PREFETCH  # tasks each process holds beyond its slots
     name: str = field(default_factory=default_name)
     # Used only until the broker's REGISTERED says otherwise.
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL

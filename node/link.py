@@ -90,8 +90,9 @@ class BrokerLink:
         """When a heartbeat may be due next (a while from now if one is overdue already)."""
         return max(self.last_sent + self.interval, time.monotonic() + self.interval / 4)
 
-    def send_result(self, frames: list[bytes]) -> None:
-        """Send a RESULT now if registered, else keep it (in order) until `flush()`."""
+    def send_in_order(self, frames: list[bytes]) -> None:
+        """Send a RESULT (or RETRACTED) now if registered, else keep it until `flush()`:
+        these leave in the order they were given, never before an earlier one."""
         if not self.registered or self.unsent or not self.send(frames):
             self.unsent.append(frames)
 

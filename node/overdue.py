@@ -71,7 +71,7 @@ class OverdueTasks:
             log.warning("%s; this node process restarts once its other tasks finish", reason)
             self._link.deregister()  # before the RESULT 124 frees a slot: no new RUN for it
         for run in late:
-            self._link.send_result(encode(overdue_result(run)))
+            self._link.send_in_order(encode(overdue_result(run)))
 
     def end_now(self, late: list[Run]) -> NoReturn:
         """Answer the tasks past their deadline and end the process, nothing else running
@@ -84,7 +84,7 @@ class OverdueTasks:
         log.warning("%s; this node process restarts to stop it", reason)
         self._link.deregister()
         for run in late:
-            self._link.send_result(encode(overdue_result(run)))
+            self._link.send_in_order(encode(overdue_result(run)))
         self._exit(reason, unanswered=0)
 
     def exit_if_restarting(self) -> None:

@@ -74,6 +74,7 @@ def _command(
     for function_set in config.function_sets:
         argv += ["--functions", function_set]
     argv += ["--broker", config.broker_url, "--threads", str(config.threads)]
+    argv += ["--prefetch", str(config.prefetch)]
     argv += ["--heartbeat-interval", str(config.heartbeat_interval)]
     argv += ["--log-level", options.log_level]
     if options.log_file:

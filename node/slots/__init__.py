@@ -1,18 +1,20 @@
 """The slots of a node process: where its functions run. One interface, two kinds.
 
 - `InlineSlot` (`--threads 1`, node/slots/inline.py): the socket thread runs the function
-  itself, with no hand-off per task (the fastest path); a watchdog thread keeps the link
-  alive meanwhile and ends the process when a task passes its task timeout.
+  itself (`run_next`), with no hand-off per task (the fastest path); a watchdog thread keeps
+  the link alive meanwhile and ends the process when a task passes its task timeout.
 - `ThreadSlots` (`--threads T`, T > 1, node/slots/threads.py): T slot threads beside the
   socket thread; their results come back through `take_results()` after `results_ready`.
 
-The agent uses either through `Slots` and never asks which kind it has; `open_slots` is the
-one place that chooses.
+Both hold the tasks sent beyond their slots (the prefetch window, protocol.md 5.5) and
+start them in the order they came; `retract` gives back those not started. The agent uses
+either through `Slots` and never asks which kind it has; `open_slots` is the one place that
+chooses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +35,17 @@ class Slots(Protocol):
 
     @property
     def busy(self) -> int:
-        """Tasks running or waiting for a slot, not counting those answered already."""
+        """Tasks running or held, not counting those answered already."""
+        ...
+
+    @property
+    def held(self) -> int:
+        """Tasks held: not started yet."""
+        ...
+
+    @property
+    def runnable(self) -> bool:
+        """Whether a held task waits for the socket thread to run it (`run_next`)."""
         ...
 
     @property
@@ -43,9 +55,23 @@ class Slots(Protocol):
 
     def start(self) -> None: ...
 
-    def submit(self, run: Run) -> list[bytes] | None:
-        """Run a task: its RESULT frames if it finished at once, else None (its result comes
-        later from `take_results`)."""
+    def submit(self, run: Run) -> None:
+        """Take a task: start it in a free slot, or hold it behind those held already."""
+        ...
+
+    def run_next(self, flush_at: float) -> list[bytes]:
+        """Run the oldest held task in the socket thread (only while `runnable`); its RESULT
+        frames. `flush_at`: when results the caller holds back must leave, should the task
+        run long."""
+        ...
+
+    def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Give back the held tasks among `task_ids`: (returned, the others), each in the
+        order asked. A returned task is forgotten here."""
+        ...
+
+    def drop_held(self) -> int:
+        """Forget every held task (the broker places them again); how many there were."""
         ...
 
     def take_results(self) -> list[list[bytes]]:
@@ -73,9 +99,10 @@ class SlotHooks:
 
     # From a slot thread: results are waiting in `take_results()`.
     results_ready: Callable[[], None]
-    # From the inline watchdog, holding the socket while a function runs: heartbeat or
-    # deregister as the loop would; when that is due next; and a task that passed its task
-    # timeout, which the function running inline cannot be stopped for (ends the process).
+    # From the inline watchdog, holding the socket while a function runs: send what waits,
+    # read the broker, heartbeat or deregister as the loop would; when a heartbeat is due
+    # next; and a task that passed its task timeout, which the function running inline
+    # cannot be stopped for (ends the process).
     keep_alive: Callable[[], None]
     next_heartbeat: Callable[[], float]
     overdue: Callable[[Run], None]

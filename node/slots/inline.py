@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run, result_frames
 from node import runner
@@ -22,9 +22,15 @@ class InlineSlot:
     thread touches it at a time. So heartbeats keep flowing and a stop signal deregisters at
     once even during a long CPU-bound call, and a task's task timeout is enforced.
 
-    The watchdog sleeps until the next heartbeat would be due or the running task's deadline
-    passes, whichever comes first. A task without a task timeout does not wake it; a task
-    with one wakes it only when its deadline comes before the watchdog's next wake-up anyway.
+    The tasks the broker sends wait in `held` (the prefetch window, protocol.md 5.5) until
+    the socket thread runs them, oldest first (`run_next`); `retract` gives back those not
+    started yet.
+
+    The watchdog sleeps until the next heartbeat would be due, the running task's deadline
+    passes, or results finished earlier are due to leave (`run_next`'s `flush_at`), whichever
+    comes first; while the slot holds tasks it also looks every HELD_POLL seconds, so that a
+    RETRACT is answered during a long call. A task without a task timeout does not wake it; a
+    task with one wakes it only when its deadline comes before its next wake-up anyway.
 
     The watchdog itself acts on a task past its task timeout (`on_overdue`, which ends the
     process): the socket thread is inside that task's function, so the loop cannot. Hence
@@ -33,6 +39,7 @@ class InlineSlot:
 
     capacity = 1
     next_deadline = math.inf
+    HELD_POLL = 0.05  # seconds between looks at the socket while a call runs and tasks wait
 
     def __init__(
         self,
@@ -53,20 +60,52 @@ class InlineSlot:
         # sleeps until about when the next one's deadline will be (no wake-up per task).
         self._deadline = math.inf
         self._wake_at = -math.inf  # when the watchdog wakes by itself next
+        self._flush_at = math.inf  # when results finished before the running task must leave
+        self._poked = False  # a stop was requested: act now
+        self._held: dict[str, Run] = {}  # tasks waiting for the slot, oldest first
         self._wake = threading.Event()
         self._stopped = False
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
 
     @property
     def busy(self) -> int:
-        return 0 if self._running is None else 1
+        return len(self._held) + (0 if self._running is None else 1)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def runnable(self) -> bool:
+        return bool(self._held)
 
     def start(self) -> None:
         self.lock.acquire()
         self._watchdog.start()
 
-    def submit(self, run: Run) -> list[bytes]:
-        """Run one task now; its RESULT frames."""
+    def submit(self, run: Run) -> None:
+        """Hold a task until `run_next` runs it."""
+        self._held[run.task_id] = run
+
+    def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        held = self._held
+        returned = [task_id for task_id in task_ids if held.pop(task_id, None) is not None]
+        given = set(returned)
+        return returned, [task_id for task_id in task_ids if task_id not in given]
+
+    def drop_held(self) -> int:
+        count = len(self._held)
+        self._held.clear()
+        return count
+
+    def run_next(self, flush_at: float = math.inf) -> list[bytes]:
+        """Run the oldest held task now; its RESULT frames. `flush_at`: when results the
+        caller still holds must leave, should this task run long (the watchdog sees to it)."""
+        held = self._held
+        run = held.pop(next(iter(held)))
+        self._flush_at = flush_at
+        if flush_at < self._wake_at or (held and self._wake_at - time.monotonic() > self.HELD_POLL):
+            self._wake.set()
         if run.task_timeout is None:
             self._running = run
         else:
@@ -85,13 +124,14 @@ class InlineSlot:
         )
 
     def take_results(self) -> list[list[bytes]]:
-        return []  # every result is given by `submit`
+        return []  # every result is given by `run_next`
 
     def expire(self, now: float) -> list[Run]:
         return []  # the watchdog acts on a task past its task timeout
 
     def poke(self) -> None:
         """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
+        self._poked = True
         self._wake.set()
 
     def close(self, wait: float) -> None:
@@ -107,19 +147,25 @@ class InlineSlot:
             # and wakes us, so its deadline cannot be missed.
             self._wake_at = math.inf
             self._wake_at = wake_at = min(self._next_due(), self._next_heartbeat())
-            self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            woken = self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
-            if not self._stopped:
+            # Woken early, it acts only if poked or its time came anyway; else it was woken
+            # to move its alarm sooner (a deadline, results to send), and loops to do so.
+            if not self._stopped and (not woken or self._poked or time.monotonic() >= wake_at):
+                self._poked = False
                 self._check()
 
     def _next_due(self) -> float:
         now = time.monotonic()
+        due = self._flush_at
+        if self._held:
+            due = min(due, now + self.HELD_POLL)
         deadline = self._deadline
         if deadline > now:
-            return deadline
-        running = self._running  # read after the deadline: see submit()
+            return min(due, deadline)
+        running = self._running  # read after the deadline: see run_next()
         timed = running is not None and running.task_timeout is not None
-        return now if timed else math.inf  # passed: act now if it is the running task's
+        return now if timed else due  # passed: act now if it is the running task's
 
     def _check(self) -> None:
         running = self._running
@@ -132,6 +178,7 @@ class InlineSlot:
                 self._deadline = math.inf  # once, should the callback ever return
                 self._on_overdue(running)  # answers 124 and ends the process
             else:
+                self._flush_at = math.inf  # `keep_alive` sends what waits
                 self._keep_alive()
         finally:
             self.lock.release()

@@ -15,11 +15,12 @@ thread, no frames copied through inproc).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run, batches, result_frames
 from node import runner
@@ -69,7 +70,7 @@ class ThreadSlots:
         ]
         self.running: set[str] = set()  # task ids handed to a slot and not yet answered
         self._abandoned: set[str] = set()  # answered already (overdue), thread still inside
-        self._backlog: deque[Run] = deque()  # RUNs that found no free slot
+        self._backlog: deque[Run] = deque()  # RUNs held until a slot frees (prefetch)
         self._deadlines = TaskDeadlines()  # of the running tasks that have a task timeout
 
     @property
@@ -86,6 +87,12 @@ class ThreadSlots:
         return len(self.running) + len(self._backlog)
 
     @property
+    def held(self) -> int:
+        return len(self._backlog)
+
+    runnable = False  # the slot threads run every task
+
+    @property
     def next_deadline(self) -> float:
         return self._deadlines.next_due
 
@@ -94,18 +101,28 @@ class ThreadSlots:
             thread.start()
 
     def submit(self, run: Run) -> None:
-        """Start the task in a free slot, or hold it until one frees up; its result comes
-        from `take_results`."""
+        """Start the task in a free slot, or hold it until one frees up (in order); its
+        result comes from `take_results`."""
         if self._backlog or not self.free_count:
-            if not self._backlog:  # once per backlog, not per task
-                log.warning(
-                    "no free slot for task %s (a slot is restarting, or the broker sent more "
-                    "than the capacity): holding tasks until slots free up",
-                    run.task_id,
-                )
             self._backlog.append(run)
         else:
             self._start(run)
+
+    def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        wanted = set(task_ids)
+        kept = deque(run for run in self._backlog if run.task_id not in wanted)
+        given = {run.task_id for run in self._backlog} - {run.task_id for run in kept}
+        self._backlog = kept
+        returned = [task_id for task_id in task_ids if task_id in given]
+        return returned, [task_id for task_id in task_ids if task_id not in given]
+
+    def drop_held(self) -> int:
+        count = len(self._backlog)
+        self._backlog.clear()
+        return count
+
+    def run_next(self, flush_at: float = math.inf) -> list[bytes]:
+        raise AssertionError("slot threads run their tasks themselves: nothing is runnable")
 
     def _start(self, run: Run) -> None:
         self.running.add(run.task_id)

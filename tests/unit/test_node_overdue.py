@@ -51,7 +51,7 @@ class RecordingLink:
     def deregister(self) -> None:
         self.done.append("DEREGISTER")
 
-    def send_result(self, frames: list[bytes]) -> None:
+    def send_in_order(self, frames: list[bytes]) -> None:
         self.done.append(decode(frames))
 
     def close(self, clean: bool) -> None:

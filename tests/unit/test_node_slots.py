@@ -100,11 +100,11 @@ def test_both_kinds_run_tasks_and_echo_the_attempt(threads: int) -> None:
     slots = open_slots(FUNCTIONS, threads, hooks.slot_hooks())
     slots.start()
     assert (slots.capacity, slots.busy, slots.next_deadline) == (threads, 0, math.inf)
-    done = slots.submit(run("a", "echo", 7, attempt=3))
-    if done is None:  # it runs in a slot thread: its result comes when announced
+    slots.submit(run("a", "echo", 7, attempt=3))
+    if not slots.runnable:  # it runs in a slot thread: its result comes when announced
         got: object = collect(slots, hooks.woken, 1)["a"]
     else:
-        got = decode(done)
+        got = decode(slots.run_next(math.inf))
         assert slots.take_results() == []
     assert got == Result("a", 0, b"7", None, attempt=3)
     assert slots.busy == 0 and slots.expire(time.monotonic() + 3600) == []
@@ -147,6 +147,36 @@ def test_thread_slots_expire_an_overdue_task_and_drop_its_late_result() -> None:
     slots.close(wait=1.0)
 
 
+@pytest.mark.parametrize("threads", [1, 2], ids=["inline", "threads"])
+def test_held_tasks_run_in_order_and_a_retract_gives_back_those_not_started(
+    threads: int,
+) -> None:
+    hooks = Hooks()
+    slots = open_slots(FUNCTIONS, threads, hooks.slot_hooks())
+    slots.start()
+    for task_id in ("a", "b", "c", "d"):
+        slots.submit(run(task_id, "echo", 1))
+    held = 4 if threads == 1 else 2  # slot threads start the first two at once
+    assert slots.held == held and slots.busy == 4
+    returned, started = slots.retract(("d", "a", "x"))
+    if threads == 1:  # nothing started yet: the socket thread runs them one by one
+        assert (returned, started, slots.held) == (["d", "a"], ["x"], 2)
+        order = [decode(slots.run_next(math.inf)) for _ in range(2)]
+        assert [r.task_id for r in order] == ["b", "c"] and not slots.runnable  # type: ignore[union-attr]
+    else:  # "a" started in a slot thread
+        assert (returned, started, slots.held) == (["d"], ["a", "x"], 1)
+        assert sorted(collect(slots, hooks.woken, 3)) == ["a", "b", "c"]
+    assert slots.busy == 0 and slots.drop_held() == 0
+    slots.close(wait=1.0)
+
+
+def test_dropping_held_tasks_forgets_them() -> None:
+    slot = InlineSlot(FUNCTIONS, lambda: None, lambda: math.inf, lambda run: None)
+    for task_id in ("a", "b"):
+        slot.submit(run(task_id))
+    assert slot.drop_held() == 2 and slot.busy == 0 and not slot.runnable
+
+
 def watched(hooks: Hooks) -> InlineSlot:
     """An InlineSlot with recording hooks, started as the agent starts it."""
     slot = InlineSlot(FUNCTIONS, hooks.keep_alive, hooks.next_heartbeat, hooks.on_overdue)
@@ -158,7 +188,7 @@ def test_inline_watchdog_acts_on_a_task_at_its_deadline() -> None:
     hooks = Hooks(heartbeat_in=60.0)
     slot = watched(hooks)
     started = time.monotonic()
-    frames = slot.submit(run("late", task_timeout=0.2, attempt=2))
+    frames = at_once(slot, run("late", task_timeout=0.2, attempt=2))
     [(at, msg)] = hooks.overdue
     assert msg.task_id == "late" and 0.2 <= at - started < 0.4
     # The hook would have ended the process; here it let the call return.
@@ -172,12 +202,12 @@ def test_inline_watchdog_wakes_only_for_a_deadline_sooner_than_its_own() -> None
     wait_until(lambda: hooks.looks, 2)
     looks = hooks.looks
     threading.Timer(0.3, RELEASE.set).start()
-    slot.submit(run("untimed"))
+    at_once(slot, run("untimed"))
     for _ in range(1000):
-        slot.submit(run("quick", "echo", 1, task_timeout=30.0))  # after its next heartbeat
+        at_once(slot, run("quick", "echo", 1, task_timeout=30.0))  # after its next heartbeat
     assert hooks.looks == looks, "the watchdog woke for tasks that did not need it"
     for _ in range(1000):
-        slot.submit(run("short", "echo", 1, task_timeout=2.0))
+        at_once(slot, run("short", "echo", 1, task_timeout=2.0))
     # Sooner than its alarm: it wakes to move the alarm to about 2 s from now, which the
     # later tasks' deadlines do not beat. (Not exactly once: on a busy machine the OS may
     # pause the watchdog while it computes its alarm, and a task started then wakes it.)
@@ -191,7 +221,7 @@ def test_inline_watchdog_keeps_the_link_alive_during_a_long_call() -> None:
     hooks = Hooks(heartbeat_in=0.05)
     slot = watched(hooks)
     threading.Timer(0.4, RELEASE.set).start()
-    slot.submit(run("long"))
+    at_once(slot, run("long"))
     assert 3 <= len(hooks.kept_alive) <= 12
     assert hooks.overdue == []
     slot.close(wait=1.0)
@@ -208,8 +238,28 @@ def test_a_poke_makes_the_inline_watchdog_act_during_a_call() -> None:
 
     threading.Timer(0.1, poke_then_release).start()
     started = time.monotonic()
-    slot.submit(run("long"))
+    at_once(slot, run("long"))
     # It acted during the call (the agent's keep_alive deregisters when a stop was asked).
     [at] = hooks.kept_alive
     assert at - started >= 0.1
     slot.close(wait=1.0)
+
+
+def test_the_inline_watchdog_sends_waiting_results_when_a_long_call_follows() -> None:
+    """Results of short tasks wait to leave together; a long task after them must not hold
+    them back: by `flush_at` the watchdog acts (the agent's keep_alive sends them)."""
+    hooks = Hooks(heartbeat_in=60.0)
+    slot = watched(hooks)
+    threading.Timer(0.5, RELEASE.set).start()
+    slot.submit(run("long"))
+    started = time.monotonic()
+    slot.run_next(started + 0.05)
+    [at] = hooks.kept_alive[:1]
+    assert 0.04 <= at - started < 0.4
+    slot.close(wait=1.0)
+
+
+def at_once(slot: InlineSlot, task: Run) -> list[bytes]:
+    """Hold `task` and run it now, as the agent's loop does; its RESULT frames."""
+    slot.submit(task)
+    return slot.run_next(math.inf)
