@@ -1,5 +1,11 @@
-"""TaskQueue: tasks waiting for a free slot, per function, highest priority first, FIFO
-within a priority (by submission order, which a requeued task keeps).
+"""TaskQueue: tasks waiting for a free slot, per function, highest priority first; within a
+priority, submitters take turns (protocol.md 5.1, fair shares).
+
+Turns are start-time fair queuing: each task gets a tag when it is accepted, one more than
+the larger of its submitter's last tag at that priority and the tag of the last task started
+at that priority (`started`). Tasks are served by tag, so a submitter with a million tasks
+queued and one who sends ten get alternate turns from then on, and a submitter alone is
+served first-in first-out. A requeued task keeps its tag, so it keeps its place.
 
 A task leaves the queue either from its top (`pop_for`) or from anywhere (`discard`: it
 expired, or was answered by a late result). A discarded entry stays in its heap, marked
@@ -14,7 +20,9 @@ from collections.abc import Callable, Iterator, Set
 
 from broker.core.tasks import Task
 
-Entry = tuple[int, int, int, Task]  # (-priority, seq, stamp, task); the stamp is unique
+Entry = tuple[int, int, int, Task]  # (-priority, tag, stamp, task); the stamp is unique
+PRIORITIES = 10  # 0..9
+FORGET_TAGS_PAST = 10_000  # submitters remembered before those that no longer matter go
 
 
 class _Heap:
@@ -36,11 +44,31 @@ class TaskQueue:
         self._heaps: dict[str, _Heap] = {}  # only functions with live entries
         self.size = 0  # tasks queued (read it; only the queue changes it)
         self._stamp = 0
+        self._served = [0] * PRIORITIES  # by priority: the tag of the last task started
+        self._last: dict[tuple[bytes, int], int] = {}  # (submitter, priority) -> last tag
         # Whether a task for a function is queued: the dict's own method (a C call).
         self.has: Callable[[str], bool] = self._heaps.__contains__
 
     def __len__(self) -> int:
         return self.size
+
+    def tag(self, task: Task, submitter: bytes) -> None:
+        """Give a newly accepted task its turn among its priority's submitters."""
+        priority = task.spec.priority
+        key = (submitter, priority)
+        last = self._last
+        tag = max(self._served[priority], last.get(key, 0)) + 1
+        last[key] = task.fair_tag = tag
+        if len(last) > FORGET_TAGS_PAST:
+            served = self._served
+            self._last = {k: t for k, t in last.items() if t > served[k[1]]}
+
+    def started(self, task: Task) -> None:
+        """A task started (from the queue or at once): its priority's turn moves on."""
+        served = self._served
+        priority = task.spec.priority
+        if task.fair_tag > served[priority]:
+            served[priority] = task.fair_tag
 
     def push(self, task: Task) -> None:
         heap = self._heaps.get(task.spec.function)
@@ -48,12 +76,12 @@ class TaskQueue:
             heap = self._heaps[task.spec.function] = _Heap()
         self._stamp += 1
         task.queue_stamp = self._stamp
-        heapq.heappush(heap.entries, (-task.spec.priority, task.seq, self._stamp, task))
+        heapq.heappush(heap.entries, (-task.spec.priority, task.fair_tag, self._stamp, task))
         heap.live += 1
         self.size += 1
 
     def pop_for(self, functions: Set[str]) -> Task | None:
-        """The first task, by priority then age, whose function is in `functions`."""
+        """The first task, by priority then turn, whose function is in `functions`."""
         best: Entry | None = None
         if len(self._heaps) < len(functions):
             candidates = [h for f, h in self._heaps.items() if f in functions]

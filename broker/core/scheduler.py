@@ -85,6 +85,7 @@ from broker.protocol import (
     EXIT_TIMEOUT,
     EXIT_UNKNOWN_FUNCTION,
     EXIT_WORKER_CRASHED,
+    MAX_RETRACT,
     RESULT,
     Batch,
     Deregister,
@@ -372,7 +373,7 @@ class Scheduler:
         for pending in event.pending:
             task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
             task.attempt = pending.attempts
-            commands += self._admit(task, now)
+            commands += self._admit(task, b"", now)  # their submitters are unknown now
         self._seq = max(self._seq, event.next_seq)
         if event.pending:
             self._counters["restored"] += len(event.pending)
@@ -382,10 +383,16 @@ class Scheduler:
         return commands
 
     def _on_stop_requested(self, event: StopRequested, now: float) -> list[Command]:
-        if self._accepting:
-            self._accepting = False
-            log.info("stopping: no new tasks; %d running may finish", self.running())
-        return []
+        """Start nothing more: running tasks may finish, held ones are asked back (they stay
+        queued, in the store, for the next broker)."""
+        if not self._accepting:
+            return []
+        self._accepting = False
+        log.info("stopping: no new tasks; %d running may finish", self.running())
+        commands: list[Command] = []
+        for node in self._pool.nodes.values():
+            commands += self._take_back_all(node)
+        return commands
 
     def _on_stopped(self, event: Stopped, now: float) -> list[Command]:
         bye = Disconnect("broker shutting down")
@@ -431,7 +438,7 @@ class Scheduler:
         task = Task(spec, self._seq, now, [peer], retries, limit)
         if grace is not None:
             grace.held.append(task)
-        commands = self._admit(task, now)
+        commands = self._admit(task, peer, now)
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
@@ -488,7 +495,7 @@ class Scheduler:
             self._counters["replayed"] += 1
             self._seq += 1
             task = self._new_task(entry.spec, self._seq, now, [])
-            commands += self._admit(task, now)
+            commands += self._admit(task, peer, now)
             if self._journal:
                 commands += [j.ForgetDeadLetter(tid), j.ForgetAnswer(tid)]
                 commands.append(j.SaveTask(entry.spec, task.seq, now))
@@ -555,7 +562,18 @@ class Scheduler:
         )
         if not node.active:
             self._remove_node(node)
-        return []
+            return []
+        return self._take_back_all(node)  # what it holds runs elsewhere, not behind its last
+
+    def _take_back_all(self, node: Node) -> list[Command]:
+        """Ask `node` for every task it holds unstarted."""
+        if not node.held:
+            return []
+        task_ids = self._pool.retract(node, node.functions, len(node.held))
+        return [
+            Send(node.identity, Retract(tuple(task_ids[i : i + MAX_RETRACT])))
+            for i in range(0, len(task_ids), MAX_RETRACT)
+        ]
 
     def _on_heartbeat(
         self, peer: bytes, node: Node | None, msg: Heartbeat, now: float
@@ -756,9 +774,11 @@ class Scheduler:
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
         return Task(spec, seq, submitted_at, requesters, retries, limit)
 
-    def _admit(self, task: Task, now: float) -> list[Command]:
-        """Take a new (or replayed, or restored) task: start it or queue it."""
+    def _admit(self, task: Task, submitter: bytes, now: float) -> list[Command]:
+        """Take a new (or replayed, or restored) task: start it or queue it, in its turn
+        among its priority's submitters."""
         self._tasks.add(task)
+        self._queue.tag(task, submitter)
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -774,6 +794,7 @@ class Scheduler:
         """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
         task.attempt += 1
         task.holder = node.identity
+        self._queue.started(task)
         spec = task.spec
         node.last_sent = now
         task_timeout = task.task_timeout
@@ -835,7 +856,7 @@ class Scheduler:
         for victim in self._pool.holders(thief.functions):
             if victim is thief:
                 continue
-            most = min(max(1, len(victim.held) // 2), thief.free)
+            most = min(max(1, len(victim.held) // 2), thief.free, MAX_RETRACT)
             task_ids = self._pool.retract(victim, thief.functions, most)
             if task_ids:
                 self._counters["retracts_sent"] += 1

@@ -99,6 +99,7 @@ class Task(Struct, eq=False):
     holder: bytes | None = None  # the node running (or holding) the current attempt
     timer: int = 0  # see broker.core.timers
     queue_stamp: int = 0  # see broker.core.queues
+    fair_tag: int = 0  # its turn among its priority's submitters, see broker.core.queues
     lost: list[LostAttempt] | None = None
     expiring: bool = False  # HELD, asked back because its queue timeout passed
 

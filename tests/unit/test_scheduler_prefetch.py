@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
-from broker.core.events import Send
+from broker.core.events import Send, StopRequested
 from tests.unit.core import Core, completed, execute, ok, runs
 
 CLIENT = b"client-1"
@@ -117,3 +117,13 @@ def test_a_result_for_a_task_counted_as_held_is_its_answer() -> None:
     answers = completed(core.handle(b"a", p.Batch((ok("t1"), ok("t0"))), 0.2))
     assert sorted(c.task_id for c in answers) == ["t0", "t1"]
     assert core.node("a")["active"] == 0
+
+
+def test_a_stopping_broker_asks_for_held_tasks_back_and_keeps_them_queued() -> None:
+    core = Core()
+    core.handle(b"a", node("a", prefetch=2), 0.0)
+    for i in range(3):
+        core.handle(CLIENT, execute(f"t{i}"), 0.1)
+    assert retracts(core.event(StopRequested(), 0.2)) == [(b"a", ("t2", "t1"))]
+    assert runs(core.handle(b"a", p.Retracted(("t2", "t1"), ()), 0.3)) == []
+    assert core.queued() == 2 and core.status()["running"] == 1
