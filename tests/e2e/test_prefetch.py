@@ -3,6 +3,7 @@ real processes: nodes started as users start them (default prefetch)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -98,3 +99,23 @@ def test_sequential_tasks_spread_over_idle_nodes(cluster: Cluster) -> None:
             assert client.execute("add", i, 1) == i + 1
     done = [node["completed"] for node in cluster.status()["nodes"]]
     assert sum(done) == 100 and min(done) >= 30, done
+
+
+def test_a_client_is_answered_while_another_floods_the_queue(cluster: Cluster) -> None:
+    """Submitters of one priority take turns (protocol.md 5.1): 2,000 tasks of 10 ms queued
+    by one client (20 s of work) do not keep another client's calls waiting."""
+    cluster.start_broker()
+    node = cluster.start_node(functions="math")
+    cluster.wait_nodes("node0")
+    out: dict[str, Any] = {}
+    with Client(cluster.url, timeout=60) as flood, Client(cluster.url, timeout=10) as other:
+        flood_map = functools.partial(flood.map, window=2000)
+        flooding = in_thread(out, "flood", flood_map, "sleep", [(0.01,)] * 2000)
+        wait_until(lambda: cluster.status()["queued"] > 1000, 10, alive=[node], what="a flood")
+        for i in range(3):
+            started = time.monotonic()
+            assert other.execute("add", i, 1) == i + 1
+            took = time.monotonic() - started
+            assert took < 2.0, f"call {i} of the other client took {took:.2f} s"
+        assert flooding.is_alive(), "the flood ended first: the test measured nothing"
+        assert cluster.status()["queued"] > 500
