@@ -168,6 +168,10 @@ class InlineSlot:
         return now if timed else due  # passed: act now if it is the running task's
 
     def _check(self) -> None:
+        # Results waiting are sent now, or by the socket thread if it is not inside a
+        # function (it sends them before the next task or when none is left): either way
+        # this flush time is dealt with, and must not wake the watchdog again.
+        self._flush_at = math.inf
         running = self._running
         if running is None or not self.lock.acquire(blocking=False):
             return  # no function running: the socket thread does it all
@@ -178,7 +182,6 @@ class InlineSlot:
                 self._deadline = math.inf  # once, should the callback ever return
                 self._on_overdue(running)  # answers 124 and ends the process
             else:
-                self._flush_at = math.inf  # `keep_alive` sends what waits
-                self._keep_alive()
+                self._keep_alive()  # sends the results that wait, among other things
         finally:
             self.lock.release()
