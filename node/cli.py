@@ -97,8 +97,9 @@ def run(
         metavar="N",
         min=0,
         max=MAX_PREFETCH,
-        help="Tasks each process holds beyond the ones it runs, so that a finished task is "
-        "followed at once by the next instead of a round trip to the broker. Held tasks are "
+        help="Tasks each process may hold beyond the ones it runs, so that a finished task is "
+        "followed at once by the next instead of a round trip to the broker (the broker "
+        "sends about 10 ms of work of them, one task when tasks run long). Held tasks are "
         "taken back when another node has a slot with nothing to do. 0 turns it off.",
     ),
     name: str = typer.Option(

@@ -14,9 +14,10 @@ from broker.protocol import (
 )
 
 # Tasks a node process asks to hold beyond its slots (protocol.md 5.5): enough that a slot
-# that frees starts its next task while the broker sends more, small enough that few wait
-# behind a long task (and those are taken back for an idle slot elsewhere).
-DEFAULT_PREFETCH = 16
+# that frees starts its next short task while the broker sends more. The broker lets it
+# hold about 10 ms of work of these (one task, when they run long), and takes held tasks
+# back for a slot idle elsewhere.
+DEFAULT_PREFETCH = 64
 
 
 def default_name() -> str:

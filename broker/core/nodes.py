@@ -1,7 +1,9 @@
 """NodePool: the registered nodes, their slots, and which node takes the next task.
 
-A node takes tasks up to its window: `capacity` slots, plus `prefetch` tasks it holds
-unstarted (protocol.md 5.5). A node runs what it holds in the order it got it, starting one
+A node takes tasks up to its window: `capacity` slots, plus up to `prefetch` tasks it holds
+unstarted (protocol.md 5.5): as many as make about HELD_WORK seconds of work at its recent
+run time per task, at least one, so that short tasks stream and few long ones wait behind
+each other. A node runs what it holds in the order it got it, starting one
 whenever a slot frees, so the pool knows which tasks have started without being told: the
 oldest `capacity` (`Node.held` lists the others, oldest first). Tasks asked back (RETRACT)
 wait in `Node.retracting` for the node's answer.
@@ -27,6 +29,10 @@ from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
 from broker.core.tasks import ProcessKey
 from broker.protocol import Register
 
+HELD_WORK = 0.01  # seconds of work a node holds beyond its slots, at most `prefetch` tasks
+FIRST_RUN_TIME = 1.0  # seconds per task assumed until a node has answered: hold little
+RUN_TIME_WEIGHT = 0.2  # of the newest task in the moving average of run times
+
 
 class Node:
     """A registered node (one DEALER connection of one node process)."""
@@ -46,6 +52,7 @@ class Node:
         "pid",
         "prefetch",
         "retracting",
+        "run_time",
         "timer",
         "version",
         "window",
@@ -56,8 +63,9 @@ class Node:
         self.name, self.host, self.pid = register.name, register.host, register.pid
         self.functions = frozenset(register.functions)
         self.capacity = register.capacity
-        self.prefetch = prefetch  # tasks it holds beyond its slots (REGISTER's, capped)
-        self.window = register.capacity + prefetch  # RUNs it may have without RESULT
+        self.prefetch = prefetch  # tasks it may hold beyond its slots (REGISTER's, capped)
+        self.run_time = FIRST_RUN_TIME  # moving average of its tasks' run times, seconds
+        self.window = register.capacity + min(prefetch, 1)  # RUNs it may have without RESULT
         self.last_seen = now  # when the broker last heard from it
         self.last_sent = now  # when the broker last sent it anything
         self.active: set[str] = set()  # task ids of the attempts it holds: all of them
@@ -287,6 +295,9 @@ class NodePool:
             self._unhold(node, function)
         node.retracting.discard(task_id)
         node.completed += 1
+        if node.prefetch:
+            work = node.capacity * HELD_WORK / node.run_time
+            node.window = node.capacity + min(node.prefetch, max(1, int(work)))
         self._changed(node)
         return True
 
@@ -389,7 +400,8 @@ class NodePool:
         self._check_held()
         for identity in taking:
             node = self.nodes[identity]
-            assert 0 <= len(node.active) <= node.window, f"{node.name} over its window"
+            most = node.capacity + node.prefetch  # its window shrinks as its tasks slow
+            assert 0 <= len(node.active) <= most, f"{node.name} over its window"
             if self.strategy == ROUND_ROBIN:
                 for function in node.functions:
                     assert identity in self._rings[function], f"{node.name} missing from ring"

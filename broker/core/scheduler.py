@@ -55,7 +55,7 @@ from broker.core.events import (
     Undecodable,
 )
 from broker.core.graces import Grace, Graces
-from broker.core.nodes import Node, NodePool
+from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache
 from broker.core.status import sampled, status_body
@@ -595,6 +595,8 @@ class Scheduler:
                     self._pool.start_held(holder, msg.task_id)
                     task.expiring = False
                     self._tasks.move(task, RUNNING)
+                    task.started_at = now
+                holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
@@ -800,6 +802,7 @@ class Scheduler:
         task_timeout = task.task_timeout
         if self._pool.assign(node, spec.task_id, spec.function):
             self._tasks.move(task, RUNNING)
+            task.started_at = now
             if task_timeout is not None:
                 self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
             elif task.timer:
@@ -905,6 +908,7 @@ class Scheduler:
     def _promote_one(self, task: Task, now: float) -> None:
         """A task its node held has started: its task timeout runs from now."""
         self._tasks.move(task, RUNNING)
+        task.started_at = now
         task.expiring = False
         if task.task_timeout is not None:
             self._timers.schedule(task, now + task.task_timeout + self.config.overdue_grace)

@@ -100,6 +100,7 @@ class Task(Struct, eq=False):
     timer: int = 0  # see broker.core.timers
     queue_stamp: int = 0  # see broker.core.queues
     fair_tag: int = 0  # its turn among its priority's submitters, see broker.core.queues
+    started_at: float = 0.0  # when its current attempt started, as far as the broker knows
     lost: list[LostAttempt] | None = None
     expiring: bool = False  # HELD, asked back because its queue timeout passed
 

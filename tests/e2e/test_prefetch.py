@@ -45,11 +45,12 @@ def test_tasks_held_behind_a_long_one_run_at_once_on_a_node_that_arrives(
         )
         with Client(cluster.url, timeout=30) as other:
             short = in_thread(out, "short", other.map, "add", [(i, i) for i in range(6)])
+            # A node that has not answered yet holds one task beyond its slot.
             wait_until(
-                lambda: nodes_by_name(cluster)["node0"]["held"] == 6,
+                lambda: nodes_by_name(cluster)["node0"]["held"] == 1,
                 10,
                 alive=[first],
-                what="six short tasks held behind the long one",
+                what="a short task held behind the long one",
             )
             second = cluster.start_node(functions="math")
             wait_until(lambda: "node1" in nodes_by_name(cluster), 15, alive=[second], what="node1")
@@ -60,7 +61,7 @@ def test_tasks_held_behind_a_long_one_run_at_once_on_a_node_that_arrives(
         assert took < 1.0, f"the held tasks took {took:.2f} s to run on the new node"
         nodes = nodes_by_name(cluster)
         assert nodes["node1"]["completed"] == 6 and nodes["node0"]["completed"] == 0
-        assert cluster.status()["counters"]["retracted"] == 6
+        assert cluster.status()["counters"]["retracted"] == 1
         assert long.is_alive(), "the long task ended early: the test measured nothing"
         long.join(10)
     assert out.get("long") == 5, out
@@ -68,7 +69,8 @@ def test_tasks_held_behind_a_long_one_run_at_once_on_a_node_that_arrives(
 
 def test_a_node_that_arrives_late_takes_half_the_work_of_a_busy_one(cluster: Cluster) -> None:
     """16 tasks of 0.5 s on two one-slot nodes take about 4 s, never the 8 s of one node
-    running them all while the other idles (the issue's 40 tasks of 1 s, scaled down)."""
+    running them all while the other idles (40 tasks of 1 s, scaled down). A node holds
+    about 10 ms of work beyond its slot: one task of these, which the other may take."""
     cluster.start_broker()
     first = cluster.start_node(functions="math")
     cluster.wait_nodes("node0")
@@ -76,9 +78,7 @@ def test_a_node_that_arrives_late_takes_half_the_work_of_a_busy_one(cluster: Clu
     with Client(cluster.url, timeout=60) as client:
         started = time.monotonic()
         work = in_thread(out, "map", client.map, "sleep", [(0.5,)] * 16)
-        wait_until(
-            lambda: nodes_by_name(cluster)["node0"]["held"] >= 10, 10, alive=[first], what="held"
-        )
+        wait_until(lambda: cluster.status()["running"] == 1, 10, alive=[first], what="running")
         second = cluster.start_node(functions="math")
         wait_until(lambda: "node1" in nodes_by_name(cluster), 15, alive=[second], what="node1")
         work.join(30)

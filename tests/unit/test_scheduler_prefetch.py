@@ -18,16 +18,48 @@ def retracts(sends: list[Send]) -> list[tuple[bytes, tuple[str, ...]]]:
     return [(s.peer, s.message.task_ids) for s in sends if isinstance(s.message, p.Retract)]
 
 
+def warmed(core: Core, name: str, capacity: int = 1, prefetch: int = 2) -> None:
+    """Register a node and let it answer 50 tasks at once: its run time per task falls
+    near 0, so it may hold its whole prefetch window."""
+    identity = name.encode()
+    core.handle(identity, node(name, capacity, prefetch), 0.0)
+    for i in range(50):
+        [(_, task_id)] = runs(core.handle(CLIENT, execute(f"warm-{name}-{i}"), 0.0))
+        core.handle(identity, ok(task_id), 0.0)
+
+
 def test_a_node_holds_its_window_and_a_slot_starts_the_oldest_held_task() -> None:
     core = Core()
-    core.handle(b"a", node("a", capacity=1, prefetch=2), 0.0)
+    warmed(core, "a", capacity=1, prefetch=2)
     sent = [runs(core.handle(CLIENT, execute(f"t{i}"), 0.1)) for i in range(4)]
     assert sent == [[(b"a", "t0")], [(b"a", "t1")], [(b"a", "t2")], []]
     assert core.node("a")["held"] == 2 and core.queued() == 1
     assert core.status()["running"] == 1 and core.status()["held"] == 2
     # t0 answered: t1 starts in the slot, and t3 fills the window.
-    assert runs(core.handle(b"a", ok("t0"), 0.2)) == [(b"a", "t3")]
+    assert runs(core.handle(b"a", ok("t0"), 0.1)) == [(b"a", "t3")]
     assert core.status()["running"] == 1 and core.status()["held"] == 2
+
+
+def test_a_node_holds_about_ten_milliseconds_of_work() -> None:
+    """One task beyond its slots until its tasks prove short; fewer again as they slow."""
+    core = Core()
+    core.handle(b"a", node("a", capacity=1, prefetch=8), 0.0)
+    for i in range(20):
+        core.handle(CLIENT, execute(f"t{i}"), 0.0)
+    assert core.node("a")["held"] == 1
+    now = 0.0
+    for i in range(40):  # answered at once: its window grows to 1 + 8
+        core.handle(b"a", ok(f"t{i}"), now)
+        if i < 19:
+            core.handle(CLIENT, execute(f"t{i + 20}"), now)
+    assert core.node("a")["held"] == 0  # all answered but the last ones
+    for i in range(60, 80):
+        core.handle(CLIENT, execute(f"t{i}"), now)
+    assert core.node("a")["held"] == 8
+    for i in range(60, 75):  # each took a second: it holds one again
+        now += 1.0
+        core.handle(b"a", ok(f"t{i}"), now)
+    assert core.node("a")["held"] == 1
 
 
 def test_the_broker_grants_at_most_its_max_prefetch_and_zero_turns_it_off() -> None:
@@ -44,7 +76,7 @@ def test_the_broker_grants_at_most_its_max_prefetch_and_zero_turns_it_off() -> N
 
 def test_an_idle_node_takes_back_half_of_what_another_holds() -> None:
     core = Core()
-    core.handle(b"a", node("a", prefetch=4), 0.0)
+    warmed(core, "a", prefetch=4)
     for i in range(5):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)  # t0 runs on a, t1..t4 held
     sends = core.handle(b"b", node("b", prefetch=4), 0.2)
@@ -60,7 +92,7 @@ def test_an_idle_node_takes_back_half_of_what_another_holds() -> None:
 
 def test_a_task_started_before_the_retract_arrived_runs_where_it_is() -> None:
     core = Core()
-    core.handle(b"a", node("a", prefetch=2), 0.0)
+    warmed(core, "a")
     for i in range(3):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)
     assert retracts(core.handle(b"b", node("b", prefetch=2), 0.2)) == [(b"a", ("t2",))]
@@ -75,7 +107,7 @@ def test_a_task_started_before_the_retract_arrived_runs_where_it_is() -> None:
 
 def test_held_tasks_of_a_lost_node_run_elsewhere_without_counting_an_attempt() -> None:
     core = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
-    core.handle(b"a", node("a", prefetch=2), 0.0)
+    warmed(core, "a")
     for i in range(3):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)
     core.handle(b"b", p.Register("b", "h", 2, ("f",), 3), 0.2)  # no prefetch: never asked
@@ -87,7 +119,7 @@ def test_held_tasks_of_a_lost_node_run_elsewhere_without_counting_an_attempt() -
 
 def test_a_crashed_process_fails_only_the_task_it_ran() -> None:
     core = Core()
-    core.handle(b"a", node("a", prefetch=2), 0.0)
+    warmed(core, "a")
     for i in range(3):
         core.handle(CLIENT, execute(f"t{i}", retries=0), 0.1)
     gone = p.Replaces(1, "killed by signal 9 (SIGKILL)")
@@ -121,7 +153,7 @@ def test_a_result_for_a_task_counted_as_held_is_its_answer() -> None:
 
 def test_a_stopping_broker_asks_for_held_tasks_back_and_keeps_them_queued() -> None:
     core = Core()
-    core.handle(b"a", node("a", prefetch=2), 0.0)
+    warmed(core, "a")
     for i in range(3):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)
     assert retracts(core.event(StopRequested(), 0.2)) == [(b"a", ("t2", "t1"))]
