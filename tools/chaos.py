@@ -15,9 +15,12 @@ broker). Once --broker-kill-at of the tasks are answered, the broker is SIGKILLe
 restarted on the same store and address.
 
 Tasks in flight at a node kill: those running on what dies, by the broker's STATUS around the
-kill. At the broker kill: those that had started (a line in the record files from before the
-new broker listened: a RUN the killed one sent may start a few ms after the kill) and that
-its store still held as pending, read (read-only) between the kill and the restart. The
+kill, and per process as many more as it has slots: the tasks it holds unstarted
+(protocol.md 5.5) never run there, but a slot that freed may have started the next one in
+the milliseconds before its RESULT reached the broker. At the broker kill: those that had
+started (a line in the record files from before the new broker listened: a RUN the killed
+one sent may start a few ms after the kill) and that its store still held as pending, read
+(read-only) between the kill and the restart. The
 broker commits its changes at most 5 ms late (protocol.md 5.2), so a task answered in those
 last milliseconds is still pending and runs again: at least once, by design. Its STATUS
 `running` just before the kill is reported too, not used.
@@ -386,13 +389,22 @@ def child_pids(parent: int) -> list[int]:
 
 
 def running_on(body: dict[str, Any], pids: list[int]) -> int:
-    return sum(int(node["active"]) for node in body["nodes"] if node["pid"] in pids)
+    """Tasks those processes may have started: what the broker counts as running on each,
+    and one more per slot (its RESULT may not have reached the broker yet, nor the next
+    task's start), at most what it was sent. Held tasks never started there: not counted."""
+    total = 0
+    for node in body["nodes"]:
+        if node["pid"] in pids:
+            active, held = int(node["active"]), int(node.get("held", 0))
+            total += min(active, active - held + int(node["capacity"]))
+    return total
 
 
 # ================================================================================ the verdict
 
 IN_FLIGHT_RULE = (
-    "in flight at a node kill: tasks running on it by the broker's STATUS; at the broker kill: "
+    "in flight at a node kill: tasks running on it by the broker's STATUS, plus one per slot "
+    "if it held more (a task may start before the broker hears); at the broker kill: "
     "tasks that had started (by the record files, before its replacement listened) and "
     "were still pending in its store, read after the kill"
 )
