@@ -20,9 +20,9 @@ kill, and per process as many more as it has slots: the tasks it holds unstarted
 the milliseconds before its RESULT reached the broker. At the broker kill: those that had
 started (a line in the record files from before the new broker listened: a RUN the killed
 one sent may start a few ms after the kill) and that its store still held as pending, read
-(read-only) between the kill and the restart. The
-broker commits its changes at most 5 ms late (protocol.md 5.2), so a task answered in those
-last milliseconds is still pending and runs again: at least once, by design. Its STATUS
+(read-only) between the kill and the restart. The broker commits its changes at most 5 ms
+late (protocol.md 5.2), so a task answered in those last milliseconds is still pending and
+runs again: at least once, by design. Its STATUS
 `running` just before the kill is reported too, not used.
 
 Promises, exit status 1 if one is broken: no task lost (unanswered when a client heard nothing
