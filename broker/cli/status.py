@@ -40,15 +40,17 @@ def status(
 def _print_status(body: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
-    for column in ("name", "host", "pid", "state", "load", "done", "seen", "functions"):
-        table.add_column(column, justify="right" if column in ("pid", "load", "done") else "left")
+    numbers = ("pid", "load", "held", "done")
+    for column in ("name", "host", "pid", "state", "load", "held", "done", "seen", "functions"):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for node in sorted(body.get("nodes", []), key=lambda n: str(n.get("name", ""))):
         table.add_row(
             str(node.get("name", "")),
             str(node.get("host", "")),
             str(node.get("pid", "")),
             str(node.get("state", "")),
-            f"{node.get('active', 0)}/{node.get('capacity', 0)}",
+            f"{node.get('active', 0) - node.get('held', 0)}/{node.get('capacity', 0)}",
+            str(node.get("held", 0)),
             str(node.get("completed", "")),
             f"{node.get('last_seen', 0):.1f}s ago",
             _summary(node.get("functions", [])),
@@ -56,6 +58,7 @@ def _print_status(body: dict[str, Any]) -> None:
     console.print(table)
     console.print(
         f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
+        f"held by nodes: {body.get('held', 0)}   "
         f"dead letters: {body.get('dead_letters', 0)}"
         + ("   (stopping)" if body.get("accepting") is False else "")
     )

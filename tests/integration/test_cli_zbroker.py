@@ -34,7 +34,9 @@ NODE = {
     "pid": 4242,
     "functions": ["add", "multiply", "divide", "power"],
     "capacity": 4,
-    "active": 1,
+    "prefetch": 64,
+    "active": 6,
+    "held": 2,
     "completed": 17,
     "last_seen": 0.25,
     "state": "ready",
@@ -43,7 +45,8 @@ BODY: dict[str, Any] = {
     "strategy": "least-loaded",
     "nodes": [NODE],
     "queued": 2,
-    "running": 1,
+    "running": 4,
+    "held": 2,
     "dead_letters": 3,
     "counters": {"received": 42, "malformed": 0},
 }
@@ -97,12 +100,13 @@ def test_status_prints_the_nodes_and_the_queue(fake_broker: StartBroker) -> None
         " worker1 ",
         " 4242 ",
         " ready ",
-        "  1/4 ",
+        "  4/4 ",
+        "    2 ",
         "   17 ",
         " 0.2s ago ",
         " add, multiply, divide +1 more ",
     ]
-    assert "queued: 2   running: 1   dead letters: 3\n" in done.stdout
+    assert "queued: 2   running: 4   held by nodes: 2   dead letters: 3\n" in done.stdout
     assert "counters: malformed=0, received=42\n" in done.stdout
 
 
