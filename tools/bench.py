@@ -431,6 +431,7 @@ def node_steps(n: int) -> Step:
     def step(i: int) -> None:
         waiting.append(runs[i])
         node._drain_broker(sock)
+        node._run_held()
 
     return step
 

@@ -276,13 +276,16 @@ class NodePool:
     def assign(self, node: Node, task_id: str, function: str) -> bool:
         """`node` was sent `task_id`: True if a slot starts it, False if the node holds it
         (behind the tasks it holds already)."""
-        started = not node.held and node.running < node.capacity
-        node.active.add(task_id)
-        if not started:
+        active = node.active
+        if node.held or len(active) - len(node.retracting) >= node.capacity:
+            active.add(task_id)
             node.held[task_id] = function
             self._hold(node, function)
+            self._changed(node)
+            return False
+        active.add(task_id)
         self._changed(node)
-        return started
+        return True
 
     def release(self, node: Node, task_id: str) -> bool:
         """`node` answered `task_id` (or gave it back): free its place; False if it had
@@ -290,10 +293,12 @@ class NodePool:
         if task_id not in node.active:
             return False
         node.active.remove(task_id)
-        function = node.held.pop(task_id, None)
-        if function is not None:  # it ran before the broker counted a slot free for it
-            self._unhold(node, function)
-        node.retracting.discard(task_id)
+        if node.held:
+            function = node.held.pop(task_id, None)
+            if function is not None:  # it ran before the broker counted a slot free for it
+                self._unhold(node, function)
+        if node.retracting:
+            node.retracting.discard(task_id)
         node.completed += 1
         if node.prefetch:
             work = node.capacity * HELD_WORK / node.run_time

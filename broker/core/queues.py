@@ -1,11 +1,14 @@
 """TaskQueue: tasks waiting for a free slot, per function, highest priority first; within a
 priority, submitters take turns (protocol.md 5.1, fair shares).
 
-Turns are start-time fair queuing: each task gets a tag when it is accepted, one more than
-the larger of its submitter's last tag at that priority and the tag of the last task started
-at that priority (`started`). Tasks are served by tag, so a submitter with a million tasks
-queued and one who sends ten get alternate turns from then on, and a submitter alone is
-served first-in first-out. A requeued task keeps its tag, so it keeps its place.
+Turns are start-time fair queuing: a task gets a tag when it is first queued, one more than
+the larger of its submitter's last tag at that priority and the tag of the last task taken
+from the queue at that priority. Tasks are taken by tag (then in the order they came), so a
+submitter with a million tasks queued and one who sends ten get alternate turns from then
+on, and a submitter alone is served first-in first-out. A task queued again keeps its tag,
+so it keeps its place; one that ran without waiting (a retry, a task given back) goes to
+the front of its priority, where its age puts it. Tasks that start without waiting cost
+nothing here, and earn their submitter no debt.
 
 A task leaves the queue either from its top (`pop_for`) or from anywhere (`discard`: it
 expired, or was answered by a late result). A discarded entry stays in its heap, marked
@@ -44,7 +47,7 @@ class TaskQueue:
         self._heaps: dict[str, _Heap] = {}  # only functions with live entries
         self.size = 0  # tasks queued (read it; only the queue changes it)
         self._stamp = 0
-        self._served = [0] * PRIORITIES  # by priority: the tag of the last task started
+        self._served = [0] * PRIORITIES  # by priority: the tag of the last task taken
         self._last: dict[tuple[bytes, int], int] = {}  # (submitter, priority) -> last tag
         # Whether a task for a function is queued: the dict's own method (a C call).
         self.has: Callable[[str], bool] = self._heaps.__contains__
@@ -52,31 +55,36 @@ class TaskQueue:
     def __len__(self) -> int:
         return self.size
 
-    def tag(self, task: Task, submitter: bytes) -> None:
-        """Give a newly accepted task its turn among its priority's submitters."""
+    def _tag(self, task: Task, again: bool) -> int:
+        """A task's turn among its priority's submitters, when it is first queued."""
         priority = task.spec.priority
-        key = (submitter, priority)
-        last = self._last
-        tag = max(self._served[priority], last.get(key, 0)) + 1
-        last[key] = task.fair_tag = tag
-        if len(last) > FORGET_TAGS_PAST:
-            served = self._served
-            self._last = {k: t for k, t in last.items() if t > served[k[1]]}
+        served = self._served[priority]
+        if again:  # it was sent to a node before: the front of the line
+            return served - 1
+        key = (task.requesters[0] if task.requesters else b"", priority)
+        tags = self._last
+        last = tags.get(key)
+        if last is None:
+            tag = served + 1
+            if len(tags) >= FORGET_TAGS_PAST:  # forget those that no longer matter
+                served_by = self._served
+                self._last = tags = {k: t for k, t in tags.items() if t > served_by[k[1]]}
+        else:
+            tag = (last if last > served else served) + 1
+        tags[key] = tag
+        return tag
 
-    def started(self, task: Task) -> None:
-        """A task started (from the queue or at once): its priority's turn moves on."""
-        served = self._served
-        priority = task.spec.priority
-        if task.fair_tag > served[priority]:
-            served[priority] = task.fair_tag
-
-    def push(self, task: Task) -> None:
+    def push(self, task: Task, again: bool = False) -> None:
+        """Queue `task`; `again`: it was sent to a node before (a retry, a task given back)."""
         heap = self._heaps.get(task.spec.function)
         if heap is None:
             heap = self._heaps[task.spec.function] = _Heap()
         self._stamp += 1
         task.queue_stamp = self._stamp
-        heapq.heappush(heap.entries, (-task.spec.priority, task.fair_tag, self._stamp, task))
+        tag = task.fair_tag
+        if tag is None:
+            tag = task.fair_tag = self._tag(task, again)
+        heapq.heappush(heap.entries, (-task.spec.priority, tag, self._stamp, task))
         heap.live += 1
         self.size += 1
 
@@ -97,6 +105,9 @@ class TaskQueue:
         heap = self._heaps[task.spec.function]
         heapq.heappop(heap.entries)  # `best` is its top
         self._taken(task, heap)
+        served = self._served
+        if best[1] > served[-best[0]]:  # its priority's turn moves on
+            served[-best[0]] = best[1]
         return task
 
     def discard(self, task: Task) -> None:

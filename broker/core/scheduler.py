@@ -373,7 +373,7 @@ class Scheduler:
         for pending in event.pending:
             task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
             task.attempt = pending.attempts
-            commands += self._admit(task, b"", now)  # their submitters are unknown now
+            commands += self._admit(task, now)
         self._seq = max(self._seq, event.next_seq)
         if event.pending:
             self._counters["restored"] += len(event.pending)
@@ -438,7 +438,7 @@ class Scheduler:
         task = Task(spec, self._seq, now, [peer], retries, limit)
         if grace is not None:
             grace.held.append(task)
-        commands = self._admit(task, peer, now)
+        commands = self._admit(task, now)
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
@@ -495,7 +495,7 @@ class Scheduler:
             self._counters["replayed"] += 1
             self._seq += 1
             task = self._new_task(entry.spec, self._seq, now, [])
-            commands += self._admit(task, peer, now)
+            commands += self._admit(task, now)
             if self._journal:
                 commands += [j.ForgetDeadLetter(tid), j.ForgetAnswer(tid)]
                 commands.append(j.SaveTask(entry.spec, task.seq, now))
@@ -591,12 +591,13 @@ class Scheduler:
             else:
                 holder = self._holder(task, peer, node, msg.attempt)
             if holder is not None:
-                if task.state is HELD:  # it ran before the broker counted a slot free for it
-                    self._pool.start_held(holder, msg.task_id)
-                    task.expiring = False
-                    self._tasks.move(task, RUNNING)
-                    task.started_at = now
-                holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
+                if holder.prefetch:  # how much work it may hold depends on its run time
+                    if task.state is HELD:  # it ran before the broker counted a slot free
+                        self._pool.start_held(holder, msg.task_id)
+                        task.expiring = False
+                        self._tasks.move(task, RUNNING)
+                        task.started_at = now
+                    holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
@@ -776,11 +777,10 @@ class Scheduler:
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
         return Task(spec, seq, submitted_at, requesters, retries, limit)
 
-    def _admit(self, task: Task, submitter: bytes, now: float) -> list[Command]:
-        """Take a new (or replayed, or restored) task: start it or queue it, in its turn
-        among its priority's submitters."""
+    def _admit(self, task: Task, now: float) -> list[Command]:
+        """Take a new (or replayed, or restored) task: start it or queue it (in its turn
+        among its priority's submitters)."""
         self._tasks.add(task)
-        self._queue.tag(task, submitter)
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -796,7 +796,6 @@ class Scheduler:
         """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
         task.attempt += 1
         task.holder = node.identity
-        self._queue.started(task)
         spec = task.spec
         node.last_sent = now
         task_timeout = task.task_timeout
@@ -961,7 +960,7 @@ class Scheduler:
         self._tasks.move(task, QUEUED)
         if task.timer and task.attempt:  # else the timer is its queue deadline: it stays
             self._timers.cancel(task)
-        self._queue.push(task)
+        self._queue.push(task, again=True)
         return []
 
     def _answer(
@@ -1019,7 +1018,9 @@ class Scheduler:
             freed, self._freed = self._freed, []
             for node, task_id in freed:
                 if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    released = self._release(node, task_id, now)
+                    released = self._pool.release(node, task_id)  # `_release`, without a call
+                    if released and node.held:
+                        self._promote(node, now)
                     if node.draining or (released and (self._queue.size or self._pool.held)):
                         commands += self._refill(node, released, now)
         return commands
