@@ -309,7 +309,9 @@ class NodeAgent:
 
     def _flush_pending(self) -> None:
         pending = self._pending
-        if pending:
+        if len(pending) == 1:  # the common case of a task alone, without combining
+            self._link.send_in_order(pending.pop())
+        elif pending:
             for message in combine_results(pending):
                 self._link.send_in_order(message)
             pending.clear()
