@@ -12,8 +12,9 @@ The rules:
   the same hint; the one that changed last is the latest word. While it is above 0, start
   one more process, at most one per UP_EVERY seconds, up to `maximum`, and no more than the
   backlog can keep busy (a process takes `threads` tasks; a process started and not yet told
-  a hint, so not yet registered, counts as taking its share). Without a hint (an older
-  broker) every process busy with one holding tasks that wait for a slot asks for one more.
+  a hint, so not yet registered, counts as taking its share). When no task waits at the
+  broker, or no hint comes (an older broker), every process full with one of them holding
+  tasks that wait for a slot asks for one more, at the same pace.
 - **Down.** A process is idle from the report in which it runs and holds nothing, has no
   backlog and has sent no RESULT since its previous report (or from its start). One idle
   for `scale_down_after` seconds is stopped, the highest-numbered first, never going below
