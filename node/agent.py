@@ -150,7 +150,7 @@ class NodeAgent:
     def _tick(self, now: float) -> None:
         parent = self._config.parent_pid
         link = self._link
-        self._demand.update(link.backlog, self._slots.busy, link.results, now)
+        self._demand.update(link.registered, link.backlog, self._slots.busy, link.results, now)
         if parent is not None and os.getppid() != parent:
             log.error("supervisor %d is gone; stopping at once", parent)
             self._exit_code = 1
@@ -280,7 +280,7 @@ class NodeAgent:
             now = time.monotonic()
             link.heartbeat_if_due(now)
             # The socket thread is inside a function: say that this process is busy.
-            self._demand.update(link.backlog, self._slots.busy, link.results, now)
+            self._demand.update(link.registered, link.backlog, self._slots.busy, link.results, now)
 
     def _on_overdue_inline(self, run: Run) -> None:
         """Called by the inline watchdog, holding the socket, at the deadline of the task

@@ -7,18 +7,17 @@ what to do, then acts and logs.
 
 The rules:
 
-- **Up.** The broker's backlog hint (protocol.md 3.4) counts the tasks that wait for the
-  functions these processes offer. Every process offers the same functions, so they all get
-  the same hint; the one that changed last is the latest word. While it is above 0, start
-  one more process, at most one per UP_EVERY seconds, up to `maximum`, and no more than the
-  backlog can keep busy (a process takes `threads` tasks; a process started and not yet told
-  a hint, so not yet registered, counts as taking its share). When no task waits at the
-  broker, or no hint comes (an older broker), every process full with one of them holding
-  tasks that wait for a slot asks for one more, at the same pace.
+- **Up.** Work waits: the broker's backlog hint (protocol.md 3.4) counts the tasks queued
+  for the functions these processes offer (every process offers the same functions, so they
+  all get the same hint, and the one that changed last is the latest word), and when every
+  registered process is full, the tasks they hold beyond their slots (a prefetch window)
+  wait too. While any work waits, start one more process, at most one per UP_EVERY seconds,
+  up to `maximum`, and no more than the waiting work can keep busy: a process takes
+  `threads` tasks, and one started but not registered yet counts as taking its share.
 - **Down.** A process is idle from the report in which it runs and holds nothing, has no
   backlog and has sent no RESULT since its previous report (or from its start). One idle
   for `scale_down_after` seconds is stopped, the highest-numbered first, never going below
-  `minimum`, and never while the latest hint is above 0.
+  `minimum`, and never while work waits.
 """
 
 from __future__ import annotations
@@ -50,8 +49,8 @@ class Scaling:
 
 @dataclass(frozen=True)
 class ScaleUp:
-    """Start one process; there will be `processes`. `backlog` is the hint that asks for it,
-    or None when it is a process holding `held` tasks that wait for a slot."""
+    """Start one process; there will be `processes`. What waits: the latest `backlog` hint
+    (None: unknown) and the tasks `held` beyond their slots by processes that are all full."""
 
     processes: int
     backlog: int | None
@@ -133,8 +132,8 @@ class Scaler:
                 return []
             self._last_up = now
             return [up]
-        if self.backlog():
-            return []
+        if self.backlog() or self._held()[0]:
+            return []  # work waits: whatever is idle will have some
         room = self.count - self.scaling.minimum
         downs: list[Decision] = []
         for index, idle in self._idle(now):
@@ -151,7 +150,7 @@ class Scaler:
         """When `decide` may have something to do next, unless a report comes first."""
         if self._wanted_up(now) is not None:
             return max(now, self._last_up + UP_EVERY)
-        if self.backlog() or self.count <= self.scaling.minimum:
+        if self.backlog() or self._held()[0] or self.count <= self.scaling.minimum:
             return math.inf
         after = self.scaling.scale_down_after
         return min((now - idle + after for _, idle in self._idle(now)), default=math.inf)
@@ -162,23 +161,26 @@ class Scaler:
         if count >= self.scaling.maximum:
             return None
         backlog = self.backlog()
-        if backlog:
-            starting = sum(1 for p in self._processes.values() if not _registered(p))
-            if math.ceil(backlog / self._threads) > starting:
-                return ScaleUp(count + 1, backlog)
+        held, full = self._held()
+        waiting = (backlog or 0) + (held if full else 0)
+        if not waiting:
             return None
-        held = self._held()
-        return ScaleUp(count + 1, None, held) if held else None
+        starting = sum(1 for p in self._processes.values() if not _registered(p))
+        if math.ceil(waiting / self._threads) <= starting:
+            return None
+        return ScaleUp(count + 1, backlog, held if full else 0)
 
-    def _held(self) -> int:
-        """Tasks a process holds beyond its slots while every process is full; 0 if not."""
-        held = 0
+    def _held(self) -> tuple[int, bool]:
+        """The tasks the registered processes hold beyond their slots, and whether each of
+        them is full (no slot free to run one more)."""
+        held, full = 0, True
         for process in self._processes.values():
             demand = process.demand
-            if demand is None or demand.busy < self._threads:
-                return 0
-            held = max(held, demand.busy - self._threads)
-        return held
+            if demand is None or not demand.registered:
+                continue
+            held += max(0, demand.busy - self._threads)
+            full = full and demand.busy >= self._threads
+        return held, full
 
     def _idle(self, now: float) -> list[tuple[int, float]]:
         """(index, seconds idle) of the idle processes, highest index first."""
@@ -191,5 +193,4 @@ class Scaler:
 
 
 def _registered(process: _Process) -> bool:
-    """Whether the process has been told a backlog hint: it has registered."""
-    return process.demand is not None and process.demand.backlog is not None
+    return process.demand is not None and process.demand.registered

@@ -10,13 +10,13 @@ dies without writing (a crash, a signal) is described from its exit status alone
 
 The child of an elastic supervisor (`znode --min/--max`) also gets a demand pipe
 (`--demand-fd`), on which it tells what the supervisor scales on: one JSON line per report,
-`{"backlog": N or null, "busy": B, "results": R}`, with the broker's latest backlog hint
-(protocol.md 3.4; null while unknown), the tasks it runs or holds, and how many RESULT
-messages it has sent since it started (which grows while it works, even when every task is
-over before a report could see it running). Each line is a whole state: only the last one
-counts. A report leaves when the state changed, at most once per DEMAND_GAP, never blocking
-(a full pipe drops it and the next change sends the state again), so the task path pays
-nothing for it.
+`{"registered": bool, "backlog": N or null, "busy": B, "results": R}`: whether it is
+registered, the broker's latest backlog hint (protocol.md 3.4; null while unknown), the tasks
+it runs or holds, and how many RESULT messages it has sent since it started (which grows
+while it works, even when every task is over before a report could see it running). Each
+line is a whole state: only the last one counts. A report leaves when the state changed, at
+most once per DEMAND_GAP, never blocking (a full pipe drops it and the next change sends the
+state again), so the task path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -104,13 +104,19 @@ MAX_DEMAND_READ = 65536  # bytes read from a demand pipe at once
 class Demand:
     """What a node process last told its supervisor (see the module's docstring)."""
 
+    registered: bool  # with the broker: it takes tasks
     backlog: int | None  # the broker's backlog hint for its functions; None: unknown
     busy: int  # tasks running or held
     results: int  # RESULT messages sent since it started
 
 
 def encode_demand(demand: Demand) -> bytes:
-    body = {"backlog": demand.backlog, "busy": demand.busy, "results": demand.results}
+    body = {
+        "registered": demand.registered,
+        "backlog": demand.backlog,
+        "busy": demand.busy,
+        "results": demand.results,
+    }
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -118,13 +124,14 @@ def decode_demand(line: bytes) -> Demand | None:
     """The report in `line`; None if it is not one (which the supervisor skips)."""
     try:
         body = json.loads(line)
-        backlog, busy, results = body["backlog"], body["busy"], body["results"]
+        registered, backlog = body["registered"], body["backlog"]
+        busy, results = body["busy"], body["results"]
     except (ValueError, TypeError, KeyError):
         return None
     counts = (busy, results) if backlog is None else (backlog, busy, results)
-    if not all(type(n) is int and n >= 0 for n in counts):
+    if type(registered) is not bool or not all(type(n) is int and n >= 0 for n in counts):
         return None
-    return Demand(backlog, busy, results)
+    return Demand(registered, backlog, busy, results)
 
 
 class DemandReport:
@@ -135,15 +142,17 @@ class DemandReport:
         self._fd = fd
         if fd is not None:
             os.set_blocking(fd, False)  # a report never holds up the node
-        self._told: tuple[int | None, int, int] | None = None
+        self._told: tuple[bool, int | None, int, int] | None = None
         self._told_at = -math.inf
         self.due = math.inf  # when a report held back by DEMAND_GAP is to leave
 
-    def update(self, backlog: int | None, busy: int, results: int, now: float) -> None:
+    def update(
+        self, registered: bool, backlog: int | None, busy: int, results: int, now: float
+    ) -> None:
         """Report this state if it changed and the last report is DEMAND_GAP old."""
         if self._fd is None:
             return
-        state = (backlog, busy, results)
+        state = (registered, backlog, busy, results)
         if state == self._told:
             self.due = math.inf
             return
@@ -152,7 +161,7 @@ class DemandReport:
             return
         self._told_at, self.due = now, math.inf
         try:
-            os.write(self._fd, encode_demand(Demand(backlog, busy, results)))
+            os.write(self._fd, encode_demand(Demand(*state)))
         except OSError:  # full (the next change says it all again) or the supervisor is gone
             return
         self._told = state

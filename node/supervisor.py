@@ -338,10 +338,12 @@ class Supervisor:
         for decision in self._scaler.decide(time.monotonic()):
             if isinstance(decision, ScaleUp):
                 index = self._free_index()
-                if decision.backlog is not None:
-                    why = f"broker backlog {decision.backlog} for {functions}"
-                else:
-                    why = f"every process is busy, one holds {decision.held} task(s) waiting"
+                waiting = []
+                if decision.backlog:
+                    waiting.append(f"broker backlog {decision.backlog} for {functions}")
+                if decision.held:
+                    waiting.append(f"{decision.held} task(s) held by busy processes")
+                why = " and ".join(waiting)
                 log.info(
                     "scaling up to %d processes: %s; starting %s",
                     decision.processes,

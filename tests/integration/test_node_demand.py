@@ -29,7 +29,15 @@ def test_a_node_process_reports_the_backlog_hint_and_its_work(
 ) -> None:
     read_fd, write_fd = os.pipe()
     reader = DemandReader(read_fd)
-    config = NodeConfig(("math",), broker.url, 1, threads, "n1", INTERVAL, demand_fd=write_fd)
+    config = NodeConfig(
+        ("math",),
+        broker.url,
+        concurrency=1,
+        threads=threads,
+        name="n1",
+        heartbeat_interval=INTERVAL,
+        demand_fd=write_fd,
+    )
     agent = NodeAgent(config)
     serving = threading.Thread(target=agent.run, name="node-agent")
     serving.start()
@@ -43,18 +51,18 @@ def test_a_node_process_reports_the_backlog_hint_and_its_work(
 
     try:
         identity, _ = broker.register()
-        wait_until(lambda: reported(Demand(None, 0, 0)), 5, what="the first report")
+        wait_until(lambda: reported(Demand(True, None, 0, 0)), 5, what="registered")
         broker.backlog = 5  # from now on in every heartbeat
-        wait_until(lambda: reported(Demand(5, 0, 0)), 5, what="the backlog hint")
+        wait_until(lambda: reported(Demand(True, 5, 0, 0)), 5, what="the backlog hint")
         broker.run(identity, "slow", "sleep", 6 * INTERVAL)
         # Busy while inside the function, which the inline slot runs on the socket thread:
         # its watchdog reports it.
-        wait_until(lambda: reported(Demand(5, 1, 0)), 5, what="busy")
+        wait_until(lambda: reported(Demand(True, 5, 1, 0)), 5, what="busy")
         broker.result("slow")
         broker.backlog = 0
-        wait_until(lambda: reported(Demand(0, 0, 1)), 5, what="done and no backlog")
+        wait_until(lambda: reported(Demand(True, 0, 0, 1)), 5, what="done and no backlog")
         broker.backlog = None  # a broker that gives no hint: unknown again
-        wait_until(lambda: reported(Demand(None, 0, 1)), 5, what="the hint unknown")
+        wait_until(lambda: reported(Demand(True, None, 0, 1)), 5, what="the hint unknown")
     finally:
         agent.request_stop()
         serving.join(10)
