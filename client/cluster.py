@@ -169,13 +169,16 @@ class LocalCluster:
         self,
         *args: str,
         functions: str | Iterable[str] = ("math",),
-        concurrency: int = 1,
+        concurrency: int | None = 1,
         name: str | None = None,
     ) -> Process:
-        """`znode` with these function sets (one, or several) and `concurrency` processes,
-        named `name` (by default node0, node1, ...); returns at once (see `wait_for_nodes`)."""
+        """`znode` with these function sets (one, or several) and `concurrency` processes (None:
+        none said, as `args` with --min/--max want), named `name` (by default node0, node1,
+        ...); returns at once (see `wait_for_nodes`)."""
         name = name or f"node{len(self.nodes)}"
-        argv = ["--broker", self.url, "--name", name, "--concurrency", str(concurrency)]
+        argv = ["--broker", self.url, "--name", name]
+        if concurrency is not None:
+            argv += ["--concurrency", str(concurrency)]
         for function_set in [functions] if isinstance(functions, str) else functions:
             argv += ["--functions", function_set]
         node = self._start("znode", [*argv, "--log-level", self.log_level, *args], name)

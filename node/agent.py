@@ -39,7 +39,7 @@ from broker.protocol import (
     encode,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames
-from node import registry
+from node import registry, supervision
 from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import BrokerLink
@@ -85,6 +85,7 @@ class NodeAgent:
         # RESULTs of tasks run inline, not sent yet (see FLUSH_AFTER), and when the first came.
         self._pending: list[list[bytes]] = []
         self._pending_since = 0.0
+        self._demand = supervision.DemandReport(config.demand_fd)  # for an elastic supervisor
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -157,6 +158,7 @@ class NodeAgent:
     def _poll_wait_ms(self) -> int:
         life = self._life
         due = min(self._link.due(life.stopping), self._slots.next_deadline, life.restart_by)
+        due = min(due, self._demand.due)
         if due == math.inf:
             return IDLE_WAIT_MS
         return max(0, int((due - time.monotonic()) * 1000) + 1)
@@ -164,6 +166,7 @@ class NodeAgent:
     def _tick(self, now: float) -> None:
         parent = self._config.parent_pid
         link = self._link
+        self._demand.update(link.registered, link.backlog, self._slots.busy, link.results, now)
         if parent is not None and os.getppid() != parent:
             log.error("supervisor %d is gone; stopping at once", parent)
             self._exit_code = 1
@@ -251,7 +254,9 @@ class NodeAgent:
             self._reconnect(f"broker at {link.url} disconnected us ({reason})")
         elif isinstance(msg, Error):
             self._on_error(msg)
-        elif not isinstance(msg, Heartbeat):
+        elif isinstance(msg, Heartbeat):
+            link.on_heartbeat(msg)
+        else:
             self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
 
     def _on_error(self, msg: Error) -> None:
@@ -338,7 +343,10 @@ class NodeAgent:
         if self._life.asked and not link.deregistered:
             link.deregister()
         else:
-            link.heartbeat_if_due(time.monotonic())
+            now = time.monotonic()
+            link.heartbeat_if_due(now)
+            # The socket thread is inside a function: say that this process is busy.
+            self._demand.update(link.registered, link.backlog, self._slots.busy, link.results, now)
 
     def _on_overdue_inline(self, run: Run) -> None:
         """Called by the inline watchdog, holding the socket, at the deadline of the task

@@ -21,6 +21,7 @@ from node import supervision
 from node.agent import serve
 from node.config import DEFAULT_PREFETCH, NodeConfig, default_name
 from node.registry import BUILTIN_SETS, NodeSetupError, resolve
+from node.scaling import DEFAULT_SCALE_DOWN_AFTER, Scaling
 from node.supervisor import ChildOptions, Supervisor, die_with_parent
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -45,6 +46,36 @@ def _configure_logging(level: str, log_file: Path | None) -> None:
                 f"cannot open log file: {exc}; pick a writable path", param_hint="--log-file"
             ) from None
     logging.basicConfig(level=name, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def _scaling(
+    concurrency: int | None,
+    minimum: int | None,
+    maximum: int | None,
+    scale_down_after: float | None,
+) -> Scaling | None:
+    """The elastic settings the options ask for; None for a fixed number of processes."""
+    if minimum is None and maximum is None:
+        if scale_down_after is not None:
+            raise typer.BadParameter(
+                "it applies only to an elastic node: add --min N and/or --max N",
+                param_hint="--scale-down-after",
+            )
+        return None
+    if concurrency is not None:
+        raise typer.BadParameter(
+            "it sets a fixed number of processes, --min/--max a varying one: give one or the other",
+            param_hint="--concurrency",
+        )
+    low = minimum or 1
+    high = maximum if maximum is not None else max(low, os.cpu_count() or 1)
+    if low > high:
+        raise typer.BadParameter(
+            f"{low} is above --max {high}; give a lower --min or a --max of at least {low}",
+            param_hint="--min",
+        )
+    after = DEFAULT_SCALE_DOWN_AFTER if scale_down_after is None else scale_down_after
+    return Scaling(low, high, after)
 
 
 def _print_version(wanted: bool) -> None:
@@ -72,15 +103,42 @@ def run(
         metavar="URL",
         help="URL of the broker to register with.",
     ),
-    concurrency: int = typer.Option(
-        os.cpu_count() or 1,
+    concurrency: int | None = typer.Option(
+        None,
         "--concurrency",
         "-c",
         metavar="N",
         min=1,
         help="Node processes to run, for CPU-bound functions on several cores (default: the "
         "number of CPUs). One process registers as NAME; with N > 1 each registers as NAME.K. "
-        "A supervisor restarts a process that dies or stops a task past its task timeout.",
+        "A supervisor restarts a process that dies or stops a task past its task timeout. "
+        "For a number that follows the load, use --min/--max instead.",
+    ),
+    minimum: int | None = typer.Option(
+        None,
+        "--min",
+        metavar="N",
+        min=1,
+        help="Elastic: run at least N node processes (default 1 when --max is given), and "
+        "more, up to --max, while the broker holds tasks waiting for these functions. Each "
+        "registers as NAME.K.",
+    ),
+    maximum: int | None = typer.Option(
+        None,
+        "--max",
+        metavar="N",
+        min=1,
+        help="Elastic: run at most N node processes (default: the number of CPUs, and at "
+        "least --min).",
+    ),
+    scale_down_after: float | None = typer.Option(
+        None,
+        "--scale-down-after",
+        metavar="SECONDS",
+        min=0.001,
+        help=f"Elastic: stop a process that ran nothing and saw no backlog for this long "
+        f"(default {DEFAULT_SCALE_DOWN_AFTER:g}); it finishes its tasks first, and --min "
+        "processes always stay.",
     ),
     threads: int = typer.Option(
         1,
@@ -128,6 +186,7 @@ def run(
     # How the supervisor starts a node process: not for people.
     parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True),
     report_fd: int | None = typer.Option(None, "--report-fd", hidden=True),
+    demand_fd: int | None = typer.Option(None, "--demand-fd", hidden=True),
     replaces_pid: int | None = typer.Option(None, "--replaces-pid", hidden=True),
     replaces_reason: str = typer.Option("", "--replaces-reason", hidden=True),
     standby: bool = typer.Option(False, "--standby", hidden=True),
@@ -140,9 +199,12 @@ def run(
     ),
 ) -> None:
     """Run a worker node: register with the broker and run the tasks it sends."""
+    scaling = _scaling(concurrency, minimum, maximum, scale_down_after)
     _configure_logging(log_level, log_file)
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    if concurrency is None:
+        concurrency = (os.cpu_count() or 1) if scaling is None else scaling.maximum
     config = NodeConfig(
         function_sets=tuple(functions),
         broker_url=broker,
@@ -154,12 +216,13 @@ def run(
         parent_pid=parent_pid,
         replaces=Replaces(replaces_pid, replaces_reason) if replaces_pid else None,
         report_fd=report_fd,
+        demand_fd=demand_fd,
     )
     try:
         if parent_pid is None:
             resolve(config.function_sets)  # fail here, once, rather than in every child
             options = ChildOptions(log_level, str(log_file) if log_file else None)
-            code = Supervisor(config, options).run()
+            code = Supervisor(config, options, scaling).run()
         elif standby:
             code = _stand_by(config)
         else:

@@ -40,3 +40,4 @@ class NodeConfig:
     parent_pid: int | None = None  # a supervised node stops when its supervisor is gone
     replaces: Replaces | None = None  # the process this one was started in place of
     report_fd: int | None = None  # where to tell the supervisor why this process exits
+    demand_fd: int | None = None  # where to tell an elastic supervisor what it sees

@@ -1,10 +1,10 @@
 """BrokerLink: a node's connection to the broker, and what it knows about it.
 
 Owns the ZeroMQ context and the DEALER socket (fresh on every connect, so stale replies
-cannot reach a new registration), the registration state, the heartbeat settings the broker
-announced, when the node last sent and heard anything, the backoff between attempts to
-register, and the RESULTs waiting for a registration. Used only from the node's socket
-thread (or by the inline watchdog holding the socket).
+cannot reach a new registration), the registration state, the heartbeat settings and the
+backlog hint the broker announced, when the node last sent and heard anything, the backoff
+between attempts to register, and the RESULTs waiting for a registration. Used only from the
+node's socket thread (or by the inline watchdog holding the socket).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class BrokerLink:
         self.connect_at = 0.0  # when to connect again while there is no socket
         self.register_deadline = self.last_sent = self.last_heard = 0.0
         self.unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
+        # The broker's latest backlog hint for our functions (protocol.md 3.4); None: unknown.
+        self.backlog: int | None = None
+        self.results = 0  # messages handed to `send_in_order`: grows while we work
 
     @property
     def expiry(self) -> float:
@@ -64,6 +67,7 @@ class BrokerLink:
 
     def on_registered(self, msg: Registered) -> None:
         self.registered = True
+        self.backlog = msg.backlog
         self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
         self._backoff = MIN_BACKOFF
         log.info(
@@ -73,6 +77,9 @@ class BrokerLink:
             msg.heartbeat_interval,
             msg.liveness,
         )
+
+    def on_heartbeat(self, msg: Heartbeat) -> None:
+        self.backlog = msg.backlog  # a HEARTBEAT without the hint: unknown now
 
     def deregister(self) -> None:
         """Tell the broker to send no more RUNs (once, and only if registered); the tasks
@@ -93,6 +100,7 @@ class BrokerLink:
     def send_in_order(self, frames: list[bytes]) -> None:
         """Send a RESULT (or RETRACTED) now if registered, else keep it until `flush()`:
         these leave in the order they were given, never before an earlier one."""
+        self.results += 1
         if not self.registered or self.unsent or not self.send(frames):
             self.unsent.append(frames)
 
@@ -115,7 +123,7 @@ class BrokerLink:
         """Close the socket (discarding what it still holds); connect again after `delay`."""
         if self.socket is not None:
             self.socket.close()
-        self.socket, self.registered = None, False
+        self.socket, self.registered, self.backlog = None, False, None
         self.connect_at = time.monotonic() + delay
 
     def retry(self) -> None:

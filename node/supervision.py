@@ -7,15 +7,27 @@ assignment line on its stdin.
 A child gets the write end of a pipe (`--report-fd`) and writes one short line to it just
 before it exits on purpose: why it restarts, or why it cannot start at all. A child that
 dies without writing (a crash, a signal) is described from its exit status alone.
+
+The child of an elastic supervisor (`znode --min/--max`) also gets a demand pipe
+(`--demand-fd`), on which it tells what the supervisor scales on: one JSON line per report,
+`{"registered": bool, "backlog": N or null, "busy": B, "results": R}`: whether it is
+registered, the broker's latest backlog hint (protocol.md 3.4; null while unknown), the tasks
+it runs or holds, and how many RESULT messages it has sent since it started (which grows
+while it works, even when every task is over before a report could see it running). Each
+line is a whole state: only the last one counts. A report leaves when the state changed, at
+most once per DEMAND_GAP, never blocking (a full pipe drops it and the next change sends the
+state again), so the task path pays nothing for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import select
 import signal
+from dataclasses import dataclass
 
 from broker.protocol import Replaces
 
@@ -80,3 +92,108 @@ def decode_assignment(line: bytes) -> tuple[str, Replaces | None]:
 def is_setup_error(returncode: int, reported: str) -> bool:
     """Only a child that said so failed to start: `crash(2)` from a function also exits 2."""
     return returncode == SETUP_ERROR and reported.startswith(SETUP_FAILED)
+
+
+# ---------------------------------------------------------------------------- demand reports
+
+DEMAND_GAP = 0.25  # seconds: the least time between two demand reports of one process
+MAX_DEMAND_READ = 65536  # bytes read from a demand pipe at once
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a node process last told its supervisor (see the module's docstring)."""
+
+    registered: bool  # with the broker: it takes tasks
+    backlog: int | None  # the broker's backlog hint for its functions; None: unknown
+    busy: int  # tasks running or held
+    results: int  # RESULT messages sent since it started
+
+
+def encode_demand(demand: Demand) -> bytes:
+    body = {
+        "registered": demand.registered,
+        "backlog": demand.backlog,
+        "busy": demand.busy,
+        "results": demand.results,
+    }
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_demand(line: bytes) -> Demand | None:
+    """The report in `line`; None if it is not one (which the supervisor skips)."""
+    try:
+        body = json.loads(line)
+        registered, backlog = body["registered"], body["backlog"]
+        busy, results = body["busy"], body["results"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    counts = (busy, results) if backlog is None else (backlog, busy, results)
+    if type(registered) is not bool or not all(type(n) is int and n >= 0 for n in counts):
+        return None
+    return Demand(registered, backlog, busy, results)
+
+
+class DemandReport:
+    """The child's end of its demand pipe; a no-op without one (`fd` None). Used by one thread
+    at a time (the node's socket thread, or the inline watchdog holding the socket)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        if fd is not None:
+            os.set_blocking(fd, False)  # a report never holds up the node
+        self._told: tuple[bool, int | None, int, int] | None = None
+        self._told_at = -math.inf
+        self.due = math.inf  # when a report held back by DEMAND_GAP is to leave
+
+    def update(
+        self, registered: bool, backlog: int | None, busy: int, results: int, now: float
+    ) -> None:
+        """Report this state if it changed and the last report is DEMAND_GAP old."""
+        if self._fd is None:
+            return
+        state = (registered, backlog, busy, results)
+        if state == self._told:
+            self.due = math.inf
+            return
+        if now < self._told_at + DEMAND_GAP:
+            self.due = self._told_at + DEMAND_GAP
+            return
+        self._told_at, self.due = now, math.inf
+        try:
+            os.write(self._fd, encode_demand(Demand(*state)))
+        except OSError:  # full (the next change says it all again) or the supervisor is gone
+            return
+        self._told = state
+
+
+class DemandReader:
+    """The supervisor's end of a child's demand pipe (non-blocking)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.ended = False  # the child closed it: it exited
+        self._partial = b""
+
+    def read(self) -> Demand | None:
+        """The latest whole report waiting in the pipe; None if there is none."""
+        try:
+            data = os.read(self.fd, MAX_DEMAND_READ)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.ended = True
+            return None
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in reversed(lines):
+            demand = decode_demand(line)
+            if demand is not None:
+                return demand
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

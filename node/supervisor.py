@@ -16,6 +16,12 @@ Starting Python and importing the node takes a few hundred milliseconds of CPU, 
 a broker's heartbeat expiry on a busy machine. So one spare child stands by (`--standby`:
 imported, function sets loaded, not registered) and a restart hands it the dead child's
 name and `replaces` on its stdin: it registers within milliseconds.
+
+Elastic (`--min N --max M`, a Scaling): the children register as NAME.0, NAME.1, ... and
+their number varies between N and M. Each child reports its demand on a pipe of its own
+(node/supervision.py); node/scaling.py decides, and the supervisor acts: a child to add
+takes the lowest free number and is the spare when there is one; a child to stop gets
+SIGTERM, so that it deregisters, finishes what it runs and exits, and is not restarted.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from types import FrameType
 from broker.protocol import Replaces
 from node import supervision
 from node.config import NodeConfig
+from node.scaling import Scaler, ScaleUp, Scaling
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +64,18 @@ class _Child:
     process: subprocess.Popen[bytes]
     started: float
     report_fd: int  # read end of the pipe the child explains its exit on
+    demand: supervision.DemandReader | None  # where an elastic child reports its demand
 
 
-def child_name(config: NodeConfig, index: int) -> str:
-    return config.name if config.concurrency == 1 else f"{config.name}.{index}"
+def child_name(config: NodeConfig, index: int, elastic: bool = False) -> str:
+    return config.name if config.concurrency == 1 and not elastic else f"{config.name}.{index}"
 
 
 def _command(
     config: NodeConfig,
     options: ChildOptions,
     report_fd: int,
+    demand_fd: int | None,
     name: str | None,
     replaces: Replaces | None,
 ) -> list[str]:
@@ -80,6 +89,8 @@ def _command(
     if options.log_file:
         argv += ["--log-file", options.log_file]
     argv += ["--parent-pid", str(os.getpid()), "--report-fd", str(report_fd)]
+    if demand_fd is not None:
+        argv += ["--demand-fd", str(demand_fd)]
     if name is None:
         return [*argv, "--standby"]
     argv += ["--name", name]
@@ -89,10 +100,14 @@ def _command(
 
 
 class Supervisor:
-    def __init__(self, config: NodeConfig, options: ChildOptions) -> None:
+    def __init__(
+        self, config: NodeConfig, options: ChildOptions, scaling: Scaling | None = None
+    ) -> None:
         self._config = config
         self._options = options
+        self._scaler = None if scaling is None else Scaler(scaling, config.threads)
         self._children: dict[int, _Child] = {}
+        self._retiring: set[int] = set()  # children asked to stop by a scale-down
         self._restart_at: dict[int, float] = {}
         self._replaces: dict[int, Replaces] = {}  # what the next child of an index replaces
         self._backoff: dict[int, float] = {}  # next restart delay of a child that dies young
@@ -111,10 +126,22 @@ class Supervisor:
             # The spare first: ready no later than the children, for a crash right away.
             self._standby = self._start(None, None)
             self._standby_at = math.inf
-            for index in range(self._config.concurrency):
-                self._spawn(index, self._start(child_name(self._config, index), None))
-            names = [child_name(self._config, i) for i in range(self._config.concurrency)]
-            log.info("supervising node processes %s", ", ".join(names))
+            scaling = None if self._scaler is None else self._scaler.scaling
+            count = self._config.concurrency if scaling is None else scaling.minimum
+            for index in range(count):
+                self._spawn(index, self._start(self._name(index), None))
+            names = ", ".join(self._name(i) for i in range(count))
+            if scaling is None:
+                log.info("supervising node processes %s", names)
+            else:
+                log.info(
+                    "supervising node processes %s, scaling between %d and %d processes "
+                    "(idle ones stop after %g s)",
+                    names,
+                    scaling.minimum,
+                    scaling.maximum,
+                    scaling.scale_down_after,
+                )
             return self._loop()
         finally:
             signal.set_wakeup_fd(old_fd)
@@ -123,31 +150,42 @@ class Supervisor:
             for child in [*self._children.values(), *filter(None, [self._standby])]:
                 _discard(child)
 
+    def _name(self, index: int) -> str:
+        return child_name(self._config, index, elastic=self._scaler is not None)
+
     def _spawn(self, index: int, child: _Child) -> None:
         child.index, child.started = index, time.monotonic()
         self._children[index] = child
+        if self._scaler is not None:
+            self._scaler.started(index, child.started)
 
     def _restart(self, index: int) -> None:
         replaces = self._replaces.pop(index, None)
         child = self._activate_standby(index, replaces)
-        self._spawn(index, child or self._start(child_name(self._config, index), replaces))
+        self._spawn(index, child or self._start(self._name(index), replaces))
 
     def _start(self, name: str | None, replaces: Replaces | None) -> _Child:
         """A new child process named `name`, or a spare if `name` is None."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
-        command = _command(self._config, self._options, write_fd, name, replaces)
+        demand_r, demand_w = os.pipe() if self._scaler is not None else (None, None)
+        passed = (write_fd,) if demand_w is None else (write_fd, demand_w)
+        command = _command(self._config, self._options, write_fd, demand_w, name, replaces)
         stdin = subprocess.DEVNULL if name else subprocess.PIPE
         try:
             process = subprocess.Popen(
-                command, start_new_session=True, stdin=stdin, pass_fds=(write_fd,)
+                command, start_new_session=True, stdin=stdin, pass_fds=passed
             )
         except BaseException:
-            os.close(read_fd)
+            for fd in (read_fd, demand_r):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
-            os.close(write_fd)  # the child has its copy; EOF comes when it exits
-        return _Child(None, process, time.monotonic(), read_fd)
+            for fd in passed:  # the child has its copies; EOF comes when it exits
+                os.close(fd)
+        demand = None if demand_r is None else supervision.DemandReader(demand_r)
+        return _Child(None, process, time.monotonic(), read_fd, demand)
 
     def _activate_standby(self, index: int, replaces: Replaces | None) -> _Child | None:
         """The spare, told to serve as child `index`; None if there is no live spare."""
@@ -158,7 +196,7 @@ class Supervisor:
         stdin = standby.process.stdin
         assert stdin is not None
         try:
-            stdin.write(supervision.encode_assignment(child_name(self._config, index), replaces))
+            stdin.write(supervision.encode_assignment(self._name(index), replaces))
             stdin.close()
         except OSError:  # it died: it is of no use
             _discard(standby)
@@ -168,19 +206,25 @@ class Supervisor:
     def _loop(self) -> int:
         exit_code = 0
         while self._children or self._standby is not None or (self._restart_at and not self._stops):
-            select.select([self._wake_r], [], [], self._wait_time())
+            pipes = self._demand_pipes()
+            ready = select.select([self._wake_r.fileno(), *pipes], [], [], self._wait_time())[0]
+            self._read_demand([pipes[fd] for fd in ready if fd in pipes])
             for signum in self._drain_wakeups():
                 if signum in (signal.SIGINT, signal.SIGTERM):
                     self._on_stop()
             exit_code = max(exit_code, self._reap())
             self._restart_due()
+            self._scale()
         return 130 if self._stops > 1 else exit_code
 
     def _wait_time(self) -> float:
-        due = [*self._restart_at.values(), 1.0 + time.monotonic()]
+        now = time.monotonic()
+        due = [*self._restart_at.values(), 1.0 + now]
         if self._standby is None and not self._stops:
             due.append(self._standby_at)
-        return max(0.0, min(due) - time.monotonic())
+        if self._scaler is not None and not self._stops:
+            due.append(self._scaler.next_deadline(now))
+        return max(0.0, min(due) - now)
 
     def _drain_wakeups(self) -> bytes:
         try:
@@ -194,7 +238,9 @@ class Supervisor:
         if self._standby is not None:
             self._standby.process.terminate()  # not serving: nothing to finish
         signum = signal.SIGTERM if self._stops == 1 else signal.SIGINT
-        for child in self._children.values():
+        for index, child in self._children.items():
+            if signum == signal.SIGTERM and index in self._retiring:
+                continue  # stopping already: a second signal would cut its tasks short
             # A child's second signal makes it exit at once, as a second Ctrl-C should.
             for _ in range(self._stops if signum == signal.SIGINT else 1):
                 child.process.send_signal(signum)
@@ -222,11 +268,15 @@ class Supervisor:
                 continue
             del self._children[index]
             reported = supervision.read_report(child.report_fd)
-            if self._stops:
+            if child.demand is not None:
+                child.demand.close()
+            if index in self._retiring:
+                self._retired(index, child, code, reported)
+            elif self._stops:
                 # A restart it was about to ask for no longer matters: the node is stopping.
                 worst = max(worst, code if code > 0 and code != supervision.EXIT_RESTART else 0)
             elif supervision.is_setup_error(code, reported):
-                name = child_name(self._config, index)
+                name = self._name(index)
                 log.error("node process %s cannot start (see above); stopping", name)
                 self._on_stop()
                 worst = supervision.SETUP_ERROR
@@ -242,7 +292,7 @@ class Supervisor:
             self._backoff[index] = backoff
         log.warning(
             "node process %s (pid %d) %s; restarting it in %.1f s",
-            child_name(self._config, index),
+            self._name(index),
             child.process.pid,
             reason,
             delay,
@@ -261,6 +311,82 @@ class Supervisor:
         if self._standby is None and now >= self._standby_at:
             self._standby = self._start(None, None)
             self._standby_at = math.inf
+
+    # ------------------------------------------------------------------ elastic
+
+    def _demand_pipes(self) -> dict[int, int]:
+        """The demand pipes to watch (those of the children serving), to their children."""
+        return {
+            child.demand.fd: index
+            for index, child in self._children.items()
+            if child.demand is not None and not child.demand.ended and index not in self._retiring
+        }
+
+    def _read_demand(self, indices: list[int]) -> None:
+        """Hand the scaler what these children reported."""
+        now = time.monotonic()
+        for index in indices:
+            reader = self._children[index].demand
+            demand = None if reader is None else reader.read()
+            if demand is not None and self._scaler is not None:
+                self._scaler.reported(index, demand, now)
+
+    def _scale(self) -> None:
+        """Carry out what the scaler decides now (nothing while stopping)."""
+        if self._scaler is None or self._stops:
+            return
+        functions = ", ".join(self._config.function_sets)
+        for decision in self._scaler.decide(time.monotonic()):
+            if isinstance(decision, ScaleUp):
+                index = self._free_index()
+                waiting = []
+                if decision.backlog:
+                    waiting.append(f"broker backlog {decision.backlog} for {functions}")
+                if decision.held:
+                    waiting.append(f"{decision.held} task(s) held by busy processes")
+                why = " and ".join(waiting)
+                log.info(
+                    "scaling up to %d processes: %s; starting %s",
+                    decision.processes,
+                    why,
+                    self._name(index),
+                )
+                child = self._activate_standby(index, None)
+                self._spawn(index, child or self._start(self._name(index), None))
+            else:
+                index = decision.index
+                log.info(
+                    "scaling down to %d: process %s idle %.0f s",
+                    decision.processes,
+                    self._name(index),
+                    decision.idle,
+                )
+                self._retire(index)
+
+    def _free_index(self) -> int:
+        """The lowest process number not in use (numbers freed by a scale-down come back)."""
+        taken = {*self._children, *self._restart_at, *self._retiring}
+        return next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _retire(self, index: int) -> None:
+        """Stop child `index` for good: SIGTERM, so that it deregisters, finishes and exits."""
+        child = self._children.get(index)
+        if child is None:  # waiting to be restarted: it need not be
+            self._restart_at.pop(index, None)
+            self._replaces.pop(index, None)
+            self._backoff.pop(index, None)
+            return
+        self._retiring.add(index)
+        child.process.terminate()
+
+    def _retired(self, index: int, child: _Child, code: int, reported: str) -> None:
+        self._retiring.discard(index)
+        self._backoff.pop(index, None)
+        if code == 0:
+            log.info("node process %s stopped", self._name(index))
+        else:
+            reason = supervision.describe_exit(code, reported)
+            log.warning("node process %s, being stopped, %s", self._name(index), reason)
 
 
 def restart_delay(code: int, age: float, backoff: float | None) -> tuple[float, float | None]:
@@ -282,6 +408,8 @@ def _discard(child: _Child) -> None:
     if child.process.stdin is not None:
         child.process.stdin.close()
     os.close(child.report_fd)
+    if child.demand is not None:
+        child.demand.close()
 
 
 def _note(signum: int, frame: FrameType | None) -> None:

@@ -82,6 +82,7 @@ class FakeBroker:
         self.max_in_flight = 0  # the most EXECUTEs it ever had unanswered at once
         self.alive = list(alive)  # a wait fails early when one of these dies
         self.keepalive: set[bytes] = set()  # identities it heartbeats
+        self.backlog: int | None = None  # the backlog hint its heartbeats carry
         self._handler = handler
         self._context: zmq.Context[Any] = zmq.Context()
         self._lock = threading.Lock()
@@ -229,7 +230,7 @@ class FakeBroker:
                     sock.send_multipart(self._outbox.get())
                 now = time.monotonic()
                 if self.keepalive and now - last_beat >= KEEPALIVE:
-                    beat = encode(Heartbeat())
+                    beat = encode(Heartbeat(self.backlog))
                     for identity in list(self.keepalive):
                         sock.send_multipart([identity, b"", *beat])
                     last_beat = now

@@ -1,4 +1,5 @@
-"""`zbroker status`: the nodes a running broker knows, what is queued, its counters."""
+"""`zbroker status`: the nodes a running broker knows (grouped by the znode that runs them),
+what is queued, its counters."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def status(
     json_output: JsonOutput = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
 ) -> None:
-    """Show the nodes a broker knows, what is queued and running, and its counters."""
+    """Show the nodes a broker knows, each znode's processes together, what is queued and
+    running, and its counters."""
     with asking(broker, "STATUS") as control:
         body = control.status(timeout)
     if json_output:
@@ -43,20 +45,34 @@ def _print_status(body: dict[str, Any]) -> None:
     numbers = ("pid", "load", "held", "done")
     for column in ("name", "host", "pid", "state", "load", "held", "done", "seen", "functions"):
         table.add_column(column, justify="right" if column in numbers else "left")
-    for node in sorted(body.get("nodes", []), key=lambda n: str(n.get("name", ""))):
+    groups = znodes(body.get("nodes", []))
+    for number, (name, host, processes) in enumerate(groups):
+        if number:
+            table.add_section()
+        if len(processes) == 1:
+            table.add_row(*_process_row(processes[0], host=host))
+            continue
+        # A znode of several processes: its totals, then its processes under it.
+        functions = processes[0].get("functions", [])
         table.add_row(
-            str(node.get("name", "")),
-            str(node.get("host", "")),
-            str(node.get("pid", "")),
-            str(node.get("state", "")),
-            f"{node.get('active', 0) - node.get('held', 0)}/{node.get('capacity', 0)}",
-            str(node.get("held", 0)),
-            str(node.get("completed", "")),
-            f"{node.get('last_seen', 0):.1f}s ago",
-            _summary(node.get("functions", [])),
+            f"{name} ({len(processes)} processes)",
+            host,
+            "",
+            "",
+            f"{_total(processes, 'active') - _total(processes, 'held')}/"
+            f"{_total(processes, 'capacity')}",
+            str(_total(processes, "held")),
+            str(_total(processes, "completed")),
+            "",
+            _summary(functions),
         )
+        for node in processes:
+            same = node.get("functions", []) == functions  # a znode's are all alike
+            table.add_row(*_process_row(node, indent="  ", functions=not same))
     console.print(table)
+    count = sum(len(group[2]) for group in groups)
     console.print(
+        f"znodes: {len(groups)}   processes: {count}   "
         f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
         f"held by nodes: {body.get('held', 0)}   "
         f"dead letters: {body.get('dead_letters', 0)}"
@@ -66,6 +82,48 @@ def _print_status(body: dict[str, Any]) -> None:
     if counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     console.print("(zbroker status --json for ids and every function)", style="dim")
+
+
+def _process_row(
+    node: dict[str, Any], host: str = "", indent: str = "", functions: bool = True
+) -> list[str]:
+    return [
+        indent + str(node.get("name", "")),
+        host,
+        str(node.get("pid", "")),
+        str(node.get("state", "")),
+        f"{node.get('active', 0) - node.get('held', 0)}/{node.get('capacity', 0)}",
+        str(node.get("held", 0)),
+        str(node.get("completed", "")),
+        f"{node.get('last_seen', 0):.1f}s ago",
+        _summary(node.get("functions", [])) if functions else "",
+    ]
+
+
+def _total(nodes: list[dict[str, Any]], key: str) -> int:
+    return sum(n[key] for n in nodes if isinstance(n.get(key), int))
+
+
+Znode = tuple[str, str, list[dict[str, Any]]]  # name, host, its node processes
+
+
+def znodes(nodes: list[dict[str, Any]]) -> list[Znode]:
+    """The registered node processes grouped by the `znode` that runs them, by name: the
+    processes of one znode register from one host as NAME.0, NAME.1, ... (or as NAME when it
+    runs one), so NAME.K from a host belongs to the znode NAME there."""
+    groups: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
+    for node in nodes:
+        name, host = str(node.get("name", "")), str(node.get("host", ""))
+        base, dot, number = name.rpartition(".")
+        if dot and base and number.isdigit():
+            key, order = (base, host), int(number)
+        else:
+            key, order = (name, host), -1
+        groups.setdefault(key, []).append((order, node))
+    return [
+        (name, host, [node for _, node in sorted(members, key=lambda m: m[0])])
+        for (name, host), members in sorted(groups.items())
+    ]
 
 
 def _summary(functions: list[str], shown: int = 3) -> str:

@@ -39,6 +39,7 @@ class Node:
 
     __slots__ = (
         "active",
+        "backlog_told",
         "capacity",
         "completed",
         "draining",
@@ -75,6 +76,7 @@ class Node:
         self.draining = False  # it sent DEREGISTER: no new work
         self.version = 0  # see the heaps below
         self.timer = 0  # its heartbeat and liveness check, see broker.core.timers
+        self.backlog_told = 0  # the backlog hint it was sent last (protocol.md 3.4)
 
     @property
     def node_id(self) -> str:

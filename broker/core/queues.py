@@ -132,6 +132,16 @@ class TaskQueue:
                 if entry[3].queue_stamp == entry[2]:
                     yield entry[3]
 
+    def waiting_for(self, functions: Set[str]) -> int:
+        """Tasks queued for any of `functions`: O(the fewer of `functions` and the functions
+        with queued tasks), no task looked at."""
+        heaps = self._heaps
+        if not heaps:
+            return 0
+        if len(heaps) < len(functions):
+            return sum(heap.live for function, heap in heaps.items() if function in functions)
+        return sum(heap.live for function in functions if (heap := heaps.get(function)))
+
     def counts(self) -> dict[str, int]:
         """Queued tasks per function."""
         return {function: heap.live for function, heap in self._heaps.items()}

@@ -530,10 +530,12 @@ class Scheduler:
             len(node.functions),
         )
         config = self.config
-        commands.append(
-            Send(peer, Registered(node.node_id, config.heartbeat_interval, config.liveness))
-        )
-        return commands + self._feed(node, now)
+        feed = self._feed(node, now)
+        # The backlog hint once the new node has its tasks: what it alone cannot take.
+        node.backlog_told = backlog = self._queue.waiting_for(node.functions)
+        registered = Registered(node.node_id, config.heartbeat_interval, config.liveness, backlog)
+        commands.append(Send(peer, registered))
+        return commands + feed
 
     def _replace(self, msg: Register, now: float) -> list[Command]:
         """A supervisor restarted a node process: the old one's tasks failed with it."""
@@ -686,8 +688,11 @@ class Scheduler:
         return self._overdue(task, now)
 
     def _node_due(self, node: Node, now: float) -> list[Command]:
-        """A node's heartbeat and liveness check: dead after `expiry` of silence; sent a
-        HEARTBEAT after an interval in which it was sent nothing else."""
+        """A node's heartbeat and liveness check, about once an interval: dead after `expiry`
+        of silence; sent a HEARTBEAT, with the backlog hint, after an interval in which it
+        was sent nothing else, and also whenever the hint is non-zero or has changed since
+        it was last told (even to a node that got other messages: its supervisor scales on
+        it, protocol.md 3.4). The hint costs a look-up per function of the node."""
         config = self.config
         silent = now - node.last_seen
         if silent >= config.expiry:
@@ -696,9 +701,15 @@ class Scheduler:
             )
             return self._lose_node(node, "expired", now)
         commands: list[Command] = []
-        if now - node.last_sent >= config.heartbeat_interval:
+        backlog = self._queue.waiting_for(node.functions)
+        if (
+            backlog
+            or backlog != node.backlog_told
+            or now - node.last_sent >= config.heartbeat_interval
+        ):
             node.last_sent = now
-            commands.append(Send(node.identity, Heartbeat()))
+            node.backlog_told = backlog
+            commands.append(Send(node.identity, Heartbeat(backlog)))
         self._schedule_check(node)
         return commands
 

@@ -31,6 +31,7 @@ from broker.protocol.limits import (
     PRIORITY_DEFAULT,
     Attempt,
     Attempts,
+    Backlog,
     Capacity,
     DeadLetterLimit,
     ExitCode,
@@ -150,6 +151,11 @@ class _RegisteredBody(msgspec.Struct, gc=False):
     node_id: Name
     heartbeat_interval_ms: HeartbeatIntervalMs
     liveness: Liveness
+    backlog: msgspec.Raw = msgspec.Raw()  # a hint: read on its own, never refused
+
+
+class _HeartbeatBody(msgspec.Struct, gc=False):
+    backlog: msgspec.Raw = msgspec.Raw()
 
 
 class _RetractBody(msgspec.Struct, gc=False):
@@ -285,6 +291,8 @@ _RETRACT = _Reader(_RetractBody, "body")
 _RETRACTED = _Reader(_RetractedBody, "body")
 _ERROR = _Reader(_ErrorBody, "body")
 _OBJECT = _Reader(_Object, "body")
+_HEARTBEAT = msgspec.json.Decoder(_HeartbeatBody).decode
+_BACKLOG = msgspec.json.Decoder(Backlog | None).decode
 
 # ------------------------------------------------------------------ the four task commands
 # Each reads its header and its payload frame in one `try`: the common case pays for no
@@ -387,7 +395,29 @@ def _decode_retracted(frames: Sequence[bytes]) -> Retracted:
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
     b = _REGISTERED.read(frames)
-    return Registered(b.node_id, b.heartbeat_interval_ms / 1000, b.liveness)
+    return Registered(b.node_id, b.heartbeat_interval_ms / 1000, b.liveness, _hint(b.backlog))
+
+
+def _decode_heartbeat(frames: Sequence[bytes]) -> Heartbeat:
+    if len(frames) < 3:
+        return Heartbeat()  # a node's, or a broker's that gives no hint
+    try:
+        raw = _HEARTBEAT(frames[2]).backlog
+    except (msgspec.MsgspecError, RecursionError):
+        return Heartbeat()  # not a body: a sign of life all the same
+    return Heartbeat(_hint(raw))
+
+
+def _hint(raw: msgspec.Raw) -> int | None:
+    """The backlog hint (HEARTBEAT, REGISTERED): advisory, so a value that is not an integer
+    within the limits reads as null rather than refusing the message (protocol.md 3.4)."""
+    if not raw:
+        return None
+    try:
+        backlog: int | None = _BACKLOG(raw)
+    except msgspec.MsgspecError:
+        return None
+    return backlog
 
 
 def _decode_disconnect(frames: Sequence[bytes]) -> Disconnect:
@@ -431,7 +461,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     REGISTER: _decode_register,
     REGISTERED: _decode_registered,
     DEREGISTER: lambda frames: Deregister(),
-    HEARTBEAT: lambda frames: Heartbeat(),
+    HEARTBEAT: _decode_heartbeat,
     DISCONNECT: _decode_disconnect,
     **{command: _pairs(decode_one) for command, decode_one in _ONE_TASK.items()},
     STATUS: lambda frames: Status(),

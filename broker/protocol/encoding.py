@@ -134,12 +134,20 @@ def _encode_register(m: Register) -> list[bytes]:
 
 
 def _encode_registered(m: Registered) -> list[bytes]:
-    body = {
+    body: dict[str, Any] = {
         "node_id": m.node_id,
         "heartbeat_interval_ms": _ms(m.heartbeat_interval),
         "liveness": m.liveness,
     }
+    if m.backlog is not None:
+        body["backlog"] = m.backlog
     return [TAG, REGISTERED, _json(body)]
+
+
+def _encode_heartbeat(m: Heartbeat) -> list[bytes]:
+    if m.backlog is None:
+        return [TAG, HEARTBEAT]
+    return [TAG, HEARTBEAT, _json({"backlog": m.backlog})]
 
 
 def _encode_result(m: Result) -> list[bytes]:
@@ -247,7 +255,7 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Register: _encode_register,
     Registered: _encode_registered,
     Deregister: lambda m: [TAG, DEREGISTER],
-    Heartbeat: lambda m: [TAG, HEARTBEAT],
+    Heartbeat: _encode_heartbeat,
     Disconnect: lambda m: [TAG, DISCONNECT, _json({"reason": m.reason})],
     Execute: lambda m: execute_frames(m.spec),
     Run: run_frames,

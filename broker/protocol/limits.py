@@ -32,6 +32,7 @@ MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
 MAX_LIVENESS = 1000
 MAX_DLQ_LIMIT = 1_000_000
 MAX_EXIT_CODE = 255
+MAX_BACKLOG = 2**63 - 1
 
 # Header fields as the decoders check them.
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
@@ -52,6 +53,7 @@ DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
 Functions = Annotated[list[Name], Meta(min_length=1)]
 RetractIds = Annotated[list[Name], Meta(min_length=1, max_length=MAX_RETRACT)]
 RetractedIds = Annotated[list[Name], Meta(max_length=MAX_RETRACT)]
+Backlog = Annotated[int, Meta(ge=0, le=MAX_BACKLOG)]
 
 # The same limits in seconds, as a TaskSpec holds them.
 QueueTimeout = Annotated[float, Meta(ge=0.001, le=MAX_QUEUE_TIMEOUT_MS / 1000)]

@@ -112,6 +112,7 @@ class Registered(Struct, frozen=True, gc=False):
     node_id: str
     heartbeat_interval: float  # seconds
     liveness: int
+    backlog: int | None = None  # the backlog hint, as in Heartbeat
 
 
 class Deregister(Struct, frozen=True, gc=False):
@@ -119,7 +120,11 @@ class Deregister(Struct, frozen=True, gc=False):
 
 
 class Heartbeat(Struct, frozen=True, gc=False):
-    pass
+    """A sign of life (protocol.md 3.4). From the broker it may carry the backlog hint: the
+    tasks queued at the broker, sent to no node yet, for the functions this node offers;
+    None: not said (a node's heartbeat, or an older broker's)."""
+
+    backlog: int | None = None
 
 
 class Disconnect(Struct, frozen=True, gc=False):

@@ -123,7 +123,7 @@ def test_register_execute_run_result_completed(
     node = peers(broker)
     node.send(p.Register("n1", "localhost", 123, ("multiply",), 2))
     registered = node.recv()
-    assert registered == p.Registered(registered.node_id, INTERVAL, LIVENESS)  # type: ignore[union-attr]
+    assert registered == p.Registered(registered.node_id, INTERVAL, LIVENESS, 0)  # type: ignore[union-attr]
     client = peers(broker)
     client.send(execute("t1", "multiply", b"[5,10]"))
     run = node.recv()

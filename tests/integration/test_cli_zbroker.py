@@ -106,8 +106,46 @@ def test_status_prints_the_nodes_and_the_queue(fake_broker: StartBroker) -> None
         " 0.2s ago ",
         " add, multiply, divide +1 more ",
     ]
-    assert "queued: 2   running: 4   held by nodes: 2   dead letters: 3\n" in done.stdout
+    assert (
+        "znodes: 1   processes: 1   queued: 2   running: 4   held by nodes: 2   dead letters: 3\n"
+        in done.stdout
+    )
     assert "counters: malformed=0, received=42\n" in done.stdout
+
+
+def _process(name: str, host: str, pid: int) -> dict[str, Any]:
+    return {**NODE, "name": name, "host": host, "pid": pid, "id": f"id-{pid}"}
+
+
+def test_status_groups_the_processes_of_each_znode(fake_broker: StartBroker) -> None:
+    """An elastic znode's processes register as NAME.K from one host: one group each, its
+    totals first, then its processes in order of their numbers (10 after 9); beside it a
+    znode of one process and a namesake on another host."""
+    nodes = [
+        _process("w.10", "h1", 10),
+        _process("w.2", "h1", 2),
+        _process("w.9", "h1", 9),
+        _process("w.2", "h2", 22),
+        _process("solo", "h1", 5),
+        _process("v1.2.x", "h1", 6),
+    ]
+    broker = fake_broker(answer_status({**BODY, "nodes": nodes}))
+    done = zbroker("status", "--broker", broker.url)
+    assert done.exit_code == 0, done.output
+    rows = [line.split("│")[1:-1] for line in done.stdout.splitlines() if line.count("│") > 3]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    functions = "add, multiply, divide +1 more"
+    each = ["ready", "1/4", "17", "0.2s ago"]
+    assert cells == [
+        ["solo", "h1", "5", *each, functions],
+        ["v1.2.x", "h1", "6", *each, functions],
+        ["w (3 processes)", "h1", "", "", "3/12", "51", "", functions],
+        ["w.2", "", "2", *each, ""],  # the same functions: said once per znode
+        ["w.9", "", "9", *each, ""],
+        ["w.10", "", "10", *each, ""],
+        ["w.2", "h2", "22", *each, functions],
+    ]
+    assert "znodes: 4   processes: 6" in done.stdout
 
 
 def test_status_json_prints_the_body(fake_broker: StartBroker) -> None:

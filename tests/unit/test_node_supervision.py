@@ -3,6 +3,8 @@ how a spare is put to work, and when a dead node process is started again."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import signal
 
@@ -79,3 +81,82 @@ def test_restart_delay() -> None:
     assert delays[1] == RESTART_BACKOFF_MIN
     # One that ran a while is restarted at once and its backoff forgotten.
     assert restart_delay(-signal.SIGSEGV, YOUNG + 1, 3.2) == (0.0, None)
+
+
+# ---------------------------------------------------------------------------- demand reports
+
+
+def _pipe() -> tuple[supervision.DemandReader, supervision.DemandReport, int]:
+    read_fd, write_fd = os.pipe()
+    return supervision.DemandReader(read_fd), supervision.DemandReport(write_fd), write_fd
+
+
+def test_a_demand_report_travels_as_one_json_line() -> None:
+    demand = supervision.Demand(True, 17, 1, 42)
+    line = supervision.encode_demand(demand)
+    assert line == b'{"registered":true,"backlog":17,"busy":1,"results":42}\n'
+    assert supervision.decode_demand(line) == demand
+    unknown = b'{"registered":false,"backlog":null,"busy":0,"results":0}'
+    assert supervision.decode_demand(unknown) == supervision.Demand(False, None, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"{", b"[]", b'{"registered":true,"busy":0,"results":0}',
+     b'{"registered":true,"backlog":-1,"busy":0,"results":0}',
+     b'{"registered":true,"backlog":1,"busy":true,"results":0}',
+     b'{"registered":true,"backlog":1,"busy":0,"results":1.5}',
+     b'{"registered":1,"backlog":1,"busy":0,"results":1}',
+     b'{"backlog":1,"busy":0,"results":1}',
+     b"stopped after task t exceeded its 1 s timeout"],
+)  # fmt: skip
+def test_what_is_not_a_demand_report_is_skipped(line: bytes) -> None:
+    assert supervision.decode_demand(line) is None
+
+
+def test_a_process_reports_changes_at_most_once_per_gap_and_the_last_one_counts() -> None:
+    reader, report, write_fd = _pipe()
+    gap = supervision.DEMAND_GAP
+    try:
+        assert reader.read() is None  # nothing yet
+        report.update(False, None, 0, 0, 10.0)
+        assert reader.read() == supervision.Demand(False, None, 0, 0)
+        report.update(False, None, 0, 0, 20.0)  # no change: nothing sent
+        assert reader.read() is None and report.due == math.inf
+        report.update(True, 5, 1, 0, 20.0)
+        report.update(True, 4, 1, 3, 20.0 + gap / 2)  # too soon: held until the gap is over
+        assert report.due == 20.0 + gap
+        assert reader.read() == supervision.Demand(True, 5, 1, 0)
+        report.update(True, 3, 1, 4, 20.0 + gap)  # the state then, not each step in between
+        report.update(True, 2, 0, 5, 30.0)
+        assert reader.read() == supervision.Demand(True, 2, 0, 5)  # the latest of two lines
+        assert report.due == math.inf
+    finally:
+        os.close(write_fd)
+    assert reader.read() is None and reader.ended  # the process is gone
+    reader.close()
+
+
+def test_a_report_that_finds_the_pipe_full_is_sent_again_later() -> None:
+    reader, report, write_fd = _pipe()
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write_fd, b"\n" * 4096)  # the report's end is non-blocking
+        report.update(True, 7, 1, 1, 0.0)  # dropped: the pipe is full, and nothing blocks
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                data += os.read(reader.fd, 65536)  # the supervisor reads it all away
+        assert data.strip() == b""  # the report was dropped, not waited for
+        report.update(True, 7, 1, 1, supervision.DEMAND_GAP)  # not told yet: it goes now
+        assert reader.read() == supervision.Demand(True, 7, 1, 1)
+    finally:
+        os.close(write_fd)
+        reader.close()
+
+
+def test_an_unsupervised_process_reports_nothing() -> None:
+    report = supervision.DemandReport(None)
+    report.update(True, 3, 1, 1, 0.0)
+    assert report.due == math.inf

@@ -34,8 +34,13 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"REGISTERED", b'{"node_id":"node-1","heartbeat_interval_ms":1000,"liveness":3}']),
     (p.Registered("node-2", 0.25, 5),
      [T, b"REGISTERED", b'{"node_id":"node-2","heartbeat_interval_ms":250,"liveness":5}']),
+    (p.Registered("node-3", 1.0, 3, 17),
+     [T, b"REGISTERED",
+      b'{"node_id":"node-3","heartbeat_interval_ms":1000,"liveness":3,"backlog":17}']),
     (p.Deregister(), [T, b"DEREGISTER"]),
     (p.Heartbeat(), [T, b"HEARTBEAT"]),
+    (p.Heartbeat(17), [T, b"HEARTBEAT", b'{"backlog":17}']),
+    (p.Heartbeat(0), [T, b"HEARTBEAT", b'{"backlog":0}']),
     (p.Disconnect("broker shutting down"),
      [T, b"DISCONNECT", b'{"reason":"broker shutting down"}']),
     (p.Execute(p.TaskSpec("1234", "multiply", b"[5,10]", 5)),
@@ -167,6 +172,28 @@ def test_unknown_fields_whitespace_and_trailing_frames_are_ignored() -> None:
     frames = [p.TAG, p.EXECUTE, header, b"[1]", b"trailing"]
     assert p.decode(frames) == p.Execute(p.TaskSpec("t", "f", b"[1]", 9))
     assert p.decode([p.TAG, p.HEARTBEAT, b"anything"]) == p.Heartbeat()
+    assert p.decode([p.TAG, p.HEARTBEAT, b'{"backlog":3}', b"x"]) == p.Heartbeat(3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b'{"backlog":null}', b'{"backlog":-1}', b'{"backlog":1.5}', b'{"backlog":true}',
+     b'{"backlog":"3"}', b'{"backlog":9223372036854775808}', b'{"backlog":1e400}', b"[3]",
+     b"{", b"\xff"],
+)  # fmt: skip
+def test_a_backlog_hint_that_does_not_fit_reads_as_unknown(body: bytes) -> None:
+    """The hint is advisory (protocol.md 3.4): it never costs the HEARTBEAT (a sign of life)
+    or the REGISTERED that carries it."""
+    assert p.decode([p.TAG, p.HEARTBEAT, body]) == p.Heartbeat(None)
+    if body.startswith(b"{") and body != b"{":
+        registered = b'{"node_id":"n","heartbeat_interval_ms":1000,"liveness":3,' + body[1:]
+        registered = registered.replace(b",}", b"}")
+        assert p.decode([p.TAG, p.REGISTERED, registered]) == p.Registered("n", 1.0, 3, None)
+
+
+def test_the_largest_backlog_hint_is_read() -> None:
+    most = p.decode([p.TAG, p.HEARTBEAT, b'{"backlog":9223372036854775807}'])
+    assert most == p.Heartbeat(2**63 - 1)
 
 
 BAD = p.ERR_MALFORMED

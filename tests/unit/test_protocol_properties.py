@@ -21,7 +21,7 @@ FIELDS = sorted(
     {"name", "host", "pid", "functions", "capacity", "node_id", "heartbeat_interval_ms"}
     | {"liveness", "reason", "task_id", "function", "priority", "attempt", "exit_code"}
     | {"error", "attempts", "code", "message", "type", "nodes"}
-    | {"timeout_ms", "queue_timeout_ms", "retries", "replaces", "op", "limit"}
+    | {"timeout_ms", "queue_timeout_ms", "retries", "replaces", "op", "limit", "backlog"}
 )
 
 # ----------------------------------------------------------------------------- strategies
@@ -47,6 +47,9 @@ payload_json = st.recursive(
 )
 
 
+backlogs = st.none() | st.integers(0, p.MAX_BACKLOG)
+
+
 def _no_show(body: dict[str, Any]) -> dict[str, Any]:
     body.pop("dead_letter", None)
     return body
@@ -67,9 +70,10 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         names,
         st.integers(1, 86_400_000).map(lambda ms: ms / 1000),
         st.integers(1, 1000),
+        backlogs,
     ),
     p.Deregister: st.just(p.Deregister()),
-    p.Heartbeat: st.just(p.Heartbeat()),
+    p.Heartbeat: st.builds(p.Heartbeat, backlogs),
     p.Disconnect: st.builds(p.Disconnect, texts),
     p.Execute: st.builds(
         p.Execute,

@@ -29,7 +29,7 @@ def sched() -> Core:
 
 def test_register_answers_registered_with_heartbeat_settings(sched: Core) -> None:
     sends = sched.handle(b"n1", register("n1"), 0.0)
-    assert sends == [Send(b"n1", p.Registered(b"n1".hex(), 1.0, 3))]
+    assert sends == [Send(b"n1", p.Registered(b"n1".hex(), 1.0, 3, 0))]
 
 
 def test_execute_runs_on_a_node_and_result_goes_back_to_the_client(sched: Core) -> None:
@@ -189,6 +189,60 @@ def test_heartbeats_go_to_quiet_nodes_only(sched: Core) -> None:
     assert beats == [b"n1" if busy == b"n2" else b"n2"]
     # Next due: the busy node's check, an interval after its RUN (the other's comes at 2.0).
     assert sched.next_deadline() == pytest.approx(1.9)
+
+
+def beats(sends: list[Send]) -> dict[bytes, int | None]:
+    """The HEARTBEATs among `sends`: node -> the backlog hint it carries."""
+    return {s.peer: s.message.backlog for s in sends if isinstance(s.message, p.Heartbeat)}
+
+
+def test_registered_carries_the_backlog_the_new_node_leaves(sched: Core) -> None:
+    sched.handle(b"n1", register("n1"), 0.0)
+    for task_id in ("t1", "t2", "t3", "t4"):
+        sched.handle(CLIENT, execute(task_id), 0.1)  # t1 runs, three wait
+    sends = sched.handle(b"n2", register("n2", capacity=2), 0.2)
+    assert sends[0] == Send(b"n2", p.Registered(b"n2".hex(), 1.0, 3, 1))  # first, then RUNs
+    assert runs(sends) == [(b"n2", "t2"), (b"n2", "t3")]
+    other = sched.handle(b"n3", register("n3", functions=("g",)), 0.2)
+    assert other == [Send(b"n3", p.Registered(b"n3".hex(), 1.0, 3, 0))]  # none of it is for g
+
+
+def test_the_backlog_hint_reaches_busy_nodes_every_interval_while_it_matters(
+    sched: Core,
+) -> None:
+    """A busy node is sent no idle heartbeats, yet its supervisor needs the backlog: the
+    broker sends it at every check while it is non-zero, and once more when it changed."""
+    sched.handle(b"n1", register("n1", functions=("f", "g")), 0.0)
+    sched.handle(b"n2", register("n2", functions=("h",)), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.1)
+    sched.handle(CLIENT, execute("t2", "g"), 0.1)
+    sched.handle(CLIENT, execute("t3"), 0.1)
+    assert beats(sched.tick(1.0)) == {b"n1": 2, b"n2": 0}  # n1 had a RUN 0.9 s ago
+    sched.handle(b"n1", ok("t1"), 1.5)  # t2 (priority and age) runs: one left
+    assert beats(sched.tick(2.0)) == {b"n1": 1, b"n2": 0}
+    sched.handle(b"n1", ok("t2"), 2.5)  # t3 runs: none left, which n1 has not been told
+    sched.handle(b"n2", p.Heartbeat(), 2.5)  # n2 is alive, and idle
+    assert beats(sched.tick(3.0)) == {b"n1": 0, b"n2": 0}
+    sched.handle(b"n1", ok("t3"), 3.2)
+    sched.handle(CLIENT, execute("t4"), 3.5)  # n1 busy again, backlog still 0: as ever
+    sched.handle(b"n2", p.Heartbeat(), 3.5)
+    assert beats(sched.tick(4.0)) == {b"n2": 0}
+    assert beats(sched.tick(4.5)) == {b"n1": 0}  # an interval after its RUN
+
+
+def test_the_backlog_hint_counts_the_queued_tasks_of_the_nodes_functions() -> None:
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3, retry=RetryPolicy(base=10)))
+    sched.handle(b"n1", register("n1", functions=("f",)), 0.0)
+    sched.handle(b"n2", register("n2", functions=("g",)), 0.0)
+    sched.handle(CLIENT, execute("t1", retries=1), 0.1)  # runs on n1
+    sched.handle(CLIENT, execute("t2"), 0.1)  # waits for n1
+    for task_id in ("t3", "t4", "t5"):
+        sched.handle(CLIENT, execute(task_id, "g"), 0.1)  # t3 runs on n2, two wait
+    failed = p.Result("t1", 1, b"null", p.ErrorInfo("E", "x"), 1)
+    assert runs(sched.handle(b"n1", failed, 0.5)) == [(b"n1", "t2")]
+    # t1 waits 10 s for its next attempt: not queued, so not in n1's backlog, which is 0 as
+    # n1 was last told: n1 (sent a RUN 0.5 s ago) gets no heartbeat.
+    assert beats(sched.tick(1.0)) == {b"n2": 2}
 
 
 def test_deregister_stops_new_work_but_accepts_running_results(sched: Core) -> None:
