@@ -54,6 +54,7 @@ DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 # while more tasks run, and by FLUSH_BY (the inline watchdog sends them) should one run long.
 FLUSH_AFTER = 0.0002
 FLUSH_BY = 0.002
+PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
 STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
@@ -86,6 +87,10 @@ class NodeAgent:
         self._pending: list[list[bytes]] = []
         self._pending_since = 0.0
         self._demand = supervision.DemandReport(config.demand_fd)  # for an elastic supervisor
+        # A clean stop waits until the broker has forgotten this process (see `_may_end`).
+        self._forgotten = False
+        self._probe_at = math.inf  # when to ask again
+        self._probe_until = math.inf  # when to stop asking: the broker is gone
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -158,7 +163,7 @@ class NodeAgent:
     def _poll_wait_ms(self) -> int:
         life = self._life
         due = min(self._link.due(life.stopping), self._slots.next_deadline, life.restart_by)
-        due = min(due, self._demand.due)
+        due = min(due, self._demand.due, self._probe_at)
         if due == math.inf:
             return IDLE_WAIT_MS
         return max(0, int((due - time.monotonic()) * 1000) + 1)
@@ -171,7 +176,8 @@ class NodeAgent:
             log.error("supervisor %d is gone; stopping at once", parent)
             self._exit_code = 1
         elif self._life.stopping and self._life.drained(self._slots.busy, now):
-            self._finish()
+            if self._may_end(now):
+                self._finish()
         elif link.socket is None:
             if not self._life.stopping and now >= link.connect_at:
                 self._connect()
@@ -185,6 +191,26 @@ class NodeAgent:
             link.flush()
         else:
             link.heartbeat_if_due(now)
+
+    def _may_end(self, now: float) -> bool:
+        """Whether a stopping process with nothing left may end. After DEREGISTER, a RUN the
+        broker sent before it arrived may still be on its way: the process stays until the
+        broker has forgotten it, which its DISCONNECT in answer to a HEARTBEAT says
+        (protocol.md 7.2), running what comes meanwhile. A broker silent for the expiry is
+        not waited for; a process restarting for an overdue task does not wait."""
+        link = self._link
+        if self._forgotten or link.socket is None or not link.deregistered:
+            return True
+        if self._life.restarting:
+            return True
+        if self._probe_until == math.inf:
+            self._probe_until = now + link.expiry
+        if now >= self._probe_until:
+            return True
+        if now >= self._probe_at or self._probe_at == math.inf:
+            link.send(encode(Heartbeat()))
+            self._probe_at = now + PROBE_INTERVAL
+        return False
 
     def _finish(self) -> None:
         if self._link.unsent:
@@ -250,6 +276,9 @@ class NodeAgent:
         if isinstance(msg, Registered):
             self._on_registered(msg)
         elif isinstance(msg, Disconnect):
+            if self._life.stopping and link.deregistered:
+                self._forgotten = True  # what a stopping process waits for (`_may_end`)
+                return
             reason = msg.reason or "no reason given"
             self._reconnect(f"broker at {link.url} disconnected us ({reason})")
         elif isinstance(msg, Error):

@@ -316,3 +316,24 @@ def test_a_batch_of_runs_is_run_and_answered(spawner: Spawner, broker: FakeBroke
     for i in range(3):
         _, result = broker.result(f"b{i}", timeout=5)
         assert loads_payload(result.result) == i * 10
+
+
+def test_a_stopping_node_stays_until_the_broker_forgot_it(
+    spawner: Spawner, broker: FakeBroker
+) -> None:
+    """After DEREGISTER a RUN may still be on its way (sent before the broker read it): an
+    idle node runs it, and ends once the broker answers its HEARTBEAT with DISCONNECT."""
+    node = single_node(spawner, broker, threads=1)
+    proc = broker.alive[0]
+    assert broker.call(node, "add", 1, 1).result == b"2"  # registered, and idle
+    proc.signal(signal.SIGTERM)
+    deregistered = broker.take(Deregister, timeout=2)
+    broker.run(node, "crossed", "echo", "ran")  # sent before the broker saw the DEREGISTER
+    assert broker.result("crossed")[1].result == b'"ran"'
+    probe = broker.take(Heartbeat, timeout=2, where=lambda r: r.at > deregistered.at)
+    assert proc.alive(), "the node ended before the broker had forgotten it"
+    broker.alive.clear()  # it is meant to exit now
+    broker.send(node, Disconnect("not registered: send REGISTER"))
+    broker.wait(lambda: not proc.alive(), 2, "the node to exit")
+    assert proc.popen.returncode == 0
+    assert time.monotonic() - probe.at < 1.5
