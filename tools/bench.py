@@ -1,6 +1,8 @@
 """The project's benchmarks, as one command: `.venv/bin/python tools/bench.py SUBCOMMAND`.
 
   run           pipelined throughput (Client.map) and sequential latency (Client.execute)
+  compare       ours against a bare pyzmq relay, alternating: bulk, in flight, sequential,
+                the store's cost; medians, ratios and the targets
   breakdown     a sequential round trip against a bare pyzmq relay, and CPU per process
   instructions  instructions per round trip of client, node and broker (valgrind callgrind)
   store         the durable store alone: journal batches per second, and loading it
@@ -35,6 +37,7 @@ from typing import Any
 import orjson
 import zmq
 
+import compare
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send, Sent
@@ -275,6 +278,13 @@ def add_breakdown(sub: Any) -> None:
     parser.add_argument("--calls", type=int, default=2000, help="round trips per run")
     parser.add_argument("--runs", type=int, default=5, help="runs; medians are reported")
     parser.add_argument("--store", action="store_true", help="run the broker with its store")
+
+
+# =================================================================================== compare
+
+
+def add_compare(sub: Any) -> None:
+    compare.add_arguments(subcommand(sub, "compare", compare.compare))
 
 
 # ============================================================================== instructions
@@ -1044,6 +1054,7 @@ def main() -> None:
     sub = parser.add_subparsers(metavar="SUBCOMMAND", required=True)
     for add in (
         add_run,
+        add_compare,
         add_breakdown,
         add_instructions,
         add_store,
