@@ -235,6 +235,7 @@ def compare(args: argparse.Namespace) -> None:
             relay_dealer=connected(context, zmq.DEALER, relay.url),
             relay_req=connected(context, zmq.REQ, relay.url),
             store_on=store_on,
+            store_none=store_none,
             client=stack.enter_context(Client(store_on.url)),
             client_store_none=stack.enter_context(Client(store_none.url)),
             dealer=connected(context, zmq.DEALER, store_on.url),
@@ -255,6 +256,7 @@ class Sides:
     relay_dealer: zmq.Socket[Any]
     relay_req: zmq.Socket[Any]
     store_on: LocalCluster
+    store_none: LocalCluster
     client: Client  # to the broker with its store
     client_store_none: Client
     dealer: zmq.Socket[Any]  # to the broker with its store, for the in-flight EXECUTEs
@@ -307,7 +309,11 @@ def one_round(sides: Sides, args: argparse.Namespace) -> Round:
     r.bulk_ours, r.cpu_us_per_task["ours"] = cpu_per_task(
         ours_pids, args.tasks, lambda: mapped(sides.client, args.tasks)
     )
-    r.bulk_ours_store_none = mapped(sides.client_store_none, args.tasks)
+    r.bulk_ours_store_none, r.cpu_us_per_task["ours, --store none"] = cpu_per_task(
+        ours_processes(sides.store_none),
+        args.tasks,
+        lambda: mapped(sides.client_store_none, args.tasks),
+    )
     count = args.in_flight
     r.in_flight_relay = pipelined(
         sides.relay_dealer, executes(f"flight-{uuid.uuid4().hex}", count), count, one_reply
@@ -591,7 +597,7 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> None:
             f"{name} {c['user'] + c['system']:.0f} ({c['system']:.0f})"
             for name, c in processes.items()
         )
-        print(f"  {side:5} {each}; total {total:.0f}")
+        print(f"  {side}: {each}; total {total:.0f}")
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
