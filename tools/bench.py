@@ -1,6 +1,8 @@
 """The project's benchmarks, as one command: `.venv/bin/python tools/bench.py SUBCOMMAND`.
 
   run           pipelined throughput (Client.map) and sequential latency (Client.execute)
+  compare       ours against a bare pyzmq relay, alternating: bulk, in flight, sequential,
+                the store's cost; medians, ratios and the targets
   breakdown     a sequential round trip against a bare pyzmq relay, and CPU per process
   instructions  instructions per round trip of client, node and broker (valgrind callgrind)
   store         the durable store alone: journal batches per second, and loading it
@@ -19,12 +21,10 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import multiprocessing
 import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import zmq
 
+import compare
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send, Sent
@@ -47,12 +48,12 @@ from broker.protocol.frames import (
     readable,
     recv_frames,
     send_frames,
-    send_routed,
     wait_readable,
 )
 from broker.store import Store
 from client import Client, ControlClient, ReqLink
 from client.cluster import LocalCluster
+from compare import Relay, children
 
 Handler = Callable[[argparse.Namespace], None]
 OFFSET = time.time() - time.monotonic()  # the wall_offset of the store and the scheduler
@@ -191,51 +192,20 @@ def breakdown(args: argparse.Namespace) -> None:
     and reports the median p50 and every run's, then the CPU each process's threads spent per
     round trip (from /proc, over the last run), so that the cost above the relay can be
     placed."""
-    url = f"tcp://127.0.0.1:{free_port()}"
-    # Forked before this process has a ZeroMQ context: a fork must not inherit one.
-    helpers = [multiprocessing.Process(target=f, args=(url,), daemon=True) for f in (relay, echo)]
-    for helper in helpers:
-        helper.start()
-    context: zmq.Context[Any] = zmq.Context()
-    req = context.socket(zmq.REQ)
-    req.connect(url)
+    with Relay(workers=1) as relay:  # before this process has a ZeroMQ context
+        context: zmq.Context[Any] = zmq.Context()
+        req = context.socket(zmq.REQ)
+        req.connect(relay.url)
 
-    def relay_trip() -> None:
-        send_frames(req, RELAY_MESSAGE)
-        recv_frames(req)
+        def relay_trip() -> None:
+            send_frames(req, RELAY_MESSAGE)
+            recv_frames(req)
 
-    try:
-        relay_pids = {"relay": helpers[0].pid or 0, "echo": helpers[1].pid or 0}
-        compare(args, relay_trip, {**relay_pids, "client": os.getpid()})
-    finally:
-        for helper in helpers:
-            helper.kill()
-            helper.join()
-        context.destroy(linger=0)
-
-
-def relay(url: str) -> None:
-    context: zmq.Context[Any] = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.bind(url)
-    worker = recv_frames(router)[0]
-    while True:
-        wait_readable(router, -1)
-        while readable(router):
-            frames = recv_frames(router, NOBLOCK)
-            if frames[0] == worker:
-                send_routed(router, frames[2], frames[4:], NOBLOCK)
-            else:
-                send_routed(router, worker, frames, NOBLOCK)
-
-
-def echo(url: str) -> None:
-    context: zmq.Context[Any] = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.connect(url)
-    send_frames(dealer, [b"ready"])
-    while True:
-        send_frames(dealer, recv_frames(dealer))
+        try:
+            relay_pids = {"relay": relay.pids["relay"], "echo": relay.pids["echo-1"]}
+            breakdown_runs(args, relay_trip, {**relay_pids, "client": os.getpid()})
+        finally:
+            context.destroy(linger=0)
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -247,10 +217,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
         fields = stat.rsplit(")", 1)[1].split()
         out[f"{name}[{tid}]"] = (int(fields[11]) + int(fields[12])) * TICK_US
     return out
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def timed(
@@ -271,7 +237,7 @@ def timed(
     return statistics.quantiles(samples, n=100)[49] * 1e6, cpu
 
 
-def compare(
+def breakdown_runs(
     args: argparse.Namespace, relay_trip: Callable[[], None], relay_pids: dict[str, int]
 ) -> None:
     """Alternate the relay and our stack; print the medians and the last run's CPU."""
@@ -307,18 +273,18 @@ def compare(
                     print(f"  {stack:5} {process:7} {thread:28} {us:6.0f}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def add_breakdown(sub: Any) -> None:
     parser = subcommand(sub, "breakdown", breakdown)
     parser.add_argument("--calls", type=int, default=2000, help="round trips per run")
     parser.add_argument("--runs", type=int, default=5, help="runs; medians are reported")
     parser.add_argument("--store", action="store_true", help="run the broker with its store")
+
+
+# =================================================================================== compare
+
+
+def add_compare(sub: Any) -> None:
+    compare.add_arguments(subcommand(sub, "compare", compare.compare))
 
 
 # ============================================================================== instructions
@@ -1089,6 +1055,7 @@ def main() -> None:
     sub = parser.add_subparsers(metavar="SUBCOMMAND", required=True)
     for add in (
         add_run,
+        add_compare,
         add_breakdown,
         add_instructions,
         add_store,
