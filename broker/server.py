@@ -39,6 +39,10 @@ from broker.store import Persistence, PersistenceConfig, StoreError
 log = logging.getLogger(__name__)
 
 BATCH = 256  # messages handled per wake-up before timers are checked again
+# While messages keep waiting, what they cause is sent together every this many commands
+# (and when none waits): several RUNs to one node, or answers to one client, share one
+# message (protocol.md 2.4) however many messages brought them.
+SEND_EVERY = 256
 STOP_CHECK = 0.1  # seconds: the longest one wait lasts, so that a stop request is seen
 PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
@@ -147,17 +151,43 @@ class BrokerServer:
             self._close(router)
 
     def _drain(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:
-        """Handle `frames` and what else is waiting, up to BATCH messages."""
-        process = self._process
-        for handled in range(1, BATCH + 1):
-            process(router, frames)
-            # A readable check is cheaper than the zmq.Again of one more receive.
-            if handled == BATCH or not readable(router):
-                return
+        """Handle `frames` and what else is waiting, up to BATCH messages. A message alone
+        is answered before its bookkeeping (`_process`); when more wait, their commands are
+        carried out together (`_collect`), every SEND_EVERY commands and at the end."""
+        self._process(router, frames)
+        # A readable check is cheaper than the zmq.Again of one more receive.
+        if not readable(router):
+            return
+        collect = self._collect
+        commands: list[Command] = []
+        for handled in range(2, BATCH + 1):
             try:
                 frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
-                return
+                break
+            collect(frames, commands)
+            if handled == BATCH or not readable(router):
+                break
+            if len(commands) >= SEND_EVERY:
+                self._carry_out(router, commands)
+                commands = []
+        if commands:
+            self._carry_out(router, commands)
+
+    def _collect(self, frames: list[bytes], commands: list[Command]) -> None:
+        """One message of several waiting: what it causes, and its bookkeeping, added to
+        `commands` to be carried out with the others'."""
+        event = self._event(frames)
+        scheduler = self.scheduler
+        if self._strict:
+            commands += self._handle(event, time.monotonic())
+        else:  # `_handle` without its call, on every message's way
+            try:
+                commands += scheduler.handle(event, time.monotonic())
+            except Exception:
+                self._bug(type(event).__name__)
+        if scheduler.deferred:
+            commands += self._handle(_SENT, time.monotonic())
 
     def _process(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:
         """One message: its event, what the core makes of it, carried out; then, once the
