@@ -328,18 +328,19 @@ class NodeAgent:
         """Run held tasks inline, oldest first, until none is left or a message waits; their
         results leave together (FLUSH_AFTER, FLUSH_BY)."""
         slots, link, pending = self._slots, self._link, self._pending
-        while slots.runnable:
+        while True:
             if pending and time.monotonic() - self._pending_since >= FLUSH_AFTER:
                 self._flush_pending()
             frames = slots.run_next(self._pending_since + FLUSH_BY if pending else math.inf)
             if not pending:  # (the watchdog may have sent them meanwhile)
                 self._pending_since = time.monotonic()
             pending.append(frames)
+            if not slots.runnable:
+                self._flush_pending()
+                return
             sock = link.socket
             if sock is None or readable(sock) or self._life.asked:
-                break
-        if not slots.runnable:
-            self._flush_pending()
+                return
 
     def _flush_pending(self) -> None:
         pending = self._pending
