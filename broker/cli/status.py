@@ -44,8 +44,9 @@ def _print_status(body: dict[str, Any]) -> None:
     table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
     numbers = ("pid", "load", "held", "done")
     for column in ("name", "host", "pid", "state", "load", "held", "done", "seen", "functions"):
-        justify = "right" if column in numbers else "left"
-        table.add_column(column, justify=justify, no_wrap=column != "functions")
+        side = "right" if column in numbers else "left"
+        # The functions give way when the terminal is narrow; the others never wrap.
+        table.add_column(column, justify=side, no_wrap=column != "functions")
     groups = znodes(body.get("nodes", []))
     for number, (name, host, processes) in enumerate(groups):
         if number:
