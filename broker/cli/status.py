@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from broker.cli.control import Broker, Timeout, asking
@@ -44,7 +44,7 @@ def _print_status(body: dict[str, Any]) -> None:
     table = Table(title=f"Nodes (strategy {body.get('strategy', '?')})")
     numbers = ("pid", "load", "held", "done")
     for column in ("name", "host", "pid", "state", "load", "held", "done", "seen", "functions"):
-        side = "right" if column in numbers else "left"
+        side: JustifyMethod = "right" if column in numbers else "left"
         # The functions give way when the terminal is narrow; the others never wrap.
         table.add_column(column, justify=side, no_wrap=column != "functions")
     groups = znodes(body.get("nodes", []))
