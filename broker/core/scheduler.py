@@ -314,12 +314,19 @@ class Scheduler:
         return handler(peer, node, message, now)
 
     def _on_batch(self, peer: bytes, node: Node | None, batch: Batch, now: float) -> list[Command]:
+        """Each task of the batch to its handler, as `_dispatch` would (without its call: a
+        batch brings up to 256 tasks; the node is looked up again, as a task may end it)."""
         commands: list[Command] = []
+        messages, nodes = self._messages, self._pool.nodes
         for item in batch.items:
             if isinstance(item, ProtocolError):
                 commands += self._refuse(peer, item)
+                continue
+            handler = messages.get(type(item))
+            if handler is None:
+                commands += self._dispatch(peer, item, now)  # refused there
             else:
-                commands += self._dispatch(peer, item, now)
+                commands += handler(peer, nodes.get(peer), item, now)
         return commands
 
     def _on_undecodable(self, event: Undecodable, now: float) -> list[Command]:
