@@ -38,7 +38,7 @@ from broker.protocol import (
     decode,
     encode,
 )
-from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames
+from broker.protocol.frames import NOBLOCK, POLLIN, TimedReceiver, poll, readable, recv_frames
 from node import registry, supervision
 from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
@@ -50,6 +50,7 @@ from node.slots.threads import combine_results
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
+STOP_CHECK_MS = 100  # the longest wait inside a receive: a stop signal is seen within it
 # Results of tasks run inline leave together: at most FLUSH_AFTER after the first of them
 # while more tasks run, and by FLUSH_BY (the inline watchdog sends them) should one run long.
 FLUSH_AFTER = 0.0002
@@ -91,6 +92,7 @@ class NodeAgent:
         self._forgotten = False
         self._probe_at = math.inf  # when to ask again
         self._probe_until = math.inf  # when to stop asking: the broker is gone
+        self._receiver: TimedReceiver | None = None  # waits on the broker socket (`_receive`)
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -144,21 +146,38 @@ class NodeAgent:
 
     def _step(self) -> None:
         sock = self._link.socket
-        # The wake-up socket first: finished slot-thread results leave before more RUNs
-        # are taken in.
-        waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
         wait_ms = 0 if self._slots.runnable else self._poll_wait_ms()
-        for item, _ in poll(waited_on, wait_ms):
-            if item is sock and sock is not None:
-                self._drain_broker(sock)
-            elif item == self._wake_fd:
-                self._on_wakeup()
+        if sock is not None and not self._slots.notifies:
+            self._receive(sock, wait_ms)
+        else:
+            # The wake-up socket first: finished slot-thread results leave before more RUNs
+            # are taken in.
+            waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
+            for item, _ in poll(waited_on, wait_ms):
+                if item is sock and sock is not None:
+                    self._drain_broker(sock)
+                elif item == self._wake_fd:
+                    self._on_wakeup()
         if self._slots.runnable:
             self._run_held()
         now = time.monotonic()
         if self._slots.next_deadline <= now:
             self._overdue.expire(now)
         self._tick(now)
+
+    def _receive(self, sock: zmq.Socket[bytes], wait_ms: int) -> None:
+        """Wait for the broker inside the receive, as the broker waits for its peers: less
+        work per message than a poll of the socket and the wake-up socket, which only the
+        slots that notify (slot threads) need. A stop signal is then seen when the wait
+        ends, at most STOP_CHECK_MS later."""
+        receiver = self._receiver
+        if receiver is None or receiver.sock is not sock:
+            receiver = self._receiver = TimedReceiver(sock)
+        frames = receiver.recv(min(wait_ms, STOP_CHECK_MS))
+        if frames is not None:
+            self._drain_broker(sock, frames)
+        if self._life.asked:  # a signal or request_stop(): its byte waits on the wake-up socket
+            self._on_wakeup()
 
     def _poll_wait_ms(self) -> int:
         life = self._life
@@ -237,13 +256,17 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ from the broker
 
-    def _drain_broker(self, sock: zmq.Socket[bytes]) -> None:
-        """Handle the messages waiting on the broker socket (at most DRAIN_BATCH)."""
+    def _drain_broker(self, sock: zmq.Socket[bytes], first: list[bytes] | None = None) -> None:
+        """Handle the messages waiting on the broker socket (at most DRAIN_BATCH), `first`
+        (received already) first."""
         for _ in range(DRAIN_BATCH):
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
+            if first is not None:
+                frames, first = first, None
+            else:
+                try:
+                    frames = recv_frames(sock, NOBLOCK)
+                except zmq.Again:
+                    return
             # Any message is a sign of life; stamped per message, since a RUN run inline
             # may take long while more messages wait behind it.
             self._link.last_heard = time.monotonic()

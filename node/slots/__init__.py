@@ -44,6 +44,12 @@ class Slots(Protocol):
         ...
 
     @property
+    def notifies(self) -> bool:
+        """Whether results come from other threads, announced through `results_ready`
+        (then the agent must watch its wake-up socket beside the broker's)."""
+        ...
+
+    @property
     def runnable(self) -> bool:
         """Whether a held task waits for the socket thread to run it (`run_next`)."""
         ...

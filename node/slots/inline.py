@@ -39,6 +39,7 @@ class InlineSlot:
 
     capacity = 1
     next_deadline = math.inf
+    notifies = False  # every result is given by `run_next`
     HELD_POLL = 0.05  # seconds between looks at the socket while a call runs and tasks wait
 
     def __init__(

@@ -91,6 +91,7 @@ class ThreadSlots:
         return len(self._backlog)
 
     runnable = False  # the slot threads run every task
+    notifies = True  # results come from the slot threads, through `results_ready`
 
     @property
     def next_deadline(self) -> float:
