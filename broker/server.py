@@ -177,16 +177,8 @@ class BrokerServer:
     def _collect(self, frames: list[bytes], commands: list[Command]) -> None:
         """One message of several waiting: what it causes, and its bookkeeping, added to
         `commands` to be carried out with the others'."""
-        event = self._event(frames)
-        scheduler = self.scheduler
-        if self._strict:
-            commands += self._handle(event, time.monotonic())
-        else:  # `_handle` without its call, on every message's way
-            try:
-                commands += scheduler.handle(event, time.monotonic())
-            except Exception:
-                self._bug(type(event).__name__)
-        if scheduler.deferred:
+        commands += self._handle(self._event(frames), time.monotonic())
+        if self.scheduler.deferred:
             commands += self._handle(_SENT, time.monotonic())
 
     def _process(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:

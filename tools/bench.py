@@ -53,15 +53,11 @@ from broker.protocol.frames import (
 from broker.store import Store
 from client import Client, ControlClient, ReqLink
 from client.cluster import LocalCluster
-from compare import Relay, children
+from compare import Relay, children, progress
 
 Handler = Callable[[argparse.Namespace], None]
 OFFSET = time.time() - time.monotonic()  # the wall_offset of the store and the scheduler
 SENT = Sent()  # the event the server handles after carrying out a message's commands
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def runs_text(values: Sequence[float], form: str = "{:,.0f}") -> str:

@@ -258,10 +258,6 @@ class Scheduler:
         """Attempts running on nodes."""
         return self._tasks.running
 
-    def held(self) -> int:
-        """Tasks held unstarted by nodes (their prefetch windows)."""
-        return self._tasks.held
-
     def task_view(self, task_id: str) -> TaskView | None:
         """A pending task as it stands now; None when it is not pending."""
         task = self._tasks.get(task_id)
@@ -603,9 +599,7 @@ class Scheduler:
                 if holder.prefetch:  # how much work it may hold depends on its run time
                     if task.state is HELD:  # it ran before the broker counted a slot free
                         self._pool.start_held(holder, msg.task_id)
-                        task.expiring = False
-                        self._tasks.move(task, RUNNING)
-                        task.started_at = now
+                        self._started(task, now)
                     holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
@@ -818,6 +812,8 @@ class Scheduler:
         node.last_sent = now
         task_timeout = task.task_timeout
         if self._pool.assign(node, spec.task_id, spec.function):
+            # `_started`, without its call on every task's way (a task sent now is not
+            # being asked back: its `expiring` is already False):
             self._tasks.move(task, RUNNING)
             task.started_at = now
             if task_timeout is not None:
@@ -851,7 +847,7 @@ class Scheduler:
                 return
             task = self._tasks.get(task_id)
             if task is not None and task.holder == node.identity:
-                self._promote_one(task, now)
+                self._started(task, now)
             # else answered meanwhile (a late attempt's success): its RESULT is dropped
 
     def _feed(self, node: Node, now: float) -> list[Command]:
@@ -906,7 +902,7 @@ class Scheduler:
             self._pool.start_held(node, task_id)
             task = self._tasks.get(task_id)
             if task is not None and task.holder == node.identity and task.state is HELD:
-                self._promote_one(task, now)
+                self._started(task, now)
         commands: list[Command] = []
         for task_id in msg.returned:
             if not self._pool.given_back(node, task_id):
@@ -922,8 +918,9 @@ class Scheduler:
             commands += self._feed(node, now)
         return commands
 
-    def _promote_one(self, task: Task, now: float) -> None:
-        """A task its node held has started: its task timeout runs from now."""
+    def _started(self, task: Task, now: float) -> None:
+        """`task`'s attempt has started on its node (a free slot took it, or one freed for it
+        while its node held it): its task timeout runs from now; its queue timeout is over."""
         self._tasks.move(task, RUNNING)
         task.started_at = now
         task.expiring = False
