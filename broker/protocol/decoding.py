@@ -47,9 +47,12 @@ from broker.protocol.limits import (
     RetractedIds,
     RetractIds,
     Retries,
+    RetryOn,
     TaskTimeoutMs,
 )
 from broker.protocol.messages import (
+    CANCEL,
+    CANCELLED,
     DEREGISTER,
     DISCONNECT,
     DLQ,
@@ -57,6 +60,7 @@ from broker.protocol.messages import (
     DLQ_SHOW,
     ERROR,
     EXECUTE,
+    FETCH,
     HEARTBEAT,
     PROTOCOL_NAME,
     REGISTER,
@@ -67,10 +71,13 @@ from broker.protocol.messages import (
     RUN,
     STATUS,
     STATUS_REPLY,
+    STOP,
     TAG,
     TASK_COMPLETED,
     VERSION,
     Batch,
+    Cancel,
+    Cancelled,
     Deregister,
     Disconnect,
     Dlq,
@@ -78,6 +85,7 @@ from broker.protocol.messages import (
     Error,
     ErrorInfo,
     Execute,
+    Fetch,
     Heartbeat,
     Message,
     Register,
@@ -89,6 +97,7 @@ from broker.protocol.messages import (
     Run,
     Status,
     StatusReply,
+    Stop,
     TaskCompleted,
     TaskMessage,
     TaskSpec,
@@ -100,6 +109,7 @@ from broker.protocol.messages import (
 class _ErrorHeader(msgspec.Struct, gc=False):
     type: str
     message: str
+    retry: bool = False  # RESULT only: the function set calls the failure retryable
 
 
 class _ExecuteHeader(msgspec.Struct, gc=False):
@@ -109,6 +119,7 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     retries: Retries | None = None
     queue_timeout_ms: QueueTimeoutMs | None = None
     timeout_ms: TaskTimeoutMs | None = None
+    retry_on: RetryOn | None = None
 
 
 class _RunHeader(msgspec.Struct, gc=False):
@@ -145,6 +156,7 @@ class _RegisterBody(msgspec.Struct, gc=False):
     pid: Pid = 0
     replaces: _ReplacesBody | None = None
     prefetch: Prefetch = 0
+    stop: bool = False
 
 
 class _RegisteredBody(msgspec.Struct, gc=False):
@@ -165,6 +177,15 @@ class _RetractBody(msgspec.Struct, gc=False):
 class _RetractedBody(msgspec.Struct, gc=False):
     returned: RetractedIds
     started: RetractedIds
+
+
+class _TaskIdBody(msgspec.Struct, gc=False):
+    task_id: Name
+
+
+class _CancelledBody(msgspec.Struct, gc=False):
+    task_id: Name
+    was: Literal["queued", "held", "running", "finished"]
 
 
 class _DisconnectBody(msgspec.Struct, gc=False):
@@ -191,6 +212,7 @@ _RULES = {
     "error": "null or an object {type, message} of two strings",
     "replaces": "null or an object {pid, reason}: pid an integer from 1 to 2^63-1",
     "pid": "an integer from 0 to 2^63-1",
+    "retry_on": 'null or a list of at most two of "exception" and "timeout"',
 }
 
 
@@ -290,6 +312,9 @@ _DEAD_LETTERS = _Reader(_DeadLettersBody, "body")
 _RETRACT = _Reader(_RetractBody, "body")
 _RETRACTED = _Reader(_RetractedBody, "body")
 _ERROR = _Reader(_ErrorBody, "body")
+_TASK_ID = _Reader(_TaskIdBody, "body", has_task=True)
+_CANCELLED = _Reader(_CancelledBody, "body", has_task=True)
+_STOP = _Reader(_RetractBody, "body")
 _OBJECT = _Reader(_Object, "body")
 _HEARTBEAT = msgspec.json.Decoder(_HeartbeatBody).decode
 _BACKLOG = msgspec.json.Decoder(Backlog | None).decode
@@ -318,10 +343,18 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         h, args = _EXECUTE.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_EXECUTE, frames, "arguments")
-    if h.retries is None and h.queue_timeout_ms is None and h.timeout_ms is None:
+    if (
+        h.retries is None
+        and h.queue_timeout_ms is None
+        and h.timeout_ms is None
+        and h.retry_on is None
+    ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
-    spec = TaskSpec(h.task_id, h.function, args, h.priority, h.retries, queue_timeout, task_timeout)
+    retry_on = () if h.retry_on is None else tuple(sorted(set(h.retry_on)))
+    spec = TaskSpec(
+        h.task_id, h.function, args, h.priority, h.retries, queue_timeout, task_timeout, retry_on
+    )
     return Execute(spec)
 
 
@@ -340,8 +373,10 @@ def _decode_result(frames: Sequence[bytes]) -> Result:
     except _SLOW:
         _refuse_task(_RESULT, frames, "result")
     error = h.error  # most RESULTs have none: no call for them
-    info = None if error is None else ErrorInfo(error.type, error.message)
-    return Result(h.task_id, h.exit_code, result, info, h.attempt)
+    if error is None:
+        return Result(h.task_id, h.exit_code, result, None, h.attempt)
+    info = ErrorInfo(error.type, error.message)
+    return Result(h.task_id, h.exit_code, result, info, h.attempt, error.retry)
 
 
 def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
@@ -381,7 +416,7 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
         replaces = Replaces(b.replaces.pid, b.replaces.reason[:MAX_REASON_LENGTH])
     functions = tuple(dict.fromkeys(b.functions))  # duplicates dropped, first kept
     host = b.host[:MAX_HOST_LENGTH]
-    return Register(b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch)
+    return Register(b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch, b.stop)
 
 
 def _decode_retract(frames: Sequence[bytes]) -> Retract:
@@ -391,6 +426,11 @@ def _decode_retract(frames: Sequence[bytes]) -> Retract:
 def _decode_retracted(frames: Sequence[bytes]) -> Retracted:
     b = _RETRACTED.read(frames)
     return Retracted(tuple(b.returned), tuple(b.started))
+
+
+def _decode_cancelled(frames: Sequence[bytes]) -> Cancelled:
+    b = _CANCELLED.read(frames)
+    return Cancelled(b.task_id, b.was)
 
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
@@ -471,6 +511,10 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     ERROR: _decode_error,
     RETRACT: _decode_retract,
     RETRACTED: _decode_retracted,
+    CANCEL: lambda frames: Cancel(_TASK_ID.read(frames).task_id),
+    CANCELLED: _decode_cancelled,
+    FETCH: lambda frames: Fetch(_TASK_ID.read(frames).task_id),
+    STOP: lambda frames: Stop(tuple(_STOP.read(frames).task_ids)),
 }
 
 

@@ -15,12 +15,15 @@ import orjson
 
 from broker.protocol.errors import ERR_MALFORMED, LocalProtocolError, ProtocolError
 from broker.protocol.messages import (
+    CANCEL,
+    CANCELLED,
     DEREGISTER,
     DISCONNECT,
     DLQ,
     DLQ_REPLY,
     ERROR,
     EXECUTE,
+    FETCH,
     HEARTBEAT,
     REGISTER,
     REGISTERED,
@@ -30,9 +33,12 @@ from broker.protocol.messages import (
     RUN,
     STATUS,
     STATUS_REPLY,
+    STOP,
     TAG,
     TASK_COMPLETED,
     Batch,
+    Cancel,
+    Cancelled,
     Deregister,
     Disconnect,
     Dlq,
@@ -40,6 +46,7 @@ from broker.protocol.messages import (
     Error,
     ErrorInfo,
     Execute,
+    Fetch,
     Heartbeat,
     Message,
     Register,
@@ -50,6 +57,7 @@ from broker.protocol.messages import (
     Run,
     Status,
     StatusReply,
+    Stop,
     TaskCompleted,
     TaskMessage,
     TaskSpec,
@@ -88,6 +96,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["queue_timeout_ms"] = _ms(spec.queue_timeout)
     if spec.task_timeout is not None:
         header["timeout_ms"] = _ms(spec.task_timeout)
+    if spec.retry_on:
+        header["retry_on"] = list(spec.retry_on)
     return [TAG, EXECUTE, _json(header), spec.args]
 
 
@@ -108,10 +118,16 @@ def result_frames(
     result: bytes,
     error: ErrorInfo | None = None,
     attempt: int | None = None,
+    retry: bool = False,
 ) -> list[bytes]:
-    """The RESULT of one task: `encode(Result(...))` without the message in between."""
+    """The RESULT of one task: `encode(Result(...))` without the message in between.
+    `retry`: the function set calls this failure retryable (error `retry`, protocol.md 3.8)."""
     # `_error(error)`, without its call on every result's way:
-    info = None if error is None else {"type": error.type, "message": error.message}
+    info: dict[str, Any] | None = None
+    if error is not None:
+        info = {"type": error.type, "message": error.message}
+        if retry:
+            info["retry"] = True
     header: dict[str, Any] = {"task_id": task_id, "exit_code": exit_code, "error": info}
     if attempt is not None:
         header["attempt"] = attempt
@@ -130,6 +146,8 @@ def _encode_register(m: Register) -> list[bytes]:
         body["replaces"] = {"pid": m.replaces.pid, "reason": m.replaces.reason}
     if m.prefetch:
         body["prefetch"] = m.prefetch
+    if m.stop:
+        body["stop"] = True
     return [TAG, REGISTER, _json(body)]
 
 
@@ -151,7 +169,7 @@ def _encode_heartbeat(m: Heartbeat) -> list[bytes]:
 
 
 def _encode_result(m: Result) -> list[bytes]:
-    return result_frames(m.task_id, m.exit_code, m.result, m.error, m.attempt)
+    return result_frames(m.task_id, m.exit_code, m.result, m.error, m.attempt, m.retry)
 
 
 def _encode_task_completed(m: TaskCompleted) -> list[bytes]:
@@ -272,5 +290,9 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
         RETRACTED,
         _json({"returned": list(m.returned), "started": list(m.started)}),
     ],
+    Cancel: lambda m: [TAG, CANCEL, _json({"task_id": m.task_id})],
+    Cancelled: lambda m: [TAG, CANCELLED, _json({"task_id": m.task_id, "was": m.was})],
+    Fetch: lambda m: [TAG, FETCH, _json({"task_id": m.task_id})],
+    Stop: lambda m: [TAG, STOP, _json({"task_ids": list(m.task_ids)})],
     Batch: _encode_batch,
 }

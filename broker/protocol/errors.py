@@ -17,6 +17,7 @@ ERR_TOO_LARGE = "too_large"
 ERR_NOT_REGISTERED = "not_registered"
 ERR_NOT_FOUND = "not_found"
 ERR_NOT_HOLDER = "not_holder"
+ERR_CONFLICT = "conflict"
 
 
 class ProtocolError(Exception):

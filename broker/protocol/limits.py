@@ -7,7 +7,7 @@ check their options against the same numbers before they send anything.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta
 
@@ -25,7 +25,7 @@ MAX_QUEUE_TIMEOUT_MS = 86_400_000  # one day
 MAX_TASK_TIMEOUT_MS = 7 * 86_400_000  # seven days
 MAX_CAPACITY = 1_000_000
 MAX_PREFETCH = 1_000_000
-MAX_RETRACT = 256  # task ids per RETRACT
+MAX_RETRACT = 256  # task ids per RETRACT (and per STOP)
 MAX_ATTEMPT = 1_000_000
 MAX_PID = 2**63 - 1
 MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
@@ -54,6 +54,7 @@ Functions = Annotated[list[Name], Meta(min_length=1)]
 RetractIds = Annotated[list[Name], Meta(min_length=1, max_length=MAX_RETRACT)]
 RetractedIds = Annotated[list[Name], Meta(max_length=MAX_RETRACT)]
 Backlog = Annotated[int, Meta(ge=0, le=MAX_BACKLOG)]
+RetryOn = Annotated[list[Literal["exception", "timeout"]], Meta(max_length=2)]
 
 # The same limits in seconds, as a TaskSpec holds them.
 QueueTimeout = Annotated[float, Meta(ge=0.001, le=MAX_QUEUE_TIMEOUT_MS / 1000)]

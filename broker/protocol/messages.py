@@ -36,6 +36,7 @@ EXIT_WORKER_CRASHED = 70
 EXIT_TIMEOUT = 124
 EXIT_EXPIRED = 125
 EXIT_UNKNOWN_FUNCTION = 127
+EXIT_CANCELLED = 130
 
 # Command frames.
 REGISTER = b"REGISTER"
@@ -53,11 +54,22 @@ DLQ = b"DLQ"
 DLQ_REPLY = b"DLQ_REPLY"
 RETRACT = b"RETRACT"
 RETRACTED = b"RETRACTED"
+CANCEL = b"CANCEL"
+CANCELLED = b"CANCELLED"
+FETCH = b"FETCH"
+STOP = b"STOP"
 ERROR = b"ERROR"
 
 # DLQ operations.
 DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE = "list", "show", "replay", "purge"
 DLQ_OPS = (DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE)
+
+# What EXECUTE `retry_on` may name (protocol.md 5.1): failures retried only when asked.
+RETRY_ON_EXCEPTION, RETRY_ON_TIMEOUT = "exception", "timeout"
+RETRY_ON = (RETRY_ON_EXCEPTION, RETRY_ON_TIMEOUT)
+
+# What a task was when a CANCEL came (CANCELLED `was`, protocol.md 3.18).
+WAS_QUEUED, WAS_HELD, WAS_RUNNING, WAS_FINISHED = "queued", "held", "running", "finished"
 
 
 class ErrorInfo(Struct, frozen=True, gc=False):
@@ -89,6 +101,8 @@ class TaskSpec(Struct, frozen=True, gc=False):
     retries: Retries | None = None  # extra attempts after failed ones
     queue_timeout: QueueTimeout | None = None  # seconds it may wait for its first start
     task_timeout: TaskTimeout | None = None  # seconds one attempt may run
+    # Failures retried beyond node loss and crashes: RETRY_ON names, sorted, no repeats.
+    retry_on: tuple[str, ...] = ()
 
 
 class Replaces(Struct, frozen=True, gc=False):
@@ -106,6 +120,7 @@ class Register(Struct, frozen=True, gc=False):
     capacity: int
     replaces: Replaces | None = None
     prefetch: int = 0  # tasks it will hold beyond `capacity`, not started yet
+    stop: bool = False  # it stops tasks on STOP (protocol.md 3.20)
 
 
 class Registered(Struct, frozen=True, gc=False):
@@ -169,6 +184,7 @@ class Result(Struct, frozen=True, gc=False):
     result: bytes = b"null"  # the JSON result, never decoded by the broker
     error: ErrorInfo | None = None
     attempt: int | None = None
+    retry: bool = False  # the function set calls this failure retryable (error `retry`)
 
 
 class TaskCompleted(Struct, frozen=True, gc=False):
@@ -214,6 +230,31 @@ class DlqReply(Struct, frozen=True):
     args: bytes | None = None  # show: the task's arguments, as they were submitted
 
 
+class Cancel(Struct, frozen=True, gc=False):
+    """Cancel a task: it never starts, or is stopped where it runs (protocol.md 3.17)."""
+
+    task_id: str
+
+
+class Cancelled(Struct, frozen=True, gc=False):
+    """The answer to one CANCEL: what the task was when it came (a WAS_ name)."""
+
+    task_id: str
+    was: str
+
+
+class Fetch(Struct, frozen=True, gc=False):
+    """Ask for a task's answer by its id, waiting for it if pending (protocol.md 3.19)."""
+
+    task_id: str
+
+
+class Stop(Struct, frozen=True, gc=False):
+    """Stop these tasks, held or running, and answer each RESULT 130 (protocol.md 3.20)."""
+
+    task_ids: tuple[str, ...]
+
+
 class Error(Struct, frozen=True, gc=False):
     code: str
     message: str
@@ -237,5 +278,9 @@ Message: TypeAlias = (
     | Error
     | Retract
     | Retracted
+    | Cancel
+    | Cancelled
+    | Fetch
+    | Stop
     | Batch
 )

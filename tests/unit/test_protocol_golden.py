@@ -91,6 +91,21 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Retract(("t-17", "t-16")), [T, b"RETRACT", b'{"task_ids":["t-17","t-16"]}']),
     (p.Retracted(("t-17",), ("t-16",)),
      [T, b"RETRACTED", b'{"returned":["t-17"],"started":["t-16"]}']),
+    (p.Cancel("1234"), [T, b"CANCEL", b'{"task_id":"1234"}']),
+    (p.Cancelled("1234", "running"),
+     [T, b"CANCELLED", b'{"task_id":"1234","was":"running"}']),
+    (p.Fetch("1234"), [T, b"FETCH", b'{"task_id":"1234"}']),
+    (p.Stop(("1234",)), [T, b"STOP", b'{"task_ids":["1234"]}']),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 64, True),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"prefetch":64,"stop":true}']),
+    (p.Execute(p.TaskSpec("r", "fetch_page", b'["https://example.org"]', 5, 2,
+                          retry_on=("exception",))),
+     [T, b"EXECUTE", b'{"task_id":"r","function":"fetch_page","priority":5,"retries":2,'
+                     b'"retry_on":["exception"]}', b'["https://example.org"]']),
+    (p.Result("r", 1, b"null", p.ErrorInfo("ConnectionError", "connection refused"), 1, True),
+     [T, b"RESULT", b'{"task_id":"r","exit_code":1,"error":{"type":"ConnectionError",'
+                    b'"message":"connection refused","retry":true},"attempt":1}', b"null"]),
     (p.Error("malformed", "bad header", "1234"),
      [T, b"ERROR", b'{"code":"malformed","message":"bad header","task_id":"1234"}']),
     (p.Error("too_large", "too big"),

@@ -64,6 +64,8 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         st.lists(names, min_size=1, max_size=5, unique=True).map(tuple),
         st.integers(1, 1_000_000),
         st.none() | st.builds(p.Replaces, st.integers(1, 2**63 - 1), texts),
+        st.integers(0, p.MAX_PREFETCH),
+        st.booleans(),
     ),
     p.Registered: st.builds(
         p.Registered,
@@ -86,11 +88,21 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
             st.none() | st.integers(0, p.MAX_RETRIES),
             st.none() | st.integers(1, p.MAX_QUEUE_TIMEOUT_MS).map(lambda ms: ms / 1000),
             timeouts,
+            st.sets(st.sampled_from(p.RETRY_ON)).map(lambda names: tuple(sorted(names))),
         ),
     ),
     p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000), timeouts),
     p.Result: st.builds(
         p.Result, names, exit_codes, payloads, error_infos, st.none() | st.integers(1, 10**6)
+    )
+    | st.builds(
+        p.Result,
+        names,
+        exit_codes,
+        payloads,
+        st.builds(p.ErrorInfo, texts, texts),
+        st.none() | st.integers(1, 10**6),
+        st.booleans(),
     ),
     p.TaskCompleted: st.builds(
         p.TaskCompleted, names, exit_codes, payloads, error_infos, st.integers(0, 1_000_000)
@@ -103,6 +115,20 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
     p.DlqReply: st.builds(p.DlqReply, st.dictionaries(texts, header_json, max_size=5).map(_no_show))
     | st.builds(p.DlqReply, st.builds(dict, dead_letter=st.dictionaries(texts, texts)), payloads),
     p.Error: st.builds(p.Error, texts, texts, st.none() | texts),
+    p.Retract: st.builds(p.Retract, st.lists(names, min_size=1, max_size=5).map(tuple)),
+    p.Retracted: st.builds(
+        p.Retracted,
+        st.lists(names, max_size=5).map(tuple),
+        st.lists(names, max_size=5).map(tuple),
+    ),
+    p.Cancel: st.builds(p.Cancel, names),
+    p.Cancelled: st.builds(
+        p.Cancelled,
+        names,
+        st.sampled_from([p.WAS_QUEUED, p.WAS_HELD, p.WAS_RUNNING, p.WAS_FINISHED]),
+    ),
+    p.Fetch: st.builds(p.Fetch, names),
+    p.Stop: st.builds(p.Stop, st.lists(names, min_size=1, max_size=5).map(tuple)),
 }
 
 
