@@ -203,6 +203,25 @@ class Client:
         )
         return pipeline.run()
 
+    # ------------------------------------------------------------------------- by task id
+
+    def result(self, task_id: str, *, timeout: Timeout = ...) -> Any:
+        """The result of task `task_id`, submitted by anyone: at once if it finished lately
+        (or failed for good: TaskFailed), else when it finishes, waiting up to `timeout`
+        (the Client's by default; BrokerTimeout after it). Raises NotFound (a KeyError too)
+        when the broker knows no such task: never submitted, or answered longer ago than it
+        keeps answers (`zbroker start --keep-results`)."""
+        completed = self._control.fetch(task_id, self._timeout(timeout))
+        return result_of(f"task {task_id}", completed)
+
+    def cancel(self, task_id: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> str:
+        """Cancel task `task_id`: a queued task never runs, a running one is stopped on its
+        node, and whoever waits for it gets TaskFailed exit 130 (Cancelled). Returns what
+        the task was: "queued", "held" (sent to a node that had not started it), "running",
+        or "finished" (it had been answered already: nothing changed). NotFound when the
+        broker knows no such task."""
+        return self._control.cancel(task_id, timeout)
+
     # ------------------------------------------------------------------------- the broker
 
     def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The control client: requests about the broker rather than about one task, STATUS and the
-dead-letter queue. `Client` and `zbroker status` / `zbroker dlq` both ask through it."""
+"""The control client: requests that name a task by its id alone (FETCH its answer, CANCEL
+it), STATUS and the dead-letter queue. `Client`, `zsubmit result|cancel` and `zbroker
+status` / `zbroker dlq` all ask through it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -12,11 +14,16 @@ from broker.protocol import (
     DLQ_REPLAY,
     DLQ_SHOW,
     ERR_MALFORMED,
+    Cancel,
+    Cancelled,
     Dlq,
     DlqReply,
+    Error,
+    Fetch,
     Message,
     Status,
     StatusReply,
+    TaskCompleted,
     encode,
     loads_payload,
 )
@@ -24,7 +31,7 @@ from client.errors import BadReply
 from client.link import ReqLink
 from client.options import check_limit, check_name, check_timeout
 
-Reply = TypeVar("Reply", StatusReply, DlqReply)
+Reply = TypeVar("Reply", StatusReply, DlqReply, TaskCompleted, Cancelled)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0  # seconds a control request waits for its answer
@@ -52,6 +59,22 @@ class ControlClient:
 
     def __init__(self, link: ReqLink) -> None:
         self._link = link
+
+    def fetch(self, task_id: str, timeout: float | None = DEFAULT_TIMEOUT) -> TaskCompleted:
+        """The answer of task `task_id` (FETCH, protocol.md 3.19): at once if the broker
+        keeps it (or the task is a dead letter), else when the task is answered, waiting up
+        to `timeout` seconds (None: without end; BrokerTimeout after it). NotFound (a
+        KeyError too) when the broker knows no such task."""
+        request = Fetch(check_name("task_id", task_id))
+        return self._ask(request, TaskCompleted, timeout, _about(task_id))
+
+    def cancel(self, task_id: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
+        """Cancel task `task_id` (CANCEL, protocol.md 3.17): what it was when cancelled,
+        "queued", "held" or "running" (its requesters got exit 130 Cancelled), or
+        "finished" (answered already: nothing changed). NotFound when the broker knows no
+        such task."""
+        request = Cancel(check_name("task_id", task_id))
+        return self._ask(request, Cancelled, timeout, _about(task_id)).was
 
     def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
@@ -107,9 +130,17 @@ class ControlClient:
             check_name("task_id", task_id)
         return self._ask(Dlq(op, task_id), DlqReply, timeout).body
 
-    def _ask(self, request: Message, kind: type[Reply], timeout: float | None) -> Reply:
-        """The broker's answer, which must be of type `kind`."""
-        reply = self._link.exchange(encode(request), _any_reply, check_timeout(timeout))
+    def _ask(
+        self,
+        request: Message,
+        kind: type[Reply],
+        timeout: float | None,
+        answers: Callable[[Message], bool] | None = None,
+    ) -> Reply:
+        """The broker's answer, which must be of type `kind` (`answers`: which replies
+        answer the request; by default any)."""
+        wait = check_timeout(timeout)
+        reply = self._link.exchange(encode(request), answers or _any_reply, wait)
         if not isinstance(reply, kind):
             raise BadReply(
                 ERR_MALFORMED,
@@ -117,6 +148,18 @@ class ControlClient:
                 f"to {type(request).__name__}",
             )
         return reply
+
+
+def _about(task_id: str) -> Callable[[Message], bool]:
+    """Which replies answer a request about `task_id`: a stale TASK_COMPLETED of another
+    task (a REQ socket's earlier request) does not."""
+
+    def answers(reply: Message) -> bool:
+        if isinstance(reply, (TaskCompleted, Cancelled)):
+            return reply.task_id == task_id
+        return not isinstance(reply, Error) or reply.task_id in (None, task_id)
+
+    return answers
 
 
 def _any_reply(reply: Message) -> bool:

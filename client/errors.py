@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.protocol import (
     ERR_NOT_FOUND,
+    EXIT_CANCELLED,
     EXIT_EXPIRED,
     EXIT_NODE_LOST,
     EXIT_TIMEOUT,
@@ -88,6 +89,8 @@ def failure_summary(
         return f"{function} killed the node process running it {code}"
     if exit_code == EXIT_NODE_LOST:
         return f"{function} failed: its node died or stopped answering {code}"
+    if exit_code == EXIT_CANCELLED:
+        return f"{function} was cancelled {code}"
     if exit_code == EXIT_EXPIRED:
         return f"{function} expired in the queue before a node was free to start it {code}"
     return f"{function} failed {code}"
