@@ -12,6 +12,7 @@ import zmq
 
 from broker.protocol import (
     DEFAULT_BROKER_URL,
+    DEFAULT_MAX_MESSAGE_SIZE,
     ERR_MALFORMED,
     PRIORITY_DEFAULT,
     Error,
@@ -22,8 +23,14 @@ from broker.protocol import (
 )
 from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.errors import BadReply, ClientError
-from client.link import CLOSED, RESEND_INTERVAL, ReqLink
-from client.options import TaskOptions, check_name, check_timeout
+from client.link import CLOSED, DEFAULT_CONNECT_TIMEOUT, RESEND_INTERVAL, ReqLink
+from client.options import (
+    TaskOptions,
+    check_max_message_size,
+    check_name,
+    check_task_size,
+    check_timeout,
+)
 from client.payloads import encode_arguments, result_of
 from client.pipeline import Pipeline
 
@@ -40,7 +47,11 @@ class Client:
     wait per call for the answer, None waits forever. `priority`, `retries`,
     `queue_timeout` and `task_timeout` are the defaults for the tasks this client sends
     (`defaults`); `task_timeout` is how long one attempt may run on its node before it is
-    stopped and fails with exit 124 (None: the broker's limit, if any). `status()` and the
+    stopped and fails with exit 124 (None: the broker's limit, if any). `connect_timeout`:
+    seconds the first connection to the broker may take before a call fails with
+    BrokerUnreachable (None: only `timeout` limits it). `max_message_size`: a task whose
+    EXECUTE is larger (its arguments, mostly) is refused with MessageTooLarge before it is
+    sent; the broker's `--max-message-size` has the same default, 16 MiB. `status()` and the
     dead-letter queue (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`) are
     asked through the same REQ socket, by the control client `zbroker` uses too.
 
@@ -57,13 +68,16 @@ class Client:
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
         self.defaults = TaskOptions(priority, retries, queue_timeout, task_timeout)
+        self.max_message_size = check_max_message_size(max_message_size)
         self._context: zmq.Context[Any] = zmq.Context()
         try:
-            self._link = ReqLink(url, resend_interval, self._context)
+            self._link = ReqLink(url, resend_interval, self._context, connect_timeout)
         except BaseException:
             self._context.destroy(linger=0)
             raise
@@ -159,11 +173,12 @@ class Client:
     ) -> list[Any]:
         """`[function(*args) for args in arguments]`, run with up to `window` tasks in flight.
 
-        Raises the first failure in input order (TaskFailed / BrokerError), or puts the
-        exception objects in the list when `return_exceptions` is true; after a raise, the
-        tasks still in flight run anyway and their results are dropped. `timeout` counts
-        from the last reply of the broker; `task_timeout` limits each task's run on its
-        node (see `submit`). TypeError for arguments JSON cannot carry.
+        Raises the first failure in input order (TaskFailed / BrokerError, MessageTooLarge
+        for a task over `max_message_size`), or puts the exception objects in the list when
+        `return_exceptions` is true; after a raise, the tasks still in flight run anyway and
+        their results are dropped. `timeout` counts from the last reply of the broker;
+        `task_timeout` limits each task's run on its node (see `submit`). TypeError for
+        arguments JSON cannot carry.
         """
         return list(
             self.imap(
@@ -200,6 +215,8 @@ class Client:
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,
+            contact=self._link.contact,
+            max_message_size=self.max_message_size,
         )
         return pipeline.run()
 
@@ -296,6 +313,7 @@ class Client:
 
     def _submit(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
         task_id = spec.task_id
+        check_task_size(spec, self.max_message_size)
 
         def answers(reply: Message) -> bool:
             if type(reply) is TaskCompleted:

@@ -22,7 +22,7 @@ from broker.protocol import (
 )
 from broker.protocol.version import package_version
 from client.api import Client
-from client.errors import BrokerError, BrokerTimeout, ClientError, TaskFailed
+from client.errors import BrokerError, BrokerTimeout, BrokerUnreachable, ClientError, TaskFailed
 from client.options import MAX_TASK_TIMEOUT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -58,7 +58,8 @@ Exit codes:
      request
   2  bad command line (an option out of range, a --broker URL that is not
      an endpoint)
-  3  no answer from the broker within --timeout
+  3  nothing accepts connections at --broker, or no answer from the broker
+     within --timeout
 """
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -119,6 +120,8 @@ def _submit(broker: str, function: str, values: list[Any], wait: float, **task: 
     try:
         with Client(broker, timeout=timeout, **task) as client:
             return client.submit(function, values)
+    except BrokerUnreachable as exc:
+        raise _fail(f"{exc} (use --broker to point elsewhere)", EXIT_NO_ANSWER) from None
     except BrokerTimeout:
         raise _fail(
             f"no answer from the broker at {broker} within {wait:g} s; "

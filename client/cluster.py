@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from client.control import ControlClient
-from client.errors import BrokerTimeout, ClientError
+from client.errors import BrokerTimeout, BrokerUnreachable, ClientError
 from client.link import ReqLink
 
 T = TypeVar("T")
@@ -212,7 +212,7 @@ class LocalCluster:
         """The names of the registered node processes (empty while the broker is silent)."""
         try:
             return sorted(node["name"] for node in self.status()["nodes"])
-        except BrokerTimeout:
+        except (BrokerTimeout, BrokerUnreachable):
             return []
 
     def wait_for_nodes(self, count: int, timeout: float = START_TIMEOUT) -> None:

@@ -3,7 +3,11 @@
 - `TaskFailed`: the task ran (or could not run) and ended with a non-zero exit code;
 - `BrokerError`: the broker answered ERROR, it refused the request; `NotFound` when it has
   no such task;
-- `BrokerTimeout`: no answer within the wait, resends included;
+- `BrokerTimeout`: connected, but no answer within the wait, resends included;
+- `BrokerUnreachable`: nothing accepted a connection at the broker's URL in time (also a
+  ConnectionError);
+- `MessageTooLarge`: a request over the message size limit, refused before it is sent (also
+  a ValueError);
 - `BadEndpoint`: the broker URL is not one ZeroMQ can connect to (also a ValueError);
 - `BadReply`: the reply breaks the protocol (also a `RemoteProtocolError`).
 """
@@ -97,18 +101,56 @@ def failure_summary(
 
 
 class BrokerTimeout(ClientError, TimeoutError):
-    """The broker did not answer within the timeout, resends included."""
+    """The broker accepted the connection but did not answer within the timeout, resends
+    included. `answered_before`: whether it answered anything on this connection before;
+    only when it never did does the message ask whether the broker runs there."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        super().__init__(
-            f"no answer from the broker at {url} within {timeout:g} s; "
-            "is `zbroker start` running there?"
-        )
+    def __init__(self, url: str, timeout: float, answered_before: bool = False) -> None:
+        hint = "" if answered_before else "; is `zbroker start` running there?"
+        super().__init__(f"no answer from the broker at {url} within {timeout:g} s{hint}")
         self.url = url
         self.timeout = timeout
+        self.answered_before = answered_before
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.url, self.timeout)
+        return type(self), (self.url, self.timeout, self.answered_before)
+
+
+class BrokerUnreachable(ClientError, ConnectionError):
+    """Nothing at the broker's URL accepted a ZeroMQ connection within `waited` seconds:
+    no broker listens there, the host does not resolve, or what listens is not ZeroMQ.
+    `reason` says which of them the connection attempts showed."""
+
+    def __init__(self, url: str, waited: float, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the broker at {url}: {reason} (tried for {waited:g} s); "
+            "is `zbroker start` running there, and is the address right?"
+        )
+        self.url = url
+        self.waited = waited
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.url, self.waited, self.reason)
+
+
+class MessageTooLarge(ClientError, ValueError):
+    """A request larger than the message size limit, refused before it was sent (the broker
+    would refuse it with ERROR `too_large`, protocol.md 9)."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size:,} bytes, over the message size limit of {limit:,} bytes; "
+            "send a reference to large data (a path, a URL) instead of the data, or raise the "
+            "limit on both sides (zbroker start --max-message-size, "
+            "Client(max_message_size=...))"
+        )
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.size, self.limit)
 
 
 class BrokerError(ClientError):

@@ -1,9 +1,11 @@
-"""The client's sockets to the broker: connecting them, and `ReqLink`, the REQ exchange with
-Lazy Pirate resends that every request-reply call goes through (EXECUTE, STATUS, DLQ)."""
+"""The client's sockets to the broker: connecting them, watching that the first connection
+succeeds (`Contact`, `ConnectWatch`), and `ReqLink`, the REQ exchange with Lazy Pirate
+resends that every request-reply call goes through (EXECUTE, FETCH, CANCEL, STATUS, DLQ)."""
 
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -12,24 +14,40 @@ from typing import Any
 import zmq
 
 from broker.protocol import Error, Message
-from broker.protocol.frames import TimedReceiver, send_frames
-from client.errors import BadEndpoint, BrokerTimeout, ClientError, broker_error
+from broker.protocol.frames import POLLIN, TimedReceiver, poll, recv_frames, send_frames
+from client.errors import BadEndpoint, BrokerTimeout, BrokerUnreachable, ClientError, broker_error
 from client.payloads import first_answer
 
 RESEND_INTERVAL = 2.5  # seconds without a reply before a request is sent again
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds the first connection to the broker may take
 CLOSED = "this client is closed; create a new Client (or ReqLink) to reach the broker again"
+
+# The socket monitor events that tell how connecting goes (libzmq's zmq_socket_monitor).
+_ATTEMPTED = int(zmq.EVENT_CONNECT_DELAYED) | int(zmq.EVENT_CLOSED)
+_TCP_CONNECTED = int(zmq.EVENT_CONNECTED)
+_HANDSHAKE_FAILED = (
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+)
+_REACHED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_WATCHED = _ATTEMPTED | _TCP_CONNECTED | _HANDSHAKE_FAILED | _REACHED
 
 
 def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
     """A socket of `kind` connected to the broker, with linger 0 so closing never hangs."""
     sock: zmq.Socket[Any] = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    _connect(sock, url)
+    return sock
+
+
+def _connect(sock: zmq.Socket[Any], url: str) -> None:
     try:
         sock.connect(url)
     except zmq.ZMQError as exc:
         sock.close()
         raise BadEndpoint(url, str(exc)) from None
-    return sock
 
 
 def poll_ms(seconds: float) -> int:
@@ -43,13 +61,139 @@ def check_resend_interval(seconds: float) -> float:
     return seconds
 
 
+def check_connect_timeout(seconds: float | None) -> float | None:
+    if seconds is not None and not (
+        isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0
+    ):
+        raise ValueError(
+            f"connect_timeout must be a positive number of seconds or None, got {seconds!r}"
+        )
+    return seconds
+
+
+class Contact:
+    """What one client knows of its contact with the broker at `url`, shared by its sockets.
+
+    Until a first ZeroMQ handshake with the broker succeeds (`reached`), every socket opened
+    through `open` is watched by a socket monitor, and a wait that ends without a connection
+    (`connect_timeout` seconds, or the request's own timeout if shorter) raises
+    BrokerUnreachable. Once reached, sockets are opened bare: the monitor's cost is paid only
+    on the way to the first connection, and a later silence is the broker's (BrokerTimeout).
+    `answered`: a reply came once, so a timeout no longer asks whether the broker runs.
+    `connect_timeout` None: no separate limit, a wait ends at its timeout as BrokerTimeout.
+    """
+
+    def __init__(self, url: str, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self.connect_timeout = check_connect_timeout(connect_timeout)
+        self.reached = False
+        self.answered = False
+
+    def open(
+        self, context: zmq.Context[Any], kind: int
+    ) -> tuple[zmq.Socket[Any], ConnectWatch | None]:
+        """A socket of `kind` connected to the broker (linger 0), and its watch while the
+        broker has not been reached."""
+        sock: zmq.Socket[Any] = context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        watch = None
+        if not self.reached and self.connect_timeout is not None:
+            watch = ConnectWatch(sock, self)  # before connecting, to see every event
+        try:
+            _connect(sock, self.url)
+        except BadEndpoint:
+            if watch is not None:
+                watch.close()
+            raise
+        return sock, watch
+
+    def connect_deadline(self, start: float) -> float:
+        """When a wait begun at `start` gives up on connecting (inf once reached)."""
+        if self.reached or self.connect_timeout is None:
+            return math.inf
+        return start + self.connect_timeout
+
+    def no_answer(self, waited: float, watch: ConnectWatch | None) -> ClientError:
+        """The error for a wait of `waited` seconds that ended without an answer."""
+        if watch is not None and not self.reached:
+            return watch.unreachable(waited)
+        return BrokerTimeout(self.url, waited, self.answered)
+
+
+class ConnectWatch:
+    """A socket monitor on one socket of `contact` until the broker is reached: it marks the
+    contact reached at the first ZeroMQ handshake, and remembers how the attempts went for
+    the message of BrokerUnreachable."""
+
+    def __init__(self, sock: zmq.Socket[Any], contact: Contact) -> None:
+        self.contact = contact
+        self._sock = sock
+        self.monitor: zmq.Socket[Any] | None = sock.get_monitor_socket(_WATCHED)
+        self._items = [(sock, POLLIN), (self.monitor, POLLIN)]
+        self._seen = 0  # the events seen, or-ed
+
+    def readable(self, timeout_ms: int) -> bool:
+        """Wait up to `timeout_ms` for a message on the socket while taking the monitor's
+        events; whether a message waits. Returns early, False, when the broker is reached
+        (the watch is then closed: the caller goes on without it)."""
+        if self.monitor is None:
+            return bool(poll([(self._sock, POLLIN)], timeout_ms))
+        ready = poll(self._items, timeout_ms)
+        if any(item is self.monitor for item, _ in ready):
+            self._take_events()
+        return any(item is self._sock for item, _ in ready)
+
+    @property
+    def closed(self) -> bool:
+        return self.monitor is None
+
+    def unreachable(self, waited: float) -> BrokerUnreachable:
+        if self.monitor is not None:
+            self._take_events()
+        return BrokerUnreachable(self.contact.url, waited, self._reason())
+
+    def close(self) -> None:
+        if self.monitor is None:
+            return
+        if not self._sock.closed:
+            self._sock.disable_monitor()
+        self.monitor.close()
+        self.monitor = None
+
+    def _take_events(self) -> None:
+        assert self.monitor is not None
+        while True:
+            try:
+                frames = recv_frames(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            (event,) = struct.unpack_from("=H", frames[0])
+            self._seen |= event
+            if event & _REACHED:
+                self.contact.reached = True
+                self.close()
+                return
+
+    def _reason(self) -> str:
+        if self._seen & _HANDSHAKE_FAILED or self._seen & _TCP_CONNECTED:
+            return (
+                "something accepts TCP connections there but does not complete a ZeroMQ "
+                "handshake (not a ZTB broker's port?)"
+            )
+        if self._seen & _ATTEMPTED:
+            return "nothing accepts connections there (connection refused or no route)"
+        return "no connection could be made (does the host name resolve?)"
+
+
 class ReqLink:
     """One request at a time to the broker over a REQ socket, Lazy Pirate style: when no
     reply comes within `resend_interval` seconds the socket is replaced and the same request
     sent again (the broker answers a resent EXECUTE without running the task twice).
 
     `context`: a ZeroMQ context to share (the Client's); None makes one that `close()`
-    destroys. The socket is made on the first request. Not thread-safe, as its socket.
+    destroys. The socket is made on the first request. `connect_timeout`: seconds the first
+    connection may take before a request fails with BrokerUnreachable (see `Contact`).
+    Not thread-safe, as its socket.
     """
 
     def __init__(
@@ -57,12 +201,15 @@ class ReqLink:
         url: str,
         resend_interval: float = RESEND_INTERVAL,
         context: zmq.Context[Any] | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
         self.resend_interval = check_resend_interval(resend_interval)
+        self.contact = Contact(url, connect_timeout)
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._receiver: TimedReceiver | None = None  # on the current socket
+        self._watch: ConnectWatch | None = None  # on the current socket, until reached
         self._closed = False
 
     def __enter__(self) -> ReqLink:
@@ -90,21 +237,24 @@ class ReqLink:
     ) -> Message:
         """Send `request` until a reply `answers` it, for at most `timeout` seconds (None:
         without end). An ERROR answer raises BrokerError (NotFound for `not_found`), no
-        answer in time BrokerTimeout, a reply that does not decode BadReply."""
+        connection to the broker in time BrokerUnreachable, no answer in time BrokerTimeout,
+        a reply that does not decode BadReply."""
         limit = math.inf if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        start = time.monotonic()
+        deadline = start + limit
         try:
             receiver = self._receiver or self._connected()  # no call once connected
             send_frames(receiver.sock, request)
             while True:
-                frames = self._receive(receiver, deadline)
+                frames = self._receive(receiver, deadline, start)
                 if frames is None:
                     if time.monotonic() >= deadline:
-                        raise BrokerTimeout(self.url, limit)
+                        raise self.contact.no_answer(limit, self._watch)
                     # A REQ socket stays stuck on a lost request: start over on a new one.
                     self._discard_socket()
                     receiver = self._connected()
                 else:
+                    self.contact.answered = True
                     reply = first_answer(frames, answers, self.url)
                     if reply is not None:
                         break
@@ -121,16 +271,45 @@ class ReqLink:
         if self._closed:
             raise ClientError(CLOSED)
         if self._receiver is None:
-            self._receiver = TimedReceiver(open_socket(self._context, zmq.REQ, self.url))
+            sock, self._watch = self.contact.open(self._context, zmq.REQ)
+            self._receiver = TimedReceiver(sock)
         return self._receiver
 
     def _discard_socket(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._receiver is not None:
             self._receiver.sock.close()
             self._receiver = None
 
-    def _receive(self, receiver: TimedReceiver, deadline: float) -> list[bytes] | None:
+    def _receive(
+        self, receiver: TimedReceiver, deadline: float, start: float
+    ) -> list[bytes] | None:
         """The next reply, or None once `resend_interval` or the deadline passes first."""
+        if self._watch is not None:
+            return self._receive_watched(receiver, deadline, start)
         wait = min(self.resend_interval, deadline - time.monotonic())
         # poll_ms(wait), without its call on every request's way:
         return receiver.recv(max(1, math.ceil(wait * 1000))) if wait > 0 else None
+
+    def _receive_watched(
+        self, receiver: TimedReceiver, deadline: float, start: float
+    ) -> list[bytes] | None:
+        """`_receive` while the broker has not been reached: the request waits in the socket
+        until it connects (no resend needed), BrokerUnreachable once the connect timeout
+        passes first, and the plain `_receive` for the rest of the wait once reached."""
+        watch = self._watch
+        assert watch is not None
+        give_up = self.contact.connect_deadline(start)
+        now = time.monotonic()
+        while now < deadline:
+            if now >= give_up:
+                raise watch.unreachable(give_up - start)
+            if watch.readable(poll_ms(min(deadline, give_up) - now)):
+                return receiver.recv(0)
+            if watch.closed:  # reached
+                self._watch = None
+                return self._receive(receiver, deadline, start)
+            now = time.monotonic()
+        return None

@@ -17,10 +17,15 @@ from broker.protocol import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     TaskSpec,
+    execute_frames,
 )
+from client.errors import MessageTooLarge
 
 MAX_TASK_TIMEOUT = MAX_TASK_TIMEOUT_MS / 1000  # seconds: 7 days
 MAX_QUEUE_TIMEOUT = MAX_QUEUE_TIMEOUT_MS / 1000  # seconds: 1 day
+# More than the tag, the command and an EXECUTE header take: names are at most 256 code
+# points of up to 4 bytes each. An arguments frame shorter than the limit by this much fits.
+HEADER_ROOM = 4096
 
 
 def _is_number(value: Any) -> bool:
@@ -84,6 +89,26 @@ def check_limit(limit: int | None) -> int | None:
             f"got {limit!r}"
         )
     return limit
+
+
+def check_max_message_size(size: int) -> int:
+    if type(size) is not int or size < HEADER_ROOM:
+        raise ValueError(
+            f"max_message_size must be an integer of at least {HEADER_ROOM} bytes (the broker's "
+            f"--max-message-size, 16 MiB by default), got {size!r}"
+        )
+    return size
+
+
+def check_task_size(spec: TaskSpec, limit: int) -> None:
+    """MessageTooLarge if the EXECUTE of `spec` alone is over `limit` bytes (all its frames
+    from the tag on, as the broker counts them, protocol.md 9)."""
+    if len(spec.args) <= limit - HEADER_ROOM:  # most tasks: one comparison
+        return
+    size = sum(len(frame) for frame in execute_frames(spec))
+    if size > limit:
+        what = f"the EXECUTE of task {spec.task_id} ({spec.function}, {len(spec.args):,} bytes "
+        raise MessageTooLarge(what + "of arguments)", size, limit)
 
 
 @dataclass(frozen=True, slots=True)

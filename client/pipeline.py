@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from broker.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     Batch,
     Error,
     Execute,
@@ -22,9 +23,9 @@ from broker.protocol import (
     encode_batch,
 )
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
-from client.errors import BrokerTimeout, ClientError, broker_error
-from client.link import open_socket, poll_ms
-from client.options import TaskOptions, check_name
+from client.errors import ClientError, MessageTooLarge, broker_error
+from client.link import ConnectWatch, Contact, poll_ms
+from client.options import TaskOptions, check_name, check_task_size
 from client.payloads import encode_arguments, result_of
 
 _log = logging.getLogger(__name__)
@@ -36,7 +37,10 @@ class Pipeline:
     Resend rule: when no reply at all arrives for `resend_interval`, every outstanding
     task is sent again with its own task id (the broker answers a pending task instead of
     running it again, and answers nobody twice for one EXECUTE). `timeout` counts from the
-    last reply of any kind; None waits forever.
+    last reply of any kind; None waits forever. `contact`: the client's (until it first
+    reached the broker, the socket is watched: BrokerUnreachable after its connect timeout).
+    A task whose EXECUTE is over `max_message_size` is not sent: its outcome is
+    MessageTooLarge.
     """
 
     def __init__(
@@ -51,6 +55,8 @@ class Pipeline:
         timeout: float | None,
         resend_interval: float,
         return_exceptions: bool,
+        contact: Contact | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if type(window) is not int or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
@@ -63,27 +69,34 @@ class Pipeline:
         self._timeout = timeout
         self._resend_interval = resend_interval
         self._return_exceptions = return_exceptions
+        self._contact = Contact(url, None) if contact is None else contact
+        self._watch: ConnectWatch | None = None
+        self._max_size = max_message_size
         self._prefix = uuid.uuid4().hex
         self._exhausted = False
         # task_id -> (input position, the EXECUTE as sent), kept for resends.
         self._outstanding: dict[str, tuple[int, Execute]] = {}
         self._done: dict[int, Any] = {}
         self._last_reply = self._quiet_since = time.monotonic()
+        self._give_up = self._contact.connect_deadline(self._last_reply)
 
     def run(self) -> Iterator[Any]:
         """Yield each task's result (or failure) in input order."""
-        sock = open_socket(self._context, zmq.DEALER, self._url)
+        sock, self._watch = self._contact.open(self._context, zmq.DEALER)
         # Replies are bounded by what was sent, so never let the socket drop one.
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, max(1000, 2 * self._window))
         try:
             yield from self._loop(sock)
         finally:
+            if self._watch is not None:
+                self._watch.close()
             sock.close()
 
     def _loop(self, sock: zmq.Socket[Any]) -> Iterator[Any]:
         head = 0
         self._last_reply = self._quiet_since = time.monotonic()
+        self._give_up = self._contact.connect_deadline(self._last_reply)
         while True:
             self._fill(sock)
             if head in self._done:
@@ -118,6 +131,11 @@ class Pipeline:
                 )
             task_id = f"{self._prefix}.{index}"
             execute = Execute(options.spec(task_id, function, encode_arguments(args)))
+            try:
+                check_task_size(execute.spec, self._max_size)
+            except MessageTooLarge as exc:
+                self._done[index] = exc
+                continue
             outstanding[task_id] = (index, execute)
             burst.append(execute)
         self._send_batches(sock, burst)
@@ -144,16 +162,32 @@ class Pipeline:
         deadline = None if self._timeout is None else self._last_reply + self._timeout
         if deadline is not None:
             wake = min(wake, deadline)
-        if wait_readable(sock, poll_ms(wake - time.monotonic())):
+        if self._readable(sock, wake):
             self._drain(sock)
             return
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             assert self._timeout is not None
-            raise BrokerTimeout(self._url, self._timeout)
+            raise self._contact.no_answer(self._timeout, self._watch)
+        if self._watch is not None:
+            if now >= self._give_up:
+                raise self._watch.unreachable(self._contact.connect_timeout or 0.0)
+            return  # nothing left the socket yet: a resend would only queue duplicates
         if now >= self._quiet_since + self._resend_interval:
             self._resend(sock)
             self._quiet_since = now
+
+    def _readable(self, sock: zmq.Socket[Any], wake: float) -> bool:
+        """Whether a reply waits, within `wake`; while the broker has not been reached, also
+        by its connect deadline, watching the connection."""
+        watch = self._watch
+        if watch is None:
+            return wait_readable(sock, poll_ms(wake - time.monotonic()))
+        readable = watch.readable(poll_ms(min(wake, self._give_up) - time.monotonic()))
+        if watch.closed:  # reached
+            self._watch = None
+            self._quiet_since = time.monotonic()
+        return readable
 
     def _resend(self, sock: zmq.Socket[Any]) -> None:
         self._send_batches(sock, [execute for _, execute in self._outstanding.values()])
@@ -167,6 +201,7 @@ class Pipeline:
                 break
             handle(frames)
         self._last_reply = self._quiet_since = time.monotonic()
+        self._contact.answered = True
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) < 3 or frames[0] != b"":

@@ -59,7 +59,7 @@ import msgspec
 import orjson
 
 from broker.protocol import TaskSpec, loads_payload
-from client import BrokerTimeout, Client, ClientError, TaskFailed
+from client import BrokerTimeout, BrokerUnreachable, Client, ClientError, TaskFailed
 from client.cluster import LocalCluster, Process
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class Chaos(threading.Thread):
     def _kill_node(self) -> None:
         try:
             before = self.cluster.status()
-        except BrokerTimeout:
+        except (BrokerTimeout, BrokerUnreachable):
             self.say("no STATUS from the broker: this node kill is skipped")
             return
         name = self.rng.choice(sorted(self.cluster.znodes))
@@ -334,7 +334,7 @@ class Chaos(threading.Thread):
             kill.at = time.time()  # after: a task may start between STATUS and the signal
         # Before or after: a RUN may have been on its way; take the higher count.
         kill.in_flight = running_on(before, kill.pids)
-        with contextlib.suppress(BrokerTimeout):
+        with contextlib.suppress(BrokerTimeout, BrokerUnreachable):
             kill.in_flight = max(kill.in_flight, running_on(self.cluster.status(), kill.pids))
         self.kills.append(kill)
         self.say(f"SIGKILL {kill.kind} {kill.target} {kill.pids}: {kill.in_flight} in flight")

@@ -12,8 +12,15 @@ import typer
 
 from broker.protocol import ERR_UNKNOWN_COMMAND
 from client.control import ControlClient
-from client.errors import BadEndpoint, BrokerError, BrokerTimeout, ClientError, NotFound
-from client.link import ReqLink
+from client.errors import (
+    BadEndpoint,
+    BrokerError,
+    BrokerTimeout,
+    BrokerUnreachable,
+    ClientError,
+    NotFound,
+)
+from client.link import DEFAULT_CONNECT_TIMEOUT, ReqLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
@@ -25,6 +32,15 @@ Timeout = Annotated[
     float,
     typer.Option(min=0.001, metavar="S", help="Seconds to wait for the answer, resends included."),
 ]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0.001,
+        metavar="S",
+        help="Seconds to wait for a connection to the broker before saying that nothing "
+        "accepts connections at --broker (exit 3).",
+    ),
+]
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -33,17 +49,25 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 @contextmanager
-def asking(url: str, command: str, missing: str | None = None) -> Iterator[ControlClient]:
+def asking(
+    url: str,
+    command: str,
+    missing: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> Iterator[ControlClient]:
     """A ControlClient on a link of its own to the broker at `url`, closed on the way out.
 
-    What goes wrong in the block ends the command: no answer exits 3; a URL that is not an
+    What goes wrong in the block ends the command: no connection within `connect_timeout`
+    seconds, or no answer, exits 3; a URL that is not an
     endpoint, or an argument out of range, exits 2; an ERROR answer exits 1 with `missing`
     as the message when the broker has no such task, else naming `command` (STATUS, DLQ)
     as refused; a reply that breaks the protocol exits 1.
     """
     try:
-        with ReqLink(url) as link:
+        with ReqLink(url, connect_timeout=connect_timeout) as link:
             yield ControlClient(link)
+    except BrokerUnreachable as exc:
+        raise fail(f"{exc} (use --broker to point elsewhere)", EXIT_NO_ANSWER) from None
     except BrokerTimeout as exc:
         raise fail(f"{exc} (use --broker to point elsewhere)", EXIT_NO_ANSWER) from None
     except BadEndpoint as exc:

@@ -16,16 +16,26 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from broker.cli.control import EXIT_FAILED, EXIT_USAGE, Broker, Timeout, asking, fail
+from broker.cli.control import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Broker,
+    ConnectTimeout,
+    Timeout,
+    asking,
+    fail,
+)
 from broker.protocol import DEFAULT_BROKER_URL, MAX_DLQ_LIMIT, dumps_payload
 from client.control import DEFAULT_TIMEOUT
+from client.link import DEFAULT_CONNECT_TIMEOUT
 
 DEFAULT_LIMIT = 50
 
 EPILOG = """\b
 Exit codes: 0 done; 1 no such task in the dead-letter queue, or the broker
-refused the request; 2 bad command line; 3 no answer from the broker within
---timeout."""
+refused the request; 2 bad command line (a --broker URL that is not an
+endpoint, an option out of range); 3 nothing accepts connections at --broker
+within --connect-timeout, or no answer from the broker within --timeout."""
 
 app = typer.Typer(
     help="The dead-letter queue: tasks that failed for good (retries used up, timed out, "
@@ -96,8 +106,9 @@ def list_dead_letters(
         bool, typer.Option("--json", help="Print the entries as a JSON array, newest first.")
     ] = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    with asking(broker, "DLQ") as control:
+    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
         found = control.dead_letters(limit or None, timeout=timeout)
     if json_output:
         _print_json(found.entries)
@@ -177,8 +188,10 @@ def show(
         ),
     ] = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
-    with asking(broker, "DLQ", _not_in_queue(task_id)) as control:
+    missing = _not_in_queue(task_id)
+    with asking(broker, "DLQ", missing, connect_timeout=connect_timeout) as control:
         entry = control.dead_letter(task_id, timeout=timeout)
     if json_output:
         _print_json(entry)
@@ -225,9 +238,10 @@ def replay(
     ] = False,
     broker: Broker = DEFAULT_BROKER_URL,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     target = _target(task_id, everything, "replay")
-    with asking(broker, "DLQ") as control:
+    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
         outcome = control.replay(target, timeout=timeout)
     replayed, missing = outcome["replayed"], outcome["missing"]
     if target is not None:
@@ -260,9 +274,10 @@ def purge(
     ] = False,
     broker: Broker = DEFAULT_BROKER_URL,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     target = _target(task_id, everything, "purge")
-    with asking(broker, "DLQ") as control:
+    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
         purged = control.purge(target, timeout=timeout)
     if target is not None and purged == 0:
         raise fail(_not_in_queue(target), EXIT_FAILED)

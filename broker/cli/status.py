@@ -11,13 +11,16 @@ import typer
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from broker.cli.control import Broker, Timeout, asking
+from broker.cli.control import Broker, ConnectTimeout, Timeout, asking
 from broker.protocol import DEFAULT_BROKER_URL
 from client.control import DEFAULT_TIMEOUT
+from client.link import DEFAULT_CONNECT_TIMEOUT
 
 EPILOG = """\b
 Exit codes: 0 done; 1 the broker refused the request, or its answer is not
-ZTB/1; 2 bad command line; 3 no answer from the broker within --timeout."""
+ZTB/1; 2 bad command line (a --broker URL that is not an endpoint, an
+option out of range); 3 nothing accepts connections at --broker within
+--connect-timeout, or no answer from the broker within --timeout."""
 
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print the broker's STATUS_REPLY body as JSON.")
@@ -28,10 +31,11 @@ def status(
     broker: Broker = DEFAULT_BROKER_URL,
     json_output: JsonOutput = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
+    connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
 ) -> None:
     """Show the nodes a broker knows, each znode's processes together, what is queued and
     running, and its counters."""
-    with asking(broker, "STATUS") as control:
+    with asking(broker, "STATUS", connect_timeout=connect_timeout) as control:
         body = control.status(timeout)
     if json_output:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")

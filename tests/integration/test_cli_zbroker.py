@@ -5,6 +5,7 @@ refused or not ZTB/1, 2 bad command line, 3 no answer)."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
@@ -24,6 +25,7 @@ from tests.fakes import (
     Received,
     Reply,
     StartBroker,
+    ignore_all,
     unused_endpoint,
 )
 
@@ -177,12 +179,25 @@ def test_a_lost_status_request_is_resent(fake_broker: StartBroker) -> None:
     assert first.identity != second.identity  # a fresh REQ socket for the resend
 
 
-def test_no_answer_exits_3() -> None:
+def test_no_broker_exits_3_within_the_connect_timeout() -> None:
     url = unused_endpoint()
-    done = zbroker("status", "--broker", url, "--timeout", "0.3")
+    started = time.monotonic()
+    done = zbroker("status", "--broker", url, "--connect-timeout", "0.5")
     assert (done.exit_code, done.stdout) == (3, "")
     assert done.stderr == (
-        f"error: no answer from the broker at {url} within 0.3 s; "
+        f"error: cannot reach the broker at {url}: nothing accepts connections there "
+        "(connection refused or no route) (tried for 0.5 s); is `zbroker start` running "
+        "there, and is the address right? (use --broker to point elsewhere)\n"
+    )
+    assert time.monotonic() - started < 3  # the connect timeout, not --timeout (5 s)
+
+
+def test_a_silent_broker_exits_3_with_no_answer(fake_broker: StartBroker) -> None:
+    broker = fake_broker(ignore_all)
+    done = zbroker("status", "--broker", broker.url, "--timeout", "0.5")
+    assert (done.exit_code, done.stdout) == (3, "")
+    assert done.stderr == (
+        f"error: no answer from the broker at {broker.url} within 0.5 s; "
         "is `zbroker start` running there? (use --broker to point elsewhere)\n"
     )
 

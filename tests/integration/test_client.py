@@ -377,8 +377,9 @@ def test_zsubmit_without_broker_exits_3() -> None:
     done = zsubmit("--broker", url, "--timeout", "0.5", "multiply", "1", "2")
     assert done.returncode == 3
     assert done.stderr == (
-        f"error: no answer from the broker at {url} within 0.5 s; "
-        "is `zbroker start` running? (use --broker to point elsewhere)\n"
+        f"error: cannot reach the broker at {url}: nothing accepts connections there "
+        "(connection refused or no route) (tried for 0.5 s); is `zbroker start` running "
+        "there, and is the address right? (use --broker to point elsewhere)\n"
     )
 
 

@@ -217,8 +217,9 @@ def test_no_broker_exits_3(argv: list[str]) -> None:
     done = dlq(*argv, "--broker", url, "--timeout", "0.3")
     assert (done.exit_code, done.stdout) == (3, "")
     assert done.stderr == (
-        f"error: no answer from the broker at {url} within 0.3 s; "
-        "is `zbroker start` running there? (use --broker to point elsewhere)\n"
+        f"error: cannot reach the broker at {url}: nothing accepts connections there "
+        "(connection refused or no route) (tried for 0.3 s); is `zbroker start` running "
+        "there, and is the address right? (use --broker to point elsewhere)\n"
     )
 
 
