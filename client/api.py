@@ -4,7 +4,7 @@ with `map`, and the broker's status and dead-letter queue through the control cl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from types import EllipsisType, TracebackType
 from typing import Any
 
@@ -33,6 +33,7 @@ from client.options import (
 )
 from client.payloads import encode_arguments, result_of
 from client.pipeline import Pipeline
+from client.progress import track
 
 Timeout = float | None | EllipsisType  # ... means "the Client's timeout"
 
@@ -170,6 +171,7 @@ class Client:
         timeout: Timeout = ...,
         return_exceptions: bool = False,
         task_timeout: float | None = None,
+        progress: bool = False,
     ) -> list[Any]:
         """`[function(*args) for args in arguments]`, run with up to `window` tasks in flight.
 
@@ -177,8 +179,9 @@ class Client:
         for a task over `max_message_size`), or puts the exception objects in the list when
         `return_exceptions` is true; after a raise, the tasks still in flight run anyway and
         their results are dropped. `timeout` counts from the last reply of the broker;
-        `task_timeout` limits each task's run on its node (see `submit`). TypeError for
-        arguments JSON cannot carry.
+        `task_timeout` limits each task's run on its node (see `submit`). `progress`: a
+        progress bar on stderr (done/total when `arguments` has a length, rate, time left,
+        failures) when stderr is a terminal. TypeError for arguments JSON cannot carry.
         """
         return list(
             self.imap(
@@ -189,6 +192,7 @@ class Client:
                 timeout=timeout,
                 return_exceptions=return_exceptions,
                 task_timeout=task_timeout,
+                progress=progress,
             )
         )
 
@@ -202,8 +206,12 @@ class Client:
         timeout: Timeout = ...,
         return_exceptions: bool = False,
         task_timeout: float | None = None,
+        progress: bool = False,
+        answers: bool = False,
     ) -> Iterator[Any]:
-        """Like `map`, but yields each result in input order as soon as it is known."""
+        """Like `map`, but yields each result in input order as soon as it is known.
+        `answers`: yield each task's TASK_COMPLETED as it came, whatever its exit code
+        (its task_id, exit_code, result frame, error, attempts), instead of its result."""
         self._check_open()
         pipeline = Pipeline(
             self._context,
@@ -217,8 +225,12 @@ class Client:
             return_exceptions=return_exceptions,
             contact=self._link.contact,
             max_message_size=self.max_message_size,
+            answers=answers,
         )
-        return pipeline.run()
+        if not progress:
+            return pipeline.run()
+        total = len(arguments) if isinstance(arguments, Sized) else None
+        return track(pipeline.run(), total, _failed)
 
     # ------------------------------------------------------------------------- by task id
 
@@ -329,3 +341,11 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise ClientError(CLOSED)
+
+
+def _failed(outcome: Any) -> bool:
+    """Whether an outcome of `imap` is a failure: an exception put in its place, or an
+    answer with a non-zero exit code."""
+    if isinstance(outcome, TaskCompleted):
+        return outcome.exit_code != 0
+    return isinstance(outcome, ClientError)

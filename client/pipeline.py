@@ -40,7 +40,7 @@ class Pipeline:
     last reply of any kind; None waits forever. `contact`: the client's (until it first
     reached the broker, the socket is watched: BrokerUnreachable after its connect timeout).
     A task whose EXECUTE is over `max_message_size` is not sent: its outcome is
-    MessageTooLarge.
+    MessageTooLarge. `answers`: yield each TASK_COMPLETED as it came instead of its result.
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class Pipeline:
         return_exceptions: bool,
         contact: Contact | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        answers: bool = False,
     ) -> None:
         if type(window) is not int or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
@@ -72,6 +73,7 @@ class Pipeline:
         self._contact = Contact(url, None) if contact is None else contact
         self._watch: ConnectWatch | None = None
         self._max_size = max_message_size
+        self._answers = answers
         self._prefix = uuid.uuid4().hex
         self._exhausted = False
         # task_id -> (input position, the EXECUTE as sent), kept for resends.
@@ -231,6 +233,8 @@ class Pipeline:
             self._done[entry[0]] = self._outcome(completed)
 
     def _outcome(self, completed: TaskCompleted) -> Any:
+        if self._answers:
+            return completed
         try:
             return result_of(self._function, completed, self._options.task_timeout)
         except ClientError as exc:

@@ -3,6 +3,7 @@ child processes that are always reaped and whose logs are shown when a test fail
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
@@ -80,3 +81,10 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal (for what draws only on one)."""
+
+    def isatty(self) -> bool:
+        return True

@@ -98,6 +98,12 @@ ROOMS = (
     ),
     Room("zsubmit", ("client/cli.py",), may=(STDLIB, "typer", *PROTOCOL, "client")),
     Room(
+        "the progress bar of many tasks (Client.map and zsubmit map)",
+        ("client/progress.py",),
+        may=(STDLIB, "rich", "client"),
+        never=("client.cli",),
+    ),
+    Room(
         "the client's socket owners",
         ("client/api.py", "client/link.py", "client/pipeline.py"),
         may=(STDLIB, "zmq", *PROTOCOL, "client"),
