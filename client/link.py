@@ -8,15 +8,16 @@ import math
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import zmq
 
-from broker.protocol import Error, Message
+from broker.protocol import Error, Message, Status, StatusReply, TaskCompleted, encode
 from broker.protocol.frames import POLLIN, TimedReceiver, poll, recv_frames, send_frames
 from client.errors import BadEndpoint, BrokerTimeout, BrokerUnreachable, ClientError, broker_error
-from client.payloads import first_answer
+from client.payloads import first_answer, replies
 
 RESEND_INTERVAL = 2.5  # seconds without a reply before a request is sent again
 DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds the first connection to the broker may take
@@ -313,3 +314,75 @@ class ReqLink:
                 return self._receive(receiver, deadline, start)
             now = time.monotonic()
         return None
+
+
+def deliver(
+    url: str,
+    request: list[bytes],
+    task_id: str,
+    timeout: float,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    resend_interval: float = RESEND_INTERVAL,
+) -> TaskCompleted | None:
+    """Send the EXECUTE `request` of task `task_id` and return once the broker holds the
+    task, without waiting for its answer. A STATUS follows the EXECUTE on the same DEALER
+    socket, and the broker handles one connection's messages in order, so its STATUS_REPLY
+    says the EXECUTE was taken. Returns the task's TASK_COMPLETED when that comes first (a
+    quick task, or an id answered lately); raises the BrokerError the broker refused it
+    with, BrokerUnreachable or BrokerTimeout as `ReqLink.exchange` does."""
+    context: zmq.Context[Any] = zmq.Context()
+    contact = Contact(url, connect_timeout)
+    try:
+        sock, watch = contact.open(context, zmq.DEALER)
+        messages = ([b"", *request], [b"", *encode(Status())])
+        start = time.monotonic()
+        deadline, give_up = start + timeout, contact.connect_deadline(start)
+        sent = start
+        for message in messages:
+            send_frames(sock, message)
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise contact.no_answer(timeout, watch)
+            if contact.reached:
+                wake = min(deadline, sent + resend_interval)
+            else:
+                if watch is not None and now >= give_up:
+                    raise watch.unreachable(give_up - start)
+                wake = min(deadline, give_up)
+            readable = watch.readable(poll_ms(wake - now)) if watch else _readable(sock, wake)
+            if readable:
+                contact.answered = True
+                answer = _delivered(recv_frames(sock), task_id, url)
+                if answer is not None:
+                    return answer.completed
+            elif contact.reached and time.monotonic() >= sent + resend_interval:
+                for message in messages:  # the same task id: the broker runs it once
+                    send_frames(sock, message)
+                sent = time.monotonic()
+    finally:
+        context.destroy(linger=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivered:
+    completed: TaskCompleted | None
+
+
+def _readable(sock: zmq.Socket[Any], wake: float) -> bool:
+    return bool(poll([(sock, POLLIN)], poll_ms(wake - time.monotonic())))
+
+
+def _delivered(frames: list[bytes], task_id: str, url: str) -> _Delivered | None:
+    """What a reply to `deliver` says: taken (with the answer if the task was answered), or
+    nothing yet (None); raises the broker's refusal."""
+    if len(frames) < 3 or frames[0] != b"":
+        return None
+    for message in replies(frames[1:], url):
+        if isinstance(message, TaskCompleted) and message.task_id == task_id:
+            return _Delivered(message)
+        if isinstance(message, Error) and message.task_id in (None, task_id):
+            raise broker_error(message)
+        if isinstance(message, StatusReply):
+            return _Delivered(None)
+    return None

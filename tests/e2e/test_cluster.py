@@ -69,7 +69,7 @@ def test_failures_are_clear_and_nodes_keep_serving(two_nodes: Cluster) -> None:
 
 def test_zsubmit_without_a_broker_says_so(cluster: Cluster) -> None:
     cluster.url = f"tcp://127.0.0.1:{free_port()}"
-    done = cluster.zsubmit("--timeout", "0.5", "multiply", "5", "10")
+    done = cluster.zsubmit("--connect-timeout", "0.5", "multiply", "5", "10")
     assert done.returncode == 3
     assert "cannot reach the broker" in done.stderr
 

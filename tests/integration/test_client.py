@@ -374,12 +374,13 @@ def test_zsubmit_broker_error_exits_1(fake_broker: StartBroker) -> None:
 
 def test_zsubmit_without_broker_exits_3() -> None:
     url = unused_endpoint()
-    done = zsubmit("--broker", url, "--timeout", "0.5", "multiply", "1", "2")
+    done = zsubmit("--broker", url, "--connect-timeout", "0.5", "multiply", "1", "2")
     assert done.returncode == 3
     assert done.stderr == (
         f"error: cannot reach the broker at {url}: nothing accepts connections there "
         "(connection refused or no route) (tried for 0.5 s); is `zbroker start` running "
-        "there, and is the address right? (use --broker to point elsewhere)\n"
+        "there, and is the address right? (use --broker to point elsewhere, "
+        "--connect-timeout S to wait longer)\n"
     )
 
 

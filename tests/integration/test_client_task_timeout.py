@@ -195,7 +195,7 @@ def test_zsubmit_refuses_a_bad_task_timeout(broker: FakeBroker, bad: str) -> Non
 def test_zsubmit_help_tells_the_two_timeouts_apart() -> None:
     done = zsubmit("--help")
     assert done.returncode == 0
-    text = " ".join(done.stdout.split())
+    text = " ".join(done.stdout.replace("│", " ").split())  # unboxed, unwrapped
     assert "--task-timeout limits how long the function may run on its node" in text
     assert "--timeout limits how long zsubmit waits for the answer" in text
     assert "Not how long zsubmit waits: that is --timeout." in text

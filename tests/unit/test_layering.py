@@ -96,7 +96,7 @@ ROOMS = (
         may=(STDLIB, "msgspec", *PROTOCOL, "node"),
         never=("broker.protocol.frames", "node.cli"),
     ),
-    Room("zsubmit", ("client/cli.py",), may=(STDLIB, "typer", *PROTOCOL, "client")),
+    Room("zsubmit", ("client/cli/*",), may=(STDLIB, "typer", *PROTOCOL, "client")),
     Room(
         "the progress bar of many tasks (Client.map and zsubmit map)",
         ("client/progress.py",),

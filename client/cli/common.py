@@ -1,0 +1,173 @@
+"""What the zsubmit commands share: exit codes, the options every command takes, how the
+client's errors end a command, and how an answer is printed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from broker.protocol import (
+    ERR_UNKNOWN_COMMAND,
+    EXIT_EXPIRED,
+    EXIT_NODE_LOST,
+    EXIT_TIMEOUT,
+    EXIT_WORKER_CRASHED,
+    TaskCompleted,
+    dumps_payload,
+    loads_payload,
+)
+from broker.protocol.version import package_version
+from client.errors import (
+    BrokerError,
+    BrokerTimeout,
+    BrokerUnreachable,
+    ClientError,
+    MessageTooLarge,
+    NotFound,
+    TaskFailed,
+)
+
+# Exit codes. 1 to 3 are those of every command; 4 and 5 answer questions about a task id;
+# none is one of the task exit codes of protocol.md 8.2 but 130, which means interrupted in
+# both places.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the task failed, or the broker (or the client, for its size) refused it
+EXIT_USAGE = 2  # bad command line
+EXIT_NO_ANSWER = 3  # nothing accepts connections at --broker, or no answer in time
+EXIT_NOT_FOUND = 4  # the broker knows no task of that id
+EXIT_FINISHED = 5  # cancel: the task had finished already, nothing to cancel
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+PROG = "zsubmit"
+
+BROKER_HINT = "use --broker to point elsewhere, --connect-timeout S to wait longer"
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print `message` as an error on stderr; the exit to raise with `code`."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+@contextmanager
+def reporting(
+    url: str,
+    *,
+    no_answer: Callable[[BrokerTimeout], str] | None = None,
+    missing: Callable[[NotFound], str] | None = None,
+) -> Iterator[None]:
+    """Ends the command when the client raises in the block: nothing reached at `url`, or
+    no answer (`no_answer` words it), exits 3; no such task (`missing` words it) 4; a URL
+    that is not an endpoint or an option out of range 2; a refusal, or a request over the
+    size limit, 1."""
+    try:
+        yield
+    except BrokerUnreachable as exc:
+        raise fail(f"{exc} ({BROKER_HINT})", EXIT_NO_ANSWER) from None
+    except BrokerTimeout as exc:
+        message = no_answer(exc) if no_answer else f"{exc} ({BROKER_HINT})"
+        raise fail(message, EXIT_NO_ANSWER) from None
+    except NotFound as exc:
+        raise fail(missing(exc) if missing else str(exc), EXIT_NOT_FOUND) from None
+    except MessageTooLarge as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+    except BrokerError as exc:
+        raise fail(refusal(url, exc), EXIT_FAILED) from None
+    except ValueError as exc:  # BadEndpoint, or an option out of range: nothing was sent
+        raise fail(str(exc), EXIT_USAGE) from None
+    except ClientError as exc:
+        raise fail(str(exc), EXIT_FAILED) from None
+
+
+def refusal(url: str, error: BrokerError) -> str:
+    if error.code == ERR_UNKNOWN_COMMAND:
+        return (
+            f"the broker at {url} does not know this request ({error.message}): it is older "
+            "than this zsubmit; upgrade and restart it"
+        )
+    return str(error)
+
+
+# What to do about the failures the broker reports (rather than the function).
+HINTS = {
+    EXIT_TIMEOUT: "; give it longer with --task-timeout S",
+    EXIT_EXPIRED: "; start more nodes for it, or let it wait longer with --queue-timeout S",
+    EXIT_NODE_LOST: "; check the nodes with `zbroker status`, or allow more --retries N",
+    EXIT_WORKER_CRASHED: "; the function killed its process: see that node's log",
+}
+
+
+def answer_json(completed: TaskCompleted) -> dict[str, Any]:
+    """The whole answer, as --json prints it."""
+    error = None if completed.error is None else completed.error.to_json()
+    return {
+        "task_id": completed.task_id,
+        "exit_code": completed.exit_code,
+        "result": loads_payload(completed.result),
+        "error": error,
+        "attempts": completed.attempts,
+    }
+
+
+def print_answer(
+    completed: TaskCompleted,
+    what: str,
+    json_output: bool,
+    task_timeout: float | None = None,
+    hints: dict[int, str] | None = None,
+) -> None:
+    """Print a task's answer: its result on stdout, or (--json) the whole answer; a failure
+    (`what` failed ...) on stderr, exit 1."""
+    try:
+        if json_output:
+            print_json(answer_json(completed))
+        elif completed.exit_code == 0:
+            print_json(loads_payload(completed.result))
+    except ValueError as exc:
+        raise fail(f"the result of {what} is not valid JSON: {exc}", EXIT_FAILED) from None
+    if completed.exit_code != 0:
+        failure = TaskFailed.from_completed(what, completed, task_timeout)
+        hint = (hints or {}).get(completed.exit_code, "")
+        raise fail(f"{failure}{hint}", EXIT_FAILED)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(dumps_payload(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"{PROG} {package_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+# The options, declared once here so that each command reads as what it does.
+Broker = Annotated[str, typer.Option("--broker", metavar="URL", help="Endpoint of the broker.")]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        "--connect-timeout",
+        min=0.001,
+        metavar="S",
+        help="Seconds to wait for a connection to the broker before saying that nothing "
+        "accepts connections at --broker (exit 3).",
+    ),
+]
+Version = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version of zsubmit and exit.",
+    ),
+]
