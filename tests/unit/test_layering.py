@@ -98,7 +98,7 @@ ROOMS = (
     Room("zsubmit", ("client/cli.py",), may=(STDLIB, "typer", *PROTOCOL, "client")),
     Room(
         "the client's socket owners",
-        ("client/api.py", "client/link.py", "client/pipeline.py"),
+        ("client/api.py", "client/engine.py", "client/link.py", "client/pipeline.py"),
         may=(STDLIB, "zmq", *PROTOCOL, "client"),
         never=("client.cli",),
     ),
