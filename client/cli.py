@@ -118,7 +118,7 @@ def _submit(broker: str, function: str, values: list[Any], wait: float, **task: 
     timeout = wait if wait > 0 else None
     try:
         with Client(broker, timeout=timeout, **task) as client:
-            return client.submit(function, values)
+            return client.execute_raw(function, values)
     except BrokerTimeout:
         raise _fail(
             f"no answer from the broker at {broker} within {wait:g} s; "
