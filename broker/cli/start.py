@@ -23,6 +23,7 @@ from broker.core.config import (
     ResultsConfig,
     RetryPolicy,
     SchedulerConfig,
+    parse_retry_on,
 )
 
 if TYPE_CHECKING:
@@ -61,8 +62,17 @@ def start(
         3,
         min=0,
         max=100,
-        help="Extra attempts for a task whose function raises or whose node dies, unless "
-        "the task asks for its own number.",
+        help="Extra attempts for a task whose node process crashes or whose node dies (and, "
+        "with --retry-on, whose function raises or times out), unless the task asks for its "
+        "own number.",
+    ),
+    retry_on: str = typer.Option(
+        "none",
+        metavar="exception,timeout|all|none",
+        help="Failures retried besides crashes and lost nodes, for tasks that do not say "
+        "(EXECUTE retry_on): 'exception' (the function raised), 'timeout' (it ran past its "
+        "task timeout), both, 'all' or 'none' (as Ray's defaults). A function set can also "
+        "declare exceptions retryable.",
     ),
     retry_backoff: float = typer.Option(
         0.5, min=0, help="Seconds before the second attempt; doubles for each next one (+-20%)."
@@ -122,6 +132,10 @@ def start(
         raise typer.BadParameter(
             f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
         )
+    try:
+        default_retry_on = parse_retry_on(retry_on)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--retry-on") from None
     results = ResultsConfig(ttl=keep_results)
     retry = RetryPolicy(retries, retry_backoff, retry_backoff_max)
     scheduler = SchedulerConfig(
@@ -132,6 +146,7 @@ def start(
         retry,
         task_timeout or None,
         max_prefetch=max_prefetch,
+        retry_on=default_retry_on,
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
     config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)

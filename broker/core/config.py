@@ -11,6 +11,9 @@ from broker.protocol import (
     EXIT_FUNCTION_ERROR,
     EXIT_TIMEOUT,
     EXIT_WORKER_CRASHED,
+    RETRY_ON,
+    RETRY_ON_EXCEPTION,
+    RETRY_ON_TIMEOUT,
 )
 
 DEFAULT_MAX_PREFETCH = 64
@@ -18,9 +21,27 @@ LEAST_LOADED = "least-loaded"
 ROUND_ROBIN = "round-robin"
 STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
 
-# Worth another attempt: the function raised, its process died, it ran out of time.
-# Not: arguments or results that cannot work (2, 3), refused requests (64, 127).
-RETRYABLE = frozenset({EXIT_FUNCTION_ERROR, EXIT_WORKER_CRASHED, EXIT_TIMEOUT})
+# Failures worth another attempt (protocol.md 5.1): a crashed node process always (as a lost
+# node); the function raising or running out of time only when the task's `retry_on` (or
+# the broker's default) names it. Never: arguments or results that cannot work (2, 3),
+# refused requests (64, 127), cancellation (130).
+ALWAYS_RETRIED = frozenset({EXIT_WORKER_CRASHED})
+RETRIED_ON = {EXIT_FUNCTION_ERROR: RETRY_ON_EXCEPTION, EXIT_TIMEOUT: RETRY_ON_TIMEOUT}
+
+
+def parse_retry_on(text: str) -> tuple[str, ...]:
+    """`exception`, `timeout`, `exception,timeout`, `all` or `none` as a sorted tuple of
+    RETRY_ON names; ValueError naming the choices for anything else."""
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if names == {"all"}:
+        return RETRY_ON
+    if names <= {"none"}:
+        return ()
+    unknown = names - set(RETRY_ON)
+    if unknown:
+        choices = ", ".join([*RETRY_ON, "all", "none"])
+        raise ValueError(f"unknown retry-on {', '.join(sorted(unknown))}; choose from {choices}")
+    return tuple(sorted(names))
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,9 @@ class SchedulerConfig:
     # The most tasks a node may hold unstarted beyond its slots (it asks for its own number
     # in REGISTER `prefetch`); 0 turns prefetching off.
     max_prefetch: int = DEFAULT_MAX_PREFETCH
+    # Failures retried (within `retries`) for tasks whose EXECUTE has no `retry_on`, besides
+    # crashes and lost nodes: none by default, as Ray's defaults.
+    retry_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -54,6 +54,7 @@ class Node:
         "prefetch",
         "retracting",
         "run_time",
+        "stop",
         "timer",
         "version",
         "window",
@@ -65,6 +66,7 @@ class Node:
         self.functions = frozenset(register.functions)
         self.capacity = register.capacity
         self.prefetch = prefetch  # tasks it may hold beyond its slots (REGISTER's, capped)
+        self.stop = register.stop  # it stops cancelled tasks on STOP (protocol.md 3.20)
         self.run_time = FIRST_RUN_TIME  # moving average of its tasks' run times, seconds
         self.window = register.capacity + min(prefetch, 1)  # RUNs it may have without RESULT
         self.last_seen = now  # when the broker last heard from it

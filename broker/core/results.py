@@ -1,30 +1,47 @@
 """ResultCache: answers of recently finished tasks, so a resend is answered, not run again.
 
 A client that lost a TASK_COMPLETED resends the same EXECUTE (Lazy Pirate); if the task has
-finished meanwhile, the broker answers from here. Entries live `ttl` seconds, and the cache
+finished meanwhile, the broker answers from here. Each answer keeps the request it answered
+(its function and a digest of its arguments, `Request`), so that the same id sent with
+another request is refused (protocol.md 6) rather than answered; answers restored from the
+store have none and are not compared. Entries live `ttl` seconds, and the cache
 holds at most `max_entries` answers and `max_bytes` of result payloads; past either bound
 the oldest go first. Pure state: time comes in as `now`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 
 from broker.core.config import ResultsConfig
-from broker.protocol import TaskCompleted
+from broker.protocol import TaskCompleted, TaskSpec
 
 ENTRY_OVERHEAD = 200  # bytes an entry costs besides its payload (ids, header, bookkeeping)
+
+Request = tuple[str, bytes]  # a task's function and the 16-byte BLAKE2b digest of its args
+Entry = tuple[TaskCompleted, float, Request | None]  # answer, when kept, what it answered
+
+
+def request_of(spec: TaskSpec) -> Request:
+    return (spec.function, hashlib.blake2b(spec.args, digest_size=16).digest())
+
+
+def same_request(entry: Entry, spec: TaskSpec) -> bool:
+    """Whether `spec` asks what the kept answer answered (True when that is not known)."""
+    request = entry[2]
+    return request is None or request == request_of(spec)
 
 
 class ResultCache:
     def __init__(self, config: ResultsConfig | None = None) -> None:
         self.config = config or ResultsConfig()
-        self._entries: OrderedDict[str, tuple[TaskCompleted, float]] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
         self.bytes = 0  # payload bytes held, plus ENTRY_OVERHEAD per entry
-        # (answer, when it was kept) of a task id, or None: `get` as the dict's own method
-        # (a C call), for the scheduler's per-task path.
-        self.find: Callable[[str], tuple[TaskCompleted, float] | None] = self._entries.get
+        # The entry of a task id, or None: `get` as the dict's own method (a C call), for
+        # the scheduler's per-task path.
+        self.find: Callable[[str], Entry | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -36,13 +53,13 @@ class ResultCache:
         entry = self._entries.get(task_id)
         return None if entry is None else entry[0]
 
-    def add(self, answer: TaskCompleted, now: float) -> None:
+    def add(self, answer: TaskCompleted, now: float, request: Request | None = None) -> None:
         config, entries = self.config, self._entries
         if config.ttl <= 0 or config.max_entries <= 0:
             return
         if answer.task_id in entries:
             self._drop(answer.task_id)
-        entries[answer.task_id] = (answer, now)
+        entries[answer.task_id] = (answer, now, request)
         self.bytes += _cost(answer)
         while entries and (len(entries) > config.max_entries or self.bytes > config.max_bytes):
             self._pop_oldest()
@@ -55,7 +72,7 @@ class ResultCache:
         """When the oldest answer expires; None when none is kept."""
         if not self._entries:
             return None
-        _, (_, added) = next(iter(self._entries.items()))
+        _, (_, added, _) = next(iter(self._entries.items()))
         return added + self.config.ttl
 
     def expire(self, now: float, limit: int) -> None:
@@ -65,13 +82,13 @@ class ResultCache:
         for _ in range(limit):
             if not self._entries:
                 return
-            _, (_, added) = next(iter(self._entries.items()))
+            _, (_, added, _) = next(iter(self._entries.items()))
             if added > cutoff:
                 return
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
-        _, (answer, _) = self._entries.popitem(last=False)
+        _, (answer, _, _) = self._entries.popitem(last=False)
         self.bytes -= _cost(answer)
 
     def _drop(self, task_id: str) -> None:
@@ -80,9 +97,9 @@ class ResultCache:
             self.bytes -= _cost(entry[0])
 
     def check_invariants(self) -> None:
-        assert self.bytes == sum(_cost(a) for a, _ in self._entries.values()), "bytes drifted"
+        assert self.bytes == sum(_cost(e[0]) for e in self._entries.values()), "bytes drifted"
         assert len(self._entries) <= max(self.config.max_entries, 0)
-        times = [added for _, added in self._entries.values()]
+        times = [e[1] for e in self._entries.values()]
         assert times == sorted(times), "entries out of order"
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from msgspec import Struct
 
 from broker.core import journal as j
-from broker.core.config import RETRYABLE, SchedulerConfig
+from broker.core.config import ALWAYS_RETRIED, RETRIED_ON, SchedulerConfig
 from broker.core.deadletters import DeadLetter, DeadLetters
 from broker.core.events import (
     Command,
@@ -57,7 +57,7 @@ from broker.core.events import (
 from broker.core.graces import Grace, Graces
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
-from broker.core.results import ResultCache
+from broker.core.results import ResultCache, request_of, same_request
 from broker.core.status import sampled, status_body
 from broker.core.tasks import (
     DONE,
@@ -75,19 +75,28 @@ from broker.protocol import (
     DLQ_LIST,
     DLQ_REPLAY,
     DLQ_SHOW,
+    ERR_CONFLICT,
     ERR_NOT_FOUND,
     ERR_NOT_HOLDER,
     ERR_TOO_LARGE,
     ERR_UNKNOWN_COMMAND,
     EXIT_BAD_RESULT,
+    EXIT_CANCELLED,
     EXIT_EXPIRED,
+    EXIT_FUNCTION_ERROR,
     EXIT_NODE_LOST,
     EXIT_TIMEOUT,
     EXIT_UNKNOWN_FUNCTION,
     EXIT_WORKER_CRASHED,
     MAX_RETRACT,
     RESULT,
+    WAS_FINISHED,
+    WAS_HELD,
+    WAS_QUEUED,
+    WAS_RUNNING,
     Batch,
+    Cancel,
+    Cancelled,
     Deregister,
     Disconnect,
     Dlq,
@@ -95,6 +104,7 @@ from broker.protocol import (
     Error,
     ErrorInfo,
     Execute,
+    Fetch,
     Heartbeat,
     Message,
     ProtocolError,
@@ -106,6 +116,7 @@ from broker.protocol import (
     Run,
     Status,
     StatusReply,
+    Stop,
     TaskCompleted,
     TaskSpec,
 )
@@ -188,6 +199,8 @@ class Scheduler:
             Error: self._on_error,
             Batch: self._on_batch,
             Retracted: self._on_retracted,
+            Cancel: self._on_cancel,
+            Fetch: self._on_fetch,
         }
 
     # ================================================================== the entry points
@@ -414,15 +427,17 @@ class Scheduler:
         task = self._tasks.get(spec.task_id)
         if task is not None:
             # A resend (Lazy Pirate) or a second submitter: answer it, do not run it again.
+            known = task.spec
+            if known.function != spec.function or known.args != spec.args:
+                return self._conflict(peer, spec, known.function)
             self._counters["resubmitted"] += 1
-            requesters = task.requesters
-            if peer not in requesters:
-                requesters.append(peer)
-                del requesters[:-MAX_REQUESTERS]
+            self._add_requester(task, peer)
             return []
         kept = self._results.find(spec.task_id)
         if kept is not None:
             # It finished already; its requester lost the answer (or asks twice).
+            if not same_request(kept, spec):
+                return self._conflict(peer, spec, (kept[2] or ("?",))[0])
             self._counters["answered_again"] += 1
             return [Send(peer, kept[0])]
         grace = None
@@ -445,6 +460,76 @@ class Scheduler:
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
+
+    def _add_requester(self, task: Task, peer: bytes) -> None:
+        requesters = task.requesters
+        if peer not in requesters:
+            requesters.append(peer)
+            del requesters[:-MAX_REQUESTERS]
+
+    def _conflict(self, peer: bytes, spec: TaskSpec, function: str) -> list[Command]:
+        """An EXECUTE reuses a known task id for another request: refused (protocol.md 6)."""
+        self._counters["refused_conflict"] += 1
+        what = "arguments" if function == spec.function else f"function ({function})"
+        text = (
+            f"task id {spec.task_id!r} is already used by a task with other {what}; "
+            "choose a new task id, or resend the same request to get its answer"
+        )
+        return [Send(peer, Error(ERR_CONFLICT, text, spec.task_id))]
+
+    def _on_fetch(self, peer: bytes, node: Node | None, msg: Fetch, now: float) -> list[Command]:
+        """A task's answer by its id: pending, the sender waits for it as a requester; kept
+        or a dead letter, at once; else not_found (protocol.md 3.19)."""
+        task_id = msg.task_id
+        self._counters["fetched"] += 1
+        task = self._tasks.get(task_id)
+        if task is not None:
+            self._add_requester(task, peer)
+            return []
+        kept = self._results.find(task_id)
+        if kept is not None:
+            return [Send(peer, kept[0])]
+        entry = self._dead.get(task_id)
+        if entry is not None:
+            reply = TaskCompleted(task_id, entry.exit_code, b"null", entry.error, entry.attempts)
+            return [Send(peer, reply)]
+        return [Send(peer, Error(ERR_NOT_FOUND, _unknown_task(task_id, "fetch"), task_id))]
+
+    def _on_cancel(self, peer: bytes, node: Node | None, msg: Cancel, now: float) -> list[Command]:
+        """Cancel a task (protocol.md 5.6): its requesters are answered 130 at once; a node
+        that holds or runs it is told to stop it, and its place stays busy until it answers."""
+        task_id = msg.task_id
+        task = self._tasks.get(task_id)
+        if task is None:
+            if task_id in self._results or self._dead.get(task_id) is not None:
+                return [Send(peer, Cancelled(task_id, WAS_FINISHED))]
+            return [Send(peer, Error(ERR_NOT_FOUND, _unknown_task(task_id, "cancel"), task_id))]
+        state = task.state
+        commands: list[Command] = []
+        if state is RUNNING or state is HELD:
+            holder = self._pool.nodes[task.holder or b""]
+            was = WAS_RUNNING if state is RUNNING else WAS_HELD
+            where = f" on node {holder.name}"
+            commands += self._stop_on(holder, task)
+        else:
+            was, where = WAS_QUEUED, ""
+        text = f"cancelled by a client while {was}{where} (attempt {task.attempt})"
+        log.info("task %s cancelled while %s%s", task_id, was, where)
+        error = ErrorInfo("Cancelled", text)
+        answer = self._answer(task, EXIT_CANCELLED, b"null", error, now, bury=False)
+        return answer + commands + [Send(peer, Cancelled(task_id, was))]
+
+    def _stop_on(self, node: Node, task: Task) -> list[Command]:
+        """Tell `node` that the attempt of `task` it holds or runs is cancelled: STOP if it
+        stops tasks; else RETRACT a held one (a running one runs to its end). A held task
+        leaves the held order at once: the node will not start it."""
+        task_id = task.spec.task_id
+        held = task.state is HELD and self._pool.ask_back(node, task_id)
+        if node.stop:
+            return [Send(node.identity, Stop((task_id,)))]
+        if held:
+            return [Send(node.identity, Retract((task_id,)))]
+        return []
 
     def _on_status(self, peer: bytes, node: Node | None, msg: Status, now: float) -> list[Command]:
         return [Send(peer, StatusReply(self.status(now)))]
@@ -950,9 +1035,24 @@ class Scheduler:
         return [Send(node.identity, Retract((task.spec.task_id,)))]
 
     def _attempt_failed(self, task: Task, msg: Result, now: float) -> list[Command]:
-        if msg.exit_code in RETRYABLE and task.attempt <= task.retries:
+        if task.attempt <= task.retries and self._retried(task, msg.exit_code, msg.retry):
             return self._retry_later(task, now)
         return self._answer(task, msg.exit_code, msg.result, msg.error, now)
+
+    def _retried(self, task: Task, exit_code: int, declared: bool = False) -> bool:
+        """Whether a failed attempt with `exit_code` earns another (protocol.md 5.1), when
+        one is left: a crash always; the function raising when its set declared that
+        exception retryable (`declared`) or `retry_on` names it; a timeout when `retry_on`
+        names it."""
+        if exit_code in ALWAYS_RETRIED:
+            return True
+        name = RETRIED_ON.get(exit_code)
+        if name is None:
+            return False
+        retry_on = task.spec.retry_on
+        if retry_on is None:
+            retry_on = self.config.retry_on
+        return name in retry_on or (declared and exit_code == EXIT_FUNCTION_ERROR)
 
     def _retry_later(self, task: Task, now: float) -> list[Command]:
         self._counters["retried"] += 1
@@ -1023,8 +1123,8 @@ class Scheduler:
         if self._answered:
             answered, self._answered = self._answered, []
             for task, reply, bury in answered:
-                self._counters["completed" if reply.exit_code == 0 else "failed"] += 1
-                self._results.add(reply, now)
+                self._count_outcome(reply.exit_code)
+                self._results.add(reply, now, request_of(task.spec))
                 if self._journal:
                     commands.append(j.SaveAnswer(reply, now))
                 if reply.exit_code != 0 and bury:
@@ -1039,6 +1139,14 @@ class Scheduler:
                     if node.draining or (released and (self._queue.size or self._pool.held)):
                         commands += self._refill(node, released, now)
         return commands
+
+    def _count_outcome(self, exit_code: int) -> None:
+        if exit_code == 0:
+            self._counters["completed"] += 1
+        elif exit_code == EXIT_CANCELLED:
+            self._counters["cancelled"] += 1
+        else:
+            self._counters["failed"] += 1
 
     def _bury(self, task: Task, reply: TaskCompleted, now: float) -> list[Command]:
         """A task that failed for good goes to the dead-letter queue."""
@@ -1086,7 +1194,8 @@ class Scheduler:
             else:
                 task.lost.append(lost)
             reason = failure if only is None or only == task.spec.task_id else None
-            if task.attempt > task.retries:
+            given_up = reason is not None and not self._retried(task, reason[0])
+            if given_up or task.attempt > task.retries:
                 commands += self._give_up(task, node, now, reason)
             else:
                 self._counters["requeued"] += 1
@@ -1131,6 +1240,13 @@ class Scheduler:
         if self._accepting:
             for function in self._queue.counts():
                 assert not self._pool.has_free(function), f"{function} waits beside a free slot"
+
+
+def _unknown_task(task_id: str, what: str) -> str:
+    return (
+        f"cannot {what} task {task_id!r}: the broker has no such task (never submitted, or "
+        "answered longer ago than it keeps answers, zbroker start --keep-results)"
+    )
 
 
 def _no_node(function: str) -> str:

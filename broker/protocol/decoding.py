@@ -351,7 +351,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
     ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
-    retry_on = () if h.retry_on is None else tuple(sorted(set(h.retry_on)))
+    retry_on = None if h.retry_on is None else tuple(sorted(set(h.retry_on)))
     spec = TaskSpec(
         h.task_id, h.function, args, h.priority, h.retries, queue_timeout, task_timeout, retry_on
     )

@@ -96,7 +96,7 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["queue_timeout_ms"] = _ms(spec.queue_timeout)
     if spec.task_timeout is not None:
         header["timeout_ms"] = _ms(spec.task_timeout)
-    if spec.retry_on:
+    if spec.retry_on is not None:
         header["retry_on"] = list(spec.retry_on)
     return [TAG, EXECUTE, _json(header), spec.args]
 

@@ -101,8 +101,9 @@ class TaskSpec(Struct, frozen=True, gc=False):
     retries: Retries | None = None  # extra attempts after failed ones
     queue_timeout: QueueTimeout | None = None  # seconds it may wait for its first start
     task_timeout: TaskTimeout | None = None  # seconds one attempt may run
-    # Failures retried beyond node loss and crashes: RETRY_ON names, sorted, no repeats.
-    retry_on: tuple[str, ...] = ()
+    # Failures retried besides node loss and crashes: RETRY_ON names, sorted, no repeats;
+    # None: the broker's default.
+    retry_on: tuple[str, ...] | None = None
 
 
 class Replaces(Struct, frozen=True, gc=False):

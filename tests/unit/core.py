@@ -103,6 +103,17 @@ def register(name: str, functions: tuple[str, ...] = ("f",), capacity: int = 1) 
     return p.Register(name=name, host="h", pid=1, functions=functions, capacity=capacity)
 
 
+def warmed_node(core: Core, register: p.Register, client: bytes = b"warm-up") -> None:
+    """Register a node and let it answer 50 tasks at once: its run time per task falls near
+    0, so it may hold its whole prefetch window."""
+    identity = register.name.encode()
+    core.handle(identity, register, 0.0)
+    function = register.functions[0]
+    for i in range(50):
+        [(_, task_id)] = runs(core.handle(client, execute(f"warm-{i}", function), 0.0))
+        core.handle(identity, ok(task_id), 0.0)
+
+
 def execute(
     task_id: str,
     function: str = "f",
@@ -112,8 +123,11 @@ def execute(
     retries: int | None = None,
     queue_timeout: float | None = None,
     task_timeout: float | None = None,
+    retry_on: tuple[str, ...] | None = None,
 ) -> p.Execute:
-    spec = p.TaskSpec(task_id, function, args, priority, retries, queue_timeout, task_timeout)
+    spec = p.TaskSpec(
+        task_id, function, args, priority, retries, queue_timeout, task_timeout, retry_on
+    )
     return p.Execute(spec)
 
 

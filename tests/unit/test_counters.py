@@ -16,7 +16,6 @@ PROTOCOL_MD = (ROOT / "protocol.md").read_text(encoding="utf-8")
 
 def counted_by_the_scheduler() -> set[str]:
     names = set(re.findall(r'self\._counters\["(\w+)"\]', SCHEDULER))
-    names |= set(re.findall(r'self\._counters\["(\w+)" if .* else "(\w+)"\]', SCHEDULER)[0])
     names |= {f"nodes_{why}" for why in re.findall(r'_lose_node\(\s*\w+,\s*"(\w+)"', SCHEDULER)}
     refused = [p.ERR_MALFORMED, p.ERR_UNSUPPORTED_VERSION, p.ERR_UNKNOWN_COMMAND, p.ERR_TOO_LARGE]
     return names | {f"refused_{code}" for code in refused}

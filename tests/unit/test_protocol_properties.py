@@ -88,7 +88,8 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
             st.none() | st.integers(0, p.MAX_RETRIES),
             st.none() | st.integers(1, p.MAX_QUEUE_TIMEOUT_MS).map(lambda ms: ms / 1000),
             timeouts,
-            st.sets(st.sampled_from(p.RETRY_ON)).map(lambda names: tuple(sorted(names))),
+            st.none()
+            | st.sets(st.sampled_from(p.RETRY_ON)).map(lambda names: tuple(sorted(names))),
         ),
     ),
     p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000), timeouts),

@@ -382,7 +382,7 @@ def backoff_scheduler(retries: int = 2) -> Core:
 def test_a_failed_attempt_runs_again_after_exponential_backoff() -> None:
     sched = backoff_scheduler(retries=2)
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(CLIENT, execute("t1", retry_on=("exception",)), 0.0)
     assert sched.handle(b"n1", fail("t1"), 1.0) == []  # no answer yet: attempt 2 is due
     assert sched.next_deadline() <= 2.0
     assert runs(sched.tick(1.9)) == []

@@ -57,7 +57,7 @@ def test_a_submitter_that_was_alone_does_not_get_a_debt() -> None:
 def test_a_retried_task_keeps_its_turn() -> None:
     core = Core(seed=3)
     core.handle(b"n", register("n"), 0.0)
-    [(_, first)] = runs(core.handle(BIG, execute("a", retries=1), 0.1))
+    [(_, first)] = runs(core.handle(BIG, execute("a", retries=1, retry_on=("exception",)), 0.1))
     core.handle(BIG, execute("b"), 0.1)
     core.handle(SMALL, execute("c"), 0.1)
     failed = p.Result(first, 1, b"null", p.ErrorInfo("E", "x"))

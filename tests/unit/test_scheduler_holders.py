@@ -48,7 +48,7 @@ def test_another_node_cannot_answer_a_task_it_does_not_hold(sched: Core) -> None
 
 def test_the_holder_must_answer_its_current_attempt(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(CLIENT, execute("t1", retry_on=("exception",)), 0.0)
     sched.handle(b"n1", p.Result("t1", 1, b"null", p.ErrorInfo("E", "x"), 1), 0.1)  # retried
     assert sched.attempt("t1") == 2
     [refusal] = sched.handle(b"n1", ok("t1", b'"old"', attempt=1), 0.2)

@@ -21,8 +21,13 @@ def register(name: str, pid: int = 1, replaces: p.Replaces | None = None) -> p.R
     return p.Register(name, "h", pid, ("f",), 1, replaces)
 
 
-def execute(task_id: str, retries: int = 0, task_timeout: float | None = None) -> p.Execute:
-    return p.Execute(p.TaskSpec(task_id, "f", b"[1]", 5, retries, None, task_timeout))
+def execute(
+    task_id: str,
+    retries: int = 0,
+    task_timeout: float | None = None,
+    retry_on: tuple[str, ...] | None = None,
+) -> p.Execute:
+    return p.Execute(p.TaskSpec(task_id, "f", b"[1]", 5, retries, None, task_timeout, retry_on))
 
 
 def failed(task_id: str) -> p.Result:
@@ -170,7 +175,7 @@ def test_replay_all_reports_ids_pending_again_as_missing() -> None:
 
 def test_journal_records_accept_retry_finish_and_dead_letter(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1", retries=1), 0.0)
+    sched.handle(CLIENT, execute("t1", retries=1, retry_on=("exception",)), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)
     sched.handle(b"n1", failed("t1"), 0.2)
     kinds = [type(change) for change in sched.take_journal()]
@@ -200,7 +205,7 @@ def test_no_journal_without_a_store() -> None:
 
 def test_restore_queues_kept_tasks_and_answers_kept_results(sched: Core) -> None:
     sched.handle(b"n1", register("n1"), 0.0)
-    sched.handle(CLIENT, execute("t1", retries=2, task_timeout=5.0), 0.0)
+    sched.handle(CLIENT, execute("t1", retries=2, task_timeout=5.0, retry_on=("exception",)), 0.0)
     sched.handle(CLIENT, execute("t2"), 0.0)
     sched.handle(b"n1", failed("t1"), 0.1)  # attempt 1 of t1 failed; t2 starts
     journal = sched.take_journal()
