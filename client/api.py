@@ -186,8 +186,8 @@ class Client:
         seconds it may wait for a free node before it is answered Expired (exit 125);
         `task_timeout`: seconds one attempt may run before the node stops it and it fails
         with exit 124 Timeout (0.001 to 604800, i.e. 7 days); `retry_on`: the failures
-        retried besides node loss and crashes ("exception", "timeout", "all" or a list; an
-        empty list for the broker's default). Each defaults to this client's, else the
+        retried besides node loss and crashes ("exception", "timeout", "all", a list of
+        those, or an empty list for none of them). Each defaults to this client's, else the
         broker's. `timeout` is how long this call waits for the answer, not a limit on the
         function. Raises BrokerError, BrokerTimeout, TypeError, and ValueError for an
         option out of range."""

@@ -25,7 +25,8 @@ MAX_TASK_TIMEOUT = MAX_TASK_TIMEOUT_MS / 1000  # seconds: 7 days
 MAX_QUEUE_TIMEOUT = MAX_QUEUE_TIMEOUT_MS / 1000  # seconds: 1 day
 RETRY_ON_ALL = "all"  # every failure RETRY_ON names
 
-# What `retry_on` takes: None, one name (or "all"), or several names.
+# What `retry_on` takes: None (the broker's default), one name or "all", or a list of names
+# ([]: none, only node loss and crashes are retried).
 RetryOn = str | Iterable[str] | None
 
 
@@ -83,11 +84,11 @@ def check_priority(priority: int) -> int:
     return priority
 
 
-def check_retry_on(retry_on: RetryOn) -> tuple[str, ...]:
+def check_retry_on(retry_on: RetryOn) -> tuple[str, ...] | None:
     """The failures a task is retried on besides node loss and crashes (EXECUTE `retry_on`),
-    as TaskSpec carries them: sorted, no repeats; () is the broker's default."""
+    as TaskSpec carries them: sorted, no repeats; None is the broker's default."""
     if retry_on is None:
-        return ()
+        return None
     if retry_on == RETRY_ON_ALL:
         return tuple(sorted(RETRY_ON))
     names = [retry_on] if isinstance(retry_on, str) else retry_on
@@ -120,9 +121,9 @@ class TaskOptions:
     retries: int | None = None  # extra attempts after failures; None: the broker's default
     queue_timeout: float | None = None  # seconds it may wait to start; None: as long as needed
     task_timeout: float | None = None  # seconds one attempt may run; None: the broker's default
-    # Failures retried besides node loss and crashes; (): the broker's default. Any form
+    # Failures retried besides node loss and crashes; None: the broker's default. Any form
     # check_retry_on takes is accepted and kept as its sorted tuple.
-    retry_on: tuple[str, ...] = ()
+    retry_on: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
@@ -143,7 +144,7 @@ class TaskOptions:
         retry_on: RetryOn = None,
     ) -> TaskSpec:
         """One task with these options, except those given here, which are checked.
-        `retry_on` None keeps these options'; an empty list asks for the broker's default."""
+        `retry_on` None keeps these options' (an empty list names no failure)."""
         return TaskSpec(
             task_id,
             function,

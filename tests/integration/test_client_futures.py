@@ -115,13 +115,13 @@ def test_options_ride_on_each_task(functions_broker: FakeBroker) -> None:
     with Client(functions_broker.url, retry_on="timeout", retries=2) as client:
         client.submit("multiply", 1, 2, task_id="default").result(10)
         client.submit("multiply", 1, 2, task_id="own", retry_on="all", priority=9).result(10)
-        client.submit("multiply", 1, 2, task_id="broker's", retry_on=[]).result(10)
+        client.submit("multiply", 1, 2, task_id="none", retry_on=[]).result(10)
         client.map("multiply", [(1, 2)], retry_on=["exception"])
         client.execute("multiply", 1, 2, task_id="blocking", retry_on="exception")
     specs = {execute.spec.task_id: execute.spec for _, execute in functions_broker.executes()}
     assert (specs["default"].retry_on, specs["default"].retries) == (("timeout",), 2)
     assert (specs["own"].retry_on, specs["own"].priority) == (("exception", "timeout"), 9)
-    assert specs["broker's"].retry_on == ()
+    assert specs["none"].retry_on == ()
     assert specs["blocking"].retry_on == ("exception",)
     [mapped] = [spec for task_id, spec in specs.items() if task_id.endswith(".0")]
     assert mapped.retry_on == ("exception",)

@@ -11,7 +11,7 @@ from client.options import TaskOptions, check_retry_on
 @pytest.mark.parametrize(
     ("given", "carried"),
     [
-        (None, ()),
+        (None, None),
         ([], ()),
         ("exception", ("exception",)),
         ("timeout", ("timeout",)),
@@ -22,7 +22,7 @@ from client.options import TaskOptions, check_retry_on
     ],
 )
 def test_retry_on_is_carried_sorted_without_repeats(
-    given: object, carried: tuple[str, ...]
+    given: object, carried: tuple[str, ...] | None
 ) -> None:
     assert check_retry_on(given) == carried  # type: ignore[arg-type]
 
@@ -43,6 +43,8 @@ def test_task_options_keep_retry_on_and_a_call_may_override_it() -> None:
     assert options.spec("t", "f", b"[]").retry_on == ("exception", "timeout")
     assert options.spec("t", "f", b"[]", retry_on="timeout").retry_on == ("timeout",)
     assert options.spec("t", "f", b"[]", retry_on=[]).retry_on == ()
+    assert options.spec("t", "f", b"[]", retry_on=None).retry_on == ("exception", "timeout")
+    assert TaskOptions().retry_on is None
     assert options.override(None, None, "exception").retry_on == ("exception",)
     assert options.override(None, None) is options
     with pytest.raises(ValueError, match="retry_on"):
@@ -52,4 +54,5 @@ def test_task_options_keep_retry_on_and_a_call_may_override_it() -> None:
 def test_retry_on_reaches_the_execute_header() -> None:
     spec = TaskOptions(retry_on=("exception",)).spec("r", "fetch_page", b"[]")
     assert b'"retry_on":["exception"]' in encode(Execute(spec))[2]
+    assert b'"retry_on":[]' in encode(Execute(TaskOptions(retry_on=()).spec("r", "f", b"[]")))[2]
     assert b"retry_on" not in encode(Execute(TaskOptions().spec("r", "f", b"[]")))[2]
