@@ -133,12 +133,15 @@ class Client:
                 return
             self._closed = True
             engine = self._engine
-        if engine is not None and not engine.stop(STOP_TIMEOUT):
-            # A done-callback holds the I/O thread: its socket is still in use there.
-            _log.warning("the client's I/O thread did not stop; its socket is left open")
-            self._link.close()
-            return
         self._link.close()
+        if engine is not None and not engine.stop(STOP_TIMEOUT):
+            # A done-callback holds the I/O thread (or calls close() itself): the thread
+            # still uses its socket, so the context goes when the thread ends.
+            engine.when_ended(self._destroy_context)
+            return
+        self._destroy_context()
+
+    def _destroy_context(self) -> None:
         # destroy, not term: a half-consumed imap() must not keep close() waiting.
         self._context.destroy(linger=0)
 

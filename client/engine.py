@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import InvalidStateError
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +91,8 @@ class Engine:
         self._lock = threading.Lock()
         self._stopping = False
         self._wake_pending = False
+        self._ended = False  # the thread has closed its socket
+        self._after_end: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"ztb-client {url}", daemon=True)
         self._thread.start()
 
@@ -114,6 +116,15 @@ class Engine:
             return False
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def when_ended(self, action: Callable[[], None]) -> None:
+        """Call `action` once the thread has closed its socket: now if it has, else from
+        the thread as its last step (for a stop that could not wait for it)."""
+        with self._lock:
+            if not self._ended:
+                self._after_end.append(action)
+                return
+        action()
 
     def _post(self, command: Command) -> bool:
         with self._lock:
@@ -216,10 +227,15 @@ class Engine:
             try:
                 command = self._commands.get_nowait()
             except queue.Empty:
-                return
+                break
             if type(command) is SubmitTask:
                 error = ClientError(f"task {command.spec.task_id}: {CLOSED_PENDING}")
                 self._settle([Settled(command.future, error=error)])
+        with self._lock:
+            self._ended = True
+            after_end, self._after_end = self._after_end, []
+        for action in after_end:
+            action()
 
 
 def outgoing_frames(outgoing: list[Outgoing]) -> Iterator[list[bytes]]:

@@ -257,6 +257,7 @@ def test_close_fails_pending_futures_without_hanging(fake_broker: StartBroker) -
 
 
 def test_close_from_a_done_callback_does_not_hang(functions_broker: FakeBroker) -> None:
+    before = len(_io_threads())
     client = Client(functions_broker.url)
     closed = threading.Event()
 
@@ -267,6 +268,8 @@ def test_close_from_a_done_callback_does_not_hang(functions_broker: FakeBroker) 
     try:
         client.submit("multiply", 1, 1).add_done_callback(close)
         assert closed.wait(10)
+        # The thread ends once the callback returns, and takes the context with it.
+        wait_until(lambda: len(_io_threads()) == before, 5, what="the I/O thread's end")
     finally:
         client.close()
 
