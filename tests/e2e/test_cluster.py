@@ -241,7 +241,7 @@ def test_broker_exits_cleanly_on_sigterm_and_tells_its_nodes(cluster: Cluster) -
 
 
 def test_a_failing_task_is_retried_and_its_last_error_reported(cluster: Cluster) -> None:
-    cluster.start_broker()
+    cluster.start_broker("--retry-on", "exception")
     cluster.start_node(functions="util")
     cluster.wait_nodes("node0")
     done = cluster.zsubmit("--json", "--retries", "2", "fail", "still broken")
