@@ -3,6 +3,16 @@
 A set is a built-in short name ("math", "util") or an importable module path. Its functions
 are the module's `__all__`, or else the public callables the module itself defines. Functions
 are offered by their bare names, so two sets may not define the same name.
+
+A function declares the exceptions worth another attempt with `@retryable`:
+
+    from node.registry import retryable
+
+    @retryable(ConnectionError, TimeoutError)
+    def fetch(url): ...
+
+When it raises one of them (or a subclass), its RESULT says `retry: true` (protocol.md 3.8)
+and the broker retries the task, within its `retries`, whatever its `retry_on` says.
 """
 
 from __future__ import annotations
@@ -10,7 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 BUILTIN_SETS: dict[str, str] = {
     "math": "node.functions.mathset",
@@ -18,6 +28,9 @@ BUILTIN_SETS: dict[str, str] = {
 }
 
 Function = Callable[..., Any]
+F = TypeVar("F", bound=Function)
+
+_RETRYABLE = "__ztb_retryable__"  # the attribute `retryable` sets on a function
 
 
 class NodeSetupError(Exception):
@@ -26,6 +39,35 @@ class NodeSetupError(Exception):
 
 class FunctionSetError(NodeSetupError):
     """A function set cannot be loaded or clashes with another one."""
+
+
+# ---------------------------------------------------------------------- declarations
+
+
+def retryable(*exceptions: type[BaseException]) -> Callable[[F], F]:
+    """Declare that the decorated function's `exceptions` (and their subclasses) are worth
+    another attempt: its RESULT then carries error `retry` true. Returns the function
+    itself, marked."""
+    if not exceptions:
+        raise TypeError("retryable() needs at least one exception class, e.g. ConnectionError")
+    for kind in exceptions:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(f"retryable() takes exception classes, got {kind!r}")
+
+    def mark(function: F) -> F:
+        setattr(function, _RETRYABLE, retryable_exceptions(function) + exceptions)
+        return function
+
+    return mark
+
+
+def retryable_exceptions(function: Function) -> tuple[type[BaseException], ...]:
+    """The exceptions `function` declares retryable (none unless `@retryable` says)."""
+    declared: tuple[type[BaseException], ...] = getattr(function, _RETRYABLE, ())
+    return declared
+
+
+# ---------------------------------------------------------------------- loading
 
 
 def module_path(set_name: str) -> str:

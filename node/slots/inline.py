@@ -121,7 +121,12 @@ class InlineSlot:
             self.lock.acquire()
             self._running = None
         return result_frames(
-            run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+            run.task_id,
+            outcome.exit_code,
+            outcome.result,
+            outcome.error,
+            run.attempt,
+            outcome.retry,
         )
 
     def take_results(self) -> list[list[bytes]]:

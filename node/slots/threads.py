@@ -177,7 +177,12 @@ class ThreadSlots:
                 return
             outcome = runner.run_task(functions, run.function, run.args)
             frames = result_frames(
-                run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+                run.task_id,
+                outcome.exit_code,
+                outcome.result,
+                outcome.error,
+                run.attempt,
+                outcome.retry,
             )
             done.append((run.task_id, frames))
             if not self._notified:
