@@ -136,3 +136,16 @@ def test_results_by_id_read_dead_letters_and_wait_for_a_replay(cluster: Cluster)
         assert again.value.message == "broken"
         wait_until(lambda: client.status()["dead_letters"] == 1, 10, what="buried again")
     assert cluster.status()["nodes"][0]["completed"] == 2
+
+
+def test_an_exception_its_function_set_declares_retryable_is_retried(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="tests.retrying_tasks")
+    cluster.wait_nodes("node0")
+    with Client(cluster.url, timeout=30, retries=2) as client:
+        with pytest.raises(TaskFailed) as declared:
+            client.execute("fetch", "refused")
+        assert (declared.value.error_type, declared.value.attempts) == ("ConnectionRefusedError", 3)
+        with pytest.raises(TaskFailed) as other:
+            client.execute("fetch", "bad")
+        assert (other.value.error_type, other.value.attempts) == ("ValueError", 1)
