@@ -4,6 +4,7 @@ from client import Client
 with Client("tcp://127.0.0.1:5000") as c:
     c.execute("multiply", 5, 10)  # 50
     c.execute("sleep", 60, task_timeout=5)  # TaskFailed, exit 124 after 5 s
+    c.submit("multiply", 5, 10).result()  # a future: 50
     c.dead_letters()  # tasks that failed for good
 """
 
@@ -20,6 +21,7 @@ from client.errors import (
     NotFound,
     TaskFailed,
 )
+from client.futures import TaskFuture
 from client.link import ReqLink
 from client.options import TaskOptions
 
@@ -37,5 +39,6 @@ __all__ = [
     "NotFound",
     "ReqLink",
     "TaskFailed",
+    "TaskFuture",
     "TaskOptions",
 ]

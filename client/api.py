@@ -1,12 +1,19 @@
-"""The client: tasks one at a time over a REQ socket (Lazy Pirate style) or many at once
-with `map`, and the broker's status and dead-letter queue through the control client."""
+"""The client: tasks one at a time over a REQ socket (Lazy Pirate style), as futures over
+one DEALER socket, or many at once with `map`, and the broker's status and dead-letter
+queue through the control client."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import itertools
+import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence, Sized
+from concurrent.futures import ALL_COMPLETED
 from types import EllipsisType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
@@ -22,12 +29,16 @@ from broker.protocol import (
     execute_frames,
 )
 from client.control import DEFAULT_TIMEOUT, ControlClient
+from client.engine import Engine
 from client.errors import BadReply, ClientError
+from client.futures import TaskFuture, as_completed as _as_completed, wait as _wait
 from client.link import CLOSED, DEFAULT_CONNECT_TIMEOUT, RESEND_INTERVAL, ReqLink
 from client.options import (
+    RetryOn,
     TaskOptions,
     check_max_message_size,
     check_name,
+    check_retry_on,
     check_task_size,
     check_timeout,
 )
@@ -35,7 +46,14 @@ from client.payloads import encode_arguments, result_of
 from client.pipeline import Pipeline
 from client.progress import track
 
+if TYPE_CHECKING:
+    from concurrent.futures._base import DoneAndNotDoneFutures
+
+_log = logging.getLogger(__name__)
+
 Timeout = float | None | EllipsisType  # ... means "the Client's timeout"
+T = TypeVar("T")
+STOP_TIMEOUT = 5.0  # seconds close() waits for the futures' I/O thread to end
 
 
 class Client:
@@ -43,20 +61,33 @@ class Client:
 
     `execute` sends one task over a REQ socket and waits for it (Lazy Pirate: when no
     reply comes within `resend_interval` seconds the socket is replaced and the same task
-    id sent again, which the broker answers without running the task twice). `map` and
-    `imap` keep many tasks in flight on a DEALER socket. `timeout` is the default total
-    wait per call for the answer, None waits forever. `priority`, `retries`,
-    `queue_timeout` and `task_timeout` are the defaults for the tasks this client sends
-    (`defaults`); `task_timeout` is how long one attempt may run on its node before it is
-    stopped and fails with exit 124 (None: the broker's limit, if any). `connect_timeout`:
-    seconds the first connection to the broker may take before a call fails with
-    BrokerUnreachable (None: only `timeout` limits it). `max_message_size`: a task whose
-    EXECUTE is larger (its arguments, mostly) is refused with MessageTooLarge before it is
-    sent; the broker's `--max-message-size` has the same default, 16 MiB. `status()` and the
-    dead-letter queue (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`) are
-    asked through the same REQ socket, by the control client `zbroker` uses too.
+    id sent again, which the broker answers without running the task twice). `submit`
+    returns a future at once (a TaskFuture, a concurrent.futures.Future); every future of
+    a Client shares one DEALER socket, owned by a background I/O thread started on the
+    first `submit`, which sends the tasks in batches and resends the unanswered ones when
+    the broker is silent for `resend_interval`. `map` and `imap` keep many tasks in flight
+    on a DEALER socket of their own.
 
-    Not thread-safe: ZeroMQ sockets belong to one thread, so use one Client per thread.
+    `timeout` is the default total wait per blocking call for the answer (None waits
+    forever); it does not bound a future, which waits as long as its `result(timeout)`
+    says. `priority`, `retries`, `queue_timeout`, `task_timeout` and `retry_on` are the
+    defaults for the tasks this client sends (`defaults`); `task_timeout` is how long one
+    attempt may run on its node before it is stopped and fails with exit 124 (None: the
+    broker's limit, if any); `retry_on` the failures retried besides node loss and crashes:
+    "exception" (exit 1), "timeout" (exit 124), "all", a list of those, or None for the
+    broker's default (`zbroker start --retry-on`). `connect_timeout`: seconds the first
+    connection to the broker may take before a blocking call fails with BrokerUnreachable
+    (None: only `timeout` limits it). `max_message_size`: a task whose EXECUTE is larger
+    (its arguments, mostly) is refused with MessageTooLarge before it is sent; the broker's
+    `--max-message-size` has the same default, 16 MiB. `status()` and the dead-letter queue
+    (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`) are asked through the
+    REQ socket, by the control client `zbroker` uses too.
+
+    Threads: `submit`, `submit_async`, `as_completed`, `wait`, `close` and everything on a
+    TaskFuture may be called from any thread at once. The blocking calls (`execute`,
+    `execute_raw`, `map`, `imap`, `result`, `cancel`, `status` and the dead-letter calls)
+    share the REQ socket: one thread at a time may make them. Futures are settled, and
+    their done-callbacks run, in the I/O thread: a callback must not block.
     """
 
     def __init__(
@@ -69,12 +100,15 @@ class Client:
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
-        self.defaults = TaskOptions(priority, retries, queue_timeout, task_timeout)
+        self.defaults = TaskOptions(
+            priority, retries, queue_timeout, task_timeout, check_retry_on(retry_on)
+        )
         self.max_message_size = check_max_message_size(max_message_size)
         self._context: zmq.Context[Any] = zmq.Context()
         try:
@@ -84,9 +118,12 @@ class Client:
             raise
         self._control = ControlClient(self._link)
         self._closed = False
-        # Task ids: this client's random prefix and a count (cheaper than a uuid4 per task).
+        self._engine: Engine | None = None  # the futures' I/O thread, from the first submit
+        self._lock = threading.Lock()  # guards `_closed` and `_engine`
+        # Task ids: this client's random prefix and a count (cheaper than a uuid4 per task;
+        # next() on a count is atomic, so threads that submit at once get different ids).
         self._id_prefix = os.urandom(8).hex()
-        self._sent = 0
+        self._ids = itertools.count(1)
 
     @property
     def resend_interval(self) -> float:
@@ -104,11 +141,24 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the sockets (unanswered requests are abandoned). Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close the sockets (unanswered requests are abandoned). Futures not answered yet
+        fail with ClientError (they are not cancelled: their tasks may still run, and
+        `result(task_id)` on another client gets their answers). Safe to call twice, and
+        from any thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            engine = self._engine
         self._link.close()
+        if engine is not None and not engine.stop(STOP_TIMEOUT):
+            # A done-callback holds the I/O thread (or calls close() itself): the thread
+            # still uses its socket, so the context goes when the thread ends.
+            engine.when_ended(self._destroy_context)
+            return
+        self._destroy_context()
+
+    def _destroy_context(self) -> None:
         # destroy, not term: a half-consumed imap() must not keep close() waiting.
         self._context.destroy(linger=0)
 
@@ -124,19 +174,21 @@ class Client:
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
     ) -> Any:
         """Run `function(*args)` on a node and return its result.
 
-        `timeout`: seconds to wait for the answer; `task_timeout`: seconds the function may
-        run on its node (see `submit`). Raises TaskFailed when the task ends with a non-zero
-        exit code (124 when it ran out of `task_timeout`), BrokerError when the broker
-        refuses the request, BrokerTimeout when no answer comes in time, and TypeError for
-        arguments JSON cannot carry.
+        `timeout`: seconds to wait for the answer; the task options as for `execute_raw`.
+        Raises TaskFailed when the task ends with a non-zero exit code (124 when it ran out
+        of `task_timeout`), BrokerError when the broker refuses the request, BrokerTimeout
+        when no answer comes in time, and TypeError for arguments JSON cannot carry.
         """
-        spec = self._spec(function, args, task_id, priority, retries, queue_timeout, task_timeout)
-        return result_of(function, self._submit(spec, timeout), spec.task_timeout)
+        spec = self._spec(
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+        )
+        return result_of(function, self._execute(spec, timeout), spec.task_timeout)
 
-    def submit(
+    def execute_raw(
         self,
         function: str,
         args: Sequence[Any],
@@ -147,17 +199,97 @@ class Client:
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
     ) -> TaskCompleted:
         """Run `function(*args)` and return the broker's TASK_COMPLETED as it came,
         whatever its exit code. `retries`: extra attempts after failures; `queue_timeout`:
         seconds it may wait for a free node before it is answered Expired (exit 125);
         `task_timeout`: seconds one attempt may run before the node stops it and it fails
-        with exit 124 Timeout (0.001 to 604800, i.e. 7 days). Each defaults to this
-        client's, else the broker's. `timeout` is how long this call waits for the answer,
-        not a limit on the function. Raises BrokerError, BrokerTimeout, TypeError, and
-        ValueError for an option out of range."""
-        spec = self._spec(function, args, task_id, priority, retries, queue_timeout, task_timeout)
-        return self._submit(spec, timeout)
+        with exit 124 Timeout (0.001 to 604800, i.e. 7 days); `retry_on`: the failures
+        retried besides node loss and crashes ("exception", "timeout", "all", a list of
+        those, or an empty list for none of them). Each defaults to this client's, else the
+        broker's. `timeout` is how long this call waits for the answer, not a limit on the
+        function. Raises BrokerError, BrokerTimeout, TypeError, and ValueError for an
+        option out of range."""
+        spec = self._spec(
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+        )
+        return self._execute(spec, timeout)
+
+    # ------------------------------------------------------------------------- futures
+
+    def submit(
+        self,
+        function: str,
+        *args: Any,
+        priority: int | None = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        queue_timeout: float | None = None,
+        task_timeout: float | None = None,
+        retry_on: RetryOn = None,
+    ) -> TaskFuture:
+        """Send `function(*args)` and return its future at once: `result(timeout)` gives
+        the function's result or raises TaskFailed (non-zero exit code), BrokerError (the
+        broker refused the task) or ClientError (this client was closed first). The task
+        options are those of `execute_raw`; this client's `timeout` does not apply.
+        `future.cancel()` cancels the task at the broker unless it is answered already.
+        Raises at once TypeError for arguments JSON cannot carry, ValueError for an option
+        out of range (MessageTooLarge for a task over `max_message_size`), BadEndpoint for
+        a URL ZeroMQ refuses, ClientError once closed."""
+        spec = self._spec(
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+        )
+        check_task_size(spec, self.max_message_size)
+        engine = self._engine or self._start_engine()
+        future = TaskFuture(spec.task_id, spec.function, engine.cancel)
+        engine.submit(spec, future)
+        return future
+
+    async def submit_async(
+        self,
+        function: str,
+        *args: Any,
+        priority: int | None = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        queue_timeout: float | None = None,
+        task_timeout: float | None = None,
+        retry_on: RetryOn = None,
+    ) -> Any:
+        """`await` the result of `function(*args)`: `submit` for asyncio (the task is sent
+        when the coroutine starts). Cancelling the awaiting asyncio task cancels the task
+        at the broker, as `future.cancel()` does."""
+        future = self.submit(
+            function,
+            *args,
+            priority=priority,
+            task_id=task_id,
+            retries=retries,
+            queue_timeout=queue_timeout,
+            task_timeout=task_timeout,
+            retry_on=retry_on,
+        )
+        return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def as_completed(
+        futures: Iterable[concurrent.futures.Future[T]], timeout: float | None = None
+    ) -> Iterator[concurrent.futures.Future[T]]:
+        """The futures as they finish or are cancelled (`concurrent.futures.as_completed`):
+        TimeoutError if some are still pending after `timeout` seconds (None: no limit)."""
+        return _as_completed(futures, timeout)
+
+    @staticmethod
+    def wait(
+        futures: Iterable[concurrent.futures.Future[T]],
+        timeout: float | None = None,
+        return_when: str = ALL_COMPLETED,
+    ) -> DoneAndNotDoneFutures[T]:
+        """(done, not_done) sets of the futures once `return_when` (ALL_COMPLETED,
+        FIRST_COMPLETED or FIRST_EXCEPTION, from concurrent.futures or client.futures)
+        holds or `timeout` passes (`concurrent.futures.wait`)."""
+        return _wait(futures, timeout, return_when)
 
     # ------------------------------------------------------------------------- many tasks
 
@@ -171,6 +303,7 @@ class Client:
         timeout: Timeout = ...,
         return_exceptions: bool = False,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
         progress: bool = False,
     ) -> list[Any]:
         """`[function(*args) for args in arguments]`, run with up to `window` tasks in flight.
@@ -179,9 +312,9 @@ class Client:
         for a task over `max_message_size`), or puts the exception objects in the list when
         `return_exceptions` is true; after a raise, the tasks still in flight run anyway and
         their results are dropped. `timeout` counts from the last reply of the broker;
-        `task_timeout` limits each task's run on its node (see `submit`). `progress`: a
-        progress bar on stderr (done/total when `arguments` has a length, rate, time left,
-        failures) when stderr is a terminal. TypeError for arguments JSON cannot carry.
+        `task_timeout` and `retry_on` as for `execute_raw`. `progress`: a progress bar on
+        stderr (done/total when `arguments` has a length, rate, time left, failures) when
+        stderr is a terminal. TypeError for arguments JSON cannot carry.
         """
         return list(
             self.imap(
@@ -192,6 +325,7 @@ class Client:
                 timeout=timeout,
                 return_exceptions=return_exceptions,
                 task_timeout=task_timeout,
+                retry_on=retry_on,
                 progress=progress,
             )
         )
@@ -206,6 +340,7 @@ class Client:
         timeout: Timeout = ...,
         return_exceptions: bool = False,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
         progress: bool = False,
         answers: bool = False,
     ) -> Iterator[Any]:
@@ -219,7 +354,7 @@ class Client:
             function,
             arguments,
             window=window,
-            options=self.defaults.override(priority, task_timeout),
+            options=self.defaults.override(priority, task_timeout, retry_on),
             timeout=self._timeout(timeout),
             resend_interval=self.resend_interval,
             return_exceptions=return_exceptions,
@@ -298,16 +433,22 @@ class Client:
         retries: int | None,
         queue_timeout: float | None,
         task_timeout: float | None,
+        retry_on: RetryOn,
     ) -> TaskSpec:
         """The task a call describes, every option given checked, before anything is sent."""
         if task_id is None:
-            self._sent += 1
-            task_id = f"{self._id_prefix}-{self._sent}"
+            task_id = f"{self._id_prefix}-{next(self._ids)}"
         else:
             task_id = check_name("task_id", task_id)
         function = check_name("function", function)
         options = self.defaults
-        if priority is None and retries is None and queue_timeout is None and task_timeout is None:
+        if (
+            priority is None
+            and retries is None
+            and queue_timeout is None
+            and task_timeout is None
+            and retry_on is None
+        ):
             # Most calls give no option of their own: the defaults, checked when set.
             return TaskSpec(
                 task_id,
@@ -317,13 +458,22 @@ class Client:
                 options.retries,
                 options.queue_timeout,
                 options.task_timeout,
+                options.retry_on,
             )
         args_frame = encode_arguments(args)
         return options.spec(
-            task_id, function, args_frame, priority, retries, queue_timeout, task_timeout
+            task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )
 
-    def _submit(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
+    def _start_engine(self) -> Engine:
+        """The futures' I/O thread, started by the first `submit` of any thread."""
+        with self._lock:
+            self._check_open()
+            if self._engine is None:
+                self._engine = Engine(self._context, self.url, self.resend_interval)
+            return self._engine
+
+    def _execute(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
         task_id = spec.task_id
         check_task_size(spec, self.max_message_size)
 

@@ -4,6 +4,7 @@ ERROR malformed)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +17,7 @@ from broker.protocol import (
     PRIORITY_DEFAULT,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    RETRY_ON,
     TaskSpec,
     execute_frames,
 )
@@ -26,6 +28,11 @@ MAX_QUEUE_TIMEOUT = MAX_QUEUE_TIMEOUT_MS / 1000  # seconds: 1 day
 # More than the tag, the command and an EXECUTE header take: names are at most 256 code
 # points of up to 4 bytes each. An arguments frame shorter than the limit by this much fits.
 HEADER_ROOM = 4096
+RETRY_ON_ALL = "all"  # every failure RETRY_ON names
+
+# What `retry_on` takes: None (the broker's default), one name or "all", or a list of names
+# ([]: none, only node loss and crashes are retried).
+RetryOn = str | Iterable[str] | None
 
 
 def _is_number(value: Any) -> bool:
@@ -82,6 +89,25 @@ def check_priority(priority: int) -> int:
     return priority
 
 
+def check_retry_on(retry_on: RetryOn) -> tuple[str, ...] | None:
+    """The failures a task is retried on besides node loss and crashes (EXECUTE `retry_on`),
+    as TaskSpec carries them: sorted, no repeats; None is the broker's default."""
+    if retry_on is None:
+        return None
+    if retry_on == RETRY_ON_ALL:
+        return tuple(sorted(RETRY_ON))
+    names = [retry_on] if isinstance(retry_on, str) else retry_on
+    if isinstance(names, Iterable):
+        names = list(names)
+        if all(isinstance(name, str) and name in RETRY_ON for name in names):
+            return tuple(sorted(set(names)))
+    allowed = ", ".join(repr(name) for name in (*RETRY_ON, RETRY_ON_ALL))
+    raise ValueError(
+        f"retry_on must be None (the broker's default), {allowed}, or a list of "
+        f"{' and '.join(repr(name) for name in RETRY_ON)}, got {retry_on!r}"
+    )
+
+
 def check_limit(limit: int | None) -> int | None:
     if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_DLQ_LIMIT):
         raise ValueError(
@@ -120,12 +146,16 @@ class TaskOptions:
     retries: int | None = None  # extra attempts after failures; None: the broker's default
     queue_timeout: float | None = None  # seconds it may wait to start; None: as long as needed
     task_timeout: float | None = None  # seconds one attempt may run; None: the broker's default
+    # Failures retried besides node loss and crashes; None: the broker's default. Any form
+    # check_retry_on takes is accepted and kept as its sorted tuple.
+    retry_on: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
         check_retries(self.retries)
         check_queue_timeout(self.queue_timeout)
         check_task_timeout(self.task_timeout)
+        object.__setattr__(self, "retry_on", check_retry_on(self.retry_on))
 
     def spec(
         self,
@@ -136,8 +166,10 @@ class TaskOptions:
         retries: int | None = None,
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
+        retry_on: RetryOn = None,
     ) -> TaskSpec:
-        """One task with these options, except those given here, which are checked."""
+        """One task with these options, except those given here, which are checked.
+        `retry_on` None keeps these options' (an empty list names no failure)."""
         return TaskSpec(
             task_id,
             function,
@@ -146,14 +178,18 @@ class TaskOptions:
             self.retries if retries is None else check_retries(retries),
             self.queue_timeout if queue_timeout is None else check_queue_timeout(queue_timeout),
             self.task_timeout if task_timeout is None else check_task_timeout(task_timeout),
+            self.retry_on if retry_on is None else check_retry_on(retry_on),
         )
 
-    def override(self, priority: int | None, task_timeout: float | None) -> TaskOptions:
-        """These options with `priority` and `task_timeout` replaced where given."""
-        if priority is None and task_timeout is None:
+    def override(
+        self, priority: int | None, task_timeout: float | None, retry_on: RetryOn = None
+    ) -> TaskOptions:
+        """These options with `priority`, `task_timeout` and `retry_on` replaced where given."""
+        if priority is None and task_timeout is None and retry_on is None:
             return self
         return replace(
             self,
             priority=self.priority if priority is None else priority,
             task_timeout=self.task_timeout if task_timeout is None else task_timeout,
+            retry_on=self.retry_on if retry_on is None else check_retry_on(retry_on),
         )

@@ -4,8 +4,8 @@ One thread owns everything socket-side: the DEALER to the broker (through the li
 wake-up socket pair for signals and finished slot-thread tasks, polled together, so a
 signal, a result or a silent broker is handled as soon as it happens. The agent holds its
 parts and wires them together: the link (node/link.py), the slots (node/slots/), the
-lifecycle (node/lifecycle.py) and what an overdue task costs (node/overdue.py). It never
-decodes arguments or results.
+lifecycle (node/lifecycle.py) and what a task it cannot stop costs (node/restarts.py). It
+never decodes arguments or results.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from broker.protocol import (
     Retract,
     Retracted,
     Run,
+    Stop,
     decode,
     encode,
 )
@@ -43,7 +44,7 @@ from node import registry, supervision
 from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import BrokerLink
-from node.overdue import OverdueTasks
+from node.restarts import Restarts, overdue_reason, overdue_result
 from node.slots import SlotHooks, open_slots
 from node.slots.threads import combine_results
 
@@ -77,7 +78,7 @@ class NodeAgent:
             overdue=self._on_overdue_inline,
         )
         self._slots = open_slots(functions, config.threads, hooks)
-        self._overdue = OverdueTasks(self._link, self._life, self._slots, config.report_fd)
+        self._restarts = Restarts(self._link, self._life, self._slots, config.report_fd)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -162,7 +163,7 @@ class NodeAgent:
             self._run_held()
         now = time.monotonic()
         if self._slots.next_deadline <= now:
-            self._overdue.expire(now)
+            self._restarts.expire(now)
         self._tick(now)
 
     def _receive(self, sock: zmq.Socket[bytes], wait_ms: int) -> None:
@@ -237,7 +238,7 @@ class NodeAgent:
                 "stopping with %d result(s) the broker never got; it will run those tasks again",
                 len(self._link.unsent),
             )
-        self._overdue.exit_if_restarting()
+        self._restarts.exit_if_restarting()
         log.info("node %s stopped", self._config.name)
         self._exit_code = 0
 
@@ -251,6 +252,7 @@ class NodeAgent:
             self._slots.capacity,
             self._replaces,
             config.prefetch,
+            stop=True,  # it answers STOP (`_on_stop`)
         )
         self._link.connect(register)
 
@@ -308,6 +310,8 @@ class NodeAgent:
             self._on_error(msg)
         elif isinstance(msg, Heartbeat):
             link.on_heartbeat(msg)
+        elif isinstance(msg, Stop):
+            self._on_stop(msg)
         else:
             self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
 
@@ -346,6 +350,15 @@ class NodeAgent:
         returned, started = self._slots.retract(msg.task_ids)
         self._flush_pending()
         self._link.send_in_order(encode(Retracted(tuple(returned), tuple(started))))
+
+    def _on_stop(self, msg: Stop) -> None:
+        """STOP: tasks of ours were cancelled. Each held one is dropped and each running one
+        stopped (by restarting the process), all answered exit 130 at once; a task finished
+        already is answered with its result, which goes first."""
+        self._flush_pending()
+        for frames in self._slots.take_results():
+            self._link.send_in_order(frames)
+        self._restarts.cancel(self._slots.cancel(msg.task_ids), time.monotonic())
 
     def _run_held(self) -> None:
         """Run held tasks inline, oldest first, until none is left or a message waits; their
@@ -405,7 +418,7 @@ class NodeAgent:
         """Called by the inline watchdog, holding the socket, at the deadline of the task
         whose function the socket thread is in: answer for it and end the process."""
         self._flush_pending()
-        self._overdue.end_now([run])
+        self._restarts.end_now([overdue_result(run)], overdue_reason(run))
 
     # ------------------------------------------------------------------ stopping
 

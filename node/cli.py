@@ -27,7 +27,7 @@ from node.supervisor import ChildOptions, Supervisor, die_with_parent
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-app = typer.Typer(add_completion=False, help=__doc__)
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode="markdown")
 
 
 def _configure_logging(level: str, log_file: Path | None) -> None:
@@ -92,8 +92,10 @@ def run(
         "-f",
         metavar="SET",
         help=(
-            f"Function set to offer: a built-in set ({', '.join(sorted(BUILTIN_SETS))}) or an "
-            "importable module path like mypkg.tasks. Repeat to offer several sets."
+            f"Function set to offer: a built-in set ({', '.join(sorted(BUILTIN_SETS))}), a "
+            "module name (mytasks: mytasks.py in the current directory, which is searched "
+            "first; mypkg.tasks: a module of a package) or a file path (path/to/tasks.py). "
+            "Repeat to offer several sets."
         ),
     ),
     broker: str = typer.Option(
@@ -111,7 +113,8 @@ def run(
         min=1,
         help="Node processes to run, for CPU-bound functions on several cores (default: the "
         "number of CPUs). One process registers as NAME; with N > 1 each registers as NAME.K. "
-        "A supervisor restarts a process that dies or stops a task past its task timeout. "
+        "A supervisor restarts a process that dies, or that stops a task past its task "
+        "timeout or cancelled while it runs. "
         "For a number that follows the load, use --min/--max instead.",
     ),
     minimum: int | None = typer.Option(
@@ -198,7 +201,19 @@ def run(
         help="Print the version of znode and exit.",
     ),
 ) -> None:
-    """Run a worker node: register with the broker and run the tasks it sends."""
+    """Run a worker node: register with the broker and run the tasks it sends.
+
+    Your own functions: `--functions mytasks` offers the functions of mytasks.py in the
+    current directory, `--functions path/to/tasks.py` those of that file. A module offers
+    the names in its `__all__`, or else every public function defined in it; one that fails
+    to import stops znode with its error (file and line).
+
+    Retryable failures: decorate a function with `@retryable(ConnectionError, ...)` (from
+    node.registry) and the broker retries its task when it raises one of those.
+
+    A cancelled task is stopped: dropped if it has not started, else its node process is
+    replaced.
+    """
     scaling = _scaling(concurrency, minimum, maximum, scale_down_after)
     _configure_logging(log_level, log_file)
     if parent_pid is not None:

@@ -2,7 +2,8 @@
 
 Pure code (no sockets): slot threads call `run_task` for every task. Every way a task can
 go wrong becomes an `Outcome` with the exit code and error protocol.md defines; only a crash
-of the process itself escapes (the broker requeues the tasks of a node that dies).
+of the process itself escapes (the broker requeues the tasks of a node that dies). An
+exception the function declares retryable (`node.registry.retryable`) is marked so.
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ from broker.protocol import (
     dumps_payload,
     loads_payload,
 )
+from node.registry import retryable_exceptions
 
 
 class Outcome(Struct, frozen=True, gc=False):
-    """What running a task gave: an exit code, the JSON result frame and the error, if any.
-    A msgspec Struct: built once per task, its constructor runs in C."""
+    """What running a task gave: an exit code, the JSON result frame and the error, if any,
+    and whether the function declares that error retryable (RESULT error `retry`). A msgspec
+    Struct: built once per task, its constructor runs in C."""
 
     exit_code: int
     result: bytes = b"null"
     error: ErrorInfo | None = None
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,9 @@ def run_task(functions: Mapping[str, Callable[..., Any]], function: str, args: b
     try:
         result = fn(*values)
     except (Exception, SystemExit) as exc:
-        return _failure(EXIT_FUNCTION_ERROR, type(exc).__name__, str(exc))
+        error = ErrorInfo(type(exc).__name__, str(exc))
+        retry = isinstance(exc, retryable_exceptions(fn))
+        return Outcome(EXIT_FUNCTION_ERROR, b"null", error, retry)
     try:
         return Outcome(EXIT_OK, dumps_payload(result))
     except (TypeError, ValueError) as exc:

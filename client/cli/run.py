@@ -213,7 +213,7 @@ def run(
 def _wait_for(client: Client, function: str, values: list[Any], task_id: str) -> TaskCompleted:
     """The task's answer; Ctrl-C cancels the task and exits 130."""
     try:
-        return client.submit(function, values, task_id=task_id)
+        return client.execute_raw(function, values, task_id=task_id)
     except KeyboardInterrupt:
         raise _interrupted(client, task_id) from None
 

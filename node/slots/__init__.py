@@ -7,7 +7,8 @@
   socket thread; their results come back through `take_results()` after `results_ready`.
 
 Both hold the tasks sent beyond their slots (the prefetch window, protocol.md 5.5) and
-start them in the order they came; `retract` gives back those not started. The agent uses
+start them in the order they came; `retract` gives back those not started, and `cancel` takes
+the tasks of a STOP out of the slots (the agent answers them). The agent uses
 either through `Slots` and never asks which kind it has; `open_slots` is the one place that
 chooses.
 """
@@ -20,6 +21,7 @@ from typing import Protocol
 
 from broker.protocol import Run
 from node.registry import Function
+from node.slots.cancelled import CancelledTasks
 from node.slots.inline import InlineSlot
 from node.slots.threads import ThreadSlots
 
@@ -74,6 +76,12 @@ class Slots(Protocol):
     def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Give back the held tasks among `task_ids`: (returned, the others), each in the
         order asked. A returned task is forgotten here."""
+        ...
+
+    def cancel(self, task_ids: Sequence[str]) -> CancelledTasks:
+        """Take the tasks among `task_ids` out: the held ones are forgotten, the running
+        ones count as answered from now on (their functions still run). The caller answers
+        every one of them."""
         ...
 
     def drop_held(self) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from broker.protocol import Run, result_frames
 from node import runner
 from node.registry import Function
+from node.slots.cancelled import CancelledTasks
 
 
 class InlineSlot:
@@ -24,23 +25,30 @@ class InlineSlot:
 
     The tasks the broker sends wait in `held` (the prefetch window, protocol.md 5.5) until
     the socket thread runs them, oldest first (`run_next`); `retract` gives back those not
-    started yet.
+    started yet, and `cancel` drops them.
 
     The watchdog sleeps until the next heartbeat would be due, the running task's deadline
     passes, or results finished earlier are due to leave (`run_next`'s `flush_at`), whichever
-    comes first; while the slot holds tasks it also looks every HELD_POLL seconds, so that a
-    RETRACT is answered during a long call. A task without a task timeout does not wake it; a
-    task with one wakes it only when its deadline comes before its next wake-up anyway.
+    comes first. While tasks run it also looks at the socket every RUNNING_POLL seconds, so
+    that a STOP for the running task is seen in time, and every HELD_POLL seconds while the
+    slot holds tasks, so that a RETRACT is answered during a long call. It does not wake once
+    per task: in a stream of tasks it is looking every RUNNING_POLL already, and a task with a
+    task timeout wakes it only when its deadline comes before its next wake-up anyway; only
+    the first task after a quiet spell wakes it.
 
     The watchdog itself acts on a task past its task timeout (`on_overdue`, which ends the
     process): the socket thread is inside that task's function, so the loop cannot. Hence
-    `expire` never has a task to give and `next_deadline` is never due.
+    `expire` never has a task to give and `next_deadline` is never due. A STOP for the
+    running task, which the watchdog reads, likewise ends the process (`cancel`).
     """
 
     capacity = 1
     next_deadline = math.inf
     notifies = False  # every result is given by `run_next`
     HELD_POLL = 0.05  # seconds between looks at the socket while a call runs and tasks wait
+    # Seconds between looks at the socket while tasks run: a STOP is answered within a second
+    # (protocol.md 3.20), and ending the process takes a few tens of milliseconds.
+    RUNNING_POLL = 0.2
 
     def __init__(
         self,
@@ -61,6 +69,7 @@ class InlineSlot:
         # sleeps until about when the next one's deadline will be (no wake-up per task).
         self._deadline = math.inf
         self._wake_at = -math.inf  # when the watchdog wakes by itself next
+        self._started_at = -math.inf  # when the latest task started
         self._flush_at = math.inf  # when results finished before the running task must leave
         self._poked = False  # a stop was requested: act now
         self._held: dict[str, Run] = {}  # tasks waiting for the slot, oldest first
@@ -94,6 +103,17 @@ class InlineSlot:
         given = set(returned)
         return returned, [task_id for task_id in task_ids if task_id not in given]
 
+    def cancel(self, task_ids: Sequence[str]) -> CancelledTasks:
+        """Drop the held tasks among `task_ids`. The running task, if among them, can be
+        stopped only by ending the process (the watchdog calls this, holding the socket,
+        while the socket thread is inside its function)."""
+        held = self._held
+        dropped = [held.pop(task_id) for task_id in dict.fromkeys(task_ids) if task_id in held]
+        running = self._running
+        if running is None or running.task_id not in task_ids:
+            return CancelledTasks(dropped, [])
+        return CancelledTasks(dropped, [running], ends_process=True)
+
     def drop_held(self) -> int:
         count = len(self._held)
         self._held.clear()
@@ -105,12 +125,15 @@ class InlineSlot:
         held = self._held
         run = held.pop(next(iter(held)))
         self._flush_at = flush_at
-        if flush_at < self._wake_at or (held and self._wake_at - time.monotonic() > self.HELD_POLL):
+        # Written before the watchdog's alarm is read: see `_next_due`.
+        self._started_at = now = time.monotonic()
+        poll = self.HELD_POLL if held else self.RUNNING_POLL
+        if flush_at < self._wake_at or self._wake_at - now > poll:
             self._wake.set()
         if run.task_timeout is None:
             self._running = run
         else:
-            self._deadline = deadline = time.monotonic() + run.task_timeout
+            self._deadline = deadline = now + run.task_timeout
             self._running = run  # after its deadline: a timed task is seen with its own
             if deadline < self._wake_at:
                 self._wake.set()
@@ -121,7 +144,12 @@ class InlineSlot:
             self.lock.acquire()
             self._running = None
         return result_frames(
-            run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+            run.task_id,
+            outcome.exit_code,
+            outcome.result,
+            outcome.error,
+            run.attempt,
+            outcome.retry,
         )
 
     def take_results(self) -> list[list[bytes]]:
@@ -161,6 +189,10 @@ class InlineSlot:
         due = self._flush_at
         if self._held:
             due = min(due, now + self.HELD_POLL)
+        elif self._running is not None or now - self._started_at < self.RUNNING_POLL:
+            # A task runs, or tasks have been starting: look again soon. (A task starting
+            # after `_started_at` was read here sees the alarm published as inf and wakes us.)
+            due = min(due, now + self.RUNNING_POLL)
         deadline = self._deadline
         if deadline > now:
             return min(due, deadline)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from broker.protocol import Run, batches, result_frames
 from node import runner
 from node.registry import Function
+from node.slots.cancelled import CancelledTasks
 from node.slots.deadlines import TaskDeadlines
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ class ThreadSlots:
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
             for i in range(threads)
         ]
-        self.running: set[str] = set()  # task ids handed to a slot and not yet answered
-        self._abandoned: set[str] = set()  # answered already (overdue), thread still inside
+        self.running: dict[str, Run] = {}  # tasks handed to a slot and not yet answered
+        # Answered already (overdue or cancelled), their threads still inside the function.
+        self._abandoned: set[str] = set()
         self._backlog: deque[Run] = deque()  # RUNs held until a slot frees (prefetch)
         self._deadlines = TaskDeadlines()  # of the running tasks that have a task timeout
 
@@ -117,6 +119,18 @@ class ThreadSlots:
         returned = [task_id for task_id in task_ids if task_id in given]
         return returned, [task_id for task_id in task_ids if task_id not in given]
 
+    def cancel(self, task_ids: Sequence[str]) -> CancelledTasks:
+        """Forget the held tasks among `task_ids`; the running ones are answered by the
+        caller, and their slots stay taken until their functions return."""
+        wanted = set(task_ids)
+        held = [run for run in self._backlog if run.task_id in wanted]
+        if held:
+            self._backlog = deque(run for run in self._backlog if run.task_id not in wanted)
+        asked = dict.fromkeys(task_ids)  # in the order asked, once each
+        running = [self.running[task_id] for task_id in asked if task_id in self.running]
+        self._abandon(running)
+        return CancelledTasks(held, running)
+
     def drop_held(self) -> int:
         count = len(self._backlog)
         self._backlog.clear()
@@ -126,7 +140,7 @@ class ThreadSlots:
         raise AssertionError("slot threads run their tasks themselves: nothing is runnable")
 
     def _start(self, run: Run) -> None:
-        self.running.add(run.task_id)
+        self.running[run.task_id] = run
         self._jobs.put(run)
         if run.task_timeout is not None:  # the deadline counts from the start, not the RUN
             self._deadlines.add(run, time.monotonic())
@@ -142,7 +156,7 @@ class ThreadSlots:
             if abandoned and task_id in abandoned:
                 abandoned.discard(task_id)  # its slot is free again; it was answered already
                 continue
-            running.discard(task_id)
+            running.pop(task_id, None)
             taken.append(frames)
         while self._backlog and self.free_count:
             self._start(self._backlog.popleft())
@@ -152,10 +166,14 @@ class ThreadSlots:
         """The running tasks past their task timeout. They count as answered from now on
         (the caller answers them); their slots stay taken until their functions return."""
         late = self._deadlines.expired(now, self.running)
-        for run in late:
-            self.running.discard(run.task_id)
-            self._abandoned.add(run.task_id)
+        self._abandon(late)
         return late
+
+    def _abandon(self, runs: list[Run]) -> None:
+        """These running tasks are answered by the caller: their results are dropped."""
+        for run in runs:
+            del self.running[run.task_id]
+            self._abandoned.add(run.task_id)
 
     def poke(self) -> None:
         """Nothing to do: the socket thread never runs a function, so it sees a stop itself."""
@@ -177,7 +195,12 @@ class ThreadSlots:
                 return
             outcome = runner.run_task(functions, run.function, run.args)
             frames = result_frames(
-                run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt
+                run.task_id,
+                outcome.exit_code,
+                outcome.result,
+                outcome.error,
+                run.attempt,
+                outcome.retry,
             )
             done.append((run.task_id, frames))
             if not self._notified:

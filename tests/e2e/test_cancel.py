@@ -118,3 +118,34 @@ def test_an_exception_is_not_retried_unless_asked(cluster: Cluster) -> None:
         with pytest.raises(TaskFailed) as again:
             client.execute("divide", 1, 0, retries=2, retry_on="exception")
         assert (again.value.exit_code, again.value.attempts) == (1, 3)
+
+
+def test_results_by_id_read_dead_letters_and_wait_for_a_replay(cluster: Cluster) -> None:
+    cluster.start_broker("--keep-results", "0")  # no kept answers: the dead letter answers
+    cluster.start_node(functions="util")
+    cluster.wait_nodes("node0")
+    with Client(cluster.url, timeout=30) as client:
+        with pytest.raises(TaskFailed):
+            client.execute("fail", "broken", task_id="dl-1")
+        with pytest.raises(TaskFailed) as kept:
+            client.result("dl-1")
+        assert (kept.value.exit_code, kept.value.error_type) == (1, "RuntimeError")
+        assert client.replay("dl-1") == {"replayed": ["dl-1"], "missing": []}
+        with pytest.raises(TaskFailed) as again:
+            client.result("dl-1")  # the replayed run's answer (or, once buried, its letter)
+        assert again.value.message == "broken"
+        wait_until(lambda: client.status()["dead_letters"] == 1, 10, what="buried again")
+    assert cluster.status()["nodes"][0]["completed"] == 2
+
+
+def test_an_exception_its_function_set_declares_retryable_is_retried(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="tests.retrying_tasks")
+    cluster.wait_nodes("node0")
+    with Client(cluster.url, timeout=30, retries=2) as client:
+        with pytest.raises(TaskFailed) as declared:
+            client.execute("fetch", "refused")
+        assert (declared.value.error_type, declared.value.attempts) == ("ConnectionRefusedError", 3)
+        with pytest.raises(TaskFailed) as other:
+            client.execute("fetch", "bad")
+        assert (other.value.error_type, other.value.attempts) == ("ValueError", 1)

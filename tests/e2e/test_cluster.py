@@ -127,7 +127,7 @@ def test_sigkill_mid_task_requeues_to_another_node(two_nodes: Cluster) -> None:
 
     def submit() -> None:
         with Client(two_nodes.url) as client:
-            outcome.append(client.submit("sleep", [1.0]))
+            outcome.append(client.execute_raw("sleep", [1.0]))
 
     worker = threading.Thread(target=submit)
     worker.start()
@@ -155,7 +155,7 @@ def test_heartbeats_flow_while_a_cpu_bound_function_runs(cluster: Cluster) -> No
     cluster.start_node(functions="util")
     cluster.wait_nodes("node0")
     with Client(cluster.url) as client:
-        done = client.submit("spin", [INTERVAL * LIVENESS * 2])  # twice the expiry time
+        done = client.execute_raw("spin", [INTERVAL * LIVENESS * 2])  # twice the expiry time
     assert done.exit_code == 0 and done.attempts == 1
     assert cluster.status()["counters"].get("nodes_expired", 0) == 0
 
@@ -251,7 +251,7 @@ def test_a_failing_task_is_retried_and_its_last_error_reported(cluster: Cluster)
     assert body["error"] == {"type": "RuntimeError", "message": "still broken"}
     assert cluster.status()["counters"]["retried"] == 2
     with Client(cluster.url, retries=0) as client:
-        assert client.submit("fail", ["once"]).attempts == 1
+        assert client.execute_raw("fail", ["once"]).attempts == 1
 
 
 def test_a_task_that_cannot_start_in_time_expires(cluster: Cluster) -> None:

@@ -81,9 +81,9 @@ def test_failed_task_raises_task_failed(functions_broker: FakeBroker) -> None:
     assert str(failure) == "divide failed (exit 1, ZeroDivisionError): division by zero"
 
 
-def test_submit_returns_failures_without_raising(functions_broker: FakeBroker) -> None:
+def test_execute_raw_returns_failures_without_raising(functions_broker: FakeBroker) -> None:
     with Client(functions_broker.url) as client:
-        outcome = client.submit("nosuch", [1])
+        outcome = client.execute_raw("nosuch", [1])
     assert outcome.exit_code == 127
     assert outcome.error is not None and outcome.error.type == "UnknownFunction"
 
@@ -124,7 +124,7 @@ def test_a_bad_task_option_fails_before_sending(
         with pytest.raises(ValueError, match=message):
             client.execute("multiply", 1, 2, **option)
         with pytest.raises(ValueError, match=message):
-            client.submit("multiply", [1, 2], **option)
+            client.execute_raw("multiply", [1, 2], **option)
         if "priority" in option:
             with pytest.raises(ValueError, match=message):
                 client.map("multiply", [(1, 2)], **option)

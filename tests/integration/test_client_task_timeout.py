@@ -63,7 +63,7 @@ def sent_timeouts(broker: FakeBroker) -> list[float | None]:
 def test_task_timeout_goes_on_the_wire(broker: FakeBroker) -> None:
     with Client(broker.url) as client:
         assert client.execute("f", task_timeout=2.5) == 7
-        assert client.submit("f", [], task_timeout=0.001).exit_code == 0
+        assert client.execute_raw("f", [], task_timeout=0.001).exit_code == 0
         assert client.execute("f") == 7
         assert client.map("f", [(1,), (2,)], task_timeout=60) == [7, 7]
         assert list(client.imap("f", [(1,)], task_timeout=7 * 86_400)) == [7]
@@ -87,7 +87,7 @@ def test_a_bad_task_timeout_is_a_value_error(broker: FakeBroker, bad: object) ->
     with Client(broker.url) as client:
         for call in (
             lambda: client.execute("f", task_timeout=bad),  # type: ignore[arg-type]
-            lambda: client.submit("f", [], task_timeout=bad),  # type: ignore[arg-type]
+            lambda: client.execute_raw("f", [], task_timeout=bad),  # type: ignore[arg-type]
             lambda: client.map("f", [()], task_timeout=bad),  # type: ignore[arg-type]
         ):
             with pytest.raises(ValueError, match="7 days"):

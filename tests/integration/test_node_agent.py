@@ -298,7 +298,7 @@ def test_concurrency_runs_node_processes_and_restarts_one_that_crashes(
 def test_unknown_function_set_exits_2_with_advice(spawner: Spawner) -> None:
     proc = spawner.start("bad", "znode", "--functions", "maht", "--concurrency", "1")
     assert proc.wait(timeout=15) == 2
-    assert "no function set 'maht': use a built-in set (math, util)" in proc.log()
+    assert "no function set 'maht': not a built-in set (math, util)" in proc.log()
 
 
 def test_sigterm_before_any_broker_answers_exits_0(spawner: Spawner, broker: FakeBroker) -> None:

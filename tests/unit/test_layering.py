@@ -105,7 +105,7 @@ ROOMS = (
     ),
     Room(
         "the client's socket owners",
-        ("client/api.py", "client/link.py", "client/pipeline.py"),
+        ("client/api.py", "client/engine.py", "client/link.py", "client/pipeline.py"),
         may=(STDLIB, "zmq", *PROTOCOL, "client"),
         never=("client.cli",),
     ),

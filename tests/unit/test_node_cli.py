@@ -35,3 +35,18 @@ def test_help_names_the_elastic_options() -> None:
     assert done.exit_code == 0
     for option in ("--min", "--max", "--scale-down-after", "--concurrency"):
         assert option in done.output
+
+
+def test_help_tells_how_to_offer_your_own_functions() -> None:
+    done = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert done.exit_code == 0
+    text = " ".join(done.output.split())
+    for said in ("--functions mytasks", "mytasks.py in the current directory", "path/to/tasks.py"):
+        assert said in text, text
+    assert "@retryable(ConnectionError, ...)" in text
+
+
+def test_version_needs_no_other_option() -> None:
+    done = CliRunner().invoke(app, ["--version"])
+    assert done.exit_code == 0
+    assert done.output.startswith("znode ")

@@ -27,6 +27,18 @@ def modules(tmp_path: Path) -> Iterator[Path]:
             del sys.modules[name]
 
 
+@pytest.fixture
+def isolated(tmp_path: Path) -> Iterator[Path]:
+    """A directory for function-set files; sys.path and the modules loaded are restored."""
+    path, before = list(sys.path), set(sys.modules)
+    try:
+        yield tmp_path
+    finally:
+        sys.path[:] = path
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+
+
 def write(directory: Path, name: str, source: str) -> None:
     (directory / f"{name}.py").write_text(textwrap.dedent(source))
 
@@ -104,12 +116,17 @@ def test_same_set_twice_is_not_a_clash() -> None:
     assert resolve(["math", "math"]) == resolve(["math"])
 
 
-def test_unknown_set_says_what_to_do() -> None:
+def test_unknown_set_says_where_it_looked_and_what_to_do(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(isolated)
     with pytest.raises(FunctionSetError) as info:
         resolve(["maht"])
     assert str(info.value) == (
-        "no function set 'maht': use a built-in set (math, util) "
-        "or an importable module path like mypkg.tasks"
+        "no function set 'maht': not a built-in set (math, util), and no module maht in the "
+        f"current directory {isolated} (maht.py or maht/) nor among the installed packages; "
+        "give a built-in set, a module name like mytasks or mypkg.tasks, or a file path like "
+        "path/to/tasks.py"
     )
     assert isinstance(info.value, NodeSetupError)
 
@@ -143,3 +160,65 @@ def test_set_without_functions_is_an_error(modules: Path) -> None:
 def test_no_sets_is_an_error() -> None:
     with pytest.raises(FunctionSetError, match="--functions math"):
         resolve([])
+
+
+def test_a_module_name_is_looked_up_in_the_current_directory_first(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(isolated, "zt_mytasks", "def triple(x):\n    return 3 * x\n")
+    monkeypatch.chdir(isolated)
+    assert load_set("zt_mytasks")["triple"](2) == 6
+    assert sys.path[0] == str(isolated)
+
+
+def test_a_file_path_is_loaded_with_its_directory_searched_for_its_imports(
+    isolated: Path,
+) -> None:
+    (isolated / "lib").mkdir()
+    write(isolated / "lib", "zt_helper", "FACTOR = 4\n")
+    write(
+        isolated / "lib",
+        "zt_file_tasks",
+        """
+        import zt_helper
+
+        def scale(x):
+            return zt_helper.FACTOR * x
+        """,
+    )
+    path = str(isolated / "lib" / "zt_file_tasks.py")
+    functions = resolve([path])
+    assert list(functions) == ["scale"] and functions["scale"](2) == 8
+    assert resolve([path]) == functions  # loaded once: the same functions again
+
+
+def test_a_missing_file_says_so(isolated: Path) -> None:
+    with pytest.raises(
+        FunctionSetError, match=r"no function set file .*nope\.py: .* is not a file"
+    ):
+        resolve([str(isolated / "nope.py")])
+
+
+def test_a_syntax_error_shows_the_file_and_line(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(isolated, "zt_syntax", "X = 1\ndef broken(:\n    pass\n")
+    monkeypatch.chdir(isolated)
+    for name in ("zt_syntax", "zt_syntax.py"):  # a module name, and a file path
+        with pytest.raises(FunctionSetError) as info:
+            resolve([name])
+        message = str(info.value)
+        assert f"function set {name!r} failed to import" in message
+        assert f'File "{isolated / "zt_syntax.py"}", line 2' in message
+        assert "SyntaxError" in message
+
+
+def test_a_missing_import_names_the_module_and_the_line(isolated: Path) -> None:
+    write(isolated, "zt_needs", "import os\nimport zt_not_installed\n")
+    with pytest.raises(FunctionSetError) as info:
+        resolve([str(isolated / "zt_needs.py")])
+    message = str(info.value)
+    assert f'File "{isolated / "zt_needs.py"}", line 2, in <module>' in message
+    assert "ModuleNotFoundError: No module named 'zt_not_installed'" in message
+    assert "install the module 'zt_not_installed'" in message
+    assert "registry.py" not in message and "importlib" not in message

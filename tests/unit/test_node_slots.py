@@ -14,6 +14,7 @@ import pytest
 
 from broker.protocol import Result, Run, decode, dumps_payload
 from node.slots import SlotHooks, Slots, open_slots
+from node.slots.cancelled import CancelledTasks
 from node.slots.inline import InlineSlot
 from node.slots.threads import ThreadSlots
 from tests.support import wait_until
@@ -196,23 +197,27 @@ def test_inline_watchdog_acts_on_a_task_at_its_deadline() -> None:
     slot.close(wait=1.0)
 
 
-def test_inline_watchdog_wakes_only_for_a_deadline_sooner_than_its_own() -> None:
+def test_inline_watchdog_looks_every_running_poll_but_not_once_per_task() -> None:
+    """While tasks run the watchdog looks at the socket every RUNNING_POLL, so that a STOP
+    for the running task is seen in time; a stream of short tasks does not wake it once
+    each, and neither do deadlines later than its alarm."""
     hooks = Hooks(heartbeat_in=5.0)
     slot = watched(hooks)
     wait_until(lambda: hooks.looks, 2)
     looks = hooks.looks
-    threading.Timer(0.3, RELEASE.set).start()
-    at_once(slot, run("untimed"))
-    for _ in range(1000):
-        at_once(slot, run("quick", "echo", 1, task_timeout=30.0))  # after its next heartbeat
-    assert hooks.looks == looks, "the watchdog woke for tasks that did not need it"
-    for _ in range(1000):
-        at_once(slot, run("short", "echo", 1, task_timeout=2.0))
-    # Sooner than its alarm: it wakes to move the alarm to about 2 s from now, which the
-    # later tasks' deadlines do not beat. (Not exactly once: on a busy machine the OS may
-    # pause the watchdog while it computes its alarm, and a task started then wakes it.)
-    wait_until(lambda: hooks.looks > looks, 2, what="the watchdog to move its alarm")
-    assert hooks.looks <= looks + 10, "the watchdog woke for every task"
+    started = time.monotonic()
+    for _ in range(2000):
+        at_once(slot, run("quick", "echo", 1, task_timeout=30.0))
+    elapsed = time.monotonic() - started
+    woken = hooks.looks - looks
+    # The first task wakes it once; then it looks every RUNNING_POLL while tasks start. (A
+    # few more on a busy machine, where the OS may pause the watchdog while it computes its
+    # alarm, and a task started then wakes it.)
+    assert woken <= 10 + elapsed / InlineSlot.RUNNING_POLL, f"{woken} wake-ups in {elapsed:.3f} s"
+    # A long call: it acts (the agent's keep_alive reads the socket) every RUNNING_POLL.
+    threading.Timer(0.7, RELEASE.set).start()
+    at_once(slot, run("long"))
+    assert 2 <= len(hooks.kept_alive) <= 7, hooks.kept_alive
     assert hooks.overdue == []
     slot.close(wait=1.0)
 
@@ -263,3 +268,58 @@ def at_once(slot: InlineSlot, task: Run) -> list[bytes]:
     """Hold `task` and run it now, as the agent's loop does; its RESULT frames."""
     slot.submit(task)
     return slot.run_next(math.inf)
+
+
+def test_thread_slots_cancel_drops_held_tasks_and_gives_up_running_ones() -> None:
+    woken = threading.Event()
+    slots = ThreadSlots(FUNCTIONS, 2, woken.set)
+    slots.start()
+    for task_id in ("a", "b", "c", "d"):
+        slots.submit(run(task_id))
+    cancelled = slots.cancel(("d", "a", "x", "d"))
+    assert [r.task_id for r in cancelled.held] == ["d"]
+    assert [r.task_id for r in cancelled.running] == ["a"]
+    assert not cancelled.ends_process  # the slot threads carry on; the agent restarts later
+    # "a" counts as answered, its thread still inside the function: not busy, not free.
+    assert (slots.busy, slots.held, slots.free_count) == (2, 1, 0)
+    RELEASE.set()
+    assert sorted(collect(slots, woken, 2)) == ["b", "c"]  # no result for "a" or "d"
+    wait_until(lambda: slots.free_count == 2, 5, what="the slots to free")
+    assert results(slots) == {}
+    slots.close(wait=1.0)
+
+
+def test_inline_cancel_drops_held_tasks_between_calls() -> None:
+    slot = InlineSlot(FUNCTIONS, lambda: None, lambda: math.inf, lambda run: None)
+    for task_id in ("a", "b", "c"):
+        slot.submit(run(task_id, "echo", 1))
+    cancelled = slot.cancel(("c", "a", "x"))
+    assert [r.task_id for r in cancelled.held] == ["c", "a"]
+    assert (cancelled.running, cancelled.ends_process) == ([], False)
+    assert slot.busy == 1
+
+
+def test_inline_cancel_of_the_running_task_asks_to_end_the_process() -> None:
+    """The watchdog reads a STOP during the call (through the agent's keep_alive): the
+    running task can be stopped only by ending the process."""
+    hooks = Hooks(heartbeat_in=60.0)  # the watchdog looks every RUNNING_POLL, not for these
+    seen: list[CancelledTasks] = []
+
+    def stop_during_the_call() -> None:
+        if not seen:
+            seen.append(slot.cancel(("held", "long")))
+            RELEASE.set()  # the agent would end the process here
+
+    hooks.keep_alive = stop_during_the_call  # type: ignore[method-assign]
+    slot = watched(hooks)
+    slot.submit(run("long"))
+    slot.submit(run("held", "echo", 1))
+    started = time.monotonic()
+    slot.run_next(math.inf)
+    assert time.monotonic() - started < 1.0, "the watchdog did not look during the call"
+    [cancelled] = seen
+    assert [r.task_id for r in cancelled.held] == ["held"]
+    assert [r.task_id for r in cancelled.running] == ["long"]
+    assert cancelled.ends_process
+    assert not slot.runnable
+    slot.close(wait=1.0)

@@ -1,5 +1,6 @@
-"""What a task past its task timeout costs a node process: the RESULT 124, the restart
-reason, and OverdueTasks deciding between restarting at once and after the other tasks."""
+"""What a task the node cannot stop costs its process (past its task timeout, or cancelled
+while it runs): the RESULT 124 or 130, the restart reason, and Restarts deciding between
+restarting at once and after the other tasks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from typing import Any, cast
 
 import pytest
 
-from broker.protocol import EXIT_TIMEOUT, ErrorInfo, Result, Run, decode
+from broker.protocol import EXIT_CANCELLED, EXIT_TIMEOUT, ErrorInfo, Result, Run, decode
 from node import supervision
 from node.lifecycle import RESTART_DRAIN, Lifecycle
 from node.link import BrokerLink
-from node.overdue import OverdueTasks, overdue_result, restart_reason, seconds
+from node.restarts import (
+    Restarts,
+    cancelled_reason,
+    cancelled_result,
+    overdue_reason,
+    overdue_result,
+    seconds,
+)
 from node.slots import Slots
+from node.slots.cancelled import CancelledTasks
 
 
 def run(task_id: str, task_timeout: float, attempt: int = 1) -> Run:
@@ -38,11 +47,11 @@ def test_overdue_result_echoes_the_attempt_and_the_restart_reason_names_the_task
         ),
         attempt=3,
     )
-    assert restart_reason(late) == "stopped after task t1 exceeded its 1 s timeout"
+    assert overdue_reason(late) == "stopped after task t1 exceeded its 1 s timeout"
 
 
 class RecordingLink:
-    """Records what OverdueTasks does to the link, in order."""
+    """Records what Restarts does to the link, in order."""
 
     def __init__(self) -> None:
         self.done: list[Any] = []
@@ -73,10 +82,10 @@ class Exited(Exception):
 
 def parts(
     late: list[Run], still_busy: int, report_fd: int | None = None
-) -> tuple[OverdueTasks, RecordingLink, Lifecycle]:
+) -> tuple[Restarts, RecordingLink, Lifecycle]:
     link, life = RecordingLink(), Lifecycle()
     slots = cast(Slots, ScriptedSlots(late, still_busy))
-    return OverdueTasks(cast(BrokerLink, link), life, slots, report_fd), link, life
+    return Restarts(cast(BrokerLink, link), life, slots, report_fd), link, life
 
 
 @pytest.fixture
@@ -116,7 +125,7 @@ def test_nothing_else_running_the_process_ends_at_once_and_tells_its_supervisor(
     os.close(write_fd)
     assert exits == [supervision.EXIT_RESTART]
     assert link.done == ["DEREGISTER", overdue_result(late), ("close", True)]
-    assert supervision.read_report(read_fd) == restart_reason(late)
+    assert supervision.read_report(read_fd) == overdue_reason(late)
 
 
 def test_an_operators_stop_wins_over_a_restart(exits: list[int]) -> None:
@@ -137,3 +146,65 @@ def test_a_restarting_process_exits_once_its_tasks_are_done(
         tasks.exit_if_restarting()
     assert exits == [supervision.EXIT_RESTART]
     assert "restarting with 1 task(s) running" in caplog.text
+
+
+def test_cancelled_results_say_whether_the_task_had_started() -> None:
+    task = Run("t1", "multiply", b"[2,3]", 2)
+    assert cancelled_result(task, started=False) == Result(
+        "t1",
+        EXIT_CANCELLED,
+        b"null",
+        ErrorInfo("Cancelled", "multiply() was cancelled before it started (attempt 2)"),
+        attempt=2,
+    )
+    assert cancelled_result(task, started=True) == Result(
+        "t1",
+        EXIT_CANCELLED,
+        b"null",
+        ErrorInfo(
+            "Cancelled",
+            "multiply() was cancelled by a client (attempt 2); "
+            "the node process was restarted to stop it",
+        ),
+        attempt=2,
+    )
+    assert cancelled_reason(task) == "stopped after task t1 was cancelled"
+
+
+def test_cancelled_held_tasks_are_answered_and_the_process_goes_on(exits: list[int]) -> None:
+    held = [run("a", 1.0), run("b", 1.0)]
+    tasks, link, life = parts([], still_busy=1)
+    tasks.cancel(CancelledTasks(held, []), now=50.0)
+    assert link.done == [cancelled_result(r, started=False) for r in held]
+    assert not life.stopping and exits == []
+
+
+def test_a_cancelled_running_task_restarts_the_process_after_the_others(
+    exits: list[int],
+) -> None:
+    held, running = run("a", 1.0), run("b", 1.0, attempt=3)
+    tasks, link, life = parts([], still_busy=1)
+    tasks.cancel(CancelledTasks([held], [running]), now=50.0)
+    # DEREGISTER before the answers free slots: no new RUN for a process about to end.
+    assert link.done == [
+        "DEREGISTER",
+        cancelled_result(held, started=False),
+        cancelled_result(running, started=True),
+    ]
+    assert life.restarting and life.restart_reason == "stopped after task b was cancelled"
+    assert exits == []
+
+
+@pytest.mark.parametrize("still_busy", [0, 2], ids=["idle", "inline-held-behind"])
+def test_a_cancelled_task_the_socket_thread_runs_ends_the_process_at_once(
+    exits: list[int], still_busy: int
+) -> None:
+    read_fd, write_fd = os.pipe()
+    running = run("b", 1.0)
+    tasks, link, _ = parts([], still_busy=still_busy, report_fd=write_fd)
+    with pytest.raises(Exited):
+        tasks.cancel(CancelledTasks([], [running], ends_process=still_busy > 0), now=50.0)
+    os.close(write_fd)
+    assert exits == [supervision.EXIT_RESTART]
+    assert link.done == ["DEREGISTER", cancelled_result(running, started=True), ("close", True)]
+    assert supervision.read_report(read_fd) == "stopped after task b was cancelled"

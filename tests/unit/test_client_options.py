@@ -1,0 +1,58 @@
+"""`retry_on` as the clients take it (client/options.py) and as TaskSpec carries it."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.protocol import Execute, encode
+from client.options import TaskOptions, check_retry_on
+
+
+@pytest.mark.parametrize(
+    ("given", "carried"),
+    [
+        (None, None),
+        ([], ()),
+        ("exception", ("exception",)),
+        ("timeout", ("timeout",)),
+        ("all", ("exception", "timeout")),
+        (["timeout", "exception", "timeout"], ("exception", "timeout")),
+        (("timeout",), ("timeout",)),
+        (iter(["exception"]), ("exception",)),
+    ],
+)
+def test_retry_on_is_carried_sorted_without_repeats(
+    given: object, carried: tuple[str, ...] | None
+) -> None:
+    assert check_retry_on(given) == carried  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["never", ["all"], ["exception", "crash"], 1, [None], b"timeout"])
+def test_a_bad_retry_on_names_the_allowed_values(given: object) -> None:
+    with pytest.raises(ValueError) as info:
+        check_retry_on(given)  # type: ignore[arg-type]
+    assert str(info.value).startswith(
+        "retry_on must be None (the broker's default), 'exception', 'timeout', 'all', "
+        "or a list of 'exception' and 'timeout', got "
+    )
+
+
+def test_task_options_keep_retry_on_and_a_call_may_override_it() -> None:
+    options = TaskOptions(retry_on="all")  # type: ignore[arg-type]
+    assert options.retry_on == ("exception", "timeout")
+    assert options.spec("t", "f", b"[]").retry_on == ("exception", "timeout")
+    assert options.spec("t", "f", b"[]", retry_on="timeout").retry_on == ("timeout",)
+    assert options.spec("t", "f", b"[]", retry_on=[]).retry_on == ()
+    assert options.spec("t", "f", b"[]", retry_on=None).retry_on == ("exception", "timeout")
+    assert TaskOptions().retry_on is None
+    assert options.override(None, None, "exception").retry_on == ("exception",)
+    assert options.override(None, None) is options
+    with pytest.raises(ValueError, match="retry_on"):
+        TaskOptions(retry_on=("sometimes",))
+
+
+def test_retry_on_reaches_the_execute_header() -> None:
+    spec = TaskOptions(retry_on=("exception",)).spec("r", "fetch_page", b"[]")
+    assert b'"retry_on":["exception"]' in encode(Execute(spec))[2]
+    assert b'"retry_on":[]' in encode(Execute(TaskOptions(retry_on=()).spec("r", "f", b"[]")))[2]
+    assert b"retry_on" not in encode(Execute(TaskOptions().spec("r", "f", b"[]")))[2]
