@@ -16,6 +16,7 @@ from broker.protocol import (
     EXIT_NODE_LOST,
     EXIT_TIMEOUT,
     EXIT_WORKER_CRASHED,
+    RETRY_ON,
     TaskCompleted,
     dumps_payload,
     loads_payload,
@@ -150,6 +151,28 @@ def _print_version(wanted: bool) -> None:
         raise typer.Exit(EXIT_OK)
 
 
+def retry_on(text: str | None) -> tuple[str, ...] | None:
+    """--retry-on as a task carries it: None when not given (the broker's default), else
+    the failure names, sorted ("all": every one; "none": no failure but lost nodes and
+    crashed node processes)."""
+    if text is None:
+        return None
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if names == {"all"}:
+        return tuple(sorted(RETRY_ON))
+    if names <= {"none"}:
+        return ()
+    unknown = names - set(RETRY_ON)
+    if unknown:
+        choices = ", ".join([*RETRY_ON, "all", "none"])
+        raise fail(
+            f"--retry-on {text!r}: unknown {', '.join(sorted(unknown))}; give one of {choices}, "
+            "or exception,timeout",
+            EXIT_USAGE,
+        )
+    return tuple(sorted(names))
+
+
 # The options, declared once here so that each command reads as what it does.
 Broker = Annotated[str, typer.Option("--broker", metavar="URL", help="Endpoint of the broker.")]
 ConnectTimeout = Annotated[
@@ -169,5 +192,16 @@ Version = Annotated[
         callback=_print_version,
         is_eager=True,
         help="Print the version of zsubmit and exit.",
+    ),
+]
+RetryOn = Annotated[
+    str | None,
+    typer.Option(
+        "--retry-on",
+        metavar="exception,timeout|all|none",
+        help="Failures retried (up to --retries) besides lost nodes and crashed node "
+        "processes: 'exception' (the function raised, exit 1), 'timeout' (it ran past "
+        "--task-timeout, exit 124), both, 'all' or 'none'. Default: the broker's "
+        "(zbroker start --retry-on, none unless it says).",
     ),
 ]

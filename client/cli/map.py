@@ -26,10 +26,12 @@ from client.cli.common import (
     EXIT_USAGE,
     Broker,
     ConnectTimeout,
+    RetryOn,
     Version,
     answer_json,
     fail,
     reporting,
+    retry_on,
 )
 from client.cli.run import Function, Priority, QueueTimeout, Retries, TaskTimeout
 from client.errors import BrokerError, TaskFailed
@@ -99,6 +101,7 @@ def map_tasks(
     retries: Retries = None,
     queue_timeout: QueueTimeout = None,
     task_timeout: TaskTimeout = None,
+    retry_on_names: RetryOn = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -134,6 +137,7 @@ def map_tasks(
             retries=retries,
             queue_timeout=queue_timeout,
             task_timeout=task_timeout,
+            retry_on=retry_on(retry_on_names),
         )
         with client, stream:
             try:

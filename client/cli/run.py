@@ -23,10 +23,12 @@ from client.cli.common import (
     HINTS,
     Broker,
     ConnectTimeout,
+    RetryOn,
     Version,
     fail,
     print_answer,
     reporting,
+    retry_on,
 )
 from client.control import DEFAULT_TIMEOUT
 from client.errors import BrokerError, BrokerTimeout, ClientError, NotFound, TaskFailed
@@ -53,6 +55,8 @@ start with "-" go after `--`. Examples, for a node offering the math set
   zsubmit hash_text @notes.txt       sends the text of notes.txt
   zsubmit --json multiply 5 10       prints {task_id, exit_code, result, error, attempts}
   zsubmit --task-timeout 5 sleep 60  the node stops it after 5 s (task exit code 124)
+  zsubmit --retries 2 --retry-on exception divide 1 0
+                                     tries three times (each raises ZeroDivisionError)
   zsubmit --detach sleep 30          prints the task id at once; the task runs on
   zsubmit result TASK_ID --wait 60   prints that task's result once it is done
   zsubmit cancel TASK_ID             cancels it
@@ -179,6 +183,7 @@ def run(
     retries: Retries = None,
     queue_timeout: QueueTimeout = None,
     task_timeout: TaskTimeout = None,
+    retry_on_names: RetryOn = None,
     timeout: Wait = 30.0,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     json_output: JsonOutput = False,
@@ -188,7 +193,8 @@ def run(
 ) -> None:
     values = read_arguments(function, args or [], ctx.meta.get(RAW_ARGS, []))
     with reporting(broker):  # an option out of range: exit 2
-        options = TaskOptions(priority, retries, queue_timeout, task_timeout)
+        failures = retry_on(retry_on_names)
+        options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
     if detach:
         _detach(broker, connect_timeout, function, values, task_id, options)
@@ -204,6 +210,7 @@ def run(
             retries=retries,
             queue_timeout=queue_timeout,
             task_timeout=task_timeout,
+            retry_on=failures,
         )
         with client:
             completed = _wait_for(client, function, values, task_id)

@@ -445,3 +445,32 @@ def test_options_out_of_range_are_usage_errors(
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith(f"error: {said}")
     assert functions.requests == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "sent"),
+    [
+        ([], None),
+        (["--retry-on", "exception"], ("exception",)),
+        (["--retry-on", "timeout,exception"], ("exception", "timeout")),
+        (["--retry-on", "all"], ("exception", "timeout")),
+        (["--retry-on", "none"], ()),
+    ],
+)
+def test_retry_on_goes_with_the_task(
+    functions: FakeBroker, argv: list[str], sent: tuple[str, ...] | None
+) -> None:
+    assert echoed(zsubmit("--broker", functions.url, *argv, "echo", "1")) == [1]
+    done = zsubmit("--broker", functions.url, "map", *argv, "echo", stdin="[2]\n")
+    assert (done.returncode, done.stdout) == (0, "[2]\n"), done.stderr
+    assert [execute.spec.retry_on for _, execute in functions.executes()] == [sent, sent]
+
+
+def test_an_unknown_retry_on_is_a_usage_error(functions: FakeBroker) -> None:
+    done = zsubmit("--broker", functions.url, "--retry-on", "crash", "echo", "1")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "error: --retry-on 'crash': unknown crash; give one of exception, timeout, all, none, "
+        "or exception,timeout\n"
+    )
+    assert functions.requests == []
