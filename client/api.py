@@ -470,7 +470,7 @@ class Client:
         with self._lock:
             self._check_open()
             if self._engine is None:
-                self._engine = Engine(self._context, self.url, self.resend_interval)
+                self._engine = Engine(self._context, self._link.contact, self.resend_interval)
             return self._engine
 
     def _execute(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:

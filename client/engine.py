@@ -10,6 +10,7 @@ is silent (client/ledger.py keeps that book).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -35,7 +36,7 @@ from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames,
 from client.errors import ClientError
 from client.futures import TaskFuture
 from client.ledger import Ledger, Outgoing, Settled
-from client.link import CLOSED, open_socket, poll_ms
+from client.link import CLOSED, ConnectWatch, Contact, poll_ms
 from client.pipeline import EXECUTE_BATCH_TASKS
 
 _log = logging.getLogger(__name__)
@@ -74,14 +75,16 @@ class Engine:
     answer of the Client.
     """
 
-    def __init__(self, context: zmq.Context[Any], url: str, resend_interval: float) -> None:
-        self.url = url
+    def __init__(self, context: zmq.Context[Any], contact: Contact, resend_interval: float) -> None:
+        self.url = contact.url
+        self._context = context
+        self._contact = contact
         # Made here, in the caller's thread, so a bad URL fails the first submit; the thread
         # start hands it over (ZeroMQ allows that with a memory barrier).
-        self._sock = open_socket(context, zmq.DEALER, url)
-        # Answers are bounded by what was sent: never let the socket drop one.
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+        self._sock, self._watch = self._open()
+        # While the broker has not been reached: when the oldest future still waiting was
+        # submitted (BrokerUnreachable for them all a connect timeout later).
+        self._unreached_since: float | None = None
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
@@ -93,7 +96,8 @@ class Engine:
         self._wake_pending = False
         self._ended = False  # the thread has closed its socket
         self._after_end: list[Callable[[], None]] = []
-        self._thread = threading.Thread(target=self._run, name=f"ztb-client {url}", daemon=True)
+        name = f"ztb-client {self.url}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ any thread
@@ -150,19 +154,57 @@ class Engine:
         finally:
             self._end()
 
+    def _open(self) -> tuple[zmq.Socket[Any], ConnectWatch | None]:
+        sock, watch = self._contact.open(self._context, zmq.DEALER)
+        # Answers are bounded by what was sent: never let the socket drop one.
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+        return sock, watch
+
     def _serve(self) -> None:
-        ledger, sock = self._ledger, self._sock
-        items = [(sock, POLLIN), (self._wake_in, POLLIN)]
+        ledger = self._ledger
         while True:
-            due = ledger.resend_due()
-            poll(items, -1 if due is None else poll_ms(due - time.monotonic()))
+            sock, watch = self._sock, self._watch
+            items = [(sock, POLLIN), (self._wake_in, POLLIN)]
+            if watch is not None and watch.monitor is not None:
+                items.append((watch.monitor, POLLIN))
+            due = min(ledger.resend_due() or math.inf, self._give_up())
+            poll(items, -1 if due == math.inf else poll_ms(due - time.monotonic()))
+            if watch is not None:
+                watch.take_events()
+                if watch.closed:  # reached: no more watching
+                    self._watch, self._unreached_since = None, None
             if not self._take_commands():
                 self._settle(ledger.fail_all(CLOSED_PENDING))
                 return
             self._send(ledger.outgoing())
             while readable(sock):
                 self._receive(recv_frames(sock, NOBLOCK))
-            self._send(ledger.resends(time.monotonic()))
+            now = time.monotonic()
+            if now >= self._give_up():
+                self._unreachable(now)
+            else:
+                self._send(ledger.resends(now))
+
+    def _give_up(self) -> float:
+        """When the futures waiting fail for want of a connection (inf once reached)."""
+        since = self._unreached_since
+        timeout = self._contact.connect_timeout
+        if since is None or timeout is None or self._watch is None:
+            return math.inf
+        return since + timeout
+
+    def _unreachable(self, now: float) -> None:
+        """No connection within the connect timeout: every future waiting fails with
+        BrokerUnreachable, and a new socket drops what the old one queued (so that no task
+        of theirs reaches a broker that comes up later)."""
+        assert self._watch is not None and self._contact.connect_timeout is not None
+        error = self._watch.unreachable(self._contact.connect_timeout)
+        self._watch.close()
+        self._sock.close(linger=0)
+        self._sock, self._watch = self._open()
+        self._unreached_since = None
+        self._settle(self._ledger.fail_all(error))
 
     def _take_commands(self) -> bool:
         """Carry out the commands posted; False once told to stop."""
@@ -178,6 +220,8 @@ class Engine:
             except queue.Empty:
                 return True
             if type(command) is SubmitTask:
+                if self._watch is not None and self._unreached_since is None:
+                    self._unreached_since = now
                 self._settle(ledger.submitted(command.future, command.spec, now))
             elif type(command) is CancelTask:
                 ledger.cancelled(command.future, command.task_id)
@@ -221,6 +265,8 @@ class Engine:
             self._stopping = True  # nothing is posted from now on
             os.close(self._wake_out)
         os.close(self._wake_in)
+        if self._watch is not None:
+            self._watch.close()
         self._sock.close(linger=0)
         # Submissions the thread never took (it failed first) must not wait for ever.
         while True:

@@ -158,11 +158,16 @@ class Ledger(Generic[F]):
         _log.warning("ignoring an unexpected %s from the broker", type(message).__name__)
         return []
 
-    def fail_all(self, reason: str) -> list[Settled[F]]:
-        """Every waiting future fails with ClientError(`reason` about its task); the ledger
-        is empty afterwards."""
+    def fail_all(self, reason: str | ClientError) -> list[Settled[F]]:
+        """Every waiting future fails: with ClientError(`reason` about its task), or with
+        `reason` itself when it is an error; the ledger is empty afterwards."""
         settled = [
-            Settled(future, error=ClientError(f"task {task_id}: {reason}"))
+            Settled(
+                future,
+                error=reason
+                if isinstance(reason, ClientError)
+                else ClientError(f"task {task_id}: {reason}"),
+            )
             for task_id, waiting in self._waiting.items()
             for future in waiting.futures
         ]

@@ -148,6 +148,12 @@ class ConnectWatch:
     def closed(self) -> bool:
         return self.monitor is None
 
+    def take_events(self) -> None:
+        """Read the monitor's events waiting (for a caller that polls it itself, `monitor`):
+        the watch closes itself once the broker is reached."""
+        if self.monitor is not None:
+            self._take_events()
+
     def unreachable(self, waited: float) -> BrokerUnreachable:
         if self.monitor is not None:
             self._take_events()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from client import Client, ClientError, TaskFailed
+from client import BrokerUnreachable, Client, ClientError, TaskFailed
 from client.futures import FIRST_COMPLETED
 from tests.e2e.conftest import Cluster, free_port
 from tests.support import wait_until
@@ -127,3 +127,19 @@ def test_cancel_a_queued_task_and_close_with_futures_pending(cluster: Cluster) -
             future.result(0)
     with Client(cluster.url) as other:  # the closed client's tasks were left running
         assert other.cancel("busy") == "running"
+
+
+def test_futures_fail_unreachable_without_a_broker_and_work_once_it_runs(
+    cluster: Cluster,
+) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"
+    with Client(url, connect_timeout=0.5) as client:
+        early = client.submit("multiply", 2, 3)
+        with pytest.raises(BrokerUnreachable):
+            early.result(10)
+        cluster.start_broker(bind=url)
+        cluster.start_node(functions="math")
+        cluster.wait_nodes("node0")
+        assert client.submit("multiply", 4, 5).result(30) == 20
+    # The early task was dropped with its socket: it never reached the broker.
+    assert cluster.status()["counters"]["accepted"] == 1

@@ -54,7 +54,7 @@ def _unreachable(call: Callable[[], Any]) -> tuple[BrokerUnreachable, float]:
 # ------------------------------------------------------------------------------ no broker
 
 
-@pytest.mark.parametrize("call", ["execute", "map", "status"])
+@pytest.mark.parametrize("call", ["execute", "map", "status", "future"])
 def test_no_broker_is_unreachable_within_the_connect_timeout(call: str) -> None:
     url = unused_endpoint()
     with Client(url, timeout=30, connect_timeout=CONNECT_TIMEOUT) as client:
@@ -62,6 +62,7 @@ def test_no_broker_is_unreachable_within_the_connect_timeout(call: str) -> None:
             "execute": lambda: client.execute("multiply", 1, 2),
             "map": lambda: client.map("multiply", [(1, 2), (3, 4)]),
             "status": lambda: client.status(timeout=30),
+            "future": lambda: client.submit("multiply", 1, 2).result(30),
         }
         error, elapsed = _unreachable(calls[call])
     assert CONNECT_TIMEOUT <= elapsed < CONNECT_TIMEOUT + 2
