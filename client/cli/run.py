@@ -111,8 +111,9 @@ Retries = Annotated[
         min=0,
         max=100,
         metavar="N",
-        help="Extra attempts if the function raises or its node dies, with growing waits "
-        "between them (default: the broker's, 3 unless zbroker start --retries says).",
+        help="Extra attempts if its node dies or its node process crashes (and, with "
+        "--retry-on, if the function raises or times out), with growing waits between them "
+        "(default: the broker's, 3 unless zbroker start --retries says).",
     ),
 ]
 QueueTimeout = Annotated[
