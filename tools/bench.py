@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> None:
     (the store in a temporary directory, unless --broker-arg says --store), then, --runs
     times:
       * throughput: `Client.map("noop", ...)` of --tasks no-op tasks;
+      * futures: --tasks `Client.submit("noop")` futures at once, then every result;
       * latency: --calls sequential `Client.execute("noop")` round trips (p50 and p99).
     Reports the median over runs and every run, as text or --json."""
     node_args = ["--concurrency", str(args.concurrency), "--threads", str(args.threads)]
@@ -88,15 +89,16 @@ def run(args: argparse.Namespace) -> None:
         broker_args=args.broker_arg,
     )
     with cluster:
-        rates, p50s, p99s = [], [], []
+        rates, future_rates, p50s, p99s = [], [], [], []
         for i in range(args.runs):
             rates.append(throughput(cluster.url, args.tasks))
+            future_rates.append(futures_throughput(cluster.url, args.tasks))
             p50, p99 = latency(cluster.url, args.calls)
             p50s.append(p50)
             p99s.append(p99)
             progress(
                 f"run {i + 1}/{args.runs}: {rates[-1]:,.0f} tasks/s pipelined, "
-                f"p50 {p50:.0f} us, p99 {p99:.0f} us"
+                f"{future_rates[-1]:,.0f} tasks/s as futures, p50 {p50:.0f} us, p99 {p99:.0f} us"
             )
     result = {
         "nodes": args.nodes,
@@ -106,9 +108,11 @@ def run(args: argparse.Namespace) -> None:
         "calls": args.calls,
         "runs": args.runs,
         "throughput_median": statistics.median(rates),
+        "futures_median": statistics.median(future_rates),
         "latency_p50_us_median": statistics.median(p50s),
         "latency_p99_us_median": statistics.median(p99s),
         "throughput_runs": [round(r) for r in rates],
+        "futures_runs": [round(r) for r in future_rates],
         "p50_runs": [round(v) for v in p50s],
         "p99_runs": [round(v) for v in p99s],
     }
@@ -119,6 +123,10 @@ def run(args: argparse.Namespace) -> None:
         f"pipelined throughput: {result['throughput_median']:,.0f} tasks/s (median of "
         f"{args.runs} runs of {args.tasks} no-op tasks, {args.nodes} nodes; runs: "
         f"{runs_text(rates)})"
+    )
+    print(
+        f"futures: {result['futures_median']:,.0f} tasks/s (median of {args.runs} runs of "
+        f"{args.tasks} Client.submit futures at once; runs: {runs_text(future_rates)})"
     )
     print(
         f"sequential latency: p50 {result['latency_p50_us_median']:.0f} us, "
@@ -135,6 +143,18 @@ def throughput(url: str, tasks: int) -> float:
         elapsed = time.perf_counter() - started
     if len(results) != tasks:
         raise SystemExit(f"error: {len(results)} results for {tasks} tasks")
+    return tasks / elapsed
+
+
+def futures_throughput(url: str, tasks: int) -> float:
+    with Client(url) as client:
+        for future in [client.submit("noop") for _ in range(100)]:  # warm up
+            future.result(60)
+        started = time.perf_counter()
+        futures = [client.submit("noop") for _ in range(tasks)]
+        for future in futures:
+            future.result(120)
+        elapsed = time.perf_counter() - started
     return tasks / elapsed
 
 

@@ -85,7 +85,7 @@ def test_pending_futures_survive_a_broker_restart(cluster: Cluster) -> None:
 
         def some_done_and_more_queued() -> bool:
             status = cluster.status()
-            return status["counters"].get("completed", 0) >= 200 and status["queued"] > 0
+            return bool(status["counters"].get("completed", 0) >= 200 and status["queued"] > 0)
 
         # Killed while the store holds queued tasks: they come back as restored ones.
         wait_until(some_done_and_more_queued, 30, what="some tasks done", alive=[broker])
