@@ -153,7 +153,8 @@ class BrokerServer:
     def _drain(self, router: zmq.Socket[Any], frames: list[bytes]) -> None:
         """Handle `frames` and what else is waiting, up to BATCH messages. A message alone
         is answered before its bookkeeping (`_process`); when more wait, their commands are
-        carried out together (`_collect`), every SEND_EVERY commands and at the end."""
+        carried out together (`_collect`), every SEND_EVERY commands and at the end, and the
+        store is saved when due between them."""
         self._process(router, frames)
         # A readable check is cheaper than the zmq.Again of one more receive.
         if not readable(router):
@@ -171,6 +172,9 @@ class BrokerServer:
             if len(commands) >= SEND_EVERY:
                 self._carry_out(router, commands)
                 commands = []
+                # A drain of BATCH messages of many tasks each lasts long enough to pass
+                # the save delay: the group commit's promise (protocol.md 5.2) holds within.
+                self._save_when_due()
         if commands:
             self._carry_out(router, commands)
 
