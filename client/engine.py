@@ -25,10 +25,8 @@ import zmq
 from broker.protocol import (
     Cancel,
     Execute,
-    RemoteProtocolError,
     TaskSpec,
     batches,
-    decode,
     encode,
     encode_batch,
 )
@@ -37,6 +35,7 @@ from client.errors import ClientError
 from client.futures import TaskFuture
 from client.ledger import Ledger, Outgoing, Settled
 from client.link import CLOSED, ConnectWatch, Contact, poll_ms
+from client.payloads import dealer_reply
 from client.pipeline import EXECUTE_BATCH_TASKS
 
 _log = logging.getLogger(__name__)
@@ -229,15 +228,9 @@ class Engine:
                 return False
 
     def _receive(self, frames: list[bytes]) -> None:
-        if len(frames) < 3 or frames[0] != b"":
-            _log.warning("ignoring a reply without the empty delimiter frame from %s", self.url)
-            return
-        try:
-            message = decode(frames[1:])
-        except RemoteProtocolError as exc:
-            _log.warning("ignoring a malformed reply from the broker at %s: %s", self.url, exc)
-            return
-        self._settle(self._ledger.answered(message, time.monotonic()))
+        message = dealer_reply(frames, self.url)
+        if message is not None:
+            self._settle(self._ledger.answered(message, time.monotonic()))
 
     def _send(self, messages: list[Outgoing]) -> None:
         """Consecutive EXECUTEs in batches, each CANCEL alone (it cannot be batched). A full

@@ -74,6 +74,19 @@ def replies(frames: list[bytes], url: str) -> list[Message]:
     return found
 
 
+def dealer_reply(frames: list[bytes], url: str) -> Message | None:
+    """The message in a reply on a DEALER socket (the empty delimiter first), or None,
+    logged, when it breaks the protocol: a pipelined client skips it and goes on."""
+    if len(frames) < 3 or frames[0] != b"":
+        _log.warning("ignoring a reply without the empty delimiter frame from %s", url)
+        return None
+    try:
+        return decode(frames[1:])
+    except RemoteProtocolError as exc:
+        _log.warning("ignoring a malformed reply from the broker at %s: %s", url, exc)
+        return None
+
+
 def first_answer(
     frames: list[bytes], answers: Callable[[Message], bool], url: str
 ) -> Message | None:

@@ -16,17 +16,15 @@ from broker.protocol import (
     Batch,
     Error,
     Execute,
-    RemoteProtocolError,
     TaskCompleted,
     batches,
-    decode,
     encode_batch,
 )
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
 from client.errors import ClientError, MessageTooLarge, broker_error
 from client.link import ConnectWatch, Contact, poll_ms
 from client.options import TaskOptions, check_name, check_task_size
-from client.payloads import encode_arguments, result_of
+from client.payloads import dealer_reply, encode_arguments, result_of
 
 _log = logging.getLogger(__name__)
 
@@ -206,13 +204,8 @@ class Pipeline:
         self._contact.answered = True
 
     def _handle(self, frames: list[bytes]) -> None:
-        if len(frames) < 3 or frames[0] != b"":
-            _log.warning("ignoring a reply without the empty delimiter frame from %s", self._url)
-            return
-        try:
-            message = decode(frames[1:])
-        except RemoteProtocolError as exc:
-            _log.warning("ignoring a malformed reply from the broker at %s: %s", self._url, exc)
+        message = dealer_reply(frames, self._url)
+        if message is None:
             return
         if type(message) is TaskCompleted:
             self._completed(message)
