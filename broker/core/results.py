@@ -1,17 +1,16 @@
 """ResultCache: answers of recently finished tasks, so a resend is answered, not run again.
 
 A client that lost a TASK_COMPLETED resends the same EXECUTE (Lazy Pirate); if the task has
-finished meanwhile, the broker answers from here. Each answer keeps the request it answered
-(its function and a digest of its arguments, `Request`), so that the same id sent with
-another request is refused (protocol.md 6) rather than answered; answers restored from the
-store have none and are not compared. Entries live `ttl` seconds, and the cache
-holds at most `max_entries` answers and `max_bytes` of result payloads; past either bound
-the oldest go first. Pure state: time comes in as `now`.
+finished meanwhile, the broker answers from here. Each answer keeps the spec it answered (a
+reference, not a copy: its arguments count in `max_bytes`), so that the same id sent with
+another function or other arguments is refused (protocol.md 6) rather than answered;
+answers restored from the store have none and are not compared. Entries live `ttl` seconds,
+and the cache holds at most `max_entries` answers and `max_bytes` of results and arguments;
+past either bound the oldest go first. Pure state: time comes in as `now`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -20,25 +19,20 @@ from broker.protocol import TaskCompleted, TaskSpec
 
 ENTRY_OVERHEAD = 200  # bytes an entry costs besides its payload (ids, header, bookkeeping)
 
-Request = tuple[str, bytes]  # a task's function and the 16-byte BLAKE2b digest of its args
-Entry = tuple[TaskCompleted, float, Request | None]  # answer, when kept, what it answered
-
-
-def request_of(spec: TaskSpec) -> Request:
-    return (spec.function, hashlib.blake2b(spec.args, digest_size=16).digest())
+Entry = tuple[TaskCompleted, float, TaskSpec | None]  # answer, when kept, what it answered
 
 
 def same_request(entry: Entry, spec: TaskSpec) -> bool:
     """Whether `spec` asks what the kept answer answered (True when that is not known)."""
-    request = entry[2]
-    return request is None or request == request_of(spec)
+    kept = entry[2]
+    return kept is None or (kept.function == spec.function and kept.args == spec.args)
 
 
 class ResultCache:
     def __init__(self, config: ResultsConfig | None = None) -> None:
         self.config = config or ResultsConfig()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self.bytes = 0  # payload bytes held, plus ENTRY_OVERHEAD per entry
+        self.bytes = 0  # result and argument bytes held, plus ENTRY_OVERHEAD per entry
         # The entry of a task id, or None: `get` as the dict's own method (a C call), for
         # the scheduler's per-task path.
         self.find: Callable[[str], Entry | None] = self._entries.get
@@ -53,14 +47,15 @@ class ResultCache:
         entry = self._entries.get(task_id)
         return None if entry is None else entry[0]
 
-    def add(self, answer: TaskCompleted, now: float, request: Request | None = None) -> None:
+    def add(self, answer: TaskCompleted, now: float, spec: TaskSpec | None = None) -> None:
         config, entries = self.config, self._entries
         if config.ttl <= 0 or config.max_entries <= 0:
             return
         if answer.task_id in entries:
             self._drop(answer.task_id)
-        entries[answer.task_id] = (answer, now, request)
-        self.bytes += _cost(answer)
+        entry = (answer, now, spec)
+        entries[answer.task_id] = entry
+        self.bytes += _cost(entry)
         while entries and (len(entries) > config.max_entries or self.bytes > config.max_bytes):
             self._pop_oldest()
 
@@ -88,20 +83,21 @@ class ResultCache:
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
-        _, (answer, _, _) = self._entries.popitem(last=False)
-        self.bytes -= _cost(answer)
+        _, entry = self._entries.popitem(last=False)
+        self.bytes -= _cost(entry)
 
     def _drop(self, task_id: str) -> None:
         entry = self._entries.pop(task_id, None)
         if entry is not None:
-            self.bytes -= _cost(entry[0])
+            self.bytes -= _cost(entry)
 
     def check_invariants(self) -> None:
-        assert self.bytes == sum(_cost(e[0]) for e in self._entries.values()), "bytes drifted"
+        assert self.bytes == sum(map(_cost, self._entries.values())), "bytes drifted"
         assert len(self._entries) <= max(self.config.max_entries, 0)
         times = [e[1] for e in self._entries.values()]
         assert times == sorted(times), "entries out of order"
 
 
-def _cost(answer: TaskCompleted) -> int:
-    return len(answer.result) + ENTRY_OVERHEAD
+def _cost(entry: Entry) -> int:
+    spec = entry[2]
+    return len(entry[0].result) + ENTRY_OVERHEAD + (0 if spec is None else len(spec.args))

@@ -57,7 +57,7 @@ from broker.core.events import (
 from broker.core.graces import Grace, Graces
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
-from broker.core.results import ResultCache, request_of, same_request
+from broker.core.results import ResultCache, same_request
 from broker.core.status import sampled, status_body
 from broker.core.tasks import (
     DONE,
@@ -437,7 +437,7 @@ class Scheduler:
         if kept is not None:
             # It finished already; its requester lost the answer (or asks twice).
             if not same_request(kept, spec):
-                return self._conflict(peer, spec, (kept[2] or ("?",))[0])
+                return self._conflict(peer, spec, kept[2].function if kept[2] else "?")
             self._counters["answered_again"] += 1
             return [Send(peer, kept[0])]
         grace = None
@@ -1124,7 +1124,7 @@ class Scheduler:
             answered, self._answered = self._answered, []
             for task, reply, bury in answered:
                 self._count_outcome(reply.exit_code)
-                self._results.add(reply, now, request_of(task.spec))
+                self._results.add(reply, now, task.spec)
                 if self._journal:
                     commands.append(j.SaveAnswer(reply, now))
                 if reply.exit_code != 0 and bury:
