@@ -58,12 +58,14 @@ def test_broker_killed_with_queued_and_running_tasks_loses_none(cluster: Cluster
     for thread in threads:
         thread.start()
     assert cluster.broker is not None
-    wait_until(
-        lambda: cluster.status()["counters"].get("completed", 0) >= 300,
-        20,
-        what="some tasks done",
-        alive=[cluster.broker],
-    )
+    at_kill: dict[str, Any] = {}
+
+    def some_done() -> bool:
+        status = cluster.status()
+        at_kill.update(status["counters"], queued=status["queued"], held=status["held"])
+        return bool(status["counters"].get("completed", 0) >= 300)
+
+    wait_until(some_done, 20, what="some tasks done", alive=[cluster.broker])
     cluster.broker.signal(signal.SIGKILL)
     cluster.broker.wait(5)
     before = _served(out)
@@ -80,7 +82,10 @@ def test_broker_killed_with_queued_and_running_tasks_loses_none(cluster: Cluster
     for worker in range(3):
         answers = out[f"req{worker}"]
         assert answers == [[worker, k] for k in range(len(answers))]
-    assert cluster.status()["counters"].get("restored", 0) > 0
+    restored = cluster.status()["counters"].get("restored", 0)
+    assert restored > 0, (
+        f"the store held no pending task; the broker just before its kill: {at_kill}"
+    )
 
 
 def test_sigterm_keeps_queued_tasks_for_the_next_broker(cluster: Cluster) -> None:
