@@ -34,6 +34,7 @@ from client.errors import BadReply, ClientError
 from client.futures import TaskFuture, as_completed as _as_completed, wait as _wait
 from client.link import CLOSED, DEFAULT_CONNECT_TIMEOUT, RESEND_INTERVAL, ReqLink
 from client.options import (
+    After,
     RetryOn,
     TaskOptions,
     check_max_message_size,
@@ -41,6 +42,7 @@ from client.options import (
     check_retry_on,
     check_task_size,
     check_timeout,
+    with_dependencies,
 )
 from client.payloads import encode_arguments, result_of
 from client.pipeline import Pipeline
@@ -175,6 +177,7 @@ class Client:
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
         retry_on: RetryOn = None,
+        after: After = None,
     ) -> Any:
         """Run `function(*args)` on a node and return its result.
 
@@ -186,6 +189,8 @@ class Client:
         spec = self._spec(
             function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
         )
+        if after is not None:
+            spec = with_dependencies(spec, after)
         return result_of(function, self._execute(spec, timeout), spec.task_timeout)
 
     def execute_raw(
@@ -200,6 +205,7 @@ class Client:
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
         retry_on: RetryOn = None,
+        after: After = None,
     ) -> TaskCompleted:
         """Run `function(*args)` and return the broker's TASK_COMPLETED as it came,
         whatever its exit code. `retries`: extra attempts after failures; `queue_timeout`:
@@ -207,13 +213,17 @@ class Client:
         `task_timeout`: seconds one attempt may run before the node stops it and it fails
         with exit 124 Timeout (0.001 to 604800, i.e. 7 days); `retry_on`: the failures
         retried besides node loss and crashes ("exception", "timeout", "all", a list of
-        those, or an empty list for none of them). Each defaults to this client's, else the
-        broker's. `timeout` is how long this call waits for the answer, not a limit on the
-        function. Raises BrokerError, BrokerTimeout, TypeError, and ValueError for an
-        option out of range."""
+        those, or an empty list for none of them); `after`: futures or task ids of tasks that
+        must succeed before this one starts (if one fails, this one fails with exit 66
+        DependencyFailed without running; if one is cancelled, so is this one). Each
+        defaults to this client's, else the broker's. `timeout` is how long this call waits
+        for the answer, not a limit on the function. Raises BrokerError, BrokerTimeout,
+        TypeError, and ValueError for an option out of range."""
         spec = self._spec(
             function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
         )
+        if after is not None:
+            spec = with_dependencies(spec, after)
         return self._execute(spec, timeout)
 
     # ------------------------------------------------------------------------- futures
@@ -228,6 +238,7 @@ class Client:
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
         retry_on: RetryOn = None,
+        after: After = None,
     ) -> TaskFuture:
         """Send `function(*args)` and return its future at once: `result(timeout)` gives
         the function's result or raises TaskFailed (non-zero exit code), BrokerError (the
@@ -240,6 +251,8 @@ class Client:
         spec = self._spec(
             function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
         )
+        if after is not None:
+            spec = with_dependencies(spec, after)
         check_task_size(spec, self.max_message_size)
         engine = self._engine or self._start_engine()
         future = TaskFuture(spec.task_id, spec.function, engine.cancel)
@@ -256,6 +269,7 @@ class Client:
         queue_timeout: float | None = None,
         task_timeout: float | None = None,
         retry_on: RetryOn = None,
+        after: After = None,
     ) -> Any:
         """`await` the result of `function(*args)`: `submit` for asyncio (the task is sent
         when the coroutine starts). Cancelling the awaiting asyncio task cancels the task
@@ -269,6 +283,7 @@ class Client:
             queue_timeout=queue_timeout,
             task_timeout=task_timeout,
             retry_on=retry_on,
+            after=after,
         )
         return await asyncio.wrap_future(future)
 

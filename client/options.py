@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from broker.protocol import (
+    MAX_DEPENDENCIES,
     MAX_DLQ_LIMIT,
     MAX_NAME_LENGTH,
     MAX_QUEUE_TIMEOUT_MS,
@@ -193,3 +194,36 @@ class TaskOptions:
             task_timeout=self.task_timeout if task_timeout is None else task_timeout,
             retry_on=self.retry_on if retry_on is None else check_retry_on(retry_on),
         )
+
+
+class HasTaskId(Protocol):
+    task_id: str
+
+
+After = Iterable[HasTaskId | str] | None  # futures (anything with a task_id) or task ids
+
+
+def with_dependencies(spec: TaskSpec, after: Iterable[HasTaskId | str]) -> TaskSpec:
+    """`spec` that starts only once the tasks in `after` succeeded (EXECUTE depends_on,
+    protocol.md 5.7): futures or task ids, 1 to 256 of them; ValueError otherwise."""
+    ids: list[str] = []
+    for item in after:
+        task_id = item if isinstance(item, str) else getattr(item, "task_id", None)
+        if not isinstance(task_id, str):
+            raise ValueError("after takes futures (from Client.submit) or task ids (strings)")
+        ids.append(check_name("a task id in after", task_id))
+    if not 0 < len(ids) <= MAX_DEPENDENCIES:
+        raise ValueError(
+            f"after must name 1 to {MAX_DEPENDENCIES} tasks (futures or task ids), got {len(ids)}"
+        )
+    return TaskSpec(
+        spec.task_id,
+        spec.function,
+        spec.args,
+        spec.priority,
+        spec.retries,
+        spec.queue_timeout,
+        spec.task_timeout,
+        spec.retry_on,
+        tuple(dict.fromkeys(ids)),
+    )

@@ -64,6 +64,7 @@ from broker.core.tasks import (
     HELD,
     QUEUED,
     RUNNING,
+    WAITING_DEPS,
     WAITING_RETRY,
     LostAttempt,
     Task,
@@ -82,6 +83,7 @@ from broker.protocol import (
     ERR_UNKNOWN_COMMAND,
     EXIT_BAD_RESULT,
     EXIT_CANCELLED,
+    EXIT_DEPENDENCY_FAILED,
     EXIT_EXPIRED,
     EXIT_FUNCTION_ERROR,
     EXIT_NODE_LOST,
@@ -173,6 +175,9 @@ class Scheduler:
         # that successful RESULTs freed, as (node, task id).
         self._answered: list[tuple[Task, TaskCompleted, bool]] = []
         self._freed: list[tuple[Node, str]] = []
+        # The tasks waiting (WAITING_DEPS) for each pending task they depend on; a task
+        # answered meanwhile is skipped when its dependency's answer comes.
+        self._dependents: dict[str, list[Task]] = {}
         # Whether any of that waits (read it; only the scheduler changes it): an attribute,
         # as the shell asks after every message.
         self.deferred = False
@@ -389,7 +394,13 @@ class Scheduler:
         for pending in event.pending:
             task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
             task.attempt = pending.attempts
-            commands += self._admit(task, now)
+            failure = self._restored_dependency_failure(task.spec)
+            if failure is None:
+                commands += self._admit(task, now)
+                continue
+            self._tasks.add(task)
+            self._tasks.move(task, WAITING_DEPS)
+            commands += self._answer(task, failure[0], b"null", failure[1], now, bury=False)
         self._seq = max(self._seq, event.next_seq)
         if event.pending:
             self._counters["restored"] += len(event.pending)
@@ -397,6 +408,18 @@ class Scheduler:
             # A restarted broker: its nodes have not registered again yet.
             self._graces.after_restart(now)
         return commands
+
+    def _restored_dependency_failure(self, spec: TaskSpec) -> Failure | None:
+        """Whether a restored task depends on one that failed. A dependency neither pending
+        nor kept nor a dead letter finished long ago, and not with a failure that counts: it
+        is taken as done."""
+        for dep in spec.depends_on or ():
+            if dep in self._tasks:
+                continue
+            failure = self._dependency_failure(dep)
+            if failure is not None and failure is not _UNKNOWN:
+                return failure
+        return None
 
     def _on_stop_requested(self, event: StopRequested, now: float) -> list[Command]:
         """Start nothing more: running tasks may finish, held ones are asked back (they stay
@@ -426,13 +449,7 @@ class Scheduler:
             return []
         task = self._tasks.get(spec.task_id)
         if task is not None:
-            # A resend (Lazy Pirate) or a second submitter: answer it, do not run it again.
-            known = task.spec
-            if known.function != spec.function or known.args != spec.args:
-                return self._conflict(peer, spec, known.function)
-            self._counters["resubmitted"] += 1
-            self._add_requester(task, peer)
-            return []
+            return self._resubmitted(peer, task, spec)
         kept = self._results.find(spec.task_id)
         if kept is not None:
             # It finished already; its requester lost the answer (or asks twice).
@@ -448,6 +465,8 @@ class Scheduler:
                 error = ErrorInfo("UnknownFunction", _no_node(spec.function))
                 reply = TaskCompleted(spec.task_id, EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
                 return [Send(peer, reply)]
+        if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
+            return refused
         self._counters["accepted"] += 1
         self._seq += 1
         # `_new_task`, without its call on every task's way:
@@ -460,6 +479,52 @@ class Scheduler:
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
+
+    def _resubmitted(self, peer: bytes, task: Task, spec: TaskSpec) -> list[Command]:
+        """A pending task's id again: a resend (Lazy Pirate) or a second submitter, which
+        waits for the same answer; the task is not run again. Another request is refused."""
+        known = task.spec
+        if known.function != spec.function or known.args != spec.args:
+            return self._conflict(peer, spec, known.function)
+        self._counters["resubmitted"] += 1
+        self._add_requester(task, peer)
+        return []
+
+    def _check_dependencies(self, peer: bytes, spec: TaskSpec) -> list[Command] | None:
+        """The answer to a task whose dependencies cannot all succeed (protocol.md 5.7):
+        ERROR not_found for an id the broker does not know (or the task itself), TASK_COMPLETED
+        66 for one that failed; None when each is pending or succeeded."""
+        assert spec.depends_on is not None
+        for dep in spec.depends_on:
+            if dep in self._tasks and dep != spec.task_id:
+                continue
+            failure = self._dependency_failure(dep)
+            if failure is None:
+                continue
+            if failure is _UNKNOWN:
+                self._counters["refused_not_found"] += 1
+                text = (
+                    f"task {spec.task_id} depends on {dep!r}, which the broker does not know "
+                    "(never submitted, or answered longer ago than it keeps answers); a task "
+                    "may depend only on tasks submitted before it"
+                )
+                return [Send(peer, Error(ERR_NOT_FOUND, text, spec.task_id))]
+            self._counters["dependency_failed"] += 1
+            reply = TaskCompleted(spec.task_id, failure[0], b"null", failure[1], 0)
+            return [Send(peer, reply)]
+        return None
+
+    def _dependency_failure(self, dep: str) -> Failure | None:
+        """Why a task that is not pending cannot be depended on: it failed (its exit code and
+        error as the dependent's), or _UNKNOWN; None when it succeeded."""
+        kept = self._results.find(dep)
+        if kept is not None:
+            answer = kept[0]
+            return None if answer.exit_code == 0 else _failed_dependency(dep, answer.exit_code)
+        entry = self._dead.get(dep)
+        if entry is not None:
+            return _failed_dependency(dep, entry.exit_code)
+        return _UNKNOWN
 
     def _add_requester(self, task: Task, peer: bytes) -> None:
         requesters = task.requesters
@@ -765,7 +830,7 @@ class Scheduler:
     # ================================================================== timers
 
     def _task_due(self, task: Task, now: float) -> list[Command]:
-        if task.state is QUEUED:
+        if task.state is QUEUED or task.state is WAITING_DEPS:
             return self._expire(task, now)
         if task.state is WAITING_RETRY:
             return self._requeue(task, now)
@@ -876,8 +941,51 @@ class Scheduler:
 
     def _admit(self, task: Task, now: float) -> list[Command]:
         """Take a new (or replayed, or restored) task: start it or queue it (in its turn
-        among its priority's submitters)."""
+        among its priority's submitters), or, while tasks it depends on are pending, let it
+        wait for them."""
         self._tasks.add(task)
+        depends_on = task.spec.depends_on
+        if depends_on is not None:
+            pending = [dep for dep in depends_on if dep in self._tasks and dep != task.spec.task_id]
+            if pending:
+                return self._wait_for(task, pending, now)
+        return self._place(task, now)
+
+    def _wait_for(self, task: Task, pending: list[str], now: float) -> list[Command]:
+        """`task` waits (not queued) until the `pending` tasks it depends on succeed."""
+        self._tasks.move(task, WAITING_DEPS)
+        task.waiting_for = len(pending)
+        for dep in pending:
+            self._dependents.setdefault(dep, []).append(task)
+        deadline = task.spec.queue_timeout
+        if deadline is not None and not task.attempt:
+            self._timers.schedule(task, task.submitted_at + deadline)
+        return []
+
+    def _release_dependents(self, answer: TaskCompleted, now: float) -> list[Command]:
+        """A task was answered: each task waiting for it starts if this was the last it
+        waited for, or, if it failed or was cancelled, is answered so too (66 or 130; their
+        own dependents follow when their answers are settled)."""
+        waiting = self._dependents.pop(answer.task_id, None)
+        if waiting is None:
+            return []
+        commands: list[Command] = []
+        for task in waiting:
+            if task.state is not WAITING_DEPS:
+                continue  # answered meanwhile (cancelled, expired)
+            if answer.exit_code == 0:
+                task.waiting_for -= 1
+                if not task.waiting_for:
+                    self._tasks.move(task, QUEUED)
+                    commands += self._place(task, now)
+                continue
+            code, error = _failed_dependency(answer.task_id, answer.exit_code)
+            self._counters["dependency_failed"] += 1
+            commands += self._answer(task, code, b"null", error, now, bury=False)
+        return commands
+
+    def _place(self, task: Task, now: float) -> list[Command]:
+        """Start a QUEUED task that is in the table, or queue it."""
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -885,7 +993,7 @@ class Scheduler:
                 return [self._start(task, node, now)]
         self._queue.push(task)
         deadline = task.spec.queue_timeout
-        if deadline is not None and not task.attempt:
+        if deadline is not None and not task.attempt and not task.timer:
             self._timers.schedule(task, task.submitted_at + deadline)
         return []
 
@@ -1118,17 +1226,8 @@ class Scheduler:
     def _settle(self, now: float) -> list[Command]:
         """Run the deferred work: keep the answers (for resends), store them, count them,
         bury the failures, and give the slots that RESULTs freed their next tasks."""
-        self.deferred = False
-        commands: list[Command] = []
-        if self._answered:
-            answered, self._answered = self._answered, []
-            for task, reply, bury in answered:
-                self._count_outcome(reply.exit_code)
-                self._results.add(reply, now, task.spec)
-                if self._journal:
-                    commands.append(j.SaveAnswer(reply, now))
-                if reply.exit_code != 0 and bury:
-                    commands += self._bury(task, reply, now)
+        commands = self._settle_answers(now) if self._answered else []
+        self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
             freed, self._freed = self._freed, []
             for node, task_id in freed:
@@ -1138,6 +1237,21 @@ class Scheduler:
                         self._promote(node, now)
                     if node.draining or (released and (self._queue.size or self._pool.held)):
                         commands += self._refill(node, released, now)
+        return commands
+
+    def _settle_answers(self, now: float) -> list[Command]:
+        commands: list[Command] = []
+        while self._answered:  # answering dependents may answer more
+            answered, self._answered = self._answered, []
+            for task, reply, bury in answered:
+                self._count_outcome(reply.exit_code)
+                self._results.add(reply, now, task.spec)
+                if self._journal:
+                    commands.append(j.SaveAnswer(reply, now))
+                if reply.exit_code != 0 and bury:
+                    commands += self._bury(task, reply, now)
+                if self._dependents:
+                    commands += self._release_dependents(reply, now)
         return commands
 
     def _count_outcome(self, exit_code: int) -> None:
@@ -1204,6 +1318,16 @@ class Scheduler:
 
     # ================================================================== checks
 
+    def _check_dependents(self) -> None:
+        """A task waiting for dependencies is listed under each pending one it counts."""
+        for task in self._tasks:
+            if task.state is WAITING_DEPS:
+                waits = sum(
+                    any(waiting is task for waiting in self._dependents.get(dep, ()))
+                    for dep in task.spec.depends_on or ()
+                )
+                assert task.waiting_for == waits > 0, f"{task.spec.task_id}: waits for {waits}"
+
     def check_invariants(self) -> None:
         """Raise AssertionError if the parts disagree (the deferred work accounted for)."""
         self._pool.check_invariants()
@@ -1231,6 +1355,7 @@ class Scheduler:
                 held = self._tasks.get(task_id)
                 assert held is None or held.holder == node.identity, f"{task_id} on two nodes"
         assert self.deferred == bool(self._answered or self._freed), "deferred flag drifted"
+        self._check_dependents()
         deferred = {task.spec.task_id for task, _, _ in self._answered}
         assert not deferred & {t.spec.task_id for t in self._tasks}, "deferred answer pending"
         for node, task_id in self._freed:
@@ -1240,6 +1365,17 @@ class Scheduler:
         if self._accepting:
             for function in self._queue.counts():
                 assert not self._pool.has_free(function), f"{function} waits beside a free slot"
+
+
+_UNKNOWN: Failure = (-1, ErrorInfo("", ""))  # a dependency the broker does not know
+
+
+def _failed_dependency(dep: str, exit_code: int) -> Failure:
+    """The answer of a task whose dependency `dep` ended with `exit_code` (not 0)."""
+    if exit_code == EXIT_CANCELLED:
+        return (EXIT_CANCELLED, ErrorInfo("Cancelled", f"its dependency {dep} was cancelled"))
+    text = f"its dependency {dep} failed (exit {exit_code}); it did not run"
+    return (EXIT_DEPENDENCY_FAILED, ErrorInfo("DependencyFailed", text))
 
 
 def _unknown_task(task_id: str, what: str) -> str:

@@ -21,6 +21,10 @@ owns it. Its state moves only along these edges, checked on every move:
     WAITING_RETRY  waits for the backoff before its next attempt
       -> QUEUED, RUNNING, HELD  the backoff is over
       -> DONE           a late success of an attempt given up earlier
+    WAITING_DEPS   accepted, waits for the tasks it depends on to succeed (not queued)
+      -> QUEUED         the last of them succeeded (admission then starts it or queues it)
+      -> DONE           one of them failed or was cancelled, it was cancelled, or expired
+    (QUEUED -> WAITING_DEPS: at acceptance, when a task it depends on is pending.)
 
 A task leaves the table when it is DONE; its answer is kept by `ResultCache` from then on.
 Pure state: no sockets, no clock.
@@ -45,22 +49,25 @@ class TaskState(enum.IntEnum):
     WAITING_RETRY = 2
     DONE = 3
     HELD = 4
+    WAITING_DEPS = 5
 
 
-QUEUED, RUNNING, WAITING_RETRY, DONE, HELD = (
+QUEUED, RUNNING, WAITING_RETRY, DONE, HELD, WAITING_DEPS = (
     TaskState.QUEUED,
     TaskState.RUNNING,
     TaskState.WAITING_RETRY,
     TaskState.DONE,
     TaskState.HELD,
+    TaskState.WAITING_DEPS,
 )
 
 MOVES: tuple[frozenset[TaskState], ...] = (  # by state: the states it may move to
-    frozenset({RUNNING, HELD, DONE}),  # QUEUED
+    frozenset({RUNNING, HELD, DONE, WAITING_DEPS}),  # QUEUED
     frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING, HELD}),  # RUNNING
     frozenset({QUEUED, RUNNING, HELD, DONE}),  # WAITING_RETRY
     frozenset(),  # DONE
     frozenset({RUNNING, QUEUED, HELD, DONE}),  # HELD
+    frozenset({QUEUED, DONE}),  # WAITING_DEPS
 )
 
 ProcessKey = tuple[str, str, int]  # a node process: (name, host, pid) from its REGISTER
@@ -103,19 +110,19 @@ class Task(Struct, eq=False):
     started_at: float = 0.0  # when its current attempt started, as far as the broker knows
     lost: list[LostAttempt] | None = None
     expiring: bool = False  # HELD, asked back because its queue timeout passed
+    waiting_for: int = 0  # WAITING_DEPS: the tasks it depends on that have not succeeded yet
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"
 
 
 class TaskTable:
-    """The tasks by id, and how many run and wait for a retry (O(1) for the views)."""
+    """The tasks by id, and how many are in each state (O(1) for the views)."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self.running = 0  # tasks in state RUNNING (read them; only the table changes them)
-        self.waiting_retry = 0  # tasks in state WAITING_RETRY
-        self.held = 0  # tasks in state HELD
+        # Tasks per state (DONE: answered so far); read them through the properties.
+        self._counts = [0] * len(TaskState)
         # The pending task of an id, or None: the dict's own method, a C call on the
         # scheduler's per-task path.
         self.get: Callable[[str], Task | None] = self._tasks.get
@@ -134,6 +141,23 @@ class TaskTable:
         if task.spec.task_id in self._tasks or task.state is not QUEUED:
             raise ValueError(f"task {task.spec.task_id} is pending already, or not new")
         self._tasks[task.spec.task_id] = task
+        self._counts[QUEUED] += 1
+
+    @property
+    def running(self) -> int:
+        return self._counts[RUNNING]
+
+    @property
+    def waiting_retry(self) -> int:
+        return self._counts[WAITING_RETRY]
+
+    @property
+    def held(self) -> int:
+        return self._counts[HELD]
+
+    @property
+    def waiting_deps(self) -> int:
+        return self._counts[WAITING_DEPS]
 
     def move(self, task: Task, state: TaskState) -> None:
         """Change a pending task's state along one of MOVES' edges; DONE takes it out."""
@@ -141,19 +165,10 @@ class TaskTable:
         if state not in MOVES[old]:
             raise AssertionError(f"task {task.spec.task_id}: no move from {old} to {state}")
         task.state = state
-        if old is RUNNING:
-            self.running -= 1
-        elif old is WAITING_RETRY:
-            self.waiting_retry -= 1
-        elif old is HELD:
-            self.held -= 1
-        if state is RUNNING:
-            self.running += 1
-        elif state is WAITING_RETRY:
-            self.waiting_retry += 1
-        elif state is HELD:
-            self.held += 1
-        elif state is DONE:
+        counts = self._counts
+        counts[old] -= 1
+        counts[state] += 1
+        if state is DONE:
             del self._tasks[task.spec.task_id]
 
     def check_invariants(self) -> None:
@@ -166,6 +181,5 @@ class TaskTable:
             assert (task.holder is not None) == on_node, f"{task_id}: holder iff on a node"
             assert task.attempt >= (1 if on_node else 0), f"{task_id}: on a node, no attempt"
             assert not task.expiring or task.state is HELD, f"{task_id}: expiring, not held"
-        assert counts[RUNNING] == self.running, "the count of running tasks drifted"
-        assert counts[HELD] == self.held, "the count of held tasks drifted"
-        assert counts[WAITING_RETRY] == self.waiting_retry, "the count of waiting tasks drifted"
+        pending = [n for state, n in enumerate(self._counts) if state != DONE]
+        assert counts[:DONE] + counts[DONE + 1 :] == pending, "the counts per state drifted"

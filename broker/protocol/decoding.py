@@ -34,6 +34,7 @@ from broker.protocol.limits import (
     Backlog,
     Capacity,
     DeadLetterLimit,
+    Dependencies,
     ExitCode,
     Functions,
     HeartbeatIntervalMs,
@@ -120,6 +121,7 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     queue_timeout_ms: QueueTimeoutMs | None = None
     timeout_ms: TaskTimeoutMs | None = None
     retry_on: RetryOn | None = None
+    depends_on: Dependencies | None = None
 
 
 class _RunHeader(msgspec.Struct, gc=False):
@@ -213,6 +215,7 @@ _RULES = {
     "replaces": "null or an object {pid, reason}: pid an integer from 1 to 2^63-1",
     "pid": "an integer from 0 to 2^63-1",
     "retry_on": 'null or a list of at most two of "exception" and "timeout"',
+    "depends_on": "null or a list of 1 to 256 task ids",
 }
 
 
@@ -348,12 +351,22 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         and h.queue_timeout_ms is None
         and h.timeout_ms is None
         and h.retry_on is None
+        and h.depends_on is None
     ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
     retry_on = None if h.retry_on is None else tuple(sorted(set(h.retry_on)))
+    depends_on = None if h.depends_on is None else tuple(dict.fromkeys(h.depends_on))
     spec = TaskSpec(
-        h.task_id, h.function, args, h.priority, h.retries, queue_timeout, task_timeout, retry_on
+        h.task_id,
+        h.function,
+        args,
+        h.priority,
+        h.retries,
+        queue_timeout,
+        task_timeout,
+        retry_on,
+        depends_on,
     )
     return Execute(spec)
 

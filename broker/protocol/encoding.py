@@ -98,6 +98,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["timeout_ms"] = _ms(spec.task_timeout)
     if spec.retry_on is not None:
         header["retry_on"] = list(spec.retry_on)
+    if spec.depends_on is not None:
+        header["depends_on"] = list(spec.depends_on)
     return [TAG, EXECUTE, _json(header), spec.args]
 
 

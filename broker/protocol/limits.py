@@ -26,6 +26,7 @@ MAX_TASK_TIMEOUT_MS = 7 * 86_400_000  # seven days
 MAX_CAPACITY = 1_000_000
 MAX_PREFETCH = 1_000_000
 MAX_RETRACT = 256  # task ids per RETRACT (and per STOP)
+MAX_DEPENDENCIES = 256  # task ids per EXECUTE depends_on
 MAX_ATTEMPT = 1_000_000
 MAX_PID = 2**63 - 1
 MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
@@ -53,6 +54,7 @@ DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
 Functions = Annotated[list[Name], Meta(min_length=1)]
 RetractIds = Annotated[list[Name], Meta(min_length=1, max_length=MAX_RETRACT)]
 RetractedIds = Annotated[list[Name], Meta(max_length=MAX_RETRACT)]
+Dependencies = Annotated[list[Name], Meta(min_length=1, max_length=MAX_DEPENDENCIES)]
 Backlog = Annotated[int, Meta(ge=0, le=MAX_BACKLOG)]
 RetryOn = Annotated[list[Literal["exception", "timeout"]], Meta(max_length=2)]
 

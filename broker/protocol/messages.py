@@ -31,6 +31,7 @@ EXIT_FUNCTION_ERROR = 1
 EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_RESULT = 3
 EXIT_BAD_REQUEST = 64
+EXIT_DEPENDENCY_FAILED = 66
 EXIT_NODE_LOST = 69
 EXIT_WORKER_CRASHED = 70
 EXIT_TIMEOUT = 124
@@ -104,6 +105,8 @@ class TaskSpec(Struct, frozen=True, gc=False):
     # Failures retried besides node loss and crashes: RETRY_ON names, sorted, no repeats;
     # None: the broker's default.
     retry_on: tuple[str, ...] | None = None
+    # Tasks that must succeed before this one starts (EXECUTE depends_on); None: none.
+    depends_on: tuple[str, ...] | None = None
 
 
 class Replaces(Struct, frozen=True, gc=False):

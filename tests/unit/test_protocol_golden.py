@@ -91,6 +91,10 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Retract(("t-17", "t-16")), [T, b"RETRACT", b'{"task_ids":["t-17","t-16"]}']),
     (p.Retracted(("t-17",), ("t-16",)),
      [T, b"RETRACTED", b'{"returned":["t-17"],"started":["t-16"]}']),
+    (p.Execute(p.TaskSpec("report", "summarise", b'["2026-12"]',
+                          depends_on=("load-1", "load-2"))),
+     [T, b"EXECUTE", b'{"task_id":"report","function":"summarise","priority":5,'
+                     b'"depends_on":["load-1","load-2"]}', b'["2026-12"]']),
     (p.Cancel("1234"), [T, b"CANCEL", b'{"task_id":"1234"}']),
     (p.Cancelled("1234", "running"),
      [T, b"CANCELLED", b'{"task_id":"1234","was":"running"}']),

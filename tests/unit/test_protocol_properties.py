@@ -90,6 +90,7 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
             timeouts,
             st.none()
             | st.sets(st.sampled_from(p.RETRY_ON)).map(lambda names: tuple(sorted(names))),
+            st.none() | st.lists(names, min_size=1, max_size=4, unique=True).map(tuple),
         ),
     ),
     p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000), timeouts),

@@ -1,0 +1,78 @@
+"""Tasks that wait for other tasks (`after=`, EXECUTE depends_on, protocol.md 5.7), with
+real processes: order, failure and cancellation passed on, and a chain that survives a
+broker killed in its middle."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from broker import protocol as p
+from client import BrokerError, Client, TaskFailed
+from tests.e2e.conftest import Cluster, free_port
+from tests.support import wait_until
+
+
+def test_a_task_starts_only_after_the_tasks_it_names(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="math", concurrency=2)
+    cluster.wait_nodes("node0.0", "node0.1")
+    with Client(cluster.url) as client:
+        slow = client.submit("sleep", 0.5)
+        fast = client.submit("add", 1, 2)
+        last = client.submit("multiply", 6, 7, after=[slow, fast.task_id])
+        assert last.result(30) == 42
+        assert slow.done() and fast.done()
+        # The node answered the dependency before the dependent started: order by count.
+        assert client.status()["counters"]["completed"] == 3
+
+
+def test_a_failure_or_a_cancel_is_passed_on_along_a_chain(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="math")
+    cluster.wait_nodes("node0")
+    with Client(cluster.url) as client:
+        broken = client.submit("divide", 1, 0)
+        second = client.submit("add", 1, 1, after=[broken])
+        third = client.submit("add", 2, 2, after=[second])
+        with pytest.raises(TaskFailed) as failed:
+            third.result(30)
+        assert (failed.value.exit_code, failed.value.error_type) == (66, "DependencyFailed")
+        assert second.task_id in failed.value.message
+        long = client.submit("sleep", 30)
+        waiting = client.submit("add", 3, 3, after=[long])
+        wait_until(lambda: client.status()["waiting_dependencies"] == 1, 10, what="waiting")
+        assert client.cancel(long.task_id) == "running"
+        with pytest.raises(TaskFailed) as cancelled:
+            waiting.result(10)
+        assert cancelled.value.exit_code == p.EXIT_CANCELLED
+        with pytest.raises(BrokerError) as unknown:
+            client.execute("add", 1, 2, after=["no-such-task"])
+        assert unknown.value.code == p.ERR_NOT_FOUND
+
+
+def test_a_chain_completes_across_a_broker_killed_in_its_middle(cluster: Cluster) -> None:
+    url = f"tcp://127.0.0.1:{free_port()}"
+    broker = cluster.start_broker(bind=url)
+    cluster.start_node(functions="math")
+    cluster.wait_nodes("node0")
+    with Client(url, resend_interval=0.5) as client:
+        first = client.submit("sleep", 0.2)
+        second = client.submit("sleep", 1.0, after=[first])
+        third = client.submit("multiply", 3, 3, after=[second])
+        # Killed while the second runs and the third waits; the chain was accepted (and
+        # stored, within 5 ms) as the first began.
+        wait_until(
+            lambda: first.done() and client.status()["running"] == 1,
+            10,
+            what="the second task running",
+        )
+        assert client.status()["waiting_dependencies"] == 1
+        broker.signal(signal.SIGKILL)
+        broker.wait(5)
+        cluster.start_broker(bind=url)  # the same store: the chain comes back
+        assert third.result(60) == 9
+        assert (first.result(1), second.result(1)) == (0.2, 1.0)
+    # The second and the third; the first too when its answer came in the last 5 ms.
+    assert cluster.status()["counters"]["restored"] in (2, 3)
