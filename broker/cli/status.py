@@ -77,11 +77,13 @@ def _print_status(body: dict[str, Any]) -> None:
             table.add_row(*_process_row(node, indent="  ", functions=not same))
     console.print(table)
     count = sum(len(group[2]) for group in groups)
+    waiting = body.get("waiting_dependencies", 0)
     console.print(
         f"znodes: {len(groups)}   processes: {count}   "
         f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
         f"held by nodes: {body.get('held', 0)}   "
-        f"dead letters: {body.get('dead_letters', 0)}"
+        + (f"waiting for their dependencies: {waiting}   " if waiting else "")
+        + f"dead letters: {body.get('dead_letters', 0)}"
         + ("   (stopping)" if body.get("accepting") is False else "")
     )
     counters = body.get("counters") or {}
