@@ -81,6 +81,7 @@ from broker.protocol import (
     ERR_NOT_HOLDER,
     ERR_TOO_LARGE,
     ERR_UNKNOWN_COMMAND,
+    ERR_UNKNOWN_DEPENDENCY,
     EXIT_BAD_RESULT,
     EXIT_CANCELLED,
     EXIT_DEPENDENCY_FAILED,
@@ -491,8 +492,8 @@ class Scheduler:
         return []
 
     def _check_dependencies(self, peer: bytes, spec: TaskSpec) -> list[Command] | None:
-        """The answer to a task whose dependencies cannot all succeed (protocol.md 5.7):
-        ERROR not_found for an id the broker does not know (or the task itself), TASK_COMPLETED
+        """The answer to a task whose dependencies cannot all succeed (protocol.md 5.7): ERROR
+        unknown_dependency for an id the broker does not know (or the task itself), TASK_COMPLETED
         66 for one that failed; None when each is pending or succeeded."""
         assert spec.depends_on is not None
         for dep in spec.depends_on:
@@ -502,13 +503,13 @@ class Scheduler:
             if failure is None:
                 continue
             if failure is _UNKNOWN:
-                self._counters["refused_not_found"] += 1
+                self._counters["refused_unknown_dependency"] += 1
                 text = (
                     f"task {spec.task_id} depends on {dep!r}, which the broker does not know "
                     "(never submitted, or answered longer ago than it keeps answers); a task "
                     "may depend only on tasks submitted before it"
                 )
-                return [Send(peer, Error(ERR_NOT_FOUND, text, spec.task_id))]
+                return [Send(peer, Error(ERR_UNKNOWN_DEPENDENCY, text, spec.task_id))]
             self._counters["dependency_failed"] += 1
             reply = TaskCompleted(spec.task_id, failure[0], b"null", failure[1], 0)
             return [Send(peer, reply)]

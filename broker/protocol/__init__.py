@@ -41,6 +41,7 @@ from broker.protocol.errors import (
     ERR_NOT_REGISTERED as ERR_NOT_REGISTERED,
     ERR_TOO_LARGE as ERR_TOO_LARGE,
     ERR_UNKNOWN_COMMAND as ERR_UNKNOWN_COMMAND,
+    ERR_UNKNOWN_DEPENDENCY as ERR_UNKNOWN_DEPENDENCY,
     ERR_UNSUPPORTED_VERSION as ERR_UNSUPPORTED_VERSION,
     LocalProtocolError as LocalProtocolError,
     ProtocolError as ProtocolError,

@@ -18,6 +18,7 @@ ERR_NOT_REGISTERED = "not_registered"
 ERR_NOT_FOUND = "not_found"
 ERR_NOT_HOLDER = "not_holder"
 ERR_CONFLICT = "conflict"
+ERR_UNKNOWN_DEPENDENCY = "unknown_dependency"
 
 
 class ProtocolError(Exception):

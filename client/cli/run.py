@@ -33,7 +33,13 @@ from client.cli.common import (
 from client.control import DEFAULT_TIMEOUT
 from client.errors import BrokerError, BrokerTimeout, ClientError, NotFound, TaskFailed
 from client.link import DEFAULT_CONNECT_TIMEOUT, deliver
-from client.options import MAX_TASK_TIMEOUT, TaskOptions, check_name, check_task_size
+from client.options import (
+    MAX_TASK_TIMEOUT,
+    TaskOptions,
+    check_name,
+    check_task_size,
+    with_dependencies,
+)
 from client.payloads import encode_arguments
 
 RAW_ARGS = "zsubmit.raw_args"  # ctx.meta key: the command line as typed
@@ -165,6 +171,15 @@ TaskId = Annotated[
         "running it again.",
     ),
 ]
+After = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--after",
+        metavar="ID",
+        help="Start only once task ID has succeeded (repeat for several); if it fails, this "
+        "task fails with exit code 66 without running.",
+    ),
+]
 Detach = Annotated[
     bool,
     typer.Option(
@@ -189,6 +204,7 @@ def run(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     json_output: JsonOutput = False,
     task_id: TaskId = None,
+    after: After = None,
     detach: Detach = False,
     version: Version = False,
 ) -> None:
@@ -198,7 +214,7 @@ def run(
         options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
     if detach:
-        _detach(broker, connect_timeout, function, values, task_id, options)
+        _detach(broker, connect_timeout, function, values, task_id, options, after)
         return
     _warn_short_wait(timeout, task_timeout)
     wait = timeout if timeout > 0 else None
@@ -214,14 +230,16 @@ def run(
             retry_on=failures,
         )
         with client:
-            completed = _wait_for(client, function, values, task_id)
+            completed = _wait_for(client, function, values, task_id, after)
     print_answer(completed, function, json_output, task_timeout, HINTS)
 
 
-def _wait_for(client: Client, function: str, values: list[Any], task_id: str) -> TaskCompleted:
+def _wait_for(
+    client: Client, function: str, values: list[Any], task_id: str, after: list[str] | None
+) -> TaskCompleted:
     """The task's answer; Ctrl-C cancels the task and exits 130."""
     try:
-        return client.execute_raw(function, values, task_id=task_id)
+        return client.execute_raw(function, values, task_id=task_id, after=after)
     except KeyboardInterrupt:
         raise _interrupted(client, task_id) from None
 
@@ -260,10 +278,13 @@ def _detach(
     values: list[Any],
     task_id: str,
     options: TaskOptions,
+    after: list[str] | None,
 ) -> None:
     """Hand the task to the broker, print its id once the broker holds it."""
     with reporting(broker):
         spec = options.spec(task_id, function, encode_arguments(values))
+        if after:
+            spec = with_dependencies(spec, after)
         check_task_size(spec, DEFAULT_MAX_MESSAGE_SIZE)
         try:
             completed = deliver(

@@ -49,7 +49,7 @@ def test_a_failure_or_a_cancel_is_passed_on_along_a_chain(cluster: Cluster) -> N
         assert cancelled.value.exit_code == p.EXIT_CANCELLED
         with pytest.raises(BrokerError) as unknown:
             client.execute("add", 1, 2, after=["no-such-task"])
-        assert unknown.value.code == p.ERR_NOT_FOUND
+        assert unknown.value.code == p.ERR_UNKNOWN_DEPENDENCY
 
 
 def test_a_chain_completes_across_a_broker_killed_in_its_middle(cluster: Cluster) -> None:
@@ -76,3 +76,18 @@ def test_a_chain_completes_across_a_broker_killed_in_its_middle(cluster: Cluster
         assert (first.result(1), second.result(1)) == (0.2, 1.0)
     # The second and the third; the first too when its answer came in the last 5 ms.
     assert cluster.status()["counters"]["restored"] in (2, 3)
+
+
+def test_zsubmit_after_waits_for_a_task_and_says_why_it_did_not_run(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions="math")
+    cluster.wait_nodes("node0")
+    first = cluster.zsubmit("--detach", "sleep", "0.3")
+    assert first.returncode == 0, first.stderr
+    task_id = first.stdout.strip()
+    done = cluster.zsubmit("--after", task_id, "multiply", "6", "7")
+    assert (done.returncode, done.stdout.strip()) == (0, "42"), done.stderr
+    broken = cluster.zsubmit("--detach", "divide", "1", "0").stdout.strip()
+    failed = cluster.zsubmit("--after", broken, "--after", task_id, "add", "1", "1")
+    assert failed.returncode == 1
+    assert "exit 66, DependencyFailed" in failed.stderr and broken in failed.stderr

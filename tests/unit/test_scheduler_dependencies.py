@@ -85,9 +85,10 @@ def test_unknown_dependencies_and_the_task_itself_are_refused() -> None:
     core = two_slots()
     for message in (after("b", "nosuch"), after("self", "self")):
         [send] = core.handle(CLIENT, message, 0.0)
-        assert isinstance(send.message, p.Error) and send.message.code == p.ERR_NOT_FOUND
+        assert isinstance(send.message, p.Error)
+        assert send.message.code == p.ERR_UNKNOWN_DEPENDENCY
         assert "does not know" in send.message.message
-    assert core.counter("refused_not_found") == 2 and core.counter("accepted") == 0
+    assert core.counter("refused_unknown_dependency") == 2 and core.counter("accepted") == 0
 
 
 def test_a_waiting_dependent_still_expires_by_its_queue_timeout() -> None:
