@@ -917,7 +917,9 @@ class Scheduler:
         commands: list[Command] = []
         for task in self._graces.ending(grace, now, TICK_BUDGET):
             function = task.spec.function
-            waiting = self._tasks.get(task.spec.task_id) is task and task.state is QUEUED
+            state = task.state
+            pending = self._tasks.get(task.spec.task_id) is task
+            waiting = pending and (state is QUEUED or state is WAITING_DEPS)
             if not waiting or task.attempt or self._pool.offers(function):
                 continue
             other = self._graces.covering(function, now)

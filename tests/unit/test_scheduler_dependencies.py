@@ -117,3 +117,14 @@ def test_a_restored_dependent_waits_again_or_fails_with_its_dependency() -> None
     started = runs(core.handle(b"n", register("n", capacity=2), 0.1))
     assert sorted(task_id for _, task_id in started) == ["a", "c"]
     assert runs(core.handle(b"n", ok("a"), 0.2)) == [(b"n", "b")]
+
+
+def test_a_dependent_accepted_in_a_grace_is_refused_when_the_grace_ends_without_a_node() -> None:
+    core = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    core.handle(b"n", register("n"), 0.0)
+    core.handle(CLIENT, execute("a"), 0.0)
+    core.handle(b"n", p.Deregister(), 0.1)  # its last node leaves: f stays offered a while
+    assert core.handle(CLIENT, after("b", "a"), 0.2) == []  # waits for a, and for a node
+    [refused] = completed(core.tick(0.1 + core.config.offer_grace_seconds))
+    assert (refused.task_id, refused.exit_code) == ("b", p.EXIT_UNKNOWN_FUNCTION)
+    assert [m.task_id for m in completed(core.handle(b"n", ok("a"), 20.0))] == ["a"]
