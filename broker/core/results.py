@@ -22,10 +22,12 @@ ENTRY_OVERHEAD = 200  # bytes an entry costs besides its payload (ids, header, b
 Entry = tuple[TaskCompleted, float, TaskSpec | None]  # answer, when kept, what it answered
 
 
-def same_request(entry: Entry, spec: TaskSpec) -> bool:
-    """Whether `spec` asks what the kept answer answered (True when that is not known)."""
-    kept = entry[2]
-    return kept is None or (kept.function == spec.function and kept.args == spec.args)
+def conflicting(known: TaskSpec | None, spec: TaskSpec) -> TaskSpec | None:
+    """`known`, the spec a task id stands for (None: not known), when `spec` asks something
+    else under that id: another function or other arguments (protocol.md 6)."""
+    if known is None or (known.function == spec.function and known.args == spec.args):
+        return None
+    return known
 
 
 class ResultCache:

@@ -57,7 +57,7 @@ from broker.core.events import (
 from broker.core.graces import Grace, Graces
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
-from broker.core.results import ResultCache, same_request
+from broker.core.results import ResultCache, conflicting
 from broker.core.status import sampled, status_body
 from broker.core.tasks import (
     DONE,
@@ -454,8 +454,8 @@ class Scheduler:
         kept = self._results.find(spec.task_id)
         if kept is not None:
             # It finished already; its requester lost the answer (or asks twice).
-            if not same_request(kept, spec):
-                return self._conflict(peer, spec, kept[2].function if kept[2] else "?")
+            if (known := conflicting(kept[2], spec)) is not None:
+                return self._conflict(peer, spec, known)
             self._counters["answered_again"] += 1
             return [Send(peer, kept[0])]
         grace = None
@@ -484,9 +484,8 @@ class Scheduler:
     def _resubmitted(self, peer: bytes, task: Task, spec: TaskSpec) -> list[Command]:
         """A pending task's id again: a resend (Lazy Pirate) or a second submitter, which
         waits for the same answer; the task is not run again. Another request is refused."""
-        known = task.spec
-        if known.function != spec.function or known.args != spec.args:
-            return self._conflict(peer, spec, known.function)
+        if (known := conflicting(task.spec, spec)) is not None:
+            return self._conflict(peer, spec, known)
         self._counters["resubmitted"] += 1
         self._add_requester(task, peer)
         return []
@@ -533,9 +532,10 @@ class Scheduler:
             requesters.append(peer)
             del requesters[:-MAX_REQUESTERS]
 
-    def _conflict(self, peer: bytes, spec: TaskSpec, function: str) -> list[Command]:
-        """An EXECUTE reuses a known task id for another request: refused (protocol.md 6)."""
+    def _conflict(self, peer: bytes, spec: TaskSpec, known: TaskSpec) -> list[Command]:
+        """An EXECUTE reuses the id of `known` for another request: refused (protocol.md 6)."""
         self._counters["refused_conflict"] += 1
+        function = known.function
         what = "arguments" if function == spec.function else f"function ({function})"
         text = (
             f"task id {spec.task_id!r} is already used by a task with other {what}; "
