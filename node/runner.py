@@ -23,8 +23,10 @@ from broker.protocol import (
     EXIT_OK,
     EXIT_UNKNOWN_FUNCTION,
     ErrorInfo,
+    Run,
     dumps_payload,
     loads_payload,
+    result_frames,
 )
 from node.registry import retryable_exceptions
 
@@ -55,6 +57,13 @@ class _Arity:
 
 # None: the callable has no introspectable signature, so arguments are not checked up front.
 _arities: dict[Callable[..., Any], _Arity | None] = {}
+
+
+def result_of(run: Run, outcome: Outcome) -> list[bytes]:
+    """The RESULT frames of `run` that gave `outcome`."""
+    return result_frames(
+        run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt, outcome.retry
+    )
 
 
 def _arity(function: Callable[..., Any]) -> _Arity | None:

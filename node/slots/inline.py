@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from broker.protocol import Run, result_frames
+from broker.protocol import Run
 from node import runner
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
@@ -143,14 +143,7 @@ class InlineSlot:
         finally:
             self.lock.acquire()
             self._running = None
-        return result_frames(
-            run.task_id,
-            outcome.exit_code,
-            outcome.result,
-            outcome.error,
-            run.attempt,
-            outcome.retry,
-        )
+        return runner.result_of(run, outcome)
 
     def take_results(self) -> list[list[bytes]]:
         return []  # every result is given by `run_next`

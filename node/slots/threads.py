@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from broker.protocol import Run, batches, result_frames
+from broker.protocol import Run, batches
 from node import runner
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
@@ -194,14 +194,7 @@ class ThreadSlots:
             if run is _STOP:
                 return
             outcome = runner.run_task(functions, run.function, run.args)
-            frames = result_frames(
-                run.task_id,
-                outcome.exit_code,
-                outcome.result,
-                outcome.error,
-                run.attempt,
-                outcome.retry,
-            )
+            frames = runner.result_of(run, outcome)
             done.append((run.task_id, frames))
             if not self._notified:
                 self._notified = True
