@@ -19,6 +19,7 @@ from client.cli.common import (
     print_json,
     reporting,
 )
+from client.cli.run import JsonOutput
 from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.errors import BrokerTimeout
 from client.link import DEFAULT_CONNECT_TIMEOUT, ReqLink
@@ -110,14 +111,7 @@ def result(
     ] = 0.0,
     broker: Broker = DEFAULT_BROKER_URL,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
-    json_output: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Print the whole answer as one JSON object "
-            "{task_id, exit_code, result, error, attempts}, even when the task failed.",
-        ),
-    ] = False,
+    json_output: JsonOutput = False,
     version: Version = False,
 ) -> None:
     def not_done(exc: BrokerTimeout) -> str:
