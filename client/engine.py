@@ -162,12 +162,17 @@ class Engine:
 
     def _serve(self) -> None:
         ledger = self._ledger
+        items: list[tuple[Any, int]] = []
+        polled: tuple[zmq.Socket[Any], ConnectWatch | None] | None = None
         while True:
             sock, watch = self._sock, self._watch
-            items = [(sock, POLLIN), (self._wake_in, POLLIN)]
-            if watch is not None and watch.monitor is not None:
-                items.append((watch.monitor, POLLIN))
-            due = min(ledger.resend_due() or math.inf, self._give_up())
+            if (sock, watch) != polled:  # made anew only when the socket or its watch change
+                polled = (sock, watch)
+                items = [(sock, POLLIN), (self._wake_in, POLLIN)]
+                if watch is not None and watch.monitor is not None:
+                    items.append((watch.monitor, POLLIN))
+            resend = ledger.resend_due()
+            due = min(math.inf if resend is None else resend, self._give_up())
             poll(items, -1 if due == math.inf else poll_ms(due - time.monotonic()))
             if watch is not None:
                 watch.take_events()
