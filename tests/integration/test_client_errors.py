@@ -111,6 +111,8 @@ def test_a_broker_that_comes_up_within_the_connect_timeout_answers() -> None:
     router.setsockopt(zmq.LINGER, 0)
 
     def late_broker() -> None:
+        # The scenario itself, not a wait for an outcome: nothing listens for the first
+        # half second of the request (the request's own outcome is polled with a deadline).
         time.sleep(0.5)
         router.bind(url)
         if router.poll(10_000):
