@@ -942,17 +942,29 @@ class Scheduler:
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
         return Task(spec, seq, submitted_at, requesters, retries, limit)
 
-    def _admit(self, task: Task, now: float) -> list[Command]:
+    def _admit(self, task: Task, now: float, new: bool = True) -> list[Command]:
         """Take a new (or replayed, or restored) task: start it or queue it (in its turn
         among its priority's submitters), or, while tasks it depends on are pending, let it
-        wait for them."""
-        self._tasks.add(task)
-        depends_on = task.spec.depends_on
-        if depends_on is not None:
-            pending = [dep for dep in depends_on if dep in self._tasks and dep != task.spec.task_id]
-            if pending:
-                return self._wait_for(task, pending, now)
-        return self._place(task, now)
+        wait for them. `new` False: a task of the table whose dependencies all succeeded,
+        QUEUED again."""
+        if new:
+            self._tasks.add(task)
+            depends_on = task.spec.depends_on
+            if depends_on is not None:
+                task_id = task.spec.task_id
+                pending = [dep for dep in depends_on if dep in self._tasks and dep != task_id]
+                if pending:
+                    return self._wait_for(task, pending, now)
+        function = task.spec.function
+        if self._accepting and not self._queue.has(function):
+            node = self._pool.pick(function)
+            if node is not None:
+                return [self._start(task, node, now)]
+        self._queue.push(task)
+        deadline = task.spec.queue_timeout
+        if deadline is not None and not task.attempt and not task.timer:
+            self._timers.schedule(task, task.submitted_at + deadline)
+        return []
 
     def _wait_for(self, task: Task, pending: list[str], now: float) -> list[Command]:
         """`task` waits (not queued) until the `pending` tasks it depends on succeed."""
@@ -980,25 +992,12 @@ class Scheduler:
                 task.waiting_for -= 1
                 if not task.waiting_for:
                     self._tasks.move(task, QUEUED)
-                    commands += self._place(task, now)
+                    commands += self._admit(task, now, new=False)
                 continue
             code, error = _failed_dependency(answer.task_id, answer.exit_code)
             self._counters["dependency_failed"] += 1
             commands += self._answer(task, code, b"null", error, now, bury=False)
         return commands
-
-    def _place(self, task: Task, now: float) -> list[Command]:
-        """Start a QUEUED task that is in the table, or queue it."""
-        function = task.spec.function
-        if self._accepting and not self._queue.has(function):
-            node = self._pool.pick(function)
-            if node is not None:
-                return [self._start(task, node, now)]
-        self._queue.push(task)
-        deadline = task.spec.queue_timeout
-        if deadline is not None and not task.attempt and not task.timer:
-            self._timers.schedule(task, task.submitted_at + deadline)
-        return []
 
     def _start(self, task: Task, node: Node, now: float) -> Send:
         """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
@@ -1229,7 +1228,18 @@ class Scheduler:
     def _settle(self, now: float) -> list[Command]:
         """Run the deferred work: keep the answers (for resends), store them, count them,
         bury the failures, and give the slots that RESULTs freed their next tasks."""
-        commands = self._settle_answers(now) if self._answered else []
+        commands: list[Command] = []
+        answered = self._answered
+        for task, reply, bury in answered:  # grows while dependents are answered
+            self._count_outcome(reply.exit_code)
+            self._results.add(reply, now, task.spec)
+            if self._journal:
+                commands.append(j.SaveAnswer(reply, now))
+            if reply.exit_code != 0 and bury:
+                commands += self._bury(task, reply, now)
+            if self._dependents:
+                commands += self._release_dependents(reply, now)
+        answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
             freed, self._freed = self._freed, []
@@ -1240,21 +1250,6 @@ class Scheduler:
                         self._promote(node, now)
                     if node.draining or (released and (self._queue.size or self._pool.held)):
                         commands += self._refill(node, released, now)
-        return commands
-
-    def _settle_answers(self, now: float) -> list[Command]:
-        commands: list[Command] = []
-        while self._answered:  # answering dependents may answer more
-            answered, self._answered = self._answered, []
-            for task, reply, bury in answered:
-                self._count_outcome(reply.exit_code)
-                self._results.add(reply, now, task.spec)
-                if self._journal:
-                    commands.append(j.SaveAnswer(reply, now))
-                if reply.exit_code != 0 and bury:
-                    commands += self._bury(task, reply, now)
-                if self._dependents:
-                    commands += self._release_dependents(reply, now)
         return commands
 
     def _count_outcome(self, exit_code: int) -> None:

@@ -80,7 +80,12 @@ def status_body(
         "waiting_retry": tasks.waiting_retry,
         "running": tasks.running,
         "held": tasks.held,
-        "waiting_dependencies": tasks.waiting_deps,
+        # The rest of the table: QUEUED tasks are exactly the queue's (an invariant).
+        "waiting_dependencies": len(tasks)
+        - len(queue)
+        - tasks.running
+        - tasks.waiting_retry
+        - tasks.held,
         "queued_by_function": queue.counts(),
         "results_kept": len(results),
         "results_bytes": results.bytes,

@@ -117,12 +117,14 @@ class Task(Struct, eq=False):
 
 
 class TaskTable:
-    """The tasks by id, and how many are in each state (O(1) for the views)."""
+    """The tasks by id, and how many run, are held and wait for a retry (O(1) for the
+    views; how many wait for their dependencies follows from these and the queue's size)."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        # Tasks per state (DONE: answered so far); read them through the properties.
-        self._counts = [0] * len(TaskState)
+        self.running = 0  # tasks in state RUNNING (read them; only the table changes them)
+        self.waiting_retry = 0  # tasks in state WAITING_RETRY
+        self.held = 0  # tasks in state HELD
         # The pending task of an id, or None: the dict's own method, a C call on the
         # scheduler's per-task path.
         self.get: Callable[[str], Task | None] = self._tasks.get
@@ -141,23 +143,6 @@ class TaskTable:
         if task.spec.task_id in self._tasks or task.state is not QUEUED:
             raise ValueError(f"task {task.spec.task_id} is pending already, or not new")
         self._tasks[task.spec.task_id] = task
-        self._counts[QUEUED] += 1
-
-    @property
-    def running(self) -> int:
-        return self._counts[RUNNING]
-
-    @property
-    def waiting_retry(self) -> int:
-        return self._counts[WAITING_RETRY]
-
-    @property
-    def held(self) -> int:
-        return self._counts[HELD]
-
-    @property
-    def waiting_deps(self) -> int:
-        return self._counts[WAITING_DEPS]
 
     def move(self, task: Task, state: TaskState) -> None:
         """Change a pending task's state along one of MOVES' edges; DONE takes it out."""
@@ -165,10 +150,19 @@ class TaskTable:
         if state not in MOVES[old]:
             raise AssertionError(f"task {task.spec.task_id}: no move from {old} to {state}")
         task.state = state
-        counts = self._counts
-        counts[old] -= 1
-        counts[state] += 1
-        if state is DONE:
+        if old is RUNNING:
+            self.running -= 1
+        elif old is WAITING_RETRY:
+            self.waiting_retry -= 1
+        elif old is HELD:
+            self.held -= 1
+        if state is RUNNING:
+            self.running += 1
+        elif state is WAITING_RETRY:
+            self.waiting_retry += 1
+        elif state is HELD:
+            self.held += 1
+        elif state is DONE:
             del self._tasks[task.spec.task_id]
 
     def check_invariants(self) -> None:
@@ -181,5 +175,6 @@ class TaskTable:
             assert (task.holder is not None) == on_node, f"{task_id}: holder iff on a node"
             assert task.attempt >= (1 if on_node else 0), f"{task_id}: on a node, no attempt"
             assert not task.expiring or task.state is HELD, f"{task_id}: expiring, not held"
-        pending = [n for state, n in enumerate(self._counts) if state != DONE]
-        assert counts[:DONE] + counts[DONE + 1 :] == pending, "the counts per state drifted"
+        assert counts[RUNNING] == self.running, "the count of running tasks drifted"
+        assert counts[HELD] == self.held, "the count of held tasks drifted"
+        assert counts[WAITING_RETRY] == self.waiting_retry, "the count of waiting tasks drifted"
