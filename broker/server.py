@@ -312,7 +312,7 @@ class BrokerServer:
             return
         now = time.monotonic()
         try:
-            self.persistence.save(changes, self._wall_offset, now)
+            self.persistence.save(changes, self._wall_offset, now, self.scheduler.pinned_answers)
         except StoreError as exc:
             log.critical("%s; stopping at once", exc)
             self.store_failure = exc

@@ -43,8 +43,9 @@ from client.options import (
     check_task_size,
     check_timeout,
     with_dependencies,
+    with_inputs,
 )
-from client.payloads import encode_arguments, result_of
+from client.payloads import encode_arguments, encode_arguments_and_inputs, result_of
 from client.pipeline import Pipeline
 from client.progress import track
 
@@ -248,9 +249,12 @@ class Client:
         Raises at once TypeError for arguments JSON cannot carry, ValueError for an option
         out of range (MessageTooLarge for a task over `max_message_size`), BadEndpoint for
         a URL ZeroMQ refuses, ClientError once closed."""
+        args_frame, inputs = encode_arguments_and_inputs(args)
         spec = self._spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+            function, args_frame, task_id, priority, retries, queue_timeout, task_timeout, retry_on
         )
+        if inputs is not None:
+            spec = with_inputs(spec, inputs)
         if after is not None:
             spec = with_dependencies(spec, after)
         check_task_size(spec, self.max_message_size)
@@ -442,7 +446,7 @@ class Client:
     def _spec(
         self,
         function: str,
-        args: Sequence[Any],
+        args: Sequence[Any] | bytes,
         task_id: str | None,
         priority: int | None,
         retries: int | None,
@@ -450,7 +454,8 @@ class Client:
         task_timeout: float | None,
         retry_on: RetryOn,
     ) -> TaskSpec:
-        """The task a call describes, every option given checked, before anything is sent."""
+        """The task a call describes, every option given checked, before anything is sent.
+        `args`: the arguments, or their frame already encoded."""
         if task_id is None:
             task_id = f"{self._id_prefix}-{next(self._ids)}"
         else:
@@ -468,14 +473,14 @@ class Client:
             return TaskSpec(
                 task_id,
                 function,
-                encode_arguments(args),
+                args if isinstance(args, bytes) else encode_arguments(args),
                 options.priority,
                 options.retries,
                 options.queue_timeout,
                 options.task_timeout,
                 options.retry_on,
             )
-        args_frame = encode_arguments(args)
+        args_frame = args if isinstance(args, bytes) else encode_arguments(args)
         return options.spec(
             task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )

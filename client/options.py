@@ -204,17 +204,33 @@ After = Iterable[HasTaskId | str] | None  # futures (anything with a task_id) or
 
 
 def with_dependencies(spec: TaskSpec, after: Iterable[HasTaskId | str]) -> TaskSpec:
-    """`spec` that starts only once the tasks in `after` succeeded (EXECUTE depends_on,
-    protocol.md 5.7): futures or task ids, 1 to 256 of them; ValueError otherwise."""
+    """`spec` that starts only once the tasks in `after` succeeded too (EXECUTE depends_on,
+    protocol.md 5.7): futures or task ids, 1 to 256 tasks in all; ValueError otherwise."""
     ids: list[str] = []
     for item in after:
         task_id = item if isinstance(item, str) else getattr(item, "task_id", None)
         if not isinstance(task_id, str):
             raise ValueError("after takes futures (from Client.submit) or task ids (strings)")
         ids.append(check_name("a task id in after", task_id))
-    if not 0 < len(ids) <= MAX_DEPENDENCIES:
+    if not ids:
+        raise ValueError("after must name at least one task (a future or a task id)")
+    return _depending(spec, (*(spec.depends_on or ()), *ids), spec.inputs)
+
+
+def with_inputs(spec: TaskSpec, inputs: tuple[str, ...]) -> TaskSpec:
+    """`spec` whose node gets the results of the tasks `inputs` in place of their futures
+    in the arguments (EXECUTE inputs, protocol.md 5.8); they are dependencies too."""
+    return _depending(spec, (*(spec.depends_on or ()), *inputs), inputs)
+
+
+def _depending(
+    spec: TaskSpec, depends_on: tuple[str, ...], inputs: tuple[str, ...] | None
+) -> TaskSpec:
+    ids = tuple(dict.fromkeys(depends_on))
+    if len(ids) > MAX_DEPENDENCIES:
         raise ValueError(
-            f"after must name 1 to {MAX_DEPENDENCIES} tasks (futures or task ids), got {len(ids)}"
+            f"a task may depend on at most {MAX_DEPENDENCIES} tasks (futures in its "
+            f"arguments and in after), got {len(ids)}"
         )
     return TaskSpec(
         spec.task_id,
@@ -225,5 +241,6 @@ def with_dependencies(spec: TaskSpec, after: Iterable[HasTaskId | str]) -> TaskS
         spec.queue_timeout,
         spec.task_timeout,
         spec.retry_on,
-        tuple(dict.fromkeys(ids)),
+        ids,
+        inputs,
     )

@@ -15,9 +15,11 @@ from broker.protocol import (
     TaskCompleted,
     decode,
     dumps_payload,
+    input_placeholder,
     loads_payload,
 )
 from client.errors import BadReply, ClientError, TaskFailed
+from client.futures import TaskFuture
 
 _log = logging.getLogger(__name__)
 
@@ -34,11 +36,41 @@ def encode_arguments(args: Sequence[Any]) -> bytes:
         try:
             dumps_payload(arg)
         except TypeError as exc:
+            if isinstance(arg, TaskFuture):
+                raise TypeError(
+                    f"argument {position} is a future: only Client.submit and submit_async "
+                    "take futures as arguments (the task then gets its result)"
+                ) from None
             raise TypeError(
                 f"argument {position} ({type(arg).__name__}) cannot be sent to a node: {exc}; "
                 f"task arguments must be JSON values: {_SUPPORTED}"
             ) from None
     raise TypeError(f"task arguments must be JSON values: {_SUPPORTED}")
+
+
+def encode_arguments_and_inputs(args: Sequence[Any]) -> tuple[bytes, tuple[str, ...] | None]:
+    """The arguments frame for `args`, each future in them (at any depth of lists, tuples
+    and dict values) written as the placeholder of its task's result, and the task ids of
+    those futures (EXECUTE inputs, protocol.md 5.8), or None when there are none."""
+    try:
+        return dumps_payload(list(args)), None  # most arguments hold no future
+    except TypeError:
+        pass
+    found: dict[str, None] = {}
+    return encode_arguments(_placeholders(list(args), found)), tuple(found) or None
+
+
+def _placeholders(value: Any, found: dict[str, None]) -> Any:
+    """`value` with each TaskFuture replaced by its placeholder, its task id added to
+    `found`."""
+    if isinstance(value, TaskFuture):
+        found[value.task_id] = None
+        return input_placeholder(value.task_id)
+    if isinstance(value, list | tuple):
+        return [_placeholders(item, found) for item in value]
+    if isinstance(value, dict):
+        return {key: _placeholders(item, found) for key, item in value.items()}
+    return value
 
 
 def result_of(function: str, completed: TaskCompleted, task_timeout: float | None = None) -> Any:

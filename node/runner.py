@@ -27,6 +27,7 @@ from broker.protocol import (
     dumps_payload,
     loads_payload,
     result_frames,
+    with_inputs,
 )
 from node.registry import retryable_exceptions
 
@@ -132,11 +133,21 @@ _JSON_KINDS = {
 }
 
 
-def _arguments(encoded: bytes) -> list[Any] | Outcome:
+def _arguments(encoded: bytes, inputs: tuple[str, ...] | None = None) -> list[Any] | Outcome:
     try:
         args = loads_payload(encoded)
     except ValueError as exc:
         return _failure(EXIT_BAD_ARGUMENTS, "BadArguments", f"arguments are not valid JSON: {exc}")
+    if inputs is not None:  # {"arguments", "results"} (protocol.md 5.8)
+        results = args.get("results") if isinstance(args, dict) else None
+        if not isinstance(results, list) or len(results) != len(inputs):
+            return _failure(
+                EXIT_BAD_ARGUMENTS,
+                "BadArguments",
+                f'a RUN with {len(inputs)} inputs carries {{"arguments", "results"}} '
+                f"with {len(inputs)} results",
+            )
+        args = with_inputs(args.get("arguments"), dict(zip(inputs, results, strict=True)))
     if not isinstance(args, list):
         kind = _JSON_KINDS.get(type(args), type(args).__name__)
         return _failure(
@@ -145,14 +156,21 @@ def _arguments(encoded: bytes) -> list[Any] | Outcome:
     return args
 
 
-def run_task(functions: Mapping[str, Callable[..., Any]], function: str, args: bytes) -> Outcome:
-    """Run `function` from `functions` on the JSON array of arguments `args`."""
+def run_task(
+    functions: Mapping[str, Callable[..., Any]],
+    function: str,
+    args: bytes,
+    inputs: tuple[str, ...] | None = None,
+) -> Outcome:
+    """Run `function` from `functions` on the JSON array of arguments `args`; with `inputs`,
+    `args` is {"arguments", "results"}, and the results of the inputs take their
+    placeholders' places in the arguments (protocol.md 5.8)."""
     fn = functions.get(function)
     if fn is None:
         return _failure(
             EXIT_UNKNOWN_FUNCTION, "UnknownFunction", f"this node has no function {function!r}"
         )
-    values = _arguments(args)
+    values = _arguments(args, inputs)
     if isinstance(values, Outcome):
         return values
     arity = _arity(fn)

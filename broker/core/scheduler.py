@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -55,6 +55,7 @@ from broker.core.events import (
     Undecodable,
 )
 from broker.core.graces import Grace, Graces
+from broker.core.inputs import Pins, run_payload
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache, conflicting
@@ -179,6 +180,7 @@ class Scheduler:
         # The tasks waiting (WAITING_DEPS) for each pending task they depend on; a task
         # answered meanwhile is skipped when its dependency's answer comes.
         self._dependents: dict[str, list[Task]] = {}
+        self._pins = Pins()  # answers that pending tasks need as inputs
         # Whether any of that waits (read it; only the scheduler changes it): an attribute,
         # as the shell asks after every message.
         self.deferred = False
@@ -291,6 +293,11 @@ class Scheduler:
         """The ids of the pending tasks."""
         return [task.spec.task_id for task in self._tasks]
 
+    def pinned_answers(self) -> Collection[str]:
+        """The task ids whose answers pending tasks need as inputs: the store keeps them,
+        whatever their age (a live view)."""
+        return self._pins.ids()
+
     def dead_letter_ids(self) -> list[str]:
         return [entry.spec.task_id for entry in self._dead]
 
@@ -392,14 +399,19 @@ class Scheduler:
         for entry in event.dead_letters:
             self._dead.add(entry)
         commands: list[Command] = []
+        # Inputs come from the store's answers, whatever their age (the store keeps those
+        # that pending tasks need), not from the kept answers, which may have dropped them.
+        restored: dict[str, TaskCompleted] = {}
+        if any(pending.spec.inputs is not None for pending in event.pending):
+            restored = {answer.task_id: answer for answer, _ in event.answers}
         for pending in event.pending:
             task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
             task.attempt = pending.attempts
             failure = self._restored_dependency_failure(task.spec)
             if failure is None:
-                commands += self._admit(task, now)
+                commands += self._admit(task, now, answers=restored)
                 continue
-            self._tasks.add(task)
+            self._add_task(task)
             self._tasks.move(task, WAITING_DEPS)
             commands += self._answer(task, failure[0], b"null", failure[1], now, bury=False)
         self._seq = max(self._seq, event.next_seq)
@@ -520,10 +532,14 @@ class Scheduler:
         kept = self._results.find(dep)
         if kept is not None:
             answer = kept[0]
-            return None if answer.exit_code == 0 else _failed_dependency(dep, answer.exit_code)
+            if answer.exit_code == 0:
+                return None
+            spec = kept[2]
+            function = None if spec is None else spec.function
+            return _failed_dependency(dep, answer.exit_code, function, answer.error)
         entry = self._dead.get(dep)
         if entry is not None:
-            return _failed_dependency(dep, entry.exit_code)
+            return _failed_dependency(dep, entry.exit_code, entry.spec.function, entry.error)
         return _UNKNOWN
 
     def _add_requester(self, task: Task, peer: bytes) -> None:
@@ -942,19 +958,38 @@ class Scheduler:
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
         return Task(spec, seq, submitted_at, requesters, retries, limit)
 
-    def _admit(self, task: Task, now: float, new: bool = True) -> list[Command]:
+    def _add_task(self, task: Task) -> None:
+        self._tasks.add(task)
+        if task.spec.inputs is not None:
+            self._pins.add(task.spec.inputs)
+
+    def _admit(
+        self,
+        task: Task,
+        now: float,
+        new: bool = True,
+        answers: Mapping[str, TaskCompleted] | None = None,
+    ) -> list[Command]:
         """Take a new (or replayed, or restored) task: start it or queue it (in its turn
         among its priority's submitters), or, while tasks it depends on are pending, let it
         wait for them. `new` False: a task of the table whose dependencies all succeeded,
-        QUEUED again."""
+        QUEUED again. `answers`: where a restored task's inputs answered already are found
+        (else among the kept answers)."""
         if new:
-            self._tasks.add(task)
+            self._add_task(task)
             depends_on = task.spec.depends_on
             if depends_on is not None:
                 task_id = task.spec.task_id
                 pending = [dep for dep in depends_on if dep in self._tasks and dep != task_id]
+                if task.spec.inputs is not None:
+                    lost = self._gather_inputs(task, answers)
+                    if lost is not None:
+                        self._tasks.move(task, WAITING_DEPS)
+                        return self._answer(task, *lost, now, bury=False)
                 if pending:
                     return self._wait_for(task, pending, now)
+                if task.spec.inputs is not None:
+                    task.run_args = self._run_payload(task)
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -965,6 +1000,40 @@ class Scheduler:
         if deadline is not None and not task.attempt and not task.timer:
             self._timers.schedule(task, task.submitted_at + deadline)
         return []
+
+    def _gather_inputs(
+        self, task: Task, answers: Mapping[str, TaskCompleted] | None
+    ) -> tuple[int, bytes, ErrorInfo] | None:
+        """Take the results of `task`'s inputs that are answered already; the answer to give
+        it instead when one of them is no longer known (a broker restarted on an old store,
+        or a replay long after)."""
+        inputs = task.spec.inputs
+        assert inputs is not None
+        got = task.inputs_got = {}
+        for dep in inputs:
+            if dep in self._tasks:
+                continue
+            answer = None if answers is None else answers.get(dep)
+            if answer is None:
+                kept = self._results.find(dep)
+                answer = None if kept is None else kept[0]
+            if answer is None or answer.exit_code != 0:
+                text = (
+                    f"the result of its input {dep} is no longer kept at the broker; "
+                    "submit that task and this one again"
+                )
+                return EXIT_DEPENDENCY_FAILED, b"null", ErrorInfo("DependencyFailed", text)
+            got[dep] = answer.result
+        return None
+
+    @staticmethod
+    def _run_payload(task: Task) -> bytes:
+        """The payload of `task`'s RUNs, once each of its inputs has its result."""
+        got, inputs = task.inputs_got, task.spec.inputs
+        assert got is not None and inputs is not None
+        payload = run_payload(task.spec.args, [got[dep] for dep in inputs])
+        task.inputs_got = None
+        return payload
 
     def _wait_for(self, task: Task, pending: list[str], now: float) -> list[Command]:
         """`task` waits (not queued) until the `pending` tasks it depends on succeed."""
@@ -977,7 +1046,9 @@ class Scheduler:
             self._timers.schedule(task, task.submitted_at + deadline)
         return []
 
-    def _release_dependents(self, answer: TaskCompleted, now: float) -> list[Command]:
+    def _release_dependents(
+        self, answer: TaskCompleted, function: str, now: float
+    ) -> list[Command]:
         """A task was answered: each task waiting for it starts if this was the last it
         waited for, or, if it failed or was cancelled, is answered so too (66 or 130; their
         own dependents follow when their answers are settled)."""
@@ -989,12 +1060,19 @@ class Scheduler:
             if task.state is not WAITING_DEPS:
                 continue  # answered meanwhile (cancelled, expired)
             if answer.exit_code == 0:
+                got, inputs = task.inputs_got, task.spec.inputs
+                if got is not None and inputs is not None and answer.task_id in inputs:
+                    got[answer.task_id] = answer.result
                 task.waiting_for -= 1
                 if not task.waiting_for:
+                    if task.inputs_got is not None:
+                        task.run_args = self._run_payload(task)
                     self._tasks.move(task, QUEUED)
                     commands += self._admit(task, now, new=False)
                 continue
-            code, error = _failed_dependency(answer.task_id, answer.exit_code)
+            code, error = _failed_dependency(
+                answer.task_id, answer.exit_code, function, answer.error
+            )
             self._counters["dependency_failed"] += 1
             commands += self._answer(task, code, b"null", error, now, bury=False)
         return commands
@@ -1022,9 +1100,13 @@ class Scheduler:
                     self._timers.cancel(task)
             elif not task.timer and spec.queue_timeout is not None:  # not started yet
                 self._timers.schedule(task, task.submitted_at + spec.queue_timeout)
-        return Send(
-            node.identity, Run(spec.task_id, spec.function, spec.args, task.attempt, task_timeout)
-        )
+        run_args = task.run_args
+        if run_args is None:
+            run = Run(spec.task_id, spec.function, spec.args, task.attempt, task_timeout)
+        else:  # with its inputs' results (protocol.md 5.8)
+            inputs = spec.inputs
+            run = Run(spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs)
+        return Send(node.identity, run)
 
     def _release(self, node: Node, task_id: str, now: float) -> bool:
         """`node` answered `task_id`: its place frees, and a task it holds starts in the slot
@@ -1232,24 +1314,32 @@ class Scheduler:
         answered = self._answered
         for task, reply, bury in answered:  # grows while dependents are answered
             self._count_outcome(reply.exit_code)
+            if task.spec.inputs is not None:
+                self._pins.remove(task.spec.inputs)
             self._results.add(reply, now, task.spec)
             if self._journal:
                 commands.append(j.SaveAnswer(reply, now))
             if reply.exit_code != 0 and bury:
                 commands += self._bury(task, reply, now)
             if self._dependents:
-                commands += self._release_dependents(reply, now)
+                commands += self._release_dependents(reply, task.spec.function, now)
         answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
-            freed, self._freed = self._freed, []
-            for node, task_id in freed:
-                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    released = self._pool.release(node, task_id)  # `_release`, without a call
-                    if released and node.held:
-                        self._promote(node, now)
-                    if node.draining or (released and (self._queue.size or self._pool.held)):
-                        commands += self._refill(node, released, now)
+            commands += self._fill_freed(now)
+        return commands
+
+    def _fill_freed(self, now: float) -> list[Command]:
+        """Give the slots that successful RESULTs freed their next tasks."""
+        commands: list[Command] = []
+        freed, self._freed = self._freed, []
+        for node, task_id in freed:
+            if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
+                released = self._pool.release(node, task_id)  # `_release`, without a call
+                if released and node.held:
+                    self._promote(node, now)
+                if node.draining or (released and (self._queue.size or self._pool.held)):
+                    commands += self._refill(node, released, now)
         return commands
 
     def _count_outcome(self, exit_code: int) -> None:
@@ -1317,7 +1407,8 @@ class Scheduler:
     # ================================================================== checks
 
     def _check_dependents(self) -> None:
-        """A task waiting for dependencies is listed under each pending one it counts."""
+        """A task waiting for dependencies is listed under each pending one it counts; one
+        with inputs has its payload once it no longer waits; the pins count the inputs."""
         for task in self._tasks:
             if task.state is WAITING_DEPS:
                 waits = sum(
@@ -1325,6 +1416,13 @@ class Scheduler:
                     for dep in task.spec.depends_on or ()
                 )
                 assert task.waiting_for == waits > 0, f"{task.spec.task_id}: waits for {waits}"
+            elif task.spec.inputs is not None:
+                assert task.run_args is not None, f"{task.spec.task_id}: inputs, no payload"
+        # Answers still to settle keep their pins until then.
+        needed = [task.spec.inputs for task in self._tasks] + [
+            task.spec.inputs for task, _, _ in self._answered
+        ]
+        self._pins.check_invariants(inputs for inputs in needed if inputs is not None)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the parts disagree (the deferred work accounted for)."""
@@ -1368,12 +1466,27 @@ class Scheduler:
 _UNKNOWN: Failure = (-1, ErrorInfo("", ""))  # a dependency the broker does not know
 
 
-def _failed_dependency(dep: str, exit_code: int) -> Failure:
-    """The answer of a task whose dependency `dep` ended with `exit_code` (not 0)."""
+def _failed_dependency(
+    dep: str, exit_code: int, function: str | None = None, error: ErrorInfo | None = None
+) -> Failure:
+    """The answer of a task whose dependency `dep` (running `function`) ended with
+    `exit_code` (not 0) and `error`: the dependent's error names the dependency and says
+    why it failed, down to the first task of a chain that failed."""
+    name = dep if function is None else f"{dep} ({function})"
     if exit_code == EXIT_CANCELLED:
-        return (EXIT_CANCELLED, ErrorInfo("Cancelled", f"its dependency {dep} was cancelled"))
-    text = f"its dependency {dep} failed (exit {exit_code}); it did not run"
+        return (EXIT_CANCELLED, ErrorInfo("Cancelled", f"its dependency {name} was cancelled"))
+    if error is not None and error.type == "DependencyFailed":
+        why = _clip(error.message)
+        text = f"its dependency {name} did not run either; {why}"
+    else:
+        why = "" if error is None else f": {error.type}: {_clip(error.message)}"
+        text = f"its dependency {name} failed (exit {exit_code}{why}); it did not run"
     return (EXIT_DEPENDENCY_FAILED, ErrorInfo("DependencyFailed", text))
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    """`text`, cut to `limit` characters: a long chain's messages do not grow without end."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _unknown_task(task_id: str, what: str) -> str:

@@ -111,6 +111,10 @@ class Task(Struct, eq=False):
     lost: list[LostAttempt] | None = None
     expiring: bool = False  # HELD, asked back because its queue timeout passed
     waiting_for: int = 0  # WAITING_DEPS: the tasks it depends on that have not succeeded yet
+    # With inputs (protocol.md 5.8): their results so far, by task id, and once all are
+    # in, the payload its RUNs carry instead of the arguments.
+    inputs_got: dict[str, bytes] | None = None
+    run_args: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"

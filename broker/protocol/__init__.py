@@ -142,4 +142,10 @@ from broker.protocol.messages import (
     TaskMessage as TaskMessage,
     TaskSpec as TaskSpec,
 )
-from broker.protocol.payload import dumps_payload as dumps_payload, loads_payload as loads_payload
+from broker.protocol.payload import (
+    INPUT_KEY as INPUT_KEY,
+    dumps_payload as dumps_payload,
+    input_placeholder as input_placeholder,
+    loads_payload as loads_payload,
+    with_inputs as with_inputs,
+)

@@ -122,6 +122,7 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     timeout_ms: TaskTimeoutMs | None = None
     retry_on: RetryOn | None = None
     depends_on: Dependencies | None = None
+    inputs: Dependencies | None = None
 
 
 class _RunHeader(msgspec.Struct, gc=False):
@@ -129,6 +130,7 @@ class _RunHeader(msgspec.Struct, gc=False):
     function: Name
     attempt: Attempt = 1
     timeout_ms: TaskTimeoutMs | None = None
+    inputs: Dependencies | None = None
 
 
 class _ResultHeader(msgspec.Struct, gc=False):
@@ -216,6 +218,7 @@ _RULES = {
     "pid": "an integer from 0 to 2^63-1",
     "retry_on": 'null or a list of at most two of "exception" and "timeout"',
     "depends_on": "null or a list of 1 to 256 task ids",
+    "inputs": "null or a list of 1 to 256 task ids",
 }
 
 
@@ -352,11 +355,21 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         and h.timeout_ms is None
         and h.retry_on is None
         and h.depends_on is None
+        and h.inputs is None
     ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
     retry_on = None if h.retry_on is None else tuple(sorted(set(h.retry_on)))
     depends_on = None if h.depends_on is None else tuple(dict.fromkeys(h.depends_on))
+    inputs = None if h.inputs is None else tuple(dict.fromkeys(h.inputs))
+    if inputs is not None and not set(inputs).issubset(depends_on or ()):
+        missing = next(i for i in inputs if i not in (depends_on or ()))
+        raise RemoteProtocolError(
+            ERR_MALFORMED,
+            f"EXECUTE inputs names {missing!r}, which is not in depends_on; "
+            "every input must also be a dependency",
+            h.task_id,
+        )
     spec = TaskSpec(
         h.task_id,
         h.function,
@@ -367,6 +380,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         task_timeout,
         retry_on,
         depends_on,
+        inputs,
     )
     return Execute(spec)
 
@@ -377,7 +391,10 @@ def _decode_run(frames: Sequence[bytes]) -> Run:
     except _SLOW:
         _refuse_task(_RUN, frames, "arguments")
     ms = h.timeout_ms  # most RUNs have none: no call for them
-    return Run(h.task_id, h.function, args, h.attempt, None if ms is None else ms / 1000)
+    task_timeout = None if ms is None else ms / 1000
+    if h.inputs is None:
+        return Run(h.task_id, h.function, args, h.attempt, task_timeout)
+    return Run(h.task_id, h.function, args, h.attempt, task_timeout, tuple(h.inputs))
 
 
 def _decode_result(frames: Sequence[bytes]) -> Result:

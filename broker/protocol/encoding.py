@@ -100,6 +100,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["retry_on"] = list(spec.retry_on)
     if spec.depends_on is not None:
         header["depends_on"] = list(spec.depends_on)
+    if spec.inputs is not None:
+        header["inputs"] = list(spec.inputs)
     return [TAG, EXECUTE, _json(header), spec.args]
 
 
@@ -111,6 +113,8 @@ def run_frames(run: Run) -> list[bytes]:
     }
     if run.task_timeout is not None:
         header["timeout_ms"] = _ms(run.task_timeout)
+    if run.inputs is not None:
+        header["inputs"] = list(run.inputs)
     return [TAG, RUN, _json(header), run.args]
 
 

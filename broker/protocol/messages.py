@@ -107,6 +107,9 @@ class TaskSpec(Struct, frozen=True, gc=False):
     retry_on: tuple[str, ...] | None = None
     # Tasks that must succeed before this one starts (EXECUTE depends_on); None: none.
     depends_on: tuple[str, ...] | None = None
+    # Those of `depends_on` whose results its node receives with the arguments, in this
+    # order (EXECUTE inputs, protocol.md 5.8); None: none.
+    inputs: tuple[str, ...] | None = None
 
 
 class Replaces(Struct, frozen=True, gc=False):
@@ -164,6 +167,9 @@ class Run(Struct, frozen=True, gc=False):
     args: bytes
     attempt: int = 1
     task_timeout: float | None = None  # seconds this attempt may run
+    # The task's inputs (protocol.md 5.8); then `args` is the JSON object {"arguments":
+    # ..., "results": [result of inputs[0], ...]}, joined by the broker from the frames.
+    inputs: tuple[str, ...] | None = None
 
 
 class Retract(Struct, frozen=True, gc=False):

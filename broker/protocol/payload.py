@@ -69,3 +69,28 @@ def loads_payload(data: bytes) -> Any:
         return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("payload nests too deeply") from None
+
+
+# ------------------------------------------------------------------ inputs (protocol.md 5.8)
+
+INPUT_KEY = "$result"  # {"$result": "<task id>"}: the result of that input goes here
+
+
+def input_placeholder(task_id: str) -> dict[str, str]:
+    """What a client puts in the arguments where the result of task `task_id` belongs."""
+    return {INPUT_KEY: task_id}
+
+
+def with_inputs(args: Any, results: dict[str, Any]) -> Any:
+    """`args` with each placeholder of a task in `results` replaced by its result, inside
+    lists and object values at any depth; everything else, other placeholders included,
+    as it was."""
+    if isinstance(args, list):
+        return [with_inputs(value, results) for value in args]
+    if isinstance(args, dict):
+        if len(args) == 1:
+            ref = args.get(INPUT_KEY)
+            if isinstance(ref, str) and ref in results:
+                return results[ref]
+        return {key: with_inputs(value, results) for key, value in args.items()}
+    return args

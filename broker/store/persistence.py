@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,16 +92,24 @@ class Persistence:
             self.save_due = now + self.config.save_delay
         return now >= self.save_due or pending_changes >= SAVE_BATCH
 
-    def save(self, changes: list[Change], wall_offset: float, now: float) -> None:
+    def save(
+        self,
+        changes: list[Change],
+        wall_offset: float,
+        now: float,
+        pinned: Callable[[], Collection[str]] = tuple,
+    ) -> None:
         """Write `changes` (the journal, in order) to the store in one transaction and their
-        dead letters to the log. Raises StoreError if either write fails."""
+        dead letters to the log; now and then forget expired answers, except those of
+        `pinned()` (inputs pending tasks need). Raises StoreError if either write fails."""
         self.save_due = None
         if self._store is not None:
             self._store.apply(changes, wall_offset)
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 older_than = now - self.config.results_ttl
-                self._store.prune_results(older_than, wall_offset, keep=self.config.results_max)
+                keep = self.config.results_max
+                self._store.prune_results(older_than, wall_offset, keep=keep, pinned=pinned())
                 self._store.trim_dead_letters(self.config.dead_letters_max)
         if self._log is not None:
             dead = [c.entry for c in changes if type(c) is SaveDeadLetter]

@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from broker.core.events import Restored
 from broker.core.journal import Change
@@ -98,18 +100,34 @@ class Store:
             ) from exc
 
     def prune_results(
-        self, older_than: float, wall_offset: float, *, keep: int | None = None
+        self,
+        older_than: float,
+        wall_offset: float,
+        *,
+        keep: int | None = None,
+        pinned: Collection[str] = (),
     ) -> int:
         """Forget kept answers that finished at or before `older_than` (monotonic), oldest
         first up to the first newer one (as the scheduler's results do); then, with `keep`,
-        all but the newest `keep`. Returns how many were forgotten."""
+        all but the newest `keep`. The answers of `pinned` task ids (inputs that pending
+        tasks still need, protocol.md 5.8) stay. Returns how many were forgotten."""
+        spare = ""
+        params: tuple[Any, ...] = ()
+        if pinned:
+            spare = " AND task_id NOT IN (SELECT value FROM json_each(?))"
+            params = (orjson.dumps(list(pinned)).decode(),)
 
         def prune() -> int:
             newer = "SELECT pos FROM results WHERE finished_at > ? ORDER BY pos LIMIT 1"
             row = self._conn.execute(newer, (older_than + wall_offset,)).fetchone()
-            sql = "DELETE FROM results" + ("" if row is None else " WHERE pos < ?")
-            removed: int = self._conn.execute(sql, () if row is None else row).rowcount
-            return removed + (0 if keep is None else self._keep_newest("results", keep))
+            where = "WHERE 1" if row is None else "WHERE pos < ?"
+            sql = f"DELETE FROM results {where}{spare}"
+            removed: int = self._conn.execute(sql, (*(row or ()), *params)).rowcount
+            if keep is not None:
+                newest = "SELECT pos FROM results ORDER BY pos DESC LIMIT 1 OFFSET ?"
+                sql = f"DELETE FROM results WHERE pos <= ({newest}){spare}"
+                removed += self._conn.execute(sql, (max(keep, 0), *params)).rowcount
+            return removed
 
         return self._transaction(prune, "forgetting expired answers")
 

@@ -139,7 +139,7 @@ class InlineSlot:
                 self._wake.set()
         self.lock.release()
         try:
-            outcome = runner.run_task(self._functions, run.function, run.args)
+            outcome = runner.run_task(self._functions, run.function, run.args, run.inputs)
         finally:
             self.lock.acquire()
             self._running = None

@@ -193,7 +193,7 @@ class ThreadSlots:
             run = jobs.get()
             if run is _STOP:
                 return
-            outcome = runner.run_task(functions, run.function, run.args)
+            outcome = runner.run_task(functions, run.function, run.args, run.inputs)
             frames = runner.result_of(run, outcome)
             done.append((run.task_id, frames))
             if not self._notified:

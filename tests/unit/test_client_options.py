@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.protocol import Execute, encode
-from client.options import TaskOptions, check_retry_on
+from broker.protocol import Execute, TaskSpec, encode, loads_payload
+from client.futures import TaskFuture
+from client.options import TaskOptions, check_retry_on, with_dependencies, with_inputs
+from client.payloads import encode_arguments, encode_arguments_and_inputs
 
 
 @pytest.mark.parametrize(
@@ -56,3 +58,34 @@ def test_retry_on_reaches_the_execute_header() -> None:
     assert b'"retry_on":["exception"]' in encode(Execute(spec))[2]
     assert b'"retry_on":[]' in encode(Execute(TaskOptions(retry_on=()).spec("r", "f", b"[]")))[2]
     assert b"retry_on" not in encode(Execute(TaskOptions().spec("r", "f", b"[]")))[2]
+
+
+# ------------------------------------------------------------------ futures as arguments
+
+
+def test_futures_in_arguments_become_placeholders_and_inputs() -> None:
+    a = TaskFuture("a", "add", lambda future, task_id: None)
+    b = TaskFuture("b", "add", lambda future, task_id: None)
+    frame, inputs = encode_arguments_and_inputs([a, {"k": [b, 2**70]}, (a,)])
+    assert inputs == ("a", "b")
+    assert loads_payload(frame) == [
+        {"$result": "a"},
+        {"k": [{"$result": "b"}, 2**70]},
+        [{"$result": "a"}],
+    ]
+    assert encode_arguments_and_inputs([1, "x"]) == (b'[1,"x"]', None)
+
+
+def test_futures_and_after_are_merged_into_one_list_of_dependencies() -> None:
+    spec = TaskSpec("t", "f", b"[]")
+    spec = with_inputs(spec, ("a", "b"))
+    spec = with_dependencies(spec, ["c", "a"])
+    assert (spec.depends_on, spec.inputs) == (("a", "b", "c"), ("a", "b"))
+    with pytest.raises(ValueError, match="at most 256"):
+        with_dependencies(spec, [f"x{i}" for i in range(300)])
+
+
+def test_a_future_where_no_future_is_taken_says_where_it_is() -> None:
+    a = TaskFuture("a", "add", lambda future, task_id: None)
+    with pytest.raises(TypeError, match=r"argument 2 is a future: only Client\.submit"):
+        encode_arguments([1, a])

@@ -164,3 +164,34 @@ def test_result_json_cannot_carry_is_3() -> None:
 
 def test_callable_without_signature_still_runs() -> None:
     assert run("print", []).exit_code == EXIT_OK
+
+
+# ------------------------------------------------------------------ inputs (protocol.md 5.8)
+
+
+def test_inputs_take_their_placeholders_places_at_any_depth() -> None:
+    FUNCTIONS["echo"] = lambda *args: list(args)
+    try:
+        payload = (
+            b'{"arguments":[{"$result":"a"},[1,{"k":{"$result":"b"}}],{"$result":"other"}],'
+            b'"results":[7,[8,9]]}'
+        )
+        outcome = run_task(FUNCTIONS, "echo", payload, ("a", "b"))
+    finally:
+        del FUNCTIONS["echo"]
+    assert outcome.exit_code == EXIT_OK
+    # A placeholder of a task that is not an input is an ordinary argument.
+    assert loads_payload(outcome.result) == [7, [1, {"k": [8, 9]}], {"$result": "other"}]
+
+
+def test_a_run_with_inputs_computes_on_their_results() -> None:
+    payload = b'{"arguments":[{"$result":"a"},10],"results":[3]}'
+    outcome = run_task(FUNCTIONS, "multiply", payload, ("a",))
+    assert (outcome.exit_code, outcome.result) == (EXIT_OK, b"30")
+
+
+@pytest.mark.parametrize("payload", [b"[[1,2]]", b'{"a":1}', b"[[1],2,3]", b'[{"x":1},2]'])
+def test_a_run_whose_payload_does_not_fit_its_inputs_is_bad_arguments(payload: bytes) -> None:
+    outcome = run_task(FUNCTIONS, "multiply", payload, ("a",))
+    assert outcome.exit_code == EXIT_BAD_ARGUMENTS
+    assert outcome.error is not None and outcome.error.type == "BadArguments"

@@ -88,6 +88,19 @@ def test_saves_are_kept_and_old_answers_pruned(tmp_path: Path) -> None:
     assert [t.spec.task_id for t in restored.pending] == ["a"]
 
 
+def test_answers_pending_tasks_need_as_inputs_are_not_pruned(tmp_path: Path) -> None:
+    config = store_config(tmp_path, results_ttl=1.0, results_max=2)
+    persistence = Persistence(config)
+    persistence.open(OFFSET, 0.0)
+    answers: list[Change] = [SaveAnswer(answer(str(i)), float(i)) for i in range(6)]
+    persistence.save(answers, OFFSET, 10.0, lambda: {"1"})  # all expired; 1 is an input
+    persistence.close()
+    reopened = Persistence(config)
+    restored = reopened.open(OFFSET, 10.0)
+    reopened.close()
+    assert restored is not None and [a.task_id for a, _ in restored.answers] == ["1"]
+
+
 def test_dead_letters_go_to_the_log_with_the_default_retries(tmp_path: Path) -> None:
     log_path = tmp_path / "dlq.jsonl"
     config = store_config(tmp_path, dead_letter_log=str(log_path), default_retries=7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -50,6 +51,16 @@ payload_json = st.recursive(
 backlogs = st.none() | st.integers(0, p.MAX_BACKLOG)
 
 
+def _with_some_inputs(spec: p.TaskSpec) -> st.SearchStrategy[p.TaskSpec]:
+    """`spec`, or `spec` whose node gets the results of some of its dependencies."""
+    if spec.depends_on is None:
+        return st.just(spec)
+    subsets = st.lists(st.sampled_from(spec.depends_on), min_size=1, unique=True)
+    return st.none().map(lambda _: spec) | subsets.map(
+        lambda inputs: msgspec.structs.replace(spec, inputs=tuple(inputs))
+    )
+
+
 def _no_show(body: dict[str, Any]) -> dict[str, Any]:
     body.pop("dead_letter", None)
     return body
@@ -91,9 +102,17 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
             st.none()
             | st.sets(st.sampled_from(p.RETRY_ON)).map(lambda names: tuple(sorted(names))),
             st.none() | st.lists(names, min_size=1, max_size=4, unique=True).map(tuple),
-        ),
+        ).flatmap(_with_some_inputs),
     ),
-    p.Run: st.builds(p.Run, names, names, payloads, st.integers(1, 1_000_000), timeouts),
+    p.Run: st.builds(
+        p.Run,
+        names,
+        names,
+        payloads,
+        st.integers(1, 1_000_000),
+        timeouts,
+        st.none() | st.lists(names, min_size=1, max_size=4, unique=True).map(tuple),
+    ),
     p.Result: st.builds(
         p.Result, names, exit_codes, payloads, error_infos, st.none() | st.integers(1, 10**6)
     )

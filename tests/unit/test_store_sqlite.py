@@ -192,6 +192,14 @@ def test_prune_results_forgets_old_answers_oldest_first(store: Store) -> None:
     assert store.prune_results(100.0, OFFSET, keep=5) == 0
 
 
+def test_prune_results_keeps_the_answers_pending_tasks_need_as_inputs(store: Store) -> None:
+    store.apply([SaveAnswer(answer(str(i)), float(i)) for i in range(10)], OFFSET)
+    assert store.prune_results(3.0, OFFSET, pinned={"1", "x"}) == 3  # 0, 2 and 3
+    assert store.prune_results(100.0, OFFSET, keep=2, pinned=["1", "5"]) == 5
+    assert [a.task_id for a, _ in load(store).answers] == ["1", "5"]
+    assert store.prune_results(100.0, OFFSET) == 2
+
+
 def test_trim_dead_letters_keeps_the_newest(store: Store) -> None:
     store.apply([SaveDeadLetter(dead(str(i))) for i in range(5)], OFFSET)
     assert store.trim_dead_letters(10) == 0
