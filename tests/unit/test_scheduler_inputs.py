@@ -6,9 +6,8 @@ import orjson
 
 from broker import protocol as p
 from broker.core.config import ResultsConfig, SchedulerConfig
-from broker.core.events import Restored
+from broker.core.events import Restored, Send
 from broker.core.journal import PendingTask
-from broker.core.scheduler import Send
 from tests.unit.core import Core, completed, execute, ok, register
 
 CLIENT = b"client-1"
