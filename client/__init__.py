@@ -22,6 +22,7 @@ from client.errors import (
     TaskFailed,
 )
 from client.futures import TaskFuture
+from client.jobs import JobFuture
 from client.link import ReqLink
 from client.options import TaskOptions
 
@@ -35,6 +36,7 @@ __all__ = [
     "ClientError",
     "ControlClient",
     "DeadLetterList",
+    "JobFuture",
     "MessageTooLarge",
     "NotFound",
     "ReqLink",

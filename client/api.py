@@ -32,6 +32,7 @@ from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.engine import Engine
 from client.errors import BadReply, ClientError
 from client.futures import TaskFuture, as_completed as _as_completed, wait as _wait
+from client.jobs import JobFuture, start_split
 from client.link import CLOSED, DEFAULT_CONNECT_TIMEOUT, RESEND_INTERVAL, ReqLink
 from client.options import (
     After,
@@ -249,19 +250,48 @@ class Client:
         Raises at once TypeError for arguments JSON cannot carry, ValueError for an option
         out of range (MessageTooLarge for a task over `max_message_size`), BadEndpoint for
         a URL ZeroMQ refuses, ClientError once closed."""
-        args_frame, inputs = encode_arguments_and_inputs(args)
-        spec = self._spec(
-            function, args_frame, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+        spec = self._future_spec(
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, after
         )
-        if inputs is not None:
-            spec = with_inputs(spec, inputs)
-        if after is not None:
-            spec = with_dependencies(spec, after)
-        check_task_size(spec, self.max_message_size)
-        engine = self._engine or self._start_engine()
+        engine = self._futures_engine()
         future = TaskFuture(spec.task_id, spec.function, engine.cancel)
         engine.submit(spec, future)
         return future
+
+    def split(
+        self,
+        function: str,
+        *args: Any,
+        parts: int,
+        priority: int | None = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        queue_timeout: float | None = None,
+        task_timeout: float | None = None,
+        retry_on: RetryOn = None,
+    ) -> JobFuture:
+        """Run `function(*args)` as a job of about `parts` parts, for a function whose set
+        declares how to split and combine it (`node.splittable`; the math set's
+        `sum_squares` does), and return the future of the combined result at once.
+
+        Its node's `FUNCTION:split` cuts the arguments into parts, each part runs as a task
+        of `function` on whichever node is free, with its own retries, and
+        `FUNCTION:combine` joins their results (node.splitting). The options apply to each
+        of those tasks. `future.parts` lists the parts' futures once the split is done;
+        `future.cancel()` cancels every task of the job. A part that fails for good fails
+        the job: TaskFailed exit 66, naming the part. Raises at once ValueError for
+        `parts` out of 1..10,000 or an option out of range, TypeError for arguments JSON
+        cannot carry."""
+        options = {
+            "priority": priority,
+            "retries": retries,
+            "queue_timeout": queue_timeout,
+            "task_timeout": task_timeout,
+            "retry_on": retry_on,
+        }
+        if task_id is None:
+            task_id = f"{self._id_prefix}-{next(self._ids)}"
+        return start_split(self, function, args, parts, task_id, options)
 
     async def submit_async(
         self,
@@ -484,6 +514,33 @@ class Client:
         return options.spec(
             task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )
+
+    def _future_spec(
+        self,
+        function: str,
+        args: Sequence[Any],
+        task_id: str | None,
+        priority: int | None,
+        retries: int | None,
+        queue_timeout: float | None,
+        task_timeout: float | None,
+        retry_on: RetryOn,
+        after: After,
+    ) -> TaskSpec:
+        """The task `submit` sends: futures in `args` become inputs (protocol.md 5.8)."""
+        args_frame, inputs = encode_arguments_and_inputs(args)
+        spec = self._spec(
+            function, args_frame, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+        )
+        if inputs is not None:
+            spec = with_inputs(spec, inputs)
+        if after is not None:
+            spec = with_dependencies(spec, after)
+        check_task_size(spec, self.max_message_size)
+        return spec
+
+    def _futures_engine(self) -> Engine:
+        return self._engine or self._start_engine()
 
     def _start_engine(self) -> Engine:
         """The futures' I/O thread, started by the first `submit` of any thread."""

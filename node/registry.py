@@ -38,6 +38,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from node.splitting import with_split_functions
+
 BUILTIN_SETS: dict[str, str] = {
     "math": "node.functions.mathset",
     "util": "node.functions.util",
@@ -215,9 +217,10 @@ def _exported(set_name: str, module: ModuleType) -> dict[str, Function]:
 
 
 def load_set(set_name: str) -> dict[str, Function]:
-    """The functions of one set, by name."""
+    """The functions of one set, by name, with the split and combine functions of those
+    that declare them (node.splitting)."""
     module = _import(set_name)
-    functions = _exported(set_name, module)
+    functions = with_split_functions(_exported(set_name, module))
     if not functions:
         where = getattr(module, "__file__", None) or module.__name__
         raise FunctionSetError(

@@ -10,6 +10,7 @@
   concurrency   CPU-bound speedup of `znode --concurrency N` over 1
   expiry        a burst of queue deadlines: how soon all are answered, STATUS meanwhile
   core          the scheduler alone: cost per event with many tasks queued and nodes registered
+  split         one job cut into parts on two nodes, against one task and multiprocessing.Pool
 
 `tools/bench.py SUBCOMMAND --help` says what each measures and how. Brokers and nodes are
 started through client.cluster.LocalCluster, as a user starts them, on 127.0.0.1. Each prints
@@ -38,6 +39,7 @@ import orjson
 import zmq
 
 import compare
+import splitbench
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send, Sent
@@ -1081,6 +1083,7 @@ def main() -> None:
         add_core,
     ):
         add(sub)
+    splitbench.add_split(sub, subcommand)
     args = parser.parse_args()
     args.handler(args)
 

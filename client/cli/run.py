@@ -20,6 +20,7 @@ from client.cli.arguments import read_arguments
 from client.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     HINTS,
     Broker,
     ConnectTimeout,
@@ -30,8 +31,10 @@ from client.cli.common import (
     reporting,
     retry_on,
 )
+from client.cli.split import run_split
 from client.control import DEFAULT_TIMEOUT
 from client.errors import BrokerError, BrokerTimeout, ClientError, NotFound, TaskFailed
+from client.jobs import MAX_PARTS, JobFuture
 from client.link import DEFAULT_CONNECT_TIMEOUT, deliver
 from client.options import (
     MAX_TASK_TIMEOUT,
@@ -67,6 +70,8 @@ start with "-" go after `--`. Examples, for a node offering the math set
   zsubmit result TASK_ID --wait 60   prints that task's result once it is done
   zsubmit cancel TASK_ID             cancels it
   zsubmit map power args.jsonl       one task per line ([2, 10]), results in order
+  zsubmit --split 8 sum_squares 1 10000000
+                                     8 parts on any free nodes, their sum printed
 
 Ctrl-C while zsubmit waits cancels the task (exit 130); a second Ctrl-C leaves
 it running and prints how to fetch its result. Two different timeouts:
@@ -180,6 +185,18 @@ After = Annotated[
         "task fails with exit code 66 without running.",
     ),
 ]
+Split = Annotated[
+    int | None,
+    typer.Option(
+        "--split",
+        min=1,
+        max=MAX_PARTS,
+        metavar="N",
+        help="Run the call as a job of about N parts, each a task on whichever node is free, "
+        "and print the combined result; for a function whose set declares how to split and "
+        "combine it (the math set's sum_squares does). A bar shows the parts finishing.",
+    ),
+]
 Detach = Annotated[
     bool,
     typer.Option(
@@ -206,9 +223,12 @@ def run(
     task_id: TaskId = None,
     after: After = None,
     detach: Detach = False,
+    split: Split = None,
     version: Version = False,
 ) -> None:
     values = read_arguments(function, args or [], ctx.meta.get(RAW_ARGS, []))
+    if split is not None and (detach or after):
+        raise fail("--split cannot be combined with --detach or --after", EXIT_USAGE)
     with reporting(broker):  # an option out of range: exit 2
         failures = retry_on(retry_on_names)
         options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
@@ -230,7 +250,12 @@ def run(
             retry_on=failures,
         )
         with client:
-            completed = _wait_for(client, function, values, task_id, after)
+            if split is None:
+                completed = _wait_for(client, function, values, task_id, after)
+            else:
+                completed = run_split(
+                    client, function, values, split, task_id, wait, _interrupted_job
+                )
     print_answer(completed, function, json_output, task_timeout, HINTS)
 
 
@@ -242,6 +267,13 @@ def _wait_for(
         return client.execute_raw(function, values, task_id=task_id, after=after)
     except KeyboardInterrupt:
         raise _interrupted(client, task_id) from None
+
+
+def _interrupted_job(job: JobFuture) -> typer.Exit:
+    """Cancel every task of a split job after a Ctrl-C."""
+    job.cancel()
+    typer.echo(f"\nzsubmit: interrupted: cancelled job {job.task_id} and its parts", err=True)
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _interrupted(client: Client, task_id: str) -> typer.Exit:

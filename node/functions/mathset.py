@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import time
 
+from node.splitting import ranges, splittable
+
 __all__ = [
     "add",
     "divide",
@@ -91,6 +93,7 @@ def _sum_squares_to(n: int) -> int:
     return n * (n + 1) * (2 * n + 1) // 6
 
 
+@splittable(split=ranges, combine=sum)
 def sum_squares(start: int, end: int) -> int:
     """The sum of k**2 for every integer k from start to end inclusive (0 if start > end)."""
     start, end = _integer("sum_squares", "start", start), _integer("sum_squares", "end", end)

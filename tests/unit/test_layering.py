@@ -52,7 +52,12 @@ class Room:
 
 
 ROOMS = (
-    Room("the package markers", ("broker/__init__.py", "node/__init__.py"), may=()),
+    Room("the package markers", ("broker/__init__.py",), may=()),
+    Room(
+        "what a function set imports from the node: its declarations",
+        ("node/__init__.py",),
+        may=("__future__", "node.registry", "node.splitting"),
+    ),
     Room("frame I/O on pyzmq", ("broker/protocol/frames.py",), may=(STDLIB, "zmq")),
     Room(
         "the codec every peer shares",

@@ -45,7 +45,9 @@ def write(directory: Path, name: str, source: str) -> None:
 
 def test_builtin_sets() -> None:
     assert load_set("math")["multiply"] is mathset.multiply
-    assert set(load_set("math")) == set(mathset.__all__)
+    # sum_squares declares a split: its split and combine come with it (node.splitting).
+    splits = {"sum_squares:split", "sum_squares:combine"}
+    assert set(load_set("math")) == set(mathset.__all__) | splits
     assert set(load_set("util")) == set(util.__all__)
     assert {"noop", "echo", "fail", "pid", "crash", "segfault", "spin"} <= set(util.__all__)
     assert registry.module_path("util") == "node.functions.util"
@@ -55,7 +57,9 @@ def test_resolve_merges_sets() -> None:
     functions = resolve(["math", "util"])
     assert functions["echo"] is util.echo
     assert functions["fib"] is mathset.fib
-    assert len(functions) == len(mathset.__all__) + len(util.__all__)
+    assert (
+        len(functions) == len(mathset.__all__) + len(util.__all__) + 2
+    )  # sum_squares:split, :combine
 
 
 def test_module_path_without_all_offers_public_functions_defined_there(modules: Path) -> None:
