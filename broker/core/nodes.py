@@ -52,11 +52,14 @@ class Node:
         "name",
         "pid",
         "prefetch",
+        "reclaiming",
         "retracting",
         "run_time",
+        "slots",
         "stop",
         "timer",
         "version",
+        "waiting",
         "window",
     )
 
@@ -64,7 +67,8 @@ class Node:
         self.identity = identity  # its ROUTER identity: unique per connection
         self.name, self.host, self.pid = register.name, register.host, register.pid
         self.functions = frozenset(register.functions)
-        self.capacity = register.capacity
+        self.slots = register.capacity  # as registered
+        self.capacity = register.capacity  # the slots, and those lent by waiting tasks
         self.prefetch = prefetch  # tasks it may hold beyond its slots (REGISTER's, capped)
         self.stop = register.stop  # it stops cancelled tasks on STOP (protocol.md 3.20)
         self.run_time = FIRST_RUN_TIME  # moving average of its tasks' run times, seconds
@@ -79,6 +83,11 @@ class Node:
         self.version = 0  # see the heaps below
         self.timer = 0  # its heartbeat and liveness check, see broker.core.timers
         self.backlog_told = 0  # the backlog hint it was sent last (protocol.md 3.4)
+        # Of `active`, tasks that run but wait for other tasks (WAITING, protocol.md 5.9):
+        # each lends its slot, counted in `capacity` on top of the registered slots.
+        self.waiting: set[str] = set()
+        # Slots lent by tasks that went on again, still in use: given back as tasks end.
+        self.reclaiming = 0
 
     @property
     def node_id(self) -> str:
@@ -291,12 +300,43 @@ class NodePool:
         self._changed(node)
         return True
 
+    def lend(self, node: Node, task_id: str) -> None:
+        """`task_id`, running on `node`, waits for other tasks: its slot takes another task
+        meanwhile (the node counts one slot more)."""
+        if task_id not in node.waiting:
+            node.waiting.add(task_id)
+            node.capacity += 1
+            node.window += 1
+            self._changed(node)
+
+    def reclaim(self, node: Node, task_id: str) -> None:
+        """`task_id` goes on (or ended): the slot it lent is its own again, as soon as the
+        node runs no more than its slots allow (until then it runs over them)."""
+        if task_id in node.waiting:
+            node.waiting.remove(task_id)
+            node.reclaiming += 1
+            self._shrink(node)
+
+    def _shrink(self, node: Node) -> None:
+        shrunk = False
+        while node.reclaiming and len(node.active) < node.window:
+            node.reclaiming -= 1
+            node.capacity -= 1
+            node.window -= 1
+            shrunk = True
+        if shrunk:
+            self._changed(node)
+
     def release(self, node: Node, task_id: str) -> bool:
         """`node` answered `task_id` (or gave it back): free its place; False if it had
         none. Held tasks wait for `promote`."""
         if task_id not in node.active:
             return False
+        if node.waiting:
+            self.reclaim(node, task_id)
         node.active.remove(task_id)
+        if node.reclaiming:
+            self._shrink(node)
         if node.held:
             function = node.held.pop(task_id, None)
             if function is not None:  # it ran before the broker counted a slot free for it
@@ -411,6 +451,9 @@ class NodePool:
             node = self.nodes[identity]
             most = node.capacity + node.prefetch  # its window shrinks as its tasks slow
             assert 0 <= len(node.active) <= most, f"{node.name} over its window"
+            lent = len(node.waiting) + node.reclaiming
+            assert node.capacity == node.slots + lent, f"{node.name}: lent slots drifted"
+            assert node.waiting <= node.active, f"{node.name}: waits for what it does not run"
             if self.strategy == ROUND_ROBIN:
                 for function in node.functions:
                     assert identity in self._rings[function], f"{node.name} missing from ring"

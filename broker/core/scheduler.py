@@ -123,6 +123,7 @@ from broker.protocol import (
     Stop,
     TaskCompleted,
     TaskSpec,
+    Waiting,
 )
 
 log = logging.getLogger("broker.core")
@@ -181,6 +182,9 @@ class Scheduler:
         # answered meanwhile is skipped when its dependency's answer comes.
         self._dependents: dict[str, list[Task]] = {}
         self._pins = Pins()  # answers that pending tasks need as inputs
+        # The pending tasks each pending task submitted from its node (EXECUTE parent):
+        # cancelled with it (protocol.md 5.9).
+        self._children: dict[str, list[str]] = {}
         # Whether any of that waits (read it; only the scheduler changes it): an attribute,
         # as the shell asks after every message.
         self.deferred = False
@@ -209,6 +213,7 @@ class Scheduler:
             Retracted: self._on_retracted,
             Cancel: self._on_cancel,
             Fetch: self._on_fetch,
+            Waiting: self._on_waiting,
         }
 
     # ================================================================== the entry points
@@ -597,9 +602,22 @@ class Scheduler:
             was, where = WAS_QUEUED, ""
         text = f"cancelled by a client while {was}{where} (attempt {task.attempt})"
         log.info("task %s cancelled while %s%s", task_id, was, where)
+        return [*self._cancel(task, text, now), *commands, Send(peer, Cancelled(task_id, was))]
+
+    def _cancel(self, task: Task, text: str, now: float) -> list[Command]:
+        """Answer `task` 130 with `text`, and cancel the tasks it submitted, and theirs."""
         error = ErrorInfo("Cancelled", text)
-        answer = self._answer(task, EXIT_CANCELLED, b"null", error, now, bury=False)
-        return answer + commands + [Send(peer, Cancelled(task_id, was))]
+        commands = self._answer(task, EXIT_CANCELLED, b"null", error, now, bury=False)
+        for child_id in self._children.pop(task.spec.task_id, ()):
+            child = self._tasks.get(child_id)
+            if child is None:
+                continue  # answered already
+            self._counters["cancelled_with_parent"] += 1
+            if child.state is RUNNING or child.state is HELD:
+                commands += self._stop_on(self._pool.nodes[child.holder or b""], child)
+            why = f"the task that submitted it, {task.spec.task_id}, was cancelled"
+            commands += self._cancel(child, why, now)
+        return commands
 
     def _stop_on(self, node: Node, task: Task) -> list[Command]:
         """Tell `node` that the attempt of `task` it holds or runs is cancelled: STOP if it
@@ -612,6 +630,26 @@ class Scheduler:
         if held:
             return [Send(node.identity, Retract((task_id,)))]
         return []
+
+    def _on_waiting(
+        self, peer: bytes, node: Node | None, msg: Waiting, now: float
+    ) -> list[Command]:
+        """A task running on `node` waits for other tasks (its slot takes another task
+        meanwhile), or goes on (protocol.md 5.9). Ignored for a task the node does not run."""
+        if node is None:
+            return [Send(peer, NOT_REGISTERED)]
+        task = self._tasks.get(msg.task_id)
+        if task is None or task.holder != node.identity or task.state is not RUNNING:
+            self._counters["ignored_waiting"] += 1
+            return []
+        if not msg.waiting:
+            self._pool.reclaim(node, msg.task_id)
+            return []
+        self._counters["waiting"] += 1
+        self._pool.lend(node, msg.task_id)
+        if node.held:
+            self._promote(node, now)
+        return self._feed(node, now)
 
     def _on_status(self, peer: bytes, node: Node | None, msg: Status, now: float) -> list[Command]:
         return [Send(peer, StatusReply(self.status(now)))]
@@ -960,8 +998,11 @@ class Scheduler:
 
     def _add_task(self, task: Task) -> None:
         self._tasks.add(task)
-        if task.spec.inputs is not None:
-            self._pins.add(task.spec.inputs)
+        spec = task.spec
+        if spec.inputs is not None:
+            self._pins.add(spec.inputs)
+        if spec.parent is not None and spec.parent in self._tasks:
+            self._children.setdefault(spec.parent, []).append(spec.task_id)
 
     def _admit(
         self,
@@ -1316,6 +1357,8 @@ class Scheduler:
             self._count_outcome(reply.exit_code)
             if task.spec.inputs is not None:
                 self._pins.remove(task.spec.inputs)
+            if self._children:
+                self._children.pop(task.spec.task_id, None)
             self._results.add(reply, now, task.spec)
             if self._journal:
                 commands.append(j.SaveAnswer(reply, now))

@@ -60,6 +60,9 @@ COUNTERS = {
     "retracts_sent": "RETRACTs sent to take back held tasks for an idle slot elsewhere (5.5)",
     "retracted": "held tasks given back unstarted and placed again (5.5)",
     "requeued_unstarted": "held tasks of a lost node placed again, no attempt counted (5.5)",
+    "cancelled_with_parent": "tasks cancelled because the task that submitted them was (5.9)",
+    "waiting": "WAITINGs that lent a waiting task's slot to another task (5.9)",
+    "ignored_waiting": "WAITINGs for a task the node does not run (5.9)",
 }
 
 
@@ -106,7 +109,8 @@ def _node_view(node: Node, now: float) -> dict[str, Any]:
         "host": node.host,
         "pid": node.pid,
         "functions": sorted(node.functions),
-        "capacity": node.capacity,
+        "capacity": node.slots,
+        "waiting": len(node.waiting),
         "prefetch": node.prefetch,
         "active": len(node.active),
         "held": len(node.held) + len(node.retracting),

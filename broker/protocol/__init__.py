@@ -111,6 +111,7 @@ from broker.protocol.messages import (
     TAG as TAG,
     TASK_COMPLETED as TASK_COMPLETED,
     VERSION as VERSION,
+    WAITING as WAITING,
     WAS_FINISHED as WAS_FINISHED,
     WAS_HELD as WAS_HELD,
     WAS_QUEUED as WAS_QUEUED,
@@ -141,6 +142,7 @@ from broker.protocol.messages import (
     TaskCompleted as TaskCompleted,
     TaskMessage as TaskMessage,
     TaskSpec as TaskSpec,
+    Waiting as Waiting,
 )
 from broker.protocol.payload import (
     INPUT_KEY as INPUT_KEY,

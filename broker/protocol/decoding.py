@@ -76,6 +76,7 @@ from broker.protocol.messages import (
     TAG,
     TASK_COMPLETED,
     VERSION,
+    WAITING,
     Batch,
     Cancel,
     Cancelled,
@@ -102,6 +103,7 @@ from broker.protocol.messages import (
     TaskCompleted,
     TaskMessage,
     TaskSpec,
+    Waiting,
 )
 
 # ------------------------------------------------------------------ headers and bodies
@@ -123,6 +125,7 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     retry_on: RetryOn | None = None
     depends_on: Dependencies | None = None
     inputs: Dependencies | None = None
+    parent: Name | None = None
 
 
 class _RunHeader(msgspec.Struct, gc=False):
@@ -185,6 +188,11 @@ class _RetractedBody(msgspec.Struct, gc=False):
 
 class _TaskIdBody(msgspec.Struct, gc=False):
     task_id: Name
+
+
+class _WaitingBody(msgspec.Struct, gc=False):
+    task_id: Name
+    waiting: bool
 
 
 class _CancelledBody(msgspec.Struct, gc=False):
@@ -319,6 +327,7 @@ _RETRACT = _Reader(_RetractBody, "body")
 _RETRACTED = _Reader(_RetractedBody, "body")
 _ERROR = _Reader(_ErrorBody, "body")
 _TASK_ID = _Reader(_TaskIdBody, "body", has_task=True)
+_WAITING = _Reader(_WaitingBody, "body", has_task=True)
 _CANCELLED = _Reader(_CancelledBody, "body", has_task=True)
 _STOP = _Reader(_RetractBody, "body")
 _OBJECT = _Reader(_Object, "body")
@@ -356,6 +365,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         and h.retry_on is None
         and h.depends_on is None
         and h.inputs is None
+        and h.parent is None
     ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
@@ -381,6 +391,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         retry_on,
         depends_on,
         inputs,
+        h.parent,
     )
     return Execute(spec)
 
@@ -461,6 +472,11 @@ def _decode_retracted(frames: Sequence[bytes]) -> Retracted:
 def _decode_cancelled(frames: Sequence[bytes]) -> Cancelled:
     b = _CANCELLED.read(frames)
     return Cancelled(b.task_id, b.was)
+
+
+def _decode_waiting(frames: Sequence[bytes]) -> Waiting:
+    b = _WAITING.read(frames)
+    return Waiting(b.task_id, b.waiting)
 
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
@@ -545,6 +561,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     CANCELLED: _decode_cancelled,
     FETCH: lambda frames: Fetch(_TASK_ID.read(frames).task_id),
     STOP: lambda frames: Stop(tuple(_STOP.read(frames).task_ids)),
+    WAITING: _decode_waiting,
 }
 
 

@@ -36,6 +36,7 @@ from broker.protocol.messages import (
     STOP,
     TAG,
     TASK_COMPLETED,
+    WAITING,
     Batch,
     Cancel,
     Cancelled,
@@ -61,6 +62,7 @@ from broker.protocol.messages import (
     TaskCompleted,
     TaskMessage,
     TaskSpec,
+    Waiting,
 )
 
 _json = orjson.dumps  # compact JSON as bytes, keys in insertion order
@@ -102,6 +104,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["depends_on"] = list(spec.depends_on)
     if spec.inputs is not None:
         header["inputs"] = list(spec.inputs)
+    if spec.parent is not None:
+        header["parent"] = spec.parent
     return [TAG, EXECUTE, _json(header), spec.args]
 
 
@@ -299,6 +303,7 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Cancel: lambda m: [TAG, CANCEL, _json({"task_id": m.task_id})],
     Cancelled: lambda m: [TAG, CANCELLED, _json({"task_id": m.task_id, "was": m.was})],
     Fetch: lambda m: [TAG, FETCH, _json({"task_id": m.task_id})],
+    Waiting: lambda m: [TAG, WAITING, _json({"task_id": m.task_id, "waiting": m.waiting})],
     Stop: lambda m: [TAG, STOP, _json({"task_ids": list(m.task_ids)})],
     Batch: _encode_batch,
 }

@@ -59,6 +59,7 @@ CANCEL = b"CANCEL"
 CANCELLED = b"CANCELLED"
 FETCH = b"FETCH"
 STOP = b"STOP"
+WAITING = b"WAITING"
 ERROR = b"ERROR"
 
 # DLQ operations.
@@ -110,6 +111,9 @@ class TaskSpec(Struct, frozen=True, gc=False):
     # Those of `depends_on` whose results its node receives with the arguments, in this
     # order (EXECUTE inputs, protocol.md 5.8); None: none.
     inputs: tuple[str, ...] | None = None
+    # The task that submitted this one, from its node (EXECUTE parent): cancelling that
+    # task cancels this one (protocol.md 5.9); None: a client's own task.
+    parent: str | None = None
 
 
 class Replaces(Struct, frozen=True, gc=False):
@@ -265,6 +269,14 @@ class Stop(Struct, frozen=True, gc=False):
     task_ids: tuple[str, ...]
 
 
+class Waiting(Struct, frozen=True, gc=False):
+    """A running task waits for other tasks (`waiting` true: its slot is lent out until it
+    goes on) or goes on (false) (protocol.md 3.21)."""
+
+    task_id: str
+    waiting: bool
+
+
 class Error(Struct, frozen=True, gc=False):
     code: str
     message: str
@@ -292,5 +304,6 @@ Message: TypeAlias = (
     | Cancelled
     | Fetch
     | Stop
+    | Waiting
     | Batch
 )

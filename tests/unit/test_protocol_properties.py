@@ -143,6 +143,7 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         st.lists(names, max_size=5).map(tuple),
     ),
     p.Cancel: st.builds(p.Cancel, names),
+    p.Waiting: st.builds(p.Waiting, names, st.booleans()),
     p.Cancelled: st.builds(
         p.Cancelled,
         names,

@@ -307,6 +307,7 @@ def test_status_reports_nodes_and_queue(sched: Core) -> None:
         "pid": 1,
         "functions": ["f", "g"],
         "capacity": 2,
+        "waiting": 0,
         "prefetch": 0,
         "active": 1,
         "held": 0,
