@@ -290,7 +290,7 @@ class Client:
             "retry_on": retry_on,
         }
         if task_id is None:
-            task_id = f"{self._id_prefix}-{next(self._ids)}"
+            task_id = self._new_task_id()
         return start_split(self, function, args, parts, task_id, options)
 
     async def submit_async(
@@ -486,10 +486,7 @@ class Client:
     ) -> TaskSpec:
         """The task a call describes, every option given checked, before anything is sent.
         `args`: the arguments, or their frame already encoded."""
-        if task_id is None:
-            task_id = f"{self._id_prefix}-{next(self._ids)}"
-        else:
-            task_id = check_name("task_id", task_id)
+        task_id = self._new_task_id() if task_id is None else check_name("task_id", task_id)
         function = check_name("function", function)
         options = self.defaults
         if (
@@ -514,6 +511,9 @@ class Client:
         return options.spec(
             task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )
+
+    def _new_task_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def _future_spec(
         self,

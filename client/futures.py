@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -46,6 +47,21 @@ class TaskFuture(concurrent.futures.Future[Any]):
         self.task_id = task_id
         self.function = function
         self._canceller = canceller
+        # Around a blocking wait, from a client inside a task (node.context): lends the
+        # task's slot while it waits. None: a plain wait.
+        self.waiting: Callable[[], AbstractContextManager[None]] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.waiting is None or self.done():
+            return super().result(timeout)
+        with self.waiting():
+            return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self.waiting is None or self.done():
+            return super().exception(timeout)
+        with self.waiting():
+            return super().exception(timeout)
 
     def cancel(self) -> bool:
         """Cancel the task: True if it was not answered yet (then `result()` raises

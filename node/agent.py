@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from types import FrameType
 
 import zmq
@@ -36,11 +37,12 @@ from broker.protocol import (
     Retracted,
     Run,
     Stop,
+    Waiting,
     decode,
     encode,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, TimedReceiver, poll, readable, recv_frames
-from node import registry, supervision
+from node import context, registry, supervision
 from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
 from node.link import BrokerLink
@@ -94,6 +96,10 @@ class NodeAgent:
         self._probe_at = math.inf  # when to ask again
         self._probe_until = math.inf  # when to stop asking: the broker is gone
         self._receiver: TimedReceiver | None = None  # waits on the broker socket (`_receive`)
+        # Tasks that wait for other tasks, or go on (node.context): (task id, waiting), from
+        # the tasks' threads, for the thread that holds the socket (`_lend_slots`).
+        self._lending: deque[tuple[str, bool]] = deque()
+        context.configure(config.broker_url, self._lend)
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 
@@ -368,6 +374,8 @@ class NodeAgent:
             if pending and time.monotonic() - self._pending_since >= FLUSH_AFTER:
                 self._flush_pending()
             frames = slots.run_next(self._pending_since + FLUSH_BY if pending else math.inf)
+            if self._lending:  # the task's last WAITING goes before its RESULT
+                self._lend_slots()
             if not pending:  # (the watchdog may have sent them meanwhile)
                 self._pending_since = time.monotonic()
             pending.append(frames)
@@ -394,6 +402,25 @@ class NodeAgent:
         with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: done
             self._wake_w.send(RESULTS_READY)
 
+    def _lend(self, task_id: str, waiting: bool) -> None:
+        """From a task's thread: the task waits for other tasks (or goes on). The thread
+        that holds the socket lends its slot and tells the broker (`_lend_slots`): the
+        socket thread, woken, or the inline watchdog, poked (the socket thread may be
+        inside that very task)."""
+        self._lending.append((task_id, waiting))
+        self._results_ready()
+        self._slots.poke()
+
+    def _lend_slots(self) -> None:
+        """Holding the socket: lend or take back the slots of waiting tasks, and say WAITING
+        (protocol.md 3.21)."""
+        lending, slots, link = self._lending, self._slots, self._link
+        while lending:
+            task_id, waiting = lending.popleft()
+            changed = slots.lend(task_id) if waiting else slots.reclaim(task_id)
+            if changed and link.registered:
+                link.send_in_order(encode(Waiting(task_id, waiting)))
+
     def _keep_alive(self) -> None:
         """Called by the inline watchdog, holding the socket, while a function runs: send
         the results that wait, read the broker (a RETRACT is answered at once), and
@@ -401,7 +428,11 @@ class NodeAgent:
         link = self._link
         if link.socket is None or not link.registered:
             return
+        if self._lending:
+            self._lend_slots()
         self._flush_pending()
+        for frames in self._slots.take_results():  # of tasks run in lent slots
+            link.send_in_order(frames)
         if readable(link.socket):
             self._drain_broker(link.socket)
         if link.socket is None or not link.registered:
@@ -430,6 +461,8 @@ class NodeAgent:
         for byte in data:
             if byte in STOP_BYTES:
                 self._on_stop_request()
+        if self._lending:
+            self._lend_slots()
         if RESULTS_READY[0] in data:
             for frames in self._slots.take_results():
                 self._link.send_in_order(frames)

@@ -45,6 +45,16 @@ class Slots(Protocol):
         """Tasks held: not started yet."""
         ...
 
+    def lend(self, task_id: str) -> bool:
+        """The running task `task_id` waits for other tasks: run other tasks in its slot
+        meanwhile (protocol.md 5.9); False if it does not run here."""
+        ...
+
+    def reclaim(self, task_id: str) -> bool:
+        """The waiting task goes on: its slot is its own again once the task run in it ends;
+        False if no slot was lent."""
+        ...
+
     @property
     def notifies(self) -> bool:
         """Whether results come from other threads, announced through `results_ready`
@@ -125,5 +135,7 @@ class SlotHooks:
 def open_slots(functions: Mapping[str, Function], threads: int, hooks: SlotHooks) -> Slots:
     """`threads` slots for `functions`: one inline slot, or that many slot threads."""
     if threads == 1:
-        return InlineSlot(functions, hooks.keep_alive, hooks.next_heartbeat, hooks.overdue)
+        return InlineSlot(
+            functions, hooks.keep_alive, hooks.next_heartbeat, hooks.overdue, hooks.results_ready
+        )
     return ThreadSlots(functions, threads, hooks.results_ready)

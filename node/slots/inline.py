@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run
 from node import runner
+from node.context import CURRENT
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
 
@@ -44,7 +46,6 @@ class InlineSlot:
 
     capacity = 1
     next_deadline = math.inf
-    notifies = False  # every result is given by `run_next`
     HELD_POLL = 0.05  # seconds between looks at the socket while a call runs and tasks wait
     # Seconds between looks at the socket while tasks run: a STOP is answered within a second
     # (protocol.md 3.20), and ending the process takes a few tens of milliseconds.
@@ -56,8 +57,17 @@ class InlineSlot:
         keep_alive: Callable[[], None],
         next_heartbeat: Callable[[], float],
         on_overdue: Callable[[Run], None],
+        results_ready: Callable[[], None] = lambda: None,
     ) -> None:
         self._functions = dict(functions)
+        self._results_ready = results_ready
+        # Lent slots (protocol.md 5.9): while a task waits for other tasks, a helper thread
+        # runs the held tasks in its place; their results wait in `_helped` for the socket.
+        self._helpers = 0  # helper threads alive
+        self._reclaims = 0  # helpers asked to end (their tasks went on)
+        self._helping: dict[str, Run] = {}  # tasks a helper runs
+        self._helped: deque[list[bytes]] = deque()  # their RESULTs, not sent yet
+        self._work = threading.Event()  # a task to help with came, or a helper must end
         self._keep_alive = keep_alive
         self._next_heartbeat = next_heartbeat
         self._on_overdue = on_overdue
@@ -73,13 +83,21 @@ class InlineSlot:
         self._flush_at = math.inf  # when results finished before the running task must leave
         self._poked = False  # a stop was requested: act now
         self._held: dict[str, Run] = {}  # tasks waiting for the slot, oldest first
+        self._help_lock = threading.Lock()  # guards `_helpers` and `_reclaims`
         self._wake = threading.Event()
         self._stopped = False
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
 
     @property
     def busy(self) -> int:
-        return len(self._held) + (0 if self._running is None else 1)
+        running = 0 if self._running is None else 1
+        return len(self._held) + running + len(self._helping)
+
+    @property
+    def notifies(self) -> bool:
+        """Whether helper threads run tasks (their results come through `results_ready`);
+        else every result is given by `run_next`."""
+        return bool(self._helpers or self._helped)
 
     @property
     def held(self) -> int:
@@ -94,8 +112,72 @@ class InlineSlot:
         self._watchdog.start()
 
     def submit(self, run: Run) -> None:
-        """Hold a task until `run_next` runs it."""
+        """Hold a task until `run_next` (or a helper, while a task waits) runs it."""
         self._held[run.task_id] = run
+        if self._helpers:
+            self._work.set()
+
+    def lend(self, task_id: str) -> bool:
+        """The running task `task_id` waits for other tasks: a helper thread runs the held
+        tasks meanwhile. Called holding `lock` (the socket). False if that task does not run
+        here."""
+        running = self._running
+        if task_id not in self._helping and (running is None or running.task_id != task_id):
+            return False
+        with self._help_lock:
+            self._helpers += 1
+        threading.Thread(target=self._help, name="lent-slot", daemon=True).start()
+        self._wake.set()  # the watchdog looks at the socket more often while a slot is lent
+        return True
+
+    def reclaim(self, task_id: str) -> bool:
+        """The task goes on: one helper ends once its task (if any) is done. Called holding
+        `lock`."""
+        with self._help_lock:
+            if not self._helpers - self._reclaims:
+                return False
+            self._reclaims += 1
+        self._work.set()
+        return True
+
+    def _help(self) -> None:
+        """A lent slot: run held tasks, oldest first, until asked to end. The lock is taken
+        only to pick a task (the socket thread holds it whenever it is not inside a
+        function, so a helper never waits for it long: it tries again)."""
+        functions, lock = self._functions, self.lock
+        while not self._stopped:
+            if not self._held or not lock.acquire(timeout=self.HELD_POLL):
+                if self._end_helper():
+                    return
+                self._work.wait(self.HELD_POLL)
+                self._work.clear()
+                continue
+            try:
+                if self._end_helper():
+                    return
+                held = self._held
+                run = held.pop(next(iter(held))) if held else None
+                if run is not None:
+                    self._helping[run.task_id] = run
+            finally:
+                lock.release()
+            if run is None:
+                continue
+            CURRENT.run = run
+            outcome = runner.run_task(functions, run.function, run.args, run.inputs)
+            CURRENT.run = None
+            self._helped.append(runner.result_of(run, outcome))
+            del self._helping[run.task_id]
+            self._results_ready()
+
+    def _end_helper(self) -> bool:
+        """Whether this helper ends now (one was asked to)."""
+        with self._help_lock:
+            if not self._reclaims:
+                return False
+            self._reclaims -= 1
+            self._helpers -= 1
+            return True
 
     def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         held = self._held
@@ -109,10 +191,14 @@ class InlineSlot:
         while the socket thread is inside its function)."""
         held = self._held
         dropped = [held.pop(task_id) for task_id in dict.fromkeys(task_ids) if task_id in held]
-        running = self._running
-        if running is None or running.task_id not in task_ids:
+        running = [
+            run
+            for run in (self._running, *self._helping.values())
+            if run is not None and run.task_id in task_ids
+        ]
+        if not running:
             return CancelledTasks(dropped, [])
-        return CancelledTasks(dropped, [running], ends_process=True)
+        return CancelledTasks(dropped, running, ends_process=True)
 
     def drop_held(self) -> int:
         count = len(self._held)
@@ -138,15 +224,22 @@ class InlineSlot:
             if deadline < self._wake_at:
                 self._wake.set()
         self.lock.release()
+        CURRENT.run = run
         try:
             outcome = runner.run_task(self._functions, run.function, run.args, run.inputs)
         finally:
+            CURRENT.run = None
             self.lock.acquire()
             self._running = None
         return runner.result_of(run, outcome)
 
     def take_results(self) -> list[list[bytes]]:
-        return []  # every result is given by `run_next`
+        """The RESULTs of tasks run by helpers; the others are given by `run_next`."""
+        helped = self._helped
+        taken = []
+        while helped:
+            taken.append(helped.popleft())
+        return taken
 
     def expire(self, now: float) -> list[Run]:
         return []  # the watchdog acts on a task past its task timeout
@@ -180,7 +273,7 @@ class InlineSlot:
     def _next_due(self) -> float:
         now = time.monotonic()
         due = self._flush_at
-        if self._held:
+        if self._held or self._helpers:  # a lent slot takes RUNs as they come
             due = min(due, now + self.HELD_POLL)
         elif self._running is not None or now - self._started_at < self.RUNNING_POLL:
             # A task runs, or tasks have been starting: look again soon. (A task starting

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run, batches
 from node import runner
+from node.context import CURRENT
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
 from node.slots.deadlines import TaskDeadlines
@@ -69,6 +70,7 @@ class ThreadSlots:
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
             for i in range(threads)
         ]
+        self._slots = threads  # the slots it registers; more threads while tasks wait
         self.running: dict[str, Run] = {}  # tasks handed to a slot and not yet answered
         # Answered already (overdue or cancelled), their threads still inside the function.
         self._abandoned: set[str] = set()
@@ -77,7 +79,7 @@ class ThreadSlots:
 
     @property
     def capacity(self) -> int:
-        return len(self._threads)
+        return self._slots
 
     @property
     def free_count(self) -> int:
@@ -110,6 +112,26 @@ class ThreadSlots:
             self._backlog.append(run)
         else:
             self._start(run)
+
+    def lend(self, task_id: str) -> bool:
+        """The running task `task_id` waits for other tasks: one more slot thread runs tasks
+        meanwhile (protocol.md 5.9). False if that task does not run here."""
+        if task_id not in self.running:
+            return False
+        thread = threading.Thread(target=self._slot, name="lent-slot", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        while self._backlog and self.free_count:
+            self._start(self._backlog.popleft())
+        return True
+
+    def reclaim(self, task_id: str) -> bool:
+        """The task goes on: one slot thread ends, once it has taken this message."""
+        if len(self._threads) <= self._slots:
+            return False
+        self._threads.pop()
+        self._jobs.put(_STOP)
+        return True
 
     def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         wanted = set(task_ids)
@@ -188,12 +210,14 @@ class ThreadSlots:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _slot(self) -> None:
-        functions, jobs, done = self._functions, self._jobs, self._done
+        functions, jobs, done, current = self._functions, self._jobs, self._done, CURRENT
         while True:
             run = jobs.get()
             if run is _STOP:
                 return
+            current.run = run
             outcome = runner.run_task(functions, run.function, run.args, run.inputs)
+            current.run = None
             frames = runner.result_of(run, outcome)
             done.append((run.task_id, frames))
             if not self._notified:

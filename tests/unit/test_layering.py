@@ -56,7 +56,12 @@ ROOMS = (
     Room(
         "what a function set imports from the node: its declarations",
         ("node/__init__.py",),
-        may=("__future__", "node.registry", "node.splitting"),
+        may=("__future__", "node.context", "node.registry", "node.splitting"),
+    ),
+    Room(
+        "what a task knows of itself, and its client of the broker (get_client)",
+        ("node/context.py",),
+        may=(STDLIB, *PROTOCOL, "client.api", "client.within"),
     ),
     Room("frame I/O on pyzmq", ("broker/protocol/frames.py",), may=(STDLIB, "zmq")),
     Room(
