@@ -28,7 +28,8 @@ def nested(depth: int) -> int:
     """A chain of parents `depth` deep, each waiting for the next: 1 at the bottom."""
     if depth <= 1:
         return 1
-    return 1 + get_client().execute("nested", depth - 1)
+    below: int = get_client().execute("nested", depth - 1)
+    return 1 + below
 
 
 def pid_of_children(n: int) -> list[int]:
