@@ -2,9 +2,10 @@
 
 Run through `python3 tools/dev.py demo` (which sets up .venv first). Starts `zbroker start` on
 a free loopback port and two `znode --functions math` processes through the project's cluster
-launcher (client.cluster.LocalCluster), then submits tasks with `zsubmit` (a failure and a
-timeout among them, which end in the dead-letter queue) and with the Python client (one by
-one and pipelined), shows `zbroker status`, and stops everything with SIGTERM.
+launcher (client.cluster.LocalCluster), then submits tasks with `zsubmit` (a job split into
+100 parts, and a failure and a timeout, which end in the dead-letter queue) and with the
+Python client (one by one, one passing its result to the next, and pipelined), shows
+`zbroker status`, and stops everything with SIGTERM.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def show(argv: list[str]) -> None:
 def tasks(url: str) -> None:
     show(["zsubmit", "--broker", url, "multiply", "5", "10"])
     show(["zsubmit", "--broker", url, "sum_squares", "1", "10000000"])
+    # the same sum as a job of 100 parts, each a task on either node, then combined
+    show(["zsubmit", "--broker", url, "--split", "100", "sum_squares", "1", "10000000"])
     show(["zsubmit", "--broker", url, "--json", "hash_text", "hello world"])
     show(["zsubmit", "--broker", url, "--retries", "0", "divide", "1", "0"])  # fails at once
     # stopped after 1 s: its node process is replaced, and the task is a dead letter
@@ -40,6 +43,9 @@ def tasks(url: str) -> None:
     with Client(url) as client:
         console.print(f'client.execute("multiply", 5, 10) -> {client.execute("multiply", 5, 10)}')
         console.print(f'client.execute("fib", 90) -> {client.execute("fib", 90)}')
+        a = client.submit("add", 1, 2)
+        b = client.submit("multiply", a, 10)  # starts once `a` succeeded, with its result
+        console.print(f'a = submit("add", 1, 2); submit("multiply", a, 10) -> {b.result()}')
         numbers = range(10**12, 10**12 + 2000)
         started = time.perf_counter()
         flags = list(
