@@ -476,17 +476,21 @@ class Client:
     def _spec(
         self,
         function: str,
-        args: Sequence[Any] | bytes,
+        args: Sequence[Any],
         task_id: str | None,
         priority: int | None,
         retries: int | None,
         queue_timeout: float | None,
         task_timeout: float | None,
         retry_on: RetryOn,
+        frame: bytes | None = None,
     ) -> TaskSpec:
         """The task a call describes, every option given checked, before anything is sent.
-        `args`: the arguments, or their frame already encoded."""
-        task_id = self._new_task_id() if task_id is None else check_name("task_id", task_id)
+        `frame`: the arguments frame, when encoded already (`args` is then ignored)."""
+        if task_id is None:  # `_new_task_id`, without its call on every task's way
+            task_id = f"{self._id_prefix}-{next(self._ids)}"
+        else:
+            task_id = check_name("task_id", task_id)
         function = check_name("function", function)
         options = self.defaults
         if (
@@ -500,14 +504,14 @@ class Client:
             return TaskSpec(
                 task_id,
                 function,
-                args if isinstance(args, bytes) else encode_arguments(args),
+                encode_arguments(args) if frame is None else frame,
                 options.priority,
                 options.retries,
                 options.queue_timeout,
                 options.task_timeout,
                 options.retry_on,
             )
-        args_frame = args if isinstance(args, bytes) else encode_arguments(args)
+        args_frame = encode_arguments(args) if frame is None else frame
         return options.spec(
             task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )
@@ -530,7 +534,15 @@ class Client:
         """The task `submit` sends: futures in `args` become inputs (protocol.md 5.8)."""
         args_frame, inputs = encode_arguments_and_inputs(args)
         spec = self._spec(
-            function, args_frame, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+            function,
+            (),
+            task_id,
+            priority,
+            retries,
+            queue_timeout,
+            task_timeout,
+            retry_on,
+            args_frame,
         )
         if inputs is not None:
             spec = with_inputs(spec, inputs)

@@ -49,16 +49,19 @@ class TaskClient(Client):
     def _spec(
         self,
         function: str,
-        args: Sequence[Any] | bytes,
+        args: Sequence[Any],
         task_id: str | None,
         priority: int | None,
         retries: int | None,
         queue_timeout: float | None,
         task_timeout: float | None,
         retry_on: RetryOn,
+        frame: bytes | None = None,
     ) -> TaskSpec:
+        if task_id is None:
+            task_id = self._task.next_task_id()
         spec = super()._spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, frame
         )
         parent = self._task.parent()
         return spec if parent is None else with_parent(spec, parent)

@@ -606,9 +606,10 @@ class Scheduler:
 
     def _cancel(self, task: Task, text: str, now: float) -> list[Command]:
         """Answer `task` 130 with `text`, and cancel the tasks it submitted, and theirs."""
+        children = self._children.get(task.spec.task_id, ())  # answering forgets them
         error = ErrorInfo("Cancelled", text)
         commands = self._answer(task, EXIT_CANCELLED, b"null", error, now, bury=False)
-        for child_id in self._children.pop(task.spec.task_id, ()):
+        for child_id in children:
             child = self._tasks.get(child_id)
             if child is None:
                 continue  # answered already
@@ -999,6 +1000,12 @@ class Scheduler:
     def _add_task(self, task: Task) -> None:
         self._tasks.add(task)
         spec = task.spec
+        if spec.inputs is not None or spec.parent is not None:
+            self._link(spec)
+
+    def _link(self, spec: TaskSpec) -> None:
+        """A task added to the table that takes inputs (their answers are pinned) or was
+        submitted by a pending task (it is cancelled with it)."""
         if spec.inputs is not None:
             self._pins.add(spec.inputs)
         if spec.parent is not None and spec.parent in self._tasks:
@@ -1017,20 +1024,14 @@ class Scheduler:
         QUEUED again. `answers`: where a restored task's inputs answered already are found
         (else among the kept answers)."""
         if new:
-            self._add_task(task)
-            depends_on = task.spec.depends_on
-            if depends_on is not None:
-                task_id = task.spec.task_id
-                pending = [dep for dep in depends_on if dep in self._tasks and dep != task_id]
-                if task.spec.inputs is not None:
-                    lost = self._gather_inputs(task, answers)
-                    if lost is not None:
-                        self._tasks.move(task, WAITING_DEPS)
-                        return self._answer(task, *lost, now, bury=False)
-                if pending:
-                    return self._wait_for(task, pending, now)
-                if task.spec.inputs is not None:
-                    task.run_args = self._run_payload(task)
+            spec = task.spec
+            self._tasks.add(task)
+            if spec.inputs is not None or spec.parent is not None:
+                self._link(spec)
+            if spec.depends_on is not None:
+                held = self._hold_for_dependencies(task, now, answers)
+                if held is not None:
+                    return held
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -1041,6 +1042,27 @@ class Scheduler:
         if deadline is not None and not task.attempt and not task.timer:
             self._timers.schedule(task, task.submitted_at + deadline)
         return []
+
+    def _hold_for_dependencies(
+        self, task: Task, now: float, answers: Mapping[str, TaskCompleted] | None
+    ) -> list[Command] | None:
+        """A new task that depends on others: it waits for those pending, or is answered
+        when an input is lost (the commands); None when it may start now (its payload
+        built if it takes inputs)."""
+        spec = task.spec
+        assert spec.depends_on is not None
+        task_id = spec.task_id
+        pending = [dep for dep in spec.depends_on if dep in self._tasks and dep != task_id]
+        if spec.inputs is not None:
+            lost = self._gather_inputs(task, answers)
+            if lost is not None:
+                self._tasks.move(task, WAITING_DEPS)
+                return self._answer(task, *lost, now, bury=False)
+        if pending:
+            return self._wait_for(task, pending, now)
+        if spec.inputs is not None:
+            task.run_args = self._run_payload(task)
+        return None
 
     def _gather_inputs(
         self, task: Task, answers: Mapping[str, TaskCompleted] | None
@@ -1328,7 +1350,12 @@ class Scheduler:
             self._timers.cancel(task)
         task.holder = None
         self._tasks.move(task, DONE)
-        reply = TaskCompleted(task.spec.task_id, exit_code, result, error, task.attempt)
+        spec = task.spec
+        if spec.inputs is not None:  # its inputs' answers need no keeping for it now
+            self._pins.remove(spec.inputs)
+        if self._children:
+            self._children.pop(spec.task_id, None)
+        reply = TaskCompleted(spec.task_id, exit_code, result, error, task.attempt)
         self._answered.append((task, reply, bury))
         self.deferred = True
         requesters = task.requesters
@@ -1355,10 +1382,6 @@ class Scheduler:
         answered = self._answered
         for task, reply, bury in answered:  # grows while dependents are answered
             self._count_outcome(reply.exit_code)
-            if task.spec.inputs is not None:
-                self._pins.remove(task.spec.inputs)
-            if self._children:
-                self._children.pop(task.spec.task_id, None)
             self._results.add(reply, now, task.spec)
             if self._journal:
                 commands.append(j.SaveAnswer(reply, now))
@@ -1369,20 +1392,14 @@ class Scheduler:
         answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
-            commands += self._fill_freed(now)
-        return commands
-
-    def _fill_freed(self, now: float) -> list[Command]:
-        """Give the slots that successful RESULTs freed their next tasks."""
-        commands: list[Command] = []
-        freed, self._freed = self._freed, []
-        for node, task_id in freed:
-            if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                released = self._pool.release(node, task_id)  # `_release`, without a call
-                if released and node.held:
-                    self._promote(node, now)
-                if node.draining or (released and (self._queue.size or self._pool.held)):
-                    commands += self._refill(node, released, now)
+            freed, self._freed = self._freed, []
+            for node, task_id in freed:
+                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
+                    released = self._pool.release(node, task_id)  # `_release`, without a call
+                    if released and node.held:
+                        self._promote(node, now)
+                    if node.draining or (released and (self._queue.size or self._pool.held)):
+                        commands += self._refill(node, released, now)
         return commands
 
     def _count_outcome(self, exit_code: int) -> None:
@@ -1461,10 +1478,7 @@ class Scheduler:
                 assert task.waiting_for == waits > 0, f"{task.spec.task_id}: waits for {waits}"
             elif task.spec.inputs is not None:
                 assert task.run_args is not None, f"{task.spec.task_id}: inputs, no payload"
-        # Answers still to settle keep their pins until then.
-        needed = [task.spec.inputs for task in self._tasks] + [
-            task.spec.inputs for task, _, _ in self._answered
-        ]
+        needed = [task.spec.inputs for task in self._tasks]
         self._pins.check_invariants(inputs for inputs in needed if inputs is not None)
 
     def check_invariants(self) -> None:

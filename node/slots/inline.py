@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run
 from node import runner
-from node.context import CURRENT
+from node.context import Current, runs_tasks
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
 
@@ -68,6 +68,9 @@ class InlineSlot:
         self._helping: dict[str, Run] = {}  # tasks a helper runs
         self._helped: deque[list[bytes]] = deque()  # their RESULTs, not sent yet
         self._work = threading.Event()  # a task to help with came, or a helper must end
+        # Whether results come from other threads too (through `results_ready`): from the
+        # first lent slot on; until then every result is given by `run_next`.
+        self.notifies = False
         self._keep_alive = keep_alive
         self._next_heartbeat = next_heartbeat
         self._on_overdue = on_overdue
@@ -87,17 +90,12 @@ class InlineSlot:
         self._wake = threading.Event()
         self._stopped = False
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._current = Current()  # the socket thread's, from `start`
 
     @property
     def busy(self) -> int:
         running = 0 if self._running is None else 1
         return len(self._held) + running + len(self._helping)
-
-    @property
-    def notifies(self) -> bool:
-        """Whether helper threads run tasks (their results come through `results_ready`);
-        else every result is given by `run_next`."""
-        return bool(self._helpers or self._helped)
 
     @property
     def held(self) -> int:
@@ -108,6 +106,8 @@ class InlineSlot:
         return bool(self._held)
 
     def start(self) -> None:
+        """On the socket thread, which runs the tasks."""
+        self._current = runs_tasks()
         self.lock.acquire()
         self._watchdog.start()
 
@@ -126,6 +126,7 @@ class InlineSlot:
             return False
         with self._help_lock:
             self._helpers += 1
+        self.notifies = True
         threading.Thread(target=self._help, name="lent-slot", daemon=True).start()
         self._wake.set()  # the watchdog looks at the socket more often while a slot is lent
         return True
@@ -144,7 +145,7 @@ class InlineSlot:
         """A lent slot: run held tasks, oldest first, until asked to end. The lock is taken
         only to pick a task (the socket thread holds it whenever it is not inside a
         function, so a helper never waits for it long: it tries again)."""
-        functions, lock = self._functions, self.lock
+        functions, lock, current = self._functions, self.lock, runs_tasks()
         while not self._stopped:
             if not self._held or not lock.acquire(timeout=self.HELD_POLL):
                 if self._end_helper():
@@ -163,9 +164,9 @@ class InlineSlot:
                 lock.release()
             if run is None:
                 continue
-            CURRENT.run = run
+            current.run = run
             outcome = runner.run_task(functions, run.function, run.args, run.inputs)
-            CURRENT.run = None
+            current.run = None
             self._helped.append(runner.result_of(run, outcome))
             del self._helping[run.task_id]
             self._results_ready()
@@ -224,11 +225,12 @@ class InlineSlot:
             if deadline < self._wake_at:
                 self._wake.set()
         self.lock.release()
-        CURRENT.run = run
+        current = self._current
+        current.run = run
         try:
             outcome = runner.run_task(self._functions, run.function, run.args, run.inputs)
         finally:
-            CURRENT.run = None
+            current.run = None
             self.lock.acquire()
             self._running = None
         return runner.result_of(run, outcome)

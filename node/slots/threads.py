@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from broker.protocol import Run, batches
 from node import runner
-from node.context import CURRENT
+from node.context import runs_tasks
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
 from node.slots.deadlines import TaskDeadlines
@@ -210,7 +210,7 @@ class ThreadSlots:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _slot(self) -> None:
-        functions, jobs, done, current = self._functions, self._jobs, self._done, CURRENT
+        functions, jobs, done, current = self._functions, self._jobs, self._done, runs_tasks()
         while True:
             run = jobs.get()
             if run is _STOP:
