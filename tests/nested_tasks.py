@@ -58,3 +58,9 @@ def parent_of_marks(directory: str, children: int, pause: float) -> int:
     done = [future.result() for future in names]
     time.sleep(pause)
     return len(done)
+
+
+def parent_of_slow_child(delay: float, timeout: float) -> int:
+    """Waits for a child that runs `delay` seconds with a task timeout of `timeout`."""
+    child: int = get_client().submit("slow_square", 2, delay, task_timeout=timeout).result()
+    return child

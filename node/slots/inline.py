@@ -14,6 +14,7 @@ from node import runner
 from node.context import Current, runs_tasks
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
+from node.slots.deadlines import TaskDeadlines
 
 
 class InlineSlot:
@@ -45,7 +46,6 @@ class InlineSlot:
     """
 
     capacity = 1
-    next_deadline = math.inf
     HELD_POLL = 0.05  # seconds between looks at the socket while a call runs and tasks wait
     # Seconds between looks at the socket while tasks run: a STOP is answered within a second
     # (protocol.md 3.20), and ending the process takes a few tens of milliseconds.
@@ -67,6 +67,11 @@ class InlineSlot:
         self._reclaims = 0  # helpers asked to end (their tasks went on)
         self._helping: dict[str, Run] = {}  # tasks a helper runs
         self._helped: deque[list[bytes]] = deque()  # their RESULTs, not sent yet
+        self._help_deadlines = TaskDeadlines()  # of the tasks helpers run with a timeout
+        self._overdue: set[str] = set()  # of those, answered 124 already: results dropped
+        # The earliest deadline of a task a helper runs (the socket thread's loop asks, and
+        # `expire` gives the task); the task inside `run_next` is the watchdog's affair.
+        self.next_deadline = math.inf
         self._work = threading.Event()  # a task to help with came, or a helper must end
         # Whether results come from other threads too (through `results_ready`): from the
         # first lent slot on; until then every result is given by `run_next`.
@@ -160,6 +165,11 @@ class InlineSlot:
                 run = held.pop(next(iter(held))) if held else None
                 if run is not None:
                     self._helping[run.task_id] = run
+                    if run.task_timeout is not None:
+                        with self._help_lock:
+                            self._help_deadlines.add(run, time.monotonic())
+                            self.next_deadline = self._help_deadlines.next_due
+                        self._wake.set()  # the watchdog keeps its deadline too
             finally:
                 lock.release()
             if run is None:
@@ -167,8 +177,12 @@ class InlineSlot:
             current.run = run
             outcome = runner.run_task(functions, run.function, run.args, run.inputs)
             current.run = None
+            with self._help_lock:
+                del self._helping[run.task_id]
+                if run.task_id in self._overdue:
+                    self._overdue.discard(run.task_id)  # answered 124 already
+                    continue
             self._helped.append(runner.result_of(run, outcome))
-            del self._helping[run.task_id]
             self._results_ready()
 
     def _end_helper(self) -> bool:
@@ -244,7 +258,14 @@ class InlineSlot:
         return taken
 
     def expire(self, now: float) -> list[Run]:
-        return []  # the watchdog acts on a task past its task timeout
+        """Tasks run by helpers past their task timeout: answered by the caller from now on
+        (their results are dropped), which ends the process. The task inside `run_next` is
+        the watchdog's affair."""
+        with self._help_lock:
+            late = self._help_deadlines.expired(now, self._helping)
+            self.next_deadline = self._help_deadlines.next_due
+            self._overdue.update(run.task_id for run in late)
+        return late
 
     def poke(self) -> None:
         """Let the watchdog act now (a stop was requested). Safe from a signal handler."""
@@ -281,6 +302,7 @@ class InlineSlot:
             # A task runs, or tasks have been starting: look again soon. (A task starting
             # after `_started_at` was read here sees the alarm published as inf and wakes us.)
             due = min(due, now + self.RUNNING_POLL)
+        due = min(due, self.next_deadline)  # a task run by a helper
         deadline = self._deadline
         if deadline > now:
             return min(due, deadline)
@@ -299,9 +321,12 @@ class InlineSlot:
         try:
             if self._running is not running:
                 return  # it finished and another started meanwhile: look again later
-            if running.task_timeout is not None and time.monotonic() >= self._deadline:
+            now = time.monotonic()
+            if running.task_timeout is not None and now >= self._deadline:
                 self._deadline = math.inf  # once, should the callback ever return
                 self._on_overdue(running)  # answers 124 and ends the process
+            elif self.next_deadline <= now and (late := self.expire(now)):
+                self._on_overdue(late[0])  # a task run by a helper: the same
             else:
                 self._keep_alive()  # sends the results that wait, among other things
         finally:

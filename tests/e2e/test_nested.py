@@ -99,3 +99,18 @@ def test_a_parent_run_again_after_its_node_died_does_not_rerun_finished_children
     for child in children:
         assert len(child.read_text().split()) == 1, f"{child.name} ran more than once"
     assert cluster.status()["counters"]["completed"] == 1 + 5
+
+
+def test_a_child_run_in_a_lent_slot_is_stopped_at_its_task_timeout(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions=NESTED, concurrency=1)  # one inline slot: a helper runs it
+    cluster.wait_nodes("node0")
+    with Client(cluster.url) as client:
+        parent = client.submit("parent_of_slow_child", 30.0, 0.5, retries=0)
+        with pytest.raises(TaskFailed) as failed:
+            parent.result(30)
+        with pytest.raises(TaskFailed) as child:
+            client.result(f"{parent.task_id}/0", timeout=10)
+    assert child.value.exit_code == p.EXIT_TIMEOUT
+    # Its timeout ended the node process, and the parent with it.
+    assert failed.value.exit_code == p.EXIT_WORKER_CRASHED
