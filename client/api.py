@@ -10,7 +10,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import ALL_COMPLETED
 from types import EllipsisType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -128,6 +128,10 @@ class Client:
         # next() on a count is atomic, so threads that submit at once get different ids).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
+        # A task's client (client/within.py): ids derived from its task's, and its task as
+        # the parent of what it sends. None: a client of its own.
+        self._task_ids: Callable[[], str] | None = None
+        self._parent: Callable[[], str | None] | None = None
 
     @property
     def resend_interval(self) -> float:
@@ -487,12 +491,14 @@ class Client:
     ) -> TaskSpec:
         """The task a call describes, every option given checked, before anything is sent.
         `frame`: the arguments frame, when encoded already (`args` is then ignored)."""
-        if task_id is None:  # `_new_task_id`, without its call on every task's way
-            task_id = f"{self._id_prefix}-{next(self._ids)}"
+        if task_id is None:
+            # `_new_task_id`, without its call on every task's way (but in a task's client)
+            task_id = self._task_ids() if self._task_ids else f"{self._id_prefix}-{next(self._ids)}"
         else:
             task_id = check_name("task_id", task_id)
         function = check_name("function", function)
         options = self.defaults
+        parent = self._parent() if self._parent else None
         if (
             priority is None
             and retries is None
@@ -510,13 +516,20 @@ class Client:
                 options.queue_timeout,
                 options.task_timeout,
                 options.retry_on,
+                None,
+                None,
+                parent,
             )
         args_frame = encode_arguments(args) if frame is None else frame
-        return options.spec(
+        spec = options.spec(
             task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
         )
+        return spec if parent is None else spec.replaced(parent=parent)
 
     def _new_task_id(self) -> str:
+        return self._task_ids() if self._task_ids else self._numbered_id()
+
+    def _numbered_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
 
     def _future_spec(

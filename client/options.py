@@ -223,23 +223,6 @@ def with_inputs(spec: TaskSpec, inputs: tuple[str, ...]) -> TaskSpec:
     return _depending(spec, (*(spec.depends_on or ()), *inputs), inputs)
 
 
-def with_parent(spec: TaskSpec, parent: str) -> TaskSpec:
-    """`spec`, submitted by the task `parent` (EXECUTE parent, protocol.md 5.9)."""
-    return TaskSpec(
-        spec.task_id,
-        spec.function,
-        spec.args,
-        spec.priority,
-        spec.retries,
-        spec.queue_timeout,
-        spec.task_timeout,
-        spec.retry_on,
-        spec.depends_on,
-        spec.inputs,
-        parent,
-    )
-
-
 def _depending(
     spec: TaskSpec, depends_on: tuple[str, ...], inputs: tuple[str, ...] | None
 ) -> TaskSpec:
@@ -249,16 +232,4 @@ def _depending(
             f"a task may depend on at most {MAX_DEPENDENCIES} tasks (futures in its "
             f"arguments and in after), got {len(ids)}"
         )
-    return TaskSpec(
-        spec.task_id,
-        spec.function,
-        spec.args,
-        spec.priority,
-        spec.retries,
-        spec.queue_timeout,
-        spec.task_timeout,
-        spec.retry_on,
-        ids,
-        inputs,
-        spec.parent,
-    )
+    return spec.replaced(depends_on=ids, inputs=inputs)

@@ -17,11 +17,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
-from broker.protocol import TaskCompleted, TaskSpec
+from broker.protocol import TaskCompleted
 from client.api import Client
 from client.futures import TaskFuture
 from client.jobs import JobFuture
-from client.options import RetryOn, with_parent
 
 T = TypeVar("T")
 
@@ -40,31 +39,8 @@ class TaskClient(Client):
     def __init__(self, url: str, context: TaskContext, **options: Any) -> None:
         super().__init__(url, **options)
         self._task = context
-
-    # -------------------------------------------------------------- ids and parents
-
-    def _new_task_id(self) -> str:
-        return self._task.next_task_id() or super()._new_task_id()
-
-    def _spec(
-        self,
-        function: str,
-        args: Sequence[Any],
-        task_id: str | None,
-        priority: int | None,
-        retries: int | None,
-        queue_timeout: float | None,
-        task_timeout: float | None,
-        retry_on: RetryOn,
-        frame: bytes | None = None,
-    ) -> TaskSpec:
-        if task_id is None:
-            task_id = self._task.next_task_id()
-        spec = super()._spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, frame
-        )
-        parent = self._task.parent()
-        return spec if parent is None else with_parent(spec, parent)
+        self._task_ids = lambda: context.next_task_id() or self._numbered_id()
+        self._parent = context.parent
 
     # -------------------------------------------------------------- waits lend the slot
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypeAlias
 
+import msgspec
 from msgspec import Struct
 
 from broker.protocol.errors import ProtocolError
@@ -114,6 +115,10 @@ class TaskSpec(Struct, frozen=True, gc=False):
     # The task that submitted this one, from its node (EXECUTE parent): cancelling that
     # task cancels this one (protocol.md 5.9); None: a client's own task.
     parent: str | None = None
+
+    def replaced(self, **changes: Any) -> TaskSpec:
+        """This spec with the fields named in `changes` set anew (not checked)."""
+        return msgspec.structs.replace(self, **changes)
 
 
 class Replaces(Struct, frozen=True, gc=False):
