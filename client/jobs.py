@@ -91,6 +91,7 @@ class _Job:
         self.job_id = job_id
         self.options = options
         self.future: JobFuture | None = None
+        self.parent = client._parent() if client._parent else None  # a task's client's task
         self.parts: list[TaskFuture] = []
         self._tasks: list[TaskFuture] = []  # every task sent but the combine
         self._cancelled = False
@@ -123,9 +124,9 @@ class _Job:
             self.planned.set()
 
     def _send(self, argument_lists: list[list[Any]], future: JobFuture) -> None:
-        client, options, job_id = self.client, self.options, self.job_id
+        job_id, function = self.job_id, self.function
         for i, arguments in enumerate(argument_lists):
-            part = client.submit(self.function, *arguments, task_id=f"{job_id}:{i}", **options)
+            part = self._submit(function, arguments, f"{job_id}:{i}")
             self.parts.append(part)
             self._tasks.append(part)
         level: list[TaskFuture] = list(self.parts)
@@ -135,16 +136,23 @@ class _Job:
             step = MAX_DEPENDENCIES
             groups = [level[i : i + step] for i in range(0, len(level), step)]
             level = [
-                client.submit(
-                    self.function + COMBINE, group, task_id=f"{job_id}:c{rounds}.{n}", **options
-                )
+                self._submit(function + COMBINE, [group], f"{job_id}:c{rounds}.{n}")
                 for n, group in enumerate(groups)
             ]
             self._tasks += level
+        self._submit(function + COMBINE, [level], job_id, future)
+
+    def _submit(
+        self, function: str, args: list[Any], task_id: str, future: TaskFuture | None = None
+    ) -> TaskFuture:
+        """Send one task of the job (`future`: the one its answer settles, else a new one).
+        Called in the client's I/O thread: the job's parent, if it has one, is the task that
+        started the job, taken then."""
+        client, options = self.client, self.options
         spec = client._future_spec(
-            self.function + COMBINE,
-            [level],
-            job_id,
+            function,
+            args,
+            task_id,
             options["priority"],
             options["retries"],
             options["queue_timeout"],
@@ -152,7 +160,13 @@ class _Job:
             options["retry_on"],
             None,
         )
-        client._futures_engine().submit(spec, future)
+        if self.parent is not None:
+            spec = spec.replaced(parent=self.parent)
+        engine = client._futures_engine()
+        if future is None:
+            future = TaskFuture(task_id, function, engine.cancel)
+        engine.submit(spec, future)
+        return future
 
     def cancel(self, future: TaskFuture, task_id: str) -> None:
         """The job's future was cancelled: cancel its tasks at the broker."""

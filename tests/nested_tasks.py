@@ -64,3 +64,9 @@ def parent_of_slow_child(delay: float, timeout: float) -> int:
     """Waits for a child that runs `delay` seconds with a task timeout of `timeout`."""
     child: int = get_client().submit("slow_square", 2, delay, task_timeout=timeout).result()
     return child
+
+
+def job_inside(parts: int, delay: float) -> int:
+    """Runs a split job (tests.split_tasks' slow_sum_squares over 1..100) and waits for it."""
+    total: int = get_client().split("slow_sum_squares", 1, 100, delay, parts=parts).result()
+    return total

@@ -114,3 +114,26 @@ def test_a_child_run_in_a_lent_slot_is_stopped_at_its_task_timeout(cluster: Clus
     assert child.value.exit_code == p.EXIT_TIMEOUT
     # Its timeout ended the node process, and the parent with it.
     assert failed.value.exit_code == p.EXIT_WORKER_CRASHED
+
+
+def test_a_split_job_run_by_a_task_is_cancelled_with_it(cluster: Cluster) -> None:
+    cluster.start_broker()
+    cluster.start_node(functions=[NESTED, "tests.split_tasks"], concurrency=2)
+    cluster.wait_nodes("node0.0", "node0.1")
+    with Client(cluster.url) as client:
+        assert client.execute("job_inside", 3, 0.0) == sum(k * k for k in range(1, 101))
+        parent = client.submit("job_inside", 4, 30.0)
+        wait_until(  # the parent, its split, four parts and the combine
+            lambda: client.status()["counters"].get("accepted", 0) == 6 + 7,
+            15,
+            what="the job's parts submitted",
+        )
+        client.cancel(parent.task_id)
+        wait_until(
+            lambda: client.status()["running"] == 0 and client.status()["queued"] == 0,
+            15,
+            what="nothing left running",
+        )
+        counters = client.status()["counters"]
+    assert counters["cancelled_with_parent"] == 5  # four parts and the combine
+    assert counters["cancelled"] == 6
