@@ -8,11 +8,13 @@ whenever a slot frees, so the pool knows which tasks have started without being 
 oldest `capacity` (`Node.held` lists the others, oldest first). Tasks asked back (RETRACT)
 wait in `Node.retracting` for the node's answer.
 
-A node is picked for a task either from a per-function ready ring (round robin) or from a
-least-loaded heap (active tasks per unit of capacity). Nodes that registered the same set of
-functions share one heap, so a load change costs one push whatever the number of functions,
-and picking for a function looks at the top of one heap per distinct set that offers it.
-Heap entries are invalidated lazily by a per-node version number.
+A node is picked for a task either from a per-function ready ring (round robin) or by least
+load (active tasks per unit of capacity). Nodes that registered the same set of functions
+form a group. A group of more than SCAN_MAX nodes keeps a least-loaded heap, so a load change
+costs one push whatever the number of functions, and picking for a function looks at the top
+of one heap per distinct set that offers it; heap entries are invalidated lazily by a
+per-node version number. A smaller group is searched at each pick instead, which costs less
+than the two pushes per task a heap takes.
 
 Pure state: no sockets, no clock. Time comes in as `now`.
 """
@@ -29,6 +31,9 @@ from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
 from broker.core.tasks import ProcessKey
 from broker.protocol import Register
 
+# A group of at most this many nodes offering the same functions is searched at each pick
+# instead of keeping a heap: two heap pushes per task cost more than looking at a few nodes.
+SCAN_MAX = 8
 HELD_WORK = 0.01  # seconds of work a node holds beyond its slots, at most `prefetch` tasks
 FIRST_RUN_TIME = 1.0  # seconds per task assumed until a node has answered: hold little
 RUN_TIME_WEIGHT = 0.2  # of the newest task in the moving average of run times
@@ -57,6 +62,7 @@ class Node:
         "run_time",
         "slots",
         "stop",
+        "tie",
         "timer",
         "version",
         "waiting",
@@ -81,6 +87,7 @@ class Node:
         self.completed = 0
         self.draining = False  # it sent DEREGISTER: no new work
         self.version = 0  # see the heaps below
+        self.tie = 0  # when its load last changed (a count): among equal loads, first wins
         self.timer = 0  # its heartbeat and liveness check, see broker.core.timers
         self.backlog_told = 0  # the backlog hint it was sent last (protocol.md 3.4)
         # Of `active`, tasks that run but wait for other tasks (WAITING, protocol.md 5.9):
@@ -188,6 +195,7 @@ class NodePool:
         return node
 
     def _join(self, node: Node) -> None:
+        node.tie = next(self._tie)
         offering = self._offering
         for function in node.functions:
             offering[function] = offering.get(function, 0) + 1
@@ -199,7 +207,12 @@ class NodePool:
             for function in node.functions:
                 self._groups_by_function.setdefault(function, []).append(group)
         group.members.add(node.identity)
-        self._push(group, node)
+        if len(group.members) == SCAN_MAX + 1:  # large now: its heap holds every node
+            group.heap = []
+            for identity in group.members:
+                self._push(group, self.nodes[identity])
+        else:
+            self._push(group, node)
 
     def _leave(self, node: Node) -> None:
         offering = self._offering
@@ -257,6 +270,8 @@ class NodePool:
         return None if best is None else self.nodes[best[2]]
 
     def _top(self, group: _Group) -> tuple[float, int, bytes, int] | None:
+        if len(group.members) <= SCAN_MAX:
+            return self._scan(group)
         heap = group.heap
         while heap:
             _, _, identity, version = heap[0]
@@ -266,9 +281,22 @@ class NodePool:
             heapq.heappop(heap)
         return None
 
+    def _scan(self, group: _Group) -> tuple[float, int, bytes, int] | None:
+        """The least-loaded node with a free place in a small group, looked for (cheaper
+        than keeping a heap up to date at every load change): as a heap entry would be."""
+        nodes, best = self.nodes, None
+        for identity in group.members:
+            node = nodes[identity]
+            active = len(node.active)
+            if active < node.window:
+                entry = (active / node.capacity, node.tie, identity, node.version)
+                if best is None or entry < best:
+                    best = entry
+        return best
+
     def _push(self, group: _Group, node: Node) -> None:
-        if len(node.active) >= node.window:  # no free place
-            return
+        if len(node.active) >= node.window or len(group.members) <= SCAN_MAX:
+            return  # no free place, or a small group: `_scan` finds it
         heap = group.heap
         while heap and not self._current(heap[0]):
             # Most often the entry this node was picked by: drop it before it is buried.
@@ -278,7 +306,7 @@ class NodePool:
             heap[:] = [e for e in heap if self._current(e)]
             heapq.heapify(heap)
         load = len(node.active) / node.capacity
-        heapq.heappush(heap, (load, next(self._tie), node.identity, node.version))
+        heapq.heappush(heap, (load, node.tie, node.identity, node.version))
 
     def _current(self, entry: tuple[float, int, bytes, int]) -> bool:
         node = self.nodes.get(entry[2])
@@ -427,6 +455,7 @@ class NodePool:
 
     def _changed(self, node: Node) -> None:
         node.version += 1
+        node.tie = next(self._tie)
         if not node.draining:
             self._push(self._groups[node.functions], node)
 
@@ -459,7 +488,7 @@ class NodePool:
                     assert identity in self._rings[function], f"{node.name} missing from ring"
             group = self._groups[node.functions]
             assert identity in group.members
-            if node.free > 0:
+            if node.free > 0 and len(group.members) > SCAN_MAX:
                 assert any(self._current(e) and e[2] == identity for e in group.heap), (
                     f"{node.name} has a free slot but no current heap entry"
                 )
