@@ -92,6 +92,14 @@ def _print_status(body: dict[str, Any]) -> None:
     console.print("(zbroker status --json for ids and every function)", style="dim")
 
 
+def _load(node: dict[str, Any]) -> str:
+    """Running tasks of capacity, and how many of those wait for tasks they submitted
+    (each lends its slot, so a node may run more than its capacity)."""
+    load = f"{node.get('active', 0) - node.get('held', 0)}/{node.get('capacity', 0)}"
+    waiting = node.get("waiting", 0)
+    return f"{load} ({waiting} waiting)" if waiting else load
+
+
 def _process_row(
     node: dict[str, Any], host: str = "", indent: str = "", functions: bool = True
 ) -> list[str]:
@@ -100,7 +108,7 @@ def _process_row(
         host,
         str(node.get("pid", "")),
         str(node.get("state", "")),
-        f"{node.get('active', 0) - node.get('held', 0)}/{node.get('capacity', 0)}",
+        _load(node),
         str(node.get("held", 0)),
         str(node.get("completed", "")),
         f"{node.get('last_seen', 0):.1f}s ago",

@@ -71,7 +71,7 @@ start with "-" go after `--`. Examples, for a node offering the math set
   zsubmit cancel TASK_ID             cancels it
   zsubmit map power args.jsonl       one task per line ([2, 10]), results in order
   zsubmit --split 8 sum_squares 1 10000000
-                                     8 parts on any free nodes, their sum printed
+                                     8 tasks on any free nodes, then summed
 
 Ctrl-C while zsubmit waits cancels the task (exit 130); a second Ctrl-C leaves
 it running and prints how to fetch its result. Two different timeouts:
