@@ -414,6 +414,8 @@ class Client:
             contact=self._link.contact,
             max_message_size=self.max_message_size,
             answers=answers,
+            prefix=self._task_ids() if self._task_ids else None,
+            parent=self._parent() if self._parent else None,
         )
         if not progress:
             return pipeline.run()

@@ -56,6 +56,8 @@ class Pipeline:
         contact: Contact | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         answers: bool = False,
+        prefix: str | None = None,
+        parent: str | None = None,
     ) -> None:
         if type(window) is not int or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
@@ -72,7 +74,10 @@ class Pipeline:
         self._watch: ConnectWatch | None = None
         self._max_size = max_message_size
         self._answers = answers
-        self._prefix = uuid.uuid4().hex
+        # Task ids: PREFIX.INDEX; a task's client gives a prefix derived from its task's,
+        # and its task as the parent of every task (protocol.md 5.9).
+        self._prefix = uuid.uuid4().hex if prefix is None else prefix
+        self._parent = parent
         self._exhausted = False
         # task_id -> (input position, the EXECUTE as sent), kept for resends.
         self._outstanding: dict[str, tuple[int, Execute]] = {}
@@ -130,7 +135,10 @@ class Pipeline:
                     f"item {index} is a {type(args).__name__}"
                 )
             task_id = f"{self._prefix}.{index}"
-            execute = Execute(options.spec(task_id, function, encode_arguments(args)))
+            spec = options.spec(task_id, function, encode_arguments(args))
+            if self._parent is not None:
+                spec = spec.replaced(parent=self._parent)
+            execute = Execute(spec)
             try:
                 check_task_size(execute.spec, self._max_size)
             except MessageTooLarge as exc:

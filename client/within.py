@@ -7,7 +7,7 @@ task it submits without an id of its own (a task run again submits the same ids,
 finished is not run twice); and a context to wait in, which lends the task's slot to other
 tasks while it blocks. Every blocking call waits inside it: a future's `result()` and
 `exception()`, `execute`, `execute_raw`, `map`, `imap`, `result`, `wait` and `as_completed`.
-(`map` and `imap` number their tasks themselves: those are not derived from the task's id.)
+(`map` and `imap` number their tasks after one derived id: TASK/N.0, TASK/N.1, ...)
 """
 
 from __future__ import annotations

@@ -25,8 +25,11 @@ def test_a_task_submits_tasks_and_waits_for_their_results(cluster: Cluster) -> N
     with Client(cluster.url) as client:
         assert client.execute("sum_of_squares", 10) == sum(i * i for i in range(10))
         assert client.execute("nested", 4) == 4  # a parent of a parent of a parent
+        # map inside a task: its tasks' ids derive from the task's too
+        pids = client.execute("pid_of_children", 3, task_id="mapper")
+        assert client.result("mapper/0.2") in pids
     counters = cluster.status()["counters"]
-    assert counters["completed"] == 2 + 10 + 3
+    assert counters["completed"] == 2 + 10 + 3 + 1 + 3
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["inline slots", "slot threads"])
