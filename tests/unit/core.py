@@ -99,6 +99,13 @@ class Core:
         return self.scheduler.status(now)
 
 
+def two_slots(config: SchedulerConfig | None = None) -> Core:
+    """A core with one node `n` of two slots for `f`."""
+    core = Core(config)
+    core.handle(b"n", register("n", capacity=2), 0.0)
+    return core
+
+
 def register(name: str, functions: tuple[str, ...] = ("f",), capacity: int = 1) -> p.Register:
     return p.Register(name=name, host="h", pid=1, functions=functions, capacity=capacity)
 

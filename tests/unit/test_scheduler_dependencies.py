@@ -6,7 +6,7 @@ from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Restored
 from broker.core.journal import PendingTask
-from tests.unit.core import Core, completed, execute, ok, register, runs
+from tests.unit.core import Core, completed, execute, ok, register, runs, two_slots
 
 CLIENT = b"client-1"
 
@@ -18,12 +18,6 @@ def after(task_id: str, *deps: str, queue_timeout: float | None = None) -> p.Exe
 
 def failed(task_id: str) -> p.Result:
     return p.Result(task_id, 1, b"null", p.ErrorInfo("ValueError", "bad"))
-
-
-def two_slots() -> Core:
-    core = Core()
-    core.handle(b"n", register("n", capacity=2), 0.0)
-    return core
 
 
 def test_a_dependent_waits_until_its_dependencies_succeed() -> None:

@@ -8,7 +8,7 @@ from broker import protocol as p
 from broker.core.config import ResultsConfig, SchedulerConfig
 from broker.core.events import Restored, Send
 from broker.core.journal import PendingTask
-from tests.unit.core import Core, completed, execute, ok, register
+from tests.unit.core import Core, completed, execute, ok, register, two_slots
 
 CLIENT = b"client-1"
 
@@ -20,12 +20,6 @@ def using(task_id: str, args: bytes, *inputs: str, after: tuple[str, ...] = ()) 
 
 def run_messages(sends: list[Send]) -> list[p.Run]:
     return [s.message for s in sends if isinstance(s.message, p.Run)]
-
-
-def two_slots(config: SchedulerConfig | None = None) -> Core:
-    core = Core(config)
-    core.handle(b"n", register("n", capacity=2), 0.0)
-    return core
 
 
 def test_a_dependent_runs_with_its_inputs_results_after_its_arguments() -> None:
