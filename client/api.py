@@ -193,10 +193,8 @@ class Client:
         when no answer comes in time, and TypeError for arguments JSON cannot carry.
         """
         spec = self._spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, after
         )
-        if after is not None:
-            spec = with_dependencies(spec, after)
         return result_of(function, self._execute(spec, timeout), spec.task_timeout)
 
     def execute_raw(
@@ -226,10 +224,8 @@ class Client:
         for the answer, not a limit on the function. Raises BrokerError, BrokerTimeout,
         TypeError, and ValueError for an option out of range."""
         spec = self._spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on
+            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, after
         )
-        if after is not None:
-            spec = with_dependencies(spec, after)
         return self._execute(spec, timeout)
 
     # ------------------------------------------------------------------------- futures
@@ -254,9 +250,19 @@ class Client:
         Raises at once TypeError for arguments JSON cannot carry, ValueError for an option
         out of range (MessageTooLarge for a task over `max_message_size`), BadEndpoint for
         a URL ZeroMQ refuses, ClientError once closed."""
-        spec = self._future_spec(
-            function, args, task_id, priority, retries, queue_timeout, task_timeout, retry_on, after
+        spec = self._spec(
+            function,
+            args,
+            task_id,
+            priority,
+            retries,
+            queue_timeout,
+            task_timeout,
+            retry_on,
+            after,
+            futures=True,
         )
+        check_task_size(spec, self.max_message_size)
         engine = self._futures_engine()
         future = TaskFuture(spec.task_id, spec.function, engine.cancel)
         engine.submit(spec, future)
@@ -489,16 +495,22 @@ class Client:
         queue_timeout: float | None,
         task_timeout: float | None,
         retry_on: RetryOn,
-        frame: bytes | None = None,
+        after: After = None,
+        futures: bool = False,
     ) -> TaskSpec:
         """The task a call describes, every option given checked, before anything is sent.
-        `frame`: the arguments frame, when encoded already (`args` is then ignored)."""
+        `futures`: futures in `args` become inputs (protocol.md 5.8); else they are refused
+        (a blocking call sent on another socket than the futures' cannot rely on them)."""
         if task_id is None:
             # `_new_task_id`, without its call on every task's way (but in a task's client)
             task_id = self._task_ids() if self._task_ids else f"{self._id_prefix}-{next(self._ids)}"
         else:
             task_id = check_name("task_id", task_id)
         function = check_name("function", function)
+        if futures:
+            frame, inputs = encode_arguments_and_inputs(args)
+        else:
+            frame, inputs = encode_arguments(args), None
         options = self.defaults
         parent = self._parent() if self._parent else None
         if (
@@ -509,10 +521,10 @@ class Client:
             and retry_on is None
         ):
             # Most calls give no option of their own: the defaults, checked when set.
-            return TaskSpec(
+            spec = TaskSpec(
                 task_id,
                 function,
-                encode_arguments(args) if frame is None else frame,
+                frame,
                 options.priority,
                 options.retries,
                 options.queue_timeout,
@@ -522,49 +534,23 @@ class Client:
                 None,
                 parent,
             )
-        args_frame = encode_arguments(args) if frame is None else frame
-        spec = options.spec(
-            task_id, function, args_frame, priority, retries, queue_timeout, task_timeout, retry_on
-        )
-        return spec if parent is None else spec.replaced(parent=parent)
+        else:
+            spec = options.spec(
+                task_id, function, frame, priority, retries, queue_timeout, task_timeout, retry_on
+            )
+            if parent is not None:
+                spec = spec.replaced(parent=parent)
+        if inputs is not None:
+            spec = with_inputs(spec, inputs)
+        if after is not None:
+            spec = with_dependencies(spec, after)
+        return spec
 
     def _new_task_id(self) -> str:
         return self._task_ids() if self._task_ids else self._numbered_id()
 
     def _numbered_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
-
-    def _future_spec(
-        self,
-        function: str,
-        args: Sequence[Any],
-        task_id: str | None,
-        priority: int | None,
-        retries: int | None,
-        queue_timeout: float | None,
-        task_timeout: float | None,
-        retry_on: RetryOn,
-        after: After,
-    ) -> TaskSpec:
-        """The task `submit` sends: futures in `args` become inputs (protocol.md 5.8)."""
-        args_frame, inputs = encode_arguments_and_inputs(args)
-        spec = self._spec(
-            function,
-            (),
-            task_id,
-            priority,
-            retries,
-            queue_timeout,
-            task_timeout,
-            retry_on,
-            args_frame,
-        )
-        if inputs is not None:
-            spec = with_inputs(spec, inputs)
-        if after is not None:
-            spec = with_dependencies(spec, after)
-        check_task_size(spec, self.max_message_size)
-        return spec
 
     def _futures_engine(self) -> Engine:
         return self._engine or self._start_engine()

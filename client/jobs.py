@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from broker.protocol import EXIT_UNKNOWN_FUNCTION, MAX_DEPENDENCIES, MAX_NAME_LENGTH
 from client.errors import ClientError, TaskFailed
 from client.futures import TaskFuture
+from client.options import check_task_size
 
 if TYPE_CHECKING:
     from client.api import Client
@@ -149,7 +150,7 @@ class _Job:
         Called in the client's I/O thread: the job's parent, if it has one, is the task that
         started the job, taken then."""
         client, options = self.client, self.options
-        spec = client._future_spec(
+        spec = client._spec(
             function,
             args,
             task_id,
@@ -158,8 +159,9 @@ class _Job:
             options["queue_timeout"],
             options["task_timeout"],
             options["retry_on"],
-            None,
+            futures=True,
         )
+        check_task_size(spec, client.max_message_size)
         if self.parent is not None:
             spec = spec.replaced(parent=self.parent)
         engine = client._futures_engine()
