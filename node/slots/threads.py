@@ -108,7 +108,7 @@ class ThreadSlots:
     def submit(self, run: Run) -> None:
         """Start the task in a free slot, or hold it until one frees up (in order); its
         result comes from `take_results`."""
-        if self._backlog or not self.free_count:
+        if self._backlog or self.free_count <= 0:
             self._backlog.append(run)
         else:
             self._start(run)
@@ -121,7 +121,7 @@ class ThreadSlots:
         thread = threading.Thread(target=self._slot, name="lent-slot", daemon=True)
         self._threads.append(thread)
         thread.start()
-        while self._backlog and self.free_count:
+        while self._backlog and self.free_count > 0:
             self._start(self._backlog.popleft())
         return True
 
@@ -180,7 +180,7 @@ class ThreadSlots:
                 continue
             running.pop(task_id, None)
             taken.append(frames)
-        while self._backlog and self.free_count:
+        while self._backlog and self.free_count > 0:
             self._start(self._backlog.popleft())
         return combine_results(taken)
 

@@ -126,6 +126,27 @@ def test_thread_slots_hold_tasks_beyond_their_capacity() -> None:
     slots.close(wait=1.0)
 
 
+def test_thread_slots_lend_a_waiting_tasks_slot_and_run_over_until_tasks_end() -> None:
+    woken = threading.Event()
+    slots = ThreadSlots(FUNCTIONS, 1, woken.set)
+    slots.start()
+    for task_id in ("parent", "child", "later"):
+        slots.submit(run(task_id))
+    assert sorted(slots.running) == ["parent"] and slots.held == 2
+    assert not slots.lend("child")  # held, not running: nothing to lend
+    assert slots.lend("parent")  # one more slot thread: the oldest held task starts
+    assert sorted(slots.running) == ["child", "parent"] and slots.held == 1
+    assert slots.reclaim("parent") and not slots.reclaim("parent")
+    # Two run on one slot now: the held task waits until both have ended.
+    assert slots.capacity == 1 and slots.free_count == -1 and slots.held == 1
+    slots.submit(run("newer"))
+    assert results(slots) == {} and slots.held == 2  # nothing ended: nothing starts
+    RELEASE.set()
+    got = collect(slots, woken, 4)
+    assert sorted(got) == ["child", "later", "newer", "parent"]
+    slots.close(wait=1.0)
+
+
 def test_thread_slots_expire_an_overdue_task_and_drop_its_late_result() -> None:
     woken = threading.Event()
     slots = ThreadSlots(FUNCTIONS, 2, woken.set)
