@@ -642,6 +642,14 @@ class Scheduler:
         task = self._tasks.get(msg.task_id)
         if task is None or task.holder != node.identity or task.state is not RUNNING:
             self._counters["ignored_waiting"] += 1
+            count = self._counters["ignored_waiting"]
+            if sampled(count):
+                log.warning(
+                    "ignored WAITING from node %s for task %s: it does not run it (%d so far)",
+                    node.name,
+                    msg.task_id,
+                    count,
+                )
             return []
         if not msg.waiting:
             self._pool.reclaim(node, msg.task_id)
@@ -1001,9 +1009,9 @@ class Scheduler:
         self._tasks.add(task)
         spec = task.spec
         if spec.inputs is not None or spec.parent is not None:
-            self._link(spec)
+            self._note_relations(spec)
 
-    def _link(self, spec: TaskSpec) -> None:
+    def _note_relations(self, spec: TaskSpec) -> None:
         """A task added to the table that takes inputs (their answers are pinned) or was
         submitted by a pending task (it is cancelled with it)."""
         if spec.inputs is not None:
@@ -1027,7 +1035,7 @@ class Scheduler:
             spec = task.spec
             self._tasks.add(task)
             if spec.inputs is not None or spec.parent is not None:
-                self._link(spec)
+                self._note_relations(spec)
             if spec.depends_on is not None:
                 held = self._hold_for_dependencies(task, now, answers)
                 if held is not None:

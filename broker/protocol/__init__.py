@@ -145,7 +145,6 @@ from broker.protocol.messages import (
     Waiting as Waiting,
 )
 from broker.protocol.payload import (
-    INPUT_KEY as INPUT_KEY,
     dumps_payload as dumps_payload,
     input_placeholder as input_placeholder,
     loads_payload as loads_payload,
