@@ -32,6 +32,7 @@ from broker.core.events import (
     Undecodable,
 )
 from broker.core.journal import Change
+from broker.core.metrics import Histogram
 from broker.core.scheduler import Scheduler
 from broker.protocol.frames import NOBLOCK, TimedReceiver, readable, recv_frames, send_routed
 from broker.store import Persistence, PersistenceConfig, StoreError
@@ -61,6 +62,46 @@ class BrokerConfig:
     strict: bool = False  # re-raise bugs and check the core's invariants after every event
 
 
+class ShellStats:
+    """What the shell adds to STATUS_REPLY `metrics` (protocol.md 3.11): messages and bytes
+    each way (from the tag frame on), and the store's group commits: how many, how many
+    changes they wrote, and how long each took."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "commit_seconds",
+        "messages_in",
+        "messages_out",
+        "store_batches",
+        "store_changes",
+        "store_largest_batch",
+    )
+
+    def __init__(self) -> None:
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        self.store_batches = self.store_changes = self.store_largest_batch = 0
+        self.commit_seconds = Histogram()
+
+    def sent(self, frames: list[bytes]) -> None:
+        self.messages_out += 1
+        self.bytes_out += sum(map(len, frames))
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "store": {
+                "batches": self.store_batches,
+                "changes": self.store_changes,
+                "largest_batch": self.store_largest_batch,
+                "commit_seconds": self.commit_seconds.view(),
+            },
+        }
+
+
 class BrokerServer:
     """Owns the ROUTER socket; run `serve()` in one thread, `request_stop()` from any."""
 
@@ -69,7 +110,13 @@ class BrokerServer:
         self.persistence = Persistence(config.persistence)
         self._wall_offset = time.time() - time.monotonic()
         scheduler_config = replace(config.scheduler, journal=self.persistence.enabled)
-        self.scheduler = Scheduler(scheduler_config, wall_offset=self._wall_offset)
+        self.stats = ShellStats()
+        self.scheduler = Scheduler(
+            scheduler_config,
+            wall_offset=self._wall_offset,
+            now=time.monotonic(),
+            shell_status=self.stats.view,
+        )
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket[Any] | None = None
         self._changes: list[Change] = []  # for the store, written once per group commit
@@ -214,6 +261,9 @@ class BrokerServer:
             size = len(frames[2]) + len(frames[3]) + len(frames[4]) + len(frames[5])
         else:
             size = sum(map(len, frames)) - len(frames[0])  # from the tag on
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += size
         try:
             if size > self._max_size:
                 raise p.oversized(frames[2:], size, self._max_size)
@@ -269,7 +319,9 @@ class BrokerServer:
         if len(commands) == 1 and type(commands[0]) is Send:  # the common case
             send = commands[0]
             try:
-                send_routed(router, send.peer, p.encode(send.message), NOBLOCK)
+                frames = p.encode(send.message)
+                send_routed(router, send.peer, frames, NOBLOCK)
+                self.stats.sent(frames)
                 return
             except zmq.ZMQError:
                 pass  # _send_to says what went wrong
@@ -287,6 +339,7 @@ class BrokerServer:
         for frames in p.encode_many(messages):
             try:
                 send_routed(router, peer, frames, NOBLOCK)
+                self.stats.sent(frames)
             except zmq.Again:
                 self._handle(SendDropped(peer), time.monotonic())
             except zmq.ZMQError as exc:
@@ -317,6 +370,12 @@ class BrokerServer:
             log.critical("%s; stopping at once", exc)
             self.store_failure = exc
             self._stop_requests += 2
+            return
+        stats = self.stats
+        stats.store_batches += 1
+        stats.store_changes += len(changes)
+        stats.store_largest_batch = max(stats.store_largest_batch, len(changes))
+        stats.commit_seconds.observe(time.monotonic() - now)
 
     # ------------------------------------------------------------------ stopping
 

@@ -114,6 +114,13 @@ def start(
         help="On SIGINT/SIGTERM, seconds to wait for running tasks to finish (queued ones stay "
         "in the store for the next start). A second signal stops at once.",
     ),
+    metrics: bool = typer.Option(
+        True,
+        "--metrics/--no-metrics",
+        help="Measure tasks by function and node (counts, queue wait, run and end-to-end time "
+        "histograms, throughput, utilisation) for STATUS, `zbroker monitor` and `zbroker top`. "
+        "--no-metrics only to measure what they cost.",
+    ),
     ready_file: Path | None = typer.Option(
         None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
     ),
@@ -147,6 +154,7 @@ def start(
         task_timeout or None,
         max_prefetch=max_prefetch,
         retry_on=default_retry_on,
+        metrics=metrics,
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
     config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)

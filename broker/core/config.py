@@ -89,6 +89,9 @@ class SchedulerConfig:
     # Failures retried (within `retries`) for tasks whose EXECUTE has no `retry_on`, besides
     # crashes and lost nodes: none by default, as Ray's defaults.
     retry_on: tuple[str, ...] = ()
+    # Counts, histograms and rates by function and node (broker.core.metrics), in
+    # STATUS_REPLY `metrics`; off (`zbroker start --no-metrics`) only to measure their cost.
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
+from broker.core.metrics import NodeBusy
 from broker.core.tasks import ProcessKey
 from broker.protocol import Register
 
@@ -45,9 +46,11 @@ class Node:
     __slots__ = (
         "active",
         "backlog_told",
+        "busy",
         "capacity",
         "completed",
         "draining",
+        "failed",
         "functions",
         "held",
         "host",
@@ -85,6 +88,8 @@ class Node:
         self.held: dict[str, str] = {}  # of those, not started yet: id -> function, oldest first
         self.retracting: set[str] = set()  # of those, asked back and not answered yet
         self.completed = 0
+        self.failed = 0  # of those, RESULTs with an exit code other than 0
+        self.busy = NodeBusy(now)  # its slot-seconds of running, for its utilisation
         self.draining = False  # it sent DEREGISTER: no new work
         self.version = 0  # see the heaps below
         self.tie = 0  # when its load last changed (a count): among equal loads, first wins

@@ -46,6 +46,7 @@ class TaskQueue:
     def __init__(self) -> None:
         self._heaps: dict[str, _Heap] = {}  # only functions with live entries
         self.size = 0  # tasks queued (read it; only the queue changes it)
+        self._by_priority = [0] * PRIORITIES  # tasks queued at each priority
         self._stamp = 0
         self._served = [0] * PRIORITIES  # by priority: the tag of the last task taken
         self._last: dict[tuple[bytes, int], int] = {}  # (submitter, priority) -> last tag
@@ -87,6 +88,7 @@ class TaskQueue:
         heapq.heappush(heap.entries, (-task.spec.priority, tag, self._stamp, task))
         heap.live += 1
         self.size += 1
+        self._by_priority[task.spec.priority] += 1
 
     def pop_for(self, functions: Set[str]) -> Task | None:
         """The first task, by priority then turn, whose function is in `functions`."""
@@ -122,6 +124,7 @@ class TaskQueue:
         task.queue_stamp = 0
         heap.live -= 1
         self.size -= 1
+        self._by_priority[task.spec.priority] -= 1
         if not heap.live:
             del self._heaps[task.spec.function]
 
@@ -146,7 +149,15 @@ class TaskQueue:
         """Queued tasks per function."""
         return {function: heap.live for function, heap in self._heaps.items()}
 
+    def counts_by_priority(self) -> dict[str, int]:
+        """Queued tasks per priority that has any (keys are the priorities, as text)."""
+        return {str(priority): n for priority, n in enumerate(self._by_priority) if n}
+
     def check_invariants(self) -> None:
+        by_priority = [0] * PRIORITIES
+        for task in self:
+            by_priority[task.spec.priority] += 1
+        assert by_priority == self._by_priority, "counts by priority drifted"
         total = 0
         for function, heap in self._heaps.items():
             live = [e[3] for e in heap.entries if e[3].queue_stamp == e[2]]

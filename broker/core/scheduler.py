@@ -56,6 +56,7 @@ from broker.core.events import (
 )
 from broker.core.graces import Grace, Graces
 from broker.core.inputs import Pins, run_payload
+from broker.core.metrics import Metrics
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache, conflicting
@@ -156,7 +157,11 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         rng: random.Random | None = None,
         wall_offset: float = 0.0,
+        now: float = 0.0,
+        shell_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """`now`: the clock's time at start (for the uptime in STATUS); `shell_status`: what
+        the shell adds to STATUS_REPLY `metrics` (its messages, bytes and store commits)."""
         self.config = config = config or SchedulerConfig()
         self._rng = rng or random.Random()  # retry jitter; seeded in tests
         self._wall_offset = wall_offset  # Unix time minus `now`, for the views only
@@ -168,6 +173,8 @@ class Scheduler:
         self._results = ResultCache(config.results)
         self._dead = DeadLetters(config.dead_letters_max)
         self._counters: Counter[str] = Counter()
+        self._metrics = Metrics(now) if config.metrics else None
+        self._shell_status = shell_status
         self._accepting = True
         self._journal = config.journal
         self._default_retries = config.retry.retries
@@ -315,7 +322,7 @@ class Scheduler:
 
     def status(self, now: float) -> dict[str, Any]:
         """The STATUS_REPLY body (protocol.md 3.11)."""
-        return status_body(
+        body = status_body(
             self._pool,
             self._tasks,
             self._queue,
@@ -326,6 +333,16 @@ class Scheduler:
             self._counters,
             now,
         )
+        metrics = self._metrics
+        if metrics is not None:
+            body["metrics"] = view = metrics.view(now, self._wall_offset)
+            for node_view, node in zip(body["nodes"], self._pool.nodes.values(), strict=True):
+                busy = self._busy(node, now)
+                node_view["busy_seconds"] = round(busy, 3)
+                node_view["utilisation"] = round(node.busy.utilisation(now, busy, node.slots), 4)
+            if self._shell_status is not None:
+                view.update(self._shell_status())
+        return body
 
     # ================================================================== events
 
@@ -470,11 +487,7 @@ class Scheduler:
             return self._resubmitted(peer, task, spec)
         kept = self._results.find(spec.task_id)
         if kept is not None:
-            # It finished already; its requester lost the answer (or asks twice).
-            if (known := conflicting(kept[2], spec)) is not None:
-                return self._conflict(peer, spec, known)
-            self._counters["answered_again"] += 1
-            return [Send(peer, kept[0])]
+            return self._answered_again(peer, spec, kept[0], kept[2])
         grace = None
         if not self._pool.offers(spec.function):
             grace = self._graces.covering(spec.function, now)
@@ -486,6 +499,8 @@ class Scheduler:
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
         self._counters["accepted"] += 1
+        if (metrics := self._metrics) is not None:
+            metrics.of(spec.function).accepted += 1
         self._seq += 1
         # `_new_task`, without its call on every task's way:
         retries = self._default_retries if spec.retries is None else spec.retries
@@ -497,6 +512,16 @@ class Scheduler:
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
+
+    def _answered_again(
+        self, peer: bytes, spec: TaskSpec, answer: TaskCompleted, answered: TaskSpec | None
+    ) -> list[Command]:
+        """A task id answered lately: it finished already, and its requester lost the
+        answer (or asks twice). Another request under that id is refused."""
+        if (known := conflicting(answered, spec)) is not None:
+            return self._conflict(peer, spec, known)
+        self._counters["answered_again"] += 1
+        return [Send(peer, answer)]
 
     def _resubmitted(self, peer: bytes, task: Task, spec: TaskSpec) -> list[Command]:
         """A pending task's id again: a resend (Lazy Pirate) or a second submitter, which
@@ -815,11 +840,16 @@ class Scheduler:
                         self._pool.start_held(holder, msg.task_id)
                         self._started(task, now)
                     holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
+                if (metrics := self._metrics) is not None:
+                    ran = now - task.started_at
+                    metrics.of(task.spec.function).run_time.observe(ran)
+                    holder.busy.done += ran
                 if msg.exit_code == 0:
                     commands = self._answer(task, 0, msg.result, None, now)  # leaves first
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
                     self.deferred = True
                     return commands
+                holder.failed += 1
                 released = self._release(holder, msg.task_id, now)  # a retry may take it
                 commands = self._attempt_failed(task, msg, now)
                 return commands + self._refill(holder, released, now)
@@ -915,6 +945,8 @@ class Scheduler:
                 "node %s (%s) silent for %.2fs: declared dead", node.name, node.node_id, silent
             )
             return self._lose_node(node, "expired", now)
+        if self._metrics is not None and node.busy.window.due(now):
+            node.busy.window.sample(now, self._busy(node, now))
         commands: list[Command] = []
         backlog = self._queue.waiting_for(node.functions)
         if (
@@ -927,6 +959,16 @@ class Scheduler:
             commands.append(Send(node.identity, Heartbeat(backlog)))
         self._schedule_check(node)
         return commands
+
+    def _busy(self, node: Node, now: float) -> float:
+        """`node`'s slot-seconds of running so far: its answered attempts and, of those it
+        runs now, the time since each started (O(its tasks))."""
+        busy = node.busy.done
+        for task_id in node.active:
+            task = self._tasks.get(task_id)
+            if task is not None and task.state is RUNNING and task.holder == node.identity:
+                busy += now - task.started_at
+        return busy
 
     def _schedule_check(self, node: Node) -> None:
         config = self.config
@@ -1160,6 +1202,8 @@ class Scheduler:
             # being asked back: its `expiring` is already False):
             self._tasks.move(task, RUNNING)
             task.started_at = now
+            if (metrics := self._metrics) is not None:
+                self._count_start(metrics, task, now)
             if task_timeout is not None:
                 self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
             elif task.timer:
@@ -1272,10 +1316,18 @@ class Scheduler:
         self._tasks.move(task, RUNNING)
         task.started_at = now
         task.expiring = False
+        if (metrics := self._metrics) is not None:
+            self._count_start(metrics, task, now)
         if task.task_timeout is not None:
             self._timers.schedule(task, now + task.task_timeout + self.config.overdue_grace)
         elif task.timer:
             self._timers.cancel(task)
+
+    def _count_start(self, metrics: Metrics, task: Task, now: float) -> None:
+        function = metrics.of(task.spec.function)
+        function.started += 1
+        if task.attempt == 1:
+            function.queue_wait.observe(now - task.submitted_at)
 
     def _unstarted(self, task: Task, now: float) -> list[Command]:
         """A task its node held never started (given back, or the node was lost): the
@@ -1319,6 +1371,8 @@ class Scheduler:
 
     def _retry_later(self, task: Task, now: float) -> list[Command]:
         self._counters["retried"] += 1
+        if self._metrics is not None:
+            self._metrics.of(task.spec.function).retried += 1
         task.holder = None
         commands: list[Command] = []
         if self._journal:
@@ -1388,8 +1442,20 @@ class Scheduler:
         bury the failures, and give the slots that RESULTs freed their next tasks."""
         commands: list[Command] = []
         answered = self._answered
+        metrics = self._metrics
         for task, reply, bury in answered:  # grows while dependents are answered
             self._count_outcome(reply.exit_code)
+            if metrics is not None:
+                spec = task.spec
+                metrics.answer(
+                    spec.function,
+                    reply.exit_code,
+                    task.submitted_at,
+                    now,
+                    spec.task_id,
+                    reply.error,
+                    reply.attempts,
+                )
             self._results.add(reply, now, task.spec)
             if self._journal:
                 commands.append(j.SaveAnswer(reply, now))
@@ -1400,14 +1466,20 @@ class Scheduler:
         answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
-            freed, self._freed = self._freed, []
-            for node, task_id in freed:
-                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    released = self._pool.release(node, task_id)  # `_release`, without a call
-                    if released and node.held:
-                        self._promote(node, now)
-                    if node.draining or (released and (self._queue.size or self._pool.held)):
-                        commands += self._refill(node, released, now)
+            commands += self._refill_freed(now)
+        return commands
+
+    def _refill_freed(self, now: float) -> list[Command]:
+        """The slots that successful RESULTs freed take their next tasks."""
+        commands: list[Command] = []
+        freed, self._freed = self._freed, []
+        for node, task_id in freed:
+            if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
+                released = self._pool.release(node, task_id)  # `_release`, without a call
+                if released and node.held:
+                    self._promote(node, now)
+                if node.draining or (released and (self._queue.size or self._pool.held)):
+                    commands += self._refill(node, released, now)
         return commands
 
     def _count_outcome(self, exit_code: int) -> None:
@@ -1421,6 +1493,8 @@ class Scheduler:
     def _bury(self, task: Task, reply: TaskCompleted, now: float) -> list[Command]:
         """A task that failed for good goes to the dead-letter queue."""
         self._counters["dead_lettered"] += 1
+        if self._metrics is not None:
+            self._metrics.of(task.spec.function).dead_lettered += 1
         entry = DeadLetter(task.spec, reply.attempts, reply.exit_code, reply.error, now)
         self._dead.add(entry)
         return [j.SaveDeadLetter(entry)] if self._journal else []

@@ -90,6 +90,7 @@ def status_body(
         - tasks.waiting_retry
         - tasks.held,
         "queued_by_function": queue.counts(),
+        "queued_by_priority": queue.counts_by_priority(),
         "results_kept": len(results),
         "results_bytes": results.bytes,
         "dead_letters": len(dead),
@@ -114,7 +115,9 @@ def _node_view(node: Node, now: float) -> dict[str, Any]:
         "prefetch": node.prefetch,
         "active": len(node.active),
         "held": len(node.held) + len(node.retracting),
+        "busy": node.running,
         "completed": node.completed,
+        "failed": node.failed,
         "last_seen": round(max(0.0, now - node.last_seen), 3),
         "state": "draining" if node.draining else "ready",
     }

@@ -23,6 +23,7 @@ STDLIB = "<stdlib>"  # any module of the standard library
 PURE = (
     "__future__",
     "abc",
+    "bisect",
     "collections",
     "dataclasses",
     "enum",

@@ -311,9 +311,13 @@ def test_status_reports_nodes_and_queue(sched: Core) -> None:
         "prefetch": 0,
         "active": 1,
         "held": 0,
+        "busy": 1,
         "completed": 0,
+        "failed": 0,
         "last_seen": 1.5,
         "state": "ready",
+        "busy_seconds": 1.0,  # running since 0.5
+        "utilisation": 0.3333,  # one of two slots for the 1.5 s since it registered
     }
     assert body["queued"] == 0 and body["running"] == 1
     assert body["counters"]["accepted"] == 1
