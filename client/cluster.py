@@ -185,6 +185,14 @@ class LocalCluster:
         self.nodes.append(node)
         return node
 
+    def start_monitor(self, *args: str, listen: str = "127.0.0.1:0") -> str:
+        """`zbroker monitor` for this cluster's broker (the dashboard and /metrics) on
+        `listen`; returns its URL once it serves."""
+        ready = self.workdir / f"monitor-{len(self.processes)}.url"
+        argv = ["monitor", "--broker", self.url, "--listen", listen, "--ready-file", str(ready)]
+        monitor = self._start("zbroker", [*argv, "--log-level", self.log_level, *args], "monitor")
+        return self._wait_for(lambda: _read(ready), "the monitor to serve", [monitor])
+
     def _start(self, script: str, argv: list[str], name: str | None = None) -> Process:
         name = name or script
         log_path = self.workdir / f"{name}-{len(self.processes)}.log"

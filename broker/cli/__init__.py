@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from broker.cli import dlq
+from broker.cli.monitor import monitor
 from broker.cli.start import start
 from broker.cli.status import EPILOG as STATUS_EPILOG, status
 from broker.protocol.version import package_version
@@ -20,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.command()(start)
 app.command(epilog=STATUS_EPILOG)(status)
 app.add_typer(dlq.app, name="dlq")
+app.command()(monitor)
 
 
 def _print_version(wanted: bool) -> None:
