@@ -28,6 +28,7 @@ from broker.protocol import (
     TaskSpec,
     execute_frames,
 )
+from broker.tracing import ClientSpans, for_client
 from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.engine import Engine
 from client.errors import BadReply, ClientError
@@ -132,6 +133,9 @@ class Client:
         # the parent of what it sends. None: a client of its own.
         self._task_ids: Callable[[], str] | None = None
         self._parent: Callable[[], str | None] | None = None
+        # The tasks' submit spans, when this process traces (broker.tracing); else None.
+        tracing = for_client()
+        self._spans = None if tracing is None else ClientSpans(tracing)
 
     @property
     def resend_interval(self) -> float:
@@ -422,6 +426,7 @@ class Client:
             answers=answers,
             prefix=self._task_ids() if self._task_ids else None,
             parent=self._parent() if self._parent else None,
+            spans=self._spans,
         )
         if not progress:
             return pipeline.run()
@@ -544,6 +549,8 @@ class Client:
             spec = with_inputs(spec, inputs)
         if after is not None:
             spec = with_dependencies(spec, after)
+        if self._spans is not None:
+            spec = self._spans.submitted(spec)
         return spec
 
     def _new_task_id(self) -> str:
@@ -560,7 +567,9 @@ class Client:
         with self._lock:
             self._check_open()
             if self._engine is None:
-                self._engine = Engine(self._context, self._link.contact, self.resend_interval)
+                self._engine = Engine(
+                    self._context, self._link.contact, self.resend_interval, self._spans
+                )
             return self._engine
 
     def _execute(self, spec: TaskSpec, timeout: Timeout) -> TaskCompleted:
@@ -573,9 +582,28 @@ class Client:
             return isinstance(reply, Error) and reply.task_id in (None, task_id)
 
         wait = self.timeout if timeout is ... else check_timeout(timeout)  # `_timeout`, inline
+        if self._spans is not None:
+            return self._traced_exchange(spec, answers, wait)
         reply = self._link.exchange(execute_frames(spec), answers, wait)
         if not isinstance(reply, TaskCompleted):
             raise BadReply(ERR_MALFORMED, f"the broker answered {type(reply).__name__} to EXECUTE")
+        return reply
+
+    def _traced_exchange(
+        self, spec: TaskSpec, answers: Callable[[Message], bool], wait: float | None
+    ) -> TaskCompleted:
+        """`_execute`'s exchange, ending the task's submit span with its answer or error."""
+        spans = self._spans
+        assert spans is not None
+        try:
+            reply = self._link.exchange(execute_frames(spec), answers, wait)
+            if not isinstance(reply, TaskCompleted):
+                kind = type(reply).__name__
+                raise BadReply(ERR_MALFORMED, f"the broker answered {kind} to EXECUTE")
+        except ClientError as exc:
+            spans.refused(spec.task_id, str(exc))
+            raise
+        spans.answered(reply)
         return reply
 
     def _check_open(self) -> None:

@@ -31,6 +31,7 @@ from broker.protocol import (
     encode_batch,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames, send_frames
+from broker.tracing import ClientSpans
 from client.errors import ClientError
 from client.futures import TaskFuture
 from client.ledger import Ledger, Outgoing, Settled
@@ -74,7 +75,13 @@ class Engine:
     answer of the Client.
     """
 
-    def __init__(self, context: zmq.Context[Any], contact: Contact, resend_interval: float) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        contact: Contact,
+        resend_interval: float,
+        spans: ClientSpans | None = None,
+    ) -> None:
         self.url = contact.url
         self._context = context
         self._contact = contact
@@ -87,7 +94,7 @@ class Engine:
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
-        self._ledger: Ledger[TaskFuture] = Ledger(resend_interval)
+        self._ledger: Ledger[TaskFuture] = Ledger(resend_interval, spans=spans)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         # Guards `_stopping`, `_wake_pending` and the pipe's write end.
         self._lock = threading.Lock()

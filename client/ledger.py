@@ -21,6 +21,7 @@ from broker.protocol import (
     TaskCompleted,
     TaskSpec,
 )
+from broker.tracing import ClientSpans
 from client.errors import BrokerError, ClientError, broker_error
 from client.payloads import result_of
 
@@ -63,6 +64,7 @@ class Ledger(Generic[F]):
     # What to send next, in the order asked: EXECUTEs and CANCELs by task id.
     _unsent: list[tuple[type[Outgoing], str]] = field(default_factory=list)
     _quiet_since: float = 0.0  # when the broker last sent anything, or the last resend
+    spans: ClientSpans | None = None  # the tasks' submit spans, when the client traces
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -199,6 +201,8 @@ class Ledger(Generic[F]):
         waiting = self._waiting.pop(completed.task_id, None)
         if waiting is None:  # answered already (a resend's second answer), or cancelled here
             return []
+        if self.spans is not None:
+            self.spans.answered(completed)
         spec = waiting.execute.spec
         try:
             value = result_of(spec.function, completed, spec.task_timeout)
@@ -219,4 +223,6 @@ class Ledger(Generic[F]):
             _log.warning("the broker reported an error: %s [%s]", error.message, error.code)
             return []
         exc = broker_error(error)
+        if self.spans is not None:
+            self.spans.refused(task_id, str(exc))
         return [Settled(future, error=exc) for future in waiting.futures]

@@ -21,6 +21,7 @@ from broker.protocol import (
     encode_batch,
 )
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
+from broker.tracing import ClientSpans
 from client.errors import ClientError, MessageTooLarge, broker_error
 from client.link import ConnectWatch, Contact, poll_ms
 from client.options import TaskOptions, check_name, check_task_size
@@ -58,10 +59,12 @@ class Pipeline:
         answers: bool = False,
         prefix: str | None = None,
         parent: str | None = None,
+        spans: ClientSpans | None = None,
     ) -> None:
         if type(window) is not int or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
         self._context = context
+        self._spans = spans  # the tasks' submit spans, when the client traces
         self._url = url
         self._function = check_name("function", function)
         self._options = options
@@ -138,6 +141,8 @@ class Pipeline:
             spec = options.spec(task_id, function, encode_arguments(args))
             if self._parent is not None:
                 spec = spec.replaced(parent=self._parent)
+            if self._spans is not None:
+                spec = self._spans.submitted(spec)
             execute = Execute(spec)
             try:
                 check_task_size(execute.spec, self._max_size)
@@ -232,6 +237,8 @@ class Pipeline:
         entry = self._outstanding.pop(completed.task_id, None)
         if entry is not None:  # None: a second answer, to a resend
             self._done[entry[0]] = self._outcome(completed)
+            if self._spans is not None:
+                self._spans.answered(completed)
 
     def _outcome(self, completed: TaskCompleted) -> Any:
         if self._answers:
@@ -248,7 +255,9 @@ class Pipeline:
                 "the broker at %s reported an error: %s [%s]", self._url, error.message, error.code
             )
             return
-        self._done[entry[0]] = broker_error(error)
+        self._done[entry[0]] = exc = broker_error(error)
+        if self._spans is not None:
+            self._spans.refused(error.task_id, str(exc))
 
 
 EXECUTE_BATCH_TASKS = 64  # tasks in one EXECUTE message, at most

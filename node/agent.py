@@ -22,6 +22,7 @@ from types import FrameType
 
 import zmq
 
+from broker import tracing
 from broker.protocol import (
     ERR_MALFORMED,
     ERR_NOT_HOLDER,
@@ -80,7 +81,9 @@ class NodeAgent:
             overdue=self._on_overdue_inline,
         )
         self._slots = open_slots(functions, config.threads, hooks)
-        self._restarts = Restarts(self._link, self._life, self._slots, config.report_fd)
+        self._restarts = Restarts(
+            self._link, self._life, self._slots, config.report_fd, node=config.name
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -327,7 +330,12 @@ class NodeAgent:
         elif msg.code == ERR_NOT_HOLDER:
             # This process does not hold that attempt (any more): the broker ignored the
             # RESULT and the task goes on elsewhere; nothing here needs mending.
-            log.warning("broker refused the result of task %s: %s", msg.task_id, msg.message)
+            log.warning(
+                "broker refused the result of task %s: %s",
+                msg.task_id,
+                msg.message,
+                extra={"task_id": msg.task_id, "node": self._config.name},
+            )
         else:
             log.warning("broker reported error %s: %s", msg.code, msg.message)
 
@@ -449,7 +457,7 @@ class NodeAgent:
         """Called by the inline watchdog, holding the socket, at the deadline of the task
         whose function the socket thread is in: answer for it and end the process."""
         self._flush_pending()
-        self._restarts.end_now([overdue_result(run)], overdue_reason(run))
+        self._restarts.end_now([overdue_result(run)], overdue_reason(run), run.task_id)
 
     # ------------------------------------------------------------------ stopping
 
@@ -480,5 +488,7 @@ class NodeAgent:
 
 
 def serve(config: NodeConfig) -> int:
-    """Run a node until it is stopped; its exit code. Raises NodeSetupError if it cannot start."""
+    """Run a node until it is stopped; its exit code. Raises NodeSetupError if it cannot start.
+    Its tasks are traced as the OTEL_* environment says (off unless it asks)."""
+    tracing.configure("znode", **{"ztb.node": config.name})
     return NodeAgent(config).run()

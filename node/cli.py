@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
 
 import typer
 
+from broker import config_file, logs
 from broker.protocol import (
     DEFAULT_BROKER_URL,
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -24,28 +24,7 @@ from node.registry import BUILTIN_SETS, NodeSetupError, resolve
 from node.scaling import DEFAULT_SCALE_DOWN_AFTER, Scaling
 from node.supervisor import ChildOptions, Supervisor, die_with_parent
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode="markdown")
-
-
-def _configure_logging(level: str, log_file: Path | None) -> None:
-    name = level.upper()
-    if name not in LOG_LEVELS:
-        raise typer.BadParameter(
-            f"unknown log level {level!r}; use one of {', '.join(LOG_LEVELS)}",
-            param_hint="--log-level",
-        )
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        try:
-            handlers.append(logging.FileHandler(log_file))
-        except OSError as exc:
-            raise typer.BadParameter(
-                f"cannot open log file: {exc}; pick a writable path", param_hint="--log-file"
-            ) from None
-    logging.basicConfig(level=name, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
 def _scaling(
@@ -84,8 +63,9 @@ def _print_version(wanted: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.command()
+@app.command(cls=config_file.command_class("znode"))
 def run(
+    ctx: typer.Context,
     functions: list[str] = typer.Option(
         ...,
         "--functions",
@@ -178,7 +158,14 @@ def run(
         help="Seconds between heartbeats until the broker's REGISTERED sets its own value.",
     ),
     log_level: str = typer.Option(
-        "INFO", "--log-level", help=f"Log verbosity: one of {', '.join(LOG_LEVELS)}."
+        "INFO", "--log-level", help=f"Log verbosity: one of {', '.join(logs.LEVELS)}."
+    ),
+    log_format: str = typer.Option(
+        "text",
+        "--log-format",
+        metavar="text|json",
+        help="'text' for people; 'json' for one JSON object per line (ts, level, logger, "
+        "message, and task_id and node on the lines about a task).",
     ),
     log_file: Path | None = typer.Option(
         None,
@@ -215,7 +202,7 @@ def run(
     replaced.
     """
     scaling = _scaling(concurrency, minimum, maximum, scale_down_after)
-    _configure_logging(log_level, log_file)
+    logs.configure(log_level, log_format, log_file)
     if parent_pid is not None:
         die_with_parent(parent_pid)
     if concurrency is None:
@@ -236,7 +223,12 @@ def run(
     try:
         if parent_pid is None:
             resolve(config.function_sets)  # fail here, once, rather than in every child
-            options = ChildOptions(log_level, str(log_file) if log_file else None)
+            options = ChildOptions(
+                log_level,
+                str(log_file) if log_file else None,
+                log_format,
+                config_file.environment_without_options(ctx.command),
+            )
             code = Supervisor(config, options, scaling).run()
         elif standby:
             code = _stand_by(config)

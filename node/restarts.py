@@ -74,19 +74,25 @@ class Restarts:
     why the process ends on `report_fd`."""
 
     def __init__(
-        self, link: BrokerLink, life: Lifecycle, slots: Slots, report_fd: int | None
+        self,
+        link: BrokerLink,
+        life: Lifecycle,
+        slots: Slots,
+        report_fd: int | None,
+        node: str | None = None,
     ) -> None:
         self._link = link
         self._life = life
         self._slots = slots
         self._report_fd = report_fd
+        self._node = node  # this process's name, for the log
 
     def expire(self, now: float) -> None:
         """Answer the tasks past their deadline (exit 124) and restart the process."""
         late = self._slots.expire(now)
         if late:
             answers = [overdue_result(run) for run in late]
-            self._restart(answers, overdue_reason(late[0]), now, at_once=False)
+            self._restart(answers, overdue_reason(late[0]), late[0].task_id, now, at_once=False)
 
     def cancel(self, cancelled: CancelledTasks, now: float) -> None:
         """Answer the tasks a STOP cancelled (exit 130); restart the process if one of them
@@ -97,30 +103,42 @@ class Restarts:
             for answer in answers:
                 self._link.send_in_order(encode(answer))
             return
-        reason = cancelled_reason(cancelled.running[0])
-        self._restart(answers, reason, now, at_once=cancelled.ends_process)
+        first = cancelled.running[0]
+        reason = cancelled_reason(first)
+        self._restart(answers, reason, first.task_id, now, at_once=cancelled.ends_process)
 
-    def _restart(self, answers: Sequence[Result], reason: str, now: float, at_once: bool) -> None:
+    def _restart(
+        self, answers: Sequence[Result], reason: str, task_id: str, now: float, at_once: bool
+    ) -> None:
         """Answer for tasks whose functions still run; the process restarts after, at once
         if `at_once` or nothing else runs, else when the others have finished (or
-        RESTART_DRAIN is up)."""
+        RESTART_DRAIN is up). `task_id` is the task the restart is for."""
         if at_once or (self._slots.busy == 0 and not self._life.stopping):
-            self.end_now(answers, reason)
+            self.end_now(answers, reason, task_id)
         if self._life.begin_restart(reason, now):
-            log.warning("%s; this node process restarts once its other tasks finish", reason)
+            log.warning(
+                "%s; this node process restarts once its other tasks finish",
+                reason,
+                extra={"task_id": task_id, "node": self._node},
+            )
             self._link.deregister()  # before the answers free slots: no new RUN for them
         for answer in answers:
             self._link.send_in_order(encode(answer))
 
-    def end_now(self, answers: Sequence[Result], reason: str) -> NoReturn:
+    def end_now(self, answers: Sequence[Result], reason: str, task_id: str) -> NoReturn:
         """Send `answers` (for tasks whose functions still run) and end the process, nothing
-        else running (or the socket thread inside the function of one of them).
+        else running (or the socket thread inside the function of one of them); `task_id`
+        is the task the process ends for.
 
         DEREGISTER first, so that the answers freeing slots bring no new RUN to a process
         about to end; the broker keeps the functions offered for a grace period (protocol.md
         5.1), so tasks sent meanwhile wait for the successor."""
         self._life.restart_reason = reason
-        log.warning("%s; this node process restarts to stop it", reason)
+        log.warning(
+            "%s; this node process restarts to stop it",
+            reason,
+            extra={"task_id": task_id, "node": self._node},
+        )
         self._link.deregister()
         for answer in answers:
             self._link.send_in_order(encode(answer))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from broker.protocol import (
@@ -29,6 +30,7 @@ from broker.protocol import (
     result_frames,
     with_inputs,
 )
+from broker.tracing import finish, process as process_tracing
 from node.registry import retryable_exceptions
 
 
@@ -41,6 +43,7 @@ class Outcome(Struct, frozen=True, gc=False):
     result: bytes = b"null"
     error: ErrorInfo | None = None
     retry: bool = False
+    traceparent: str | None = None  # the span it ran in, when traced (broker.tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,33 @@ _arities: dict[Callable[..., Any], _Arity | None] = {}
 def result_of(run: Run, outcome: Outcome) -> list[bytes]:
     """The RESULT frames of `run` that gave `outcome`."""
     return result_frames(
-        run.task_id, outcome.exit_code, outcome.result, outcome.error, run.attempt, outcome.retry
+        run.task_id,
+        outcome.exit_code,
+        outcome.result,
+        outcome.error,
+        run.attempt,
+        outcome.retry,
+        outcome.traceparent,
     )
+
+
+def run_traced(functions: Mapping[str, Callable[..., Any]], run: Run) -> Outcome:
+    """`run_task` for a RUN that carries a trace context: in a span `ztb.run FUNCTION` when
+    this process traces (broker.tracing), whose context its RESULT then carries. The slots
+    call it only for such RUNs: the others pay no call for tracing."""
+    tracing = process_tracing()
+    if tracing is None:
+        return run_task(functions, run.function, run.args, run.inputs)
+    attributes = {
+        "ztb.task.id": run.task_id,
+        "ztb.task.function": run.function,
+        "ztb.task.attempt": run.attempt,
+    }
+    span = tracing.start(f"ztb.run {run.function}", run.traceparent, attributes)
+    outcome = run_task(functions, run.function, run.args, run.inputs)
+    trace = tracing.traceparent(span)
+    finish(span, outcome.exit_code)
+    return msgspec.structs.replace(outcome, traceparent=trace)
 
 
 def _arity(function: Callable[..., Any]) -> _Arity | None:

@@ -56,6 +56,11 @@ class ChildOptions:
 
     log_level: str = "INFO"
     log_file: str | None = None
+    log_format: str = "text"
+    # The children's environment (None: this process's). znode leaves out the variables
+    # of its options: a child gets its options on its command line, where ZTB_MIN would
+    # clash with its --concurrency 1.
+    environment: dict[str, str] | None = None
 
 
 @dataclass
@@ -85,7 +90,7 @@ def _command(
     argv += ["--broker", config.broker_url, "--threads", str(config.threads)]
     argv += ["--prefetch", str(config.prefetch)]
     argv += ["--heartbeat-interval", str(config.heartbeat_interval)]
-    argv += ["--log-level", options.log_level]
+    argv += ["--log-level", options.log_level, "--log-format", options.log_format]
     if options.log_file:
         argv += ["--log-file", options.log_file]
     argv += ["--parent-pid", str(os.getpid()), "--report-fd", str(report_fd)]
@@ -174,7 +179,11 @@ class Supervisor:
         stdin = subprocess.DEVNULL if name else subprocess.PIPE
         try:
             process = subprocess.Popen(
-                command, start_new_session=True, stdin=stdin, pass_fds=passed
+                command,
+                start_new_session=True,
+                stdin=stdin,
+                pass_fds=passed,
+                env=self._options.environment,
             )
         except BaseException:
             for fd in (read_fd, demand_r):

@@ -39,6 +39,7 @@ import orjson
 import zmq
 
 import compare
+import obsbench
 import splitbench
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
@@ -322,6 +323,7 @@ def instructions(args: argparse.Namespace) -> None:
       node    NodeAgent taking one RUN for `noop` and sending its RESULT (inline slot)
       broker  BrokerServer handling one EXECUTE and its RESULT as its loop does for each
               message: decode to an event, handle it, carry out the commands, then `Sent`
+      broker-no-metrics  the same with `zbroker start --no-metrics`
       floor   what a bare relay's Python does for the broker's two messages: one
               orjson.loads and one orjson.dumps each (the breakdown's relay does even less)
 
@@ -420,12 +422,13 @@ def node_steps(n: int) -> Step:
     return step
 
 
-def broker_steps(n: int) -> Step:
+def broker_steps(n: int, metrics: bool = True) -> Step:
     import broker.server as server
     from broker.store import PersistenceConfig
 
     stub(server, "send_routed", lambda *args: None)
-    config = server.BrokerConfig(persistence=PersistenceConfig(store=None))
+    scheduler = SchedulerConfig(metrics=metrics)
+    config = server.BrokerConfig(scheduler=scheduler, persistence=PersistenceConfig(store=None))
     broker = server.BrokerServer(config)
     broker.restore()
     router: Any = None
@@ -472,6 +475,7 @@ WORKLOADS: dict[str, Callable[[int], Step]] = {
     "client": client_steps,
     "node": node_steps,
     "broker": broker_steps,
+    "broker-no-metrics": lambda n: broker_steps(n, metrics=False),
     "floor": floor_steps,
 }
 
@@ -1084,6 +1088,7 @@ def main() -> None:
     ):
         add(sub)
     splitbench.add_split(sub, subcommand)
+    obsbench.add_observe(sub, subcommand)
     args = parser.parse_args()
     args.handler(args)
 

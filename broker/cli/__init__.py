@@ -11,17 +11,22 @@ from typing import Annotated
 
 import typer
 
+from broker import config_file
 from broker.cli import dlq
 from broker.cli.monitor import monitor
 from broker.cli.start import start
 from broker.cli.status import EPILOG as STATUS_EPILOG, status
+from broker.cli.top import top
 from broker.protocol.version import package_version
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    cls=config_file.group_class("zbroker"), no_args_is_help=True, add_completion=False
+)
 app.command()(start)
 app.command(epilog=STATUS_EPILOG)(status)
 app.add_typer(dlq.app, name="dlq")
 app.command()(monitor)
+app.command()(top)
 
 
 def _print_version(wanted: bool) -> None:

@@ -7,7 +7,6 @@ runs it as a child process beside the broker.
 
 from __future__ import annotations
 
-import logging
 import signal
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.control import EXIT_USAGE, Broker, fail
+from broker import logs
+from broker.cli.control import EXIT_USAGE, Broker, Timeout, fail
 from broker.protocol import DEFAULT_BROKER_URL
 
 DEFAULT_LISTEN = "127.0.0.1:8265"
@@ -46,6 +46,12 @@ def monitor(
         typer.Option(help="Write the dashboard's URL to this file once serving (for scripts)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        str,
+        typer.Option(metavar="text|json", help="'text', or 'json' for one object per line."),
+    ] = "text",
+    log_file: Annotated[Path | None, typer.Option(help="Also append logs to this file.")] = None,
+    timeout: Timeout = 2.0,
 ) -> None:
     """Serve a live web dashboard of a broker (nodes, throughput, latency, queues, failures,
     dead letters with replay and purge) and its metrics for Prometheus at /metrics.
@@ -55,12 +61,9 @@ def monitor(
     from broker.monitor.watch import Watch
     from broker.monitor.web import serve
 
-    logging.basicConfig(
-        level=logging.getLevelName(log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    host, port = _address(listen)
-    watch = Watch(broker, interval).start()
+    logs.configure(log_level, log_format, log_file)
+    host, port = listen_address(listen)
+    watch = Watch(broker, interval, timeout=timeout).start()
     try:
         server = serve(watch, host, port)
     except OSError as exc:
@@ -83,7 +86,7 @@ def monitor(
         watch.stop()
 
 
-def _address(listen: str) -> tuple[str, int]:
+def listen_address(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     try:
         number = int(port)
@@ -94,9 +97,9 @@ def _address(listen: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def start_beside(broker_url: str, listen: str) -> subprocess.Popen[bytes]:
+def start_beside(broker_url: str, listen: str, log_level: str) -> subprocess.Popen[bytes]:
     """`zbroker monitor` as a child process of a broker (zbroker start --monitor): it
     inherits the broker's stdout and stderr, and the broker stops it on its way out."""
-    _address(listen)
     argv = [sys.executable, "-m", "broker.cli", "monitor", "--broker", broker_url]
-    return subprocess.Popen([*argv, "--listen", listen], stdin=subprocess.DEVNULL)
+    argv += ["--listen", listen, "--log-level", log_level]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)

@@ -6,16 +6,15 @@ The server and its store are imported when the command runs, so that `zbroker st
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
 
-from broker import protocol as p
+from broker import logs, protocol as p, tracing
+from broker.cli.monitor import listen_address, start_beside
 from broker.core.config import (
     DEFAULT_MAX_PREFETCH,
     LEAST_LOADED,
@@ -125,7 +124,19 @@ def start(
         None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
     ),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    log_format: str = typer.Option(
+        "text",
+        metavar="text|json",
+        help="'text' for people; 'json' for one JSON object per line (ts, level, logger, "
+        "message, and task_id and node on the lines about a task).",
+    ),
     log_file: Path | None = typer.Option(None, help="Also append logs to this file."),
+    monitor: str | None = typer.Option(
+        None,
+        metavar="HOST:PORT",
+        help="Also serve the live dashboard and Prometheus' /metrics there (zbroker monitor, "
+        "run beside the broker as a child process, e.g. 127.0.0.1:8265).",
+    ),
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM.
 
@@ -134,7 +145,10 @@ def start(
     failed while it ran (a full disk): nothing after the failure was accepted."""
     from broker.server import EXIT_STORE_FAILED, BrokerConfig, BrokerServer
 
-    _configure_logging(log_level, log_file)
+    logs.configure(log_level, log_format, log_file)
+    tracing.configure("zbroker")  # as the OTEL_* environment says: off unless it asks
+    if monitor is not None:
+        listen_address(monitor)  # a bad address fails before the broker starts
     if strategy not in STRATEGIES:
         raise typer.BadParameter(
             f"{strategy!r}; choose {' or '.join(STRATEGIES)}", param_hint="--strategy"
@@ -178,7 +192,13 @@ def start(
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    server.serve()
+    beside = None if monitor is None else start_beside(endpoint, monitor, log_level)
+    try:
+        server.serve()
+    finally:
+        if beside is not None:
+            beside.terminate()
+            beside.wait()
     if server.store_failure is not None:
         typer.echo(f"error: {server.store_failure}", err=True)
         raise typer.Exit(EXIT_STORE_FAILED)
@@ -203,18 +223,4 @@ def _persistence(
         results.max_entries,
         sync_full=sync == "full",
         default_retries=retries,
-    )
-
-
-def _configure_logging(level: str, log_file: Path | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise typer.BadParameter(f"{level!r} is not a log level", param_hint="--log-level")
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
     )

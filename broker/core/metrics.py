@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from broker.protocol import EXIT_CANCELLED, EXIT_EXPIRED, EXIT_TIMEOUT, ErrorInfo
+from broker.protocol import EXIT_CANCELLED, EXIT_EXPIRED, EXIT_TIMEOUT, TaskCompleted
+
+if TYPE_CHECKING:
+    from broker.core.tasks import Task
 
 # Upper bounds, in seconds, of the histograms' buckets (Prometheus `le`); one more bucket
 # counts what lies above the last. From half a millisecond (a task on loopback) to five
@@ -161,6 +164,7 @@ class Metrics:
         self.functions: dict[str, FunctionMetrics] = {}
         self.answered = 0  # answers of every outcome
         self._throughput = Window(now)
+        self._next_sample = now + SAMPLE_EVERY
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
 
     def of(self, function: str) -> FunctionMetrics:
@@ -169,32 +173,31 @@ class Metrics:
             found = self.functions[function] = FunctionMetrics()
         return found
 
-    def answer(
-        self,
-        function: str,
-        exit_code: int,
-        submitted_at: float,
-        now: float,
-        task_id: str,
-        error: ErrorInfo | None,
-        attempts: int,
-    ) -> None:
-        """A task answered: its outcome, its end-to-end time, and a failure's details."""
-        if self._throughput.due(now):  # before the total grows (see Window)
+    def answer(self, fm: FunctionMetrics, task: Task, reply: TaskCompleted, now: float) -> None:
+        """`task` answered `reply`: its outcome, its end-to-end time, a failure's details."""
+        if now >= self._next_sample:  # before the total grows (see Window)
             self._throughput.sample(now, self.answered)
-        metrics = self.of(function)
-        outcome = _OUTCOME_OF.get(exit_code, 1)
-        metrics.outcomes[outcome] += 1
-        metrics.end_to_end.observe(now - submitted_at)
+            self._next_sample = now + SAMPLE_EVERY
         self.answered += 1
-        if outcome != 0 and outcome != 4:
+        exit_code = reply.exit_code
+        took = now - task.submitted_at
+        end_to_end = fm.end_to_end  # `Histogram.observe`, without its call
+        end_to_end.counts[bisect_left(BOUNDS, took)] += 1
+        end_to_end.sum += took
+        if exit_code == 0:
+            fm.outcomes[0] += 1
+            return
+        outcome = _OUTCOME_OF.get(exit_code, 1)
+        fm.outcomes[outcome] += 1
+        if outcome != 4:  # a failure, not a cancellation
+            error = reply.error
             self.recent_failures.append(
                 {
-                    "task_id": task_id,
-                    "function": function,
+                    "task_id": reply.task_id,
+                    "function": task.spec.function,
                     "exit_code": exit_code,
                     "error": None if error is None else f"{error.type}: {error.message}"[:300],
-                    "attempts": attempts,
+                    "attempts": reply.attempts,
                     "at": now,
                 }
             )

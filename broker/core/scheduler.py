@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
@@ -56,7 +57,7 @@ from broker.core.events import (
 )
 from broker.core.graces import Grace, Graces
 from broker.core.inputs import Pins, run_payload
-from broker.core.metrics import Metrics
+from broker.core.metrics import BOUNDS, FunctionMetrics, Metrics
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache, conflicting
@@ -389,7 +390,11 @@ class Scheduler:
         count = self._counters[f"refused_{error.code}"]
         if sampled(count):
             log.warning(
-                "refused a message from %s: %s (%d so far)", peer.hex(), error.message, count
+                "refused a message from %s: %s (%d so far)",
+                peer.hex(),
+                error.message,
+                count,
+                extra={"task_id": error.task_id, "node": None},
             )
         return [Send(peer, Error(error.code, error.message, error.task_id))]
 
@@ -499,13 +504,14 @@ class Scheduler:
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
         self._counters["accepted"] += 1
-        if (metrics := self._metrics) is not None:
-            metrics.of(spec.function).accepted += 1
         self._seq += 1
         # `_new_task`, without its call on every task's way:
         retries = self._default_retries if spec.retries is None else spec.retries
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
         task = Task(spec, self._seq, now, [peer], retries, limit)
+        if (metrics := self._metrics) is not None:
+            fm = task.fm = metrics.functions.get(spec.function) or metrics.of(spec.function)
+            fm.accepted += 1
         if grace is not None:
             grace.held.append(task)
         commands = self._admit(task, now)
@@ -618,15 +624,22 @@ class Scheduler:
             return [Send(peer, Error(ERR_NOT_FOUND, _unknown_task(task_id, "cancel"), task_id))]
         state = task.state
         commands: list[Command] = []
+        node_name = None  # of the node that holds or runs it, for the log
         if state is RUNNING or state is HELD:
             holder = self._pool.nodes[task.holder or b""]
             was = WAS_RUNNING if state is RUNNING else WAS_HELD
-            where = f" on node {holder.name}"
+            where, node_name = f" on node {holder.name}", holder.name
             commands += self._stop_on(holder, task)
         else:
             was, where = WAS_QUEUED, ""
         text = f"cancelled by a client while {was}{where} (attempt {task.attempt})"
-        log.info("task %s cancelled while %s%s", task_id, was, where)
+        log.info(
+            "task %s cancelled while %s%s",
+            task_id,
+            was,
+            where,
+            extra={"task_id": task_id, "node": node_name},
+        )
         return [*self._cancel(task, text, now), *commands, Send(peer, Cancelled(task_id, was))]
 
     def _cancel(self, task: Task, text: str, now: float) -> list[Command]:
@@ -674,6 +687,7 @@ class Scheduler:
                     node.name,
                     msg.task_id,
                     count,
+                    extra={"task_id": msg.task_id, "node": node.name},
                 )
             return []
         if not msg.waiting:
@@ -690,7 +704,13 @@ class Scheduler:
 
     def _on_error(self, peer: bytes, node: Node | None, msg: Error, now: float) -> list[Command]:
         self._counters["errors_received"] += 1
-        log.warning("peer %s sent ERROR %s: %s", peer.hex(), msg.code, msg.message)
+        log.warning(
+            "peer %s sent ERROR %s: %s",
+            peer.hex(),
+            msg.code,
+            msg.message,
+            extra={"task_id": msg.task_id, "node": None if node is None else node.name},
+        )
         return []  # never answer an error with an error
 
     def _on_dead_letters(
@@ -840,12 +860,14 @@ class Scheduler:
                         self._pool.start_held(holder, msg.task_id)
                         self._started(task, now)
                     holder.run_time += (now - task.started_at - holder.run_time) * RUN_TIME_WEIGHT
-                if (metrics := self._metrics) is not None:
+                if (fm := task.fm) is not None:  # `Histogram.observe`, without its call
                     ran = now - task.started_at
-                    metrics.of(task.spec.function).run_time.observe(ran)
+                    fm.run_time.counts[bisect_left(BOUNDS, ran)] += 1
+                    fm.run_time.sum += ran
                     holder.busy.done += ran
                 if msg.exit_code == 0:
-                    commands = self._answer(task, 0, msg.result, None, now)  # leaves first
+                    # The answer leaves first:
+                    commands = self._answer(task, 0, msg.result, None, now, msg.traceparent)
                     self._freed.append((holder, msg.task_id))  # then the slot is refilled
                     self.deferred = True
                     return commands
@@ -900,7 +922,7 @@ class Scheduler:
             self._counters["stale_failures"] += 1
             return commands
         self._counters["late_results"] += 1
-        return self._answer(task, 0, msg.result, None, now) + commands
+        return self._answer(task, 0, msg.result, None, now, msg.traceparent) + commands
 
     def _refuse_result(self, peer: bytes, node: Node | None, msg: Result) -> list[Command]:
         """A RESULT from a peer that holds no attempt of that task: forged, misdirected, or
@@ -915,6 +937,7 @@ class Scheduler:
                 who,
                 peer.hex(),
                 count,
+                extra={"task_id": msg.task_id, "node": None if node is None else node.name},
             )
         if node is None:
             return [Send(peer, NOT_REGISTERED)]
@@ -995,6 +1018,7 @@ class Scheduler:
             node.node_id,
             task.spec.task_id,
             task.task_timeout,
+            extra={"task_id": task.spec.task_id, "node": node.name},
         )
         text = (
             f"exceeded its timeout of {task.task_timeout:g} s on node {node.name}, which did "
@@ -1045,7 +1069,10 @@ class Scheduler:
     ) -> Task:
         retries = self._default_retries if spec.retries is None else spec.retries
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
-        return Task(spec, seq, submitted_at, requesters, retries, limit)
+        task = Task(spec, seq, submitted_at, requesters, retries, limit)
+        if self._metrics is not None:
+            task.fm = self._metrics.of(spec.function)
+        return task
 
     def _add_task(self, task: Task) -> None:
         self._tasks.add(task)
@@ -1202,8 +1229,12 @@ class Scheduler:
             # being asked back: its `expiring` is already False):
             self._tasks.move(task, RUNNING)
             task.started_at = now
-            if (metrics := self._metrics) is not None:
-                self._count_start(metrics, task, now)
+            if (fm := task.fm) is not None:  # `_count_start`, without its call
+                fm.started += 1
+                if task.attempt == 1:
+                    wait = now - task.submitted_at
+                    fm.queue_wait.counts[bisect_left(BOUNDS, wait)] += 1
+                    fm.queue_wait.sum += wait
             if task_timeout is not None:
                 self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
             elif task.timer:
@@ -1217,10 +1248,20 @@ class Scheduler:
                 self._timers.schedule(task, task.submitted_at + spec.queue_timeout)
         run_args = task.run_args
         if run_args is None:
-            run = Run(spec.task_id, spec.function, spec.args, task.attempt, task_timeout)
+            run = Run(
+                spec.task_id,
+                spec.function,
+                spec.args,
+                task.attempt,
+                task_timeout,
+                None,
+                spec.traceparent,
+            )
         else:  # with its inputs' results (protocol.md 5.8)
-            inputs = spec.inputs
-            run = Run(spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs)
+            inputs, trace = spec.inputs, spec.traceparent
+            run = Run(
+                spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs, trace
+            )
         return Send(node.identity, run)
 
     def _release(self, node: Node, task_id: str, now: float) -> bool:
@@ -1316,18 +1357,17 @@ class Scheduler:
         self._tasks.move(task, RUNNING)
         task.started_at = now
         task.expiring = False
-        if (metrics := self._metrics) is not None:
-            self._count_start(metrics, task, now)
+        if task.fm is not None:
+            self._count_start(task.fm, task, now)
         if task.task_timeout is not None:
             self._timers.schedule(task, now + task.task_timeout + self.config.overdue_grace)
         elif task.timer:
             self._timers.cancel(task)
 
-    def _count_start(self, metrics: Metrics, task: Task, now: float) -> None:
-        function = metrics.of(task.spec.function)
-        function.started += 1
+    def _count_start(self, fm: FunctionMetrics, task: Task, now: float) -> None:
+        fm.started += 1
         if task.attempt == 1:
-            function.queue_wait.observe(now - task.submitted_at)
+            fm.queue_wait.observe(now - task.submitted_at)
 
     def _unstarted(self, task: Task, now: float) -> list[Command]:
         """A task its node held never started (given back, or the node was lost): the
@@ -1352,7 +1392,7 @@ class Scheduler:
     def _attempt_failed(self, task: Task, msg: Result, now: float) -> list[Command]:
         if task.attempt <= task.retries and self._retried(task, msg.exit_code, msg.retry):
             return self._retry_later(task, now)
-        return self._answer(task, msg.exit_code, msg.result, msg.error, now)
+        return self._answer(task, msg.exit_code, msg.result, msg.error, now, msg.traceparent)
 
     def _retried(self, task: Task, exit_code: int, declared: bool = False) -> bool:
         """Whether a failed attempt with `exit_code` earns another (protocol.md 5.1), when
@@ -1371,8 +1411,8 @@ class Scheduler:
 
     def _retry_later(self, task: Task, now: float) -> list[Command]:
         self._counters["retried"] += 1
-        if self._metrics is not None:
-            self._metrics.of(task.spec.function).retried += 1
+        if task.fm is not None:
+            task.fm.retried += 1
         task.holder = None
         commands: list[Command] = []
         if self._journal:
@@ -1402,10 +1442,12 @@ class Scheduler:
         result: bytes,
         error: ErrorInfo | None,
         now: float,
+        trace: str | None = None,
         bury: bool = True,
     ) -> list[Command]:
-        """Answer a pending task: its TASK_COMPLETED to every requester. Keeping the answer,
-        the store, the counters and the dead-letter queue wait (see `deferred`)."""
+        """Answer a pending task: its TASK_COMPLETED to every requester, with the trace
+        context of the attempt that gave it (`trace`). Keeping the answer, the store, the
+        counters and the dead-letter queue wait (see `deferred`)."""
         if task.state is QUEUED:
             self._queue.discard(task)
         if task.timer:
@@ -1417,7 +1459,7 @@ class Scheduler:
             self._pins.remove(spec.inputs)
         if self._children:
             self._children.pop(spec.task_id, None)
-        reply = TaskCompleted(spec.task_id, exit_code, result, error, task.attempt)
+        reply = TaskCompleted(spec.task_id, exit_code, result, error, task.attempt, trace)
         self._answered.append((task, reply, bury))
         self.deferred = True
         requesters = task.requesters
@@ -1442,20 +1484,8 @@ class Scheduler:
         bury the failures, and give the slots that RESULTs freed their next tasks."""
         commands: list[Command] = []
         answered = self._answered
-        metrics = self._metrics
         for task, reply, bury in answered:  # grows while dependents are answered
-            self._count_outcome(reply.exit_code)
-            if metrics is not None:
-                spec = task.spec
-                metrics.answer(
-                    spec.function,
-                    reply.exit_code,
-                    task.submitted_at,
-                    now,
-                    spec.task_id,
-                    reply.error,
-                    reply.attempts,
-                )
+            self._count_answer(task, reply, now)
             self._results.add(reply, now, task.spec)
             if self._journal:
                 commands.append(j.SaveAnswer(reply, now))
@@ -1466,35 +1496,33 @@ class Scheduler:
         answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
-            commands += self._refill_freed(now)
+            freed, self._freed = self._freed, []
+            for node, task_id in freed:
+                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
+                    released = self._pool.release(node, task_id)  # `_release`, without a call
+                    if released and node.held:
+                        self._promote(node, now)
+                    if node.draining or (released and (self._queue.size or self._pool.held)):
+                        commands += self._refill(node, released, now)
         return commands
 
-    def _refill_freed(self, now: float) -> list[Command]:
-        """The slots that successful RESULTs freed take their next tasks."""
-        commands: list[Command] = []
-        freed, self._freed = self._freed, []
-        for node, task_id in freed:
-            if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                released = self._pool.release(node, task_id)  # `_release`, without a call
-                if released and node.held:
-                    self._promote(node, now)
-                if node.draining or (released and (self._queue.size or self._pool.held)):
-                    commands += self._refill(node, released, now)
-        return commands
-
-    def _count_outcome(self, exit_code: int) -> None:
+    def _count_answer(self, task: Task, reply: TaskCompleted, now: float) -> None:
+        """The counters and metrics of an answer."""
+        exit_code = reply.exit_code
         if exit_code == 0:
             self._counters["completed"] += 1
         elif exit_code == EXIT_CANCELLED:
             self._counters["cancelled"] += 1
         else:
             self._counters["failed"] += 1
+        if (metrics := self._metrics) is not None:
+            metrics.answer(task.fm or metrics.of(task.spec.function), task, reply, now)
 
     def _bury(self, task: Task, reply: TaskCompleted, now: float) -> list[Command]:
         """A task that failed for good goes to the dead-letter queue."""
         self._counters["dead_lettered"] += 1
-        if self._metrics is not None:
-            self._metrics.of(task.spec.function).dead_lettered += 1
+        if task.fm is not None:
+            task.fm.dead_lettered += 1
         entry = DeadLetter(task.spec, reply.attempts, reply.exit_code, reply.error, now)
         self._dead.add(entry)
         return [j.SaveDeadLetter(entry)] if self._journal else []

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 
 from msgspec import Struct
 
+from broker.core.metrics import FunctionMetrics
 from broker.protocol import TaskSpec
 
 
@@ -115,6 +116,8 @@ class Task(Struct, eq=False):
     # in, the payload its RUNs carry instead of the arguments.
     inputs_got: dict[str, bytes] | None = None
     run_args: bytes | None = None
+    # Its function's figures (broker.core.metrics), found once; None when not measured.
+    fm: FunctionMetrics | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"

@@ -24,7 +24,7 @@ from client.link import ReqLink
 log = logging.getLogger(__name__)
 
 HISTORY = 3600  # points kept: an hour at one a second
-WINDOW = 5  # polls between the two snapshots a point's latency quantiles compare
+WINDOW = 5  # polls between the two snapshots a point's latency quantiles compare (at most)
 DLQ_EVERY = 5.0  # seconds between reads of the dead-letter queue
 DLQ_SHOWN = 50  # dead letters read each time (the newest)
 
@@ -113,7 +113,7 @@ class Watch:
             if previous.error is not None and previous.seq:
                 log.info("broker %s answers again", self.url)
             assert status is not None
-            earlier = self._recent[0] if len(self._recent) > WINDOW - 1 else None
+            earlier = self._recent[0] if self._recent else None
             self._recent.append(status)
             new_point = point(status, earlier, at)
         snapshot = Snapshot(previous.seq + 1, at, status, error, dead, total, new_point)

@@ -126,6 +126,7 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     depends_on: Dependencies | None = None
     inputs: Dependencies | None = None
     parent: Name | None = None
+    traceparent: Any = None  # read by `_traceparent`: never refused
 
 
 class _RunHeader(msgspec.Struct, gc=False):
@@ -134,6 +135,7 @@ class _RunHeader(msgspec.Struct, gc=False):
     attempt: Attempt = 1
     timeout_ms: TaskTimeoutMs | None = None
     inputs: Dependencies | None = None
+    traceparent: Any = None
 
 
 class _ResultHeader(msgspec.Struct, gc=False):
@@ -141,6 +143,7 @@ class _ResultHeader(msgspec.Struct, gc=False):
     exit_code: ExitCode
     error: _ErrorHeader | None = None
     attempt: Attempt | None = None
+    traceparent: Any = None
 
 
 class _TaskCompletedHeader(msgspec.Struct, gc=False):
@@ -148,6 +151,19 @@ class _TaskCompletedHeader(msgspec.Struct, gc=False):
     exit_code: ExitCode
     error: _ErrorHeader | None = None
     attempts: Attempts = 1
+    traceparent: Any = None
+
+
+# A W3C trace context's traceparent (protocol.md 3.6): version 00, a trace id and a parent
+# span id that are not all zeros, flags. Anything else reads as no trace context at all:
+# tracing is advisory, and a task is never refused for it.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(value: Any) -> str | None:
+    if type(value) is str and len(value) == 55 and _TRACEPARENT.fullmatch(value):
+        return value
+    return None
 
 
 class _ReplacesBody(msgspec.Struct, gc=False):
@@ -366,6 +382,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         and h.depends_on is None
         and h.inputs is None
         and h.parent is None
+        and h.traceparent is None
     ):
         return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
@@ -392,6 +409,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         depends_on,
         inputs,
         h.parent,
+        _traceparent(h.traceparent),
     )
     return Execute(spec)
 
@@ -403,9 +421,11 @@ def _decode_run(frames: Sequence[bytes]) -> Run:
         _refuse_task(_RUN, frames, "arguments")
     ms = h.timeout_ms  # most RUNs have none: no call for them
     task_timeout = None if ms is None else ms / 1000
-    if h.inputs is None:
+    if h.inputs is None and h.traceparent is None:
         return Run(h.task_id, h.function, args, h.attempt, task_timeout)
-    return Run(h.task_id, h.function, args, h.attempt, task_timeout, tuple(h.inputs))
+    inputs = None if h.inputs is None else tuple(h.inputs)
+    trace = _traceparent(h.traceparent)
+    return Run(h.task_id, h.function, args, h.attempt, task_timeout, inputs, trace)
 
 
 def _decode_result(frames: Sequence[bytes]) -> Result:
@@ -414,10 +434,11 @@ def _decode_result(frames: Sequence[bytes]) -> Result:
     except _SLOW:
         _refuse_task(_RESULT, frames, "result")
     error = h.error  # most RESULTs have none: no call for them
+    trace = None if h.traceparent is None else _traceparent(h.traceparent)
     if error is None:
-        return Result(h.task_id, h.exit_code, result, None, h.attempt)
+        return Result(h.task_id, h.exit_code, result, None, h.attempt, False, trace)
     info = ErrorInfo(error.type, error.message)
-    return Result(h.task_id, h.exit_code, result, info, h.attempt, error.retry)
+    return Result(h.task_id, h.exit_code, result, info, h.attempt, error.retry, trace)
 
 
 def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
@@ -427,7 +448,8 @@ def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
         _refuse_task(_TASK_COMPLETED, frames, "result")
     error = h.error  # most answers have none: no call for them
     info = None if error is None else ErrorInfo(error.type, error.message)
-    return TaskCompleted(h.task_id, h.exit_code, result, info, h.attempts)
+    trace = None if h.traceparent is None else _traceparent(h.traceparent)
+    return TaskCompleted(h.task_id, h.exit_code, result, info, h.attempts, trace)
 
 
 def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[..., Message]:

@@ -106,6 +106,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["inputs"] = list(spec.inputs)
     if spec.parent is not None:
         header["parent"] = spec.parent
+    if spec.traceparent is not None:
+        header["traceparent"] = spec.traceparent
     return [TAG, EXECUTE, _json(header), spec.args]
 
 
@@ -119,6 +121,8 @@ def run_frames(run: Run) -> list[bytes]:
         header["timeout_ms"] = _ms(run.task_timeout)
     if run.inputs is not None:
         header["inputs"] = list(run.inputs)
+    if run.traceparent is not None:
+        header["traceparent"] = run.traceparent
     return [TAG, RUN, _json(header), run.args]
 
 
@@ -129,6 +133,7 @@ def result_frames(
     error: ErrorInfo | None = None,
     attempt: int | None = None,
     retry: bool = False,
+    traceparent: str | None = None,
 ) -> list[bytes]:
     """The RESULT of one task: `encode(Result(...))` without the message in between.
     `retry`: the function set calls this failure retryable (error `retry`, protocol.md 3.8)."""
@@ -141,6 +146,8 @@ def result_frames(
     header: dict[str, Any] = {"task_id": task_id, "exit_code": exit_code, "error": info}
     if attempt is not None:
         header["attempt"] = attempt
+    if traceparent is not None:
+        header["traceparent"] = traceparent
     return [TAG, RESULT, _json(header), result]
 
 
@@ -179,16 +186,20 @@ def _encode_heartbeat(m: Heartbeat) -> list[bytes]:
 
 
 def _encode_result(m: Result) -> list[bytes]:
-    return result_frames(m.task_id, m.exit_code, m.result, m.error, m.attempt, m.retry)
+    return result_frames(
+        m.task_id, m.exit_code, m.result, m.error, m.attempt, m.retry, m.traceparent
+    )
 
 
 def _encode_task_completed(m: TaskCompleted) -> list[bytes]:
-    header = {
+    header: dict[str, Any] = {
         "task_id": m.task_id,
         "exit_code": m.exit_code,
         "error": _error(m.error),
         "attempts": m.attempts,
     }
+    if m.traceparent is not None:
+        header["traceparent"] = m.traceparent
     return [TAG, TASK_COMPLETED, _json(header), m.result]
 
 

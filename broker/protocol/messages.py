@@ -115,6 +115,9 @@ class TaskSpec(Struct, frozen=True, gc=False):
     # The task that submitted this one, from its node (EXECUTE parent): cancelling that
     # task cancels this one (protocol.md 5.9); None: a client's own task.
     parent: str | None = None
+    # The submitter's W3C trace context (EXECUTE traceparent, protocol.md 3.6): the trace
+    # the task's spans join; None: not traced. Not part of what the task asks (6).
+    traceparent: str | None = None
 
     def replaced(self, **changes: Any) -> TaskSpec:
         """This spec with the fields named in `changes` set anew (not checked)."""
@@ -179,6 +182,7 @@ class Run(Struct, frozen=True, gc=False):
     # The task's inputs (protocol.md 5.8); then `args` is the JSON object {"arguments":
     # ..., "results": [result of inputs[0], ...]}, joined by the broker from the frames.
     inputs: tuple[str, ...] | None = None
+    traceparent: str | None = None  # the trace context the node's span is a child of
 
 
 class Retract(Struct, frozen=True, gc=False):
@@ -204,6 +208,7 @@ class Result(Struct, frozen=True, gc=False):
     error: ErrorInfo | None = None
     attempt: int | None = None
     retry: bool = False  # the function set calls this failure retryable (error `retry`)
+    traceparent: str | None = None  # the node's span of this attempt
 
 
 class TaskCompleted(Struct, frozen=True, gc=False):
@@ -214,6 +219,7 @@ class TaskCompleted(Struct, frozen=True, gc=False):
     result: bytes = b"null"
     error: ErrorInfo | None = None
     attempts: int = 1
+    traceparent: str | None = None  # the span of the attempt that gave this answer
 
 
 TaskMessage: TypeAlias = Execute | Run | Result | TaskCompleted

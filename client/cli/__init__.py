@@ -9,12 +9,12 @@ always has. `main` is the console script.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from broker import config_file
 from client.cli import bytask, map as map_command, run as run_command
 from client.cli.common import PROG
 
@@ -44,7 +44,12 @@ class _RunCommand(TyperCommand):
 
 class _DefaultGroup(TyperGroup):
     """Routes a command line to the command its first word names, wherever the options
-    before it put it (`zsubmit --broker URL result ID`), and to `run` when it names none."""
+    before it put it (`zsubmit --broker URL result ID`), and to `run` when it names none.
+    Every option may also come from a ZTB_ variable or a --config file (config_file)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        config_file.install(self, PROG)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         rest: list[str] = super().parse_args(ctx, route(args, self.commands, self._valued(ctx)))
@@ -97,5 +102,4 @@ app.command("map", help=map_command.HELP, epilog=map_command.EPILOG)(map_command
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="zsubmit: %(levelname)s: %(message)s")
     app(prog_name=PROG)

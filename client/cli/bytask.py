@@ -14,10 +14,14 @@ from client.cli.common import (
     EXIT_FINISHED,
     Broker,
     ConnectTimeout,
+    LogFile,
+    LogFormat,
+    LogLevel,
     Version,
     print_answer,
     print_json,
     reporting,
+    start_logging,
 )
 from client.cli.run import JsonOutput
 from client.control import DEFAULT_TIMEOUT, ControlClient
@@ -112,8 +116,13 @@ def result(
     broker: Broker = DEFAULT_BROKER_URL,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     json_output: JsonOutput = False,
+    log_level: LogLevel = "WARNING",
+    log_format: LogFormat = "text",
+    log_file: LogFile = None,
     version: Version = False,
 ) -> None:
+    start_logging(log_level, log_format, log_file)
+
     def not_done(exc: BrokerTimeout) -> str:
         return (
             f"task {task_id} is not done after {wait:g} s: still queued or running (or the "
@@ -137,8 +146,12 @@ def cancel(
     json_output: Annotated[
         bool, typer.Option("--json", help='Print {"task_id": ..., "was": ...} as JSON.')
     ] = False,
+    log_level: LogLevel = "WARNING",
+    log_format: LogFormat = "text",
+    log_file: LogFile = None,
     version: Version = False,
 ) -> None:
+    start_logging(log_level, log_format, log_file)
     missing = _not_found(task_id)
     with (
         reporting(broker, missing=lambda exc: missing),

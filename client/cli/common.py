@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from broker import logs, tracing
 from broker.protocol import (
     ERR_UNKNOWN_COMMAND,
     EXIT_EXPIRED,
@@ -145,6 +147,14 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def start_logging(level: str, log_format: str, log_file: Path | None) -> None:
+    """Log as --log-level, --log-format and --log-file say: what the client warns of
+    (ignored bad answers, full queues) goes to stderr as `zsubmit: LEVEL: message`. And
+    trace as the OTEL_* environment says, if it does (broker.tracing)."""
+    logs.configure(level, log_format, log_file, prefix=PROG)
+    tracing.configure(PROG)
+
+
 def _print_version(wanted: bool) -> None:
     if wanted:
         typer.echo(f"{PROG} {package_version()}")
@@ -204,4 +214,24 @@ RetryOn = Annotated[
         "--task-timeout, exit 124), both, 'all' or 'none'. Default: the broker's "
         "(zbroker start --retry-on, none unless it says).",
     ),
+]
+LogLevel = Annotated[
+    str,
+    typer.Option(
+        "--log-level",
+        metavar="LEVEL",
+        help="Log what is this severe or more: DEBUG, INFO, WARNING or ERROR.",
+    ),
+]
+LogFormat = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        metavar="text|json",
+        help="'text' for people; 'json' for one JSON object per line (ts, level, logger, message).",
+    ),
+]
+LogFile = Annotated[
+    Path | None,
+    typer.Option("--log-file", metavar="PATH", help="Also append the log to this file."),
 ]

@@ -26,12 +26,16 @@ from client.cli.common import (
     EXIT_USAGE,
     Broker,
     ConnectTimeout,
+    LogFile,
+    LogFormat,
+    LogLevel,
     RetryOn,
     Version,
     answer_json,
     fail,
     reporting,
     retry_on,
+    start_logging,
 )
 from client.cli.run import Function, Priority, QueueTimeout, Retries, TaskTimeout
 from client.errors import BrokerError, TaskFailed
@@ -123,8 +127,12 @@ def map_tasks(
             "attempts}.",
         ),
     ] = False,
+    log_level: LogLevel = "WARNING",
+    log_format: LogFormat = "text",
+    log_file: LogFile = None,
     version: Version = False,
 ) -> None:
+    start_logging(log_level, log_format, log_file)
     stream = _open(source)
     total = _count(source) if source != STDIN and shows_on(sys.stderr) else None
     output = Output(function, json_output, Progress(total, function))

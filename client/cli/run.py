@@ -24,12 +24,16 @@ from client.cli.common import (
     HINTS,
     Broker,
     ConnectTimeout,
+    LogFile,
+    LogFormat,
+    LogLevel,
     RetryOn,
     Version,
     fail,
     print_answer,
     reporting,
     retry_on,
+    start_logging,
 )
 from client.cli.split import run_split
 from client.control import DEFAULT_TIMEOUT
@@ -224,8 +228,12 @@ def run(
     after: After = None,
     detach: Detach = False,
     split: Split = None,
+    log_level: LogLevel = "WARNING",
+    log_format: LogFormat = "text",
+    log_file: LogFile = None,
     version: Version = False,
 ) -> None:
+    start_logging(log_level, log_format, log_file)
     values = read_arguments(function, args or [], ctx.meta.get(RAW_ARGS, []))
     if split is not None and (detach or after):
         raise fail("--split cannot be combined with --detach or --after", EXIT_USAGE)

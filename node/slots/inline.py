@@ -175,7 +175,11 @@ class InlineSlot:
             if run is None:
                 continue
             current.run = run
-            outcome = runner.run_task(functions, run.function, run.args, run.inputs)
+            outcome = (
+                runner.run_task(functions, run.function, run.args, run.inputs)
+                if run.traceparent is None
+                else runner.run_traced(functions, run)
+            )
             current.run = None
             with self._help_lock:
                 del self._helping[run.task_id]
@@ -242,7 +246,12 @@ class InlineSlot:
         current = self._current
         current.run = run
         try:
-            outcome = runner.run_task(self._functions, run.function, run.args, run.inputs)
+            functions = self._functions
+            outcome = (
+                runner.run_task(functions, run.function, run.args, run.inputs)
+                if run.traceparent is None
+                else runner.run_traced(functions, run)
+            )
         finally:
             current.run = None
             self.lock.acquire()

@@ -216,7 +216,11 @@ class ThreadSlots:
             if run is _STOP:
                 return
             current.run = run
-            outcome = runner.run_task(functions, run.function, run.args, run.inputs)
+            outcome = (
+                runner.run_task(functions, run.function, run.args, run.inputs)
+                if run.traceparent is None
+                else runner.run_traced(functions, run)
+            )
             current.run = None
             frames = runner.result_of(run, outcome)
             done.append((run.task_id, frames))

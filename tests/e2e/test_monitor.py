@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import Client, TaskFailed
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, free_port
 from tests.support import wait_until
 
 
@@ -148,3 +148,53 @@ def test_a_broker_that_goes_away_is_shown_down(monitored: tuple[Cluster, str]) -
 
     wait_until(down, 20, what="the monitor to show the broker down")
     assert orjson.loads(get(f"{url}/api/status"))["error"]
+
+
+def test_zbroker_top_shows_the_nodes_the_queue_and_the_failures(cluster: Cluster) -> None:
+    cluster.start_broker("--store", "none")
+    cluster.start_node(name="n1", functions="math")
+    cluster.start_node(name="n2", functions="math")
+    cluster.wait_nodes("n1", "n2")
+    with Client(cluster.url) as client:
+        assert client.map("add", [(i, 1) for i in range(200)]) == [i + 1 for i in range(200)]
+        with pytest.raises(TaskFailed):
+            client.execute("divide", 1, 0)
+    shown = cluster.zbroker("top", "--once", "--interval", "0.2")
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "2 znodes, 2 node processes" in out
+    assert " n1 " in out and " n2 " in out
+    assert "ZeroDivisionError" in out and "divide" in out
+    assert "throughput" in out and "dead letters 1" in out
+
+
+def test_zbroker_top_says_when_nothing_answers(cluster: Cluster) -> None:
+    cluster.url = "tcp://127.0.0.1:9"  # nothing listens there
+    shown = cluster.zbroker("top", "--once", "--interval", "0.1", "--timeout", "0.5")
+    assert shown.returncode == 3
+    assert "tcp://127.0.0.1:9" in shown.stderr and "--broker" in shown.stderr
+
+
+def test_zbroker_start_runs_the_monitor_beside_it_and_stops_it(cluster: Cluster) -> None:
+    port = free_port()
+    broker = cluster.start_broker("--store", "none", "--monitor", f"127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+
+    def served() -> dict[Any, float] | None:
+        try:
+            return samples(get(f"{url}/metrics"))
+        except OSError:
+            return None  # not listening yet
+
+    found = wait_until(served, 20, what="the monitor beside the broker", alive=[broker])
+    assert found[("ztb_up", ())] == 1.0
+    broker.stop()
+
+    def gone() -> bool:
+        try:
+            get(f"{url}/metrics")
+        except OSError:
+            return True
+        return False
+
+    wait_until(gone, 10, what="the monitor to stop with its broker")

@@ -40,8 +40,10 @@ PURE = (
     "typing",
 )
 PROTOCOL = ("broker.protocol",)  # the codec; its frame I/O is `broker.protocol.frames`
+TRACING = ("broker.tracing",)  # spans of tasks, in every process (OpenTelemetry, optional)
 CLIENT = tuple(f"client.{m}" for m in ("api", "cluster", "control", "errors", "link", "options"))
-ZBROKER = ("broker.core.config", "broker.server", "broker.store", "broker.cli")
+ZBROKER = ("broker.core.config", "broker.server", "broker.store", "broker.cli", "broker.monitor")
+CLI_SHARED = ("broker.logs", "broker.config_file")  # what zbroker, znode and zsubmit share
 
 
 @dataclass(frozen=True)
@@ -86,28 +88,70 @@ ROOMS = (
     Room(
         "the broker's shell: sockets, clock and store around the core",
         ("broker/server.py",),
-        may=(STDLIB, "zmq", *PROTOCOL, "broker.core", "broker.store"),
+        may=(STDLIB, "zmq", *PROTOCOL, "broker.core", "broker.store", *TRACING),
+    ),
+    Room(
+        "tracing: OpenTelemetry, imported only when configured",
+        ("broker/tracing.py",),
+        may=(STDLIB, *PROTOCOL, "opentelemetry"),
     ),
     Room(
         "zbroker: a CLI, and a client program of the broker it asks",
         ("broker/cli/*",),
-        may=(STDLIB, "typer", "rich", "orjson", *PROTOCOL, *ZBROKER, *CLIENT),
+        may=(
+            STDLIB,
+            "typer",
+            "rich",
+            "orjson",
+            *PROTOCOL,
+            *ZBROKER,
+            *CLIENT,
+            *CLI_SHARED,
+            *TRACING,
+        ),
         never=("broker.protocol.frames",),
     ),
-    Room("znode's CLI", ("node/cli.py",), may=(STDLIB, "typer", *PROTOCOL, "node")),
+    Room(
+        "the monitor: a client program of the broker that serves HTTP and Prometheus",
+        ("broker/monitor/*",),
+        may=(
+            STDLIB,
+            "orjson",
+            "prometheus_client",
+            *PROTOCOL,
+            "broker.core.metrics",
+            "broker.monitor",
+            *CLIENT,
+        ),
+        never=("broker.protocol.frames",),
+    ),
+    Room(
+        "the commands' logging, and their options from the environment and a file",
+        ("broker/logs.py", "broker/config_file.py"),
+        may=(STDLIB, "typer", "orjson"),
+    ),
+    Room(
+        "znode's CLI",
+        ("node/cli.py",),
+        may=(STDLIB, "typer", *PROTOCOL, "node", *CLI_SHARED, *TRACING),
+    ),
     Room(
         "the node's socket owners",
         ("node/agent.py", "node/link.py"),
-        may=(STDLIB, "zmq", *PROTOCOL, "node"),
+        may=(STDLIB, "zmq", *PROTOCOL, "node", *TRACING),
         never=("node.cli",),
     ),
     Room(
         "the node",
         ("node/*",),
-        may=(STDLIB, "msgspec", *PROTOCOL, "node"),
+        may=(STDLIB, "msgspec", *PROTOCOL, "node", *TRACING),
         never=("broker.protocol.frames", "node.cli"),
     ),
-    Room("zsubmit", ("client/cli/*",), may=(STDLIB, "typer", *PROTOCOL, "client")),
+    Room(
+        "zsubmit",
+        ("client/cli/*",),
+        may=(STDLIB, "typer", *PROTOCOL, "client", *CLI_SHARED, *TRACING),
+    ),
     Room(
         "the progress bar of many tasks (Client.map and zsubmit map)",
         ("client/progress.py",),
@@ -117,13 +161,13 @@ ROOMS = (
     Room(
         "the client's socket owners",
         ("client/api.py", "client/engine.py", "client/link.py", "client/pipeline.py"),
-        may=(STDLIB, "zmq", *PROTOCOL, "client"),
+        may=(STDLIB, "zmq", *PROTOCOL, "client", *TRACING),
         never=("client.cli",),
     ),
     Room(
         "the client",
         ("client/*",),
-        may=(STDLIB, *PROTOCOL, "client"),
+        may=(STDLIB, *PROTOCOL, "client", *TRACING),
         never=("broker.protocol.frames", "client.cli"),
     ),
 )

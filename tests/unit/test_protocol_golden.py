@@ -18,6 +18,8 @@ PROTOCOL_MD = Path(__file__).resolve().parents[2] / "protocol.md"
 
 T = b"ZTB1"  # the tag frame, hard-coded on purpose: a change of version must show here
 
+TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # a W3C traceparent
+
 GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Register("node-a", "worker1", 4242, ("add", "multiply"), 4),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,'
@@ -127,6 +129,18 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"ERROR", b'{"code":"malformed","message":"bad header","task_id":"1234"}']),
     (p.Error("too_large", "too big"),
      [T, b"ERROR", b'{"code":"too_large","message":"too big","task_id":null}']),
+    (p.Execute(p.TaskSpec("t", "add", b"[2,3]", traceparent=TP)),
+     [T, b"EXECUTE", b'{"task_id":"t","function":"add","priority":5,"traceparent":"'
+                     + TP.encode() + b'"}', b"[2,3]"]),
+    (p.Run("t", "add", b"[2,3]", 1, None, None, TP),
+     [T, b"RUN", b'{"task_id":"t","function":"add","attempt":1,"traceparent":"'
+                 + TP.encode() + b'"}', b"[2,3]"]),
+    (p.Result("t", 0, b"5", None, 1, False, TP),
+     [T, b"RESULT", b'{"task_id":"t","exit_code":0,"error":null,"attempt":1,"traceparent":"'
+                    + TP.encode() + b'"}', b"5"]),
+    (p.TaskCompleted("t", 0, b"5", None, 1, TP),
+     [T, b"TASK_COMPLETED", b'{"task_id":"t","exit_code":0,"error":null,"attempts":1,'
+                            b'"traceparent":"' + TP.encode() + b'"}', b"5"]),
 ]  # fmt: skip
 
 
@@ -221,6 +235,27 @@ def test_a_backlog_hint_that_does_not_fit_reads_as_unknown(body: bytes) -> None:
         registered = b'{"node_id":"n","heartbeat_interval_ms":1000,"liveness":3,' + body[1:]
         registered = registered.replace(b",}", b"}")
         assert p.decode([p.TAG, p.REGISTERED, registered]) == p.Registered("n", 1.0, 3, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"null", b"17", b'"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"',
+     b'"00-00000000000000000000000000000000-00f067aa0ba902b7-01"',
+     b'"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"',
+     b'"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"',
+     b'"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"', b'["x"]', b"{}"],
+)  # fmt: skip
+def test_a_trace_context_that_does_not_parse_reads_as_absent(value: bytes) -> None:
+    """Tracing is advisory (protocol.md 5.10): a task is never refused for its context."""
+    header = b'{"task_id":"t","function":"add","traceparent":' + value + b"}"
+    message = p.decode([p.TAG, p.EXECUTE, header, b"[2,3]"])
+    assert message == p.Execute(p.TaskSpec("t", "add", b"[2,3]"))
+    run = b'{"task_id":"t","function":"add","traceparent":' + value + b"}"
+    assert p.decode([p.TAG, p.RUN, run, b"[]"]) == p.Run("t", "add", b"[]")
+    result = b'{"task_id":"t","exit_code":0,"traceparent":' + value + b"}"
+    assert p.decode([p.TAG, p.RESULT, result, b"5"]) == p.Result("t", 0, b"5")
+    answer = b'{"task_id":"t","exit_code":0,"traceparent":' + value + b"}"
+    assert p.decode([p.TAG, p.TASK_COMPLETED, answer, b"5"]) == p.TaskCompleted("t", 0, b"5")
 
 
 def test_the_largest_backlog_hint_is_read() -> None:
