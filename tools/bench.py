@@ -11,6 +11,7 @@
   expiry        a burst of queue deadlines: how soon all are answered, STATUS meanwhile
   core          the scheduler alone: cost per event with many tasks queued and nodes registered
   split         one job cut into parts on two nodes, against one task and multiprocessing.Pool
+  observe       what the broker's metrics (and a monitor reading them) cost bulk throughput
 
 `tools/bench.py SUBCOMMAND --help` says what each measures and how. Brokers and nodes are
 started through client.cluster.LocalCluster, as a user starts them, on 127.0.0.1. Each prints

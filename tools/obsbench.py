@@ -24,7 +24,7 @@ from compare import progress
 
 def observe(args: argparse.Namespace) -> None:
     """What the broker's metrics (and, with --monitor, a monitor reading them) cost the
-    bulk Client.map figure: medians over --runs alternating rounds, and the cost in %."""
+    bulk Client.map figure: medians over --runs alternating rounds, and the cost in percent."""
     setups = {"metrics on": [], "metrics off": ["--no-metrics"]}
     rates: dict[str, list[float]] = {name: [] for name in setups}
     node_args = ["--concurrency", "1"]

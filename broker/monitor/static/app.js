@@ -13,6 +13,7 @@ const esc = (value) => String(value ?? "").replace(/[&<>"']/g, (c) =>
 const fmt = (n, digits = 0) => n == null ? "–" :
   Number(n).toLocaleString("en-US", { maximumFractionDigits: digits });
 const when = (unix) => new Date(unix * 1000).toLocaleTimeString();
+const clock = (unix) => new Date(unix * 1000).toTimeString().slice(0, 8); // HH:MM:SS
 
 let points = [];
 let latest = null;
@@ -23,7 +24,7 @@ function chartOptions(series, legend = true) {
   return {
     width, height: 200, legend: { show: legend },
     scales: { x: { time: true } },
-    axes: [{}, { size: 60 }],
+    axes: [{ space: 70, values: (u, ticks) => ticks.map(clock) }, { size: 60 }],
     series: [{}, ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
   };
 }
