@@ -35,6 +35,7 @@ from broker.core.journal import Change
 from broker.core.metrics import Histogram
 from broker.core.scheduler import Scheduler
 from broker.protocol.frames import NOBLOCK, TimedReceiver, readable, recv_frames, send_routed
+from broker.security import BrokerKeys
 from broker.store import Persistence, PersistenceConfig, StoreError
 from broker.tracing import BrokerSpans, process as process_tracing
 
@@ -61,6 +62,7 @@ class BrokerConfig:
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     drain_timeout: float = 10.0  # seconds a stopping broker waits for running tasks
     strict: bool = False  # re-raise bugs and check the core's invariants after every event
+    keys: BrokerKeys | None = None  # CURVE: encrypted, and only the authorized keys let in
 
 
 class ShellStats:
@@ -116,10 +118,11 @@ class BrokerServer:
             scheduler_config,
             wall_offset=self._wall_offset,
             now=time.monotonic(),
-            shell_status=self.stats.view,
+            shell_status=self._shell_status,
         )
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket[Any] | None = None
+        self._authenticator: Any = None  # the ZAP handler's thread, with CURVE
         self._changes: list[Change] = []  # for the store, written once per group commit
         self._stop_requests = 0
         self._restored = False
@@ -135,6 +138,16 @@ class BrokerServer:
 
     # ------------------------------------------------------------------ setup
 
+    def _shell_status(self) -> dict[str, Any]:
+        """What the shell adds to STATUS_REPLY `metrics`: its counts, and with CURVE the
+        handshakes refused for unknown keys."""
+        view = self.stats.view()
+        keys = self.config.keys
+        view["curve"] = keys is not None
+        if keys is not None:
+            view["refused_keys"] = keys.authorized.refused
+        return view
+
     def bind(self) -> str:
         """Bind the ROUTER socket; returns the endpoint (with the real port for `:*`/`:0`)."""
         router = self._context.socket(zmq.ROUTER)
@@ -147,6 +160,8 @@ class BrokerServer:
         # Up to twice the limit a sender gets a clear ERROR too_large; a larger frame is not
         # even buffered whole: ZeroMQ drops that connection.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_size + 65536)
+        if self.config.keys is not None:
+            self._authenticator = self.config.keys.serve(self._context, router)
         endpoint = self.config.bind
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
@@ -154,6 +169,8 @@ class BrokerServer:
             router.bind(endpoint)
         except zmq.ZMQError as exc:
             router.close()
+            if self._authenticator is not None:
+                self._authenticator.stop()
             raise OSError(f"cannot bind {self.config.bind}: {exc.strerror}") from None
         self._router = router
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -442,5 +459,7 @@ class BrokerServer:
         finally:
             # Let the DISCONNECTs leave: linger 0 would discard whatever is still queued.
             router.close(linger=CLOSE_LINGER_MS)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             self.persistence.close()
             log.info("broker stopped")

@@ -28,6 +28,7 @@ from broker.protocol import (
     TaskSpec,
     execute_frames,
 )
+from broker.security import peer_keys
 from broker.tracing import ClientSpans, for_client
 from client.control import DEFAULT_TIMEOUT, ControlClient
 from client.engine import Engine
@@ -86,7 +87,9 @@ class Client:
     (its arguments, mostly) is refused with MessageTooLarge before it is sent; the broker's
     `--max-message-size` has the same default, 16 MiB. `status()` and the dead-letter queue
     (`dead_letters`, `dead_letter`, `replay`, `purge_dead_letters`) are asked through the
-    REQ socket, by the control client `zbroker` uses too.
+    REQ socket, by the control client `zbroker` uses too. `curve` and `broker_key`: this
+    client's secret key file and the broker's public key file (`zbroker keys new`), for a
+    broker started with --curve: every socket is encrypted and authenticated.
 
     Threads: `submit`, `submit_async`, `as_completed`, `wait`, `close` and everything on a
     TaskFuture may be called from any thread at once. The blocking calls (`execute`,
@@ -108,6 +111,8 @@ class Client:
         retry_on: RetryOn = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        curve: str | os.PathLike[str] | None = None,
+        broker_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
@@ -115,9 +120,10 @@ class Client:
             priority, retries, queue_timeout, task_timeout, check_retry_on(retry_on)
         )
         self.max_message_size = check_max_message_size(max_message_size)
+        keys = peer_keys(curve, broker_key)  # KeyFileError (a ValueError) if they do not load
         self._context: zmq.Context[Any] = zmq.Context()
         try:
-            self._link = ReqLink(url, resend_interval, self._context, connect_timeout)
+            self._link = ReqLink(url, resend_interval, self._context, connect_timeout, keys)
         except BaseException:
             self._context.destroy(linger=0)
             raise

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from broker.security import PeerKeys
 from client.control import ControlClient
 from client.errors import BrokerTimeout, BrokerUnreachable, ClientError
 from client.link import ReqLink
@@ -115,6 +116,8 @@ class LocalCluster:
         self.broker: Process | None = None
         self.nodes: list[Process] = []
         self.processes: list[Process] = []
+        # CURVE keys the cluster asks its broker's status with (a broker with --curve).
+        self.keys: PeerKeys | None = None
 
     def _own_dir(self) -> str:
         assert self._tempdir is not None
@@ -213,7 +216,7 @@ class LocalCluster:
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
         """The broker's STATUS_REPLY body."""
-        with ReqLink(self.url, resend_interval=timeout) as link:
+        with ReqLink(self.url, resend_interval=timeout, keys=self.keys) as link:
             return ControlClient(link).status(timeout=timeout)
 
     def node_names(self) -> list[str]:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -18,6 +18,9 @@ from broker.protocol import Error, Message, Status, StatusReply, TaskCompleted, 
 from broker.protocol.frames import POLLIN, TimedReceiver, poll, recv_frames, send_frames
 from client.errors import BadEndpoint, BrokerTimeout, BrokerUnreachable, ClientError, broker_error
 from client.payloads import first_answer, replies
+
+if TYPE_CHECKING:
+    from broker.security import PeerKeys
 
 RESEND_INTERVAL = 2.5  # seconds without a reply before a request is sent again
 DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds the first connection to the broker may take
@@ -84,9 +87,15 @@ class Contact:
     `connect_timeout` None: no separate limit, a wait ends at its timeout as BrokerTimeout.
     """
 
-    def __init__(self, url: str, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        keys: PeerKeys | None = None,
+    ) -> None:
         self.url = url
         self.connect_timeout = check_connect_timeout(connect_timeout)
+        self.keys = keys  # CURVE: this client's key pair and the broker's public key
         self.reached = False
         self.answered = False
 
@@ -97,6 +106,8 @@ class Contact:
         broker has not been reached."""
         sock: zmq.Socket[Any] = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(sock)
         watch = None
         if not self.reached and self.connect_timeout is not None:
             watch = ConnectWatch(sock, self)  # before connecting, to see every event
@@ -182,7 +193,23 @@ class ConnectWatch:
                 return
 
     def _reason(self) -> str:
-        if self._seen & _HANDSHAKE_FAILED or self._seen & _TCP_CONNECTED:
+        curve = self.contact.keys is not None
+        if self._seen & int(zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+            return (
+                "the broker refused this client's CURVE key: add its .pub file to the "
+                "broker's --authorized directory (clients/ or admins/)"
+            )
+        if curve and (self._seen & _HANDSHAKE_FAILED or self._seen & _TCP_CONNECTED):
+            return (
+                "the CURVE handshake did not complete: is --broker-key the broker's public "
+                "key, and does the broker run with --curve?"
+            )
+        if self._seen & _HANDSHAKE_FAILED:
+            return (
+                "something accepts connections there but the ZeroMQ handshake failed: a "
+                "broker with --curve needs this client's --curve and --broker-key"
+            )
+        if self._seen & _TCP_CONNECTED:
             return (
                 "something accepts TCP connections there but does not complete a ZeroMQ "
                 "handshake (not a ZTB broker's port?)"
@@ -209,10 +236,11 @@ class ReqLink:
         resend_interval: float = RESEND_INTERVAL,
         context: zmq.Context[Any] | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        keys: PeerKeys | None = None,
     ) -> None:
         self.url = url
         self.resend_interval = check_resend_interval(resend_interval)
-        self.contact = Contact(url, connect_timeout)
+        self.contact = Contact(url, connect_timeout, keys)
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._receiver: TimedReceiver | None = None  # on the current socket
@@ -329,6 +357,7 @@ def deliver(
     timeout: float,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     resend_interval: float = RESEND_INTERVAL,
+    keys: PeerKeys | None = None,
 ) -> TaskCompleted | None:
     """Send the EXECUTE `request` of task `task_id` and return once the broker holds the
     task, without waiting for its answer. A STATUS follows the EXECUTE on the same DEALER
@@ -337,7 +366,7 @@ def deliver(
     quick task, or an id answered lately); raises the BrokerError the broker refused it
     with, BrokerUnreachable or BrokerTimeout as `ReqLink.exchange` does."""
     context: zmq.Context[Any] = zmq.Context()
-    contact = Contact(url, connect_timeout)
+    contact = Contact(url, connect_timeout, keys)
     try:
         sock, watch = contact.open(context, zmq.DEALER)
         messages = ([b"", *request], [b"", *encode(Status())])

@@ -43,6 +43,7 @@ from broker.protocol import (
     encode,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, TimedReceiver, poll, readable, recv_frames
+from broker.security import KeyFileError, peer_keys
 from node import context, registry, supervision
 from node.config import NodeConfig
 from node.lifecycle import Lifecycle, install_stop_signals
@@ -72,7 +73,11 @@ class NodeAgent:
         self._config = config
         functions = registry.resolve(config.function_sets)
         self._functions = tuple(sorted(functions))
-        self._link = BrokerLink(config.broker_url, config.heartbeat_interval, config.liveness)
+        try:
+            keys = peer_keys(config.curve, config.broker_key)
+        except KeyFileError as exc:
+            raise registry.NodeSetupError(str(exc)) from None
+        self._link = BrokerLink(config.broker_url, config.heartbeat_interval, config.liveness, keys)
         self._life = Lifecycle()
         hooks = SlotHooks(
             results_ready=self._results_ready,

@@ -17,6 +17,7 @@ from broker.protocol import (
     Replaces,
 )
 from broker.protocol.version import package_version
+from broker.security import KeyFileError, peer_keys
 from node import supervision
 from node.agent import serve
 from node.config import DEFAULT_PREFETCH, NodeConfig, default_name
@@ -173,6 +174,20 @@ def run(
         metavar="PATH",
         help="Also append the log to this file (the log always goes to stderr).",
     ),
+    curve: Path | None = typer.Option(
+        None,
+        "--curve",
+        metavar="KEY",
+        help="This node's secret key file (zbroker keys new node1), for a broker started "
+        "with --curve; its .pub goes in the broker's --authorized DIR/nodes. Needs "
+        "--broker-key.",
+    ),
+    broker_key: Path | None = typer.Option(
+        None,
+        "--broker-key",
+        metavar="PUB",
+        help="The broker's public key file (broker.pub), with --curve.",
+    ),
     # How the supervisor starts a node process: not for people.
     parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True),
     report_fd: int | None = typer.Option(None, "--report-fd", hidden=True),
@@ -219,7 +234,13 @@ def run(
         replaces=Replaces(replaces_pid, replaces_reason) if replaces_pid else None,
         report_fd=report_fd,
         demand_fd=demand_fd,
+        curve=None if curve is None else str(curve.resolve()),
+        broker_key=None if broker_key is None else str(broker_key.resolve()),
     )
+    try:
+        peer_keys(config.curve, config.broker_key)  # a key that does not load stops us now
+    except KeyFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--curve") from None
     try:
         if parent_pid is None:
             resolve(config.function_sets)  # fail here, once, rather than in every child

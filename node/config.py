@@ -41,3 +41,7 @@ class NodeConfig:
     replaces: Replaces | None = None  # the process this one was started in place of
     report_fd: int | None = None  # where to tell the supervisor why this process exits
     demand_fd: int | None = None  # where to tell an elastic supervisor what it sees
+    # CURVE (znode --curve KEY --broker-key PUB): the node's secret key file and the
+    # broker's public key file; the process loads them when it connects.
+    curve: str | None = None
+    broker_key: str | None = None

@@ -13,12 +13,16 @@ import logging
 import math
 import random
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
 from broker.protocol import Deregister, Heartbeat, Register, Registered, encode
 from broker.protocol.frames import NOBLOCK, send_frames
 from node.registry import NodeSetupError
+
+if TYPE_CHECKING:
+    from broker.security import PeerKeys
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +33,12 @@ CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to le
 
 
 class BrokerLink:
-    def __init__(self, url: str, interval: float, liveness: int) -> None:
+    def __init__(
+        self, url: str, interval: float, liveness: int, keys: PeerKeys | None = None
+    ) -> None:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.url = url
+        self.keys = keys  # CURVE: the node's key pair and the broker's public key
         self.socket: zmq.Socket[bytes] | None = None
         self.registered = False
         self.deregistered = False  # DEREGISTER sent: the node takes no new work, for good
@@ -52,6 +59,8 @@ class BrokerLink:
         """Open a fresh socket and send REGISTER on it."""
         sock = self._context.socket(zmq.DEALER)
         sock.linger = 0
+        if self.keys is not None:
+            self.keys.apply(sock)
         try:
             sock.connect(self.url)
         except zmq.ZMQError as exc:

@@ -93,6 +93,8 @@ def _command(
     argv += ["--log-level", options.log_level, "--log-format", options.log_format]
     if options.log_file:
         argv += ["--log-file", options.log_file]
+    if config.curve is not None and config.broker_key is not None:
+        argv += ["--curve", config.curve, "--broker-key", config.broker_key]
     argv += ["--parent-pid", str(os.getpid()), "--report-fd", str(report_fd)]
     if demand_fd is not None:
         argv += ["--demand-fd", str(demand_fd)]

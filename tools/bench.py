@@ -12,6 +12,7 @@
   core          the scheduler alone: cost per event with many tasks queued and nodes registered
   split         one job cut into parts on two nodes, against one task and multiprocessing.Pool
   observe       what the broker's metrics (and a monitor reading them) cost bulk throughput
+  curve         what CurveZMQ costs bulk and sequential work, against no CURVE
 
 `tools/bench.py SUBCOMMAND --help` says what each measures and how. Brokers and nodes are
 started through client.cluster.LocalCluster, as a user starts them, on 127.0.0.1. Each prints
@@ -40,6 +41,7 @@ import orjson
 import zmq
 
 import compare
+import curvebench
 import obsbench
 import splitbench
 from broker import protocol as p
@@ -1090,6 +1092,7 @@ def main() -> None:
         add(sub)
     splitbench.add_split(sub, subcommand)
     obsbench.add_observe(sub, subcommand)
+    curvebench.add_curve(sub, subcommand)
     args = parser.parse_args()
     args.handler(args)
 

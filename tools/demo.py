@@ -1,32 +1,59 @@
 """A broker, two nodes and real tasks on this machine, as a user would run them.
 
-Run through `python3 tools/dev.py demo` (which sets up .venv first). Starts `zbroker start` on
-a free loopback port and two `znode --functions math` processes through the project's cluster
-launcher (client.cluster.LocalCluster), then submits tasks with `zsubmit` (a job split into
-100 parts, and a failure and a timeout, which end in the dead-letter queue) and with the
-Python client (one by one, one passing its result to the next, and pipelined), shows
-`zbroker status`, and stops everything with SIGTERM.
+Run through `python3 tools/dev.py demo` (which sets up .venv first). Makes CurveZMQ keys for
+the broker, the nodes and the user (`zbroker keys new`), starts `zbroker start --curve` on a
+free loopback port and two `znode --functions math` processes with their keys through the
+project's cluster launcher (client.cluster.LocalCluster), then submits tasks with `zsubmit`
+(a job split into 100 parts, and a failure and a timeout, which end in the dead-letter
+queue) and with the Python client (one by one, one passing its result to the next, and
+pipelined), shows `zbroker status`, and stops everything with SIGTERM.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import track
 
+from broker.security import PeerKeys
 from client import Client
 from client.cluster import LocalCluster, command
 
 console = Console()
+KEYS: list[str] = []  # the user's --curve and --broker-key, added to every command shown
 
 
-def show(argv: list[str]) -> None:
+def show(argv: list[str], keyed: bool = True) -> None:
     """Run a console script (`zsubmit`, `zbroker`) as a user types it, showing the line."""
+    if keyed:
+        # zbroker's subcommands take their options anywhere; zsubmit's before the function
+        argv = [*argv, *KEYS] if argv[0] == "zbroker" else [argv[0], *KEYS, *argv[1:]]
     console.print(f"[bold]$ {' '.join(argv)}[/bold]")
     subprocess.run([*command(argv[0]), *argv[1:]], check=False)
+
+
+def make_keys(tmp: Path) -> Path:
+    """The broker's, each node's and the user's key pairs; the public keys let in under
+    tmp/authorized. Returns that directory."""
+    authorized = tmp / "authorized"
+    for directory in ("nodes", "clients", "admins"):
+        (authorized / directory).mkdir(parents=True)
+    roles: list[tuple[str, str | None]] = [
+        ("broker", None),
+        ("demo-node", "nodes"),
+        ("demo-user", "admins"),
+    ]
+    for name, role in roles:
+        show(["zbroker", "keys", "new", name, "--dir", str(tmp)], keyed=False)
+        if role is not None:  # the broker lets its public key in
+            console.print(f"[bold]$ cp {tmp}/{name}.pub {authorized}/{role}/[/bold]")
+            shutil.copy(tmp / f"{name}.pub", authorized / role)
+    return authorized
 
 
 def tasks(url: str) -> None:
@@ -40,7 +67,7 @@ def tasks(url: str) -> None:
     show(["zsubmit", "--broker", url, "--retries", "0", "--task-timeout", "1", "sleep", "30"])
     show(["zbroker", "dlq", "list", "--broker", url])
     console.print("[bold]Python client[/bold]")
-    with Client(url) as client:
+    with Client(url, curve=KEYS[1], broker_key=KEYS[3]) as client:
         console.print(f'client.execute("multiply", 5, 10) -> {client.execute("multiply", 5, 10)}')
         console.print(f'client.execute("fib", 90) -> {client.execute("fib", 90)}')
         a = client.submit("add", 1, 2)
@@ -61,13 +88,23 @@ def tasks(url: str) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ztb-demo-") as tmp:
-        cluster = LocalCluster(tmp, log_level="INFO")
+        authorized = make_keys(Path(tmp))
+        broker_key = str(Path(tmp) / "broker.pub")
+        user_key = str(Path(tmp) / "demo-user.key")
+        KEYS[:] = ["--curve", user_key, "--broker-key", broker_key]
+        curve = ["--curve", str(Path(tmp) / "broker.key"), "--authorized", str(authorized)]
+        cluster = LocalCluster(tmp, log_level="INFO", broker_args=curve)
+        cluster.keys = PeerKeys.load(user_key, broker_key)
+        node_key = ["--curve", str(Path(tmp) / "demo-node.key")]
         with cluster:
             for name in ("demo-node-1", "demo-node-2"):
-                cluster.start_node(functions=["math"], concurrency=1, name=name)
+                node = [*node_key, "--broker-key", broker_key]
+                cluster.start_node(*node, functions=["math"], concurrency=1, name=name)
             cluster.wait_for_nodes(2)
             url = cluster.url
-            console.print(f"broker listening on {url}; two nodes registered (logs in {tmp})")
+            console.print(
+                f"broker listening on {url} with CURVE; two nodes registered (logs in {tmp})"
+            )
             tasks(url)
             show(["zbroker", "status", "--broker", url])
         codes = [process.popen.returncode for process in cluster.processes]

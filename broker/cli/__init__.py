@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from broker import config_file
-from broker.cli import dlq
+from broker.cli import dlq, keys
 from broker.cli.monitor import monitor
 from broker.cli.start import start
 from broker.cli.status import EPILOG as STATUS_EPILOG, status
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.command()(start)
 app.command(epilog=STATUS_EPILOG)(status)
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(keys.app, name="keys")
 app.command()(monitor)
 app.command()(top)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from broker.protocol import ERR_UNKNOWN_COMMAND
+from broker.security import KeyFileError, peer_keys
 from client.control import ControlClient
 from client.errors import (
     BadEndpoint,
@@ -23,6 +25,20 @@ from client.errors import (
 from client.link import DEFAULT_CONNECT_TIMEOUT, ReqLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+
+Curve = Annotated[
+    Path | None,
+    typer.Option(
+        "--curve",
+        metavar="KEY",
+        help="This client's secret key file (zbroker keys new NAME), for a broker started "
+        "with --curve. Needs --broker-key.",
+    ),
+]
+BrokerKey = Annotated[
+    Path | None,
+    typer.Option("--broker-key", metavar="PUB", help="The broker's public key file, with --curve."),
+]
 
 # The options every command that asks a broker takes.
 Broker = Annotated[
@@ -54,6 +70,8 @@ def asking(
     command: str,
     missing: str | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    curve: Path | None = None,
+    broker_key: Path | None = None,
 ) -> Iterator[ControlClient]:
     """A ControlClient on a link of its own to the broker at `url`, closed on the way out.
 
@@ -64,7 +82,11 @@ def asking(
     as refused; a reply that breaks the protocol exits 1.
     """
     try:
-        with ReqLink(url, connect_timeout=connect_timeout) as link:
+        keys = peer_keys(curve, broker_key)
+    except KeyFileError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    try:
+        with ReqLink(url, connect_timeout=connect_timeout, keys=keys) as link:
             yield ControlClient(link)
     except BrokerUnreachable as exc:
         raise fail(f"{exc} (use --broker to point elsewhere)", EXIT_NO_ANSWER) from None

@@ -20,7 +20,9 @@ from broker.cli.control import (
     EXIT_FAILED,
     EXIT_USAGE,
     Broker,
+    BrokerKey,
     ConnectTimeout,
+    Curve,
     Timeout,
     asking,
     fail,
@@ -107,8 +109,12 @@ def list_dead_letters(
     ] = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
-    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
+    with asking(
+        broker, "DLQ", connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
+    ) as control:
         found = control.dead_letters(limit or None, timeout=timeout)
     if json_output:
         _print_json(found.entries)
@@ -189,9 +195,13 @@ def show(
     ] = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     missing = _not_in_queue(task_id)
-    with asking(broker, "DLQ", missing, connect_timeout=connect_timeout) as control:
+    with asking(
+        broker, "DLQ", missing, connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
+    ) as control:
         entry = control.dead_letter(task_id, timeout=timeout)
     if json_output:
         _print_json(entry)
@@ -239,9 +249,13 @@ def replay(
     broker: Broker = DEFAULT_BROKER_URL,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     target = _target(task_id, everything, "replay")
-    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
+    with asking(
+        broker, "DLQ", connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
+    ) as control:
         outcome = control.replay(target, timeout=timeout)
     replayed, missing = outcome["replayed"], outcome["missing"]
     if target is not None:
@@ -275,9 +289,13 @@ def purge(
     broker: Broker = DEFAULT_BROKER_URL,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     target = _target(task_id, everything, "purge")
-    with asking(broker, "DLQ", connect_timeout=connect_timeout) as control:
+    with asking(
+        broker, "DLQ", connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
+    ) as control:
         purged = control.purge(target, timeout=timeout)
     if target is not None and purged == 0:
         raise fail(_not_in_queue(target), EXIT_FAILED)

@@ -18,8 +18,9 @@ from typing import Annotated
 import typer
 
 from broker import logs
-from broker.cli.control import EXIT_USAGE, Broker, Timeout, fail
+from broker.cli.control import EXIT_USAGE, Broker, BrokerKey, Curve, Timeout, fail
 from broker.protocol import DEFAULT_BROKER_URL
+from broker.security import KeyFileError, peer_keys
 
 DEFAULT_LISTEN = "127.0.0.1:8265"
 
@@ -52,6 +53,8 @@ def monitor(
     ] = "text",
     log_file: Annotated[Path | None, typer.Option(help="Also append logs to this file.")] = None,
     timeout: Timeout = 2.0,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     """Serve a live web dashboard of a broker (nodes, throughput, latency, queues, failures,
     dead letters with replay and purge) and its metrics for Prometheus at /metrics.
@@ -63,7 +66,11 @@ def monitor(
 
     logs.configure(log_level, log_format, log_file)
     host, port = listen_address(listen)
-    watch = Watch(broker, interval, timeout=timeout).start()
+    try:
+        keys = peer_keys(curve, broker_key)
+    except KeyFileError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    watch = Watch(broker, interval, timeout=timeout, keys=keys).start()
     try:
         server = serve(watch, host, port)
     except OSError as exc:

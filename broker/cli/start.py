@@ -6,6 +6,7 @@ The server and its store are imported when the command runs, so that `zbroker st
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from broker.core.config import (
 )
 
 if TYPE_CHECKING:
+    from broker.security import BrokerKeys
     from broker.store import PersistenceConfig
 
 DEFAULT_STORE = "zbroker.sqlite3"
@@ -120,6 +122,24 @@ def start(
         "histograms, throughput, utilisation) for STATUS, `zbroker monitor` and `zbroker top`. "
         "--no-metrics only to measure what they cost.",
     ),
+    curve: Path | None = typer.Option(
+        None,
+        metavar="KEY",
+        help="Encrypt and authenticate every connection with CurveZMQ: this broker's secret "
+        "key file (zbroker keys new broker). Needs --authorized.",
+    ),
+    authorized: Path | None = typer.Option(
+        None,
+        metavar="DIR",
+        help="With --curve: the public keys let in, as DIR/nodes/*.pub, DIR/clients/*.pub "
+        "and DIR/admins/*.pub; a file added or removed counts within 5 s.",
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Listen on an address other than loopback without --curve: anyone who reaches "
+        "the port can run tasks and read results. Logged as a warning.",
+    ),
     ready_file: Path | None = typer.Option(
         None, help="Write the bound endpoint to this file once listening (for scripts, tests)."
     ),
@@ -171,7 +191,8 @@ def start(
         metrics=metrics,
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
-    config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout)
+    keys = _keys(bind, curve, authorized, insecure)
+    config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout, keys=keys)
     server = BrokerServer(config)
     try:
         server.restore()
@@ -202,6 +223,50 @@ def start(
     if server.store_failure is not None:
         typer.echo(f"error: {server.store_failure}", err=True)
         raise typer.Exit(EXIT_STORE_FAILED)
+
+
+def _keys(
+    bind: str, curve: Path | None, authorized: Path | None, insecure: bool
+) -> BrokerKeys | None:
+    """The broker's CURVE keys; without them, only a loopback address unless --insecure."""
+    from broker.security import BrokerKeys, KeyFileError
+
+    if curve is None:
+        if authorized is not None:
+            raise typer.BadParameter("needs --curve too", param_hint="--authorized")
+        if not loopback(bind):
+            if not insecure:
+                raise typer.BadParameter(
+                    f"{bind} is reachable from other machines, and without CURVE anyone who "
+                    "reaches it can run tasks and read results: make keys (zbroker keys new "
+                    "broker) and start with --curve broker.key --authorized DIR, or accept "
+                    "the risk with --insecure",
+                    param_hint="--bind",
+                )
+            logging.getLogger("broker.cli").warning(
+                "listening on %s without CURVE (--insecure): anyone who reaches it can run "
+                "tasks and read results",
+                bind,
+            )
+        return None
+    if authorized is None:
+        raise typer.BadParameter(
+            "needs --authorized DIR: the public keys let in (DIR/nodes, DIR/clients, DIR/admins)",
+            param_hint="--curve",
+        )
+    try:
+        return BrokerKeys.load(curve, authorized)
+    except KeyFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--curve") from None
+
+
+def loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this machine only: ipc, inproc, or tcp on
+    127.0.0.0/8, ::1 or localhost."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _persistence(

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from broker.cli.control import Broker, ConnectTimeout, Timeout, asking
+from broker.cli.control import Broker, BrokerKey, ConnectTimeout, Curve, Timeout, asking
 from broker.protocol import DEFAULT_BROKER_URL
 from client.control import DEFAULT_TIMEOUT
 from client.link import DEFAULT_CONNECT_TIMEOUT
@@ -32,10 +32,14 @@ def status(
     json_output: JsonOutput = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
 ) -> None:
     """Show the nodes a broker knows, each znode's processes together, what is queued and
     running, and its counters."""
-    with asking(broker, "STATUS", connect_timeout=connect_timeout) as control:
+    with asking(
+        broker, "STATUS", connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
+    ) as control:
         body = control.status(timeout)
     if json_output:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")

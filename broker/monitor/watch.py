@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.monitor.derive import point
+from broker.security import PeerKeys
 from client.control import ControlClient
 from client.errors import ClientError
 from client.link import ReqLink
@@ -50,12 +51,12 @@ class Watch:
         interval: float = 1.0,
         *,
         timeout: float = 2.0,
-        link: Callable[[str], ReqLink] | None = None,
+        keys: PeerKeys | None = None,
     ) -> None:
         self.url = url
         self.interval = interval
         self._timeout = timeout
-        self._new_link = link or (lambda u: ReqLink(u, connect_timeout=timeout))
+        self._keys = keys  # CURVE, for a broker started with --curve
         self._link: ReqLink | None = None
         self._asking = threading.Lock()  # one request at a time on the link
         self._changed = threading.Condition()
@@ -127,7 +128,7 @@ class Watch:
     def _ask(self, request: Callable[[ControlClient], Any]) -> Any:
         with self._asking:
             if self._link is None:
-                self._link = self._new_link(self.url)
+                self._link = ReqLink(self.url, connect_timeout=self._timeout, keys=self._keys)
             try:
                 return request(ControlClient(self._link))
             except ClientError:

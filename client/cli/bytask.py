@@ -10,14 +10,18 @@ from typing import Annotated
 import typer
 
 from broker.protocol import DEFAULT_BROKER_URL
+from broker.security import PeerKeys
 from client.cli.common import (
     EXIT_FINISHED,
     Broker,
+    BrokerKey,
     ConnectTimeout,
+    Curve,
     LogFile,
     LogFormat,
     LogLevel,
     Version,
+    keys_of,
     print_answer,
     print_json,
     reporting,
@@ -96,8 +100,8 @@ def _not_found(task_id: str) -> str:
 
 
 @contextmanager
-def _control(broker: str, connect_timeout: float) -> Iterator[ControlClient]:
-    with ReqLink(broker, connect_timeout=connect_timeout) as link:
+def _control(broker: str, connect_timeout: float, keys: PeerKeys | None) -> Iterator[ControlClient]:
+    with ReqLink(broker, connect_timeout=connect_timeout, keys=keys) as link:
         yield ControlClient(link)
 
 
@@ -115,6 +119,8 @@ def result(
     ] = 0.0,
     broker: Broker = DEFAULT_BROKER_URL,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
     json_output: JsonOutput = False,
     log_level: LogLevel = "WARNING",
     log_format: LogFormat = "text",
@@ -133,7 +139,7 @@ def result(
     missing = _not_found(task_id)
     with (
         reporting(broker, no_answer=not_done, missing=lambda exc: missing),
-        _control(broker, connect_timeout) as control,
+        _control(broker, connect_timeout, keys_of(curve, broker_key)) as control,
     ):
         completed = control.fetch(task_id, wait + ANSWER_TIME)
     print_answer(completed, f"task {task_id}", json_output)
@@ -143,6 +149,8 @@ def cancel(
     task_id: TaskId,
     broker: Broker = DEFAULT_BROKER_URL,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
     json_output: Annotated[
         bool, typer.Option("--json", help='Print {"task_id": ..., "was": ...} as JSON.')
     ] = False,
@@ -155,7 +163,7 @@ def cancel(
     missing = _not_found(task_id)
     with (
         reporting(broker, missing=lambda exc: missing),
-        _control(broker, connect_timeout) as control,
+        _control(broker, connect_timeout, keys_of(curve, broker_key)) as control,
     ):
         was = control.cancel(task_id, DEFAULT_TIMEOUT)
     if json_output:

@@ -25,7 +25,9 @@ from client.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Broker,
+    BrokerKey,
     ConnectTimeout,
+    Curve,
     LogFile,
     LogFormat,
     LogLevel,
@@ -33,6 +35,7 @@ from client.cli.common import (
     Version,
     answer_json,
     fail,
+    keys_of,
     reporting,
     retry_on,
     start_logging,
@@ -116,6 +119,8 @@ def map_tasks(
         ),
     ] = 30.0,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
     window: Annotated[
         int, typer.Option(min=1, max=100_000, metavar="N", help="Tasks in flight at most.")
     ] = 1000,
@@ -133,6 +138,7 @@ def map_tasks(
     version: Version = False,
 ) -> None:
     start_logging(log_level, log_format, log_file)
+    keys_of(curve, broker_key)  # a key file that does not load: exit 2 before anything
     stream = _open(source)
     total = _count(source) if source != STDIN and shows_on(sys.stderr) else None
     output = Output(function, json_output, Progress(total, function))
@@ -146,6 +152,8 @@ def map_tasks(
             queue_timeout=queue_timeout,
             task_timeout=task_timeout,
             retry_on=retry_on(retry_on_names),
+            curve=curve,
+            broker_key=broker_key,
         )
         with client, stream:
             try:

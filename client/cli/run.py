@@ -15,6 +15,7 @@ from broker.protocol import (
     TaskCompleted,
     execute_frames,
 )
+from broker.security import PeerKeys
 from client.api import Client
 from client.cli.arguments import read_arguments
 from client.cli.common import (
@@ -23,13 +24,16 @@ from client.cli.common import (
     EXIT_USAGE,
     HINTS,
     Broker,
+    BrokerKey,
     ConnectTimeout,
+    Curve,
     LogFile,
     LogFormat,
     LogLevel,
     RetryOn,
     Version,
     fail,
+    keys_of,
     print_answer,
     reporting,
     retry_on,
@@ -223,6 +227,8 @@ def run(
     retry_on_names: RetryOn = None,
     timeout: Wait = 30.0,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
+    curve: Curve = None,
+    broker_key: BrokerKey = None,
     json_output: JsonOutput = False,
     task_id: TaskId = None,
     after: After = None,
@@ -234,6 +240,7 @@ def run(
     version: Version = False,
 ) -> None:
     start_logging(log_level, log_format, log_file)
+    keys = keys_of(curve, broker_key)
     values = read_arguments(function, args or [], ctx.meta.get(RAW_ARGS, []))
     if split is not None and (detach or after):
         raise fail("--split cannot be combined with --detach or --after", EXIT_USAGE)
@@ -242,7 +249,7 @@ def run(
         options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
     if detach:
-        _detach(broker, connect_timeout, function, values, task_id, options, after)
+        _detach(broker, connect_timeout, function, values, task_id, options, after, keys)
         return
     _warn_short_wait(timeout, task_timeout)
     wait = timeout if timeout > 0 else None
@@ -256,6 +263,8 @@ def run(
             queue_timeout=queue_timeout,
             task_timeout=task_timeout,
             retry_on=failures,
+            curve=curve,
+            broker_key=broker_key,
         )
         with client:
             if split is None:
@@ -319,6 +328,7 @@ def _detach(
     task_id: str,
     options: TaskOptions,
     after: list[str] | None,
+    keys: PeerKeys | None,
 ) -> None:
     """Hand the task to the broker, print its id once the broker holds it."""
     with reporting(broker):
@@ -328,7 +338,7 @@ def _detach(
         check_task_size(spec, DEFAULT_MAX_MESSAGE_SIZE)
         try:
             completed = deliver(
-                broker, execute_frames(spec), task_id, DEFAULT_TIMEOUT, connect_timeout
+                broker, execute_frames(spec), task_id, DEFAULT_TIMEOUT, connect_timeout, keys=keys
             )
         except KeyboardInterrupt:
             raise fail(

@@ -41,8 +41,16 @@ PURE = (
 )
 PROTOCOL = ("broker.protocol",)  # the codec; its frame I/O is `broker.protocol.frames`
 TRACING = ("broker.tracing",)  # spans of tasks, in every process (OpenTelemetry, optional)
+SECURITY = ("broker.security",)  # CurveZMQ keys, in every process
 CLIENT = tuple(f"client.{m}" for m in ("api", "cluster", "control", "errors", "link", "options"))
-ZBROKER = ("broker.core.config", "broker.server", "broker.store", "broker.cli", "broker.monitor")
+ZBROKER = (
+    "broker.core.config",
+    "broker.server",
+    "broker.store",
+    "broker.cli",
+    "broker.monitor",
+    "broker.security",
+)
 CLI_SHARED = ("broker.logs", "broker.config_file")  # what zbroker, znode and zsubmit share
 
 
@@ -88,7 +96,12 @@ ROOMS = (
     Room(
         "the broker's shell: sockets, clock and store around the core",
         ("broker/server.py",),
-        may=(STDLIB, "zmq", *PROTOCOL, "broker.core", "broker.store", *TRACING),
+        may=(STDLIB, "zmq", *PROTOCOL, "broker.core", "broker.store", *TRACING, *SECURITY),
+    ),
+    Room(
+        "CurveZMQ keys: files, the authorized keys, the ZAP handler",
+        ("broker/security.py",),
+        may=(STDLIB, "zmq"),
     ),
     Room(
         "tracing: OpenTelemetry, imported only when configured",
@@ -122,6 +135,7 @@ ROOMS = (
             "broker.core.metrics",
             "broker.monitor",
             *CLIENT,
+            *SECURITY,
         ),
         never=("broker.protocol.frames",),
     ),
@@ -133,24 +147,24 @@ ROOMS = (
     Room(
         "znode's CLI",
         ("node/cli.py",),
-        may=(STDLIB, "typer", *PROTOCOL, "node", *CLI_SHARED, *TRACING),
+        may=(STDLIB, "typer", *PROTOCOL, "node", *CLI_SHARED, *TRACING, *SECURITY),
     ),
     Room(
         "the node's socket owners",
         ("node/agent.py", "node/link.py"),
-        may=(STDLIB, "zmq", *PROTOCOL, "node", *TRACING),
+        may=(STDLIB, "zmq", *PROTOCOL, "node", *TRACING, *SECURITY),
         never=("node.cli",),
     ),
     Room(
         "the node",
         ("node/*",),
-        may=(STDLIB, "msgspec", *PROTOCOL, "node", *TRACING),
+        may=(STDLIB, "msgspec", *PROTOCOL, "node", *TRACING, *SECURITY),
         never=("broker.protocol.frames", "node.cli"),
     ),
     Room(
         "zsubmit",
         ("client/cli/*",),
-        may=(STDLIB, "typer", *PROTOCOL, "client", *CLI_SHARED, *TRACING),
+        may=(STDLIB, "typer", *PROTOCOL, "client", *CLI_SHARED, *TRACING, *SECURITY),
     ),
     Room(
         "the progress bar of many tasks (Client.map and zsubmit map)",
@@ -161,13 +175,13 @@ ROOMS = (
     Room(
         "the client's socket owners",
         ("client/api.py", "client/engine.py", "client/link.py", "client/pipeline.py"),
-        may=(STDLIB, "zmq", *PROTOCOL, "client", *TRACING),
+        may=(STDLIB, "zmq", *PROTOCOL, "client", *TRACING, *SECURITY),
         never=("client.cli",),
     ),
     Room(
         "the client",
         ("client/*",),
-        may=(STDLIB, *PROTOCOL, "client", *TRACING),
+        may=(STDLIB, *PROTOCOL, "client", *TRACING, *SECURITY),
         never=("broker.protocol.frames", "client.cli"),
     ),
 )
