@@ -34,6 +34,7 @@ from broker.core.events import (
 from broker.core.journal import Change
 from broker.core.metrics import Histogram
 from broker.core.scheduler import Scheduler
+from broker.gate import Gate
 from broker.protocol.frames import NOBLOCK, TimedReceiver, readable, recv_frames, send_routed
 from broker.security import BrokerKeys
 from broker.store import Persistence, PersistenceConfig, StoreError
@@ -123,6 +124,10 @@ class BrokerServer:
         self._context = context or zmq.Context.instance()
         self._router: zmq.Socket[Any] | None = None
         self._authenticator: Any = None  # the ZAP handler's thread, with CURVE
+        # With CURVE, each message's key and role are checked (broker/gate.py), and
+        # messages are received through the gate, which reads the key.
+        self._gate = None if config.keys is None else Gate(config.keys.authorized)
+        self._receive = recv_frames if self._gate is None else self._gate.receive
         self._changes: list[Change] = []  # for the store, written once per group commit
         self._stop_requests = 0
         self._restored = False
@@ -199,7 +204,7 @@ class BrokerServer:
         """Run until `request_stop()`; then tell the nodes and close the socket."""
         self.restore()
         router = self._router or self._bind_now()
-        receiver = TimedReceiver(router)
+        receiver = TimedReceiver(router, self._receive)
         log.info(
             "broker listening on %s (strategy %s, store %s)",
             self.endpoint,
@@ -228,11 +233,11 @@ class BrokerServer:
         # A readable check is cheaper than the zmq.Again of one more receive.
         if not readable(router):
             return
-        collect = self._collect
+        collect, receive = self._collect, self._receive
         commands: list[Command] = []
         for handled in range(2, BATCH + 1):
             try:
-                frames = recv_frames(router, NOBLOCK)
+                frames = receive(router, NOBLOCK)
             except zmq.Again:
                 break
             collect(frames, commands)
@@ -292,6 +297,10 @@ class BrokerServer:
             message = p.decode(frames[2:])
         except p.RemoteProtocolError as exc:
             return Undecodable(peer, exc, frames[3] if len(frames) > 3 else None)
+        if self._gate is not None:
+            refused = self._gate.refusal(frames[3], message)
+            if refused is not None:
+                return Undecodable(peer, refused, frames[3])
         if self._spans is not None:
             self._spans.received(message)
         return Received(peer, message)

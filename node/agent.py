@@ -107,7 +107,7 @@ class NodeAgent:
         # Tasks that wait for other tasks, or go on (node.context): (task id, waiting), from
         # the tasks' threads, for the thread that holds the socket (`_lend_slots`).
         self._lending: deque[tuple[str, bool]] = deque()
-        context.configure(config.broker_url, self._lend)
+        context.configure(config.broker_url, self._lend, config.curve, config.broker_key)
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
 

@@ -60,12 +60,20 @@ def runs_tasks() -> Current:
     return current
 
 
-_broker: dict[str, Any] = {"url": None, "lend": None}  # set by the node process at start
+# Set by the node process at start: its broker, how its slots lend a waiting task's slot,
+# and with CURVE its key files (a task's client connects with the node's key).
+_broker: dict[str, Any] = {"url": None, "lend": None, "curve": None, "broker_key": None}
 
 
-def configure(broker_url: str, lend: Lend | None) -> None:
-    """The node process's broker, and how its slots lend a waiting task's slot."""
-    _broker["url"], _broker["lend"] = broker_url, lend
+def configure(
+    broker_url: str,
+    lend: Lend | None,
+    curve: str | None = None,
+    broker_key: str | None = None,
+) -> None:
+    """The node process's broker, how its slots lend a waiting task's slot, and its CURVE
+    key files (None: no CURVE)."""
+    _broker.update(url=broker_url, lend=lend, curve=curve, broker_key=broker_key)
 
 
 def current_run() -> Run | None:
@@ -87,7 +95,8 @@ def get_client() -> Client:
     if client is None:
         from client.within import TaskClient  # the client package only when a task asks
 
-        client = _threads.client = TaskClient(url, _TaskContext())
+        keys = {"curve": _broker["curve"], "broker_key": _broker["broker_key"]}
+        client = _threads.client = TaskClient(url, _TaskContext(), **keys)
     return client
 
 

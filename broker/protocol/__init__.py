@@ -35,6 +35,7 @@ from broker.protocol.encoding import (
 )
 from broker.protocol.errors import (
     ERR_CONFLICT as ERR_CONFLICT,
+    ERR_FORBIDDEN as ERR_FORBIDDEN,
     ERR_MALFORMED as ERR_MALFORMED,
     ERR_NOT_FOUND as ERR_NOT_FOUND,
     ERR_NOT_HOLDER as ERR_NOT_HOLDER,

@@ -19,6 +19,7 @@ ERR_NOT_FOUND = "not_found"
 ERR_NOT_HOLDER = "not_holder"
 ERR_CONFLICT = "conflict"
 ERR_UNKNOWN_DEPENDENCY = "unknown_dependency"
+ERR_FORBIDDEN = "forbidden"  # with CURVE: the sender's key may not send this command
 
 
 class ProtocolError(Exception):

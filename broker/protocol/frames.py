@@ -10,7 +10,7 @@ process). Bytes frames only: no `copy=False` sends, no trackers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import zmq
@@ -70,9 +70,14 @@ class TimedReceiver:
     it changes). Waiting in the receive itself costs less per message than a poll followed
     by a receive: libzmq waits on the socket's own mailbox."""
 
-    def __init__(self, sock: Socket) -> None:
+    def __init__(
+        self, sock: Socket, receive: Callable[[Socket, int], list[bytes]] | None = None
+    ) -> None:
         self.sock = sock
         self._timeout_ms = -1  # as last set; -1 is ZeroMQ's default, no timeout
+        # How a message is taken: `recv_frames`, or another that reads more of it (the
+        # broker's gate reads the sender's key).
+        self._receive = receive or recv_frames
 
     def recv(self, timeout_ms: int) -> list[bytes] | None:
         """The next message, or None if none came within `timeout_ms` (0: only one waiting)."""
@@ -80,7 +85,7 @@ class TimedReceiver:
             _set(self.sock, _RCVTIMEO, timeout_ms)
             self._timeout_ms = timeout_ms
         try:
-            return recv_frames(self.sock)
+            return self._receive(self.sock, 0)
         except zmq.Again:
             return None
 

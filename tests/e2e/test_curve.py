@@ -10,8 +10,10 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from broker.security import PeerKeys, load_public
-from client import BrokerUnreachable, Client
+from client import BrokerError, BrokerUnreachable, Client, TaskFailed
 from client.cluster import command
 from tests.e2e.conftest import Cluster
 from tests.support import wait_until
@@ -29,11 +31,12 @@ def keys(tmp: Path) -> Path:
     authorized = tmp / "authorized"
     for role in ("nodes", "clients", "admins"):
         (authorized / role).mkdir(parents=True)
-    for name in ("broker", "node1", "alice", "mallory"):
+    for name in ("broker", "node1", "alice", "root", "mallory"):
         made = zbroker("keys", "new", name, "--dir", str(tmp))
         assert made.returncode == 0, made.stderr
     shutil.copy(tmp / "node1.pub", authorized / "nodes")
     shutil.copy(tmp / "alice.pub", authorized / "clients")
+    shutil.copy(tmp / "root.pub", authorized / "admins")
     return authorized
 
 
@@ -144,3 +147,73 @@ def test_insecure_listens_beyond_loopback_and_says_so(cluster: Cluster) -> None:
     broker = cluster.start_broker("--store", "none", "--insecure", bind="tcp://0.0.0.0:0")
     assert cluster.url.startswith("tcp://0.0.0.0:")
     wait_until(lambda: "without CURVE (--insecure)" in broker.log(), 10, what="the warning")
+
+
+def as_key(tmp: Path, name: str) -> list[str]:
+    return ["--curve", str(tmp / f"{name}.key"), "--broker-key", str(tmp / "broker.pub")]
+
+
+def test_each_role_sends_only_its_commands(cluster: Cluster, tmp_path: Path) -> None:
+    curve_cluster(cluster, tmp_path)
+    alice = {"curve": tmp_path / "alice.key", "broker_key": tmp_path / "broker.pub"}
+    with Client(cluster.url, **alice) as c, pytest.raises(TaskFailed):  # type: ignore[arg-type]
+        c.execute("divide", 1, 0)  # a dead letter, for the purges below
+    refused = cluster.zbroker("dlq", "purge", "--all", *as_key(tmp_path, "alice"))
+    assert refused.returncode == 1 and "admin's key" in refused.stderr, refused.stderr
+    purged = cluster.zbroker("dlq", "purge", "--all", *as_key(tmp_path, "root"))
+    assert purged.returncode == 0, purged.stderr
+    node_key = {"curve": tmp_path / "node1.key", "broker_key": tmp_path / "broker.pub"}
+    with (
+        Client(cluster.url, **node_key) as c,  # type: ignore[arg-type]
+        pytest.raises(BrokerError) as forbidden,
+    ):
+        c.execute("add", 1, 2)
+    assert forbidden.value.code == "forbidden" and "client's key" in forbidden.value.message
+    posing = cluster.start_node(*as_key(tmp_path, "alice"), name="posing", functions="math")
+    wait_until(
+        lambda: cluster.status()["counters"].get("refused_forbidden", 0) >= 2,
+        10,
+        what="the REGISTER of a client's key refused",
+    )
+    assert posing.alive() and cluster.node_names() == ["n1"]
+
+
+def test_a_removed_key_is_refused_on_the_connection_it_has(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    authorized = curve_cluster(cluster, tmp_path)
+    shutil.copy(tmp_path / "mallory.pub", authorized / "clients")
+    keys = {"curve": tmp_path / "mallory.key", "broker_key": tmp_path / "broker.pub"}
+
+    def let_in() -> bool:  # a refused handshake is not tried again: a new client each time
+        try:
+            with Client(cluster.url, connect_timeout=1, **keys) as c:  # type: ignore[arg-type]
+                return bool(c.execute("add", 1, 1, timeout=2) == 2)
+        except BrokerUnreachable:
+            return False
+
+    wait_until(let_in, 5, what="the added key let in", interval=0.2)
+    with Client(cluster.url, **keys) as c:  # type: ignore[arg-type]
+        assert c.execute("add", 1, 1) == 2
+        os.remove(authorized / "clients" / "mallory.pub")
+
+        def refused() -> bool:
+            try:
+                c.execute("add", 1, 1, timeout=2)
+            except BrokerError as exc:
+                return exc.code == "forbidden"
+            return False
+
+        wait_until(refused, 5, what="the open connection refused", interval=0.2)
+
+
+def test_tasks_submit_tasks_with_their_node_key(cluster: Cluster, tmp_path: Path) -> None:
+    authorized = keys(tmp_path)
+    args = ["--store", "none", "--curve", str(tmp_path / "broker.key")]
+    cluster.start_broker(*args, "--authorized", str(authorized))
+    cluster.keys = PeerKeys.load(tmp_path / "alice.key", tmp_path / "broker.pub")
+    node = as_key(tmp_path, "node1")
+    cluster.start_node(*node, functions="tests.nested_tasks", concurrency=2)
+    cluster.wait_nodes("node0.0", "node0.1")
+    with Client(cluster.url, curve=tmp_path / "alice.key", broker_key=tmp_path / "broker.pub") as c:
+        assert c.execute("sum_of_squares", 5) == sum(i * i for i in range(5))

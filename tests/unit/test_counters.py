@@ -18,6 +18,7 @@ def counted_by_the_scheduler() -> set[str]:
     names = set(re.findall(r'self\._counters\["(\w+)"\]', SCHEDULER))
     names |= {f"nodes_{why}" for why in re.findall(r'_lose_node\(\s*\w+,\s*"(\w+)"', SCHEDULER)}
     refused = [p.ERR_MALFORMED, p.ERR_UNSUPPORTED_VERSION, p.ERR_UNKNOWN_COMMAND, p.ERR_TOO_LARGE]
+    refused.append(p.ERR_FORBIDDEN)  # the shell's gate refuses these (broker/gate.py)
     return names | {f"refused_{code}" for code in refused}
 
 

@@ -96,7 +96,21 @@ ROOMS = (
     Room(
         "the broker's shell: sockets, clock and store around the core",
         ("broker/server.py",),
-        may=(STDLIB, "zmq", *PROTOCOL, "broker.core", "broker.store", *TRACING, *SECURITY),
+        may=(
+            STDLIB,
+            "zmq",
+            *PROTOCOL,
+            "broker.core",
+            "broker.store",
+            "broker.gate",
+            *TRACING,
+            *SECURITY,
+        ),
+    ),
+    Room(
+        "the gate: with CURVE, each message's key and what its role may send",
+        ("broker/gate.py",),
+        may=(STDLIB, "zmq", *PROTOCOL, *SECURITY),
     ),
     Room(
         "CurveZMQ keys: files, the authorized keys, the ZAP handler",

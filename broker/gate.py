@@ -1,0 +1,99 @@
+"""The gate: with CURVE, who sent each message, and whether that key's role may send it.
+
+libzmq tags every message of a CURVE connection with the peer's key (the ZAP handler's
+User-Id, the Z85 public key); `receive` reads it from the last frame. `refusal` looks the
+key up in the authorized directory at each message, so a key removed from it is refused
+from its next message on, on a connection it already has too; and it holds each role to
+the commands of protocol.md "Transport security":
+
+    nodes    REGISTER, DEREGISTER, HEARTBEAT, RESULT, RETRACTED, WAITING; and, for the
+             tasks their tasks submit, EXECUTE with `parent`, CANCEL and FETCH
+    clients  EXECUTE, CANCEL, FETCH, STATUS
+    admins   what clients may, and DLQ (list, show, replay, purge)
+
+and ERROR from anyone. What is refused becomes ERROR `forbidden` naming the role needed
+(the core answers it and counts it as it does any refused message). Part of the broker's
+shell: it sees frames, never the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from broker import protocol as p
+from broker.security import AuthorizedKeys, fingerprint
+
+NODE_COMMANDS = {p.REGISTER, p.DEREGISTER, p.HEARTBEAT, p.RESULT, p.RETRACTED, p.WAITING}
+CLIENT_COMMANDS = {p.EXECUTE, p.CANCEL, p.FETCH, p.STATUS}
+ALLOWED: dict[str, frozenset[bytes]] = {
+    "nodes": frozenset({*NODE_COMMANDS, p.EXECUTE, p.CANCEL, p.FETCH, p.ERROR}),
+    "clients": frozenset({*CLIENT_COMMANDS, p.ERROR}),
+    "admins": frozenset({*CLIENT_COMMANDS, p.DLQ, p.ERROR}),
+}
+USER_ID = "User-Id"
+
+
+class Gate:
+    def __init__(self, authorized: AuthorizedKeys) -> None:
+        self.authorized = authorized
+        self.user: bytes | None = None  # the key of the last message received
+
+    def receive(self, sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
+        """`recv_frames`, also reading the sender's key (`user`) from the last frame."""
+        frame = sock.recv(flags, copy=False)
+        frames = [frame.bytes]
+        while frame.more:
+            frame = sock.recv(flags, copy=False)
+            frames.append(frame.bytes)
+        user = frame.get(USER_ID)
+        self.user = user.encode() if isinstance(user, str) else None
+        return frames
+
+    def refusal(self, command: bytes, message: p.Message) -> p.RemoteProtocolError | None:
+        """Why the last message received may not pass (ERROR forbidden), or None."""
+        key = self.user
+        role = None if key is None else self.authorized.role(key)
+        if role is None:
+            who = "no key" if key is None else f"key {fingerprint(key)}"
+            text = (
+                f"this connection's {who} is not authorized (any more): the broker's "
+                "--authorized directory no longer holds it"
+            )
+            return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
+        if command not in ALLOWED[role]:
+            return p.RemoteProtocolError(p.ERR_FORBIDDEN, _needed(command, role), _task_id(message))
+        if role == "nodes" and command == p.EXECUTE and not _from_a_task(message):
+            text = (
+                "a node's key may submit only the tasks its tasks submit (EXECUTE parent, "
+                "get_client()); submit others with a client's key (DIR/clients)"
+            )
+            return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
+        return None
+
+
+def _needed(command: bytes, role: str) -> str:
+    name = command.decode(errors="replace")
+    if command in NODE_COMMANDS:
+        needed = "a node's key (DIR/nodes)"
+    elif command == p.DLQ:
+        needed = "an admin's key (DIR/admins)"
+    else:
+        needed = "a client's or an admin's key (DIR/clients, DIR/admins)"
+    return f"{name} needs {needed}; this connection's key is one of {role}"
+
+
+def _from_a_task(message: p.Message) -> bool:
+    if isinstance(message, p.Execute):
+        return message.spec.parent is not None
+    if isinstance(message, p.Batch):
+        return all(isinstance(i, p.Execute) and i.spec.parent is not None for i in message.items)
+    return False
+
+
+def _task_id(message: p.Message) -> str | None:
+    if isinstance(message, p.Execute):
+        return message.spec.task_id
+    task_id = getattr(message, "task_id", None)
+    return task_id if isinstance(task_id, str) else None
