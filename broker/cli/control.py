@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
+from broker.cli_keys import BrokerKey as BrokerKey, Curve as Curve, keys_of
 from broker.protocol import ERR_UNKNOWN_COMMAND
-from broker.security import KeyFileError, peer_keys
 from client.control import ControlClient
 from client.errors import (
     BadEndpoint,
@@ -26,19 +26,6 @@ from client.link import DEFAULT_CONNECT_TIMEOUT, ReqLink
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
-Curve = Annotated[
-    Path | None,
-    typer.Option(
-        "--curve",
-        metavar="KEY",
-        help="This client's secret key file (zbroker keys new NAME), for a broker started "
-        "with --curve. Needs --broker-key.",
-    ),
-]
-BrokerKey = Annotated[
-    Path | None,
-    typer.Option("--broker-key", metavar="PUB", help="The broker's public key file, with --curve."),
-]
 
 # The options every command that asks a broker takes.
 Broker = Annotated[
@@ -81,10 +68,7 @@ def asking(
     as the message when the broker has no such task, else naming `command` (STATUS, DLQ)
     as refused; a reply that breaks the protocol exits 1.
     """
-    try:
-        keys = peer_keys(curve, broker_key)
-    except KeyFileError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    keys = keys_of(curve, broker_key)
     try:
         with ReqLink(url, connect_timeout=connect_timeout, keys=keys) as link:
             yield ControlClient(link)

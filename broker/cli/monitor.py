@@ -19,8 +19,8 @@ import typer
 
 from broker import logs
 from broker.cli.control import EXIT_USAGE, Broker, BrokerKey, Curve, Timeout, fail
+from broker.cli_keys import keys_of
 from broker.protocol import DEFAULT_BROKER_URL
-from broker.security import KeyFileError, peer_keys
 
 DEFAULT_LISTEN = "127.0.0.1:8265"
 
@@ -66,10 +66,7 @@ def monitor(
 
     logs.configure(log_level, log_format, log_file)
     host, port = listen_address(listen)
-    try:
-        keys = peer_keys(curve, broker_key)
-    except KeyFileError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    keys = keys_of(curve, broker_key)
     watch = Watch(broker, interval, timeout=timeout, keys=keys).start()
     try:
         server = serve(watch, host, port)

@@ -18,11 +18,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from broker.cli.control import EXIT_NO_ANSWER, EXIT_USAGE, Broker, BrokerKey, Curve, Timeout, fail
+from broker.cli.control import EXIT_NO_ANSWER, Broker, BrokerKey, Curve, Timeout, fail
 from broker.cli.status import znodes
+from broker.cli_keys import keys_of
 from broker.monitor.watch import Snapshot, Watch
 from broker.protocol import DEFAULT_BROKER_URL
-from broker.security import KeyFileError, peer_keys
 
 BAR = 12  # characters of a load bar
 
@@ -45,10 +45,7 @@ def top(
     """Show a broker live in the terminal: throughput, latency, queue, nodes and failures,
     redrawn every second until Ctrl-C. A broker that does not answer is shown as such until
     it answers again (with --once: exit 3)."""
-    try:
-        keys = peer_keys(curve, broker_key)
-    except KeyFileError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    keys = keys_of(curve, broker_key)
     watch = Watch(broker, interval, timeout=timeout, keys=keys)
     console = Console()
     if once:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from broker import logs, tracing
+from broker.cli_keys import BrokerKey as BrokerKey, Curve as Curve, keys_of as keys_of
 from broker.protocol import (
     ERR_UNKNOWN_COMMAND,
     EXIT_EXPIRED,
@@ -24,7 +25,6 @@ from broker.protocol import (
     loads_payload,
 )
 from broker.protocol.version import package_version
-from broker.security import KeyFileError, PeerKeys, peer_keys
 from client.errors import (
     BrokerError,
     BrokerTimeout,
@@ -196,30 +196,6 @@ ConnectTimeout = Annotated[
         "accepts connections at --broker (exit 3).",
     ),
 ]
-Curve = Annotated[
-    Path | None,
-    typer.Option(
-        "--curve",
-        metavar="KEY",
-        help="This client's secret key file (zbroker keys new NAME), for a broker started "
-        "with --curve. Needs --broker-key.",
-    ),
-]
-BrokerKey = Annotated[
-    Path | None,
-    typer.Option("--broker-key", metavar="PUB", help="The broker's public key file, with --curve."),
-]
-
-
-def keys_of(curve: Path | None, broker_key: Path | None) -> PeerKeys | None:
-    """The CURVE keys of --curve and --broker-key (None without them); a key file that does
-    not load ends the command (exit 2)."""
-    try:
-        return peer_keys(curve, broker_key)
-    except KeyFileError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
-
-
 Version = Annotated[
     bool,
     typer.Option(

@@ -51,7 +51,11 @@ ZBROKER = (
     "broker.monitor",
     "broker.security",
 )
-CLI_SHARED = ("broker.logs", "broker.config_file")  # what zbroker, znode and zsubmit share
+CLI_SHARED = (
+    "broker.logs",
+    "broker.config_file",
+    "broker.cli_keys",
+)  # what zbroker, znode and zsubmit share
 
 
 @dataclass(frozen=True)
@@ -154,9 +158,9 @@ ROOMS = (
         never=("broker.protocol.frames",),
     ),
     Room(
-        "the commands' logging, and their options from the environment and a file",
-        ("broker/logs.py", "broker/config_file.py"),
-        may=(STDLIB, "typer", "orjson"),
+        "the commands' logging, their options from the environment and a file, their keys",
+        ("broker/logs.py", "broker/config_file.py", "broker/cli_keys.py"),
+        may=(STDLIB, "typer", "orjson", *SECURITY),
     ),
     Room(
         "znode's CLI",
