@@ -17,6 +17,7 @@ import typer
 from broker import logs, protocol as p, tracing
 from broker.cli.monitor import listen_address, start_beside
 from broker.core.config import (
+    DEFAULT_MAX_PENDING_PER_CLIENT,
     DEFAULT_MAX_PREFETCH,
     LEAST_LOADED,
     STRATEGIES,
@@ -115,6 +116,13 @@ def start(
         help="On SIGINT/SIGTERM, seconds to wait for running tasks to finish (queued ones stay "
         "in the store for the next start). A second signal stops at once.",
     ),
+    max_pending_per_client: int = typer.Option(
+        DEFAULT_MAX_PENDING_PER_CLIENT,
+        min=1,
+        help="Most tasks one client connection may have pending (accepted, not answered); "
+        "past it an EXECUTE is refused with ERROR too_many_tasks, so one client cannot fill "
+        "the broker's memory.",
+    ),
     metrics: bool = typer.Option(
         True,
         "--metrics/--no-metrics",
@@ -189,6 +197,7 @@ def start(
         max_prefetch=max_prefetch,
         retry_on=default_retry_on,
         metrics=metrics,
+        max_pending_per_client=max_pending_per_client,
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
     keys = _keys(bind, curve, authorized, insecure)

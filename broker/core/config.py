@@ -17,6 +17,7 @@ from broker.protocol import (
 )
 
 DEFAULT_MAX_PREFETCH = 64
+DEFAULT_MAX_PENDING_PER_CLIENT = 1_000_000
 LEAST_LOADED = "least-loaded"
 ROUND_ROBIN = "round-robin"
 STRATEGIES = (LEAST_LOADED, ROUND_ROBIN)
@@ -92,6 +93,9 @@ class SchedulerConfig:
     # Counts, histograms and rates by function and node (broker.core.metrics), in
     # STATUS_REPLY `metrics`; off (`zbroker start --no-metrics`) only to measure their cost.
     metrics: bool = True
+    # The most tasks one client connection may have pending (accepted, not answered); past
+    # it an EXECUTE is refused with ERROR too_many_tasks (protocol.md 8.3). None: no limit.
+    max_pending_per_client: int | None = DEFAULT_MAX_PENDING_PER_CLIENT
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -83,6 +83,7 @@ from broker.protocol import (
     ERR_NOT_FOUND,
     ERR_NOT_HOLDER,
     ERR_TOO_LARGE,
+    ERR_TOO_MANY_TASKS,
     ERR_UNKNOWN_COMMAND,
     ERR_UNKNOWN_DEPENDENCY,
     EXIT_BAD_RESULT,
@@ -175,6 +176,11 @@ class Scheduler:
         self._dead = DeadLetters(config.dead_letters_max)
         self._counters: Counter[str] = Counter()
         self._metrics = Metrics(now) if config.metrics else None
+        # Pending tasks by the connection that submitted them (Task.owner), for the
+        # per-client limit; a connection with none is not kept.
+        self._pending_of: dict[bytes, int] = {}
+        limit = config.max_pending_per_client
+        self._max_pending = math.inf if limit is None else limit
         self._shell_status = shell_status
         self._accepting = True
         self._journal = config.journal
@@ -467,6 +473,7 @@ class Scheduler:
         if not self._accepting:
             return []
         self._accepting = False
+        self._messages[Execute] = self._ignore_execute
         log.info("stopping: no new tasks; %d running may finish", self.running())
         commands: list[Command] = []
         for node in self._pool.nodes.values():
@@ -482,11 +489,7 @@ class Scheduler:
     def _on_execute(
         self, peer: bytes, node: Node | None, msg: Execute, now: float
     ) -> list[Command]:
-        spec = msg.spec
-        if not self._accepting:
-            # No answer: the client's resend (same task id) reaches the next broker.
-            self._counters["ignored_stopping"] += 1
-            return []
+        spec = msg.spec  # (a stopping broker handles EXECUTE with `_ignore_execute`)
         task = self._tasks.get(spec.task_id)
         if task is not None:
             return self._resubmitted(peer, task, spec)
@@ -503,12 +506,16 @@ class Scheduler:
                 return [Send(peer, reply)]
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
+        pending = self._pending_of.get(peer, 0)
+        if pending >= self._max_pending:
+            return self._too_many(peer, spec, pending)
+        self._pending_of[peer] = pending + 1
         self._counters["accepted"] += 1
         self._seq += 1
         # `_new_task`, without its call on every task's way:
         retries = self._default_retries if spec.retries is None else spec.retries
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
-        task = Task(spec, self._seq, now, [peer], retries, limit)
+        task = Task(spec, self._seq, now, [peer], retries, limit, owner=peer)
         if (metrics := self._metrics) is not None:
             fm = task.fm = metrics.functions.get(spec.function) or metrics.of(spec.function)
             fm.accepted += 1
@@ -518,6 +525,27 @@ class Scheduler:
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
+
+    def _ignore_execute(
+        self, peer: bytes, node: Node | None, msg: Execute, now: float
+    ) -> list[Command]:
+        """A stopping broker's EXECUTE: no answer; the client's resend (same task id)
+        reaches the next broker."""
+        self._counters["ignored_stopping"] += 1
+        return []
+
+    def _too_many(self, peer: bytes, spec: TaskSpec, pending: int) -> list[Command]:
+        """An EXECUTE past the sender's limit of pending tasks: refused, nothing queued."""
+        self._counters["refused_too_many_tasks"] += 1
+        count = self._counters["refused_too_many_tasks"]
+        text = (
+            f"this connection has {pending} tasks pending, the most the broker takes from "
+            "one client (zbroker start --max-pending-per-client); wait for answers, then "
+            "send again"
+        )
+        if sampled(count):
+            log.warning("refused a task from %s: %s (%d so far)", peer.hex(), text, count)
+        return [Send(peer, Error(ERR_TOO_MANY_TASKS, text, spec.task_id))]
 
     def _answered_again(
         self, peer: bytes, spec: TaskSpec, answer: TaskCompleted, answered: TaskSpec | None
@@ -1454,6 +1482,13 @@ class Scheduler:
             self._timers.cancel(task)
         task.holder = None
         self._tasks.move(task, DONE)
+        owner = task.owner
+        if owner is not None:  # its submitter may have one more pending
+            left = self._pending_of[owner] - 1
+            if left:
+                self._pending_of[owner] = left
+            else:
+                del self._pending_of[owner]
         spec = task.spec
         if spec.inputs is not None:  # its inputs' answers need no keeping for it now
             self._pins.remove(spec.inputs)
@@ -1618,6 +1653,8 @@ class Scheduler:
                 held = self._tasks.get(task_id)
                 assert held is None or held.holder == node.identity, f"{task_id} on two nodes"
         assert self.deferred == bool(self._answered or self._freed), "deferred flag drifted"
+        owned = Counter(task.owner for task in self._tasks if task.owner is not None)
+        assert owned == self._pending_of, "the pending counts per client drifted"
         self._check_dependents()
         deferred = {task.spec.task_id for task, _, _ in self._answered}
         assert not deferred & {t.spec.task_id for t in self._tasks}, "deferred answer pending"

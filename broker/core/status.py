@@ -57,6 +57,7 @@ COUNTERS = {
     "refused_conflict": "EXECUTEs refused: their task id is known with another request (6)",
     "refused_unknown_dependency": "EXECUTEs refused: they depend on an unknown task (5.7)",
     "refused_forbidden": "messages refused: with CURVE, the sender's key may not send them (1)",
+    "refused_too_many_tasks": "EXECUTEs refused: their client had the most tasks pending",
     "dependency_failed": "tasks answered 66 (or 130) because a task they depend on failed (5.7)",
     "retracts_sent": "RETRACTs sent to take back held tasks for an idle slot elsewhere (5.5)",
     "retracted": "held tasks given back unstarted and placed again (5.5)",

@@ -118,6 +118,7 @@ class Task(Struct, eq=False):
     run_args: bytes | None = None
     # Its function's figures (broker.core.metrics), found once; None when not measured.
     fm: FunctionMetrics | None = None
+    owner: bytes | None = None  # the connection that submitted it, for its pending count
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"

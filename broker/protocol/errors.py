@@ -20,6 +20,7 @@ ERR_NOT_HOLDER = "not_holder"
 ERR_CONFLICT = "conflict"
 ERR_UNKNOWN_DEPENDENCY = "unknown_dependency"
 ERR_FORBIDDEN = "forbidden"  # with CURVE: the sender's key may not send this command
+ERR_TOO_MANY_TASKS = "too_many_tasks"  # the sender has as many tasks pending as it may
 
 
 class ProtocolError(Exception):

@@ -477,3 +477,19 @@ def test_a_node_lost_between_answer_and_bookkeeping_is_not_touched_again(sched: 
     assert not sched.registered(b"n1")
     assert sched.answered("t1") and sched.pending("t2")
     assert sched.sent(0.3) == []
+
+
+def test_a_client_past_its_limit_of_pending_tasks_is_refused_until_answers_come() -> None:
+    core = Core(SchedulerConfig(max_pending_per_client=2))
+    core.handle(b"n1", register("n1"), 0.0)
+    core.handle(CLIENT, execute("t1"), 0.0)
+    core.handle(CLIENT, execute("t2"), 0.0)  # queued behind t1: two pending
+    [refused] = core.handle(CLIENT, execute("t3"), 0.0)
+    assert isinstance(refused.message, p.Error)
+    assert refused.message.code == p.ERR_TOO_MANY_TASKS and refused.message.task_id == "t3"
+    assert not core.pending("t3") and core.counter("refused_too_many_tasks") == 1
+    assert runs(core.handle(OTHER_CLIENT, execute("u1"), 0.0)) == []  # others are not limited
+    assert core.pending("u1")
+    core.handle(b"n1", ok("t1"), 0.1)  # one answered: room for one more
+    core.handle(CLIENT, execute("t3"), 0.2)
+    assert core.pending("t3")
