@@ -4,6 +4,7 @@ child processes that are always reaped and whose logs are shown when a test fail
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
 import time
@@ -88,3 +89,10 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+def interruptible() -> None:
+    """A `preexec_fn` that gives a child the default SIGINT: a test run started in the
+    background by a shell without job control inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler, so a child that should react to Ctrl-C would not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ import pytest
 
 from client.cluster import command
 from tests.e2e.conftest import Cluster
-from tests.support import wait_until
+from tests.support import interruptible, wait_until
 
 
 @pytest.fixture
@@ -114,6 +114,7 @@ def test_cancel_a_queued_task_and_a_finished_one(math_node: Cluster) -> None:
 def test_ctrl_c_cancels_the_task_and_exits_130(math_node: Cluster) -> None:
     proc = subprocess.Popen(
         [*command("zsubmit"), "--broker", math_node.url, "--task-id", "nap", "sleep", "30"],
+        preexec_fn=interruptible,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

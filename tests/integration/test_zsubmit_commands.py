@@ -41,7 +41,7 @@ from tests.fakes import (
     serve_functions,
     unused_endpoint,
 )
-from tests.support import BIN
+from tests.support import BIN, interruptible
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "echo": lambda *args: list(args),
@@ -226,6 +226,7 @@ def test_ctrl_c_twice_leaves_the_task_running(fake_broker: StartBroker) -> None:
     broker = fake_broker(ignore_all)
     proc = subprocess.Popen(
         [str(BIN / "zsubmit"), "--broker", broker.url, "--task-id", "long", "echo", "1"],
+        preexec_fn=interruptible,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
