@@ -11,9 +11,10 @@ the commands of protocol.md "Transport security":
     clients  EXECUTE, CANCEL, FETCH, STATUS
     admins   what clients may, and DLQ (list, show, replay, purge)
 
-and ERROR from anyone. What is refused becomes ERROR `forbidden` naming the role needed
-(the core answers it and counts it as it does any refused message). Part of the broker's
-shell: it sees frames, never the core.
+and ERROR from anyone. A REGISTER that `replaces` a node process (protocol.md 7.4) must come
+with the key that registered that process. What is refused becomes ERROR `forbidden` naming
+the role needed (the core answers it and counts it as it does any refused message). Part of
+the broker's shell: it sees frames, never the core.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Gate:
     def __init__(self, authorized: AuthorizedKeys) -> None:
         self.authorized = authorized
         self.user: bytes | None = None  # the key of the last message received
+        # The key each node process (name, host, pid) registered with, for `replaces`.
+        self._registered: dict[tuple[str, str, int], bytes] = {}
 
     def receive(self, sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
         """`recv_frames`, also reading the sender's key (`user`) from the last frame."""
@@ -54,12 +57,14 @@ class Gate:
     def refusal(self, command: bytes, message: p.Message) -> p.RemoteProtocolError | None:
         """Why the last message received may not pass (ERROR forbidden), or None."""
         key = self.user
-        role = None if key is None else self.authorized.role(key)
+        if key is None:
+            text = "this connection has no CURVE key: the broker lets in authorized keys only"
+            return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
+        role = self.authorized.role(key)
         if role is None:
-            who = "no key" if key is None else f"key {fingerprint(key)}"
             text = (
-                f"this connection's {who} is not authorized (any more): the broker's "
-                "--authorized directory no longer holds it"
+                f"this connection's key {fingerprint(key)} is not authorized (any more): the "
+                "broker's --authorized directory no longer holds it"
             )
             return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
         if command not in ALLOWED[role]:
@@ -70,6 +75,22 @@ class Gate:
                 "get_client()); submit others with a client's key (DIR/clients)"
             )
             return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
+        if isinstance(message, p.Register):
+            return self._register(message, key)
+        return None
+
+    def _register(self, register: p.Register, key: bytes) -> p.RemoteProtocolError | None:
+        """A node process registers with `key`: it may replace only a process of that key."""
+        if register.replaces is not None:
+            replaced = (register.name, register.host, register.replaces.pid)
+            if self._registered.get(replaced, key) != key:
+                text = (
+                    f"REGISTER replaces process {register.replaces.pid} of node "
+                    f"{register.name}, which registered with another key"
+                )
+                return p.RemoteProtocolError(p.ERR_FORBIDDEN, text)
+            self._registered.pop(replaced, None)
+        self._registered[(register.name, register.host, register.pid)] = key
         return None
 
 
