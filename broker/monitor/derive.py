@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from broker.core.metrics import OUTCOMES
-
 QUANTILES = (0.5, 0.95, 0.99)
 Histogram = Mapping[str, Any]  # {"counts": [...], "sum": s}, as STATUS_REPLY carries it
 
@@ -51,12 +49,6 @@ def quantile(q: float, counts: Sequence[int], bounds: Sequence[float]) -> float 
             return lower + (float(bounds[i]) - lower) * (rank - seen) / n
         seen += n
     return float(bounds[-1])
-
-
-def answered(body: Mapping[str, Any]) -> int:
-    """Answers of every outcome, over all functions, since the broker started."""
-    functions = body.get("metrics", {}).get("functions", {})
-    return sum(f.get(outcome, 0) for f in functions.values() for outcome in OUTCOMES)
 
 
 def latency_counts(body: Mapping[str, Any], kind: str = "end_to_end") -> list[int]:

@@ -94,7 +94,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(HTTPStatus.OK, exposition(self.server.watch), CONTENT_TYPE)
         elif path == "/api/status":
-            self._json(snapshot_json(self.server.watch.latest(), watch_url(self)))
+            watch = self.server.watch
+            self._json(snapshot_json(watch.latest(), watch.url))
         elif path == "/api/history":
             self._json(self.server.watch.history(_seconds(parse_qs(url.query))))
         elif path == "/events":
@@ -151,9 +152,14 @@ class Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             self._error(HTTPStatus.FORBIDDEN, refusal)
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+        given = self.headers.get("Content-Length") or "0"
+        length = int(given) if given.isdigit() else -1
+        if not 0 <= length <= MAX_BODY:
+            self._error(
+                HTTPStatus.BAD_REQUEST,
+                f"Content-Length {given!r}: send a JSON body of at most {MAX_BODY} bytes",
+            )
+            self.close_connection = True  # what follows is not a body it can skip
             return
         try:
             body = orjson.loads(self.rfile.read(length) or b"{}")
@@ -198,10 +204,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
-
-
-def watch_url(handler: Handler) -> str:
-    return handler.server.watch.url
 
 
 def _seconds(query: dict[str, list[str]]) -> float:

@@ -198,3 +198,23 @@ def test_zbroker_start_runs_the_monitor_beside_it_and_stops_it(cluster: Cluster)
         return False
 
     wait_until(gone, 10, what="the monitor to stop with its broker")
+
+
+def test_an_action_with_a_bad_length_is_refused_and_the_monitor_goes_on(
+    monitored: tuple[Cluster, str],
+) -> None:
+    _, url = monitored
+    parts = urlsplit(url)
+    for length in ("-1", "lots", "99999999"):
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            connection.putrequest("POST", "/api/dlq/purge")
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", length)
+            connection.endheaders()
+            response = connection.getresponse()
+            assert response.status == 400
+            assert "Content-Length" in orjson.loads(response.read())["error"]
+        finally:
+            connection.close()
+    assert orjson.loads(get(f"{url}/api/status"))["error"] is None  # still serving
