@@ -11,10 +11,12 @@ the commands of protocol.md "Transport security":
     clients  EXECUTE, CANCEL, FETCH, STATUS
     admins   what clients may, and DLQ (list, show, replay, purge)
 
-and ERROR from anyone. A REGISTER that `replaces` a node process (protocol.md 7.4) must come
-with the key that registered that process. What is refused becomes ERROR `forbidden` naming
-the role needed (the core answers it and counts it as it does any refused message). Part of
-the broker's shell: it sees frames, never the core.
+and ERROR from anyone. A REGISTER that `replaces` a node process (protocol.md 7.4) must
+come with the key that registered that process. What is refused becomes ERROR `forbidden`
+naming the role needed (the core answers it and counts it as it does any refused message).
+What passes reaches the core with its key (the scope of the tasks it names, protocol.md
+5.11) and whether that key is an admin's. Part of the broker's shell: it sees frames, never
+the core.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Gate:
     def __init__(self, authorized: AuthorizedKeys) -> None:
         self.authorized = authorized
         self.user: bytes | None = None  # the key of the last message received
+        self.role: str | None = None  # its role, once `refusal` let the message pass
         # The key each node process (name, host, pid) registered with, for `replaces`.
         self._registered: dict[tuple[str, str, int], bytes] = {}
 
@@ -57,6 +60,7 @@ class Gate:
     def refusal(self, command: bytes, message: p.Message) -> p.RemoteProtocolError | None:
         """Why the last message received may not pass (ERROR forbidden), or None."""
         key = self.user
+        self.role = None
         if key is None:
             text = "this connection has no CURVE key: the broker lets in authorized keys only"
             return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
@@ -76,7 +80,10 @@ class Gate:
             )
             return p.RemoteProtocolError(p.ERR_FORBIDDEN, text, _task_id(message))
         if isinstance(message, p.Register):
-            return self._register(message, key)
+            refused = self._register(message, key)
+            if refused is not None:
+                return refused
+        self.role = role
         return None
 
     def _register(self, register: p.Register, key: bytes) -> p.RemoteProtocolError | None:

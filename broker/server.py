@@ -297,10 +297,16 @@ class BrokerServer:
             message = p.decode(frames[2:])
         except p.RemoteProtocolError as exc:
             return Undecodable(peer, exc, frames[3] if len(frames) > 3 else None)
-        if self._gate is not None:
-            refused = self._gate.refusal(frames[3], message)
+        gate = self._gate
+        if gate is not None:
+            refused = gate.refusal(frames[3], message)
             if refused is not None:
                 return Undecodable(peer, refused, frames[3])
+            if self._spans is not None:
+                self._spans.received(message)
+            # The key scopes the tasks the message names (protocol.md 5.11).
+            key = gate.user.decode() if gate.user is not None else None
+            return Received(peer, message, key, gate.role == "admins")
         if self._spans is not None:
             self._spans.received(message)
         return Received(peer, message)

@@ -37,9 +37,11 @@ from client.futures import TaskFuture, as_completed as _as_completed, wait as _w
 from client.jobs import JobFuture, start_split
 from client.link import CLOSED, DEFAULT_CONNECT_TIMEOUT, RESEND_INTERVAL, ReqLink
 from client.options import (
+    CLIENT_ID_VARIABLE,
     After,
     RetryOn,
     TaskOptions,
+    check_client_id,
     check_max_message_size,
     check_name,
     check_retry_on,
@@ -90,6 +92,10 @@ class Client:
     REQ socket, by the control client `zbroker` uses too. `curve` and `broker_key`: this
     client's secret key file and the broker's public key file (`zbroker keys new`), for a
     broker started with --curve: every socket is encrypted and authenticated.
+    `client_id` (default: the ZTB_CLIENT_ID variable, else none): on a broker without
+    CURVE, the scope of this client's task ids (protocol.md 5.11): clients with other ids,
+    or none, have tasks of their own under the same ids, and cannot fetch or cancel this
+    one's. With CURVE the key is the scope and `client_id` is not needed.
 
     Threads: `submit`, `submit_async`, `as_completed`, `wait`, `close` and everything on a
     TaskFuture may be called from any thread at once. The blocking calls (`execute`,
@@ -113,6 +119,7 @@ class Client:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         curve: str | os.PathLike[str] | None = None,
         broker_key: str | os.PathLike[str] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.url = url
         self.timeout = check_timeout(timeout)
@@ -121,9 +128,12 @@ class Client:
         )
         self.max_message_size = check_max_message_size(max_message_size)
         keys = peer_keys(curve, broker_key)  # KeyFileError (a ValueError) if they do not load
+        client_id = check_client_id(client_id or os.environ.get(CLIENT_ID_VARIABLE) or None)
         self._context: zmq.Context[Any] = zmq.Context()
         try:
-            self._link = ReqLink(url, resend_interval, self._context, connect_timeout, keys)
+            self._link = ReqLink(
+                url, resend_interval, self._context, connect_timeout, keys, client_id
+            )
         except BaseException:
             self._context.destroy(linger=0)
             raise
@@ -442,7 +452,8 @@ class Client:
     # ------------------------------------------------------------------------- by task id
 
     def result(self, task_id: str, *, timeout: Timeout = ...) -> Any:
-        """The result of task `task_id`, submitted by anyone: at once if it finished lately
+        """The result of task `task_id` of this client's scope (its CURVE key or client id,
+        protocol.md 5.11), whoever submitted it: at once if it finished lately
         (or failed for good: TaskFailed), else when it finishes, waiting up to `timeout`
         (the Client's by default; BrokerTimeout after it). Raises NotFound (a KeyError too)
         when the broker knows no such task: never submitted, or answered longer ago than it
@@ -590,7 +601,8 @@ class Client:
         wait = self.timeout if timeout is ... else check_timeout(timeout)  # `_timeout`, inline
         if self._spans is not None:
             return self._traced_exchange(spec, answers, wait)
-        reply = self._link.exchange(execute_frames(spec), answers, wait)
+        request = execute_frames(spec, self._link.contact.client_id)
+        reply = self._link.exchange(request, answers, wait)
         if not isinstance(reply, TaskCompleted):
             raise BadReply(ERR_MALFORMED, f"the broker answered {type(reply).__name__} to EXECUTE")
         return reply
@@ -602,7 +614,8 @@ class Client:
         spans = self._spans
         assert spans is not None
         try:
-            reply = self._link.exchange(execute_frames(spec), answers, wait)
+            request = execute_frames(spec, self._link.contact.client_id)
+            reply = self._link.exchange(request, answers, wait)
             if not isinstance(reply, TaskCompleted):
                 kind = type(reply).__name__
                 raise BadReply(ERR_MALFORMED, f"the broker answered {kind} to EXECUTE")

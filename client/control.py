@@ -65,7 +65,7 @@ class ControlClient:
         keeps it (or the task is a dead letter), else when the task is answered, waiting up
         to `timeout` seconds (None: without end; BrokerTimeout after it). NotFound (a
         KeyError too) when the broker knows no such task."""
-        request = Fetch(check_name("task_id", task_id))
+        request = Fetch(check_name("task_id", task_id), self._link.contact.client_id)
         return self._ask(request, TaskCompleted, timeout, _about(task_id))
 
     def cancel(self, task_id: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
@@ -73,7 +73,7 @@ class ControlClient:
         "queued", "held" or "running" (its requesters got exit 130 Cancelled), or
         "finished" (answered already: nothing changed). NotFound when the broker knows no
         such task."""
-        request = Cancel(check_name("task_id", task_id))
+        request = Cancel(check_name("task_id", task_id), self._link.contact.client_id)
         return self._ask(request, Cancelled, timeout, _about(task_id)).was
 
     def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:

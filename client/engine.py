@@ -94,7 +94,9 @@ class Engine:
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
-        self._ledger: Ledger[TaskFuture] = Ledger(resend_interval, spans=spans)
+        self._ledger: Ledger[TaskFuture] = Ledger(
+            resend_interval, spans=spans, client=contact.client_id
+        )
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         # Guards `_stopping`, `_wake_pending` and the pipe's write end.
         self._lock = threading.Lock()

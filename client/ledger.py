@@ -65,6 +65,7 @@ class Ledger(Generic[F]):
     _unsent: list[tuple[type[Outgoing], str]] = field(default_factory=list)
     _quiet_since: float = 0.0  # when the broker last sent anything, or the last resend
     spans: ClientSpans | None = None  # the tasks' submit spans, when the client traces
+    client: str | None = None  # the client id its messages name (protocol.md 5.11)
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -76,7 +77,7 @@ class Ledger(Generic[F]):
             self._quiet_since = now  # the silence counts from the first thing unanswered
         waiting = self._waiting.get(spec.task_id)
         if waiting is None:
-            self._waiting[spec.task_id] = Waiting(Execute(spec), [future])
+            self._waiting[spec.task_id] = Waiting(Execute(spec, self.client), [future])
             self._unsent.append((Execute, spec.task_id))
             return []
         first = waiting.execute.spec
@@ -116,7 +117,7 @@ class Ledger(Generic[F]):
                     waiting.sent = True
                     found.append(waiting.execute)
             elif task_id in self._cancels:
-                found.append(Cancel(task_id))
+                found.append(Cancel(task_id, self.client))
         self._unsent.clear()
         return found
 
@@ -136,7 +137,7 @@ class Ledger(Generic[F]):
             return []
         self._quiet_since = now
         found: list[Outgoing] = [w.execute for w in self._waiting.values() if w.sent]
-        found += [Cancel(task_id) for task_id in self._cancels]
+        found += [Cancel(task_id, self.client) for task_id in self._cancels]
         return found
 
     def answered(self, message: Message, now: float) -> list[Settled[F]]:

@@ -92,10 +92,14 @@ class Contact:
         url: str,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         keys: PeerKeys | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.url = url
         self.connect_timeout = check_connect_timeout(connect_timeout)
         self.keys = keys  # CURVE: this client's key pair and the broker's public key
+        # The client id its EXECUTEs, FETCHes and CANCELs name (protocol.md 5.11): the scope
+        # of its task ids on a broker without CURVE. None: the shared scope.
+        self.client_id = client_id
         self.reached = False
         self.answered = False
 
@@ -237,10 +241,11 @@ class ReqLink:
         context: zmq.Context[Any] | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         keys: PeerKeys | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.url = url
         self.resend_interval = check_resend_interval(resend_interval)
-        self.contact = Contact(url, connect_timeout, keys)
+        self.contact = Contact(url, connect_timeout, keys, client_id)
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._receiver: TimedReceiver | None = None  # on the current socket

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from broker.protocol import (
+    MAX_CLIENT_LENGTH,
     MAX_DEPENDENCIES,
     MAX_DLQ_LIMIT,
     MAX_NAME_LENGTH,
@@ -30,6 +31,8 @@ MAX_QUEUE_TIMEOUT = MAX_QUEUE_TIMEOUT_MS / 1000  # seconds: 1 day
 # points of up to 4 bytes each. An arguments frame shorter than the limit by this much fits.
 HEADER_ROOM = 4096
 RETRY_ON_ALL = "all"  # every failure RETRY_ON names
+# Where a Client without `client_id` finds one (as zsubmit --client-id does).
+CLIENT_ID_VARIABLE = "ZTB_CLIENT_ID"
 
 # What `retry_on` takes: None (the broker's default), one name or "all", or a list of names
 # ([]: none, only node loss and crashes are retried).
@@ -44,6 +47,17 @@ def check_name(what: str, value: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH:
         raise ValueError(f"{what} must be a string of 1 to {MAX_NAME_LENGTH} characters")
     return value
+
+
+def check_client_id(client_id: str | None) -> str | None:
+    """A client id (protocol.md 5.11): None, or 1 to 64 characters without "|"."""
+    if client_id is None:
+        return None
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_LENGTH:
+        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT_LENGTH} characters")
+    if "|" in client_id:
+        raise ValueError(f'client_id must not contain "|", got {client_id!r}')
+    return client_id
 
 
 def check_timeout(timeout: float | None) -> float | None:

@@ -143,7 +143,7 @@ class Pipeline:
                 spec = spec.replaced(parent=self._parent)
             if self._spans is not None:
                 spec = self._spans.submitted(spec)
-            execute = Execute(spec)
+            execute = Execute(spec, self._contact.client_id)
             try:
                 check_task_size(execute.spec, self._max_size)
             except MessageTooLarge as exc:

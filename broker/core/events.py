@@ -23,6 +23,12 @@ class Received(Struct, frozen=True, gc=False):
 
     peer: bytes
     message: Message
+    # With CURVE, the sender's key (Z85), the scope of the tasks it names (protocol.md
+    # 5.11); None without CURVE, where the messages name their `client`.
+    key: str | None = None
+    # Whether the sender may name any scope's task in a CANCEL (a CURVE admin key, or
+    # anyone when the broker has no CURVE) and see every task's failures in STATUS.
+    admin: bool = True
 
 
 class Undecodable(Struct, frozen=True, gc=False):

@@ -61,6 +61,7 @@ from broker.core.metrics import BOUNDS, FunctionMetrics, Metrics
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache, conflicting
+from broker.core.scopes import SEPARATOR, plain, reference, scoped_spec, shown
 from broker.core.status import sampled, status_body
 from broker.core.tasks import (
     DONE,
@@ -202,8 +203,12 @@ class Scheduler:
         # Whether any of that waits (read it; only the scheduler changes it): an attribute,
         # as the shell asks after every message.
         self.deferred = False
+        # The sender of the message being handled (Received `key` and `admin`): the scope
+        # of the tasks its EXECUTE, FETCH or CANCEL names (protocol.md 5.11).
+        self._key: str | None = None
+        self._admin = True
         self._events: dict[type, Callable[[Any, float], list[Command]]] = {
-            Received: lambda event, now: self._dispatch(event.peer, event.message, now),
+            Received: self._on_received,
             Sent: lambda event, now: [],
             Undecodable: self._on_undecodable,
             PeerGone: self._on_peer_gone,
@@ -239,8 +244,9 @@ class Scheduler:
                 return self._settle(now)
             if type(event) not in _WHILE_CARRYING_OUT:
                 return self._settle(now) + self.handle(event, now)
-        if type(event) is Received:  # most events: `_dispatch` without its call
+        if type(event) is Received:  # most events: `_on_received` without its call
             peer, message = event.peer, event.message
+            self._key, self._admin = event.key, event.admin
             node = self._pool.nodes.get(peer)
             if node is not None:
                 node.last_seen = now  # any traffic is a sign of life
@@ -352,6 +358,10 @@ class Scheduler:
         return body
 
     # ================================================================== events
+
+    def _on_received(self, event: Received, now: float) -> list[Command]:
+        self._key, self._admin = event.key, event.admin
+        return self._dispatch(event.peer, event.message, now)
 
     def _dispatch(self, peer: bytes, message: Message, now: float) -> list[Command]:
         """A message from `peer` to its handler (or refused, if the broker takes no such)."""
@@ -489,7 +499,8 @@ class Scheduler:
     def _on_execute(
         self, peer: bytes, node: Node | None, msg: Execute, now: float
     ) -> list[Command]:
-        spec = msg.spec  # (a stopping broker handles EXECUTE with `_ignore_execute`)
+        # (a stopping broker handles EXECUTE with `_ignore_execute`)
+        spec = scoped_spec(self._key or msg.client, msg.spec)
         task = self._tasks.get(spec.task_id)
         if task is not None:
             return self._resubmitted(peer, task, spec)
@@ -502,7 +513,7 @@ class Scheduler:
             if grace is None:
                 self._counters["unknown_function"] += 1
                 error = ErrorInfo("UnknownFunction", _no_node(spec.function))
-                reply = TaskCompleted(spec.task_id, EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
+                reply = TaskCompleted(plain(spec.task_id), EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
                 return [Send(peer, reply)]
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
@@ -545,7 +556,7 @@ class Scheduler:
         )
         if sampled(count):
             log.warning("refused a task from %s: %s (%d so far)", peer.hex(), text, count)
-        return [Send(peer, Error(ERR_TOO_MANY_TASKS, text, spec.task_id))]
+        return [Send(peer, Error(ERR_TOO_MANY_TASKS, text, plain(spec.task_id)))]
 
     def _answered_again(
         self, peer: bytes, spec: TaskSpec, answer: TaskCompleted, answered: TaskSpec | None
@@ -555,7 +566,7 @@ class Scheduler:
         if (known := conflicting(answered, spec)) is not None:
             return self._conflict(peer, spec, known)
         self._counters["answered_again"] += 1
-        return [Send(peer, answer)]
+        return [Send(peer, shown(answer))]
 
     def _resubmitted(self, peer: bytes, task: Task, spec: TaskSpec) -> list[Command]:
         """A pending task's id again: a resend (Lazy Pirate) or a second submitter, which
@@ -579,14 +590,15 @@ class Scheduler:
                 continue
             if failure is _UNKNOWN:
                 self._counters["refused_unknown_dependency"] += 1
+                task_id = plain(spec.task_id)
                 text = (
-                    f"task {spec.task_id} depends on {dep!r}, which the broker does not know "
-                    "(never submitted, or answered longer ago than it keeps answers); a task "
-                    "may depend only on tasks submitted before it"
+                    f"task {task_id} depends on {plain(dep)!r}, which the broker does not "
+                    "know (never submitted, or answered longer ago than it keeps answers); a "
+                    "task may depend only on tasks submitted before it (by the same client)"
                 )
-                return [Send(peer, Error(ERR_UNKNOWN_DEPENDENCY, text, spec.task_id))]
+                return [Send(peer, Error(ERR_UNKNOWN_DEPENDENCY, text, task_id))]
             self._counters["dependency_failed"] += 1
-            reply = TaskCompleted(spec.task_id, failure[0], b"null", failure[1], 0)
+            reply = TaskCompleted(plain(spec.task_id), failure[0], b"null", failure[1], 0)
             return [Send(peer, reply)]
         return None
 
@@ -617,25 +629,27 @@ class Scheduler:
         self._counters["refused_conflict"] += 1
         function = known.function
         what = "arguments" if function == spec.function else f"function ({function})"
+        task_id = plain(spec.task_id)
         text = (
-            f"task id {spec.task_id!r} is already used by a task with other {what}; "
+            f"task id {task_id!r} is already used by a task with other {what}; "
             "choose a new task id, or resend the same request to get its answer"
         )
-        return [Send(peer, Error(ERR_CONFLICT, text, spec.task_id))]
+        return [Send(peer, Error(ERR_CONFLICT, text, task_id))]
 
     def _on_fetch(self, peer: bytes, node: Node | None, msg: Fetch, now: float) -> list[Command]:
         """A task's answer by its id: pending, the sender waits for it as a requester; kept
         or a dead letter, at once; else not_found (protocol.md 3.19)."""
-        task_id = msg.task_id
+        task_id = msg.task_id  # the answers name it as sent
+        ref = reference(self._key or msg.client, task_id)
         self._counters["fetched"] += 1
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(ref)
         if task is not None:
             self._add_requester(task, peer)
             return []
-        kept = self._results.find(task_id)
+        kept = self._results.find(ref)
         if kept is not None:
-            return [Send(peer, kept[0])]
-        entry = self._dead.get(task_id)
+            return [Send(peer, shown(kept[0]))]
+        entry = self._dead.get(ref)
         if entry is not None:
             reply = TaskCompleted(task_id, entry.exit_code, b"null", entry.error, entry.attempts)
             return [Send(peer, reply)]
@@ -644,10 +658,11 @@ class Scheduler:
     def _on_cancel(self, peer: bytes, node: Node | None, msg: Cancel, now: float) -> list[Command]:
         """Cancel a task (protocol.md 5.6): its requesters are answered 130 at once; a node
         that holds or runs it is told to stop it, and its place stays busy until it answers."""
-        task_id = msg.task_id
-        task = self._tasks.get(task_id)
+        task_id = msg.task_id  # CANCELLED names it as sent
+        ref = self._cancelled_ref(task_id, msg.client)
+        task = self._tasks.get(ref)
         if task is None:
-            if task_id in self._results or self._dead.get(task_id) is not None:
+            if ref in self._results or self._dead.get(ref) is not None:
                 return [Send(peer, Cancelled(task_id, WAS_FINISHED))]
             return [Send(peer, Error(ERR_NOT_FOUND, _unknown_task(task_id, "cancel"), task_id))]
         state = task.state
@@ -663,12 +678,26 @@ class Scheduler:
         text = f"cancelled by a client while {was}{where} (attempt {task.attempt})"
         log.info(
             "task %s cancelled while %s%s",
-            task_id,
+            ref,
             was,
             where,
-            extra={"task_id": task_id, "node": node_name},
+            extra={"task_id": ref, "node": node_name},
         )
         return [*self._cancel(task, text, now), *commands, Send(peer, Cancelled(task_id, was))]
+
+    def _cancelled_ref(self, task_id: str, client: str | None) -> str:
+        """The task a CANCEL names: of the sender's scope; or, from an admin, of the scope
+        `task_id` names as a reference (`SCOPE|ID`, as DLQ and logs show it) when the
+        sender's own scope has no such task (protocol.md 5.11)."""
+        ref = reference(self._key or client, task_id)
+        if (
+            self._admin
+            and SEPARATOR in task_id
+            and ref not in self._tasks
+            and (task_id in self._tasks or task_id in self._results or task_id in self._dead)
+        ):
+            return task_id
+        return ref
 
     def _cancel(self, task: Task, text: str, now: float) -> list[Command]:
         """Answer `task` 130 with `text`, and cancel the tasks it submitted, and theirs."""
@@ -728,7 +757,10 @@ class Scheduler:
         return self._feed(node, now)
 
     def _on_status(self, peer: bytes, node: Node | None, msg: Status, now: float) -> list[Command]:
-        return [Send(peer, StatusReply(self.status(now)))]
+        body = self.status(now)
+        if not self._admin and "metrics" in body:  # other clients' task ids and errors
+            body["metrics"]["recent_failures"] = []
+        return [Send(peer, StatusReply(body))]
 
     def _on_error(self, peer: bytes, node: Node | None, msg: Error, now: float) -> list[Command]:
         self._counters["errors_received"] += 1
@@ -1286,7 +1318,7 @@ class Scheduler:
                 spec.traceparent,
             )
         else:  # with its inputs' results (protocol.md 5.8)
-            inputs, trace = spec.inputs, spec.traceparent
+            inputs, trace = _as_sent(spec.inputs), spec.traceparent
             run = Run(
                 spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs, trace
             )
@@ -1497,6 +1529,8 @@ class Scheduler:
         reply = TaskCompleted(spec.task_id, exit_code, result, error, task.attempt, trace)
         self._answered.append((task, reply, bury))
         self.deferred = True
+        if SEPARATOR in spec.task_id:  # `shown`, without its call for most tasks
+            reply = shown(reply)
         requesters = task.requesters
         if len(requesters) == 1:  # the common case, without a comprehension's call
             return [Send(requesters[0], reply)]
@@ -1670,13 +1704,20 @@ class Scheduler:
 _UNKNOWN: Failure = (-1, ErrorInfo("", ""))  # a dependency the broker does not know
 
 
+def _as_sent(inputs: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A RUN's inputs: the ids its placeholders name, as the submitter sent them."""
+    if inputs is not None and any(SEPARATOR in ref for ref in inputs):
+        return tuple(map(plain, inputs))
+    return inputs
+
+
 def _failed_dependency(
     dep: str, exit_code: int, function: str | None = None, error: ErrorInfo | None = None
 ) -> Failure:
     """The answer of a task whose dependency `dep` (running `function`) ended with
     `exit_code` (not 0) and `error`: the dependent's error names the dependency and says
     why it failed, down to the first task of a chain that failed."""
-    name = dep if function is None else f"{dep} ({function})"
+    name = plain(dep) if function is None else f"{plain(dep)} ({function})"
     if exit_code == EXIT_CANCELLED:
         return (EXIT_CANCELLED, ErrorInfo("Cancelled", f"its dependency {name} was cancelled"))
     if error is not None and error.type == "DependencyFailed":

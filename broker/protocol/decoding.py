@@ -26,13 +26,14 @@ from broker.protocol.errors import (
 )
 from broker.protocol.limits import (
     MAX_HOST_LENGTH,
-    MAX_NAME_LENGTH,
     MAX_REASON_LENGTH,
+    MAX_TASK_REF_LENGTH,
     PRIORITY_DEFAULT,
     Attempt,
     Attempts,
     Backlog,
     Capacity,
+    ClientId,
     DeadLetterLimit,
     Dependencies,
     ExitCode,
@@ -49,6 +50,7 @@ from broker.protocol.limits import (
     RetractIds,
     Retries,
     RetryOn,
+    TaskRef,
     TaskTimeoutMs,
 )
 from broker.protocol.messages import (
@@ -125,12 +127,13 @@ class _ExecuteHeader(msgspec.Struct, gc=False):
     retry_on: RetryOn | None = None
     depends_on: Dependencies | None = None
     inputs: Dependencies | None = None
-    parent: Name | None = None
+    parent: TaskRef | None = None
+    client: ClientId | None = None
     traceparent: Any = None  # read by `_traceparent`: never refused
 
 
 class _RunHeader(msgspec.Struct, gc=False):
-    task_id: Name
+    task_id: TaskRef
     function: Name
     attempt: Attempt = 1
     timeout_ms: TaskTimeoutMs | None = None
@@ -139,7 +142,7 @@ class _RunHeader(msgspec.Struct, gc=False):
 
 
 class _ResultHeader(msgspec.Struct, gc=False):
-    task_id: Name
+    task_id: TaskRef
     exit_code: ExitCode
     error: _ErrorHeader | None = None
     attempt: Attempt | None = None
@@ -203,16 +206,17 @@ class _RetractedBody(msgspec.Struct, gc=False):
 
 
 class _TaskIdBody(msgspec.Struct, gc=False):
-    task_id: Name
+    task_id: TaskRef
+    client: ClientId | None = None
 
 
 class _WaitingBody(msgspec.Struct, gc=False):
-    task_id: Name
+    task_id: TaskRef
     waiting: bool
 
 
 class _CancelledBody(msgspec.Struct, gc=False):
-    task_id: Name
+    task_id: TaskRef
     was: Literal["queued", "held", "running", "finished"]
 
 
@@ -222,7 +226,7 @@ class _DisconnectBody(msgspec.Struct, gc=False):
 
 class _DeadLettersBody(msgspec.Struct, gc=False):
     op: Literal["list", "show", "replay", "purge"]
-    task_id: Name | None = None
+    task_id: TaskRef | None = None
     limit: DeadLetterLimit | None = None
 
 
@@ -243,6 +247,7 @@ _RULES = {
     "retry_on": 'null or a list of at most two of "exception" and "timeout"',
     "depends_on": "null or a list of 1 to 256 task ids",
     "inputs": "null or a list of 1 to 256 task ids",
+    "client": 'null or a string of 1 to 64 characters without "|"',
 }
 
 
@@ -321,7 +326,7 @@ def _task_id_in(frame: bytes) -> str | None:
         task_id = orjson.loads(frame).get("task_id")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    if isinstance(task_id, str) and 0 < len(task_id) <= MAX_NAME_LENGTH:
+    if isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_REF_LENGTH:
         return task_id
     return None
 
@@ -383,8 +388,8 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         and h.inputs is None
         and h.parent is None
         and h.traceparent is None
-    ):
-        return Execute(TaskSpec(h.task_id, h.function, args, h.priority))  # most tasks
+    ):  # most tasks
+        return Execute(TaskSpec(h.task_id, h.function, args, h.priority), h.client)
     queue_timeout, task_timeout = _seconds(h.queue_timeout_ms), _seconds(h.timeout_ms)
     retry_on = None if h.retry_on is None else tuple(sorted(set(h.retry_on)))
     depends_on = None if h.depends_on is None else tuple(dict.fromkeys(h.depends_on))
@@ -411,7 +416,7 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         h.parent,
         _traceparent(h.traceparent),
     )
-    return Execute(spec)
+    return Execute(spec, h.client)
 
 
 def _decode_run(frames: Sequence[bytes]) -> Run:
@@ -489,6 +494,11 @@ def _decode_retract(frames: Sequence[bytes]) -> Retract:
 def _decode_retracted(frames: Sequence[bytes]) -> Retracted:
     b = _RETRACTED.read(frames)
     return Retracted(tuple(b.returned), tuple(b.started))
+
+
+def _task_and_client(frames: Sequence[bytes]) -> tuple[str, str | None]:
+    body = _TASK_ID.read(frames)
+    return body.task_id, body.client
 
 
 def _decode_cancelled(frames: Sequence[bytes]) -> Cancelled:
@@ -579,9 +589,9 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     ERROR: _decode_error,
     RETRACT: _decode_retract,
     RETRACTED: _decode_retracted,
-    CANCEL: lambda frames: Cancel(_TASK_ID.read(frames).task_id),
+    CANCEL: lambda frames: Cancel(*_task_and_client(frames)),
     CANCELLED: _decode_cancelled,
-    FETCH: lambda frames: Fetch(_TASK_ID.read(frames).task_id),
+    FETCH: lambda frames: Fetch(*_task_and_client(frames)),
     STOP: lambda frames: Stop(tuple(_STOP.read(frames).task_ids)),
     WAITING: _decode_waiting,
 }

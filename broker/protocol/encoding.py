@@ -85,8 +85,9 @@ def _error(error: ErrorInfo | None) -> dict[str, str] | None:
     return None if error is None else {"type": error.type, "message": error.message}
 
 
-def execute_frames(spec: TaskSpec) -> list[bytes]:
-    """The EXECUTE of one task: `encode(Execute(spec))` without the message in between."""
+def execute_frames(spec: TaskSpec, client: str | None = None) -> list[bytes]:
+    """The EXECUTE of one task: `encode(Execute(spec, client))` without the message in
+    between."""
     header: dict[str, Any] = {
         "task_id": spec.task_id,
         "function": spec.function,
@@ -106,6 +107,8 @@ def execute_frames(spec: TaskSpec) -> list[bytes]:
         header["inputs"] = list(spec.inputs)
     if spec.parent is not None:
         header["parent"] = spec.parent
+    if client is not None:
+        header["client"] = client
     if spec.traceparent is not None:
         header["traceparent"] = spec.traceparent
     return [TAG, EXECUTE, _json(header), spec.args]
@@ -281,6 +284,11 @@ def _payload_size(task: TaskMessage) -> int:
     return len(task.args) if type(task) is Run else len(cast(TaskCompleted, task).result)
 
 
+def _task_and_client(task_id: str, client: str | None) -> bytes:
+    """The body of CANCEL and FETCH."""
+    return _json({"task_id": task_id} if client is None else {"task_id": task_id, "client": client})
+
+
 def _encode_batch(batch: Batch) -> list[bytes]:
     items = [item for item in batch.items if not isinstance(item, ProtocolError)]
     if len(items) != len(batch.items) or not items:
@@ -296,7 +304,7 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Deregister: lambda m: [TAG, DEREGISTER],
     Heartbeat: _encode_heartbeat,
     Disconnect: lambda m: [TAG, DISCONNECT, _json({"reason": m.reason})],
-    Execute: lambda m: execute_frames(m.spec),
+    Execute: lambda m: execute_frames(m.spec, m.client),
     Run: run_frames,
     Result: _encode_result,
     TaskCompleted: _encode_task_completed,
@@ -311,9 +319,9 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
         RETRACTED,
         _json({"returned": list(m.returned), "started": list(m.started)}),
     ],
-    Cancel: lambda m: [TAG, CANCEL, _json({"task_id": m.task_id})],
+    Cancel: lambda m: [TAG, CANCEL, _task_and_client(m.task_id, m.client)],
     Cancelled: lambda m: [TAG, CANCELLED, _json({"task_id": m.task_id, "was": m.was})],
-    Fetch: lambda m: [TAG, FETCH, _json({"task_id": m.task_id})],
+    Fetch: lambda m: [TAG, FETCH, _task_and_client(m.task_id, m.client)],
     Waiting: lambda m: [TAG, WAITING, _json({"task_id": m.task_id, "waiting": m.waiting})],
     Stop: lambda m: [TAG, STOP, _json({"task_ids": list(m.task_ids)})],
     Batch: _encode_batch,

@@ -17,6 +17,10 @@ DEFAULT_LIVENESS = 3  # missed intervals before a peer is declared dead
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # bytes, all frames of one message
 
 MAX_NAME_LENGTH = 256  # task ids, function names, node names, node ids
+MAX_CLIENT_LENGTH = 64  # a client id (EXECUTE, FETCH, CANCEL `client`)
+# A task's id as the broker names it to nodes and admins: the submitter's scope (a client
+# id, or a CURVE key of 40 characters), "|", and the task id (protocol.md 5.11).
+MAX_TASK_REF_LENGTH = MAX_CLIENT_LENGTH + 1 + MAX_NAME_LENGTH
 MAX_HOST_LENGTH = 256  # a longer REGISTER `host` is cut to this
 MAX_REASON_LENGTH = 1024  # a longer REGISTER `replaces.reason` is cut to this
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
@@ -37,6 +41,8 @@ MAX_BACKLOG = 2**63 - 1
 
 # Header fields as the decoders check them.
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+ClientId = Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_LENGTH, pattern=r"^[^|]*$")]
+TaskRef = Annotated[str, Meta(min_length=1, max_length=MAX_TASK_REF_LENGTH)]
 Priority = Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 Retries = Annotated[int, Meta(ge=0, le=MAX_RETRIES)]
 QueueTimeoutMs = Annotated[int, Meta(ge=1, le=MAX_QUEUE_TIMEOUT_MS)]
@@ -52,9 +58,11 @@ HeartbeatIntervalMs = Annotated[int, Meta(ge=1, le=MAX_HEARTBEAT_INTERVAL_MS)]
 Liveness = Annotated[int, Meta(ge=1, le=MAX_LIVENESS)]
 DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
 Functions = Annotated[list[Name], Meta(min_length=1)]
-RetractIds = Annotated[list[Name], Meta(min_length=1, max_length=MAX_RETRACT)]
-RetractedIds = Annotated[list[Name], Meta(max_length=MAX_RETRACT)]
+RetractIds = Annotated[list[TaskRef], Meta(min_length=1, max_length=MAX_RETRACT)]
+RetractedIds = Annotated[list[TaskRef], Meta(max_length=MAX_RETRACT)]
 Dependencies = Annotated[list[Name], Meta(min_length=1, max_length=MAX_DEPENDENCIES)]
+# The same, as a RUN names them and a TaskSpec keeps them (scoped, protocol.md 5.11).
+DependencyRefs = Annotated[list[TaskRef], Meta(min_length=1, max_length=MAX_DEPENDENCIES)]
 Backlog = Annotated[int, Meta(ge=0, le=MAX_BACKLOG)]
 RetryOn = Annotated[list[Literal["exception", "timeout"]], Meta(max_length=2)]
 

@@ -19,6 +19,7 @@ from broker.protocol.limits import (
     Priority,
     QueueTimeout,
     Retries,
+    TaskRef,
     TaskTimeout,
 )
 
@@ -97,7 +98,7 @@ class TaskSpec(Struct, frozen=True, gc=False):
     `broker.protocol.limits`: a decoder of specs (the store's) checks them, the constructor
     does not."""
 
-    task_id: Name
+    task_id: TaskRef  # as the submitter named it; in the broker, scoped (protocol.md 5.11)
     function: Name
     args: bytes
     priority: Priority = PRIORITY_DEFAULT
@@ -166,9 +167,10 @@ class Disconnect(Struct, frozen=True, gc=False):
 
 
 class Execute(Struct, frozen=True, gc=False):
-    """Submit the task `spec` (protocol.md 3.6)."""
+    """Submit the task `spec` (protocol.md 3.6), as client `client` (None: none named)."""
 
     spec: TaskSpec
+    client: str | None = None  # the submitter's client id, its scope without CURVE (5.11)
 
 
 class Run(Struct, frozen=True, gc=False):
@@ -259,6 +261,7 @@ class Cancel(Struct, frozen=True, gc=False):
     """Cancel a task: it never starts, or is stopped where it runs (protocol.md 3.17)."""
 
     task_id: str
+    client: str | None = None  # as in Execute
 
 
 class Cancelled(Struct, frozen=True, gc=False):
@@ -272,6 +275,7 @@ class Fetch(Struct, frozen=True, gc=False):
     """Ask for a task's answer by its id, waiting for it if pending (protocol.md 3.19)."""
 
     task_id: str
+    client: str | None = None  # as in Execute
 
 
 class Stop(Struct, frozen=True, gc=False):

@@ -15,6 +15,7 @@ from client.cli.common import (
     EXIT_FINISHED,
     Broker,
     BrokerKey,
+    ClientId,
     ConnectTimeout,
     Curve,
     LogFile,
@@ -100,8 +101,10 @@ def _not_found(task_id: str) -> str:
 
 
 @contextmanager
-def _control(broker: str, connect_timeout: float, keys: PeerKeys | None) -> Iterator[ControlClient]:
-    with ReqLink(broker, connect_timeout=connect_timeout, keys=keys) as link:
+def _control(
+    broker: str, connect_timeout: float, keys: PeerKeys | None, client_id: str | None
+) -> Iterator[ControlClient]:
+    with ReqLink(broker, connect_timeout=connect_timeout, keys=keys, client_id=client_id) as link:
         yield ControlClient(link)
 
 
@@ -121,6 +124,7 @@ def result(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     curve: Curve = None,
     broker_key: BrokerKey = None,
+    client_id: ClientId = None,
     json_output: JsonOutput = False,
     log_level: LogLevel = "WARNING",
     log_format: LogFormat = "text",
@@ -139,7 +143,7 @@ def result(
     missing = _not_found(task_id)
     with (
         reporting(broker, no_answer=not_done, missing=lambda exc: missing),
-        _control(broker, connect_timeout, keys_of(curve, broker_key)) as control,
+        _control(broker, connect_timeout, keys_of(curve, broker_key), client_id) as control,
     ):
         completed = control.fetch(task_id, wait + ANSWER_TIME)
     print_answer(completed, f"task {task_id}", json_output)
@@ -151,6 +155,7 @@ def cancel(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     curve: Curve = None,
     broker_key: BrokerKey = None,
+    client_id: ClientId = None,
     json_output: Annotated[
         bool, typer.Option("--json", help='Print {"task_id": ..., "was": ...} as JSON.')
     ] = False,
@@ -163,7 +168,7 @@ def cancel(
     missing = _not_found(task_id)
     with (
         reporting(broker, missing=lambda exc: missing),
-        _control(broker, connect_timeout, keys_of(curve, broker_key)) as control,
+        _control(broker, connect_timeout, keys_of(curve, broker_key), client_id) as control,
     ):
         was = control.cancel(task_id, DEFAULT_TIMEOUT)
     if json_output:

@@ -34,6 +34,7 @@ from client.errors import (
     NotFound,
     TaskFailed,
 )
+from client.options import check_client_id
 
 # Exit codes. 1 to 3 are those of every command; 4 and 5 answer questions about a task id;
 # none is one of the task exit codes of protocol.md 8.2 but 130, which means interrupted in
@@ -196,6 +197,26 @@ ConnectTimeout = Annotated[
         "accepts connections at --broker (exit 3).",
     ),
 ]
+ClientId = Annotated[
+    str | None,
+    typer.Option(
+        "--client-id",
+        metavar="ID",
+        callback=lambda value: _client_id(value),
+        help="On a broker without --curve, the scope of your task ids (up to 64 characters, "
+        'no "|"): another client id cannot fetch or cancel your tasks, and its tasks of the '
+        "same id are its own. With --curve your key is the scope.",
+    ),
+]
+
+
+def _client_id(value: str | None) -> str | None:
+    try:
+        return check_client_id(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 Version = Annotated[
     bool,
     typer.Option(

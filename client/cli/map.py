@@ -26,6 +26,7 @@ from client.cli.common import (
     EXIT_USAGE,
     Broker,
     BrokerKey,
+    ClientId,
     ConnectTimeout,
     Curve,
     LogFile,
@@ -121,6 +122,7 @@ def map_tasks(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     curve: Curve = None,
     broker_key: BrokerKey = None,
+    client_id: ClientId = None,
     window: Annotated[
         int, typer.Option(min=1, max=100_000, metavar="N", help="Tasks in flight at most.")
     ] = 1000,
@@ -154,6 +156,7 @@ def map_tasks(
             retry_on=retry_on(retry_on_names),
             curve=curve,
             broker_key=broker_key,
+            client_id=client_id,
         )
         with client, stream:
             try:

@@ -25,6 +25,7 @@ from client.cli.common import (
     HINTS,
     Broker,
     BrokerKey,
+    ClientId,
     ConnectTimeout,
     Curve,
     LogFile,
@@ -229,6 +230,7 @@ def run(
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     curve: Curve = None,
     broker_key: BrokerKey = None,
+    client_id: ClientId = None,
     json_output: JsonOutput = False,
     task_id: TaskId = None,
     after: After = None,
@@ -249,7 +251,8 @@ def run(
         options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
     if detach:
-        _detach(broker, connect_timeout, function, values, task_id, options, after, keys)
+        contact = (broker, connect_timeout, keys, client_id)
+        _detach(contact, function, values, task_id, options, after)
         return
     _warn_short_wait(timeout, task_timeout)
     wait = timeout if timeout > 0 else None
@@ -265,6 +268,7 @@ def run(
             retry_on=failures,
             curve=curve,
             broker_key=broker_key,
+            client_id=client_id,
         )
         with client:
             if split is None:
@@ -321,16 +325,16 @@ def _interrupted(client: Client, task_id: str) -> typer.Exit:
 
 
 def _detach(
-    broker: str,
-    connect_timeout: float,
+    contact: tuple[str, float, PeerKeys | None, str | None],
     function: str,
     values: list[Any],
     task_id: str,
     options: TaskOptions,
     after: list[str] | None,
-    keys: PeerKeys | None,
 ) -> None:
-    """Hand the task to the broker, print its id once the broker holds it."""
+    """Hand the task to the broker (`contact`: its URL, the connect timeout, CURVE keys and
+    the client id), print its id once the broker holds it."""
+    broker, connect_timeout, keys, client_id = contact
     with reporting(broker):
         spec = options.spec(task_id, function, encode_arguments(values))
         if after:
@@ -338,7 +342,12 @@ def _detach(
         check_task_size(spec, DEFAULT_MAX_MESSAGE_SIZE)
         try:
             completed = deliver(
-                broker, execute_frames(spec), task_id, DEFAULT_TIMEOUT, connect_timeout, keys=keys
+                broker,
+                execute_frames(spec, client_id),
+                task_id,
+                DEFAULT_TIMEOUT,
+                connect_timeout,
+                keys=keys,
             )
         except KeyboardInterrupt:
             raise fail(

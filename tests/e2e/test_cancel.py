@@ -95,6 +95,31 @@ def test_results_by_id_wait_for_pending_tasks_and_say_not_found(cluster: Cluster
         assert "no such task" in str(missing.value)
 
 
+def test_client_ids_give_each_client_its_own_task_ids(cluster: Cluster) -> None:
+    """Without CURVE, a client id is the scope of task ids (protocol.md 5.11)."""
+    cluster.start_broker()
+    cluster.start_node(functions="math")
+    cluster.wait_nodes("node0")
+    alice = Client(cluster.url, timeout=30, client_id="alice")
+    bob = Client(cluster.url, timeout=30, client_id="bob")
+    shared = Client(cluster.url, timeout=30)
+    with alice, bob, shared:
+        assert alice.execute("multiply", 2, 3, task_id="job") == 6
+        assert bob.execute("multiply", 4, 5, task_id="job") == 20  # his own, no conflict
+        assert shared.execute("multiply", 6, 7, task_id="job") == 42
+        assert (alice.result("job"), bob.result("job"), shared.result("job")) == (6, 20, 42)
+        assert alice.execute("add", 1, 1, task_id="alice-only") == 2
+        with pytest.raises(NotFound):
+            bob.result("alice-only")
+        with pytest.raises(NotFound):
+            shared.cancel("alice-only")
+    # zsubmit: ZTB_CLIENT_ID or --client-id, for runs, results and cancels.
+    fetched = cluster.zsubmit("result", "job", "--client-id", "alice")
+    assert fetched.returncode == 0 and fetched.stdout.strip() == "6", fetched.stderr
+    missing = cluster.zsubmit("result", "job", "--client-id", "carol")
+    assert missing.returncode != 0 and "job" in missing.stderr
+
+
 def test_a_known_task_id_with_other_arguments_is_refused(cluster: Cluster) -> None:
     cluster.start_broker()
     cluster.start_node(functions="math")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.security import PeerKeys, load_public
-from client import BrokerError, BrokerUnreachable, Client, TaskFailed
+from client import BrokerError, BrokerUnreachable, Client, NotFound, TaskFailed
 from client.cluster import command
 from tests.e2e.conftest import Cluster
 from tests.support import wait_until
@@ -31,11 +31,12 @@ def keys(tmp: Path) -> Path:
     authorized = tmp / "authorized"
     for role in ("nodes", "clients", "admins"):
         (authorized / role).mkdir(parents=True)
-    for name in ("broker", "node1", "alice", "root", "mallory"):
+    for name in ("broker", "node1", "alice", "bob", "root", "mallory"):
         made = zbroker("keys", "new", name, "--dir", str(tmp))
         assert made.returncode == 0, made.stderr
     shutil.copy(tmp / "node1.pub", authorized / "nodes")
     shutil.copy(tmp / "alice.pub", authorized / "clients")
+    shutil.copy(tmp / "bob.pub", authorized / "clients")
     shutil.copy(tmp / "root.pub", authorized / "admins")
     return authorized
 
@@ -217,3 +218,31 @@ def test_tasks_submit_tasks_with_their_node_key(cluster: Cluster, tmp_path: Path
     cluster.wait_nodes("node0.0", "node0.1")
     with Client(cluster.url, curve=tmp_path / "alice.key", broker_key=tmp_path / "broker.pub") as c:
         assert c.execute("sum_of_squares", 5) == sum(i * i for i in range(5))
+
+
+def test_a_client_key_cannot_read_or_cancel_another_clients_task(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    curve_cluster(cluster, tmp_path)
+    broker_pub = tmp_path / "broker.pub"
+    alice = Client(cluster.url, curve=tmp_path / "alice.key", broker_key=broker_pub)
+    bob = Client(cluster.url, curve=tmp_path / "bob.key", broker_key=broker_pub)
+    root = Client(cluster.url, curve=tmp_path / "root.key", broker_key=broker_pub)
+    with alice, bob, root:
+        assert alice.execute("multiply", 2, 3, task_id="report") == 6
+        with pytest.raises(NotFound):
+            bob.result("report")  # alice's, finished: not bob's to read
+        with pytest.raises(NotFound):
+            bob.cancel("report")
+        # The same id from bob is a task of bob's, with his arguments: no conflict.
+        assert bob.execute("multiply", 4, 5, task_id="report") == 20
+        assert alice.result("report") == 6 and bob.result("report") == 20
+        # An admin cancels anyone's task by its reference (KEY|ID, as logs and DLQ show).
+        busy = alice.submit("sleep", 30, task_id="busy")
+        alice_key = load_public(tmp_path / "alice.pub").decode()
+        with pytest.raises(NotFound):
+            bob.cancel(f"{alice_key}|busy")  # a client's key reaches its own scope only
+        assert root.cancel(f"{alice_key}|busy") in ("queued", "running")
+        with pytest.raises(TaskFailed) as cancelled:
+            busy.result(timeout=10)
+        assert cancelled.value.exit_code == 130

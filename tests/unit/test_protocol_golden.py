@@ -114,6 +114,13 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Cancelled("1234", "running"),
      [T, b"CANCELLED", b'{"task_id":"1234","was":"running"}']),
     (p.Fetch("1234"), [T, b"FETCH", b'{"task_id":"1234"}']),
+    (p.Fetch("1234", "alice"), [T, b"FETCH", b'{"task_id":"1234","client":"alice"}']),
+    (p.Cancel("1234", "alice"), [T, b"CANCEL", b'{"task_id":"1234","client":"alice"}']),
+    (p.Execute(p.TaskSpec("1234", "multiply", b"[5,10]", 5), "alice"),
+     [T, b"EXECUTE", b'{"task_id":"1234","function":"multiply","priority":5,"client":"alice"}',
+      b"[5,10]"]),
+    (p.Run("alice|1234", "multiply", b"[5,10]", 1),
+     [T, b"RUN", b'{"task_id":"alice|1234","function":"multiply","attempt":1}', b"[5,10]"]),
     (p.Stop(("1234",)), [T, b"STOP", b'{"task_ids":["1234"]}']),
     (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 64, True),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'

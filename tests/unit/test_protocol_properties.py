@@ -327,6 +327,15 @@ def test_execute_header_fields_in_any_combination(header: dict[str, Any]) -> Non
 _ANY_VALUE = st.none() | st.booleans() | st.integers(-2, 1_000_002) | names | st.just("") | texts
 Field = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]  # (valid values, invalid ones)
 _NAME: Field = (names, st.just("") | st.text(min_size=p.MAX_NAME_LENGTH + 1) | st.integers(0, 9))
+# A task id as the broker names it to nodes (RUN, RESULT): scoped, so longer (5.11).
+_TASK_REF: Field = (
+    st.text(min_size=1, max_size=p.MAX_TASK_REF_LENGTH),
+    st.just("") | st.text(min_size=p.MAX_TASK_REF_LENGTH + 1) | st.integers(0, 9),
+)
+_CLIENT: Field = (
+    st.none() | st.text(st.characters(blacklist_characters="|"), min_size=1, max_size=64),
+    st.just("") | st.just("a|b") | st.text(min_size=65) | st.integers(0, 9),
+)
 
 
 def _range(low: int, high: int, *, null: bool = False) -> Field:
@@ -354,6 +363,7 @@ _SHAPES: dict[bytes, dict[str, Field]] = {
         "retries": _range(0, p.MAX_RETRIES, null=True),
         "queue_timeout_ms": _range(1, p.MAX_QUEUE_TIMEOUT_MS, null=True),
         "timeout_ms": _TIMEOUT_MS,
+        "client": _CLIENT,
     },
     p.RUN: {"function": _NAME, "attempt": _range(1, 1_000_000), "timeout_ms": _TIMEOUT_MS},
     p.RESULT: {
@@ -374,7 +384,8 @@ def _task_headers(draw: Any, command: bytes) -> tuple[dict[str, Any], set[str]]:
     """A header, and the fields in it that break the limits (or are required and absent)."""
     header: dict[str, Any] = {}
     bad: set[str] = set()
-    shape = {"task_id": _NAME, **_SHAPES[command]}
+    task_id = _TASK_REF if command in (p.RUN, p.RESULT) else _NAME
+    shape = {"task_id": task_id, **_SHAPES[command]}
     for key, (valid, invalid) in shape.items():
         roll = draw(st.integers(0, 19))
         if roll < 2:  # left out, once in ten
