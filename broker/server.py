@@ -35,6 +35,7 @@ from broker.core.journal import Change
 from broker.core.metrics import Histogram
 from broker.core.scheduler import Scheduler
 from broker.gate import Gate
+from broker.outbox import DEFAULT_BUDGET, PIPE_LIMIT, Outbox, PeerGoneError
 from broker.protocol.frames import NOBLOCK, TimedReceiver, readable, recv_frames, send_routed
 from broker.security import BrokerKeys
 from broker.store import Persistence, PersistenceConfig, StoreError
@@ -48,7 +49,8 @@ BATCH = 256  # messages handled per wake-up before timers are checked again
 # message (protocol.md 2.4) however many messages brought them.
 SEND_EVERY = 256
 STOP_CHECK = 0.1  # seconds: the longest one wait lasts, so that a stop request is seen
-PEER_QUEUE_LIMIT = 100_000  # messages queued per peer, each way
+PEER_QUEUE_LIMIT = 100_000  # messages queued from one peer
+FLUSH_EVERY = 0.005  # seconds between tries to send what the outbox holds
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 EXIT_STORE_FAILED = 74  # (EX_IOERR) the store failed while the broker ran
 
@@ -64,6 +66,8 @@ class BrokerConfig:
     drain_timeout: float = 10.0  # seconds a stopping broker waits for running tasks
     strict: bool = False  # re-raise bugs and check the core's invariants after every event
     keys: BrokerKeys | None = None  # CURVE: encrypted, and only the authorized keys let in
+    # Bytes held for one peer that does not take them (broker/outbox.py); past it, dropped.
+    max_queued_bytes_per_peer: int = DEFAULT_BUDGET
 
 
 class ShellStats:
@@ -129,6 +133,8 @@ class BrokerServer:
         self._gate = None if config.keys is None else Gate(config.keys.authorized)
         self._receive = recv_frames if self._gate is None else self._gate.receive
         self._changes: list[Change] = []  # for the store, written once per group commit
+        # What peers' pipes cannot take yet, bounded in bytes per peer.
+        self._outbox = Outbox(config.max_queued_bytes_per_peer)
         self._stop_requests = 0
         self._restored = False
         self._drain_until: float | None = None
@@ -147,6 +153,7 @@ class BrokerServer:
         """What the shell adds to STATUS_REPLY `metrics`: its counts, and with CURVE the
         handshakes refused for unknown keys."""
         view = self.stats.view()
+        view.update(self._outbox.view())
         keys = self.config.keys
         view["curve"] = keys is not None
         if keys is not None:
@@ -158,9 +165,9 @@ class BrokerServer:
         router = self._context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails loudly
-        # Far above any client's window, so no answer to a reading client is dropped; but a
-        # peer that floods and never reads cannot grow the broker's memory without bound.
-        router.setsockopt(zmq.SNDHWM, PEER_QUEUE_LIMIT)
+        # A short pipe to each peer: what it does not take waits in the outbox, which
+        # counts bytes. A peer that floods and never reads cannot grow memory without bound.
+        router.setsockopt(zmq.SNDHWM, PIPE_LIMIT)
         router.setsockopt(zmq.RCVHWM, PEER_QUEUE_LIMIT)
         # Up to twice the limit a sender gets a clear ERROR too_large; a larger frame is not
         # even buffered whole: ZeroMQ drops that connection.
@@ -220,6 +227,8 @@ class BrokerServer:
                 now = time.monotonic()
                 if now >= scheduler.next_deadline():
                     self._carry_out(router, self._tick(now))
+                if self._outbox.held:
+                    self._flush(router)
                 self._save_when_due()
         finally:
             self._close(router)
@@ -358,8 +367,8 @@ class BrokerServer:
         store changes for the next group commit."""
         if self._spans is not None:
             commands = self._traced(commands)
-        if len(commands) == 1 and type(commands[0]) is Send:  # the common case
-            send = commands[0]
+        if len(commands) == 1 and type(commands[0]) is Send and not self._outbox.held:
+            send = commands[0]  # the common case
             try:
                 frames = p.encode(send.message)
                 send_routed(router, send.peer, frames, NOBLOCK)
@@ -394,21 +403,31 @@ class BrokerServer:
         ]
 
     def _send_to(self, router: zmq.Socket[Any], peer: bytes, messages: list[p.Message]) -> None:
-        """Send `messages` to one peer in order; a vanished peer's loss is an event."""
+        """Send `messages` to one peer in order, through the outbox; a vanished peer's loss
+        is an event, and so is a message past the peer's budget."""
+        outbox = self._outbox
         for frames in p.encode_many(messages):
             try:
-                send_routed(router, peer, frames, NOBLOCK)
-                self.stats.sent(frames)
-            except zmq.Again:
-                self._handle(SendDropped(peer), time.monotonic())
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
+                if outbox.send(router, peer, frames):
+                    self.stats.sent(frames)
+                else:
+                    self._handle(SendDropped(peer), time.monotonic())
+            except PeerGoneError:
                 log.info("peer %s is gone; dropped %d messages", peer.hex(), len(messages))
-                commands = self._handle(PeerGone(peer), time.monotonic())
-                if commands:
-                    self._carry_out(router, commands)
+                self._gone(router, peer)
                 return
+
+    def _flush(self, router: zmq.Socket[Any]) -> None:
+        """Send what the outbox holds and the pipes take now."""
+        for peer in self._outbox.flush(router):
+            log.info("peer %s is gone; dropped what was held for it", peer.hex())
+            self._gone(router, peer)
+
+    def _gone(self, router: zmq.Socket[Any], peer: bytes) -> None:
+        self._outbox.forget(peer)
+        commands = self._handle(PeerGone(peer), time.monotonic())
+        if commands:
+            self._carry_out(router, commands)
 
     # ------------------------------------------------------------------ the store
 
@@ -444,7 +463,7 @@ class BrokerServer:
         now = time.monotonic()
         wait = min(
             due,
-            now + STOP_CHECK,
+            now + (FLUSH_EVERY if self._outbox.held else STOP_CHECK),
             self._drain_until or math.inf,
             self.persistence.save_due or math.inf,
         )

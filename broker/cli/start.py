@@ -26,6 +26,7 @@ from broker.core.config import (
     SchedulerConfig,
     parse_retry_on,
 )
+from broker.outbox import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
     from broker.security import BrokerKeys
@@ -123,6 +124,14 @@ def start(
         "past it an EXECUTE is refused with ERROR too_many_tasks, so one client cannot fill "
         "the broker's memory.",
     ),
+    max_queued_bytes_per_peer: int = typer.Option(
+        DEFAULT_BUDGET,
+        min=0,
+        metavar="BYTES",
+        help="Most bytes held for one peer that does not read what the broker sends it (past "
+        "a short pipe of 16 messages); past it, messages to it are dropped and counted "
+        "(STATUS metrics.outbox_dropped). A client gets dropped answers again by resending.",
+    ),
     metrics: bool = typer.Option(
         True,
         "--metrics/--no-metrics",
@@ -201,7 +210,15 @@ def start(
     )
     persistence = _persistence(store, dlq_log, store_sync, results, retries)
     keys = _keys(bind, curve, authorized, insecure)
-    config = BrokerConfig(bind, scheduler, max_message_size, persistence, drain_timeout, keys=keys)
+    config = BrokerConfig(
+        bind,
+        scheduler,
+        max_message_size,
+        persistence,
+        drain_timeout,
+        keys=keys,
+        max_queued_bytes_per_peer=max_queued_bytes_per_peer,
+    )
     server = BrokerServer(config)
     try:
         server.restore()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import zmq
 
@@ -376,3 +377,54 @@ def test_status_is_answered_between_slices_while_50000_tasks_expire(
         wait_until(lambda: status(b)["running"] == 0, 5, what="the busy task answered")
     finally:
         b.stop()
+
+
+def test_a_client_that_does_not_read_costs_its_byte_budget_and_loses_no_answer(
+    make_socket: MakeSocket,
+) -> None:
+    """Answers past a peer's byte budget are dropped and counted, never held without bound;
+    the client gets each of them again by resending (they are kept answers)."""
+    budget = 1024 * 1024
+    broker = Broker(max_queued_bytes_per_peer=budget)
+    try:
+        node = Peer(make_socket(zmq.DEALER), broker.endpoint)
+        node.register("n1", ("f",), capacity=1000)
+        sock = make_socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVHWM, 1)  # the client takes (almost) nothing
+        sock.setsockopt(zmq.RCVBUF, 4096)
+        client = Peer(sock, broker.endpoint)
+        count, result = 400, orjson.dumps("x" * 65536)
+        for i in range(count):
+            client.send(execute(f"t{i}", "f", b"[]"))
+        runs = 0
+        while runs < count:  # each answered alone: one 64 KiB TASK_COMPLETED each
+            reply = node.recv()
+            for run in reply.items if isinstance(reply, p.Batch) else [reply]:
+                assert isinstance(run, p.Run)
+                node.send(p.Result(run.task_id, 0, result, None, run.attempt))
+                runs += 1
+        wait_until(lambda: status(broker)["metrics"]["outbox_dropped"] > 0, 10, what="a drop")
+        metrics = status(broker)["metrics"]
+        assert metrics["outbox_most_bytes"] <= budget + len(result) + 1024
+        assert status(broker)["counters"]["send_blocked"] == metrics["outbox_dropped"]
+        # The client reads now: what was held arrives; what was dropped comes on a resend.
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        answered: set[str] = set()
+
+        def read_for(seconds: float) -> None:
+            while sock.poll(int(seconds * 1000)):
+                reply = client.recv()
+                for done in reply.items if isinstance(reply, p.Batch) else [reply]:
+                    assert isinstance(done, p.TaskCompleted) and done.result == result
+                    answered.add(done.task_id)
+
+        read_for(0.5)
+        missing = [f"t{i}" for i in range(count) if f"t{i}" not in answered]
+        assert missing, "nothing was dropped: the test did not fill the budget"
+        for task_id in missing:
+            client.send(execute(task_id, "f", b"[]"))
+        read_for(0.5)
+        assert answered == {f"t{i}" for i in range(count)}
+        assert status(broker)["metrics"]["outbox_bytes"] == 0
+    finally:
+        broker.stop()

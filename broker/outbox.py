@@ -1,0 +1,116 @@
+"""The outbox: what a peer cannot take yet, bounded in bytes per peer.
+
+libzmq bounds each peer's outgoing pipe in messages only (ZMQ_SNDHWM), and a message may be
+anything up to the largest answer. The broker keeps that pipe short (PIPE_LIMIT messages)
+and holds what does not fit here, in order, up to `budget` bytes per peer; past the budget a
+message is dropped and reported, as libzmq would have dropped it at its limit. A client loses
+nothing by it: the answers it missed are kept answers, which its resend gets (protocol.md 6).
+So a peer that never reads costs at most PIPE_LIMIT messages in libzmq plus `budget` bytes
+here, whatever the size of its answers.
+
+The server sends through `send`, and calls `flush` on every turn of its loop while anything
+is held (`held`), which sends what the pipes take again. Part of the broker's shell.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import zmq
+
+from broker.protocol.frames import send_routed
+
+PIPE_LIMIT = 16  # messages in libzmq's pipe to one peer (ZMQ_SNDHWM)
+DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes held here for one peer
+
+
+class PeerGoneError(Exception):
+    """The peer has no connection any more (ROUTER_MANDATORY's EHOSTUNREACH)."""
+
+
+class Outbox:
+    def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
+        self.budget = budget
+        self._queues: dict[bytes, deque[list[bytes]]] = {}
+        self._bytes: dict[bytes, int] = {}
+        self.held_bytes = 0  # over every peer
+        self.most_held_bytes = 0  # the high-water mark of `held_bytes`
+        self.dropped = 0  # messages dropped past a peer's budget
+        self.dropped_bytes = 0
+
+    @property
+    def held(self) -> bool:
+        return bool(self._queues)
+
+    def peers(self) -> int:
+        return len(self._queues)
+
+    def send(self, router: zmq.Socket[Any], peer: bytes, frames: list[bytes]) -> bool:
+        """Send `frames` to `peer` now, or hold them behind what it holds already (at
+        least one message, whatever its size). False: dropped, as the peer's budget is
+        spent. Raises PeerGoneError."""
+        queue = self._queues.get(peer)
+        if queue is None:
+            try:
+                send_routed(router, peer, frames, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    raise PeerGoneError(peer.hex()) from None
+                raise
+        held, size = self._bytes.get(peer, 0), sum(map(len, frames))
+        if held + size > self.budget and queue:
+            self.dropped += 1
+            self.dropped_bytes += size
+            return False
+        if queue is None:
+            queue = self._queues[peer] = deque()
+        queue.append(frames)
+        self._bytes[peer] = held + size
+        self.held_bytes += size
+        self.most_held_bytes = max(self.most_held_bytes, self.held_bytes)
+        return True
+
+    def flush(self, router: zmq.Socket[Any]) -> list[bytes]:
+        """Send what each peer's pipe takes now, in order; the peers found gone (what they
+        were held is dropped)."""
+        gone: list[bytes] = []
+        for peer, queue in list(self._queues.items()):
+            while queue:
+                frames = queue[0]
+                try:
+                    send_routed(router, peer, frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    gone.append(peer)
+                    break
+                queue.popleft()
+                self._take(peer, sum(map(len, frames)))
+            if not queue or (gone and gone[-1] == peer):
+                self.forget(peer)
+        return gone
+
+    def forget(self, peer: bytes) -> None:
+        """Drop what `peer` was held (it is gone)."""
+        self._queues.pop(peer, None)
+        self.held_bytes -= self._bytes.pop(peer, 0)
+
+    def _take(self, peer: bytes, size: int) -> None:
+        self._bytes[peer] -= size
+        self.held_bytes -= size
+
+    def view(self) -> dict[str, int]:
+        """For STATUS_REPLY metrics."""
+        return {
+            "outbox_peers": len(self._queues),
+            "outbox_bytes": self.held_bytes,
+            "outbox_most_bytes": self.most_held_bytes,
+            "outbox_dropped": self.dropped,
+            "outbox_dropped_bytes": self.dropped_bytes,
+        }
