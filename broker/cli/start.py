@@ -120,7 +120,8 @@ def start(
     max_pending_per_client: int = typer.Option(
         DEFAULT_MAX_PENDING_PER_CLIENT,
         min=1,
-        help="Most tasks one client connection may have pending (accepted, not answered); "
+        help="Most tasks one client (its CURVE key; without --curve, one connection) may have "
+        "pending (accepted, not answered); "
         "past it an EXECUTE is refused with ERROR too_many_tasks, so one client cannot fill "
         "the broker's memory.",
     ),

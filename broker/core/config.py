@@ -93,8 +93,9 @@ class SchedulerConfig:
     # Counts, histograms and rates by function and node (broker.core.metrics), in
     # STATUS_REPLY `metrics`; off (`zbroker start --no-metrics`) only to measure their cost.
     metrics: bool = True
-    # The most tasks one client connection may have pending (accepted, not answered); past
-    # it an EXECUTE is refused with ERROR too_many_tasks (protocol.md 8.3). None: no limit.
+    # The most tasks one client (its CURVE key, else one connection) may have pending
+    # (accepted, not answered); past it an EXECUTE is refused with ERROR too_many_tasks
+    # (protocol.md 8.3). None: no limit.
     max_pending_per_client: int | None = DEFAULT_MAX_PENDING_PER_CLIENT
 
     def __post_init__(self) -> None:

@@ -177,9 +177,9 @@ class Scheduler:
         self._dead = DeadLetters(config.dead_letters_max)
         self._counters: Counter[str] = Counter()
         self._metrics = Metrics(now) if config.metrics else None
-        # Pending tasks by the connection that submitted them (Task.owner), for the
-        # per-client limit; a connection with none is not kept.
-        self._pending_of: dict[bytes, int] = {}
+        # Pending tasks by their submitter (Task.owner: its CURVE key, else its
+        # connection), for the per-client limit; a submitter with none is not kept.
+        self._pending_of: dict[str | bytes, int] = {}
         limit = config.max_pending_per_client
         self._max_pending = math.inf if limit is None else limit
         self._shell_status = shell_status
@@ -517,16 +517,17 @@ class Scheduler:
                 return [Send(peer, reply)]
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
-        pending = self._pending_of.get(peer, 0)
+        owner = self._key or peer
+        pending = self._pending_of.get(owner, 0)
         if pending >= self._max_pending:
             return self._too_many(peer, spec, pending)
-        self._pending_of[peer] = pending + 1
+        self._pending_of[owner] = pending + 1
         self._counters["accepted"] += 1
         self._seq += 1
         # `_new_task`, without its call on every task's way:
         retries = self._default_retries if spec.retries is None else spec.retries
         limit = self._default_task_timeout if spec.task_timeout is None else spec.task_timeout
-        task = Task(spec, self._seq, now, [peer], retries, limit, owner=peer)
+        task = Task(spec, self._seq, now, [peer], retries, limit, owner=owner)
         if (metrics := self._metrics) is not None:
             fm = task.fm = metrics.functions.get(spec.function) or metrics.of(spec.function)
             fm.accepted += 1
@@ -549,10 +550,10 @@ class Scheduler:
         """An EXECUTE past the sender's limit of pending tasks: refused, nothing queued."""
         self._counters["refused_too_many_tasks"] += 1
         count = self._counters["refused_too_many_tasks"]
+        who = "this connection" if self._key is None else "this client's key"
         text = (
-            f"this connection has {pending} tasks pending, the most the broker takes from "
-            "one client (zbroker start --max-pending-per-client); wait for answers, then "
-            "send again"
+            f"{who} has {pending} tasks pending, the most the broker takes from one client "
+            "(zbroker start --max-pending-per-client); wait for answers, then send again"
         )
         if sampled(count):
             log.warning("refused a task from %s: %s (%d so far)", peer.hex(), text, count)

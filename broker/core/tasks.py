@@ -118,7 +118,9 @@ class Task(Struct, eq=False):
     run_args: bytes | None = None
     # Its function's figures (broker.core.metrics), found once; None when not measured.
     fm: FunctionMetrics | None = None
-    owner: bytes | None = None  # the connection that submitted it, for its pending count
+    # Who submitted it, for its pending count: the CURVE key (str) of the submitter, or
+    # without CURVE its connection (bytes).
+    owner: str | bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.spec.task_id} {self.state.name.lower()} attempt {self.attempt}>"

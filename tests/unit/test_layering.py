@@ -46,6 +46,7 @@ CLIENT = tuple(f"client.{m}" for m in ("api", "cluster", "control", "errors", "l
 ZBROKER = (
     "broker.core.config",
     "broker.server",
+    "broker.outbox",
     "broker.store",
     "broker.cli",
     "broker.monitor",
@@ -107,6 +108,7 @@ ROOMS = (
             "broker.core",
             "broker.store",
             "broker.gate",
+            "broker.outbox",
             *TRACING,
             *SECURITY,
         ),
@@ -115,6 +117,11 @@ ROOMS = (
         "the gate: with CURVE, each message's key and what its role may send",
         ("broker/gate.py",),
         may=(STDLIB, "zmq", *PROTOCOL, *SECURITY),
+    ),
+    Room(
+        "the outbox: what peers cannot take yet, bounded in bytes per peer",
+        ("broker/outbox.py",),
+        may=(STDLIB, "zmq", "broker.protocol.frames"),
     ),
     Room(
         "CurveZMQ keys: files, the authorized keys, the ZAP handler",

@@ -4,6 +4,7 @@ else a client id, or else the shared scope."""
 from __future__ import annotations
 
 from broker import protocol as p
+from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send
 from broker.core.scopes import plain, reference, scope_of
 from tests.unit.core import Core, completed, execute, ok, register, runs
@@ -154,3 +155,17 @@ def test_only_admins_see_the_recent_failures_of_every_task() -> None:
     assert failures(keyed(core, BOB, BOB_KEY, p.Status(), 0.2)) == []
     [failure] = failures(keyed(core, b"admin", ADMIN_KEY, p.Status(), 0.2, admin=True))
     assert failure["task_id"] == f"{ALICE_KEY}|bad"
+
+
+def test_with_curve_the_limit_of_pending_tasks_is_per_key_not_per_connection() -> None:
+    core = Core(SchedulerConfig(max_pending_per_client=2))
+    core.handle(NODE, register("n"), 0.0)
+    keyed(core, b"alice-1", ALICE_KEY, execute("t1"), 0.0)
+    keyed(core, b"alice-2", ALICE_KEY, execute("t2"), 0.0)  # another connection, one key
+    [refused] = errors(keyed(core, b"alice-3", ALICE_KEY, execute("t3"), 0.0))
+    assert refused.code == p.ERR_TOO_MANY_TASKS and "this client's key" in refused.message
+    assert core.pending(f"{BOB_KEY}|u") is False
+    keyed(core, BOB, BOB_KEY, execute("u"), 0.0)  # other keys are not limited
+    assert core.pending(f"{BOB_KEY}|u")
+    core.handle(NODE, ok(f"{ALICE_KEY}|t1"), 0.1)  # one answered: room for one more
+    assert not errors(keyed(core, b"alice-3", ALICE_KEY, execute("t3"), 0.2))
