@@ -33,15 +33,13 @@ class Outbox:
     def __init__(self, budget: int = DEFAULT_BUDGET) -> None:
         self.budget = budget
         self._queues: dict[bytes, deque[list[bytes]]] = {}
+        # Whether anything is held: an attribute, as the server asks at every send.
+        self.held = False
         self._bytes: dict[bytes, int] = {}
         self.held_bytes = 0  # over every peer
         self.most_held_bytes = 0  # the high-water mark of `held_bytes`
         self.dropped = 0  # messages dropped past a peer's budget
         self.dropped_bytes = 0
-
-    @property
-    def held(self) -> bool:
-        return bool(self._queues)
 
     def peers(self) -> int:
         return len(self._queues)
@@ -68,6 +66,7 @@ class Outbox:
             return False
         if queue is None:
             queue = self._queues[peer] = deque()
+            self.held = True
         queue.append(frames)
         self._bytes[peer] = held + size
         self.held_bytes += size
@@ -100,6 +99,7 @@ class Outbox:
         """Drop what `peer` was held (it is gone)."""
         self._queues.pop(peer, None)
         self.held_bytes -= self._bytes.pop(peer, 0)
+        self.held = bool(self._queues)
 
     def _take(self, peer: bytes, size: int) -> None:
         self._bytes[peer] -= size

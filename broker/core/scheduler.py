@@ -500,21 +500,19 @@ class Scheduler:
         self, peer: bytes, node: Node | None, msg: Execute, now: float
     ) -> list[Command]:
         # (a stopping broker handles EXECUTE with `_ignore_execute`)
-        spec = scoped_spec(self._key or msg.client, msg.spec)
+        spec = msg.spec
+        if self._key or msg.client or spec.depends_on is not None or SEPARATOR in spec.task_id:
+            spec = scoped_spec(self._key or msg.client, spec)  # (else the id is its reference)
         task = self._tasks.get(spec.task_id)
         if task is not None:
             return self._resubmitted(peer, task, spec)
         kept = self._results.find(spec.task_id)
         if kept is not None:
             return self._answered_again(peer, spec, kept[0], kept[2])
-        grace = None
-        if not self._pool.offers(spec.function):
-            grace = self._graces.covering(spec.function, now)
-            if grace is None:
-                self._counters["unknown_function"] += 1
-                error = ErrorInfo("UnknownFunction", _no_node(spec.function))
-                reply = TaskCompleted(plain(spec.task_id), EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
-                return [Send(peer, reply)]
+        offered = self._pool.offers(spec.function)
+        grace = None if offered else self._graces.covering(spec.function, now)
+        if grace is None and not offered:
+            return self._unknown_function(peer, spec)
         if spec.depends_on is not None and (refused := self._check_dependencies(peer, spec)):
             return refused
         owner = self._key or peer
@@ -537,6 +535,13 @@ class Scheduler:
         if self._journal:
             commands.append(j.SaveTask(spec, task.seq, now))
         return commands
+
+    def _unknown_function(self, peer: bytes, spec: TaskSpec) -> list[Command]:
+        """An EXECUTE of a function no node offers, nor will soon: answered 127."""
+        self._counters["unknown_function"] += 1
+        error = ErrorInfo("UnknownFunction", _no_node(spec.function))
+        reply = TaskCompleted(plain(spec.task_id), EXIT_UNKNOWN_FUNCTION, b"null", error, 0)
+        return [Send(peer, reply)]
 
     def _ignore_execute(
         self, peer: bytes, node: Node | None, msg: Execute, now: float

@@ -42,11 +42,8 @@ def scope_of(ref: str) -> str:
 
 def scoped_spec(scope: str | None, spec: TaskSpec) -> TaskSpec:
     """`spec` as the broker keeps it: its id and the ids it depends on as references.
-    `parent` is already one (a node names its running task as its RUN did). Most specs
-    (the shared scope, no dependencies, no "|") are their own."""
+    `parent` is already one (a node names its running task as its RUN did)."""
     depends_on, inputs = spec.depends_on, spec.inputs
-    if not scope and depends_on is None and SEPARATOR not in spec.task_id:
-        return spec
     if depends_on is not None:
         depends_on = tuple(reference(scope, dep) for dep in depends_on)
     if inputs is not None:
