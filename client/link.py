@@ -344,13 +344,17 @@ class ReqLink:
         give_up = self.contact.connect_deadline(start)
         now = time.monotonic()
         while now < deadline:
+            # Reached, here or in the wait that read the last reply (the handshake's event
+            # and that reply came in one poll): from now on the plain `_receive`, which
+            # resends each `resend_interval`. A closed watch kept would wait out the whole
+            # deadline for a request the broker lost.
+            if watch.closed:
+                self._watch = None
+                return self._receive(receiver, deadline, start)
             if now >= give_up:
                 raise watch.unreachable(give_up - start)
             if watch.readable(poll_ms(min(deadline, give_up) - now)):
                 return receiver.recv(0)
-            if watch.closed:  # reached
-                self._watch = None
-                return self._receive(receiver, deadline, start)
             now = time.monotonic()
         return None
 

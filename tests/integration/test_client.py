@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+import zmq
 
 from broker.protocol import Error, Execute, RemoteProtocolError
 from client import (
@@ -21,6 +22,7 @@ from client import (
     ClientError,
     TaskFailed,
 )
+from client.link import ConnectWatch
 from tests.fakes import (
     STATUS_BODY,
     FakeBroker,
@@ -157,6 +159,40 @@ def test_lost_request_is_resent_on_a_fresh_socket(fake_broker: StartBroker) -> N
     (first_identity, first), (second_identity, second) = broker.executes()
     assert first.spec.task_id == second.spec.task_id
     assert first_identity != second_identity
+
+
+def test_a_request_lost_after_the_first_answer_is_resent_too(
+    fake_broker: StartBroker, make_socket: Callable[[int], zmq.Socket[Any]]
+) -> None:
+    """The first answer may come in the same poll as the handshake's monitor event, which
+    closes the connect watch: a later request the broker loses is still resent each
+    resend_interval, not waited for until the timeout."""
+    serve = serve_functions(FUNCTIONS)
+    seen: list[Received] = []
+
+    def lose_the_second(received: Received) -> list[Reply]:
+        if isinstance(received.message, Execute):
+            seen.append(received)
+            if len(seen) == 2:
+                return []
+        return list(serve(received))
+
+    broker = fake_broker(lose_the_second)
+    with Client(broker.url, resend_interval=0.2, timeout=3) as client:
+        assert client.execute("multiply", 6, 7) == 42
+        # The state that race leaves, made here: the contact reached, and a watch that the
+        # event closed still the link's (one of a spare socket: a socket's monitor cannot
+        # be opened twice at once).
+        link = client._link
+        if link._watch is not None:
+            link._watch.close()
+        else:
+            spare = make_socket(zmq.REQ)
+            link._watch = ConnectWatch(spare, link.contact)
+            link._watch.close()
+        link.contact.reached = True
+        assert client.execute("multiply", 2, 3) == 6  # BrokerTimeout after 3 s, before
+    assert len(seen) == 3 and seen[1].message == seen[2].message
 
 
 def test_stale_reply_is_ignored(fake_broker: StartBroker) -> None:
