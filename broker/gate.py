@@ -21,6 +21,7 @@ the core.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import zmq
@@ -36,15 +37,18 @@ ALLOWED: dict[str, frozenset[bytes]] = {
     "admins": frozenset({*CLIENT_COMMANDS, p.DLQ, p.ERROR}),
 }
 USER_ID = "User-Id"
+MAX_REGISTERED = 65_536  # node processes whose key the gate remembers for `replaces`
 
 
 class Gate:
-    def __init__(self, authorized: AuthorizedKeys) -> None:
+    def __init__(self, authorized: AuthorizedKeys, max_registered: int = MAX_REGISTERED) -> None:
         self.authorized = authorized
         self.user: bytes | None = None  # the key of the last message received
         self.role: str | None = None  # its role, once `refusal` let the message pass
-        # The key each node process (name, host, pid) registered with, for `replaces`.
-        self._registered: dict[tuple[str, str, int], bytes] = {}
+        # The key each node process (name, host, pid) registered with, for `replaces`: the
+        # newest `max_registered`, so that processes that came and went do not add up.
+        self._registered: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self.max_registered = max_registered
 
     def receive(self, sock: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
         """`recv_frames`, also reading the sender's key (`user`) from the last frame."""
@@ -97,7 +101,12 @@ class Gate:
                 )
                 return p.RemoteProtocolError(p.ERR_FORBIDDEN, text)
             self._registered.pop(replaced, None)
-        self._registered[(register.name, register.host, register.pid)] = key
+        registered = self._registered
+        process = (register.name, register.host, register.pid)
+        registered[process] = key
+        registered.move_to_end(process)
+        if len(registered) > self.max_registered:
+            registered.popitem(last=False)  # its `replaces`, much later, is let in
         return None
 
 

@@ -74,3 +74,13 @@ def test_replaces_only_a_process_of_the_same_key(gate: Gate) -> None:
     assert "another key" in (refused(gate, "nodes/node2.pub", register(20, replaces=10)) or "")
     assert refused(gate, "nodes/node1.pub", register(11, replaces=10)) is None
     assert refused(gate, "nodes/node2.pub", register(21, replaces=99)) is None  # unknown: its own
+
+
+def test_the_processes_remembered_for_replaces_are_bounded(gate: Gate) -> None:
+    gate.max_registered = 3
+    for pid in range(10, 20):
+        assert refused(gate, "nodes/node1.pub", register(pid)) is None
+    assert len(gate._registered) == 3
+    # The newest are held to their key; the oldest forgotten (its own from then on).
+    assert "another key" in (refused(gate, "nodes/node2.pub", register(30, replaces=19)) or "")
+    assert refused(gate, "nodes/node2.pub", register(31, replaces=10)) is None
