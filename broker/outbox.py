@@ -6,7 +6,9 @@ and holds what does not fit here, in order, up to `budget` bytes per peer; past 
 message is dropped and reported, as libzmq would have dropped it at its limit. A client loses
 nothing by it: the answers it missed are kept answers, which its resend gets (protocol.md 6).
 So a peer that never reads costs at most PIPE_LIMIT messages in libzmq plus `budget` bytes
-here, whatever the size of its answers.
+here, whatever the size of its answers. What tells a node what to do (RUN, RETRACT, STOP,
+REGISTERED, DISCONNECT) is never dropped: a RUN lost would leave its task on a node that
+never heard of it. It is held past the budget; a node's window (protocol.md 5.5) bounds it.
 
 The server sends through `send`, and calls `flush` on every turn of its loop while anything
 is held (`held`), which sends what the pipes take again. Part of the broker's shell.
@@ -19,8 +21,11 @@ from typing import Any
 
 import zmq
 
+from broker import protocol as p
 from broker.protocol.frames import send_routed
 
+# Commands a node must receive: held past the budget, never dropped.
+KEPT = frozenset({p.RUN, p.RETRACT, p.STOP, p.REGISTERED, p.DISCONNECT})
 PIPE_LIMIT = 16  # messages in libzmq's pipe to one peer (ZMQ_SNDHWM)
 DEFAULT_BUDGET = 64 * 1024 * 1024  # bytes held here for one peer
 
@@ -45,9 +50,9 @@ class Outbox:
         return len(self._queues)
 
     def send(self, router: zmq.Socket[Any], peer: bytes, frames: list[bytes]) -> bool:
-        """Send `frames` to `peer` now, or hold them behind what it holds already (at
-        least one message, whatever its size). False: dropped, as the peer's budget is
-        spent. Raises PeerGoneError."""
+        """Send `frames` (a message from its tag on) to `peer` now, or hold them behind what
+        it holds already (at least one message, whatever its size). False: dropped, as the
+        peer's budget is spent (never a command in KEPT). Raises PeerGoneError."""
         queue = self._queues.get(peer)
         if queue is None:
             try:
@@ -60,7 +65,7 @@ class Outbox:
                     raise PeerGoneError(peer.hex()) from None
                 raise
         held, size = self._bytes.get(peer, 0), sum(map(len, frames))
-        if held + size > self.budget and queue:
+        if held + size > self.budget and queue and frames[1] not in KEPT:
             self.dropped += 1
             self.dropped_bytes += size
             return False

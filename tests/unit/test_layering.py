@@ -121,7 +121,7 @@ ROOMS = (
     Room(
         "the outbox: what peers cannot take yet, bounded in bytes per peer",
         ("broker/outbox.py",),
-        may=(STDLIB, "zmq", "broker.protocol.frames"),
+        may=(STDLIB, "zmq", *PROTOCOL),
     ),
     Room(
         "CurveZMQ keys: files, the authorized keys, the ZAP handler",
