@@ -30,7 +30,7 @@ from itertools import count
 from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
 from broker.core.metrics import NodeBusy
 from broker.core.tasks import ProcessKey
-from broker.protocol import Register
+from broker.protocol import ErrorInfo, Register
 
 # A group of at most this many nodes offering the same functions is searched at each pick
 # instead of keeping a heap: two heap pushes per task cost more than looking at a few nodes.
@@ -61,6 +61,7 @@ class Node:
         "pid",
         "prefetch",
         "reclaiming",
+        "replaced",
         "retracting",
         "run_time",
         "slots",
@@ -91,6 +92,9 @@ class Node:
         self.failed = 0  # of those, RESULTs with an exit code other than 0
         self.busy = NodeBusy(now)  # its slot-seconds of running, for its utilisation
         self.draining = False  # it sent DEREGISTER: no new work
+        # Its process was replaced (REGISTER `replaces`, protocol.md 7.4): when the broker
+        # stops waiting for its last RESULTs, and how the attempts it still holds then fail.
+        self.replaced: tuple[float, tuple[int, ErrorInfo]] | None = None
         self.version = 0  # see the heaps below
         self.tie = 0  # when its load last changed (a count): among equal loads, first wins
         self.timer = 0  # its heartbeat and liveness check, see broker.core.timers

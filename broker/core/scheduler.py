@@ -866,14 +866,26 @@ class Scheduler:
         return commands + feed
 
     def _replace(self, msg: Register, now: float) -> list[Command]:
-        """A supervisor restarted a node process: the old one's tasks failed with it."""
+        """A supervisor restarted a node process: the old one's tasks failed with it. Its
+        own last RESULTs (a timeout's 124, a STOP's 130, sent before it ended) may still be
+        on their way on its connection, which no order binds to this one: the attempts it
+        holds fail as crashed only after a heartbeat interval without them (protocol.md
+        7.4). It gets no new work meanwhile."""
         assert msg.replaces is not None
         gone = msg.replaces
         commands: list[Command] = []
         for node in self._pool.by_process((msg.name, msg.host, gone.pid)):
             text = f"node {node.name} (pid {gone.pid}) died while running it: {gone.reason}"
             failure = (EXIT_WORKER_CRASHED, ErrorInfo("WorkerCrashed", text))
-            commands += self._lose_node(node, "crashed", now, failure)
+            if not node.active:
+                commands += self._lose_node(node, "crashed", now, failure)
+                continue
+            if not node.draining:
+                self._pool.drain(node.identity)
+                self._start_graces(node, now)
+            deadline = now + self.config.heartbeat_interval
+            node.replaced = (deadline, failure)
+            self._timers.schedule(node, deadline)
         return commands
 
     def _on_deregister(
@@ -1028,6 +1040,12 @@ class Scheduler:
         it was last told (even to a node that got other messages: its supervisor scales on
         it, protocol.md 3.4). The hint costs a look-up per function of the node."""
         config = self.config
+        if node.replaced is not None:  # its last RESULTs did not come: it crashed with them
+            deadline, failure = node.replaced
+            if now < deadline:
+                self._timers.schedule(node, deadline)
+                return []
+            return self._lose_node(node, "crashed", now, failure)
         silent = now - node.last_seen
         if silent >= config.expiry:
             log.warning(

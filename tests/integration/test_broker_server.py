@@ -434,3 +434,35 @@ def test_a_client_that_does_not_read_costs_its_byte_budget_and_loses_no_answer(
         assert status(broker)["metrics"]["outbox_bytes"] == 0
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("register_first", [True, False], ids=["register-first", "result-first"])
+def test_a_timeout_is_answered_as_a_timeout_whichever_connection_speaks_first(
+    broker: Broker, peers: Callable[[Broker], Peer], register_first: bool
+) -> None:
+    """A node process that stopped a function at its timeout answers 124 and ends; its
+    successor registers with `replaces` on another connection. Both orders of the two
+    messages reach the broker here: the client is answered 124 Timeout each time."""
+    old = peers(broker)
+    old.send(p.Register("n.0", "localhost", 100, ("f",), 1))
+    assert isinstance(old.recv(), p.Registered)
+    client = peers(broker)
+    client.send(execute("t1", "f", b"[]", task_timeout=0.3))
+    run = old.recv()
+    assert isinstance(run, p.Run)
+    error = p.ErrorInfo("Timeout", "f() exceeded its timeout of 0.3 s (attempt 1)")
+    timed_out = p.Result("t1", p.EXIT_TIMEOUT, b"null", error, run.attempt)
+    new = peers(broker)
+    replaces = p.Replaces(100, "stopped after task t1 exceeded its 0.3 s timeout")
+    if register_first:
+        new.send(p.Register("n.0", "localhost", 101, ("f",), 1, replaces))
+        assert isinstance(new.recv(), p.Registered)  # handled before the RESULT is sent
+        old.send(timed_out)
+    else:
+        old.send(timed_out)
+        wait_until(lambda: status(broker)["counters"].get("failed", 0) == 1, 5, what="the RESULT")
+        new.send(p.Register("n.0", "localhost", 101, ("f",), 1, replaces))
+    answer = client.recv()
+    assert isinstance(answer, p.TaskCompleted)
+    assert (answer.exit_code, answer.error and answer.error.type) == (p.EXIT_TIMEOUT, "Timeout")
+    assert not client.sock.poll(3 * int(INTERVAL * 1000)), "answered twice"

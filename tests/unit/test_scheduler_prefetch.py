@@ -124,6 +124,7 @@ def test_a_crashed_process_fails_only_the_task_it_ran() -> None:
         core.handle(CLIENT, execute(f"t{i}", retries=0), 0.1)
     gone = p.Replaces(1, "killed by signal 9 (SIGKILL)")
     sends = core.handle(b"a2", p.Register("a", "h", 2, ("f",), 1, gone, 2), 0.2)
+    sends += core.tick(0.2 + core.config.heartbeat_interval)  # its last RESULTs did not come
     answers = completed(sends)
     assert [(c.task_id, c.exit_code) for c in answers] == [("t0", p.EXIT_WORKER_CRASHED)]
     assert sorted(t for _, t in runs(sends)) == ["t1", "t2"]

@@ -88,21 +88,60 @@ def test_replacement_process_fails_the_dead_process_tasks_as_crashed(sched: Core
     sched.handle(b"old", register("n.0", pid=100), 0.0)
     sched.handle(CLIENT, execute("t1", retries=1), 0.0)
     sends = sched.handle(b"new", register("n.0", 101, p.Replaces(100, "killed by SIGSEGV")), 0.5)
+    assert completed(sends) == [] and sched.registered(b"old")  # its last RESULTs may come
+    sends = sched.tick(1.5)  # a heartbeat interval without them: it crashed with t1
     assert not sched.registered(b"old")
     # one retry left: it runs again at once on the new process
     assert Send(b"new", p.Run("t1", "f", b"[1]", 2)) in sends
-    [answer] = completed(sched.handle(b"new", failed("t1"), 0.6))
+    [answer] = completed(sched.handle(b"new", failed("t1"), 1.6))
     assert answer.attempts == 2 and answer.exit_code == 1
 
 
 def test_crash_on_the_last_attempt_is_answered_worker_crashed(sched: Core) -> None:
     sched.handle(b"old", register("n.0", pid=100), 0.0)
     sched.handle(CLIENT, execute("t1", retries=0), 0.0)
-    sends = sched.handle(b"new", register("n.0", 101, p.Replaces(100, "exited with status 3")), 1)
-    [answer] = completed(sends)
+    sched.handle(b"new", register("n.0", 101, p.Replaces(100, "exited with status 3")), 1)
+    [answer] = completed(sched.tick(2.0))
     assert answer.exit_code == p.EXIT_WORKER_CRASHED and answer.error is not None
     assert answer.error.type == "WorkerCrashed" and "exited with status 3" in answer.error.message
     assert sched.scheduler.dead_letter_ids() == ["t1"]
+
+
+def timed_out(task_id: str, attempt: int = 1) -> p.Result:
+    error = p.ErrorInfo("Timeout", "f() exceeded its timeout of 0.3 s (attempt 1)")
+    return p.Result(task_id, p.EXIT_TIMEOUT, b"null", error, attempt)
+
+
+@pytest.mark.parametrize("register_first", [True, False], ids=["register-first", "result-first"])
+def test_a_timeout_is_reported_as_a_timeout_however_the_replacement_races_it(
+    sched: Core, register_first: bool
+) -> None:
+    """The process that stopped a function at its timeout answers 124 and ends; its
+    successor's REGISTER `replaces` may come before or after that RESULT (two connections,
+    no order between them): either way the task is answered 124 Timeout, never 70."""
+    sched.handle(b"old", register("n.0", pid=100), 0.0)
+    sched.handle(CLIENT, execute("t1", task_timeout=0.3), 0.0)
+    replacement = register(
+        "n.0", 101, p.Replaces(100, "stopped after task t1 exceeded its 0.3 s timeout")
+    )
+    if register_first:
+        assert completed(sched.handle(b"new", replacement, 0.31)) == []
+        [answer] = completed(sched.handle(b"old", timed_out("t1"), 0.32))
+    else:
+        [answer] = completed(sched.handle(b"old", timed_out("t1"), 0.31))
+        sched.handle(b"new", replacement, 0.32)
+    assert (answer.exit_code, answer.error and answer.error.type) == (p.EXIT_TIMEOUT, "Timeout")
+    assert completed(sched.tick(2.0)) == []  # nothing answered twice
+    assert not sched.registered(b"old") and sched.registered(b"new")
+    assert sched.counter("nodes_crashed") <= 1
+
+
+def test_a_replaced_process_gets_no_new_work_while_its_last_results_may_come(sched: Core) -> None:
+    sched.handle(b"old", register("n.0", pid=100), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    sched.handle(b"new", register("n.0", 101, p.Replaces(100, "killed by SIGKILL")), 0.1)
+    sends = sched.handle(CLIENT, execute("t2"), 0.2)
+    assert [s.peer for s in sends if isinstance(s.message, p.Run)] == [b"new"]
 
 
 def test_replaces_only_the_named_pid_of_the_same_node(sched: Core) -> None:
