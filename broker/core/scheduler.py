@@ -499,8 +499,7 @@ class Scheduler:
     def _on_execute(
         self, peer: bytes, node: Node | None, msg: Execute, now: float
     ) -> list[Command]:
-        # (a stopping broker handles EXECUTE with `_ignore_execute`)
-        spec = msg.spec
+        spec = msg.spec  # (a stopping broker handles EXECUTE with `_ignore_execute`)
         if self._key or msg.client or spec.depends_on is not None or SEPARATOR in spec.task_id:
             spec = scoped_spec(self._key or msg.client, spec)  # (else the id is its reference)
         task = self._tasks.get(spec.task_id)
