@@ -1759,8 +1759,9 @@ def _clip(text: str, limit: int = 400) -> str:
 
 def _unknown_task(task_id: str, what: str) -> str:
     return (
-        f"cannot {what} task {task_id!r}: the broker has no such task (never submitted, or "
-        "answered longer ago than it keeps answers, zbroker start --keep-results)"
+        f"cannot {what} task {task_id!r}: the broker has no such task of this client (never "
+        "submitted with this CURVE key or client id, or answered longer ago than it keeps "
+        "answers, zbroker start --keep-results)"
     )
 
 

@@ -95,8 +95,9 @@ WHAT_IT_WAS = {
 
 def _not_found(task_id: str) -> str:
     return (
-        f"the broker knows no task {task_id!r}: never submitted, or answered longer ago than "
-        "it keeps answers (zbroker start --keep-results)"
+        f"the broker knows no task {task_id!r} of this client: never submitted with this "
+        "--curve key or --client-id (ids are per client), or answered longer ago than it "
+        "keeps answers (zbroker start --keep-results)"
     )
 
 

@@ -125,8 +125,9 @@ def test_result_of_an_unknown_task_exits_4(tasks: FakeBroker) -> None:
     done = zsubmit("result", "nope", "--broker", tasks.url)
     assert (done.returncode, done.stdout) == (4, "")
     assert done.stderr == (
-        "error: the broker knows no task 'nope': never submitted, or answered longer ago than "
-        "it keeps answers (zbroker start --keep-results)\n"
+        "error: the broker knows no task 'nope' of this client: never submitted with this "
+        "--curve key or --client-id (ids are per client), or answered longer ago than it "
+        "keeps answers (zbroker start --keep-results)\n"
     )
 
 
