@@ -44,6 +44,7 @@ class Gate:
     def __init__(self, authorized: AuthorizedKeys, max_registered: int = MAX_REGISTERED) -> None:
         self.authorized = authorized
         self.user: bytes | None = None  # the key of the last message received
+        self.key: str | None = None  # the same, as the string libzmq gives (the task scope)
         self.role: str | None = None  # its role, once `refusal` let the message pass
         # The key each node process (name, host, pid) registered with, for `replaces`: the
         # newest `max_registered`, so that processes that came and went do not add up.
@@ -58,7 +59,8 @@ class Gate:
             frame = sock.recv(flags, copy=False)
             frames.append(frame.bytes)
         user = frame.get(USER_ID)
-        self.user = user.encode() if isinstance(user, str) else None
+        self.key = user if isinstance(user, str) else None
+        self.user = None if self.key is None else self.key.encode()
         return frames
 
     def refusal(self, command: bytes, message: p.Message) -> p.RemoteProtocolError | None:

@@ -46,9 +46,6 @@ class Outbox:
         self.dropped = 0  # messages dropped past a peer's budget
         self.dropped_bytes = 0
 
-    def peers(self) -> int:
-        return len(self._queues)
-
     def send(self, router: zmq.Socket[Any], peer: bytes, frames: list[bytes]) -> bool:
         """Send `frames` (a message from its tag on) to `peer` now, or hold them behind what
         it holds already (at least one message, whatever its size). False: dropped, as the
@@ -83,21 +80,19 @@ class Outbox:
         were held is dropped)."""
         gone: list[bytes] = []
         for peer, queue in list(self._queues.items()):
-            while queue:
-                frames = queue[0]
-                try:
-                    send_routed(router, peer, frames, zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:
-                        raise
-                    gone.append(peer)
-                    break
-                queue.popleft()
-                self._take(peer, sum(map(len, frames)))
-            if not queue or (gone and gone[-1] == peer):
-                self.forget(peer)
+            try:
+                while queue:
+                    send_routed(router, peer, queue[0], zmq.NOBLOCK)
+                    size = sum(map(len, queue.popleft()))
+                    self._bytes[peer] -= size
+                    self.held_bytes -= size
+            except zmq.Again:
+                continue  # the pipe is full again: the rest waits
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                gone.append(peer)
+            self.forget(peer)  # all sent, or gone
         return gone
 
     def forget(self, peer: bytes) -> None:
@@ -105,10 +100,6 @@ class Outbox:
         self._queues.pop(peer, None)
         self.held_bytes -= self._bytes.pop(peer, 0)
         self.held = bool(self._queues)
-
-    def _take(self, peer: bytes, size: int) -> None:
-        self._bytes[peer] -= size
-        self.held_bytes -= size
 
     def view(self) -> dict[str, int]:
         """For STATUS_REPLY metrics."""

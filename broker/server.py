@@ -311,14 +311,12 @@ class BrokerServer:
             refused = gate.refusal(frames[3], message)
             if refused is not None:
                 return Undecodable(peer, refused, frames[3])
-            if self._spans is not None:
-                self._spans.received(message)
-            # The key scopes the tasks the message names (protocol.md 5.11).
-            key = gate.user.decode() if gate.user is not None else None
-            return Received(peer, message, key, gate.role == "admins")
         if self._spans is not None:
             self._spans.received(message)
-        return Received(peer, message)
+        if gate is None:
+            return Received(peer, message)
+        # The key scopes the tasks the message names (protocol.md 5.11).
+        return Received(peer, message, gate.key, gate.role == "admins")
 
     def _handle(self, event: Event, now: float) -> list[Command]:
         """What `event` causes. A bug in the core is logged and counted, never the end of

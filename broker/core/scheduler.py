@@ -879,9 +879,7 @@ class Scheduler:
             if not node.active:
                 commands += self._lose_node(node, "crashed", now, failure)
                 continue
-            if not node.draining:
-                self._pool.drain(node.identity)
-                self._start_graces(node, now)
+            self._stop_feeding(node, now)
             deadline = now + self.config.heartbeat_interval
             node.replaced = (deadline, failure)
             self._timers.schedule(node, deadline)
@@ -892,8 +890,7 @@ class Scheduler:
     ) -> list[Command]:
         if node is None or node.draining:
             return []
-        self._pool.drain(peer)
-        self._start_graces(node, now)
+        self._stop_feeding(node, now)
         self._counters["nodes_deregistered"] += 1
         log.info(
             "node %s (%s) deregistered with %d tasks running",
@@ -1115,9 +1112,12 @@ class Scheduler:
 
     # ================================================================== graces
 
-    def _start_graces(self, node: Node, now: float) -> None:
-        """`node` takes no more work: the functions it was the last to offer stay offered
-        for a grace, so that their tasks wait for a node to come back."""
+    def _stop_feeding(self, node: Node, now: float) -> None:
+        """`node` takes no more work (it drains): the functions it was the last to offer
+        stay offered for a grace, so that their tasks wait for a node to come back."""
+        if node.draining:
+            return
+        self._pool.drain(node.identity)
         for function in node.functions:
             if not self._pool.offers(function):
                 self._graces.after_last_node(function, now)
@@ -1636,9 +1636,7 @@ class Scheduler:
         """Forget a node; each attempt it held is lost: retried or answered. The answer says
         NodeLost unless `failure` gives the cause (for every task, or with `only` for that
         task alone)."""
-        if not node.draining:
-            self._pool.drain(node.identity)
-            self._start_graces(node, now)
+        self._stop_feeding(node, now)
         self._remove_node(node)
         self._counters[f"nodes_{why}"] += 1
         on_node = [self._tasks.get(task_id) for task_id in node.active]

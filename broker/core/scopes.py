@@ -34,12 +34,6 @@ def plain(ref: str) -> str:
     return ref if i < 0 else ref[i + 1 :]
 
 
-def scope_of(ref: str) -> str:
-    """The scope of reference `ref` ("" for the shared scope)."""
-    i = ref.find(SEPARATOR)
-    return "" if i < 0 else ref[:i]
-
-
 def scoped_spec(scope: str | None, spec: TaskSpec) -> TaskSpec:
     """`spec` as the broker keeps it: its id and the ids it depends on as references.
     `parent` is already one (a node names its running task as its RUN did)."""

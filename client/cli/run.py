@@ -251,8 +251,7 @@ def run(
         options = TaskOptions(priority, retries, queue_timeout, task_timeout, failures)
         task_id = uuid.uuid4().hex if task_id is None else check_name("task_id", task_id)
     if detach:
-        contact = (broker, connect_timeout, keys, client_id)
-        _detach(contact, function, values, task_id, options, after)
+        _detach(broker, connect_timeout, keys, client_id, function, values, task_id, options, after)
         return
     _warn_short_wait(timeout, task_timeout)
     wait = timeout if timeout > 0 else None
@@ -325,16 +324,17 @@ def _interrupted(client: Client, task_id: str) -> typer.Exit:
 
 
 def _detach(
-    contact: tuple[str, float, PeerKeys | None, str | None],
+    broker: str,
+    connect_timeout: float,
+    keys: PeerKeys | None,
+    client_id: str | None,
     function: str,
     values: list[Any],
     task_id: str,
     options: TaskOptions,
     after: list[str] | None,
 ) -> None:
-    """Hand the task to the broker (`contact`: its URL, the connect timeout, CURVE keys and
-    the client id), print its id once the broker holds it."""
-    broker, connect_timeout, keys, client_id = contact
+    """Hand the task to the broker, print its id once the broker holds it."""
     with reporting(broker):
         spec = options.spec(task_id, function, encode_arguments(values))
         if after:

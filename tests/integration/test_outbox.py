@@ -69,7 +69,7 @@ def test_answers_past_the_budget_are_dropped_in_order_and_counted(make_socket: M
     got = drain(dealer, outbox, router)
     kept = [f"t{i}" for i, ok in enumerate(sent) if ok]
     assert got == kept  # in order, each once; the dropped never
-    assert outbox.held_bytes == 0 and outbox.peers() == 0
+    assert outbox.view()["outbox_bytes"] == 0 and outbox.view()["outbox_peers"] == 0
 
 
 def test_a_run_is_held_past_the_budget_never_dropped(make_socket: MakeSocket) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send
-from broker.core.scopes import plain, reference, scope_of
+from broker.core.scopes import plain, reference
 from tests.unit.core import Core, completed, execute, ok, register, runs
 
 ALICE, BOB, NODE = b"alice-conn", b"bob-conn", b"n"
@@ -32,10 +32,13 @@ def test_references_split_at_the_first_bar_and_keep_the_shared_scope_readable() 
     assert reference(None, "t") == "t" and reference("", "t") == "t"
     assert reference("alice", "t") == "alice|t"
     assert reference(None, "a|b") == "|a|b"  # never read as scope "a"
-    for scope in (None, "alice"):
-        for task_id in ("t", "a|b", "|", "x|y|z"):
+    refs = set()
+    for scope in (None, "alice", "a"):
+        for task_id in ("t", "a|b", "|", "x|y|z", "b"):
             ref = reference(scope, task_id)
-            assert plain(ref) == task_id and scope_of(ref) == (scope or "")
+            assert plain(ref) == task_id
+            refs.add(ref)
+    assert len(refs) == 15  # no two (scope, id) pairs share a reference
 
 
 def test_two_keys_with_one_task_id_get_two_tasks_and_each_its_own_answer() -> None:
