@@ -20,6 +20,7 @@ from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import (
     Command,
+    Committed,
     Event,
     HandlerFailed,
     PeerGone,
@@ -55,6 +56,7 @@ CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to le
 EXIT_STORE_FAILED = 74  # (EX_IOERR) the store failed while the broker ran
 
 _SENT = Sent()
+_COMMITTED = Committed()
 
 
 @dataclass(frozen=True)
@@ -432,10 +434,13 @@ class BrokerServer:
     def _save_when_due(self) -> None:
         if self.persistence.save_now(len(self._changes), time.monotonic()):
             self._save()
+        elif not self._changes and self.scheduler.confirming:
+            self._confirm()  # RESULTs that changed nothing to store
 
-    def _save(self) -> None:
-        """Write what changed since the last save, in one transaction. A store that cannot
-        be written stops the broker at once: going on would promise what it cannot keep."""
+    def _save(self, confirm: bool = True) -> None:
+        """Write what changed since the last save, in one transaction, then confirm to the
+        nodes the RESULTs it covers (STORED). A store that cannot be written stops the
+        broker at once: going on would promise what it cannot keep."""
         changes, self._changes = self._changes, []
         if not changes or self.store_failure is not None:
             return
@@ -452,6 +457,13 @@ class BrokerServer:
         stats.store_changes += len(changes)
         stats.store_largest_batch = max(stats.store_largest_batch, len(changes))
         stats.commit_seconds.observe(time.monotonic() - now)
+        if confirm and self.scheduler.confirming:
+            self._confirm()
+
+    def _confirm(self) -> None:
+        """Everything handled so far is in the store: the core says so to the nodes."""
+        if self._router is not None:
+            self._carry_out(self._router, self._handle(_COMMITTED, time.monotonic()))
 
     # ------------------------------------------------------------------ stopping
 
@@ -487,7 +499,7 @@ class BrokerServer:
     def _close(self, router: zmq.Socket[Any]) -> None:
         try:
             self._carry_out(router, self._handle(Stopped(), time.monotonic()))
-            self._save()
+            self._save(confirm=False)  # the nodes were told to go
         finally:
             # Let the DISCONNECTs leave: linger 0 would discard whatever is still queued.
             router.close(linger=CLOSE_LINGER_MS)

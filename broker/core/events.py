@@ -72,6 +72,13 @@ class Restored(Struct, frozen=True, gc=False):
     answers: list[tuple[TaskCompleted, float]]
     dead_letters: list[DeadLetter]
     next_seq: int
+    # The node processes registered when the store was last written: (name, host, pid).
+    nodes: list[tuple[str, str, int]] = []
+
+
+class Committed(Struct, frozen=True, gc=False):
+    """The store has written every change the commands so far carried: the RESULTs handled
+    until now may be confirmed to their nodes (STORED, protocol.md 3.22)."""
 
 
 class StopRequested(Struct, frozen=True, gc=False):
@@ -90,6 +97,7 @@ Event: TypeAlias = (
     | HandlerFailed
     | Sent
     | Restored
+    | Committed
     | StopRequested
     | Stopped
 )

@@ -26,7 +26,9 @@ class SaveTask(Struct, frozen=True, gc=False):
 
 
 class SaveAttempts(Struct, frozen=True, gc=False):
-    """A pending task's attempt failed and it will run again: it has used `attempts`."""
+    """A pending task has been given `attempts` attempts: a RUN of attempt `attempts` went
+    to a node (which may still run it when a restarted broker reads this back), or one was
+    given back unstarted and the count went down again."""
 
     task_id: str
     attempts: int
@@ -55,10 +57,43 @@ class ForgetDeadLetter(Struct, frozen=True, gc=False):
     task_id: str | None
 
 
+class SaveNode(Struct, frozen=True, gc=False):
+    """A node process registered: a restarted broker waits for it to claim its attempts
+    (protocol.md 7.3) before it places again the tasks it may be running."""
+
+    name: str
+    host: str
+    pid: int
+
+
+class ForgetNode(Struct, frozen=True, gc=False):
+    """A node process has no registration left (it stopped, died or was forgotten)."""
+
+    name: str
+    host: str
+    pid: int
+
+
 Change: TypeAlias = (
-    SaveTask | SaveAttempts | SaveAnswer | ForgetAnswer | SaveDeadLetter | ForgetDeadLetter
+    SaveTask
+    | SaveAttempts
+    | SaveAnswer
+    | ForgetAnswer
+    | SaveDeadLetter
+    | ForgetDeadLetter
+    | SaveNode
+    | ForgetNode
 )
-CHANGES = (SaveTask, SaveAttempts, SaveAnswer, ForgetAnswer, SaveDeadLetter, ForgetDeadLetter)
+CHANGES = (
+    SaveTask,
+    SaveAttempts,
+    SaveAnswer,
+    ForgetAnswer,
+    SaveDeadLetter,
+    ForgetDeadLetter,
+    SaveNode,
+    ForgetNode,
+)
 
 
 class PendingTask(Struct, frozen=True, gc=False):
@@ -67,4 +102,4 @@ class PendingTask(Struct, frozen=True, gc=False):
     spec: TaskSpec
     seq: int
     submitted_at: float
-    attempts: int = 0  # attempts that failed so far
+    attempts: int = 0  # attempts given out so far (see SaveAttempts)

@@ -49,6 +49,7 @@ class Node:
         "busy",
         "capacity",
         "completed",
+        "confirms",
         "draining",
         "failed",
         "functions",
@@ -62,10 +63,12 @@ class Node:
         "prefetch",
         "reclaiming",
         "replaced",
+        "results_in",
         "retracting",
         "run_time",
         "slots",
         "stop",
+        "stopping",
         "tie",
         "timer",
         "version",
@@ -104,6 +107,13 @@ class Node:
         self.waiting: set[str] = set()
         # Slots lent by tasks that went on again, still in use: given back as tasks end.
         self.reclaiming = 0
+        # It holds its RESULTs until the broker confirms them stored (STORED, protocol.md
+        # 3.22): it registered with `attempts` and the broker keeps a journal.
+        self.confirms = False
+        self.results_in = 0  # RESULT messages received from it (a batch counts once)
+        # Attempts it claimed at registration for tasks finished or unknown here, told to
+        # stop: their RESULTs are dropped without an error (protocol.md 7.3).
+        self.stopping: set[str] = set()
 
     @property
     def node_id(self) -> str:

@@ -39,10 +39,12 @@ from typing import Any
 from msgspec import Struct
 
 from broker.core import journal as j
+from broker.core.adoption import RestartHold
 from broker.core.config import ALWAYS_RETRIED, RETRIED_ON, SchedulerConfig
 from broker.core.deadletters import DeadLetter, DeadLetters
 from broker.core.events import (
     Command,
+    Committed,
     Event,
     HandlerFailed,
     PeerGone,
@@ -68,9 +70,11 @@ from broker.core.tasks import (
     HELD,
     QUEUED,
     RUNNING,
+    UNCLAIMED,
     WAITING_DEPS,
     WAITING_RETRY,
     LostAttempt,
+    ProcessKey,
     Task,
     TaskState,
     TaskTable,
@@ -105,6 +109,7 @@ from broker.protocol import (
     Batch,
     Cancel,
     Cancelled,
+    Claim,
     Deregister,
     Disconnect,
     Dlq,
@@ -125,6 +130,7 @@ from broker.protocol import (
     Status,
     StatusReply,
     Stop,
+    Stored,
     TaskCompleted,
     TaskSpec,
     Waiting,
@@ -171,7 +177,7 @@ class Scheduler:
         self._pool = NodePool(config.strategy, config.max_prefetch)
         self._queue = TaskQueue()
         self._tasks = TaskTable()
-        self._timers: Timers[Task | Node | Grace] = Timers()
+        self._timers: Timers[Task | Node | Grace | RestartHold] = Timers()
         self._graces = Graces(self._timers, config.offer_grace_seconds)
         self._results = ResultCache(config.results)
         self._dead = DeadLetters(config.dead_letters_max)
@@ -185,6 +191,13 @@ class Scheduler:
         self._shell_status = shell_status
         self._accepting = True
         self._journal = config.journal
+        # With a journal, tasks whose count of attempts changed (a RUN went out, or one came
+        # back unstarted): their SaveAttempts leave with the commands of the event.
+        self._attempts_changed: list[Task] = []
+        self._nodes_gone: list[ProcessKey] = []  # processes left with no registration
+        # Nodes that sent RESULTs since the store last committed: STORED is due to each.
+        self._confirming: dict[bytes, Node] = {}
+        self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
         self._default_retries = config.retry.retries
         self._default_task_timeout = config.task_timeout
         self._seq = 0  # submission numbers
@@ -215,6 +228,7 @@ class Scheduler:
             SendDropped: self._on_send_dropped,
             HandlerFailed: self._on_handler_failed,
             Restored: self._on_restored,
+            Committed: self._on_committed,
             StopRequested: self._on_stop_requested,
             Stopped: self._on_stopped,
         }
@@ -239,17 +253,39 @@ class Scheduler:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Everything `event` causes, as commands to carry out in order."""
+        commands = self._handle(event, now)
+        if self._attempts_changed or self._nodes_gone:
+            commands += self._journal_later()
+        return commands
+
+    def _journal_later(self) -> list[Command]:
+        """The store changes noted on the way (after the event's own, such as its SaveTask):
+        the count of attempts of tasks whose count changed, node processes gone."""
+        changed, self._attempts_changed = self._attempts_changed, []
+        gone, self._nodes_gone = self._nodes_gone, []
+        pending = self._tasks.get  # (an answered task has no attempts to keep)
+        later: list[Command] = [
+            j.SaveAttempts(t.spec.task_id, t.attempt)
+            for t in changed
+            if pending(t.spec.task_id) is t
+        ]
+        return later + [j.ForgetNode(*process) for process in gone]
+
+    def _handle(self, event: Event, now: float) -> list[Command]:
         if self.deferred:
             if type(event) is Sent:
                 return self._settle(now)
             if type(event) not in _WHILE_CARRYING_OUT:
-                return self._settle(now) + self.handle(event, now)
+                return self._settle(now) + self._handle(event, now)
         if type(event) is Received:  # most events: `_on_received` without its call
             peer, message = event.peer, event.message
             self._key, self._admin = event.key, event.admin
             node = self._pool.nodes.get(peer)
             if node is not None:
                 node.last_seen = now  # any traffic is a sign of life
+                if node.confirms and (type(message) is Result or type(message) is Batch):
+                    node.results_in += 1  # a batch counts once (protocol.md 3.22)
+                    self._confirming[peer] = node
             handler = self._messages.get(type(message))
             if handler is not None:
                 return handler(peer, node, message, now)
@@ -268,6 +304,8 @@ class Scheduler:
                 commands += self._task_due(subject, now)
             elif type(subject) is Node:
                 commands += self._node_due(subject, now)
+            elif type(subject) is RestartHold:
+                commands += self._end_hold(subject, now)
             else:
                 assert type(subject) is Grace
                 commands += self._grace_over(subject, now)
@@ -276,7 +314,10 @@ class Scheduler:
             expiry = self._results.next_expiry()
             if expiry is None or expiry > now:  # else more are due: go on at the next tick
                 self._results_checked = now
-        return commands + self._settle(now)
+        commands += self._settle(now)
+        if self._attempts_changed or self._nodes_gone:
+            commands += self._journal_later()
+        return commands
 
     def next_deadline(self) -> float:
         """When `tick` must run next (the clock `now` comes from); -inf while deferred
@@ -393,6 +434,10 @@ class Scheduler:
     def _on_undecodable(self, event: Undecodable, now: float) -> list[Command]:
         error = event.error
         commands = self._refuse(event.peer, error)
+        node = self._pool.nodes.get(event.peer)
+        if node is not None and node.confirms and event.command == RESULT:
+            node.results_in += 1  # counted as the node counts what it sent (3.22)
+            self._confirming[event.peer] = node
         if error.code == ERR_TOO_LARGE and error.task_id and event.command == RESULT:
             # The node's work is lost, but its requesters still get their one answer.
             failed = Result(
@@ -447,12 +492,15 @@ class Scheduler:
         restored: dict[str, TaskCompleted] = {}
         if any(pending.spec.inputs is not None for pending in event.pending):
             restored = {answer.task_id: answer for answer, _ in event.answers}
+        queued: list[Task] = []
         for pending in event.pending:
             task = self._new_task(pending.spec, pending.seq, pending.submitted_at, [])
             task.attempt = pending.attempts
             failure = self._restored_dependency_failure(task.spec)
             if failure is None:
                 commands += self._admit(task, now, answers=restored)
+                if task.state is QUEUED:
+                    queued.append(task)
                 continue
             self._add_task(task)
             self._tasks.move(task, WAITING_DEPS)
@@ -463,7 +511,93 @@ class Scheduler:
         if event.pending or event.answers or event.dead_letters:
             # A restarted broker: its nodes have not registered again yet.
             self._graces.after_restart(now)
+        if event.nodes:
+            commands += self._hold_restored(queued, set(event.nodes), now)
         return commands
+
+    # ================================================================== restarts
+
+    def _hold_restored(
+        self, tasks: list[Task], awaiting: set[ProcessKey], now: float
+    ) -> list[Command]:
+        """Restored tasks wait (UNCLAIMED) for the node processes that were registered to
+        come back and claim the attempts they still run, at most the expiry. With no task
+        to hold, the processes are forgotten (until they register again)."""
+        if not tasks:
+            return [j.ForgetNode(*process) for process in awaiting]
+        for task in tasks:
+            self._queue.discard(task)
+            if task.timer:  # its queue deadline, set again when it is released
+                self._timers.cancel(task)
+            self._tasks.move(task, UNCLAIMED)
+        self._hold = hold = RestartHold(awaiting, tasks, now + self.config.expiry)
+        self._timers.schedule(hold, hold.until)
+        log.info(
+            "%d restored tasks wait up to %.1f s for %d node processes to register again and "
+            "claim the attempts they still run",
+            len(tasks),
+            self.config.expiry,
+            len(awaiting),
+        )
+        return []
+
+    def _node_back(self, process: ProcessKey, msg: Register, now: float) -> list[Command]:
+        """A node process registered while restored tasks wait for the processes that were
+        registered: this one is back, and so is the one its `replaces` names (it died)."""
+        hold = self._hold
+        assert hold is not None
+        if msg.replaces is not None:
+            hold.back((msg.name, msg.host, msg.replaces.pid))
+        if not hold.back(process):
+            return []
+        self._timers.cancel(hold)
+        return self._end_hold(hold, now)
+
+    def _end_hold(self, hold: RestartHold, now: float) -> list[Command]:
+        """Every awaited process is back, or the time is up: the restored tasks that no
+        node claimed are placed again (in their order); the processes still awaited are
+        forgotten."""
+        self._hold = None
+        commands: list[Command] = []
+        placed = 0
+        for task in hold.tasks:
+            if task.state is not UNCLAIMED or self._tasks.get(task.spec.task_id) is not task:
+                continue  # adopted, answered or cancelled meanwhile
+            placed += 1
+            commands += self._requeue(task, now)
+            deadline = task.spec.queue_timeout
+            if deadline is not None and not task.attempt and not task.timer:
+                self._timers.schedule(task, task.submitted_at + deadline)
+        if hold.awaiting:
+            log.warning(
+                "%d node processes did not register again within %.1f s of the restart; "
+                "%d restored tasks no node claimed are placed again",
+                len(hold.awaiting),
+                self.config.expiry,
+                placed,
+            )
+            if self._journal:
+                commands += [j.ForgetNode(*process) for process in hold.awaiting]
+        elif placed:
+            log.info("every node process is back: %d unclaimed tasks placed again", placed)
+        self._counters["restored_unclaimed"] += placed
+        return commands
+
+    def _on_committed(self, event: Committed, now: float) -> list[Command]:
+        """The store has what the RESULTs received so far changed: each node that sent some
+        (and asked) is told how many of its RESULT messages are safe (STORED)."""
+        confirming, self._confirming = self._confirming, {}
+        nodes = self._pool.nodes
+        return [
+            Send(identity, Stored(node.results_in))
+            for identity, node in confirming.items()
+            if nodes.get(identity) is node
+        ]
+
+    @property
+    def confirming(self) -> bool:
+        """Whether STORED is due to nodes once the store commits (see `Committed`)."""
+        return bool(self._confirming)
 
     def _restored_dependency_failure(self, spec: TaskSpec) -> Failure | None:
         """Whether a restored task depends on one that failed. A dependency neither pending
@@ -846,6 +980,10 @@ class Scheduler:
         commands = [] if node is None else self._lose_node(node, "reregistered", now)
         if msg.replaces is not None:
             commands += self._replace(msg, now)
+        process = (msg.name, msg.host, msg.pid)
+        earlier = self._pool.by_process(process)
+        if self._journal and not earlier:
+            commands.append(j.SaveNode(*process))
         node = self._pool.add(peer, msg, now)
         self._schedule_check(node)
         self._counters["nodes_registered"] += 1
@@ -856,13 +994,103 @@ class Scheduler:
             node.capacity,
             len(node.functions),
         )
+        if msg.attempts is not None:
+            # A node that says what it still has (protocol.md 7.3): its claims are taken,
+            # and any earlier registration of this process is over (it has one link).
+            node.confirms = self._journal
+            if msg.attempts:
+                commands += self._adopt(node, msg.attempts, now)
+            for old in earlier:
+                commands += self._lose_node(old, "reregistered", now)
+        if self._hold is not None:
+            commands += self._node_back(process, msg, now)
         config = self.config
         feed = self._feed(node, now)
         # The backlog hint once the new node has its tasks: what it alone cannot take.
         node.backlog_told = backlog = self._queue.waiting_for(node.functions)
-        registered = Registered(node.node_id, config.heartbeat_interval, config.liveness, backlog)
+        registered = Registered(
+            node.node_id, config.heartbeat_interval, config.liveness, backlog, node.confirms
+        )
         commands.append(Send(peer, registered))
         return commands + feed
+
+    def _adopt(self, node: Node, claims: tuple[Claim, ...], now: float) -> list[Command]:
+        """A registering node process claims the attempts it still runs or holds the RESULT
+        of (protocol.md 7.3). Each one whose task is pending and not running elsewhere is
+        its node's again, as if its RUN had just gone out (no second run); one of a task
+        finished or unknown here is told to stop, and its RESULT is dropped without error;
+        the others (a task running elsewhere now) are left to the rules of 7.2."""
+        stop: list[str] = []
+        for claim in claims:
+            task = self._tasks.get(claim.task_id)
+            if task is None:
+                self._counters["claims_refused"] += 1
+                node.stopping.add(claim.task_id)
+                if not claim.done:
+                    stop.append(claim.task_id)
+            elif self._adoptable(task, node, claim):
+                self._take_over(task, node, claim.attempt, now)
+            else:
+                self._counters["claims_ignored"] += 1
+        if not stop:
+            return []
+        log.warning(
+            "node %s claimed %d running attempts of tasks finished or unknown here; told to stop",
+            node.name,
+            len(stop),
+            extra={"node": node.name},
+        )
+        if not node.stop:
+            return []  # it runs them to their end; their RESULTs are dropped
+        return [
+            Send(node.identity, Stop(tuple(stop[i : i + MAX_RETRACT])))
+            for i in range(0, len(stop), MAX_RETRACT)
+        ]
+
+    def _adoptable(self, task: Task, node: Node, claim: Claim) -> bool:
+        """Whether `node` may take `task` over with the attempt it claims: that attempt is
+        the task's latest and no other process runs it. It is so when this process's earlier
+        registration holds it; when the broker gave it up on this process (its node was
+        declared dead, say) and has not placed it again; or when the task was restored and
+        waits unclaimed (an attempt above the stored count was given out in the last
+        milliseconds before the broker went down)."""
+        if task.spec.function not in node.functions:
+            return False
+        attempt = claim.attempt
+        if task.state is UNCLAIMED:
+            return attempt >= task.attempt
+        if task.holder is not None:
+            holder = self._pool.nodes.get(task.holder)
+            return (
+                holder is not None
+                and holder is not node
+                and holder.process == node.process
+                and attempt == task.attempt
+            )
+        if task.state is not QUEUED and task.state is not WAITING_RETRY:
+            return False
+        lost = task.lost or ()
+        return attempt == task.attempt and any(
+            gone.attempt == attempt and gone.process == node.process for gone in lost
+        )
+
+    def _take_over(self, task: Task, node: Node, attempt: int, now: float) -> None:
+        """`node` runs (or holds the RESULT of) `attempt` of `task`: the task is its, as
+        `_start` would make it, without a RUN."""
+        if task.holder is not None:  # the process's earlier registration, about to be lost
+            old = self._pool.nodes[task.holder]
+            self._pool.release(old, task.spec.task_id)
+            task.holder = None
+        elif task.state is QUEUED:
+            self._queue.discard(task)
+        if task.timer:
+            self._timers.cancel(task)
+        if task.lost is not None:
+            kept = [g for g in task.lost if g.attempt != attempt or g.process != node.process]
+            task.lost = kept or None
+        self._counters["adopted"] += 1
+        task.attempt = attempt - 1
+        self._start(task, node, now)  # its RUN is not sent: the node has the task
 
     def _replace(self, msg: Register, now: float) -> list[Command]:
         """A supervisor restarted a node process: the old one's tasks failed with it. Its
@@ -949,12 +1177,24 @@ class Scheduler:
                 released = self._release(holder, msg.task_id, now)  # a retry may take it
                 commands = self._attempt_failed(task, msg, now)
                 return commands + self._refill(holder, released, now)
+        return self._unheld_result(task, peer, node, msg, now)
+
+    def _unheld_result(
+        self, task: Task | None, peer: bytes, node: Node | None, msg: Result, now: float
+    ) -> list[Command]:
+        """A RESULT from a peer that does not hold the task's current attempt: a late one
+        of an attempt given up, one of a task answered meanwhile, or one refused."""
         if task is not None and self._lost_attempt(task, peer, node, msg.attempt):
             return self._late_result(task, peer, node, msg, now)
         if task is None and node is not None and msg.task_id in node.active:
             # It ran the task, which was answered meanwhile (a late attempt's success).
             self._counters["results_dropped"] += 1
             return self._refill(node, self._release(node, msg.task_id, now), now)
+        if node is not None and msg.task_id in node.stopping:
+            # An attempt it claimed for a task finished or unknown here (protocol.md 7.3).
+            node.stopping.discard(msg.task_id)
+            self._counters["results_dropped"] += 1
+            return []
         return self._refuse_result(peer, node, msg)
 
     def _holder(
@@ -1302,8 +1542,38 @@ class Scheduler:
 
     def _start(self, task: Task, node: Node, now: float) -> Send:
         """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
+        self._place(task, node, now)
+        spec = task.spec
+        run_args = task.run_args
+        if run_args is None:
+            run = Run(
+                spec.task_id,
+                spec.function,
+                spec.args,
+                task.attempt,
+                task.task_timeout,
+                None,
+                spec.traceparent,
+            )
+        else:  # with its inputs' results (protocol.md 5.8)
+            inputs, trace = _as_sent(spec.inputs), spec.traceparent
+            run = Run(
+                spec.task_id,
+                spec.function,
+                run_args,
+                task.attempt,
+                task.task_timeout,
+                inputs,
+                trace,
+            )
+        return Send(node.identity, run)
+
+    def _place(self, task: Task, node: Node, now: float) -> None:
+        """The next attempt of `task` is `node`'s: it runs in a free slot or is held."""
         task.attempt += 1
         task.holder = node.identity
+        if self._journal:  # a restarted broker must know this attempt went out
+            self._attempts_changed.append(task)
         spec = task.spec
         node.last_sent = now
         task_timeout = task.task_timeout
@@ -1329,23 +1599,6 @@ class Scheduler:
                     self._timers.cancel(task)
             elif not task.timer and spec.queue_timeout is not None:  # not started yet
                 self._timers.schedule(task, task.submitted_at + spec.queue_timeout)
-        run_args = task.run_args
-        if run_args is None:
-            run = Run(
-                spec.task_id,
-                spec.function,
-                spec.args,
-                task.attempt,
-                task_timeout,
-                None,
-                spec.traceparent,
-            )
-        else:  # with its inputs' results (protocol.md 5.8)
-            inputs, trace = _as_sent(spec.inputs), spec.traceparent
-            run = Run(
-                spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs, trace
-            )
-        return Send(node.identity, run)
 
     def _release(self, node: Node, task_id: str, now: float) -> bool:
         """`node` answered `task_id`: its place frees, and a task it holds starts in the slot
@@ -1458,6 +1711,8 @@ class Scheduler:
         for its queue timeout."""
         task.attempt -= 1
         task.holder = None
+        if self._journal:
+            self._attempts_changed.append(task)
         if task.expiring:
             task.expiring = False
             return self._expire(task, now)
@@ -1497,15 +1752,12 @@ class Scheduler:
         if task.fm is not None:
             task.fm.retried += 1
         task.holder = None
-        commands: list[Command] = []
-        if self._journal:
-            commands.append(j.SaveAttempts(task.spec.task_id, task.attempt))
         delay = self.config.retry.delay(task.attempt, self._rng)
         if delay <= 0:
-            return self._requeue(task, now) + commands
+            return self._requeue(task, now)
         self._tasks.move(task, WAITING_RETRY)
         self._timers.schedule(task, now + delay)
-        return commands
+        return []
 
     def _requeue(self, task: Task, now: float) -> list[Command]:
         """Run `task` again now if a slot is free, else queue it (it keeps its place)."""
@@ -1624,6 +1876,8 @@ class Scheduler:
     def _remove_node(self, node: Node) -> None:
         self._pool.remove(node.identity)
         self._timers.cancel(node)
+        if self._journal and not self._pool.by_process(node.process):
+            self._nodes_gone.append(node.process)
 
     def _lose_node(
         self,

@@ -34,6 +34,10 @@ COUNTERS = {
     "replayed": "dead letters queued again",
     "purged": "dead letters forgotten",
     "restored": "pending tasks taken back from the store at start",
+    "adopted": "attempts a registering node claimed and kept running, not run again (7.3)",
+    "claims_refused": "attempts claimed for tasks finished or unknown here, told to stop (7.3)",
+    "claims_ignored": "attempts claimed for tasks another node runs now (7.3)",
+    "restored_unclaimed": "restored tasks no node claimed after a restart, placed again (7.3)",
     "late_results": "successes of attempts given up earlier, taken as the answer (7.2)",
     "stale_failures": "failures of attempts given up earlier, ignored (7.2)",
     "results_dropped": "RESULTs of tasks answered meanwhile: their slot freed, nothing else",
@@ -85,12 +89,14 @@ def status_body(
         "waiting_retry": tasks.waiting_retry,
         "running": tasks.running,
         "held": tasks.held,
+        "unclaimed": tasks.unclaimed,
         # The rest of the table: QUEUED tasks are exactly the queue's (an invariant).
         "waiting_dependencies": len(tasks)
         - len(queue)
         - tasks.running
         - tasks.waiting_retry
-        - tasks.held,
+        - tasks.held
+        - tasks.unclaimed,
         "queued_by_function": queue.counts(),
         "queued_by_priority": queue.counts_by_priority(),
         "results_kept": len(results),

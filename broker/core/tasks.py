@@ -24,7 +24,13 @@ owns it. Its state moves only along these edges, checked on every move:
     WAITING_DEPS   accepted, waits for the tasks it depends on to succeed (not queued)
       -> QUEUED         the last of them succeeded (admission then starts it or queues it)
       -> DONE           one of them failed or was cancelled, it was cancelled, or expired
-    (QUEUED -> WAITING_DEPS: at acceptance, when a task it depends on is pending.)
+    UNCLAIMED      restored by a restarted broker: its last attempt may still run on a node
+                   that has not registered again (protocol.md 7.3); not queued
+      -> RUNNING, HELD  a node claimed that attempt (adopted), or it was placed again
+      -> QUEUED         no node claimed it in time: placed again, no place is free
+      -> DONE           cancelled, or expired
+    (QUEUED -> WAITING_DEPS: at acceptance, when a task it depends on is pending.
+     QUEUED -> UNCLAIMED: at restore.)
 
 A task leaves the table when it is DONE; its answer is kept by `ResultCache` from then on.
 Pure state: no sockets, no clock.
@@ -51,24 +57,27 @@ class TaskState(enum.IntEnum):
     DONE = 3
     HELD = 4
     WAITING_DEPS = 5
+    UNCLAIMED = 6
 
 
-QUEUED, RUNNING, WAITING_RETRY, DONE, HELD, WAITING_DEPS = (
+QUEUED, RUNNING, WAITING_RETRY, DONE, HELD, WAITING_DEPS, UNCLAIMED = (
     TaskState.QUEUED,
     TaskState.RUNNING,
     TaskState.WAITING_RETRY,
     TaskState.DONE,
     TaskState.HELD,
     TaskState.WAITING_DEPS,
+    TaskState.UNCLAIMED,
 )
 
 MOVES: tuple[frozenset[TaskState], ...] = (  # by state: the states it may move to
-    frozenset({RUNNING, HELD, DONE, WAITING_DEPS}),  # QUEUED
+    frozenset({RUNNING, HELD, DONE, WAITING_DEPS, UNCLAIMED}),  # QUEUED
     frozenset({DONE, WAITING_RETRY, QUEUED, RUNNING, HELD}),  # RUNNING
     frozenset({QUEUED, RUNNING, HELD, DONE}),  # WAITING_RETRY
     frozenset(),  # DONE
     frozenset({RUNNING, QUEUED, HELD, DONE}),  # HELD
     frozenset({QUEUED, DONE}),  # WAITING_DEPS
+    frozenset({RUNNING, HELD, QUEUED, DONE}),  # UNCLAIMED
 )
 
 ProcessKey = tuple[str, str, int]  # a node process: (name, host, pid) from its REGISTER
@@ -132,15 +141,31 @@ class TaskTable:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self.running = 0  # tasks in state RUNNING (read them; only the table changes them)
-        self.waiting_retry = 0  # tasks in state WAITING_RETRY
-        self.held = 0  # tasks in state HELD
+        # Tasks per state (those of QUEUED and DONE are not kept up to date: the queue
+        # counts the first, and the second leave the table).
+        self._counts = [0] * len(TaskState)
         # The pending task of an id, or None: the dict's own method, a C call on the
         # scheduler's per-task path.
         self.get: Callable[[str], Task | None] = self._tasks.get
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    @property
+    def running(self) -> int:
+        return self._counts[RUNNING]
+
+    @property
+    def held(self) -> int:
+        return self._counts[HELD]
+
+    @property
+    def waiting_retry(self) -> int:
+        return self._counts[WAITING_RETRY]
+
+    @property
+    def unclaimed(self) -> int:
+        return self._counts[UNCLAIMED]
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._tasks
@@ -160,19 +185,10 @@ class TaskTable:
         if state not in MOVES[old]:
             raise AssertionError(f"task {task.spec.task_id}: no move from {old} to {state}")
         task.state = state
-        if old is RUNNING:
-            self.running -= 1
-        elif old is WAITING_RETRY:
-            self.waiting_retry -= 1
-        elif old is HELD:
-            self.held -= 1
-        if state is RUNNING:
-            self.running += 1
-        elif state is WAITING_RETRY:
-            self.waiting_retry += 1
-        elif state is HELD:
-            self.held += 1
-        elif state is DONE:
+        counts = self._counts
+        counts[old] -= 1
+        counts[state] += 1
+        if state is DONE:
             del self._tasks[task.spec.task_id]
 
     def check_invariants(self) -> None:
@@ -185,6 +201,5 @@ class TaskTable:
             assert (task.holder is not None) == on_node, f"{task_id}: holder iff on a node"
             assert task.attempt >= (1 if on_node else 0), f"{task_id}: on a node, no attempt"
             assert not task.expiring or task.state is HELD, f"{task_id}: expiring, not held"
-        assert counts[RUNNING] == self.running, "the count of running tasks drifted"
-        assert counts[HELD] == self.held, "the count of held tasks drifted"
-        assert counts[WAITING_RETRY] == self.waiting_retry, "the count of waiting tasks drifted"
+        for state in (RUNNING, HELD, WAITING_RETRY, WAITING_DEPS, UNCLAIMED):
+            assert counts[state] == self._counts[state], f"the count of {state.name} drifted"

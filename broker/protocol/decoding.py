@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
 import orjson
+from msgspec import Meta
 
 from broker.protocol.errors import (
     ERR_MALFORMED,
@@ -25,6 +26,7 @@ from broker.protocol.errors import (
     RemoteProtocolError,
 )
 from broker.protocol.limits import (
+    MAX_CLAIMS,
     MAX_HOST_LENGTH,
     MAX_REASON_LENGTH,
     MAX_TASK_REF_LENGTH,
@@ -34,6 +36,7 @@ from broker.protocol.limits import (
     Backlog,
     Capacity,
     ClientId,
+    Count,
     DeadLetterLimit,
     Dependencies,
     ExitCode,
@@ -75,6 +78,7 @@ from broker.protocol.messages import (
     STATUS,
     STATUS_REPLY,
     STOP,
+    STORED,
     TAG,
     TASK_COMPLETED,
     VERSION,
@@ -82,6 +86,7 @@ from broker.protocol.messages import (
     Batch,
     Cancel,
     Cancelled,
+    Claim,
     Deregister,
     Disconnect,
     Dlq,
@@ -102,6 +107,7 @@ from broker.protocol.messages import (
     Status,
     StatusReply,
     Stop,
+    Stored,
     TaskCompleted,
     TaskMessage,
     TaskSpec,
@@ -174,6 +180,12 @@ class _ReplacesBody(msgspec.Struct, gc=False):
     reason: str = ""
 
 
+class _ClaimBody(msgspec.Struct, gc=False):
+    task_id: TaskRef
+    attempt: Attempt
+    done: bool = False
+
+
 class _RegisterBody(msgspec.Struct, gc=False):
     name: Name
     functions: Functions
@@ -183,6 +195,7 @@ class _RegisterBody(msgspec.Struct, gc=False):
     replaces: _ReplacesBody | None = None
     prefetch: Prefetch = 0
     stop: bool = False
+    attempts: Annotated[list[_ClaimBody], Meta(max_length=MAX_CLAIMS)] | None = None
 
 
 class _RegisteredBody(msgspec.Struct, gc=False):
@@ -190,6 +203,11 @@ class _RegisteredBody(msgspec.Struct, gc=False):
     heartbeat_interval_ms: HeartbeatIntervalMs
     liveness: Liveness
     backlog: msgspec.Raw = msgspec.Raw()  # a hint: read on its own, never refused
+    stored: bool = False
+
+
+class _StoredBody(msgspec.Struct, gc=False):
+    results: Count
 
 
 class _HeartbeatBody(msgspec.Struct, gc=False):
@@ -351,6 +369,7 @@ _TASK_ID = _Reader(_TaskIdBody, "body", has_task=True)
 _WAITING = _Reader(_WaitingBody, "body", has_task=True)
 _CANCELLED = _Reader(_CancelledBody, "body", has_task=True)
 _STOP = _Reader(_RetractBody, "body")
+_STORED = _Reader(_StoredBody, "body")
 _OBJECT = _Reader(_Object, "body")
 _HEARTBEAT = msgspec.json.Decoder(_HeartbeatBody).decode
 _BACKLOG = msgspec.json.Decoder(Backlog | None).decode
@@ -484,7 +503,12 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
         replaces = Replaces(b.replaces.pid, b.replaces.reason[:MAX_REASON_LENGTH])
     functions = tuple(dict.fromkeys(b.functions))  # duplicates dropped, first kept
     host = b.host[:MAX_HOST_LENGTH]
-    return Register(b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch, b.stop)
+    attempts = None
+    if b.attempts is not None:
+        attempts = tuple(Claim(c.task_id, c.attempt, c.done) for c in b.attempts)
+    return Register(
+        b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch, b.stop, attempts
+    )
 
 
 def _decode_retract(frames: Sequence[bytes]) -> Retract:
@@ -513,7 +537,8 @@ def _decode_waiting(frames: Sequence[bytes]) -> Waiting:
 
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
     b = _REGISTERED.read(frames)
-    return Registered(b.node_id, b.heartbeat_interval_ms / 1000, b.liveness, _hint(b.backlog))
+    interval = b.heartbeat_interval_ms / 1000
+    return Registered(b.node_id, interval, b.liveness, _hint(b.backlog), b.stored)
 
 
 def _decode_heartbeat(frames: Sequence[bytes]) -> Heartbeat:
@@ -594,6 +619,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     FETCH: lambda frames: Fetch(*_task_and_client(frames)),
     STOP: lambda frames: Stop(tuple(_STOP.read(frames).task_ids)),
     WAITING: _decode_waiting,
+    STORED: lambda frames: Stored(_STORED.read(frames).results),
 }
 
 

@@ -34,12 +34,14 @@ from broker.protocol.messages import (
     STATUS,
     STATUS_REPLY,
     STOP,
+    STORED,
     TAG,
     TASK_COMPLETED,
     WAITING,
     Batch,
     Cancel,
     Cancelled,
+    Claim,
     Deregister,
     Disconnect,
     Dlq,
@@ -59,6 +61,7 @@ from broker.protocol.messages import (
     Status,
     StatusReply,
     Stop,
+    Stored,
     TaskCompleted,
     TaskMessage,
     TaskSpec,
@@ -168,7 +171,16 @@ def _encode_register(m: Register) -> list[bytes]:
         body["prefetch"] = m.prefetch
     if m.stop:
         body["stop"] = True
+    if m.attempts is not None:
+        body["attempts"] = [_claim(c) for c in m.attempts]
     return [TAG, REGISTER, _json(body)]
+
+
+def _claim(c: Claim) -> dict[str, Any]:
+    claim: dict[str, Any] = {"task_id": c.task_id, "attempt": c.attempt}
+    if c.done:
+        claim["done"] = True
+    return claim
 
 
 def _encode_registered(m: Registered) -> list[bytes]:
@@ -179,6 +191,8 @@ def _encode_registered(m: Registered) -> list[bytes]:
     }
     if m.backlog is not None:
         body["backlog"] = m.backlog
+    if m.stored:
+        body["stored"] = True
     return [TAG, REGISTERED, _json(body)]
 
 
@@ -324,5 +338,6 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Fetch: lambda m: [TAG, FETCH, _task_and_client(m.task_id, m.client)],
     Waiting: lambda m: [TAG, WAITING, _json({"task_id": m.task_id, "waiting": m.waiting})],
     Stop: lambda m: [TAG, STOP, _json({"task_ids": list(m.task_ids)})],
+    Stored: lambda m: [TAG, STORED, _json({"results": m.results})],
     Batch: _encode_batch,
 }

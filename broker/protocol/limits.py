@@ -32,6 +32,7 @@ MAX_PREFETCH = 1_000_000
 MAX_RETRACT = 256  # task ids per RETRACT (and per STOP)
 MAX_DEPENDENCIES = 256  # task ids per EXECUTE depends_on
 MAX_ATTEMPT = 1_000_000
+MAX_CLAIMS = 1_000_000  # attempts one REGISTER may claim (`attempts`)
 MAX_PID = 2**63 - 1
 MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
 MAX_LIVENESS = 1000
@@ -64,6 +65,7 @@ Dependencies = Annotated[list[Name], Meta(min_length=1, max_length=MAX_DEPENDENC
 # The same, as a RUN names them and a TaskSpec keeps them (scoped, protocol.md 5.11).
 DependencyRefs = Annotated[list[TaskRef], Meta(min_length=1, max_length=MAX_DEPENDENCIES)]
 Backlog = Annotated[int, Meta(ge=0, le=MAX_BACKLOG)]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 RetryOn = Annotated[list[Literal["exception", "timeout"]], Meta(max_length=2)]
 
 # The same limits in seconds, as a TaskSpec holds them.

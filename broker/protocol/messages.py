@@ -62,6 +62,7 @@ CANCELLED = b"CANCELLED"
 FETCH = b"FETCH"
 STOP = b"STOP"
 WAITING = b"WAITING"
+STORED = b"STORED"
 ERROR = b"ERROR"
 
 # DLQ operations.
@@ -132,6 +133,15 @@ class Replaces(Struct, frozen=True, gc=False):
     reason: str  # how it ended, for the error its tasks get
 
 
+class Claim(Struct, frozen=True, gc=False):
+    """An attempt a registering node process still has (protocol.md 7.3): it runs it, or
+    it finished it (`done`) and holds its RESULT, which it sends once registered."""
+
+    task_id: str
+    attempt: int
+    done: bool = False
+
+
 class Register(Struct, frozen=True, gc=False):
     name: str
     host: str
@@ -141,6 +151,9 @@ class Register(Struct, frozen=True, gc=False):
     replaces: Replaces | None = None
     prefetch: int = 0  # tasks it will hold beyond `capacity`, not started yet
     stop: bool = False  # it stops tasks on STOP (protocol.md 3.20)
+    # The attempts this process still has, from an earlier registration (protocol.md 7.3);
+    # None: a node that does not say (it predates them), or a process registering first.
+    attempts: tuple[Claim, ...] | None = None
 
 
 class Registered(Struct, frozen=True, gc=False):
@@ -148,6 +161,14 @@ class Registered(Struct, frozen=True, gc=False):
     heartbeat_interval: float  # seconds
     liveness: int
     backlog: int | None = None  # the backlog hint, as in Heartbeat
+    stored: bool = False  # the broker confirms the RESULTs it has stored (STORED)
+
+
+class Stored(Struct, frozen=True, gc=False):
+    """The first `results` RESULTs this registration sent are stored: the node may forget
+    them (protocol.md 3.22). Each task of a batch counts as one."""
+
+    results: int
 
 
 class Deregister(Struct, frozen=True, gc=False):
@@ -320,5 +341,6 @@ Message: TypeAlias = (
     | Fetch
     | Stop
     | Waiting
+    | Stored
     | Batch
 )

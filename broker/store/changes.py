@@ -19,9 +19,11 @@ from broker.core.journal import (
     Change,
     ForgetAnswer,
     ForgetDeadLetter,
+    ForgetNode,
     SaveAnswer,
     SaveAttempts,
     SaveDeadLetter,
+    SaveNode,
     SaveTask,
 )
 from broker.protocol import ErrorInfo
@@ -32,6 +34,8 @@ _PUT_TASK = "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)"
 _PUT_RESULT = "INSERT OR REPLACE INTO results VALUES (NULL,?,?,?,?,?,?)"
 _PUT_DEAD_LETTER = "INSERT OR REPLACE INTO dead_letters VALUES (NULL,?,?,?,?,?,?)"
 _SET_ATTEMPTS = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
+_PUT_NODE = "INSERT OR REPLACE INTO nodes VALUES (?,?,?)"
+_FORGET_NODE = "DELETE FROM nodes WHERE name = ? AND host = ? AND pid = ?"
 _SET_NEXT_SEQ = "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'"
 _ENCODE_SPEC = msgspec.msgpack.Encoder().encode
 _ENCODE_ERROR = msgspec.json.Encoder().encode
@@ -49,6 +53,7 @@ class NetChanges:
         self.answers: dict[str, SaveAnswer | None] = {}  # in the order they were saved
         self.dead_letters: dict[str, DeadLetter | None] = {}  # in failure order
         self.clear_dead_letters = False
+        self.nodes: dict[tuple[str, str, int], bool] = {}  # True: save, False: forget
 
     def add(self, change: Change) -> None:
         handler = _ADD.get(type(change))
@@ -97,6 +102,12 @@ class NetChanges:
         else:
             self.dead_letters[change.task_id] = None
 
+    def _save_node(self, change: SaveNode) -> None:
+        self.nodes[(change.name, change.host, change.pid)] = True
+
+    def _forget_node(self, change: ForgetNode) -> None:
+        self.nodes[(change.name, change.host, change.pid)] = False
+
     def write(self, conn: sqlite3.Connection, wall_offset: float) -> None:
         """Run the statements, in an order in which each row ends as its last command
         left it (a DELETE before the INSERT of the same key)."""
@@ -115,6 +126,8 @@ class NetChanges:
             (_PUT_DEAD_LETTER, [_dead_letter_row(e, wall_offset) for e in entries]),
             # Only pending rows need their order kept past a restart.
             (_SET_NEXT_SEQ, [(max(t.seq for t in tasks) + 1,)] if tasks else []),
+            (_FORGET_NODE, [node for node, saved in self.nodes.items() if not saved]),
+            (_PUT_NODE, [node for node, saved in self.nodes.items() if saved]),
         ]
         for sql, rows in steps:
             if rows:  # an empty executemany still costs a statement reset
@@ -128,6 +141,8 @@ _ADD: dict[type[Any], Callable[[NetChanges, Any], None]] = {
     ForgetAnswer: NetChanges._forget_answer,
     SaveDeadLetter: NetChanges._save_dead_letter,
     ForgetDeadLetter: NetChanges._forget_dead_letter,
+    SaveNode: NetChanges._save_node,
+    ForgetNode: NetChanges._forget_node,
 }
 
 

@@ -1,10 +1,12 @@
-"""The upgrade of a store of schema version 1 to version 2, in one transaction.
+"""The upgrade of a store of an older schema to the current one (3), in one transaction.
 
 A version-1 store keeps a task's options in columns of their own (function, payload, priority,
 retries, timeout, expires_at); version 2 keeps the spec whole. Each version-1 row becomes a
-TaskSpec checked against the protocol's limits, and the migrated store is read back through
-the same checks as at every start before the transaction commits: a row that does not fit
-leaves the file as it was and the broker refuses it.
+TaskSpec checked against the protocol's limits. Version 3 adds the table of registered node
+processes (empty after an upgrade: the broker then waits for no node to claim its attempts).
+The migrated store is read back through the same checks as at every start before the
+transaction commits: a row that does not fit leaves the file as it was and the broker refuses
+it.
 """
 
 from __future__ import annotations
@@ -37,23 +39,29 @@ class Migrated(NamedTuple):
     defaulted: int  # task timeouts left to the broker's default (see _task_timeout)
 
 
-def migrate(conn: sqlite3.Connection) -> Migrated:
-    """Rewrite the tables of a version-1 store in `conn` (open, no transaction active) as
-    version 2, in one transaction. Raises BadRow (the store unchanged) or sqlite3.Error."""
+def migrate(conn: sqlite3.Connection, version: int) -> Migrated:
+    """Rewrite the tables of a store of schema `version` in `conn` (open, no transaction
+    active) as the current schema, in one transaction. Raises BadRow (the store unchanged)
+    or sqlite3.Error."""
     conn.execute("BEGIN IMMEDIATE")
+    v1_tasks: list[Any] = []
+    v1_dead: list[Any] = []
     try:
-        v1_tasks = conn.execute(_V1_TASKS).fetchall()
-        v1_dead = conn.execute(_V1_DEAD_LETTERS).fetchall()
-        tasks = [_task_row(row) for row in v1_tasks]
-        dead = [_dead_letter_row(row) for row in v1_dead]
-        for table in ("tasks", "dead_letters"):
-            conn.execute(f"DROP TABLE {table}")
-            conn.execute(TABLES[table])
-        conn.execute("ALTER TABLE results RENAME COLUMN payload TO result")
-        conn.executemany("INSERT INTO tasks VALUES (?,?,?,?,?)", tasks)
-        conn.executemany("INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?)", dead)
+        if version < 2:
+            v1_tasks = conn.execute(_V1_TASKS).fetchall()
+            v1_dead = conn.execute(_V1_DEAD_LETTERS).fetchall()
+            tasks = [_task_row(row) for row in v1_tasks]
+            dead = [_dead_letter_row(row) for row in v1_dead]
+            for table in ("tasks", "dead_letters"):
+                conn.execute(f"DROP TABLE {table}")
+                conn.execute(TABLES[table])
+            conn.execute("ALTER TABLE results RENAME COLUMN payload TO result")
+            conn.executemany("INSERT INTO tasks VALUES (?,?,?,?,?)", tasks)
+            conn.executemany("INSERT INTO dead_letters VALUES (?,?,?,?,?,?,?)", dead)
+        if version < 3:
+            conn.execute(TABLES["nodes"])
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
-        rows.restored(conn, 0.0, float("inf"))  # raises BadRow if a row does not fit
+        restored = rows.restored(conn, 0.0, float("inf"))  # raises BadRow if a row does not fit
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -64,7 +72,7 @@ def migrate(conn: sqlite3.Connection) -> Migrated:
         raise
     timeouts = [row[_TIMEOUT] for row in v1_tasks + v1_dead]
     defaulted = sum(t is not None and _task_timeout(t) is None for t in timeouts)
-    return Migrated(len(tasks), len(dead), defaulted)
+    return Migrated(len(restored.pending), len(restored.dead_letters), defaulted)
 
 
 def _task_row(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from broker.core.deadletters import DeadLetter
 from broker.core.events import Restored
 from broker.core.journal import PendingTask
 from broker.protocol import ErrorInfo, TaskCompleted, TaskSpec
-from broker.protocol.limits import MAX_EXIT_CODE, Attempts, ExitCode, Name
+from broker.protocol.limits import MAX_EXIT_CODE, MAX_HOST_LENGTH, Attempts, ExitCode, Name, Pid
 
 Seq = Annotated[int, Meta(ge=0)]
 FailedExitCode = Annotated[int, Meta(ge=1, le=MAX_EXIT_CODE)]
@@ -33,6 +33,7 @@ _SELECT_RESULTS = """SELECT task_id, exit_code, result, error, attempts, finishe
     FROM results ORDER BY pos"""
 _SELECT_DEAD_LETTERS = """SELECT task_id, spec, attempts, exit_code, error, failed_at
     FROM dead_letters ORDER BY pos"""
+_SELECT_NODES = "SELECT name, host, pid FROM nodes"
 _SPEC = msgspec.msgpack.Decoder(TaskSpec)
 _ERROR = msgspec.json.Decoder(ErrorInfo)
 # Where msgspec.convert found a bad value: `$[row]` or `$[row][column]`.
@@ -67,6 +68,12 @@ class ResultRow(Struct, array_like=True, frozen=True, gc=False):
     finished_at: float
 
 
+class NodeRow(Struct, array_like=True, frozen=True, gc=False):
+    name: Name
+    host: Annotated[str, Meta(max_length=MAX_HOST_LENGTH)]
+    pid: Pid
+
+
 class DeadLetterRow(Struct, array_like=True, frozen=True, gc=False):
     task_id: Name
     spec: bytes
@@ -88,7 +95,11 @@ def restored(conn: sqlite3.Connection, wall_offset: float, now: float) -> Restor
         found = "no such row" if row is None else f"{row[0]!r} is not a count"
         raise BadRow("meta", "next_seq", "value", found, key="key")
     next_seq = max(row[0], pending[-1].seq + 1) if pending else row[0]
-    return Restored(pending, kept, dead, next_seq)
+    nodes = [
+        (n.name, n.host, n.pid)
+        for n in _convert(conn.execute(_SELECT_NODES).fetchall(), NodeRow, "nodes")
+    ]
+    return Restored(pending, kept, dead, next_seq, nodes)
 
 
 def pending_tasks(rows: Sequence[Any], wall_offset: float, now: float) -> list[PendingTask]:

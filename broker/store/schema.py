@@ -1,4 +1,4 @@
-"""The store's tables (schema version 2) and the check that a file holds them.
+"""The store's tables (schema version 3) and the check that a file holds them.
 
 A task's spec is kept whole, as the msgspec MessagePack encoding of its TaskSpec: a new task
 option is a new field of TaskSpec and needs no new column. Times are Unix seconds. The
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from broker.store.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # tasks WITHOUT ROWID: one B-tree instead of two; a task is inserted and deleted once each.
 # results and dead_letters keep their order in `pos` (a row written again moves last).
@@ -29,6 +29,10 @@ TABLES = {
         pos INTEGER PRIMARY KEY, task_id TEXT NOT NULL UNIQUE, spec BLOB NOT NULL,
         attempts INTEGER NOT NULL, exit_code INTEGER NOT NULL, error TEXT,
         failed_at REAL NOT NULL)""",
+    # The node processes registered (protocol.md 7.3: a restarted broker waits for them).
+    "nodes": """CREATE TABLE nodes (
+        name TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        PRIMARY KEY (name, host, pid)) WITHOUT ROWID""",
 }
 
 # The columns of each table, per schema version, in order.
@@ -46,6 +50,13 @@ COLUMNS: dict[int, dict[str, str]] = {
         "tasks": "task_id spec seq attempts submitted_at",
         "results": "pos task_id exit_code result error attempts finished_at",
         "dead_letters": "pos task_id spec attempts exit_code error failed_at",
+    },
+    3: {
+        "meta": "key value",
+        "tasks": "task_id spec seq attempts submitted_at",
+        "results": "pos task_id exit_code result error attempts finished_at",
+        "dead_letters": "pos task_id spec attempts exit_code error failed_at",
+        "nodes": "name host pid",
     },
 }
 

@@ -237,7 +237,7 @@ def _prepare(conn: sqlite3.Connection, path: Path, created: bool, durable_sync: 
 
 def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
     try:
-        migrated = migrate(conn)
+        migrated = migrate(conn, version)
     except BadRow as exc:
         raise StoreError(
             f"cannot open store {path}: {exc} (migrating schema version {version}); restore "

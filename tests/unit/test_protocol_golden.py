@@ -122,6 +122,18 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Run("alice|1234", "multiply", b"[5,10]", 1),
      [T, b"RUN", b'{"task_id":"alice|1234","function":"multiply","attempt":1}', b"[5,10]"]),
     (p.Stop(("1234",)), [T, b"STOP", b'{"task_ids":["1234"]}']),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 0, True,
+                (p.Claim("alice|7", 1), p.Claim("8", 2, True))),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"stop":true,"attempts":[{"task_id":"alice|7",'
+                      b'"attempt":1},{"task_id":"8","attempt":2,"done":true}]}']),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 0, True, ()),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"stop":true,"attempts":[]}']),
+    (p.Registered("node-4", 1.0, 3, None, True),
+     [T, b"REGISTERED",
+      b'{"node_id":"node-4","heartbeat_interval_ms":1000,"liveness":3,"stored":true}']),
+    (p.Stored(12), [T, b"STORED", b'{"results":12}']),
     (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 64, True),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
                       b'"capacity":1,"prefetch":64,"stop":true}']),
@@ -306,6 +318,14 @@ REFUSALS: list[tuple[list[bytes], str, str | None]] = [
     ([p.TAG, p.REGISTER, b'{"name":"n","functions":["f"],"capacity":0}'], BAD, None),
     ([p.TAG, p.REGISTERED, b'{"node_id":"n","heartbeat_interval_ms":0,"liveness":3}'], BAD, None),
     ([p.TAG, p.ERROR, b'{"code":"c"}'], BAD, None),
+    ([p.TAG, p.REGISTER, b'{"name":"n","functions":["f"],"capacity":1,'
+                         b'"attempts":[{"task_id":"t","attempt":0}]}'], BAD, None),
+    ([p.TAG, p.REGISTER, b'{"name":"n","functions":["f"],"capacity":1,'
+                         b'"attempts":[{"task_id":"","attempt":1}]}'], BAD, None),
+    ([p.TAG, p.REGISTER, b'{"name":"n","functions":["f"],"capacity":1,"attempts":{}}'],
+     BAD, None),
+    ([p.TAG, p.STORED, b'{"results":-1}'], BAD, None),
+    ([p.TAG, p.STORED], BAD, None),
 ]  # fmt: skip
 
 

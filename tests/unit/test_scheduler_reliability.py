@@ -218,7 +218,15 @@ def test_journal_records_accept_retry_finish_and_dead_letter(sched: Core) -> Non
     sched.handle(b"n1", failed("t1"), 0.1)
     sched.handle(b"n1", failed("t1"), 0.2)
     kinds = [type(change) for change in sched.take_journal()]
-    assert kinds == [j.SaveTask, j.SaveAttempts, j.SaveAnswer, j.SaveDeadLetter]
+    # The node process, the task, each attempt as its RUN goes out, the end.
+    assert kinds == [
+        j.SaveNode,
+        j.SaveTask,
+        j.SaveAttempts,
+        j.SaveAttempts,
+        j.SaveAnswer,
+        j.SaveDeadLetter,
+    ]
     assert sched.take_journal() == []
 
 
@@ -229,8 +237,9 @@ def test_replay_journals_the_forgetting_and_the_new_task(sched: Core) -> None:
     sched.take_journal()
     sched.handle(CLIENT, p.Dlq("replay", "t1"), 0.2)
     changes = sched.take_journal()
-    assert [type(c) for c in changes] == [j.ForgetDeadLetter, j.ForgetAnswer, j.SaveTask]
-    saved = changes[-1]
+    kinds = [type(c) for c in changes]
+    assert kinds == [j.ForgetDeadLetter, j.ForgetAnswer, j.SaveTask, j.SaveAttempts]
+    saved = changes[2]
     assert isinstance(saved, j.SaveTask) and saved.spec == execute("t1").spec
 
 
@@ -246,7 +255,7 @@ def test_restore_queues_kept_tasks_and_answers_kept_results(sched: Core) -> None
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1", retries=2, task_timeout=5.0, retry_on=("exception",)), 0.0)
     sched.handle(CLIENT, execute("t2"), 0.0)
-    sched.handle(b"n1", failed("t1"), 0.1)  # attempt 1 of t1 failed; t2 starts
+    sched.handle(b"n1", failed("t1"), 0.1)  # attempt 1 of t1 failed; attempt 2 starts
     journal = sched.take_journal()
     saved = [c for c in journal if isinstance(c, j.SaveTask)]
     attempts = {c.task_id: c.attempts for c in journal if isinstance(c, j.SaveAttempts)}
@@ -257,12 +266,12 @@ def test_restore_queues_kept_tasks_and_answers_kept_results(sched: Core) -> None
     fresh = Core(sched.config)
     fresh.event(Restored(pending, [(done, 0.0)], [], 10), 0.0)
     assert sorted(fresh.scheduler.pending()) == ["t1", "t2"] and fresh.queued() == 2
-    assert fresh.attempt("t1") == 1
+    assert fresh.attempt("t1") == 2  # given out: it may have run
     [reply] = fresh.handle(b"c2", execute("old"), 0.1)
     assert reply.message == done
     sends = fresh.handle(b"n2", register("n2"), 0.2)
     [run] = [s.message for s in sends if isinstance(s.message, p.Run)]
-    assert (run.task_id, run.attempt, run.task_timeout) == ("t1", 2, 5.0)  # first in line
+    assert (run.task_id, run.attempt, run.task_timeout) == ("t1", 3, 5.0)  # first in line
     fresh.handle(CLIENT, execute("t3"), 0.3)
     [saved_t3] = [c for c in fresh.take_journal() if isinstance(c, j.SaveTask)]
     assert saved_t3.seq > 10  # numbering goes on above what the store held

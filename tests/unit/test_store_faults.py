@@ -95,9 +95,9 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
 
 def test_a_store_from_a_newer_broker_is_refused(tmp_path: Path) -> None:
     path = made_store(tmp_path / "broker.db")
-    run_sql(path, "UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+    run_sql(path, "UPDATE meta SET value = 4 WHERE key = 'schema_version'")
     message = refusal(path)
-    assert "schema version 3 is newer than this zbroker's (2); upgrade zbroker" in message
+    assert "schema version 4 is newer than this zbroker's (3); upgrade zbroker" in message
 
 
 @pytest.mark.parametrize("version", ["'two'", "0", "-1", "NULL"])

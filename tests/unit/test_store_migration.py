@@ -1,5 +1,6 @@
-"""A store of schema version 1 is migrated to version 2 at open, in one transaction, with one
-log line; one that does not fit the protocol's limits is refused and left as it was."""
+"""A store of an older schema (1 or 2) is migrated to the current one at open, in one
+transaction, with one log line; one that does not fit the protocol's limits is refused and
+left as it was."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from broker.core.deadletters import DeadLetter
 from broker.core.events import Restored
-from broker.core.journal import PendingTask, SaveAnswer, SaveTask
+from broker.core.journal import PendingTask, SaveAnswer, SaveNode, SaveTask
 from broker.protocol import ErrorInfo, TaskCompleted, TaskSpec
 from broker.store import Store, StoreError
 from tests.store_helpers import OFFSET, answer, load
@@ -109,10 +110,10 @@ def test_a_version_1_store_is_migrated_with_one_log_line(
         next_seq=13,
     )
     assert [t.spec.task_id for t in after.pending] == ["b", "n"] and after.next_seq == 14
-    assert schema_of(path) == (2, ["task_id", "spec", "seq", "attempts", "submitted_at"])
+    assert schema_of(path) == (3, ["task_id", "spec", "seq", "attempts", "submitted_at"])
     migrated = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
     assert migrated == [
-        f"store {path}: schema version 1 migrated to 2 (2 pending tasks, 2 dead letters)"
+        f"store {path}: schema version 1 migrated to 3 (2 pending tasks, 2 dead letters)"
     ]
     reopened = Store.open(path)  # once only
     reopened.close()
@@ -140,7 +141,7 @@ def test_a_version_1_task_timeout_beyond_the_limits_becomes_the_brokers_default(
     assert a == TaskSpec("a", "f", b"[1]", 9, 3, 30.0, None)
     assert restored.dead_letters[0].spec.task_timeout is None
     assert [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()] == [
-        f"store {path}: schema version 1 migrated to 2 (2 pending tasks, 2 dead letters; "
+        f"store {path}: schema version 1 migrated to 3 (2 pending tasks, 2 dead letters; "
         "2 task timeouts beyond the protocol's limits left to the broker's default)"
     ]
 
@@ -184,3 +185,35 @@ def test_a_damaged_version_1_store_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match=r"damaged \(no table dead_letters\); restore a backup"):
         Store.open(path)
+
+
+def test_a_version_2_store_gains_the_table_of_nodes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 3 adds the node processes a restarted broker waits for; an upgraded store
+    starts with none, and keeps what it held."""
+    path = tmp_path / "broker.db"
+    store = Store.open(path)
+    store.apply([SaveTask(TaskSpec("a", "f", b"[1]"), 1, 10.0), SaveAnswer(answer("c"), 5.0)],
+                OFFSET)  # fmt: skip
+    store.close()
+    conn = sqlite3.connect(path)
+    with conn:  # back to version 2, as a version-2 broker left it
+        conn.execute("DROP TABLE nodes")
+        conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    conn.close()
+    caplog.set_level(logging.INFO, logger="broker.store")
+    store = Store.open(path)
+    try:
+        restored = load(store)
+        store.apply([SaveNode("n", "h", 7)], OFFSET)
+        after = load(store)
+    finally:
+        store.close()
+    assert [p.spec.task_id for p in restored.pending] == ["a"] and restored.nodes == []
+    assert [a.task_id for a, _ in restored.answers] == ["c"]
+    assert after.nodes == [("n", "h", 7)]
+    assert schema_of(path)[0] == 3
+    assert [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()] == [
+        f"store {path}: schema version 2 migrated to 3 (1 pending tasks, 0 dead letters)"
+    ]

@@ -15,10 +15,12 @@ from broker.core.journal import (
     Change,
     ForgetAnswer,
     ForgetDeadLetter,
+    ForgetNode,
     PendingTask,
     SaveAnswer,
     SaveAttempts,
     SaveDeadLetter,
+    SaveNode,
 )
 from broker.protocol import TaskSpec
 from broker.store import SCHEMA_VERSION, Store, StoreError
@@ -63,7 +65,7 @@ def test_the_spec_is_stored_whole_as_msgpack(store: Store, tmp_path: Path) -> No
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     conn.close()
     assert msgspec.msgpack.decode(blob, type=TaskSpec) == saved.spec
-    assert version == (SCHEMA_VERSION,) == (2,)
+    assert version == (SCHEMA_VERSION,) == (3,)
     reopened = Store.open(tmp_path / "broker.db")
     try:
         assert load(reopened).pending[0].spec == saved.spec
@@ -142,6 +144,16 @@ def test_a_replay_forgets_the_dead_letter_and_saves_the_task_again(store: Store)
     replay: list[Change] = [ForgetDeadLetter("a"), ForgetAnswer("a"), save("a", 1)]
     store.apply(replay, OFFSET)
     assert load(store) == Restored([pending("a", 1)], [], [], 2)
+
+
+def test_node_processes_are_saved_and_forgotten(store: Store) -> None:
+    """The processes a restarted broker waits for (protocol.md 7.3): the last command on one
+    process in a batch wins."""
+    store.apply([SaveNode("a", "h", 1), SaveNode("b", "h", 2), ForgetNode("a", "h", 1)], OFFSET)
+    store.apply([SaveNode("c", "", 3), ForgetNode("b", "h", 2), SaveNode("b", "h", 2)], OFFSET)
+    assert sorted(load(store).nodes) == [("b", "h", 2), ("c", "", 3)]
+    store.apply([ForgetNode("c", "", 3)], OFFSET)
+    assert load(store).nodes == [("b", "h", 2)]
 
 
 def test_times_convert_between_clocks_and_past_ones_stop_at_now(store: Store) -> None:

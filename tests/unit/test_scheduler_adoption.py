@@ -1,0 +1,185 @@
+"""Attempts that outlive their registration (protocol.md 7.3): a node process that registers
+again claims what it still runs or holds the RESULT of, and the broker takes those over
+instead of running them again; after a restart from a store, restored tasks wait for the
+node processes that were registered; RESULTs are confirmed once stored (STORED, 3.22)."""
+
+from __future__ import annotations
+
+from broker import protocol as p
+from broker.core import journal as j
+from broker.core.config import RetryPolicy, SchedulerConfig
+from broker.core.events import Committed, Restored, Send
+from broker.core.journal import PendingTask
+from tests.unit.core import Core, completed, execute, ok, runs
+
+CLIENT = b"client"
+# Retries at once, so that a lost attempt's task is queued again (not waiting for a backoff).
+CONFIG = SchedulerConfig(
+    heartbeat_interval=1.0, liveness=3, retry=RetryPolicy(base=0), journal=True
+)
+
+
+def register(
+    name: str, pid: int, claims: tuple[p.Claim, ...] | None = None, capacity: int = 1
+) -> p.Register:
+    return p.Register(name, "h", pid, ("f",), capacity, None, 0, True, claims)
+
+
+def restart(before: Core) -> Core:
+    """A broker started on the store `before`'s journal would have written."""
+    pending: dict[str, PendingTask] = {}
+    nodes: set[tuple[str, str, int]] = set()
+    for change in before.take_journal():
+        if isinstance(change, j.SaveTask):
+            pending[change.spec.task_id] = PendingTask(change.spec, change.seq, 0.0)
+        elif isinstance(change, j.SaveAttempts):
+            old = pending[change.task_id]
+            pending[change.task_id] = PendingTask(old.spec, old.seq, 0.0, change.attempts)
+        elif isinstance(change, j.SaveAnswer):
+            pending.pop(change.answer.task_id)
+        elif isinstance(change, j.SaveNode):
+            nodes.add((change.name, change.host, change.pid))
+        elif isinstance(change, j.ForgetNode):
+            nodes.discard((change.name, change.host, change.pid))
+    after = Core(CONFIG)
+    seq = max((t.seq for t in pending.values()), default=0) + 1
+    after.event(
+        Restored(sorted(pending.values(), key=lambda t: t.seq), [], [], seq, sorted(nodes)), 0.0
+    )
+    return after
+
+
+def two_nodes_running_t1_t2_with_t3_queued() -> Core:
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    core.handle(b"b1", register("b", 2), 0.0)
+    for task_id in ("t1", "t2", "t3"):
+        core.handle(CLIENT, execute(task_id, retries=2), 0.0)
+    return core
+
+
+def test_a_restarted_broker_adopts_the_attempts_nodes_claim_and_runs_them_once() -> None:
+    core = restart(two_nodes_running_t1_t2_with_t3_queued())
+    assert core.status()["unclaimed"] == 3 and core.queued() == 0
+    sends = core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 1.0)
+    assert runs(sends) == []  # a runs t1 already; t3 waits for b, which may run it
+    assert core.status()["unclaimed"] == 2
+    sends = core.handle(b"b2", register("b", 2, (p.Claim("t2", 1),)), 1.1)
+    assert runs(sends) == [] and core.queued() == 1  # every process is back: t3 is queued
+    assert core.counter("adopted") == 2
+    core.handle(CLIENT, execute("t1", retries=2), 1.2)  # the client's resend
+    sends = core.handle(b"a2", ok("t1", attempt=1), 1.5)
+    [answer] = completed(sends)
+    assert (answer.task_id, answer.attempts) == ("t1", 1)  # run once
+    assert runs(sends) == [(b"a2", "t3")] and core.attempt("t3") == 1
+
+
+def test_tasks_no_node_claims_are_placed_again_when_the_hold_ends() -> None:
+    core = restart(two_nodes_running_t1_t2_with_t3_queued())
+    core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 1.0)
+    core.take_journal()
+    sends = core.tick(3.5)  # b never came back within the expiry: its process died
+    assert core.counter("restored_unclaimed") == 2
+    assert j.ForgetNode("b", "h", 2) in core.take_journal()
+    assert runs(sends) == [] and core.queued() == 2  # a is busy with t1
+    sends = core.handle(b"a2", ok("t1", attempt=1), 3.5)
+    assert runs(sends) == [(b"a2", "t2")]
+    assert core.attempt("t2") == 2  # its first attempt went to b, which died: it counts
+
+
+def test_an_attempt_given_out_just_before_the_restart_is_adopted_too() -> None:
+    """The store writes a RUN's attempt a few milliseconds after it: a claim above the
+    count the store held is the node's all the same."""
+    before = Core(CONFIG)
+    before.handle(b"a1", register("a", 1), 0.0)
+    before.handle(CLIENT, execute("t1"), 0.0)
+    journal = before.take_journal()
+    before.journal = [c for c in journal if not isinstance(c, j.SaveAttempts)]  # not written
+    core = restart(before)
+    assert core.status()["unclaimed"] == 1
+    core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 1.0)
+    assert core.counter("adopted") == 1 and core.attempt("t1") == 1
+
+
+def test_a_claim_of_a_finished_task_is_told_to_stop_and_its_result_dropped() -> None:
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    sends = core.handle(
+        b"a2", register("a", 1, (p.Claim("gone", 1), p.Claim("done", 2, True))), 0.1
+    )
+    assert p.Stop(("gone",)) in [s.message for s in sends]  # running: stop it
+    assert core.counter("claims_refused") == 2
+    assert not core.registered(b"a1")  # the process registered anew: its old link is over
+    assert core.handle(b"a2", ok("done"), 0.2) == []  # the held answer: no error
+    assert core.handle(b"a2", p.Result("gone", 130, b"null"), 0.3) == []
+    assert core.counter("refused_not_holder") == 0 and core.counter("results_dropped") == 2
+
+
+def test_a_process_that_registers_again_keeps_what_it_runs() -> None:
+    """A reconnect of a node process while the broker lives (a network blip): its attempts
+    move to the new registration at once, nothing is requeued or run twice."""
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    core.handle(CLIENT, execute("t1"), 0.0)
+    sends = core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 0.5)
+    assert runs(sends) == [] and not core.registered(b"a1")
+    assert core.counter("adopted") == 1 and core.counter("requeued") == 0
+    [answer] = completed(core.handle(b"a2", ok("t1", attempt=1), 0.6))
+    assert answer.attempts == 1
+
+
+def test_a_node_declared_dead_that_comes_back_keeps_its_attempt() -> None:
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    core.handle(CLIENT, execute("t1", retries=1), 0.0)
+    core.tick(4.0)  # silent for the expiry: declared dead, t1 queued for attempt 2
+    assert not core.registered(b"a1") and core.queued() == 1
+    sends = core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 4.1)
+    assert runs(sends) == [] and core.queued() == 0 and core.attempt("t1") == 1
+    [answer] = completed(core.handle(b"a2", ok("t1", attempt=1), 4.2))
+    assert answer.attempts == 1
+
+
+def test_a_claim_of_a_task_another_node_runs_is_left_to_the_late_result_rules() -> None:
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    core.handle(CLIENT, execute("t1", retries=1), 0.0)
+    core.tick(4.0)  # a declared dead
+    core.handle(b"b1", register("b", 2), 4.0)  # runs attempt 2
+    assert core.attempt("t1") == 2
+    core.handle(b"a2", register("a", 1, (p.Claim("t1", 1),)), 4.1)
+    assert core.counter("claims_ignored") == 1
+    [answer] = completed(core.handle(b"a2", ok("t1", attempt=1), 4.2))  # first success wins
+    assert answer.task_id == "t1"
+
+
+def test_results_are_confirmed_once_stored() -> None:
+    core = Core(CONFIG)
+    sends = core.handle(b"a1", register("a", 1, ()), 0.0)
+    [registered] = [s.message for s in sends if isinstance(s.message, p.Registered)]
+    assert registered.stored
+    core.handle(CLIENT, execute("t1"), 0.0)
+    core.handle(b"a1", ok("t1"), 0.1)
+    core.handle(b"a1", p.Result("unknown", 0, b"1"), 0.2)  # refused, but handled all the same
+    assert core.scheduler.confirming
+    assert core.event(Committed(), 0.3) == [Send(b"a1", p.Stored(2))]
+    assert core.event(Committed(), 0.4) == []  # nothing new
+
+
+def test_no_confirmation_without_a_store_or_for_a_node_that_does_not_claim() -> None:
+    bare = Core(SchedulerConfig())
+    [registered] = [
+        s.message
+        for s in bare.handle(b"a1", register("a", 1, ()), 0.0)
+        if isinstance(s.message, p.Registered)
+    ]
+    assert not registered.stored
+    core = Core(CONFIG)
+    old_node = p.Register("o", "h", 3, ("f",), 1)
+    [registered] = [
+        s.message for s in core.handle(b"o", old_node, 0.0) if isinstance(s.message, p.Registered)
+    ]
+    assert not registered.stored
+    core.handle(CLIENT, execute("t1"), 0.0)
+    core.handle(b"o", ok("t1"), 0.1)
+    assert not core.scheduler.confirming
