@@ -28,6 +28,7 @@ from broker.protocol import (
     ERR_NOT_HOLDER,
     ERR_NOT_REGISTERED,
     Batch,
+    Claim,
     Disconnect,
     Error,
     Heartbeat,
@@ -38,6 +39,7 @@ from broker.protocol import (
     Retracted,
     Run,
     Stop,
+    Stored,
     Waiting,
     decode,
     encode,
@@ -95,6 +97,8 @@ class NodeAgent:
         self._wake_fd = self._wake_r.fileno()
         self._wake = (self._wake_fd, POLLIN)
         self._replaces = config.replaces  # sent until the broker has answered a REGISTER
+        # Registered once already: a later REGISTER claims what this process still has.
+        self._registered_before = False
         # RESULTs of tasks run inline, not sent yet (see FLUSH_AFTER), and when the first came.
         self._pending: list[list[bytes]] = []
         self._pending_since = 0.0
@@ -212,9 +216,18 @@ class NodeAgent:
         elif self._life.stopping and self._life.drained(self._slots.busy, now):
             if self._may_end(now):
                 self._finish()
-        elif link.socket is None:
+        else:
+            self._upkeep(now)
+
+    def _upkeep(self, now: float) -> None:
+        """Keep the link registered: connect, register again, heartbeat, send what waits."""
+        link = self._link
+        if link.socket is None:
             if not self._life.stopping and now >= link.connect_at:
                 self._connect()
+        elif link.reconnected(now):
+            why = f"the connection to the broker at {link.url} was lost and made again"
+            self._reconnect(why, at_once=True)
         elif not link.registered:
             if now >= link.register_deadline:
                 link.retry()
@@ -258,6 +271,15 @@ class NodeAgent:
 
     def _connect(self) -> None:
         config, host = self._config, socket.gethostname()
+        claims = None
+        if self._registered_before:  # what this process still has (protocol.md 7.3)
+            self._flush_pending()  # (kept by the link until registered)
+            for frames in self._slots.take_results():
+                self._link.send_in_order(frames)
+            slots = self._slots
+            running = [Claim(run.task_id, run.attempt) for run in slots.started()]
+            running += [Claim(run.task_id, run.attempt, held=True) for run in slots.held_runs()]
+            claims = self._link.claims(running)
         register = Register(
             config.name,
             host,
@@ -267,7 +289,10 @@ class NodeAgent:
             self._replaces,
             config.prefetch,
             stop=True,  # it answers STOP (`_on_stop`)
+            attempts=claims,
         )
+        if claims:
+            log.info("registering again with %d attempts this process still has", len(claims))
         self._link.connect(register)
 
     # ------------------------------------------------------------------ from the broker
@@ -326,6 +351,8 @@ class NodeAgent:
             link.on_heartbeat(msg)
         elif isinstance(msg, Stop):
             self._on_stop(msg)
+        elif isinstance(msg, Stored):
+            link.on_stored(msg.results)
         else:
             self._on_malformed(ValueError(f"unexpected {type(msg).__name__} for a node"))
 
@@ -347,15 +374,21 @@ class NodeAgent:
     def _on_registered(self, msg: Registered) -> None:
         self._link.on_registered(msg)
         self._replaces = None  # the broker knows now; a later REGISTER is not a restart
+        if self._registered_before and not msg.adopts:
+            # A broker that does not take claims places the held tasks again itself.
+            dropped = self._slots.drop_held()
+            if dropped:
+                log.warning(
+                    "dropping %d task(s) held unstarted: the broker places them again", dropped
+                )
+        self._registered_before = True
         self._link.flush()
 
-    def _reconnect(self, why: str) -> None:
-        """Register again on a fresh socket. The tasks held unstarted are dropped: the broker
-        places them again when it forgets this registration (protocol.md 5.5)."""
-        dropped = self._slots.drop_held()
-        if dropped:
-            log.warning("dropping %d task(s) held unstarted: the broker places them again", dropped)
-        self._link.reconnect(why)
+    def _reconnect(self, why: str, at_once: bool = False) -> None:
+        """Register again on a fresh socket. The tasks held unstarted are kept and claimed
+        with those running (protocol.md 7.3); a broker that does not take claims places
+        them again, and they are dropped then (`_on_registered`)."""
+        self._link.reconnect(why, at_once)
 
     def _on_runs(self, batch: Batch) -> None:
         for item in batch.items:
@@ -440,6 +473,14 @@ class NodeAgent:
         heartbeat or deregister as the loop would."""
         link = self._link
         if link.socket is None or not link.registered:
+            if not self._life.stopping:  # register again while the function runs
+                self._upkeep(time.monotonic())
+                if link.socket is not None and readable(link.socket):
+                    self._drain_broker(link.socket)  # REGISTERED, and what follows it
+            return
+        if link.reconnected(time.monotonic()):
+            why = f"the connection to the broker at {link.url} was lost and made again"
+            self._reconnect(why, at_once=True)
             return
         if self._lending:
             self._lend_slots()

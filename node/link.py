@@ -3,8 +3,11 @@
 Owns the ZeroMQ context and the DEALER socket (fresh on every connect, so stale replies
 cannot reach a new registration), the registration state, the heartbeat settings and the
 backlog hint the broker announced, when the node last sent and heard anything, the backoff
-between attempts to register, and the RESULTs waiting for a registration. Used only from the
-node's socket thread (or by the inline watchdog holding the socket).
+between attempts to register, the RESULTs waiting for a registration, and those sent that
+the broker has not confirmed as stored (protocol.md 3.22): both are claimed and sent again
+when the node registers anew (7.3). A socket monitor tells when the connection to the
+broker was lost and made again: a restarted broker does not know the node. Used only from
+the node's socket thread (or by the inline watchdog holding the socket).
 """
 
 from __future__ import annotations
@@ -13,12 +16,26 @@ import logging
 import math
 import random
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 import zmq
 
-from broker.protocol import Deregister, Heartbeat, Register, Registered, encode
-from broker.protocol.frames import NOBLOCK, send_frames
+from broker.protocol import (
+    RESULT,
+    Batch,
+    Claim,
+    Deregister,
+    Heartbeat,
+    ProtocolError,
+    Register,
+    Registered,
+    RemoteProtocolError,
+    Result,
+    decode,
+    encode,
+)
+from broker.protocol.frames import NOBLOCK, recv_frames, send_frames
 from node.registry import NodeSetupError
 
 if TYPE_CHECKING:
@@ -30,6 +47,10 @@ MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
 MAX_BACKOFF = 5.0
 JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
+# The socket monitor's events that tell a connection was lost and one was made again.
+_LOST = int(zmq.EVENT_DISCONNECTED)
+_MADE = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+WATCH_EVERY = 0.05  # seconds between looks at the monitor
 
 
 class BrokerLink:
@@ -47,6 +68,14 @@ class BrokerLink:
         self.connect_at = 0.0  # when to connect again while there is no socket
         self.register_deadline = self.last_sent = self.last_heard = 0.0
         self.unsent: list[list[bytes]] = []  # RESULT frames waiting for a registration
+        # RESULT messages sent on this registration and not yet counted by a STORED, with
+        # the count each one brought the RESULTs sent to (only when the broker confirms).
+        self.unconfirmed: deque[tuple[int, list[bytes]]] = deque()
+        self._results_sent = 0  # RESULT messages sent on this registration
+        self.confirms = False  # the broker said it sends STORED (REGISTERED `stored`)
+        self._monitor: zmq.Socket[bytes] | None = None  # DISCONNECTED, HANDSHAKE_SUCCEEDED
+        self._lost = False  # the monitor saw the connection lost
+        self._watch_at = 0.0  # when to look at the monitor next
         # The broker's latest backlog hint for our functions (protocol.md 3.4); None: unknown.
         self.backlog: int | None = None
         self.results = 0  # messages handed to `send_in_order`: grows while we work
@@ -69,6 +98,8 @@ class BrokerLink:
                 f"cannot connect to broker URL {self.url!r}: {exc}; use a URL like tcp://HOST:PORT"
             ) from None
         self.socket, self.registered = sock, False
+        self._monitor = sock.get_monitor_socket(_LOST | _MADE)
+        self._lost = False
         now = time.monotonic()
         self.register_deadline = now + self.expiry
         self.last_heard = now
@@ -76,6 +107,7 @@ class BrokerLink:
 
     def on_registered(self, msg: Registered) -> None:
         self.registered = True
+        self.confirms = msg.stored
         self.backlog = msg.backlog
         self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
         self._backoff = MIN_BACKOFF
@@ -110,13 +142,64 @@ class BrokerLink:
         """Send a RESULT (or RETRACTED) now if registered, else keep it until `flush()`:
         these leave in the order they were given, never before an earlier one."""
         self.results += 1
-        if not self.registered or self.unsent or not self.send(frames):
+        if not self.registered or self.unsent or not self._send_counted(frames):
             self.unsent.append(frames)
 
     def flush(self) -> None:
         """Send the RESULTs kept while the node was not registered (or the socket full)."""
-        while self.unsent and self.send(self.unsent[0]):
+        while self.unsent and self._send_counted(self.unsent[0]):
             self.unsent.pop(0)
+
+    def _send_counted(self, frames: list[bytes]) -> bool:
+        """`send`, and a RESULT sent is kept until the broker confirms it stored."""
+        if not self.send(frames):
+            return False
+        if frames[1] == RESULT:
+            self._results_sent += 1
+            if self.confirms:
+                self.unconfirmed.append((self._results_sent, frames))
+        return True
+
+    def on_stored(self, results: int) -> None:
+        """STORED: the broker has the first `results` RESULT messages in its store."""
+        unconfirmed = self.unconfirmed
+        while unconfirmed and unconfirmed[0][0] <= results:
+            unconfirmed.popleft()
+
+    def claims(self, running: list[Claim]) -> tuple[Claim, ...]:
+        """What a REGISTER claims (protocol.md 7.3): the attempts `running` (or held), and
+        those whose RESULTs wait to be sent (or sent again) once registered."""
+        done = list(running)
+        for frames in self.unsent:
+            if frames[1] != RESULT:
+                continue
+            try:
+                msg = decode(frames)
+            except RemoteProtocolError:
+                continue  # not readable by the broker either: nothing to claim
+            items = msg.items if isinstance(msg, Batch) else (msg,)
+            for item in items:
+                if isinstance(item, Result) and not isinstance(item, ProtocolError):
+                    done.append(Claim(item.task_id, item.attempt or 1, True))
+        return tuple(done)
+
+    def reconnected(self, now: float) -> bool:
+        """Whether the connection to the broker was lost and made again since the socket
+        was opened (looked at every WATCH_EVERY seconds at most)."""
+        monitor = self._monitor
+        if monitor is None or now < self._watch_at:
+            return False
+        self._watch_at = now + WATCH_EVERY
+        while True:
+            try:
+                frames = recv_frames(monitor, NOBLOCK)
+            except zmq.Again:
+                return False
+            event = int.from_bytes(frames[0][:2], "little")
+            if event == _LOST:
+                self._lost = True
+            elif event == _MADE and self._lost:
+                return True
 
     def send(self, frames: list[bytes]) -> bool:
         """Send one message; False if it could not be queued now."""
@@ -129,11 +212,24 @@ class BrokerLink:
         return True
 
     def drop(self, delay: float) -> None:
-        """Close the socket (discarding what it still holds); connect again after `delay`."""
+        """Close the socket (discarding what it still holds); connect again after `delay`.
+        The RESULTs the broker did not confirm are sent again on the next registration."""
+        self._close_monitor()
         if self.socket is not None:
             self.socket.close()
         self.socket, self.registered, self.backlog = None, False, None
         self.connect_at = time.monotonic() + delay
+        if self.unconfirmed:
+            self.unsent[:0] = [frames for _, frames in self.unconfirmed]
+            self.unconfirmed.clear()
+        self._results_sent, self.confirms = 0, False
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            if self.socket is not None:
+                self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def retry(self) -> None:
         """No REGISTERED came in time: back off and try again on a fresh socket."""
@@ -145,8 +241,8 @@ class BrokerLink:
         )
         self.drop(delay)
 
-    def reconnect(self, why: str) -> None:
-        delay = self._next_delay()
+    def reconnect(self, why: str, at_once: bool = False) -> None:
+        delay = 0.0 if at_once else self._next_delay()
         log.warning("%s; registering again in %.1f s", why, delay)
         self.drop(delay)
 
@@ -155,6 +251,7 @@ class BrokerLink:
 
         ZeroMQ sends in the background: the socket closed with a linger and the context
         terminated (which waits for that linger) see them leave before this returns."""
+        self._close_monitor()
         if self.socket is not None:
             self.socket.close(linger=CLOSE_LINGER_MS if clean else 0)
             self.socket = None

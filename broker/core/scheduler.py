@@ -1008,34 +1008,38 @@ class Scheduler:
         feed = self._feed(node, now)
         # The backlog hint once the new node has its tasks: what it alone cannot take.
         node.backlog_told = backlog = self._queue.waiting_for(node.functions)
+        adopts = msg.attempts is not None
         registered = Registered(
-            node.node_id, config.heartbeat_interval, config.liveness, backlog, node.confirms
+            node.node_id, config.heartbeat_interval, config.liveness, backlog, node.confirms, adopts
         )
         commands.append(Send(peer, registered))
         return commands + feed
 
     def _adopt(self, node: Node, claims: tuple[Claim, ...], now: float) -> list[Command]:
-        """A registering node process claims the attempts it still runs or holds the RESULT
-        of (protocol.md 7.3). Each one whose task is pending and not running elsewhere is
-        its node's again, as if its RUN had just gone out (no second run); one of a task
-        finished or unknown here is told to stop, and its RESULT is dropped without error;
-        the others (a task running elsewhere now) are left to the rules of 7.2."""
+        """A registering node process claims the attempts it still runs, holds unstarted or
+        holds the RESULT of (protocol.md 7.3). Each one whose task is pending and not running
+        elsewhere is its node's again, as if its RUN had just gone out (no second run). One
+        of a task finished or unknown here is told to stop, and so is one held unstarted of
+        a task that runs elsewhere now: their RESULTs are dropped without error. A running
+        one of a task that runs elsewhere is left to the rules of 7.2."""
         stop: list[str] = []
         for claim in claims:
             task = self._tasks.get(claim.task_id)
+            if task is not None and self._adoptable(task, node, claim):
+                self._take_over(task, node, claim.attempt, now)
+                continue
             if task is None:
                 self._counters["claims_refused"] += 1
+            else:
+                self._counters["claims_ignored"] += 1
+            if task is None or claim.held:
                 node.stopping.add(claim.task_id)
                 if not claim.done:
                     stop.append(claim.task_id)
-            elif self._adoptable(task, node, claim):
-                self._take_over(task, node, claim.attempt, now)
-            else:
-                self._counters["claims_ignored"] += 1
         if not stop:
             return []
         log.warning(
-            "node %s claimed %d running attempts of tasks finished or unknown here; told to stop",
+            "node %s claimed %d attempts of tasks finished, unknown or run elsewhere; told to stop",
             node.name,
             len(stop),
             extra={"node": node.name},
@@ -1051,9 +1055,10 @@ class Scheduler:
         """Whether `node` may take `task` over with the attempt it claims: that attempt is
         the task's latest and no other process runs it. It is so when this process's earlier
         registration holds it; when the broker gave it up on this process (its node was
-        declared dead, say) and has not placed it again; or when the task was restored and
-        waits unclaimed (an attempt above the stored count was given out in the last
-        milliseconds before the broker went down)."""
+        declared dead, say) and has not placed it again (for a held claim, an attempt that
+        was undone when it came back unstarted); or when the task was restored and waits
+        unclaimed (an attempt above the stored count was given out in the last milliseconds
+        before the broker went down)."""
         if task.spec.function not in node.functions:
             return False
         attempt = claim.attempt
@@ -1069,6 +1074,8 @@ class Scheduler:
             )
         if task.state is not QUEUED and task.state is not WAITING_RETRY:
             return False
+        if claim.held:  # unstarted there, and waiting here: it runs nowhere yet
+            return task.attempt <= attempt <= task.attempt + 1
         lost = task.lost or ()
         return attempt == task.attempt and any(
             gone.attempt == attempt and gone.process == node.process for gone in lost

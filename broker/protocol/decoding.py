@@ -184,6 +184,7 @@ class _ClaimBody(msgspec.Struct, gc=False):
     task_id: TaskRef
     attempt: Attempt
     done: bool = False
+    held: bool = False
 
 
 class _RegisterBody(msgspec.Struct, gc=False):
@@ -204,6 +205,7 @@ class _RegisteredBody(msgspec.Struct, gc=False):
     liveness: Liveness
     backlog: msgspec.Raw = msgspec.Raw()  # a hint: read on its own, never refused
     stored: bool = False
+    adopts: bool = False
 
 
 class _StoredBody(msgspec.Struct, gc=False):
@@ -505,7 +507,7 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
     host = b.host[:MAX_HOST_LENGTH]
     attempts = None
     if b.attempts is not None:
-        attempts = tuple(Claim(c.task_id, c.attempt, c.done) for c in b.attempts)
+        attempts = tuple(Claim(c.task_id, c.attempt, c.done, c.held) for c in b.attempts)
     return Register(
         b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch, b.stop, attempts
     )
@@ -538,7 +540,7 @@ def _decode_waiting(frames: Sequence[bytes]) -> Waiting:
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
     b = _REGISTERED.read(frames)
     interval = b.heartbeat_interval_ms / 1000
-    return Registered(b.node_id, interval, b.liveness, _hint(b.backlog), b.stored)
+    return Registered(b.node_id, interval, b.liveness, _hint(b.backlog), b.stored, b.adopts)
 
 
 def _decode_heartbeat(frames: Sequence[bytes]) -> Heartbeat:

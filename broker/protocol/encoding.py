@@ -180,6 +180,8 @@ def _claim(c: Claim) -> dict[str, Any]:
     claim: dict[str, Any] = {"task_id": c.task_id, "attempt": c.attempt}
     if c.done:
         claim["done"] = True
+    if c.held:
+        claim["held"] = True
     return claim
 
 
@@ -193,6 +195,8 @@ def _encode_registered(m: Registered) -> list[bytes]:
         body["backlog"] = m.backlog
     if m.stored:
         body["stored"] = True
+    if m.adopts:
+        body["adopts"] = True
     return [TAG, REGISTERED, _json(body)]
 
 

@@ -134,12 +134,14 @@ class Replaces(Struct, frozen=True, gc=False):
 
 
 class Claim(Struct, frozen=True, gc=False):
-    """An attempt a registering node process still has (protocol.md 7.3): it runs it, or
-    it finished it (`done`) and holds its RESULT, which it sends once registered."""
+    """An attempt a registering node process still has (protocol.md 7.3): it runs it, holds
+    it unstarted (`held`), or finished it (`done`) and holds its RESULT, which it sends once
+    registered."""
 
     task_id: str
     attempt: int
     done: bool = False
+    held: bool = False
 
 
 class Register(Struct, frozen=True, gc=False):
@@ -162,6 +164,7 @@ class Registered(Struct, frozen=True, gc=False):
     liveness: int
     backlog: int | None = None  # the backlog hint, as in Heartbeat
     stored: bool = False  # the broker confirms the RESULTs it has stored (STORED)
+    adopts: bool = False  # the broker took the REGISTER's `attempts` (protocol.md 7.3)
 
 
 class Stored(Struct, frozen=True, gc=False):

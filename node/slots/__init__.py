@@ -98,6 +98,15 @@ class Slots(Protocol):
         """Forget every held task (the broker places them again); how many there were."""
         ...
 
+    def started(self) -> list[Run]:
+        """The tasks started and not answered yet: what a node registering again claims
+        (protocol.md 7.3)."""
+        ...
+
+    def held_runs(self) -> list[Run]:
+        """The tasks held, not started yet, oldest first (claimed too)."""
+        ...
+
     def take_results(self) -> list[list[bytes]]:
         """The RESULT messages finished since the last call, after `results_ready`."""
         ...

@@ -224,6 +224,16 @@ class InlineSlot:
         self._held.clear()
         return count
 
+    def started(self) -> list[Run]:
+        """The task inside its function (when the watchdog asks) and those helpers run."""
+        with self._help_lock:
+            helping = list(self._helping.values())
+        running = self._running
+        return helping if running is None else [running, *helping]
+
+    def held_runs(self) -> list[Run]:
+        return list(self._held.values())
+
     def run_next(self, flush_at: float = math.inf) -> list[bytes]:
         """Run the oldest held task now; its RESULT frames. `flush_at`: when results the
         caller still holds must leave, should this task run long (the watchdog sees to it)."""

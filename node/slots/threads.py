@@ -133,6 +133,12 @@ class ThreadSlots:
         self._jobs.put(_STOP)
         return True
 
+    def started(self) -> list[Run]:
+        return list(self.running.values())
+
+    def held_runs(self) -> list[Run]:
+        return list(self._backlog)
+
     def retract(self, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         wanted = set(task_ids)
         kept = deque(run for run in self._backlog if run.task_id not in wanted)

@@ -130,9 +130,14 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 0, True, ()),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
                       b'"capacity":1,"stop":true,"attempts":[]}']),
-    (p.Registered("node-4", 1.0, 3, None, True),
-     [T, b"REGISTERED",
-      b'{"node_id":"node-4","heartbeat_interval_ms":1000,"liveness":3,"stored":true}']),
+    (p.Registered("node-4", 1.0, 3, None, True, True),
+     [T, b"REGISTERED", b'{"node_id":"node-4","heartbeat_interval_ms":1000,"liveness":3,'
+                        b'"stored":true,"adopts":true}']),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 4, True,
+                (p.Claim("7", 1), p.Claim("9", 1, held=True))),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"prefetch":4,"stop":true,"attempts":[{"task_id":"7",'
+                      b'"attempt":1},{"task_id":"9","attempt":1,"held":true}]}']),
     (p.Stored(12), [T, b"STORED", b'{"results":12}']),
     (p.Register("node-a", "worker1", 4242, ("add",), 1, None, 64, True),
      [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'

@@ -183,3 +183,21 @@ def test_no_confirmation_without_a_store_or_for_a_node_that_does_not_claim() -> 
     core.handle(CLIENT, execute("t1"), 0.0)
     core.handle(b"o", ok("t1"), 0.1)
     assert not core.scheduler.confirming
+
+
+def test_held_claims_are_adopted_as_held_or_told_to_stop() -> None:
+    """Tasks a node held unstarted when it lost its link are claimed too: kept where no one
+    else has them, else dropped (STOP), never run a second time."""
+    core = Core(CONFIG)
+    core.handle(b"a1", p.Register("a", "h", 1, ("f",), 1, None, 4, True), 0.0)
+    core.handle(b"b1", register("b", 2), 0.0)
+    for task_id in ("t1", "t2", "t3", "t4"):
+        core.handle(CLIENT, execute(task_id), 0.0)
+    core.tick(4.0)  # both silent: declared dead; t1..t4 queued again
+    claims = (p.Claim("t1", 1), p.Claim("t2", 1, held=True), p.Claim("t9", 1, held=True))
+    sends = core.handle(b"a2", p.Register("a", "h", 1, ("f",), 1, None, 4, True, claims), 4.1)
+    assert core.attempt("t1") == 1 and core.attempt("t2") == 1  # t2 held again, unstarted
+    assert core.status()["held"] == 1 and core.status()["running"] == 1
+    assert p.Stop(("t9",)) in [s.message for s in sends]  # unknown: dropped
+    [registered] = [s.message for s in sends if isinstance(s.message, p.Registered)]
+    assert registered.adopts

@@ -1,0 +1,117 @@
+"""Issue 17, with real processes: a broker killed with SIGKILL while its nodes run long tasks
+runs none of them again once restarted on its store; the nodes claim the attempts they still
+run (protocol.md 7.3). A node that dies meanwhile has its tasks run again, and `attempts`
+says so. Each task notes every run it starts in a file (tests/restart_tasks.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+from broker import protocol as p
+from client import Client
+from tests.e2e.conftest import Cluster, free_port
+from tests.support import wait_until
+
+FUNCTIONS = "tests.restart_tasks"
+TASKS = 50
+SECONDS = 3.0  # each task's run: long enough to outlast the restart
+
+
+class Waiting:
+    """A client waiting on TASKS long tasks, in a thread; each answer as it came."""
+
+    def __init__(self, url: str, runs: Path) -> None:
+        self.url, self.runs = url, runs
+        self.answers: list[p.TaskCompleted] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="client")
+        self.thread.start()
+
+    def _run(self) -> None:
+        args = [(str(self.runs), f"k{i}", SECONDS) for i in range(TASKS)]
+        try:
+            with Client(self.url, timeout=60, resend_interval=0.5) as client:
+                for answer in client.imap("noted_sleep", args, window=TASKS, answers=True):
+                    self.answers.append(answer)
+        except BaseException as exc:  # reported by the test thread
+            self.error = exc
+
+    def by_key(self) -> dict[str, tuple[int, int]]:
+        """Once every answer came: (exit code, attempts) by task key."""
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the client never got every answer"
+        assert self.error is None, self.error
+        return {a.result.decode().strip('"'): (a.exit_code, a.attempts) for a in self.answers}
+
+
+def started(runs: Path) -> Counter[str]:
+    """How often each task started, as the tasks noted it."""
+    return Counter(runs.read_text().split()) if runs.exists() else Counter()
+
+
+def two_nodes_running_every_task(cluster: Cluster, runs: Path) -> tuple[str, Waiting]:
+    """A broker and two nodes of 25 threads (no prefetch: every task starts at once) running
+    the TASKS tasks of one client."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    cluster.start_broker(bind=url)
+    for _ in range(2):
+        cluster.start_node("--threads", "25", "--prefetch", "0", functions=FUNCTIONS)
+    cluster.wait_nodes("node0", "node1")
+    waiting = Waiting(url, runs)
+    assert cluster.broker is not None
+    wait_until(
+        lambda: sum(started(runs).values()) >= TASKS,
+        20,
+        what="every task started",
+        alive=[cluster.broker],
+    )
+    return url, waiting
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_broker_restart_runs_no_running_task_twice(cluster: Cluster, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    url, waiting = two_nodes_running_every_task(cluster, runs)
+    assert cluster.broker is not None
+    cluster.broker.signal(signal.SIGKILL)
+    cluster.broker.wait(5)
+    cluster.start_broker(bind=url)  # the same address and store
+    answers = waiting.by_key()
+    assert answers == {f"k{i}": (0, 1) for i in range(TASKS)}  # one attempt each
+    assert started(runs) == Counter({f"k{i}": 1 for i in range(TASKS)})  # each ran once
+    counters = cluster.status()["counters"]
+    assert counters.get("adopted") == TASKS and not counters.get("restored_unclaimed")
+
+
+def test_tasks_of_a_node_that_died_during_the_restart_run_again(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs.txt"
+    url, waiting = two_nodes_running_every_task(cluster, runs)
+    [lost] = [n for n in cluster.status()["nodes"] if n["name"] == "node1"]
+    assert cluster.broker is not None
+    cluster.broker.signal(signal.SIGKILL)
+    cluster.nodes[1].signal(signal.SIGKILL)  # its supervisor, then its process
+    kill(lost["pid"])
+    cluster.broker.wait(5)
+    cluster.nodes[1].wait(5)
+    cluster.start_broker(bind=url)
+    answers = waiting.by_key()
+    assert sorted(answers) == sorted(f"k{i}" for i in range(TASKS))
+    runs_of = started(runs)
+    again = {key for key, count in runs_of.items() if count == 2}
+    assert again and set(runs_of.values()) == {1, 2}  # node1's tasks, and only they, twice
+    for key, (code, attempts) in answers.items():
+        assert code == 0 and attempts == runs_of[key], (key, attempts, runs_of[key])
+    counters = cluster.status()["counters"]
+    assert counters.get("restored_unclaimed") == len(again)
+    assert counters.get("adopted") == TASKS - len(again)
