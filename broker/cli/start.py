@@ -117,6 +117,12 @@ def start(
         help="On SIGINT/SIGTERM, seconds to wait for running tasks to finish (queued ones stay "
         "in the store for the next start). A second signal stops at once.",
     ),
+    max_dead_letters: int = typer.Option(
+        100_000,
+        min=1,
+        help="Dead letters kept, in memory and in the store: past it (or past 64 MiB of their "
+        "arguments) the oldest go. The JSON-lines log (--dlq-log) keeps every one.",
+    ),
     max_pending_per_client: int = typer.Option(
         DEFAULT_MAX_PENDING_PER_CLIENT,
         min=1,
@@ -208,8 +214,9 @@ def start(
         retry_on=default_retry_on,
         metrics=metrics,
         max_pending_per_client=max_pending_per_client,
+        dead_letters_max=max_dead_letters,
     )
-    persistence = _persistence(store, dlq_log, store_sync, results, retries)
+    persistence = _persistence(store, dlq_log, store_sync, results, retries, max_dead_letters)
     keys = _keys(bind, curve, authorized, insecure)
     config = BrokerConfig(
         bind,
@@ -297,7 +304,7 @@ def loopback(endpoint: str) -> bool:
 
 
 def _persistence(
-    store: str, dlq_log: str, sync: str, results: ResultsConfig, retries: int
+    store: str, dlq_log: str, sync: str, results: ResultsConfig, retries: int, dead: int
 ) -> PersistenceConfig:
     from broker.store import PersistenceConfig
 
@@ -313,6 +320,7 @@ def _persistence(
         log_path,
         results.ttl,
         results.max_entries,
+        dead,
         sync_full=sync == "full",
         default_retries=retries,
     )

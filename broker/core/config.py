@@ -83,7 +83,9 @@ class SchedulerConfig:
     # restart from a store): its tasks wait for a node to come back instead of getting 127.
     offer_grace: float | None = None  # None: 2 x heartbeat expiry + 5 s
     journal: bool = False  # emit store commands, for a durable store
-    dead_letters_max: int = 100_000
+    dead_letters_max: int = 100_000  # dead letters kept; the oldest go first
+    # And at most these bytes of them: their arguments, plus a fixed cost per entry.
+    dead_letters_max_bytes: int = 64 * 1024 * 1024
     # The most tasks a node may hold unstarted beyond its slots (it asks for its own number
     # in REGISTER `prefetch`); 0 turns prefetching off.
     max_prefetch: int = DEFAULT_MAX_PREFETCH

@@ -180,7 +180,7 @@ class Scheduler:
         self._timers: Timers[Task | Node | Grace | RestartHold] = Timers()
         self._graces = Graces(self._timers, config.offer_grace_seconds)
         self._results = ResultCache(config.results)
-        self._dead = DeadLetters(config.dead_letters_max)
+        self._dead = DeadLetters(config.dead_letters_max, config.dead_letters_max_bytes)
         self._counters: Counter[str] = Counter()
         self._metrics = Metrics(now) if config.metrics else None
         # Pending tasks by their submitter (Task.owner: its CURVE key, else its
@@ -1946,6 +1946,7 @@ class Scheduler:
         """Raise AssertionError if the parts disagree (the deferred work accounted for)."""
         self._pool.check_invariants()
         self._queue.check_invariants()
+        self._dead.check_invariants()
         self._tasks.check_invariants()
         self._results.check_invariants()
         self._timers.check_invariants()

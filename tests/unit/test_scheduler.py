@@ -362,7 +362,7 @@ def test_result_cache_keeps_within_its_entry_and_byte_bounds() -> None:
         cache.add(p.TaskCompleted(f"t{i}", 0, b"1"), float(i))
         cache.check_invariants()
     assert [t for t in ("t0", "t1", "t2", "t3", "t4") if t in cache] == ["t2", "t3", "t4"]
-    cache.add(p.TaskCompleted("big", 0, b"x" * 9_700), 5.0)  # pushes older ones out by size
+    cache.add(p.TaskCompleted("big", 0, b"x" * 9_400), 5.0)  # pushes older ones out by size
     assert "big" in cache and len(cache) == 1
     assert cache.bytes <= 10_000
     cache.expire(100.0, limit=1000)
