@@ -119,7 +119,10 @@ class BrokerServer:
         self.config = config
         self.persistence = Persistence(config.persistence)
         self._wall_offset = time.time() - time.monotonic()
-        scheduler_config = replace(config.scheduler, journal=self.persistence.enabled)
+        start_grace = config.scheduler.start_grace is not False
+        scheduler_config = replace(
+            config.scheduler, journal=self.persistence.enabled, start_grace=start_grace
+        )
         self.stats = ShellStats()
         self.scheduler = Scheduler(
             scheduler_config,

@@ -83,6 +83,10 @@ class SchedulerConfig:
     # restart from a store): its tasks wait for a node to come back instead of getting 127.
     offer_grace: float | None = None  # None: 2 x heartbeat expiry + 5 s
     journal: bool = False  # emit store commands, for a durable store
+    # A grace of one expiry for every function when the broker starts: the nodes of a broker
+    # restarted without a store register meanwhile. None: as the shell decides (the broker
+    # process gives one; a scheduler alone, as in the core's tests, does not).
+    start_grace: bool | None = None
     dead_letters_max: int = 100_000  # dead letters kept; the oldest go first
     # And at most these bytes of them: their arguments, plus a fixed cost per entry.
     dead_letters_max_bytes: int = 64 * 1024 * 1024

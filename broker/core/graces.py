@@ -3,9 +3,11 @@
 After the last node offering a function leaves (a node process being replaced, say), its
 tasks are accepted for a grace and wait for a node to come back, instead of getting 127 at
 once; after a broker restarts from a store, every function gets one, since its nodes have not
-registered again yet. A task accepted only thanks to a grace is `held` by it: when the grace
-ends, the scheduler refuses the held tasks that still have no node. Each grace ends by its
-own timer. Pure state: time comes in as `now`.
+registered again yet, and a broker that starts gives every function one heartbeat expiry (a
+restart without a store looks like a first start, and live nodes come back within it). A
+task accepted only thanks to a grace is `held` by it: when the grace ends, the scheduler
+refuses the held tasks that still have no node. Each grace ends by its own timer. Pure
+state: time comes in as `now`.
 """
 
 from __future__ import annotations
@@ -55,13 +57,14 @@ class Graces:
             grace = self._by_function[function] = Grace(function)
         self._extend(grace, now)
 
-    def after_restart(self, now: float) -> None:
-        """The broker restarted from a store: every function gets a grace."""
+    def after_restart(self, now: float, seconds: float | None = None) -> None:
+        """The broker (re)started: every function gets a grace, of `seconds` (None: the
+        usual length)."""
         self._restart = Grace(None)
-        self._extend(self._restart, now)
+        self._extend(self._restart, now, seconds)
 
-    def _extend(self, grace: Grace, now: float) -> None:
-        grace.until = now + self._seconds
+    def _extend(self, grace: Grace, now: float, seconds: float | None = None) -> None:
+        grace.until = now + (self._seconds if seconds is None else seconds)
         self._timers.schedule(grace, grace.until)
 
     def ending(self, grace: Grace, now: float, budget: int) -> list[Task]:

@@ -179,6 +179,8 @@ class Scheduler:
         self._tasks = TaskTable()
         self._timers: Timers[Task | Node | Grace | RestartHold] = Timers()
         self._graces = Graces(self._timers, config.offer_grace_seconds)
+        if config.start_grace:  # its nodes may not have registered yet (protocol.md 5.1)
+            self._graces.after_restart(now, config.expiry)
         self._results = ResultCache(config.results)
         self._dead = DeadLetters(config.dead_letters_max, config.dead_letters_max_bytes)
         self._counters: Counter[str] = Counter()

@@ -392,3 +392,16 @@ def test_purges_are_journaled_so_purged_dead_letters_stay_gone(sched: Core) -> N
     sched.handle(CLIENT, p.Dlq("purge"), 0.3)
     sched.handle(CLIENT, p.Dlq("purge"), 0.4)  # nothing left: nothing to journal
     assert sched.take_journal() == [j.ForgetDeadLetter("a"), j.ForgetDeadLetter(None)]
+
+
+def test_a_starting_broker_waits_one_expiry_for_nodes_before_calling_a_function_unknown() -> None:
+    """Without a store a restart looks like a first start: a client's resend that comes
+    before the nodes are back waits for them instead of getting 127."""
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3, start_grace=True))
+    assert sched.handle(CLIENT, execute("early"), 0.1) == []  # waits
+    sends = sched.handle(b"n1", register("n1"), 0.5)
+    assert Send(b"n1", p.Run("early", "f", b"[1]", 1)) in sends
+    sched.tick(3.0)
+    typo = p.Execute(p.TaskSpec("x", "nosuch", b"[]"))
+    [refused] = completed(sched.handle(CLIENT, typo, 3.1))
+    assert refused.exit_code == p.EXIT_UNKNOWN_FUNCTION  # after the expiry: at once
