@@ -74,7 +74,9 @@ class Client:
     a Client shares one DEALER socket, owned by a background I/O thread started on the
     first `submit`, which sends the tasks in batches and resends the unanswered ones when
     the broker is silent for `resend_interval`. `map` and `imap` keep many tasks in flight
-    on a DEALER socket of their own.
+    on a DEALER socket of their own. Each of these sockets resends at once, without waiting
+    for `resend_interval`, when its connection to the broker was lost and made again (a
+    broker restarted on its address: client/link.py Reconnects).
 
     `timeout` is the default total wait per blocking call for the answer (None waits
     forever); it does not bound a future, which waits as long as its `result(timeout)`

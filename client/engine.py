@@ -4,7 +4,8 @@ of a Client, owned by one thread (a ZeroMQ socket belongs to one thread).
 Other threads hand it work through a queue and wake it through a pipe it polls along with
 the socket; it sends new EXECUTEs in batches (up to 64 tasks per message, protocol.md 2.4),
 settles futures from the answers by task id, and resends what is unanswered when the broker
-is silent (client/ledger.py keeps that book).
+is silent, or at once when the socket's connection was lost and made again (a broker
+restarted; client/link.py Reconnects). client/ledger.py keeps that book.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from broker.tracing import ClientSpans
 from client.errors import ClientError
 from client.futures import TaskFuture
 from client.ledger import Ledger, Outgoing, Settled
-from client.link import CLOSED, ConnectWatch, Contact, poll_ms
+from client.link import CLOSED, ConnectWatch, Contact, Reconnects, poll_ms
 from client.payloads import dealer_reply
 from client.pipeline import EXECUTE_BATCH_TASKS
 
@@ -87,7 +88,7 @@ class Engine:
         self._contact = contact
         # Made here, in the caller's thread, so a bad URL fails the first submit; the thread
         # start hands it over (ZeroMQ allows that with a memory barrier).
-        self._sock, self._watch = self._open()
+        self._sock, self._watch, self._reconnects = self._open()
         # While the broker has not been reached: when the oldest future still waiting was
         # submitted (BrokerUnreachable for them all a connect timeout later).
         self._unreached_since: float | None = None
@@ -162,31 +163,27 @@ class Engine:
         finally:
             self._end()
 
-    def _open(self) -> tuple[zmq.Socket[Any], ConnectWatch | None]:
-        sock, watch = self._contact.open(self._context, zmq.DEALER)
+    def _open(self) -> tuple[zmq.Socket[Any], ConnectWatch | None, Reconnects | None]:
+        sock, watch, reconnects = self._contact.open_watched(self._context, zmq.DEALER)
         # Answers are bounded by what was sent: never let the socket drop one.
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
-        return sock, watch
+        return sock, watch, reconnects
 
     def _serve(self) -> None:
         ledger = self._ledger
         items: list[tuple[Any, int]] = []
-        polled: tuple[zmq.Socket[Any], ConnectWatch | None] | None = None
+        monitor: zmq.Socket[Any] | None = None
+        polled: tuple[object, ...] = ()
         while True:
-            sock, watch = self._sock, self._watch
-            if (sock, watch) != polled:  # made anew only when the socket or its watch change
-                polled = (sock, watch)
-                items = [(sock, POLLIN), (self._wake_in, POLLIN)]
-                if watch is not None and watch.monitor is not None:
-                    items.append((watch.monitor, POLLIN))
+            sock = self._sock
+            if (sock, self._watch, self._reconnects) != polled:  # made anew on a change
+                polled = (sock, self._watch, self._reconnects)
+                items, monitor = self._poll_items()
             resend = ledger.resend_due()
             due = min(math.inf if resend is None else resend, self._give_up())
-            poll(items, -1 if due == math.inf else poll_ms(due - time.monotonic()))
-            if watch is not None:
-                watch.take_events()
-                if watch.closed:  # reached: no more watching
-                    self._watch, self._unreached_since = None, None
+            ready = poll(items, -1 if due == math.inf else poll_ms(due - time.monotonic()))
+            self._take_events(bool(ready) and ready[-1][0] is monitor)
             if not self._take_commands():
                 self._settle(ledger.fail_all(CLOSED_PENDING))
                 return
@@ -198,6 +195,36 @@ class Engine:
                 self._unreachable(now)
             else:
                 self._send(ledger.resends(now))
+
+    def _poll_items(self) -> tuple[list[tuple[Any, int]], zmq.Socket[Any] | None]:
+        """What the thread polls: its socket, its wake-up pipe and, last, the socket's one
+        monitor (returned too). Monitor events are rare: polled with the rest, the monitor
+        costs one more item per poll and no wake-up, and a reconnection is seen at once."""
+        items: list[tuple[Any, int]] = [(self._sock, POLLIN), (self._wake_in, POLLIN)]
+        monitor = None
+        if self._watch is not None:
+            monitor = self._watch.monitor
+        elif self._reconnects is not None:
+            monitor = self._reconnects.monitor
+        if monitor is not None:
+            items.append((monitor, POLLIN))
+        return items, monitor
+
+    def _take_events(self, monitor_ready: bool) -> None:
+        """The monitor's news: the broker reached (the ConnectWatch hands over to its
+        Reconnects), or the connection made again after it was lost (everything in flight
+        is sent again at once: a restarted broker knows only what is sent again)."""
+        watch, reconnects = self._watch, self._reconnects
+        if watch is not None:
+            watch.take_events()
+            if not watch.closed:
+                return
+            self._watch, self._unreached_since = None, None
+            self._reconnects = reconnects = watch.kept
+            monitor_ready = True  # the watch may have handed it events
+        if monitor_ready and reconnects is not None and reconnects.reconnected():
+            _log.info("the connection to %s was made again: resending at once", self.url)
+            self._send(self._ledger.resend_all(time.monotonic()))
 
     def _give_up(self) -> float:
         """When the futures waiting fail for want of a connection (inf once reached)."""
@@ -215,7 +242,7 @@ class Engine:
         error = self._watch.unreachable(self._contact.connect_timeout)
         self._watch.close()
         self._sock.close(linger=0)
-        self._sock, self._watch = self._open()
+        self._sock, self._watch, self._reconnects = self._open()
         self._unreached_since = None
         self._settle(self._ledger.fail_all(error))
 
@@ -274,6 +301,8 @@ class Engine:
         os.close(self._wake_in)
         if self._watch is not None:
             self._watch.close()
+        if self._reconnects is not None:
+            self._reconnects.close()
         self._sock.close(linger=0)
         # Submissions the thread never took (it failed first) must not wait for ever.
         while True:

@@ -52,9 +52,10 @@ class Settled(Generic[F]):
 @dataclass(slots=True)
 class Ledger(Generic[F]):
     """Resend rule (as `execute` and `map`): when nothing at all has come from the broker
-    for `resend_interval` while anything is unanswered, every EXECUTE and CANCEL still
-    unanswered is sent again with its task id; the broker runs a task once whatever the
-    count of EXECUTEs, and a CANCEL of a task already cancelled changes nothing."""
+    for `resend_interval` while anything is unanswered, or when the connection was lost
+    and made again (`resend_all`), every EXECUTE and CANCEL still unanswered is sent again
+    with its task id; the broker runs a task once whatever the count of EXECUTEs, and a
+    CANCEL of a task already cancelled changes nothing."""
 
     resend_interval: float
     # Task id -> the futures waiting for it. Several futures of one id share one answer.
@@ -135,6 +136,12 @@ class Ledger(Generic[F]):
         due = self.resend_due()
         if due is None or now < due:
             return []
+        return self.resend_all(now)
+
+    def resend_all(self, now: float) -> list[Outgoing]:
+        """Every EXECUTE and CANCEL sent and not answered, now (the connection to the broker
+        was lost and made again: a restarted broker knows only what is sent again); the
+        next resend is due `resend_interval` later."""
         self._quiet_since = now
         found: list[Outgoing] = [w.execute for w in self._waiting.values() if w.sent]
         found += [Cancel(task_id, self.client) for task_id in self._cancels]

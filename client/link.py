@@ -1,13 +1,15 @@
 """The client's sockets to the broker: connecting them, watching that the first connection
-succeeds (`Contact`, `ConnectWatch`), and `ReqLink`, the REQ exchange with Lazy Pirate
+succeeds (`Contact`, `ConnectWatch`) and, for the life of a socket, that its connection was
+lost and made again (`Reconnects`), and `ReqLink`, the REQ exchange with Lazy Pirate
 resends that every request-reply call goes through (EXECUTE, FETCH, CANCEL, STATUS, DLQ)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -15,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from broker.protocol import Error, Message, Status, StatusReply, TaskCompleted, encode
-from broker.protocol.frames import POLLIN, TimedReceiver, poll, recv_frames, send_frames
+from broker.protocol.frames import (
+    NOBLOCK,
+    POLLIN,
+    TimedReceiver,
+    poll,
+    recv_frames,
+    send_frames,
+)
 from client.errors import BadEndpoint, BrokerTimeout, BrokerUnreachable, ClientError, broker_error
 from client.payloads import first_answer, replies
 
@@ -35,7 +44,17 @@ _HANDSHAKE_FAILED = (
     | int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 )
 _REACHED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-_WATCHED = _ATTEMPTED | _TCP_CONNECTED | _HANDSHAKE_FAILED | _REACHED
+_LOST = int(zmq.EVENT_DISCONNECTED)  # an established connection went (a broker killed)
+_WATCHED = _ATTEMPTED | _TCP_CONNECTED | _HANDSHAKE_FAILED | _REACHED | _LOST
+_LIFE = _LOST | _REACHED  # what `Reconnects` watches: rare, so its monitor never fills up
+
+# How long a wait on a socket with `Reconnects` may go before its owner looks at them: the
+# longest a resend after a reconnection waits. Waits that end sooner (a reply came) cost
+# nothing more; the owners look at most this often while replies flow.
+LOOK_MS = 50
+LOOK_INTERVAL = LOOK_MS / 1000
+
+_monitor_names = itertools.count()  # next() is atomic: sockets of any thread get their own
 
 
 def open_socket(context: zmq.Context[Any], kind: int, url: str) -> zmq.Socket[Any]:
@@ -52,6 +71,30 @@ def _connect(sock: zmq.Socket[Any], url: str) -> None:
     except zmq.ZMQError as exc:
         sock.close()
         raise BadEndpoint(url, str(exc)) from None
+
+
+def _monitor(sock: zmq.Socket[Any], events: int) -> zmq.Socket[Any]:
+    """A PAIR socket that receives the `events` of `sock` (libzmq's zmq_socket_monitor),
+    called from the thread that owns `sock`. A socket has one monitor at a time: a second
+    replaces the first at once, so no event falls between them. (pyzmq's
+    `get_monitor_socket` would return the first instead.)"""
+    address = f"inproc://ztb-monitor-{next(_monitor_names)}"
+    sock.monitor(address, events)
+    pair: zmq.Socket[Any] = sock.context.socket(zmq.PAIR)
+    pair.setsockopt(zmq.LINGER, 0)
+    pair.connect(address)
+    return pair
+
+
+def _events(monitor: zmq.Socket[Any]) -> Iterator[int]:
+    """The events waiting on a monitor's PAIR socket, in order, without blocking."""
+    while True:
+        try:
+            frames = recv_frames(monitor, NOBLOCK)
+        except zmq.Again:
+            return
+        (event,) = struct.unpack_from("=H", frames[0])
+        yield event
 
 
 def poll_ms(seconds: float) -> int:
@@ -108,20 +151,38 @@ class Contact:
     ) -> tuple[zmq.Socket[Any], ConnectWatch | None]:
         """A socket of `kind` connected to the broker (linger 0), and its watch while the
         broker has not been reached."""
+        sock, watch, _ = self._open(context, kind, keep=False)
+        return sock, watch
+
+    def open_watched(
+        self, context: zmq.Context[Any], kind: int
+    ) -> tuple[zmq.Socket[Any], ConnectWatch | None, Reconnects | None]:
+        """`open`, for a socket watched for its whole life: by its ConnectWatch until the
+        broker is reached, which then hands it over to a Reconnects (`ConnectWatch.kept`);
+        by a Reconnects from the start once it is. One of the two is None."""
+        return self._open(context, kind, keep=True)
+
+    def _open(
+        self, context: zmq.Context[Any], kind: int, keep: bool
+    ) -> tuple[zmq.Socket[Any], ConnectWatch | None, Reconnects | None]:
         sock: zmq.Socket[Any] = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if self.keys is not None:
             self.keys.apply(sock)
-        watch = None
+        # Monitors start before connecting, to see every event.
+        watch, reconnects = None, None
         if not self.reached and self.connect_timeout is not None:
-            watch = ConnectWatch(sock, self)  # before connecting, to see every event
+            watch = ConnectWatch(sock, self, keep)
+        elif keep:
+            reconnects = Reconnects(sock)
         try:
             _connect(sock, self.url)
         except BadEndpoint:
-            if watch is not None:
-                watch.close()
+            for each in (watch, reconnects):
+                if each is not None:
+                    each.close()
             raise
-        return sock, watch
+        return sock, watch, reconnects
 
     def connect_deadline(self, start: float) -> float:
         """When a wait begun at `start` gives up on connecting (inf once reached)."""
@@ -139,12 +200,15 @@ class Contact:
 class ConnectWatch:
     """A socket monitor on one socket of `contact` until the broker is reached: it marks the
     contact reached at the first ZeroMQ handshake, and remembers how the attempts went for
-    the message of BrokerUnreachable."""
+    the message of BrokerUnreachable. With `keep`, it hands the socket over to a Reconnects
+    (`kept`) at that handshake."""
 
-    def __init__(self, sock: zmq.Socket[Any], contact: Contact) -> None:
+    def __init__(self, sock: zmq.Socket[Any], contact: Contact, keep: bool = False) -> None:
         self.contact = contact
         self._sock = sock
-        self.monitor: zmq.Socket[Any] | None = sock.get_monitor_socket(_WATCHED)
+        self._keep = keep
+        self.kept: Reconnects | None = None
+        self.monitor: zmq.Socket[Any] | None = _monitor(sock, _WATCHED)
         self._items = [(sock, POLLIN), (self.monitor, POLLIN)]
         self._seen = 0  # the events seen, or-ed
 
@@ -177,22 +241,21 @@ class ConnectWatch:
     def close(self) -> None:
         if self.monitor is None:
             return
-        if not self._sock.closed:
-            self._sock.disable_monitor()
+        if not self._sock.closed and self.kept is None:  # else the socket's monitor is kept's
+            self._sock.monitor(None, 0)
         self.monitor.close()
         self.monitor = None
 
     def _take_events(self) -> None:
         assert self.monitor is not None
-        while True:
-            try:
-                frames = recv_frames(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            (event,) = struct.unpack_from("=H", frames[0])
+        for event in _events(self.monitor):
             self._seen |= event
             if event & _REACHED:
                 self.contact.reached = True
+                if self._keep:
+                    self.kept = Reconnects(self._sock)  # replaces this monitor at once
+                    for later in _events(self.monitor):  # what came before it did
+                        self.kept.note(later)
                 self.close()
                 return
 
@@ -223,10 +286,62 @@ class ConnectWatch:
         return "no connection could be made (does the host name resolve?)"
 
 
+class Reconnects:
+    """A socket monitor on one socket to the broker for the socket's whole life, read when
+    its owner looks (`reconnected`, without blocking; the owners look when a wait ends
+    without a reply, at most LOOK_INTERVAL apart): whether the connection was lost and
+    made again since the last look.
+
+    A broker killed and started again on its address knows only what its store kept: what
+    the socket had sent and not been answered may be gone, and a restored task has no
+    requester until its EXECUTE comes again (protocol.md 5.2, 6). So the owner sends
+    everything in flight again at once, instead of after `resend_interval` of silence; the
+    broker answers a resent task id without running it twice. Only the two events of a
+    connection's life are watched: a broker down for long adds no event per attempt."""
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self._sock = sock
+        self.monitor: zmq.Socket[Any] = _monitor(sock, _LIFE)
+        self._lost = False  # a connection was lost, none made since
+        self._again = False  # one was made after a loss, since the last look
+
+    def note(self, event: int) -> None:
+        """Take one monitor event (also one read by the ConnectWatch this replaced)."""
+        if event & _LOST:
+            self._lost = True
+        elif event & _REACHED and self._lost:  # the first handshake is no reconnection
+            self._lost, self._again = False, True
+
+    def reconnected(self) -> bool:
+        """Whether the connection was made again after it was lost, since the last call."""
+        for event in _events(self.monitor):
+            self.note(event)
+        again, self._again = self._again, False
+        return again
+
+    def forget(self) -> None:
+        """Drop what happened so far, before a request is sent: it goes on the connection
+        as it is now, or, while there is none, waits in the socket for the next one made;
+        only a loss after it can take it."""
+        for _ in _events(self.monitor):
+            pass
+        self._lost = self._again = False
+
+    def close(self) -> None:
+        """Stop watching; before or after the socket closes."""
+        if self.monitor.closed:
+            return
+        if not self._sock.closed:
+            self._sock.monitor(None, 0)
+        self.monitor.close()
+
+
 class ReqLink:
     """One request at a time to the broker over a REQ socket, Lazy Pirate style: when no
-    reply comes within `resend_interval` seconds the socket is replaced and the same request
-    sent again (the broker answers a resent EXECUTE without running the task twice).
+    reply comes within `resend_interval` seconds, or as soon as the socket's connection was
+    lost and made again (a broker restarted: the request went with the connection, see
+    `Reconnects`), the socket is replaced and the same request sent again (the broker
+    answers a resent EXECUTE without running the task twice).
 
     `context`: a ZeroMQ context to share (the Client's); None makes one that `close()`
     destroys. The socket is made on the first request. `connect_timeout`: seconds the first
@@ -250,6 +365,8 @@ class ReqLink:
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._receiver: TimedReceiver | None = None  # on the current socket
         self._watch: ConnectWatch | None = None  # on the current socket, until reached
+        self._reconnects: Reconnects | None = None  # on the current socket, once reached
+        self._waited = -math.inf  # when the last wait for a reply began
         self._closed = False
 
     def __enter__(self) -> ReqLink:
@@ -284,6 +401,11 @@ class ReqLink:
         deadline = start + limit
         try:
             receiver = self._receiver or self._connected()  # no call once connected
+            if self._reconnects is not None and start - self._waited > LOOK_INTERVAL:
+                # The socket was idle: a reconnection meanwhile took no request with it,
+                # and would cost this one a needless resend. (Right after a wait, events
+                # are not read: one more per request would cost the fast path.)
+                self._reconnects.forget()
             send_frames(receiver.sock, request)
             while True:
                 frames = self._receive(receiver, deadline, start)
@@ -311,7 +433,7 @@ class ReqLink:
         if self._closed:
             raise ClientError(CLOSED)
         if self._receiver is None:
-            sock, self._watch = self.contact.open(self._context, zmq.REQ)
+            sock, self._watch, self._reconnects = self.contact.open_watched(self._context, zmq.REQ)
             self._receiver = TimedReceiver(sock)
         return self._receiver
 
@@ -319,6 +441,9 @@ class ReqLink:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        if self._reconnects is not None:
+            self._reconnects.close()
+            self._reconnects = None
         if self._receiver is not None:
             self._receiver.sock.close()
             self._receiver = None
@@ -326,12 +451,23 @@ class ReqLink:
     def _receive(
         self, receiver: TimedReceiver, deadline: float, start: float
     ) -> list[bytes] | None:
-        """The next reply, or None once `resend_interval` or the deadline passes first."""
+        """The next reply; None once `resend_interval` or the deadline passes first, or
+        once the connection was lost and made again."""
         if self._watch is not None:
             return self._receive_watched(receiver, deadline, start)
-        wait = min(self.resend_interval, deadline - time.monotonic())
-        # poll_ms(wait), without its call on every request's way:
-        return receiver.recv(max(1, math.ceil(wait * 1000))) if wait > 0 else None
+        now = self._waited = time.monotonic()
+        end = min(now + self.resend_interval, deadline)
+        while now < end:
+            # Waits of LOOK_MS at most, the reconnections looked at between them: a reply
+            # that comes sooner (most do) costs no look.
+            wait = end - now
+            frames = receiver.recv(LOOK_MS if wait > LOOK_INTERVAL else poll_ms(wait))
+            if frames is not None:
+                return frames
+            if self._reconnects is not None and self._reconnects.reconnected():
+                return None
+            now = time.monotonic()
+        return None
 
     def _receive_watched(
         self, receiver: TimedReceiver, deadline: float, start: float
@@ -349,7 +485,7 @@ class ReqLink:
             # resends each `resend_interval`. A closed watch kept would wait out the whole
             # deadline for a request the broker lost.
             if watch.closed:
-                self._watch = None
+                self._watch, self._reconnects = None, watch.kept
                 return self._receive(receiver, deadline, start)
             if now >= give_up:
                 raise watch.unreachable(give_up - start)

@@ -23,7 +23,7 @@ from broker.protocol import (
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
 from broker.tracing import ClientSpans
 from client.errors import ClientError, MessageTooLarge, broker_error
-from client.link import ConnectWatch, Contact, poll_ms
+from client.link import LOOK_INTERVAL, LOOK_MS, ConnectWatch, Contact, Reconnects, poll_ms
 from client.options import TaskOptions, check_name, check_task_size
 from client.payloads import dealer_reply, encode_arguments, result_of
 
@@ -33,11 +33,14 @@ _log = logging.getLogger(__name__)
 class Pipeline:
     """One map over a DEALER socket: up to `window` tasks in flight, results in input order.
 
-    Resend rule: when no reply at all arrives for `resend_interval`, every outstanding
-    task is sent again with its own task id (the broker answers a pending task instead of
-    running it again, and answers nobody twice for one EXECUTE). `timeout` counts from the
-    last reply of any kind; None waits forever. `contact`: the client's (until it first
-    reached the broker, the socket is watched: BrokerUnreachable after its connect timeout).
+    Resend rule: when no reply at all arrives for `resend_interval`, or as soon as the
+    socket's connection was lost and made again (a broker restarted, which knows only what
+    is sent again: client/link.py Reconnects, looked at every LOOK_INTERVAL at most), every
+    outstanding task is sent again with its own task id (the broker answers a pending task
+    instead of running it again, and answers nobody twice for one EXECUTE). `timeout`
+    counts from the last reply of any kind; None waits forever. `contact`: the client's
+    (until it first reached the broker, the socket is watched: BrokerUnreachable after its
+    connect timeout).
     A task whose EXECUTE is over `max_message_size` is not sent: its outcome is
     MessageTooLarge. `answers`: yield each TASK_COMPLETED as it came instead of its result.
     """
@@ -74,7 +77,9 @@ class Pipeline:
         self._resend_interval = resend_interval
         self._return_exceptions = return_exceptions
         self._contact = Contact(url, None) if contact is None else contact
-        self._watch: ConnectWatch | None = None
+        self._watch: ConnectWatch | None = None  # until the broker is reached
+        self._reconnects: Reconnects | None = None  # once it is
+        self._next_look = 0.0  # when `_look` is due
         self._max_size = max_message_size
         self._answers = answers
         # Task ids: PREFIX.INDEX; a task's client gives a prefix derived from its task's,
@@ -90,7 +95,7 @@ class Pipeline:
 
     def run(self) -> Iterator[Any]:
         """Yield each task's result (or failure) in input order."""
-        sock, self._watch = self._contact.open(self._context, zmq.DEALER)
+        sock, self._watch, self._reconnects = self._contact.open_watched(self._context, zmq.DEALER)
         # Replies are bounded by what was sent, so never let the socket drop one.
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, max(1000, 2 * self._window))
@@ -99,6 +104,8 @@ class Pipeline:
         finally:
             if self._watch is not None:
                 self._watch.close()
+            if self._reconnects is not None:
+                self._reconnects.close()
             sock.close()
 
     def _loop(self, sock: zmq.Socket[Any]) -> Iterator[Any]:
@@ -170,13 +177,18 @@ class Pipeline:
         return True
 
     def _wait(self, sock: zmq.Socket[Any]) -> None:
-        """Take every reply that arrives, or resend / give up when nothing does."""
+        """Take every reply that arrives, or resend / give up when nothing does; look at
+        the connection every LOOK_INTERVAL at most."""
         wake = self._quiet_since + self._resend_interval
         deadline = None if self._timeout is None else self._last_reply + self._timeout
         if deadline is not None:
             wake = min(wake, deadline)
         if self._readable(sock, wake):
             self._drain(sock)
+            # Also while replies flow: the answers to tasks sent after a reconnection may
+            # flow while the tasks sent before it are lost.
+            if self._last_reply >= self._next_look:
+                self._look(sock, self._last_reply)
             return
         now = time.monotonic()
         if deadline is not None and now >= deadline:
@@ -186,6 +198,8 @@ class Pipeline:
             if now >= self._give_up:
                 raise self._watch.unreachable(self._contact.connect_timeout or 0.0)
             return  # nothing left the socket yet: a resend would only queue duplicates
+        if now >= self._next_look:
+            self._look(sock, now)
         if now >= self._quiet_since + self._resend_interval:
             self._resend(sock)
             self._quiet_since = now
@@ -195,12 +209,26 @@ class Pipeline:
         by its connect deadline, watching the connection."""
         watch = self._watch
         if watch is None:
-            return wait_readable(sock, poll_ms(wake - time.monotonic()))
+            wait = wake - time.monotonic()  # LOOK_MS at most, for `_look` between waits
+            return wait_readable(sock, LOOK_MS if wait > LOOK_INTERVAL else poll_ms(wait))
         readable = watch.readable(poll_ms(min(wake, self._give_up) - time.monotonic()))
-        if watch.closed:  # reached
-            self._watch = None
+        if watch.closed:  # reached: from now on its Reconnects watches
+            self._watch, self._reconnects = None, watch.kept
             self._quiet_since = time.monotonic()
         return readable
+
+    def _look(self, sock: zmq.Socket[Any], now: float) -> None:
+        """Send every task in flight again at once if the connection was lost and made
+        again since the last look."""
+        self._next_look = now + LOOK_INTERVAL
+        if self._reconnects is not None and self._reconnects.reconnected():
+            _log.info(
+                "the connection to %s was made again: resending %d tasks at once",
+                self._url,
+                len(self._outstanding),
+            )
+            self._resend(sock)
+            self._quiet_since = now
 
     def _resend(self, sock: zmq.Socket[Any]) -> None:
         self._send_batches(sock, [execute for _, execute in self._outstanding.values()])
