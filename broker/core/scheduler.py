@@ -200,6 +200,11 @@ class Scheduler:
         # Nodes that sent RESULTs since the store last committed: STORED is due to each.
         self._confirming: dict[bytes, Node] = {}
         self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
+        # Everything an event causes, as commands to carry out in order: `_handle`, and with
+        # a journal the store changes noted on the way (one call less per event without).
+        self.handle: Callable[[Event, float], list[Command]] = (
+            self._handle_journaled if config.journal else self._handle
+        )
         self._default_retries = config.retry.retries
         self._default_task_timeout = config.task_timeout
         self._seq = 0  # submission numbers
@@ -253,8 +258,8 @@ class Scheduler:
 
     # ================================================================== the entry points
 
-    def handle(self, event: Event, now: float) -> list[Command]:
-        """Everything `event` causes, as commands to carry out in order."""
+    def _handle_journaled(self, event: Event, now: float) -> list[Command]:
+        """`_handle`, and the store changes noted on the way (`handle` with a journal)."""
         commands = self._handle(event, now)
         if self._attempts_changed or self._nodes_gone:
             commands += self._journal_later()
@@ -274,6 +279,7 @@ class Scheduler:
         return later + [j.ForgetNode(*process) for process in gone]
 
     def _handle(self, event: Event, now: float) -> list[Command]:
+        """Everything `event` causes, as commands to carry out in order (`handle`)."""
         if self.deferred:
             if type(event) is Sent:
                 return self._settle(now)
@@ -1551,41 +1557,12 @@ class Scheduler:
 
     def _start(self, task: Task, node: Node, now: float) -> Send:
         """Send `task` to `node`, which runs it in a free slot or holds it (prefetch)."""
-        self._place(task, node, now)
-        spec = task.spec
-        run_args = task.run_args
-        if run_args is None:
-            run = Run(
-                spec.task_id,
-                spec.function,
-                spec.args,
-                task.attempt,
-                task.task_timeout,
-                None,
-                spec.traceparent,
-            )
-        else:  # with its inputs' results (protocol.md 5.8)
-            inputs, trace = _as_sent(spec.inputs), spec.traceparent
-            run = Run(
-                spec.task_id,
-                spec.function,
-                run_args,
-                task.attempt,
-                task.task_timeout,
-                inputs,
-                trace,
-            )
-        return Send(node.identity, run)
-
-    def _place(self, task: Task, node: Node, now: float) -> None:
-        """The next attempt of `task` is `node`'s: it runs in a free slot or is held."""
         task.attempt += 1
         task.holder = node.identity
         if self._journal:  # a restarted broker must know this attempt went out
             self._attempts_changed.append(task)
         spec = task.spec
         node.last_sent = now
-        task_timeout = task.task_timeout
         if self._pool.assign(node, spec.task_id, spec.function):
             # `_started`, without its call on every task's way (a task sent now is not
             # being asked back: its `expiring` is already False):
@@ -1597,17 +1574,40 @@ class Scheduler:
                     wait = now - task.submitted_at
                     fm.queue_wait.counts[bisect_left(BOUNDS, wait)] += 1
                     fm.queue_wait.sum += wait
-            if task_timeout is not None:
-                self._timers.schedule(task, now + task_timeout + self.config.overdue_grace)
+            if task.task_timeout is not None:
+                self._timers.schedule(task, now + task.task_timeout + self.config.overdue_grace)
             elif task.timer:
                 self._timers.cancel(task)
         else:
-            self._tasks.move(task, HELD)
-            if task.attempt > 1:  # its queue timeout no longer applies
-                if task.timer:
-                    self._timers.cancel(task)
-            elif not task.timer and spec.queue_timeout is not None:  # not started yet
-                self._timers.schedule(task, task.submitted_at + spec.queue_timeout)
+            self._held_on(task)
+        run_args = task.run_args
+        task_timeout = task.task_timeout
+        if run_args is None:
+            run = Run(
+                spec.task_id,
+                spec.function,
+                spec.args,
+                task.attempt,
+                task_timeout,
+                None,
+                spec.traceparent,
+            )
+        else:  # with its inputs' results (protocol.md 5.8)
+            inputs, trace = _as_sent(spec.inputs), spec.traceparent
+            run = Run(
+                spec.task_id, spec.function, run_args, task.attempt, task_timeout, inputs, trace
+            )
+        return Send(node.identity, run)
+
+    def _held_on(self, task: Task) -> None:
+        """`task` went to a node that holds it behind others (prefetch, protocol.md 5.5):
+        its queue timeout still runs until it starts, if this is its first attempt."""
+        self._tasks.move(task, HELD)
+        if task.attempt > 1:  # its queue timeout no longer applies
+            if task.timer:
+                self._timers.cancel(task)
+        elif not task.timer and task.spec.queue_timeout is not None:  # not started yet
+            self._timers.schedule(task, task.submitted_at + task.spec.queue_timeout)
 
     def _release(self, node: Node, task_id: str, now: float) -> bool:
         """`node` answered `task_id`: its place frees, and a task it holds starts in the slot
