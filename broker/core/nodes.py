@@ -97,7 +97,9 @@ class Node:
         self.draining = False  # it sent DEREGISTER: no new work
         # Its process was replaced (REGISTER `replaces`, protocol.md 7.4): when the broker
         # stops waiting for its last RESULTs, and how the attempts it still holds then fail.
-        self.replaced: tuple[float, tuple[int, ErrorInfo]] | None = None
+        # A node found unreachable waits so too, with no failure (NodeLost), for a REGISTER
+        # naming it in `replaces` to say how its process ended.
+        self.replaced: tuple[float, tuple[int, ErrorInfo] | None] | None = None
         self.version = 0  # see the heaps below
         self.tie = 0  # when its load last changed (a count): among equal loads, first wins
         self.timer = 0  # its heartbeat and liveness check, see broker.core.timers

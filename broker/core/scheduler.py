@@ -468,9 +468,21 @@ class Scheduler:
         return [Send(peer, Error(error.code, error.message, error.task_id))]
 
     def _on_peer_gone(self, event: PeerGone, now: float) -> list[Command]:
+        """A send to `peer` failed. A node that held attempts gets no more work and is given
+        up one heartbeat interval later (NodeLost), unless a REGISTER says meanwhile that
+        its process died and how (`replaces`, protocol.md 7.4): its supervisor may be
+        starting the next one."""
         self._counters["unreachable"] += 1
         node = self._pool.nodes.get(event.peer)
-        return [] if node is None else self._lose_node(node, "unreachable", now)
+        if node is None:
+            return []
+        if not node.active:
+            return self._lose_node(node, "unreachable", now)
+        if node.replaced is None:
+            self._stop_feeding(node, now)
+            node.replaced = (now + self.config.heartbeat_interval, None)
+            self._timers.schedule(node, node.replaced[0])
+        return []
 
     def _on_send_dropped(self, event: SendDropped, now: float) -> list[Command]:
         self._counters["send_blocked"] += 1
@@ -1296,6 +1308,8 @@ class Scheduler:
             if now < deadline:
                 self._timers.schedule(node, deadline)
                 return []
+            if failure is None:  # unreachable, and no process said it replaced it
+                return self._lose_node(node, "unreachable", now)
             return self._lose_node(node, "crashed", now, failure)
         silent = now - node.last_seen
         if silent >= config.expiry:

@@ -56,6 +56,11 @@ class Core:
     def gone(self, peer: bytes, now: float) -> list[Send]:
         return self.event(PeerGone(peer), now)
 
+    def lost(self, peer: bytes, now: float) -> list[Send]:
+        """A send to `peer` failed at `now` and no REGISTER said its process was replaced
+        within the heartbeat interval after it (protocol.md 7.4): the node is given up."""
+        return self.gone(peer, now) + self.tick(now + self.config.heartbeat_interval)
+
     def _split(self, commands: list[Command]) -> list[Send]:
         sends = []
         for command in commands:

@@ -292,6 +292,8 @@ def test_unreachable_node_is_dropped_and_its_tasks_requeued(sched: Core) -> None
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
     assert sched.gone(b"n1", 0.1) == []
+    assert sched.registered(b"n1") and sched.queued() == 0  # its process may be replaced
+    sched.tick(1.1)  # no REGISTER said so within an interval: given up
     assert sched.queued() == 1 and not sched.registered(b"n1")
 
 
@@ -418,7 +420,7 @@ def test_a_task_whose_node_dies_on_its_last_attempt_is_answered_node_lost() -> N
     sched = backoff_scheduler(retries=0)
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
-    [lost] = sched.gone(b"n1", 0.5)
+    [lost] = sched.lost(b"n1", 0.5)
     assert lost.peer == CLIENT and isinstance(lost.message, p.TaskCompleted)
     assert lost.message.exit_code == p.EXIT_NODE_LOST
     assert lost.message.error is not None and "n1" in lost.message.error.message
@@ -428,16 +430,16 @@ def test_a_late_failure_from_a_replaced_attempt_is_ignored() -> None:
     sched = backoff_scheduler(retries=3)
     sched.handle(b"n1", register("n1"), 0.0)
     sched.handle(CLIENT, execute("t1"), 0.0)
-    sched.gone(b"n1", 0.1)  # waits 1 s, then runs again
-    assert sched.handle(b"n1", fail("t1"), 0.2) != []  # n1 is unknown now: DISCONNECT only
+    sched.lost(b"n1", 0.1)  # given up an interval later, at 100.1: waits 1 s, runs again
+    assert sched.handle(b"n1", fail("t1"), 100.2) != []  # n1 is unknown now: DISCONNECT only
     view = sched.scheduler.task_view("t1")
     assert view is not None and view.state is TaskState.WAITING_RETRY
     assert sched.counter("stale_failures") == 1
     # That attempt has answered: a second RESULT for it is refused, not taken as the answer.
-    assert sched.handle(b"n1", ok("t1", b"9", attempt=1), 0.3) != []
+    assert sched.handle(b"n1", ok("t1", b"9", attempt=1), 100.3) != []
     assert sched.pending("t1") and sched.counter("refused_not_holder") == 1
-    sends = sched.handle(b"n2", register("n2"), 1.5)  # the retry runs when its wait is over
-    assert runs(sends) == [] and runs(sched.tick(1.5)) == [(b"n2", "t1")]
+    sends = sched.handle(b"n2", register("n2"), 100.5)  # the retry runs when its wait is over
+    assert runs(sends) == [] and runs(sched.tick(101.1)) == [(b"n2", "t1")]
 
 
 def test_a_task_not_started_by_its_queue_timeout_expires(sched: Core) -> None:

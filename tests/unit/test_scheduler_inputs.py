@@ -88,7 +88,7 @@ def test_a_retried_dependent_gets_its_inputs_again() -> None:
     core.handle(CLIENT, using("c", b'[{"$result":"a"}]', "a"), 0.0)
     [first] = run_messages(core.handle(b"n", ok("a", b"1"), 0.1))
     core.handle(b"m", register("m"), 0.15)
-    sends = core.gone(b"n", 0.2)  # the node dies while c runs: c runs again elsewhere
+    sends = core.lost(b"n", 0.2)  # the node dies while c runs: c runs again elsewhere
     sends += core.tick(core.next_deadline())  # after its backoff, if any
     [again] = run_messages(sends)
     assert again.task_id == "c" and again.attempt == 2 and again.args == first.args

@@ -111,7 +111,7 @@ def test_held_tasks_of_a_lost_node_run_elsewhere_without_counting_an_attempt() -
     for i in range(3):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)
     core.handle(b"b", p.Register("b", "h", 2, ("f",), 3), 0.2)  # no prefetch: never asked
-    core.gone(b"a", 0.3)  # a send to `a` failed: it is lost
+    core.lost(b"a", 0.3)  # a send to `a` failed, and no process replaced it: it is lost
     assert core.attempt("t0") == 1  # it ran on a: that attempt counts (its retry waits)
     assert core.attempt("t1") == 1 and core.attempt("t2") == 1  # started on b, first attempt
     assert core.counter("requeued_unstarted") == 2

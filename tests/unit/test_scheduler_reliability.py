@@ -405,3 +405,18 @@ def test_a_starting_broker_waits_one_expiry_for_nodes_before_calling_a_function_
     typo = p.Execute(p.TaskSpec("x", "nosuch", b"[]"))
     [refused] = completed(sched.handle(CLIENT, typo, 3.1))
     assert refused.exit_code == p.EXIT_UNKNOWN_FUNCTION  # after the expiry: at once
+
+
+def test_an_unreachable_node_replaced_within_an_interval_fails_its_task_as_crashed() -> None:
+    """A send to a node fails because its process just died; its supervisor's next process
+    registers with `replaces` a moment later: the task failed as WorkerCrashed, with the
+    reason, not as NodeLost (protocol.md 7.4)."""
+    sched = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    sched.handle(b"a1", register("a", 1), 0.0)
+    sched.handle(CLIENT, execute("t1"), 0.0)
+    assert sched.gone(b"a1", 0.2) == []  # waits for a REGISTER that says why
+    died = register("a", 2, p.Replaces(1, "exited with status 3"))
+    sched.handle(b"a2", died, 0.5)
+    [answer] = completed(sched.tick(1.5))
+    assert answer.exit_code == p.EXIT_WORKER_CRASHED
+    assert answer.error is not None and "status 3" in answer.error.message
