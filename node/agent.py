@@ -271,7 +271,9 @@ class NodeAgent:
 
     def _connect(self) -> None:
         config, host = self._config, socket.gethostname()
-        claims = None
+        # Sent on every REGISTER, even empty: the broker then confirms stored RESULTs from
+        # the first (STORED), so an answer it had not stored when killed comes again.
+        claims: tuple[Claim, ...] = ()
         if self._registered_before:  # what this process still has (protocol.md 7.3)
             self._flush_pending()  # (kept by the link until registered)
             for frames in self._slots.take_results():

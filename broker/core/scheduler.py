@@ -1728,11 +1728,12 @@ class Scheduler:
         if task.attempt == 1:
             fm.queue_wait.observe(now - task.submitted_at)
 
-    def _unstarted(self, task: Task, now: float) -> list[Command]:
+    def _unstarted(self, task: Task, now: float, undo: bool = True) -> list[Command]:
         """A task its node held never started (given back, or the node was lost): the
-        attempt is undone and it is placed again, or answered Expired if it was asked back
-        for its queue timeout."""
-        task.attempt -= 1
+        attempt is undone (unless it may have started after all) and it is placed again,
+        or answered Expired if it was asked back for its queue timeout."""
+        if undo:
+            task.attempt -= 1
         task.holder = None
         if self._journal:
             self._attempts_changed.append(task)
@@ -1913,6 +1914,9 @@ class Scheduler:
         """Forget a node; each attempt it held is lost: retried or answered. The answer says
         NodeLost unless `failure` gives the cause (for every task, or with `only` for that
         task alone)."""
+        # The oldest held tasks, as many as it ran, may have started in slots those freed
+        # before their RESULTs came (protocol.md 5.5): their attempts stay counted.
+        maybe_started = set(list(node.held)[: node.running])
         self._stop_feeding(node, now)
         self._remove_node(node)
         self._counters[f"nodes_{why}"] += 1
@@ -1923,9 +1927,9 @@ class Scheduler:
         )
         commands: list[Command] = []
         for task in orphans:
-            if task.state is HELD:  # never started there: placed again, no attempt counted
+            if task.state is HELD:  # not started there, as far as the broker knows
                 self._counters["requeued_unstarted"] += 1
-                commands += self._unstarted(task, now)
+                commands += self._unstarted(task, now, task.spec.task_id not in maybe_started)
                 continue
             lost = LostAttempt(task.attempt, node.identity, node.process)
             if task.lost is None:

@@ -65,7 +65,7 @@ COUNTERS = {
     "dependency_failed": "tasks answered 66 (or 130) because a task they depend on failed (5.7)",
     "retracts_sent": "RETRACTs sent to take back held tasks for an idle slot elsewhere (5.5)",
     "retracted": "held tasks given back unstarted and placed again (5.5)",
-    "requeued_unstarted": "held tasks of a lost node placed again, no attempt counted (5.5)",
+    "requeued_unstarted": "held tasks of a lost node placed again (5.5)",
     "cancelled_with_parent": "tasks cancelled because the task that submitted them was (5.9)",
     "waiting": "WAITINGs that lent a waiting task's slot to another task (5.9)",
     "ignored_waiting": "WAITINGs for a task the node does not run (5.9)",
