@@ -1,0 +1,84 @@
+"""A two-minute run of tools/soak.py: mixed load (maps, futures and blocking calls with
+priorities, tasks that raise, tasks that time out, zsubmit processes) while node processes
+are SIGKILLed every 30 s and the broker once, half-way: nothing lost, nothing answered wrong,
+nothing run more often than its answer's attempts. Run as a user runs the tool.
+
+A task run beyond its attempts right after a node kill fails the test. Right after the
+broker kill one known case remains (issue 17): a node's RESULT for an attempt the killed
+broker sent in its last milliseconds is at times refused by the restarted broker instead of
+adopted, and the task runs again while its answer says attempts 1. Such a run is reported as
+an expected failure that names the tasks; any other broken promise fails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "soak.py"
+DURATION = 120  # seconds of load; the tool adds a few for starting and draining
+
+# Every stream, and every kind of outcome the functions must give.
+STREAMS = ["execute", "future", "map", "timeout", "zsubmit", "zsubmit map"]
+OUTCOMES = ["soak_ok exit 0", "soak_raise exit 1", "soak_sleep exit 124"]
+KNOWN_CAUSES = {"broker kill"}  # of duplicates: see the docstring
+
+
+def run_tool(*argv: str, timeout: float) -> tuple[int, str, str]:
+    """Run the tool; on a timeout it gets SIGTERM, which makes it stop every process it
+    started (a SIGKILL would leave its broker and nodes running)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(TOOL), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        raise
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.timeout(DURATION + 180)
+def test_no_task_lost_wrong_or_run_beyond_its_attempts_under_mixed_load_and_kills() -> None:
+    code, out, err = run_tool(
+        *("--duration", str(DURATION), "--node-kill-interval", "30", "--seed", "17"),
+        *("--heartbeat-interval", "0.2", "--liveness", "3", "--timeout", "30", "--json"),
+        timeout=DURATION + 150,
+    )
+    assert code in (0, 1), out + err  # 2: the run itself could not be carried out
+    report: dict[str, Any] = json.loads(out)
+    where = (report["samples"], report.get("dir"))
+    assert (report["lost"], report["wrong"]) == (0, 0), where
+    assert set(report["duplicated_causes"]) <= KNOWN_CAUSES, where
+    assert report["answered"] == report["tasks"] > 10_000, where
+    assert report["executions"] >= report["tasks"] - report["never_executed"]
+
+    # The kills happened: node processes at 15, 45, 75 and 105 s, the broker at 60 s while
+    # tasks ran, and the nodes registered again with the broker that replaced it.
+    assert report["node_kills"] >= 3 and report["broker_kills"] == 1, report["kills"]
+    (broker,) = [k for k in report["kills"] if k["kind"] == "broker"]
+    assert broker["running"] > 0 and broker["nodes_back"] is not None, broker
+
+    # Every stream was answered, with every kind of outcome.
+    streams = report["by_stream"]
+    assert all(streams[s]["answered"] > 0 for s in STREAMS), streams
+    outcomes = {o: sum(counts.get(o, 0) for counts in streams.values()) for o in OUTCOMES}
+    assert all(outcomes.values()), outcomes
+
+    # Measured: both brokers' and the supervisors' samples, latency, the store.
+    labels = [p["label"] for p in report["processes"]["long_lived"]]
+    assert labels.count("broker 1") == labels.count("broker 2") == 1, labels
+    assert sum(label.startswith("znode ") for label in labels) == 3, labels
+    assert report["latency"]["execute"]["last_quarter"]["n"] > 0, report["latency"]
+    assert report["store"]["max"]["db_mb"] > 0, report["store"]
+
+    if report["duplicated"]:  # right after the broker kill only (above): the known case
+        shutil.rmtree(report["dir"], ignore_errors=True)  # kept by the tool; the reason says
+        pytest.xfail(f"{report['duplicated']} tasks ran beyond their attempts: {where}")
+    assert report["broken"] == [] and code == 0, report["broken"]
