@@ -621,12 +621,24 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    serve_run(parse_args(), "ztb-chaos-", run, print_report)
+
+
+def serve_run(
+    args: argparse.Namespace,
+    prefix: str,
+    run: Callable[[argparse.Namespace, Path, Console], dict[str, Any]],
+    print_report: Callable[[dict[str, Any], Console], None],
+) -> None:
+    """Carry out one run of a tool (this one, tools/soak.py) in a fresh directory named
+    `prefix`...: exit 0 if every promise held, 1 if one broke, 2 if the run could not be
+    carried out, 130 on Ctrl-C or SIGTERM (every process stopped in each case); the
+    directory is kept with --keep-dir or when a promise broke."""
     from rich.console import Console
 
-    args = parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     console = Console(stderr=True, log_path=False)
-    workdir = Path(tempfile.mkdtemp(prefix="ztb-chaos-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         report = run(args, workdir, console)
     except (SetupFailed, ClientError) as exc:  # ClusterError, BrokerTimeout among them

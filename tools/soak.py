@@ -72,12 +72,9 @@ import itertools
 import os
 import queue
 import random
-import shutil
 import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -90,7 +87,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from broker.protocol import TaskCompleted, loads_payload
-from chaos import SetupFailed
+from chaos import SetupFailed, serve_run
 from client import (
     BrokerError,
     BrokerTimeout,
@@ -1500,35 +1497,8 @@ def counters_text(counters: dict[str, Any]) -> str:
 # ==================================================================================== the CLI
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: every process is stopped
-
-
 def main() -> None:
-    from rich.console import Console
-
-    args = parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    console = Console(stderr=True, log_path=False)
-    workdir = Path(tempfile.mkdtemp(prefix="ztb-soak-"))
-    try:
-        report = run(args, workdir, console)
-    except (SetupFailed, ClientError) as exc:  # ClusterError, BrokerTimeout among them
-        console.print(f"error: {exc}; the logs are in {workdir}", style="bold red")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print(f"interrupted; every process was stopped; the logs are in {workdir}")
-        sys.exit(130)
-    if args.keep_dir or report["broken"]:
-        report["dir"] = str(workdir)
-        console.print(f"the logs, store and record files are kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print_report(report, Console())
-    sys.exit(1 if report["broken"] else 0)
+    serve_run(parse_args(), "ztb-soak-", run, print_report)
 
 
 OPTIONS: list[tuple[str, type, Any, str]] = [
