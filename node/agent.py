@@ -97,6 +97,13 @@ class NodeAgent:
         self._wake_fd = self._wake_r.fileno()
         self._wake = (self._wake_fd, POLLIN)
         self._replaces = config.replaces  # sent until the broker has answered a REGISTER
+        # The answers of the process this one replaces: claimed and sent as this one's own.
+        self._link.unsent = [list(frames) for frames in config.handover]
+        if config.handover:
+            log.info(
+                "sending %d answer(s) of the process this one replaces once registered",
+                len(config.handover),
+            )
         # Registered once already: a later REGISTER claims what this process still has.
         self._registered_before = False
         # RESULTs of tasks run inline, not sent yet (see FLUSH_AFTER), and when the first came.
@@ -282,6 +289,8 @@ class NodeAgent:
             running = [Claim(run.task_id, run.attempt) for run in slots.started()]
             running += [Claim(run.task_id, run.attempt, held=True) for run in slots.held_runs()]
             claims = self._link.claims(running)
+        elif self._link.unsent:  # the answers handed over by the process this one replaces
+            claims = self._link.claims([])
         register = Register(
             config.name,
             host,

@@ -264,13 +264,16 @@ def run(
 
 def _stand_by(config: NodeConfig) -> int:
     """A spare node process: load everything now, then wait for the supervisor to hand it
-    a name (a line on stdin) when a node process needs replacing; exit 0 on end of input."""
+    its work on stdin (a name, the process it replaces and that one's answers to send) when
+    a node process needs replacing; exit 0 on end of input."""
     resolve(config.function_sets)
-    line = sys.stdin.buffer.readline()
-    if not line:
+    data = sys.stdin.buffer.read()  # the supervisor closes it once it has written
+    if not data.strip():
         return 0
-    name, replaces = supervision.decode_assignment(line)
-    return serve(dataclasses.replace(config, name=name, replaces=replaces))
+    work = supervision.decode_assignment(data)
+    return serve(
+        dataclasses.replace(config, name=work.name, replaces=work.replaces, handover=work.answers)
+    )
 
 
 def main() -> None:

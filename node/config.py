@@ -39,6 +39,8 @@ class NodeConfig:
     liveness: int = DEFAULT_LIVENESS
     parent_pid: int | None = None  # a supervised node stops when its supervisor is gone
     replaces: Replaces | None = None  # the process this one was started in place of
+    # RESULTs that process handed over (node/supervision.py): claimed and sent once registered.
+    handover: tuple[list[bytes], ...] = ()
     report_fd: int | None = None  # where to tell the supervisor why this process exits
     demand_fd: int | None = None  # where to tell an elastic supervisor what it sees
     # CURVE (znode --curve KEY --broker-key PUB): the node's secret key file and the

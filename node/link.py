@@ -166,6 +166,12 @@ class BrokerLink:
         while unconfirmed and unconfirmed[0][0] <= results:
             unconfirmed.popleft()
 
+    def unstored(self) -> list[list[bytes]]:
+        """The RESULT messages the broker has not confirmed as stored, oldest first: those
+        sent unconfirmed, then those waiting to be sent."""
+        kept = [frames for _, frames in self.unconfirmed]
+        return kept + [frames for frames in self.unsent if frames[1] == RESULT]
+
     def claims(self, running: list[Claim]) -> tuple[Claim, ...]:
         """What a REGISTER claims (protocol.md 7.3): the attempts `running` (or held), and
         those whose RESULTs wait to be sent (or sent again) once registered."""

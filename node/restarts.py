@@ -5,8 +5,10 @@ A Python function cannot be stopped inside the process. The node answers the tas
 (exit 124 for a task timeout, protocol.md 5.3; exit 130 for a STOP, 3.20), takes no new work
 (DEREGISTER), lets its other running tasks finish for a while (lifecycle.RESTART_DRAIN), and
 exits EXIT_RESTART for its supervisor (node/supervisor.py) to start a fresh process, whose
-REGISTER `replaces` names this one. The answer leaves before the process exits, so the
-broker never counts that task among those the process crashed with.
+REGISTER `replaces` names this one. The answer leaves before the process exits, and the
+process hands it to its successor too (with every answer the broker has not confirmed as
+stored), which claims and sends it: the broker never counts that task among those the
+process crashed with, even when the answer was sent while the broker was away.
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ class Restarts:
             extra={"task_id": task_id, "node": self._node},
         )
         self._link.deregister()
-        for answer in answers:
-            self._link.send_in_order(encode(answer))
-        self._exit(reason, unanswered=0)
+        last = [encode(answer) for answer in answers]
+        for frames in last:
+            self._link.send_in_order(frames)
+        self._exit(reason, unanswered=0, last=last)
 
     def exit_if_restarting(self) -> None:
         """At the end of a stopping process: exit EXIT_RESTART if it stops for a restart
@@ -151,16 +154,18 @@ class Restarts:
         if reason is not None and self._life.restarting:
             self._exit(reason, unanswered=self._slots.busy)
 
-    def _exit(self, reason: str, unanswered: int) -> NoReturn:
-        """Tell the supervisor why, let the last messages leave, and exit EXIT_RESTART."""
-        lost = unanswered + len(self._link.unsent)
-        if lost:
+    def _exit(self, reason: str, unanswered: int, last: Sequence[list[bytes]] = ()) -> NoReturn:
+        """Tell the supervisor why, hand it the answers the broker may not have (`last`, the
+        ones just sent, among them), let the last messages leave, and exit EXIT_RESTART."""
+        if unanswered:
             log.warning(
-                "restarting with %d task(s) running or answered but not sent (not registered):"
-                " the broker fails them when the next process registers",
-                lost,
+                "restarting with %d task(s) running: the broker fails them when the next "
+                "process registers",
+                unanswered,
             )
-        supervision.report(self._report_fd, reason)
+        handover = self._link.unstored()
+        handover += [frames for frames in last if frames not in handover]
+        supervision.report(self._report_fd, reason, handover)
         self._link.close(clean=True)  # returns once the answers and DEREGISTER have left
         logging.shutdown()
         os._exit(supervision.EXIT_RESTART)

@@ -6,7 +6,12 @@ assignment line on its stdin.
 
 A child gets the write end of a pipe (`--report-fd`) and writes one short line to it just
 before it exits on purpose: why it restarts, or why it cannot start at all. A child that
-dies without writing (a crash, a signal) is described from its exit status alone.
+dies without writing (a crash, a signal) is described from its exit status alone. After
+that line, a child that restarts hands over the RESULTs the broker has not confirmed as
+stored (protocol.md 3.22), its own last answers among them (a timeout's 124): a JSON line of
+messages, each a list of base64 frames, at most MAX_HANDOVER bytes. Its successor claims
+and sends them (protocol.md 7.4), so an answer given while the broker was away, or still on
+its way on the old connection, is not lost with the process.
 
 The child of an elastic supervisor (`znode --min/--max`) also gets a demand pipe
 (`--demand-fd`), on which it tells what the supervisor scales on: one JSON line per report,
@@ -21,12 +26,14 @@ state again), so the task path pays nothing for it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
 import os
 import select
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker.protocol import Replaces
@@ -34,28 +41,73 @@ from broker.protocol import Replaces
 EXIT_RESTART = 75  # (EX_TEMPFAIL) "restart me now": a task passed its task timeout
 SETUP_ERROR = 2  # the process cannot start as configured; restarting will not help
 SETUP_FAILED = "cannot start: "  # how the report of a SETUP_ERROR begins
-MAX_REPORT = 512  # bytes; below PIPE_BUF, so one write arrives whole
+MAX_REPORT = 512  # bytes of the reason
+# Bytes of the answers handed over; with the reason, less than a pipe's buffer (64 KiB on
+# Linux), so the exiting child's write never waits for the supervisor.
+MAX_HANDOVER = 48 * 1024
+Message = list[bytes]  # the frames of one message, from the tag on
 
 
-def report(fd: int | None, text: str) -> None:
-    """Tell the supervisor why this process is about to exit (no-op when unsupervised)."""
+@dataclass(frozen=True)
+class Report:
+    """What a child that exited wrote on its report pipe."""
+
+    reason: str = ""  # why it exited ("" if it did not say)
+    answers: tuple[Message, ...] = ()  # RESULTs it hands over to its successor
+
+
+def report(fd: int | None, text: str, answers: Sequence[Message] = ()) -> None:
+    """Tell the supervisor why this process is about to exit, and hand over `answers` (as
+    many as fit in MAX_HANDOVER, oldest first); a no-op when unsupervised."""
     if fd is None:
         return
-    data = text.encode("utf-8", "replace")[:MAX_REPORT]
+    reason = text.replace("\n", " ").encode("utf-8", "replace")[:MAX_REPORT]
+    data = reason.decode("utf-8", "ignore").encode()  # (not cut inside a character)
+    handed = handover_line(answers)
+    if handed:
+        data += b"\n" + handed
     with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
         os.write(fd, data)
 
 
-def read_report(fd: int) -> str:
-    """What a child that has exited wrote to its report pipe ("" if nothing); closes `fd`."""
+def handover_line(answers: Sequence[Message]) -> bytes:
+    """`answers` as one JSON line, as many as fit in MAX_HANDOVER (b"" for none)."""
+    kept: list[list[str]] = []
+    size = 0
+    for message in answers:
+        frames = [base64.b64encode(frame).decode() for frame in message]
+        size += sum(len(frame) + 4 for frame in frames) + 4
+        if size > MAX_HANDOVER:
+            break
+        kept.append(frames)
+    return json.dumps({"answers": kept}).encode() if kept else b""
+
+
+def read_handover(line: bytes) -> tuple[Message, ...]:
+    """The answers in a handover line; () if it is not one."""
     try:
-        if not select.select([fd], [], [], 0)[0]:
-            return ""
-        return os.read(fd, 4 * MAX_REPORT).decode("utf-8", "replace").strip()
+        body = json.loads(line)
+        return tuple([base64.b64decode(f) for f in m] for m in body["answers"])
+    except (ValueError, TypeError, KeyError):
+        return ()
+
+
+def read_report(fd: int) -> Report:
+    """What a child that has exited wrote to its report pipe (empty if nothing); closes
+    `fd`."""
+    chunks: list[bytes] = []
+    try:
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
     except OSError:
-        return ""
+        pass
     finally:
         os.close(fd)
+    reason, _, rest = b"".join(chunks).partition(b"\n")
+    return Report(reason.decode("utf-8", "replace").strip(), read_handover(rest))
 
 
 def signal_name(signum: int) -> str:
@@ -77,16 +129,35 @@ def describe_exit(returncode: int, reported: str = "") -> str:
     return f"exited with status {returncode}"
 
 
-def encode_assignment(name: str, replaces: Replaces | None) -> bytes:
-    """The line that puts a spare process (`znode --standby`) to work as node `name`."""
-    gone = None if replaces is None else {"pid": replaces.pid, "reason": replaces.reason}
-    return json.dumps({"name": name, "replaces": gone}).encode() + b"\n"
+@dataclass(frozen=True)
+class Assignment:
+    """What a spare process (`znode --standby`) is told when it is put to work."""
+
+    name: str  # the node process it serves as
+    replaces: Replaces | None = None  # the process it stands in for
+    answers: tuple[Message, ...] = ()  # that process's RESULTs to claim and send
 
 
-def decode_assignment(line: bytes) -> tuple[str, Replaces | None]:
-    work = json.loads(line)
+def encode_assignment(work: Assignment) -> bytes:
+    """The line that puts a spare process to work."""
+    gone = work.replaces
+    body = {
+        "name": work.name,
+        "replaces": None if gone is None else {"pid": gone.pid, "reason": gone.reason},
+    }
+    line = json.dumps(body).encode() + b"\n"
+    handed = handover_line(work.answers)
+    return line + handed + b"\n" if handed else line
+
+
+def decode_assignment(data: bytes) -> Assignment:
+    """The assignment in what a spare read from its stdin (its first line, and the handover
+    line after it, if any)."""
+    first, _, rest = data.partition(b"\n")
+    work = json.loads(first)
     gone = work["replaces"]
-    return work["name"], None if gone is None else Replaces(gone["pid"], gone["reason"])
+    replaces = None if gone is None else Replaces(gone["pid"], gone["reason"])
+    return Assignment(work["name"], replaces, read_handover(rest.strip()) if rest else ())
 
 
 def is_setup_error(returncode: int, reported: str) -> bool:

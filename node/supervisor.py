@@ -10,12 +10,15 @@ die with the supervisor (PR_SET_PDEATHSIG on Linux, and a parent check in their 
 A child that exits EXIT_RESTART (a task of it passed its task timeout) is restarted at once;
 one that keeps crashing soon after starting is restarted ever more slowly. The new child is
 told which process it replaces and how that one ended (`--replaces-pid`, `--replaces-reason`),
-which its first REGISTER carries so that the broker fails that process's tasks at once.
+which its first REGISTER carries so that the broker fails that process's tasks at once. A
+child that restarts on purpose hands over the answers the broker may not have stored (on
+its report pipe); the next child gets them on its stdin, claims them and sends them.
 
 Starting Python and importing the node takes a few hundred milliseconds of CPU, longer than
 a broker's heartbeat expiry on a busy machine. So one spare child stands by (`--standby`:
 imported, function sets loaded, not registered) and a restart hands it the dead child's
-name and `replaces` on its stdin: it registers within milliseconds.
+name, `replaces` and the answers handed over on its stdin: it registers within
+milliseconds. With answers to hand over and no spare, a fresh spare gets them at once.
 
 Elastic (`--min N --max M`, a Scaling): the children register as NAME.0, NAME.1, ... and
 their number varies between N and M. Each child reports its demand on a pipe of its own
@@ -117,6 +120,8 @@ class Supervisor:
         self._retiring: set[int] = set()  # children asked to stop by a scale-down
         self._restart_at: dict[int, float] = {}
         self._replaces: dict[int, Replaces] = {}  # what the next child of an index replaces
+        # The answers the last child of an index handed over, for the next one to send.
+        self._handover: dict[int, tuple[supervision.Message, ...]] = {}
         self._backoff: dict[int, float] = {}  # next restart delay of a child that dies young
         self._standby: _Child | None = None
         self._standby_at = math.inf  # when to start a spare, if there is none
@@ -167,9 +172,13 @@ class Supervisor:
             self._scaler.started(index, child.started)
 
     def _restart(self, index: int) -> None:
-        replaces = self._replaces.pop(index, None)
-        child = self._activate_standby(index, replaces)
-        self._spawn(index, child or self._start(self._name(index), replaces))
+        work = supervision.Assignment(
+            self._name(index), self._replaces.pop(index, None), self._handover.pop(index, ())
+        )
+        child = self._activate_standby(work)
+        if child is None and work.answers:  # answers to hand over travel on a spare's stdin
+            child = self._assign(self._start(None, None), work)
+        self._spawn(index, child or self._start(work.name, work.replaces))
 
     def _start(self, name: str | None, replaces: Replaces | None) -> _Child:
         """A new child process named `name`, or a spare if `name` is None."""
@@ -198,21 +207,26 @@ class Supervisor:
         demand = None if demand_r is None else supervision.DemandReader(demand_r)
         return _Child(None, process, time.monotonic(), read_fd, demand)
 
-    def _activate_standby(self, index: int, replaces: Replaces | None) -> _Child | None:
-        """The spare, told to serve as child `index`; None if there is no live spare."""
+    def _activate_standby(self, work: supervision.Assignment) -> _Child | None:
+        """The spare, put to `work`; None if there is no live spare."""
         standby, self._standby = self._standby, None
         self._standby_at = min(self._standby_at, time.monotonic())  # another one, now
         if standby is None:
             return None
-        stdin = standby.process.stdin
+        return self._assign(standby, work)
+
+    @staticmethod
+    def _assign(spare: _Child, work: supervision.Assignment) -> _Child | None:
+        """`spare`, told its work (on its stdin, closed after); None if it died."""
+        stdin = spare.process.stdin
         assert stdin is not None
         try:
-            stdin.write(supervision.encode_assignment(self._name(index), replaces))
+            stdin.write(supervision.encode_assignment(work))
             stdin.close()
         except OSError:  # it died: it is of no use
-            _discard(standby)
+            _discard(spare)
             return None
-        return standby
+        return spare
 
     def _loop(self) -> int:
         exit_code = 0
@@ -266,7 +280,7 @@ class Supervisor:
             standby.process.stdin.close()
         reported = supervision.read_report(standby.report_fd)
         if not self._stops:
-            reason = supervision.describe_exit(code, reported)
+            reason = supervision.describe_exit(code, reported.reason)
             log.warning("the spare node process %s; starting another later", reason)
             self._standby_at = time.monotonic() + RESTART_BACKOFF_MAX
 
@@ -278,7 +292,8 @@ class Supervisor:
             if code is None:
                 continue
             del self._children[index]
-            reported = supervision.read_report(child.report_fd)
+            report = supervision.read_report(child.report_fd)
+            reported = report.reason
             if child.demand is not None:
                 child.demand.close()
             if index in self._retiring:
@@ -293,6 +308,8 @@ class Supervisor:
                 worst = supervision.SETUP_ERROR
             else:
                 self._schedule_restart(index, child, code, reported)
+                if report.answers:
+                    self._handover[index] = report.answers
         return worst
 
     def _schedule_restart(self, index: int, child: _Child, code: int, reported: str) -> None:
@@ -362,7 +379,7 @@ class Supervisor:
                     why,
                     self._name(index),
                 )
-                child = self._activate_standby(index, None)
+                child = self._activate_standby(supervision.Assignment(self._name(index)))
                 self._spawn(index, child or self._start(self._name(index), None))
             else:
                 index = decision.index
@@ -385,6 +402,7 @@ class Supervisor:
         if child is None:  # waiting to be restarted: it need not be
             self._restart_at.pop(index, None)
             self._replaces.pop(index, None)
+            self._handover.pop(index, None)  # (the broker fails those attempts as crashed)
             self._backoff.pop(index, None)
             return
         self._retiring.add(index)

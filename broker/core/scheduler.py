@@ -1019,7 +1019,9 @@ class Scheduler:
             # and any earlier registration of this process is over (it has one link).
             node.confirms = self._journal
             if msg.attempts:
-                commands += self._adopt(node, msg.attempts, now)
+                gone = msg.replaces
+                replaced = None if gone is None else (msg.name, msg.host, gone.pid)
+                commands += self._adopt(node, msg.attempts, now, replaced)
             for old in earlier:
                 commands += self._lose_node(old, "reregistered", now)
         if self._hold is not None:
@@ -1035,18 +1037,21 @@ class Scheduler:
         commands.append(Send(peer, registered))
         return commands + feed
 
-    def _adopt(self, node: Node, claims: tuple[Claim, ...], now: float) -> list[Command]:
+    def _adopt(
+        self, node: Node, claims: tuple[Claim, ...], now: float, replaced: ProcessKey | None
+    ) -> list[Command]:
         """A registering node process claims the attempts it still runs, holds unstarted or
-        holds the RESULT of (protocol.md 7.3). Each one whose task is pending and not running
-        elsewhere is its node's again, as if its RUN had just gone out (no second run). One
-        of a task finished or unknown here is told to stop, and so is one held unstarted of
-        a task that runs elsewhere now: their RESULTs are dropped without error. A running
-        one of a task that runs elsewhere is left to the rules of 7.2."""
+        holds the RESULT of (protocol.md 7.3), or whose RESULT the process it `replaced`
+        handed over to it (7.4). Each one whose task is pending and not running elsewhere is
+        its node's now, as if its RUN had just gone out (no second run). One of a task
+        finished or unknown here is told to stop, and so is one held unstarted of a task
+        that runs elsewhere now: their RESULTs are dropped without error. A running one of a
+        task that runs elsewhere is left to the rules of 7.2."""
         stop: list[str] = []
         for claim in claims:
             task = self._tasks.get(claim.task_id)
-            if task is not None and self._adoptable(task, node, claim):
-                self._take_over(task, node, claim.attempt, now)
+            if task is not None and self._adoptable(task, node, claim, replaced):
+                self._take_over(task, node, claim.attempt, now, replaced)
                 continue
             if task is None:
                 self._counters["claims_refused"] += 1
@@ -1071,25 +1076,26 @@ class Scheduler:
             for i in range(0, len(stop), MAX_RETRACT)
         ]
 
-    def _adoptable(self, task: Task, node: Node, claim: Claim) -> bool:
+    def _adoptable(self, task: Task, node: Node, claim: Claim, replaced: ProcessKey | None) -> bool:
         """Whether `node` may take `task` over with the attempt it claims: that attempt is
         the task's latest and no other process runs it. It is so when this process's earlier
-        registration holds it; when the broker gave it up on this process (its node was
-        declared dead, say) and has not placed it again (for a held claim, an attempt that
-        was undone when it came back unstarted); or when the task was restored and waits
-        unclaimed (an attempt above the stored count was given out in the last milliseconds
-        before the broker went down)."""
+        registration (or the process it `replaced`) holds it; when the broker gave it up on
+        one of those (its node was declared dead, say) and has not placed it again (for a
+        held claim, an attempt that was undone when it came back unstarted); or when the
+        task was restored and waits unclaimed (an attempt above the stored count was given
+        out in the last milliseconds before the broker went down)."""
         if task.spec.function not in node.functions:
             return False
         attempt = claim.attempt
         if task.state is UNCLAIMED:
             return attempt >= task.attempt
+        ours = (node.process, replaced)
         if task.holder is not None:
             holder = self._pool.nodes.get(task.holder)
             return (
                 holder is not None
                 and holder is not node
-                and holder.process == node.process
+                and holder.process in ours
                 and attempt == task.attempt
             )
         if task.state is not QUEUED and task.state is not WAITING_RETRY:
@@ -1098,22 +1104,28 @@ class Scheduler:
             return task.attempt <= attempt <= task.attempt + 1
         lost = task.lost or ()
         return attempt == task.attempt and any(
-            gone.attempt == attempt and gone.process == node.process for gone in lost
+            gone.attempt == attempt and gone.process in ours for gone in lost
         )
 
-    def _take_over(self, task: Task, node: Node, attempt: int, now: float) -> None:
+    def _take_over(
+        self, task: Task, node: Node, attempt: int, now: float, replaced: ProcessKey | None
+    ) -> None:
         """`node` runs (or holds the RESULT of) `attempt` of `task`: the task is its, as
         `_start` would make it, without a RUN."""
+        task_id = task.spec.task_id
         if task.holder is not None:  # the process's earlier registration, about to be lost
             old = self._pool.nodes[task.holder]
-            self._pool.release(old, task.spec.task_id)
+            self._pool.release(old, task_id)
             task.holder = None
+            if old.process != node.process:  # the process replaced: its own RESULT, should
+                old.stopping.add(task_id)  # it still come, is dropped without an error
         elif task.state is QUEUED:
             self._queue.discard(task)
         if task.timer:
             self._timers.cancel(task)
         if task.lost is not None:
-            kept = [g for g in task.lost if g.attempt != attempt or g.process != node.process]
+            ours = (node.process, replaced)
+            kept = [g for g in task.lost if g.attempt != attempt or g.process not in ours]
             task.lost = kept or None
         self._counters["adopted"] += 1
         task.attempt = attempt - 1

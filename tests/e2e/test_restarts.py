@@ -115,3 +115,49 @@ def test_tasks_of_a_node_that_died_during_the_restart_run_again(
     counters = cluster.status()["counters"]
     assert counters.get("restored_unclaimed") == len(again)
     assert counters.get("adopted") == TASKS - len(again)
+
+
+def test_a_timeout_while_the_broker_is_down_is_answered_as_a_timeout_and_runs_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The node stops a task at its timeout, answers 124 and restarts while the broker is
+    down: the answer is lost with that broker, but the process hands it to its successor
+    (protocol.md 7.4), which claims and sends it to the restarted broker. The task is not
+    placed again: it ran once, and is answered Timeout with attempts 1."""
+    runs = tmp_path / "runs.txt"
+    url = f"tcp://127.0.0.1:{free_port()}"
+    cluster.start_broker(bind=url)
+    cluster.start_node("--prefetch", "0", functions=FUNCTIONS)
+    cluster.wait_nodes("node0")
+    [node] = cluster.status()["nodes"]
+    answers: list[p.TaskCompleted] = []
+
+    def wait_for_answer() -> None:
+        with Client(url, timeout=60, resend_interval=0.5) as client:
+            answers.append(
+                client.execute_raw("noted_sleep", (str(runs), "k", 30), task_timeout=1.0, retries=2)
+            )
+
+    waiting = threading.Thread(target=wait_for_answer, daemon=True, name="client")
+    waiting.start()
+    assert cluster.broker is not None
+    wait_until(lambda: started(runs)["k"] == 1, 10, what="the task started", alive=[cluster.broker])
+    cluster.broker.signal(signal.SIGKILL)
+    cluster.broker.wait(5)
+
+    def ended() -> bool:  # the process stopped the task at its timeout and exited
+        try:
+            os.kill(node["pid"], 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(ended, 10, what="the node process restarted", alive=[cluster.nodes[0]])
+    cluster.start_broker(bind=url)
+    waiting.join(30)
+    [answer] = answers
+    assert (answer.exit_code, answer.attempts) == (p.EXIT_TIMEOUT, 1), answer
+    assert answer.error is not None and answer.error.type == "Timeout"
+    assert started(runs) == Counter({"k": 1})
+    counters = cluster.status()["counters"]
+    assert counters.get("adopted") == 1 and not counters.get("restored_unclaimed")

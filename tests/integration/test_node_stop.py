@@ -12,6 +12,7 @@ import pytest
 
 from broker.protocol import (
     EXIT_CANCELLED,
+    Claim,
     Deregister,
     ErrorInfo,
     Heartbeat,
@@ -70,6 +71,10 @@ def test_a_running_task_is_answered_130_within_a_second_and_its_process_replaced
     )
     assert second.replaces == Replaces(first.pid, "stopped after task long was cancelled")
     assert parent_of(second.pid) == proc.pid and gone(first.pid)
+    # The answer was handed over: the successor claims it and sends it again, as this
+    # broker never confirmed it stored (protocol.md 7.4).
+    assert second.attempts == (Claim("long", 2, done=True),)
+    assert take_result(broker, "long", timeout=2)[1] == result
     assert broker.call(got.identity, "multiply", 6, 7).result == b"42"
     assert broker.count(Result) == 0  # nothing more about "long"
 

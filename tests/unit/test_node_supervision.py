@@ -34,7 +34,8 @@ def test_a_report_travels_through_the_pipe_once_the_writer_is_gone() -> None:
     read_fd, write_fd = os.pipe()
     supervision.report(write_fd, "stopped after task t exceeded its 1 s timeout")
     os.close(write_fd)
-    assert supervision.read_report(read_fd) == "stopped after task t exceeded its 1 s timeout"
+    report = supervision.read_report(read_fd)
+    assert report == supervision.Report("stopped after task t exceeded its 1 s timeout")
     with pytest.raises(OSError):
         os.fstat(read_fd)  # read_report closed it
 
@@ -42,16 +43,32 @@ def test_a_report_travels_through_the_pipe_once_the_writer_is_gone() -> None:
 def test_no_report_reads_as_empty_and_reporting_unsupervised_is_a_no_op() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
-    assert supervision.read_report(read_fd) == ""  # the writer is still open: nothing yet
+    assert supervision.read_report(read_fd) == supervision.Report()  # nothing yet
     os.close(write_fd)
     supervision.report(None, "nobody listens")
 
 
-def test_a_long_report_is_cut_to_one_atomic_write() -> None:
+def test_a_long_reason_is_cut_and_keeps_to_one_line() -> None:
     read_fd, write_fd = os.pipe()
-    supervision.report(write_fd, "x" * 10_000)
+    supervision.report(write_fd, "é" * 10_000)
     os.close(write_fd)
-    assert len(supervision.read_report(read_fd)) == supervision.MAX_REPORT
+    assert supervision.read_report(read_fd).reason == "é" * (supervision.MAX_REPORT // 2)
+    read_fd, write_fd = os.pipe()
+    supervision.report(write_fd, "two\nlines")
+    os.close(write_fd)
+    assert supervision.read_report(read_fd) == supervision.Report("two lines")
+
+
+def test_answers_handed_over_travel_after_the_reason_as_many_as_fit() -> None:
+    """A restarting child hands its successor the RESULTs the broker may not have; what
+    does not fit in MAX_HANDOVER (with the reason, less than a pipe holds) stays behind."""
+    small = [b"ZTB1", b"RESULT", b'{"task_id":"t1","exit_code":124}', b"null"]
+    large = [b"ZTB1", b"RESULT", b'{"task_id":"t2","exit_code":0}', b"\xff" * 40_000]
+    read_fd, write_fd = os.pipe()
+    supervision.report(write_fd, "stopped after task t1 exceeded", [small, large, small])
+    os.close(write_fd)
+    report = supervision.read_report(read_fd)
+    assert report == supervision.Report("stopped after task t1 exceeded", (small,))
 
 
 def test_only_a_reported_setup_error_stops_the_supervisor() -> None:
@@ -63,9 +80,15 @@ def test_only_a_reported_setup_error_stops_the_supervisor() -> None:
 
 @pytest.mark.parametrize("replaces", [None, Replaces(42, "killed by signal 11 (SIGSEGV)")])
 def test_assignment_round_trip(replaces: Replaces | None) -> None:
-    line = supervision.encode_assignment("node-a.1", replaces)
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert supervision.decode_assignment(line) == ("node-a.1", replaces)
+    work = supervision.Assignment("node-a.1", replaces)
+    data = supervision.encode_assignment(work)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert supervision.decode_assignment(data) == work
+    answers = ([b"ZTB1", b"RESULT", b"{}", b"\x00\n"],)  # any bytes, newlines among them
+    work = supervision.Assignment("node-a.1", replaces, answers)
+    data = supervision.encode_assignment(work)
+    assert data.count(b"\n") == 2
+    assert supervision.decode_assignment(data) == work
 
 
 def test_restart_delay() -> None:

@@ -201,3 +201,44 @@ def test_held_claims_are_adopted_as_held_or_told_to_stop() -> None:
     assert p.Stop(("t9",)) in [s.message for s in sends]  # unknown: dropped
     [registered] = [s.message for s in sends if isinstance(s.message, p.Registered)]
     assert registered.adopts
+
+
+def timed_out(task_id: str, attempt: int = 1) -> p.Result:
+    error = p.ErrorInfo("Timeout", "f() exceeded its timeout of 0.3 s (attempt 1)")
+    return p.Result(task_id, p.EXIT_TIMEOUT, b"null", error, attempt)
+
+
+def successor(claims: tuple[p.Claim, ...]) -> p.Register:
+    """Process 2 of node "a", started in place of process 1, which handed it `claims`."""
+    gone = p.Replaces(1, "stopped after task t1 exceeded its 0.3 s timeout")
+    return p.Register("a", "h", 2, ("f",), 1, gone, 0, True, claims)
+
+
+def test_a_successor_claims_the_answer_its_predecessor_handed_over() -> None:
+    """A process that ended for a timeout hands its answer to its successor (protocol.md
+    7.4), which claims and sends it: the task is answered 124 at once, not 70 after a wait,
+    and the predecessor's own copy, should it still come, is dropped without an error."""
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1), 0.0)
+    core.handle(CLIENT, execute("t1", task_timeout=0.3, retries=2), 0.0)
+    sends = core.handle(b"a2", successor((p.Claim("t1", 1, done=True),)), 0.35)
+    assert runs(sends) == [] and core.counter("adopted") == 1
+    [answer] = completed(core.handle(b"a2", timed_out("t1"), 0.36))
+    assert (answer.exit_code, answer.attempts) == (p.EXIT_TIMEOUT, 1)  # not retried: a timeout
+    assert core.handle(b"a1", timed_out("t1"), 0.37) == []  # the predecessor's copy
+    assert completed(core.tick(5.0)) == [] and core.counter("refused_not_holder") == 0
+
+
+def test_a_timeout_answered_while_the_broker_was_down_is_not_run_again() -> None:
+    """The process stopped a task at its timeout and ended while the broker was down: the
+    answer it sent was lost with that broker. Its successor claims it from the handover,
+    and the restarted broker answers 124 instead of placing the task again."""
+    before = Core(CONFIG)
+    before.handle(b"a1", register("a", 1), 0.0)
+    before.handle(CLIENT, execute("t1", task_timeout=0.3), 0.0)
+    core = restart(before)
+    sends = core.handle(b"a2", successor((p.Claim("t1", 1, done=True),)), 1.0)
+    assert runs(sends) == [] and core.counter("restored_unclaimed") == 0  # process 1 is back
+    core.handle(CLIENT, execute("t1", task_timeout=0.3), 1.05)  # the client's resend
+    [answer] = completed(core.handle(b"a2", timed_out("t1"), 1.1))
+    assert (answer.exit_code, answer.attempts) == (p.EXIT_TIMEOUT, 1)
