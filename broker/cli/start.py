@@ -111,6 +111,14 @@ def start(
         help="'normal' survives a killed broker; 'full' also an OS crash or power loss, at the "
         "cost of an fsync per transaction.",
     ),
+    store_delay: float = typer.Option(
+        0.005,
+        min=0,
+        max=10,
+        metavar="SECONDS",
+        help="How long changes may wait to be written together (group commit): what a killed "
+        "broker had not written is that moment's work, which clients resend and nodes claim.",
+    ),
     drain_timeout: float = typer.Option(
         10.0,
         min=0,
@@ -216,7 +224,9 @@ def start(
         max_pending_per_client=max_pending_per_client,
         dead_letters_max=max_dead_letters,
     )
-    persistence = _persistence(store, dlq_log, store_sync, results, retries, max_dead_letters)
+    persistence = _persistence(
+        store, dlq_log, (store_sync, store_delay), results, retries, max_dead_letters
+    )
     keys = _keys(bind, curve, authorized, insecure)
     config = BrokerConfig(
         bind,
@@ -304,10 +314,17 @@ def loopback(endpoint: str) -> bool:
 
 
 def _persistence(
-    store: str, dlq_log: str, sync: str, results: ResultsConfig, retries: int, dead: int
+    store: str,
+    dlq_log: str,
+    writes: tuple[str, float],
+    results: ResultsConfig,
+    retries: int,
+    dead: int,
 ) -> PersistenceConfig:
+    """The store's settings; `writes`: --store-sync and --store-delay."""
     from broker.store import PersistenceConfig
 
+    sync, delay = writes
     if sync not in ("normal", "full"):
         raise typer.BadParameter(f"{sync!r}; choose normal or full", param_hint="--store-sync")
     store_path = None if store.lower() == "none" else store
@@ -322,5 +339,6 @@ def _persistence(
         results.max_entries,
         dead,
         sync_full=sync == "full",
+        save_delay=delay,
         default_retries=retries,
     )

@@ -39,7 +39,7 @@ from typing import Any
 from msgspec import Struct
 
 from broker.core import journal as j
-from broker.core.adoption import RestartHold
+from broker.core.adoption import EarlyClaim, RestartHold
 from broker.core.config import ALWAYS_RETRIED, RETRIED_ON, SchedulerConfig
 from broker.core.deadletters import DeadLetter, DeadLetters
 from broker.core.events import (
@@ -177,7 +177,7 @@ class Scheduler:
         self._pool = NodePool(config.strategy, config.max_prefetch)
         self._queue = TaskQueue()
         self._tasks = TaskTable()
-        self._timers: Timers[Task | Node | Grace | RestartHold] = Timers()
+        self._timers: Timers[Task | Node | Grace | RestartHold | EarlyClaim] = Timers()
         self._graces = Graces(self._timers, config.offer_grace_seconds)
         if config.start_grace:  # its nodes may not have registered yet (protocol.md 5.1)
             self._graces.after_restart(now, config.expiry)
@@ -200,6 +200,7 @@ class Scheduler:
         # Nodes that sent RESULTs since the store last committed: STORED is due to each.
         self._confirming: dict[bytes, Node] = {}
         self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
+        self._early: dict[str, EarlyClaim] = {}  # claims of tasks to come, by task id
         # Everything an event causes, as commands to carry out in order: `_handle`, and with
         # a journal the store changes noted on the way (one call less per event without).
         self.handle: Callable[[Event, float], list[Command]] = (
@@ -314,6 +315,8 @@ class Scheduler:
                 commands += self._node_due(subject, now)
             elif type(subject) is RestartHold:
                 commands += self._end_hold(subject, now)
+            elif type(subject) is EarlyClaim:
+                commands += self._early_claim_over(subject, now)
             else:
                 assert type(subject) is Grace
                 commands += self._grace_over(subject, now)
@@ -541,10 +544,9 @@ class Scheduler:
         self, tasks: list[Task], awaiting: set[ProcessKey], now: float
     ) -> list[Command]:
         """Restored tasks wait (UNCLAIMED) for the node processes that were registered to
-        come back and claim the attempts they still run, at most the expiry. With no task
-        to hold, the processes are forgotten (until they register again)."""
-        if not tasks:
-            return [j.ForgetNode(*process) for process in awaiting]
+        come back and claim the attempts they still run, at most the expiry; so do the
+        tasks accepted meanwhile (`_admit`), even when none was restored: the old broker
+        may have placed some of them in the milliseconds it did not store."""
         for task in tasks:
             self._queue.discard(task)
             if task.timer:  # its queue deadline, set again when it is released
@@ -553,8 +555,8 @@ class Scheduler:
         self._hold = hold = RestartHold(awaiting, tasks, now + self.config.expiry)
         self._timers.schedule(hold, hold.until)
         log.info(
-            "%d restored tasks wait up to %.1f s for %d node processes to register again and "
-            "claim the attempts they still run",
+            "%d restored tasks (and those accepted meanwhile) wait up to %.1f s for %d node "
+            "processes to register again and claim the attempts they still run",
             len(tasks),
             self.config.expiry,
             len(awaiting),
@@ -588,6 +590,10 @@ class Scheduler:
             deadline = task.spec.queue_timeout
             if deadline is not None and not task.attempt and not task.timer:
                 self._timers.schedule(task, task.submitted_at + deadline)
+        for task in hold.arrived:
+            if task.state is UNCLAIMED and self._tasks.get(task.spec.task_id) is task:
+                self._tasks.move(task, QUEUED)
+                commands += self._place(task, now)
         if hold.awaiting:
             log.warning(
                 "%d node processes did not register again within %.1f s of the restart; "
@@ -1053,6 +1059,9 @@ class Scheduler:
             if task is not None and self._adoptable(task, node, claim, replaced):
                 self._take_over(task, node, claim.attempt, now, replaced)
                 continue
+            if self._comes_later(task, claim.task_id):
+                self._keep_early(node, claim, now)
+                continue
             if task is None:
                 self._counters["claims_refused"] += 1
             else:
@@ -1130,6 +1139,61 @@ class Scheduler:
         self._counters["adopted"] += 1
         task.attempt = attempt - 1
         self._start(task, node, now)  # its RUN is not sent: the node has the task
+
+    def _comes_later(self, task: Task | None, task_id: str) -> bool:
+        """Whether a claim of `task_id` that cannot be adopted now may be once its task
+        comes: the task is unknown here and not answered lately (the old broker accepted it
+        in the milliseconds it did not store; the client's resend brings it), or it waits
+        for its dependencies (the old broker saw them succeed)."""
+        if task is None:
+            return self._results.find(task_id) is None
+        return task.state is WAITING_DEPS
+
+    def _keep_early(self, node: Node, claim: Claim, now: float) -> None:
+        """Keep a claim of a task to come for the expiry (broker.core.adoption)."""
+        early = EarlyClaim(node, claim)
+        old = self._early.get(claim.task_id)
+        if old is not None:
+            self._timers.cancel(old)
+        self._early[claim.task_id] = early
+        self._timers.schedule(early, now + self.config.expiry)
+        self._counters["claims_early"] += 1
+
+    def _adopt_early(self, task: Task, now: float) -> list[Command] | None:
+        """The task of an early claim came (`_admit`): the claiming node has it, as if its
+        RUN had just gone out, and the RESULT it sent meanwhile answers it. None if that
+        node is gone (or the claim does not fit): the task is placed as usual."""
+        early = self._early.pop(task.spec.task_id)
+        self._timers.cancel(early)
+        node, claim = early.node, early.claim
+        if self._pool.nodes.get(node.identity) is not node:
+            return None
+        if task.spec.function not in node.functions:
+            node.stopping.add(claim.task_id)  # (not this task: its RESULT is dropped)
+            return None
+        self._counters["adopted"] += 1
+        task.attempt = claim.attempt - 1
+        self._start(task, node, now)  # its RUN is not sent: the node has the task
+        if early.result is None:
+            return []
+        return self._on_result(node.identity, node, early.result, now)
+
+    def _early_claim_over(self, early: EarlyClaim, now: float) -> list[Command]:
+        """No task came for an early claim within the expiry: the node is told to stop that
+        attempt (if it still runs it), as a claim of an unknown task is (protocol.md 7.3)."""
+        task_id, node = early.claim.task_id, early.node
+        if self._early.get(task_id) is early:
+            del self._early[task_id]
+        if self._pool.nodes.get(node.identity) is not node:
+            return []
+        self._counters["claims_refused"] += 1
+        if early.result is not None:
+            self._counters["results_dropped"] += 1
+            return []
+        node.stopping.add(task_id)
+        if early.claim.done or not node.stop:
+            return []
+        return [Send(node.identity, Stop((task_id,)))]
 
     def _replace(self, msg: Register, now: float) -> list[Command]:
         """A supervisor restarted a node process: the old one's tasks failed with it. Its
@@ -1229,6 +1293,10 @@ class Scheduler:
             # It ran the task, which was answered meanwhile (a late attempt's success).
             self._counters["results_dropped"] += 1
             return self._refill(node, self._release(node, msg.task_id, now), now)
+        early = self._early.get(msg.task_id) if self._early else None
+        if early is not None and early.node is node and early.result is None:
+            early.result = msg  # it answers the task, should the task come
+            return []
         if node is not None and msg.task_id in node.stopping:
             # An attempt it claimed for a task finished or unknown here (protocol.md 7.3).
             node.stopping.discard(msg.task_id)
@@ -1473,6 +1541,18 @@ class Scheduler:
                 held = self._hold_for_dependencies(task, now, answers)
                 if held is not None:
                     return held
+        if self._early and task.spec.task_id in self._early:
+            adopted = self._adopt_early(task, now)
+            if adopted is not None:
+                return adopted
+        if self._hold is not None:  # it may be a resend of a task a node is to claim
+            self._tasks.move(task, UNCLAIMED)
+            self._hold.arrived.append(task)
+            return []
+        return self._place(task, now)
+
+    def _place(self, task: Task, now: float) -> list[Command]:
+        """Start a task that may start now, or queue it."""
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
@@ -2014,6 +2094,15 @@ class Scheduler:
         if self._accepting:
             for function in self._queue.counts():
                 assert not self._pool.has_free(function), f"{function} waits beside a free slot"
+        self._check_adoption()
+
+    def _check_adoption(self) -> None:
+        for task_id, early in self._early.items():
+            assert early.timer and early.claim.task_id == task_id, f"early claim {task_id}"
+            task = self._tasks.get(task_id)
+            assert task is None or task.state is WAITING_DEPS, f"{task_id} came, still early"
+        if self._hold is None:
+            assert not self._tasks.unclaimed, "tasks wait for a restart hold that ended"
 
 
 _UNKNOWN: Failure = (-1, ErrorInfo("", ""))  # a dependency the broker does not know

@@ -37,6 +37,7 @@ COUNTERS = {
     "adopted": "attempts a registering node claimed and kept running, not run again (7.3)",
     "claims_refused": "attempts claimed for tasks finished or unknown here, told to stop (7.3)",
     "claims_ignored": "attempts claimed of tasks another node runs; held ones told to stop (7.3)",
+    "claims_early": "attempts claimed before their task came (a resend); kept for the expiry (7.3)",
     "restored_unclaimed": "restored tasks no node claimed after a restart, placed again (7.3)",
     "late_results": "successes of attempts given up earlier, taken as the answer (7.2)",
     "stale_failures": "failures of attempts given up earlier, ignored (7.2)",

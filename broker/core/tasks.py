@@ -24,13 +24,13 @@ owns it. Its state moves only along these edges, checked on every move:
     WAITING_DEPS   accepted, waits for the tasks it depends on to succeed (not queued)
       -> QUEUED         the last of them succeeded (admission then starts it or queues it)
       -> DONE           one of them failed or was cancelled, it was cancelled, or expired
-    UNCLAIMED      restored by a restarted broker: its last attempt may still run on a node
-                   that has not registered again (protocol.md 7.3); not queued
+    UNCLAIMED      restored (or accepted) by a restarted broker: its last attempt may still
+                   run on a node that has not registered again (protocol.md 7.3); not queued
       -> RUNNING, HELD  a node claimed that attempt (adopted), or it was placed again
       -> QUEUED         no node claimed it in time: placed again, no place is free
       -> DONE           cancelled, or expired
     (QUEUED -> WAITING_DEPS: at acceptance, when a task it depends on is pending.
-     QUEUED -> UNCLAIMED: at restore.)
+     QUEUED -> UNCLAIMED: at restore, or accepted while restored tasks wait.)
 
 A task leaves the table when it is DONE; its answer is kept by `ResultCache` from then on.
 Pure state: no sockets, no clock.

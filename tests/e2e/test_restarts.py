@@ -161,3 +161,46 @@ def test_a_timeout_while_the_broker_is_down_is_answered_as_a_timeout_and_runs_on
     assert started(runs) == Counter({"k": 1})
     counters = cluster.status()["counters"]
     assert counters.get("adopted") == 1 and not counters.get("restored_unclaimed")
+
+
+def test_tasks_placed_in_the_moment_before_the_kill_run_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The broker places tasks, then is killed before its store has them (a group commit
+    held open for 10 s stands for the last 5 ms of a default one). The restarted broker
+    does not know them: the node claims them and the client resends them, in either order,
+    and each task is adopted by the node that runs it instead of run again (protocol.md
+    7.3, early claims and the restart hold)."""
+    runs = tmp_path / "runs.txt"
+    url = f"tcp://127.0.0.1:{free_port()}"
+    cluster.start_broker("--store-delay", "0", bind=url)
+    cluster.start_node("--threads", "4", "--prefetch", "0", functions=FUNCTIONS)
+    cluster.wait_nodes("node0")
+    assert cluster.broker is not None
+    cluster.broker.signal(signal.SIGTERM)  # the node is in the store now
+    cluster.broker.wait(15)
+    cluster.start_broker("--store-delay", "10", bind=url)
+    cluster.wait_nodes("node0")
+    answers: list[p.TaskCompleted] = []
+
+    def wait_for_answers() -> None:
+        args = [(str(runs), f"k{i}", SECONDS) for i in range(4)]
+        with Client(url, timeout=60, resend_interval=0.5) as client:
+            answers.extend(client.imap("noted_sleep", args, window=4, answers=True))
+
+    waiting = threading.Thread(target=wait_for_answers, daemon=True, name="client")
+    waiting.start()
+    wait_until(
+        lambda: sum(started(runs).values()) == 4,
+        10,
+        what="every task started",
+        alive=[cluster.broker],
+    )
+    cluster.broker.signal(signal.SIGKILL)  # none of the four is in the store
+    cluster.broker.wait(5)
+    cluster.start_broker(bind=url)
+    waiting.join(30)
+    assert [(a.exit_code, a.attempts) for a in answers] == [(0, 1)] * 4, answers
+    assert started(runs) == Counter({f"k{i}": 1 for i in range(4)})  # each ran once
+    counters = cluster.status()["counters"]
+    assert counters.get("adopted") == 4, counters

@@ -103,16 +103,71 @@ def test_an_attempt_given_out_just_before_the_restart_is_adopted_too() -> None:
 
 def test_a_claim_of_a_finished_task_is_told_to_stop_and_its_result_dropped() -> None:
     core = Core(CONFIG)
-    core.handle(b"a1", register("a", 1), 0.0)
-    sends = core.handle(
-        b"a2", register("a", 1, (p.Claim("gone", 1), p.Claim("done", 2, True))), 0.1
-    )
+    core.handle(b"a1", register("a", 1, capacity=2), 0.0)
+    for task_id in ("gone", "done"):  # answered already (by another attempt, say)
+        core.handle(CLIENT, execute(task_id), 0.0)
+        core.handle(b"a1", ok(task_id), 0.0)
+    claims = (p.Claim("gone", 1), p.Claim("done", 2, True))
+    sends = core.handle(b"a2", register("a", 1, claims, capacity=2), 0.1)
     assert p.Stop(("gone",)) in [s.message for s in sends]  # running: stop it
     assert core.counter("claims_refused") == 2
     assert not core.registered(b"a1")  # the process registered anew: its old link is over
     assert core.handle(b"a2", ok("done"), 0.2) == []  # the held answer: no error
     assert core.handle(b"a2", p.Result("gone", 130, b"null"), 0.3) == []
     assert core.counter("refused_not_holder") == 0 and core.counter("results_dropped") == 2
+
+
+def test_a_claim_of_an_unknown_task_waits_for_it_then_is_told_to_stop() -> None:
+    """A task the old broker placed in the milliseconds it did not store is unknown to the
+    restarted one until the client's resend: the claim is kept for the expiry; without a
+    resend, the node is told to stop then."""
+    core = Core(CONFIG)
+    sends = core.handle(b"a1", register("a", 1, (p.Claim("soon", 1), p.Claim("never", 1))), 0.0)
+    assert [s.message for s in sends if isinstance(s.message, p.Stop)] == []
+    assert core.counter("claims_early") == 2
+    core.handle(CLIENT, execute("soon"), 0.5)  # the resend: a1 runs it already
+    assert core.counter("adopted") == 1 and core.attempt("soon") == 1
+    [answer] = completed(core.handle(b"a1", ok("soon", attempt=1), 0.6))
+    assert answer.attempts == 1
+    sends = core.tick(3.1)  # no task "never" came within the expiry
+    assert p.Stop(("never",)) in [s.message for s in sends]
+    assert core.counter("claims_refused") == 1
+    assert core.handle(b"a1", p.Result("never", 130, b"null"), 3.2) == []
+
+
+def test_the_answer_of_a_task_to_come_is_kept_until_its_resend() -> None:
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1, (p.Claim("t1", 1, done=True),)), 0.0)
+    assert core.handle(b"a1", ok("t1", result=b"42", attempt=1), 0.1) == []  # kept
+    sends = core.handle(CLIENT, execute("t1"), 0.2)
+    assert runs(sends) == []
+    [answer] = completed(sends)
+    assert (answer.result, answer.attempts) == (b"42", 1)
+    journal = [type(c) for c in core.take_journal()]
+    assert journal.index(j.SaveTask) < journal.index(j.SaveAnswer)  # the row ends answered
+
+
+def test_a_resend_before_the_claim_waits_for_the_nodes_of_a_restart() -> None:
+    """The other order: the client's resend reaches the restarted broker before the node
+    that holds the task registers. Accepted during the restart hold, the task waits with
+    the restored ones, and the claim adopts it."""
+    before = Core(CONFIG)
+    before.handle(b"a1", p.Register("a", "h", 1, ("f",), 1, None, 1, True), 0.0)
+    before.handle(CLIENT, execute("t1"), 0.0)  # a runs it
+    before.handle(CLIENT, execute("t2"), 0.0)  # a holds it: its SaveTask is lost
+    before.journal = [  # the last milliseconds, not written: t2's SaveTask and attempt
+        c
+        for c in before.take_journal()
+        if getattr(c, "task_id", None) != "t2"
+        and not (isinstance(c, j.SaveTask) and c.spec.task_id == "t2")
+    ]
+    core = restart(before)
+    sends = core.handle(CLIENT, execute("t2"), 0.5)  # the resend: not placed yet
+    assert runs(sends) == [] and core.status()["unclaimed"] == 2
+    claims = (p.Claim("t1", 1), p.Claim("t2", 1, held=True))
+    sends = core.handle(b"a2", p.Register("a", "h", 1, ("f",), 1, None, 1, True, claims), 0.6)
+    assert runs(sends) == [] and core.counter("adopted") == 2
+    assert core.status()["unclaimed"] == 0 and core.queued() == 0
 
 
 def test_a_process_that_registers_again_keeps_what_it_runs() -> None:
@@ -198,9 +253,12 @@ def test_held_claims_are_adopted_as_held_or_told_to_stop() -> None:
     sends = core.handle(b"a2", p.Register("a", "h", 1, ("f",), 1, None, 4, True, claims), 4.1)
     assert core.attempt("t1") == 1 and core.attempt("t2") == 1  # t2 held again, unstarted
     assert core.status()["held"] == 1 and core.status()["running"] == 1
-    assert p.Stop(("t9",)) in [s.message for s in sends]  # unknown: dropped
     [registered] = [s.message for s in sends if isinstance(s.message, p.Registered)]
     assert registered.adopts
+    # t9 is unknown: its task may yet come (a resend), for the expiry; then it is dropped.
+    assert core.counter("claims_early") == 1
+    core.handle(b"a2", p.Heartbeat(), 7.0)
+    assert p.Stop(("t9",)) in [s.message for s in core.tick(7.2)]
 
 
 def timed_out(task_id: str, attempt: int = 1) -> p.Result:
