@@ -507,41 +507,75 @@ def deliver(
     """Send the EXECUTE `request` of task `task_id` and return once the broker holds the
     task, without waiting for its answer. A STATUS follows the EXECUTE on the same DEALER
     socket, and the broker handles one connection's messages in order, so its STATUS_REPLY
-    says the EXECUTE was taken. Returns the task's TASK_COMPLETED when that comes first (a
-    quick task, or an id answered lately); raises the BrokerError the broker refused it
-    with, BrokerUnreachable or BrokerTimeout as `ReqLink.exchange` does."""
+    says the EXECUTE was taken. Both are sent again after `resend_interval` without a
+    reply, or at once when the connection was lost and made again (a restarted broker).
+    Returns the task's TASK_COMPLETED when that comes first (a quick task, or an id
+    answered lately); raises the BrokerError the broker refused it with, BrokerUnreachable
+    or BrokerTimeout as `ReqLink.exchange` does."""
     context: zmq.Context[Any] = zmq.Context()
     contact = Contact(url, connect_timeout, keys)
     try:
-        sock, watch = contact.open(context, zmq.DEALER)
-        messages = ([b"", *request], [b"", *encode(Status())])
-        start = time.monotonic()
+        sock, watch, reconnects = contact.open_watched(context, zmq.DEALER)
+        delivery = _Delivery(sock, watch, reconnects, [request, encode(Status())])
+        return delivery.wait(contact, task_id, timeout, resend_interval)
+    finally:
+        context.destroy(linger=0)  # (the monitors' sockets with it)
+
+
+class _Delivery:
+    """The messages of one `deliver` on its socket, and when they were last sent."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[Any],
+        watch: ConnectWatch | None,
+        reconnects: Reconnects | None,
+        messages: list[list[bytes]],
+    ) -> None:
+        self.sock, self.watch, self.reconnects = sock, watch, reconnects
+        self.messages = messages
+        self.sent = 0.0
+
+    def send(self) -> None:
+        for message in self.messages:  # the same task id again: the broker runs it once
+            send_frames(self.sock, [b"", *message])
+        self.sent = time.monotonic()
+
+    def wait(
+        self, contact: Contact, task_id: str, timeout: float, resend_interval: float
+    ) -> TaskCompleted | None:
+        watch = self.watch
+        self.send()
+        start = self.sent
         deadline, give_up = start + timeout, contact.connect_deadline(start)
-        sent = start
-        for message in messages:
-            send_frames(sock, message)
         while True:
             now = time.monotonic()
             if now >= deadline:
                 raise contact.no_answer(timeout, watch)
             if contact.reached:
-                wake = min(deadline, sent + resend_interval)
+                # A reconnection (a restarted broker) is looked for every LOOK_INTERVAL.
+                wake = min(deadline, self.sent + resend_interval, now + LOOK_INTERVAL)
             else:
                 if watch is not None and now >= give_up:
                     raise watch.unreachable(give_up - start)
                 wake = min(deadline, give_up)
-            readable = watch.readable(poll_ms(wake - now)) if watch else _readable(sock, wake)
-            if readable:
+            if watch.readable(poll_ms(wake - now)) if watch else _readable(self.sock, wake):
                 contact.answered = True
-                answer = _delivered(recv_frames(sock), task_id, url)
+                answer = _delivered(recv_frames(self.sock), task_id, contact.url)
                 if answer is not None:
                     return answer.completed
-            elif contact.reached and time.monotonic() >= sent + resend_interval:
-                for message in messages:  # the same task id: the broker runs it once
-                    send_frames(sock, message)
-                sent = time.monotonic()
-    finally:
-        context.destroy(linger=0)
+            elif contact.reached and self._resend_due(resend_interval):
+                self.send()
+
+    def _resend_due(self, resend_interval: float) -> bool:
+        """Whether `resend_interval` passed without a reply, or the connection was made
+        again after it was lost (watched from when the broker was first reached)."""
+        watch = self.watch
+        if self.reconnects is None and watch is not None and watch.closed:
+            self.reconnects = watch.kept
+        if time.monotonic() >= self.sent + resend_interval:
+            return True
+        return self.reconnects is not None and self.reconnects.reconnected()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from broker.protocol import (
     Batch,
     Execute,
     TaskCompleted,
+    TaskSpec,
     decode,
     dumps_payload,
     encode,
@@ -33,7 +34,7 @@ from broker.protocol import (
 )
 from broker.security import load_pair, new_pair
 from client import Client
-from client.link import LOOK_INTERVAL, Reconnects
+from client.link import LOOK_INTERVAL, Reconnects, deliver
 from tests.support import wait_until
 
 RESEND_INTERVAL = 10.0  # far beyond the bound: a resend on silence cannot meet it
@@ -280,3 +281,40 @@ def test_reconnects_tells_a_lost_and_made_connection_once(
     finally:
         reconnects.close()
         reconnects.close()  # twice is safe
+
+
+def test_zsubmit_detach_sends_again_at_once_too(
+    endpoint_router: tuple[Router, dict[str, Any]],
+) -> None:
+    """`zsubmit --detach` (client.link.deliver) waits only until the broker holds the task;
+    a broker that goes meanwhile gets its EXECUTE again as soon as it listens again."""
+    bind, options = endpoint_router
+    first = bind()
+    spec = TaskSpec("detached-1", "multiply", dumps_payload(list(ARGS[0])))
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["answer"] = deliver(
+                options["url"],
+                encode(Execute(spec)),
+                spec.task_id,
+                WAIT,
+                resend_interval=RESEND_INTERVAL,
+            )
+        except BaseException as exc:  # reported by the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _executes(first, 1, time.monotonic() + WAIT)
+    first.close(linger=0)
+    second = bind()
+    listening = time.monotonic()
+    again = _executes(second, 1, listening + WAIT)
+    resent = time.monotonic()
+    _answer(second, again)
+    thread.join(WAIT)
+    assert not thread.is_alive() and "error" not in out, out
+    assert out["answer"].result == dumps_payload(_multiply(*ARGS[0]))
+    assert resent - listening < BOUND, f"sent again {resent - listening:.3f} s after listening"
