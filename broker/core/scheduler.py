@@ -1480,7 +1480,7 @@ class Scheduler:
             function = task.spec.function
             state = task.state
             pending = self._tasks.get(task.spec.task_id) is task
-            waiting = pending and (state is QUEUED or state is WAITING_DEPS)
+            waiting = pending and (state is QUEUED or state is WAITING_DEPS or state is UNCLAIMED)
             if not waiting or task.attempt or self._pool.offers(function):
                 continue
             other = self._graces.covering(function, now)

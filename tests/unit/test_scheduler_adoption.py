@@ -5,6 +5,8 @@ node processes that were registered; RESULTs are confirmed once stored (STORED, 
 
 from __future__ import annotations
 
+import dataclasses
+
 from broker import protocol as p
 from broker.core import journal as j
 from broker.core.config import RetryPolicy, SchedulerConfig
@@ -25,7 +27,7 @@ def register(
     return p.Register(name, "h", pid, ("f",), capacity, None, 0, True, claims)
 
 
-def restart(before: Core) -> Core:
+def restart(before: Core, config: SchedulerConfig = CONFIG) -> Core:
     """A broker started on the store `before`'s journal would have written."""
     pending: dict[str, PendingTask] = {}
     nodes: set[tuple[str, str, int]] = set()
@@ -41,7 +43,7 @@ def restart(before: Core) -> Core:
             nodes.add((change.name, change.host, change.pid))
         elif isinstance(change, j.ForgetNode):
             nodes.discard((change.name, change.host, change.pid))
-    after = Core(CONFIG)
+    after = Core(config)
     seq = max((t.seq for t in pending.values()), default=0) + 1
     after.event(
         Restored(sorted(pending.values(), key=lambda t: t.seq), [], [], seq, sorted(nodes)), 0.0
@@ -300,3 +302,14 @@ def test_a_timeout_answered_while_the_broker_was_down_is_not_run_again() -> None
     core.handle(CLIENT, execute("t1", task_timeout=0.3), 1.05)  # the client's resend
     [answer] = completed(core.handle(b"a2", timed_out("t1"), 1.1))
     assert (answer.exit_code, answer.attempts) == (p.EXIT_TIMEOUT, 1)
+
+
+def test_a_task_of_no_nodes_function_accepted_during_the_hold_is_refused_after_the_grace() -> None:
+    """Accepted thanks to the restart's grace, it waits with the restored tasks; a grace
+    shorter than the hold ends while it waits, and it is refused all the same."""
+    short = dataclasses.replace(CONFIG, offer_grace=1.0)
+    core = restart(two_nodes_running_t1_t2_with_t3_queued(), short)
+    sends = core.handle(CLIENT, execute("x", function="g"), 0.1)
+    assert completed(sends) == [] and core.status()["unclaimed"] == 4
+    [answer] = completed(core.tick(1.5))
+    assert (answer.task_id, answer.exit_code) == ("x", p.EXIT_UNKNOWN_FUNCTION)
