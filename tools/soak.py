@@ -41,7 +41,8 @@ Measured, not guessed:
               ran its whole timeout, with no kill between: no task asks for those retries
               (protocol.md 5.1); the goal is 0
   broker-kill reruns  tasks started before the broker kill and again after it while the
-              process that ran the first did not die: the goal is 0 (protocol.md 7.3)
+              process that ran the first was not killed by the run (one that ended on
+              purpose, for a timeout, hands its answer on): the goal is 0 (protocol.md 7.3)
   RSS and fds of the broker, the znode supervisors and the registered node processes, from
   /proc every --sample-interval s; the slope per hour by least squares over each process's
   samples after its warm-up (--warm-up, default the longer of 20 % of the run and 60 s,
@@ -1061,7 +1062,7 @@ def rerun_problems(
     retried = broker_rerun = None
     for first, then in itertools.pairwise(starts):
         kill = deaths.broker_kill(first.at, then.at)
-        if kill is not None and not deaths.died(first.pid, first.at, then.at):
+        if kill is not None and not deaths.killed(first.pid, first.at, then.at):
             broker_rerun = (
                 f"task {task.key} ({task.stream} {task.function}, id {task.task_id}): attempt "
                 f"{first.attempt} started {kill.at - first.at:.3f} s before the kill in pid "
