@@ -96,3 +96,19 @@ def interruptible() -> None:
     background by a shell without job control inherits SIGINT ignored, and Python then
     installs no KeyboardInterrupt handler, so a child that should react to Ctrl-C would not."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_tool(tool: Path, *argv: str, timeout: float) -> tuple[int, str, str]:
+    """Run a tool of tools/ as a user does: its exit code, stdout and stderr. On a timeout
+    (or an interrupted test) it gets SIGTERM, which makes it stop every process it started
+    (a SIGKILL would leave its broker and nodes running)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(tool), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        raise
+    return proc.returncode, out.decode(), err.decode()

@@ -86,12 +86,15 @@ def expected(i: int) -> int:
     return i * 3 + 1
 
 
-def _descriptor() -> int:
+def execution_log(variable: str = DIR_VARIABLE) -> int:
+    """This process's file of executions (opened once, O_APPEND: one write a line, which
+    no other writer splits and a kill cannot undo once it returned), in the directory the
+    environment variable `variable` names (tools/soak.py names its own)."""
     global _fd
     if _fd is None:
-        directory = os.environ.get(DIR_VARIABLE)
+        directory = os.environ.get(variable)
         if not directory:
-            raise RuntimeError(f"set {DIR_VARIABLE} to the directory executions are recorded in")
+            raise RuntimeError(f"set {variable} to the directory executions are recorded in")
         path = Path(directory) / f"{os.getpid()}{SUFFIX}"
         _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     return _fd
@@ -99,7 +102,7 @@ def _descriptor() -> int:
 
 def record(i: int, delay: float) -> int:
     """Note this execution of task i, hold its slot for `delay` seconds, return expected(i)."""
-    os.write(_descriptor(), f"{i} {time.time():.6f} {os.getpid()}\n".encode())
+    os.write(execution_log(), f"{i} {time.time():.6f} {os.getpid()}\n".encode())
     time.sleep(delay)
     return expected(i)
 

@@ -88,7 +88,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from broker.protocol import TaskCompleted, loads_payload
-from chaos import SetupFailed, serve_run
+from chaos import SetupFailed, execution_log, serve_run
 from client import (
     BrokerError,
     BrokerTimeout,
@@ -118,8 +118,6 @@ SUFFIX = ".executions"
 # process: one os.write on an O_APPEND descriptor, which no other writer splits and a kill
 # cannot undo once it returned. soak_raise adds a "raised" line just before it raises.
 
-_fd: int | None = None
-
 
 class SoakError(Exception):
     """What soak_raise raises: its answer must be exit 1 with this type and message."""
@@ -135,17 +133,10 @@ def raise_message(key: int) -> str:
 
 
 def _note(event: str, key: int) -> None:
-    global _fd
-    if _fd is None:
-        directory = os.environ.get(DIR_VARIABLE)
-        if not directory:
-            raise RuntimeError(f"set {DIR_VARIABLE} to the directory executions are recorded in")
-        path = Path(directory) / f"{os.getpid()}{SUFFIX}"
-        _fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     run = current_run()
     attempt, task_id = (run.attempt, run.task_id) if run is not None else (0, "-")
     line = f"{event} {key} {time.time():.6f} {os.getpid()} {attempt} {task_id}\n"
-    os.write(_fd, line.encode())
+    os.write(execution_log(DIR_VARIABLE), line.encode())
 
 
 def soak_ok(key: int, delay: float, size: int) -> str:

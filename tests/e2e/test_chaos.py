@@ -6,32 +6,18 @@ still pending in its store). Run as a user runs the tool."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.support import run_tool
+
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "chaos.py"
-
-
-def run_tool(*argv: str, timeout: float) -> tuple[int, str, str]:
-    """Run the tool; on a timeout it gets SIGTERM, which makes it stop every process it
-    started (a SIGKILL would leave its broker and nodes running)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(TOOL), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        proc.terminate()
-        proc.communicate(timeout=30)
-        raise
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_no_task_lost_failed_or_wrong_while_nodes_and_the_broker_are_killed() -> None:
     # 4 one-slot processes x 20 ms per task: about 8 s of work, so node kills every 1-2 s
     # land mid-run, and the broker's at half-way.
     code, out, err = run_tool(
+        TOOL,
         *("--tasks", "1500", "--nodes", "2", "--delay", "0.02", "--kill-interval", "1", "2"),
         *("--seed", "3", "--timeout", "30", "--json"),
         timeout=100,

@@ -7,12 +7,12 @@ kill. Run as a user runs the tool."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import run_tool
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "soak.py"
 DURATION = 120  # seconds of load; the tool adds a few for starting and draining
@@ -22,24 +22,10 @@ STREAMS = ["execute", "future", "map", "timeout", "zsubmit", "zsubmit map"]
 OUTCOMES = ["soak_ok exit 0", "soak_raise exit 1", "soak_sleep exit 124"]
 
 
-def run_tool(*argv: str, timeout: float) -> tuple[int, str, str]:
-    """Run the tool; on a timeout it gets SIGTERM, which makes it stop every process it
-    started (a SIGKILL would leave its broker and nodes running)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(TOOL), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException:
-        proc.terminate()
-        proc.communicate(timeout=60)
-        raise
-    return proc.returncode, out.decode(), err.decode()
-
-
 @pytest.mark.timeout(DURATION + 180)
 def test_no_task_lost_wrong_or_run_beyond_its_attempts_under_mixed_load_and_kills() -> None:
     code, out, err = run_tool(
+        TOOL,
         *("--duration", str(DURATION), "--node-kill-interval", "30", "--seed", "17"),
         *("--heartbeat-interval", "0.2", "--liveness", "3", "--timeout", "30", "--json"),
         timeout=DURATION + 150,
