@@ -262,8 +262,8 @@ def test_a_poke_makes_the_inline_watchdog_act_during_a_call() -> None:
         wait_until(lambda: hooks.kept_alive, 5, what="the watchdog to act")
         RELEASE.set()
 
+    started = time.monotonic()  # (before the timer starts counting its 0.1 s)
     threading.Timer(0.1, poke_then_release).start()
-    started = time.monotonic()
     at_once(slot, run("long"))
     # It acted during the call (the agent's keep_alive deregisters when a stop was asked).
     [at] = hooks.kept_alive
