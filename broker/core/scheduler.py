@@ -197,8 +197,9 @@ class Scheduler:
         # back unstarted): their SaveAttempts leave with the commands of the event.
         self._attempts_changed: list[Task] = []
         self._nodes_gone: list[ProcessKey] = []  # processes left with no registration
-        # Nodes that sent RESULTs since the store last committed: STORED is due to each.
-        self._confirming: dict[bytes, Node] = {}
+        # Nodes that sent RESULTs since the store last committed: STORED is due to each once
+        # it commits (see `Committed`); the shell reads it (an attribute: it asks per loop).
+        self.confirming: dict[bytes, Node] = {}
         self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
         self._early: dict[str, EarlyClaim] = {}  # claims of tasks to come, by task id
         # Everything an event causes, as commands to carry out in order: `_handle`, and with
@@ -294,7 +295,7 @@ class Scheduler:
                 node.last_seen = now  # any traffic is a sign of life
                 if node.confirms and (type(message) is Result or type(message) is Batch):
                     node.results_in += 1  # a batch counts once (protocol.md 3.22)
-                    self._confirming[peer] = node
+                    self.confirming[peer] = node
             handler = self._messages.get(type(message))
             if handler is not None:
                 return handler(peer, node, message, now)
@@ -448,7 +449,7 @@ class Scheduler:
         node = self._pool.nodes.get(event.peer)
         if node is not None and node.confirms and event.command == RESULT:
             node.results_in += 1  # counted as the node counts what it sent (3.22)
-            self._confirming[event.peer] = node
+            self.confirming[event.peer] = node
         if error.code == ERR_TOO_LARGE and error.task_id and event.command == RESULT:
             # The node's work is lost, but its requesters still get their one answer.
             failed = Result(
@@ -593,7 +594,7 @@ class Scheduler:
         for task in hold.arrived:
             if task.state is UNCLAIMED and self._tasks.get(task.spec.task_id) is task:
                 self._tasks.move(task, QUEUED)
-                commands += self._place(task, now)
+                commands += self._admit(task, now, new=False)  # (the hold is over)
         if hold.awaiting:
             log.warning(
                 "%d node processes did not register again within %.1f s of the restart; "
@@ -612,18 +613,13 @@ class Scheduler:
     def _on_committed(self, event: Committed, now: float) -> list[Command]:
         """The store has what the RESULTs received so far changed: each node that sent some
         (and asked) is told how many of its RESULT messages are safe (STORED)."""
-        confirming, self._confirming = self._confirming, {}
+        confirming, self.confirming = self.confirming, {}
         nodes = self._pool.nodes
         return [
             Send(identity, Stored(node.results_in))
             for identity, node in confirming.items()
             if nodes.get(identity) is node
         ]
-
-    @property
-    def confirming(self) -> bool:
-        """Whether STORED is due to nodes once the store commits (see `Committed`)."""
-        return bool(self._confirming)
 
     def _restored_dependency_failure(self, spec: TaskSpec) -> Failure | None:
         """Whether a restored task depends on one that failed. A dependency neither pending
@@ -1159,6 +1155,20 @@ class Scheduler:
         self._timers.schedule(early, now + self.config.expiry)
         self._counters["claims_early"] += 1
 
+    def _claimed_or_held(self, task: Task, now: float) -> list[Command] | None:
+        """A task about to be placed while early claims or a restart hold wait: adopted by
+        the node that claimed it, or held with the restored tasks (it may be a resend of a
+        task a node is still to claim); None: place it."""
+        if task.spec.task_id in self._early:
+            adopted = self._adopt_early(task, now)
+            if adopted is not None:
+                return adopted
+        if self._hold is not None:
+            self._tasks.move(task, UNCLAIMED)
+            self._hold.arrived.append(task)
+            return []
+        return None
+
     def _adopt_early(self, task: Task, now: float) -> list[Command] | None:
         """The task of an early claim came (`_admit`): the claiming node has it, as if its
         RUN had just gone out, and the RESULT it sent meanwhile answers it. None if that
@@ -1541,18 +1551,10 @@ class Scheduler:
                 held = self._hold_for_dependencies(task, now, answers)
                 if held is not None:
                     return held
-        if self._early and task.spec.task_id in self._early:
-            adopted = self._adopt_early(task, now)
-            if adopted is not None:
-                return adopted
-        if self._hold is not None:  # it may be a resend of a task a node is to claim
-            self._tasks.move(task, UNCLAIMED)
-            self._hold.arrived.append(task)
-            return []
-        return self._place(task, now)
-
-    def _place(self, task: Task, now: float) -> list[Command]:
-        """Start a task that may start now, or queue it."""
+        if self._early or self._hold is not None:
+            claimed = self._claimed_or_held(task, now)
+            if claimed is not None:
+                return claimed
         function = task.spec.function
         if self._accepting and not self._queue.has(function):
             node = self._pool.pick(function)
