@@ -324,7 +324,7 @@ class Chaos(threading.Thread):
             return
         name = self.rng.choice(sorted(self.cluster.znodes))
         supervisor = self.cluster.znodes[name]
-        children = child_pids(supervisor.pid)
+        children = list(children_of({supervisor.pid}))
         if self.rng.random() < self.args.znode_share:
             kill = self._kill_znode(name, supervisor, children)
         else:
@@ -376,9 +376,10 @@ class Chaos(threading.Thread):
         )
 
 
-def child_pids(parent: int) -> list[int]:
-    """The live processes whose parent is `parent` (Linux /proc)."""
-    found = []
+def children_of(parents: set[int]) -> dict[int, int]:
+    """The live processes whose parent is one of `parents`, each with its parent (Linux
+    /proc, one pass)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -386,8 +387,8 @@ def child_pids(parent: int) -> list[int]:
             except OSError:
                 continue  # it ended while we looked
             state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == parent and state != "Z":
-                found.append(int(entry))
+            if int(ppid) in parents and state != "Z":
+                found[int(entry)] = int(ppid)
     return found
 
 

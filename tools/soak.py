@@ -88,7 +88,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import orjson
 
 from broker.protocol import TaskCompleted, loads_payload
-from chaos import SetupFailed, execution_log, serve_run
+from chaos import SetupFailed, children_of, execution_log, serve_run
 from client import (
     BrokerError,
     BrokerTimeout,
@@ -770,22 +770,6 @@ class Killer(threading.Thread):
             )
             return round(time.time() - since, 2)
         return None
-
-
-def children_of(parents: set[int]) -> dict[int, int]:
-    """The live processes whose parent is one of `parents`, each with its parent (Linux
-    /proc, one pass)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue  # it ended while we looked
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) in parents and state != "Z":
-                found[int(entry)] = int(ppid)
-    return found
 
 
 # =============================================================================== the samples
