@@ -48,7 +48,7 @@ from broker.protocol.frames import NOBLOCK, POLLIN, TimedReceiver, poll, readabl
 from broker.security import KeyFileError, peer_keys
 from node import context, registry, supervision
 from node.config import NodeConfig
-from node.lifecycle import Lifecycle, install_stop_signals
+from node.lifecycle import STOP_BYTES, Lifecycle, install_stop_signals, stop_signalled
 from node.link import BrokerLink
 from node.restarts import Restarts, overdue_reason, overdue_result
 from node.slots import SlotHooks, open_slots
@@ -63,7 +63,6 @@ STOP_CHECK_MS = 100  # the longest wait inside a receive: a stop signal is seen 
 FLUSH_AFTER = 0.0002
 FLUSH_BY = 0.002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
-STOP_BYTES = frozenset({0, signal.SIGINT, signal.SIGTERM})
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
 
@@ -502,13 +501,23 @@ class NodeAgent:
             self._drain_broker(link.socket)
         if link.socket is None or not link.registered:
             return
-        if self._life.asked and not link.deregistered:
-            link.deregister()
-        else:
+        if not self._deregister_if_asked():
             now = time.monotonic()
             link.heartbeat_if_due(now)
             # The socket thread is inside a function: say that this process is busy.
             self._demand.update(link.registered, link.backlog, self._slots.busy, link.results, now)
+
+    def _deregister_if_asked(self) -> bool:
+        """For the inline watchdog: DEREGISTER if a stop was asked (once); whether it was.
+        A stop signal taken by a thread other than the main one is seen on the wake-up
+        socket (its handler waits for the main thread to leave the function)."""
+        life = self._life
+        if not life.asked and stop_signalled(self._wake_r):
+            life.asked = True
+        if not life.asked or self._link.deregistered:
+            return False
+        self._link.deregister()
+        return True
 
     def _on_overdue_inline(self, run: Run) -> None:
         """Called by the inline watchdog, holding the socket, at the deadline of the task

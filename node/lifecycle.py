@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -17,13 +18,39 @@ RESTART_DRAIN = 5.0
 
 Handler = Callable[[int, FrameType | None], None]
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Bytes on the node's wake-up socket that mean "stop": a stop signal's number (written by
+# Python's C-level handler) or 0 (`NodeAgent.request_stop`).
+STOP_BYTES = frozenset({0, *STOP_SIGNALS})
+
+
+def leave_stop_signals_to_main() -> None:
+    """Block SIGINT/SIGTERM in the calling thread: the inline watchdog's, which runs no task
+    (a subprocess started by a task would inherit the mask). The kernel hands a signal sent
+    to the process to any thread that does not block it; Python runs the handler in the main
+    thread only, between bytecodes, so a stop taken by another thread would not interrupt the
+    function the main thread runs inline (a `time.sleep(4)`, say)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def stop_signalled(wake_r: socket.socket) -> bool:
+    """Whether a stop signal's number waits on the wake-up socket, unread (a peek). For the
+    inline watchdog: a thread other than the main one (a task's, a lent slot's) may take a
+    stop signal, whose handler then waits for the main thread to leave its function; the
+    number is on the wake-up socket at once, written by whichever thread took it."""
+    try:
+        data = wake_r.recv(4096, socket.MSG_PEEK)
+    except OSError:  # nothing waits (BlockingIOError), or closed
+        return False
+    return any(byte in STOP_BYTES for byte in data)
+
 
 def install_stop_signals(wake_fd: int, handler: Handler) -> Callable[[], None]:
     """Route SIGINT/SIGTERM to `handler` and their numbers to `wake_fd`; the undo."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signals reach only the main thread; use request_stop()
     old_fd = signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
 
     def restore() -> None:
         signal.set_wakeup_fd(old_fd)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from broker.protocol import Run
 from node import runner
 from node.context import Current, runs_tasks
+from node.lifecycle import leave_stop_signals_to_main
 from node.registry import Function
 from node.slots.cancelled import CancelledTasks
 from node.slots.deadlines import TaskDeadlines
@@ -299,6 +300,7 @@ class InlineSlot:
             self.lock.release()
 
     def _watch(self) -> None:
+        leave_stop_signals_to_main()
         while not self._stopped:
             # Published before the deadline is read: a task that starts meanwhile sees inf
             # and wakes us, so its deadline cannot be missed.

@@ -5,8 +5,11 @@ changes nothing."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,8 @@ from broker.protocol import (
     Result,
     Stop,
 )
+from node.agent import NodeAgent
+from node.config import NodeConfig
 from tests.fakes import FakeBroker
 from tests.integration.test_node_agent import parent_of
 from tests.integration.test_node_task_timeouts import gone, replacement, supervised, take_result
@@ -118,3 +123,42 @@ def test_a_stop_for_a_task_the_node_does_not_have_changes_nothing(
     pid = broker.call(node, "pid")
     assert (pid.exit_code, pid.result) == (0, str(first.pid).encode())
     assert broker.count(Result) == broker.count(Deregister) == broker.count(Register) == 0
+
+
+def test_a_stop_signal_taken_by_another_thread_deregisters_while_the_task_runs(
+    broker: FakeBroker,
+) -> None:
+    """The kernel may hand a signal sent to the process to any thread that does not block
+    it; its Python handler then waits for the main thread, which is inside a function run
+    inline. The watchdog still sees the stop (on the wake-up socket) and deregisters at
+    once, and the task finishes. The agent runs on this test's main thread, where signal
+    handlers live; a helper thread plays the broker and takes the signal itself."""
+    config = NodeConfig(("math",), broker.url, concurrency=1, threads=1, name="n1")
+    agent = NodeAgent(config)
+    seen: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            node, _ = broker.register()
+            sent = time.monotonic()
+            broker.run(node, "long", "sleep", 3.0)
+            running(broker, sent)
+            signalled = time.monotonic()
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # this thread takes it
+            seen["deregistered"] = broker.take(Deregister, timeout=2.5).at - signalled
+            seen["result"] = broker.result("long")[1]
+        except BaseException as exc:
+            seen["error"] = exc
+            agent.request_stop()
+            agent.request_stop()  # a second stop: at once
+
+    driver = threading.Thread(target=drive, name="fake-broker-driver")
+    driver.start()
+    try:
+        code = agent.run()
+    finally:
+        driver.join(10)
+    assert "error" not in seen, seen["error"]
+    assert seen["deregistered"] < 0.5, f"DEREGISTER {seen['deregistered']:.3f} s after SIGTERM"
+    assert seen["result"].exit_code == 0 and seen["result"].result == b"3.0"
+    assert code == 0
