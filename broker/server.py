@@ -33,6 +33,7 @@ from broker.core.events import (
     Undecodable,
 )
 from broker.core.journal import Change
+from broker.core.liveness import LoopClock
 from broker.core.metrics import Histogram
 from broker.core.scheduler import Scheduler
 from broker.gate import Gate
@@ -138,6 +139,7 @@ class BrokerServer:
         self._gate = None if config.keys is None else Gate(config.keys.authorized)
         self._receive = recv_frames if self._gate is None else self._gate.receive
         self._changes: list[Change] = []  # for the store, written once per group commit
+        self._clock = LoopClock()  # how late the loop runs the core's timers: its stalls
         # What peers' pipes cannot take yet, bounded in bytes per peer.
         self._outbox = Outbox(config.max_queued_bytes_per_peer)
         self._stop_requests = 0
@@ -231,7 +233,7 @@ class BrokerServer:
                     self._drain(router, frames)
                 now = time.monotonic()
                 if now >= scheduler.next_deadline():
-                    self._carry_out(router, self._tick(now))
+                    self._carry_out(router, self._tick(router, now))
                 if self._outbox.held:
                     self._flush(router)
                 self._save_when_due()
@@ -336,10 +338,14 @@ class BrokerServer:
             self.scheduler.check_invariants()
         return commands
 
-    def _tick(self, now: float) -> list[Command]:
-        """What is due by `now`; a bug in it is treated as in `_handle`."""
+    def _tick(self, router: zmq.Socket[Any], now: float) -> list[Command]:
+        """What is due by `now`, with what the core needs to judge the nodes' silence (any
+        input unread, any stall of this loop: broker.core.liveness); a bug in it is treated
+        as in `_handle`."""
+        scheduler = self.scheduler
+        stall = self._clock.stall(scheduler.next_deadline(), now)
         try:
-            commands = self.scheduler.tick(now)
+            commands = scheduler.tick(now, readable(router), stall)
         except Exception:
             if self._strict:
                 raise

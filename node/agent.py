@@ -237,7 +237,7 @@ class NodeAgent:
         elif not link.registered:
             if now >= link.register_deadline:
                 link.retry()
-        elif now - link.last_heard >= link.expiry:
+        elif link.broker_dead(now):
             silent = now - link.last_heard
             self._reconnect(f"broker at {link.url} silent for {silent:.1f} s")
         elif link.unsent:

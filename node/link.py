@@ -207,6 +207,16 @@ class BrokerLink:
             elif event == _MADE and self._lost:
                 return True
 
+    def broker_dead(self, now: float) -> bool:
+        """Whether the broker has been silent long enough to be dead (protocol.md 7.2):
+        interval x liveness once the connection to it was lost, and twice that while the
+        connection holds. A broker whose loop stalls (stopped, a busy host, a slow disk)
+        keeps its connections, and its nodes coming back all at once when it resumes would
+        be a storm; a broker whose process died loses them at once, and a host that
+        vanished is found by the longer bound."""
+        silent = now - self.last_heard
+        return silent >= self.expiry and (self._lost or silent >= 2 * self.expiry)
+
     def send(self, frames: list[bytes]) -> bool:
         """Send one message; False if it could not be queued now."""
         assert self.socket is not None
@@ -270,7 +280,8 @@ class BrokerLink:
             return math.inf if stopping else self.connect_at
         if not self.registered:
             return self.register_deadline
-        return min(self.last_sent + self.interval, self.last_heard + self.expiry)
+        silence = self.expiry if self._lost else 2 * self.expiry  # see broker_dead
+        return min(self.last_sent + self.interval, self.last_heard + silence)
 
     def _next_delay(self) -> float:
         delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)

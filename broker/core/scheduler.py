@@ -59,6 +59,7 @@ from broker.core.events import (
 )
 from broker.core.graces import Grace, Graces
 from broker.core.inputs import Pins, run_payload
+from broker.core.liveness import Liveness
 from broker.core.metrics import BOUNDS, FunctionMetrics, Metrics
 from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
@@ -182,6 +183,7 @@ class Scheduler:
         if config.start_grace:  # its nodes may not have registered yet (protocol.md 5.1)
             self._graces.after_restart(now, config.expiry)
         self._results = ResultCache(config.results)
+        self._liveness = Liveness()
         self._dead = DeadLetters(config.dead_letters_max, config.dead_letters_max_bytes)
         self._counters: Counter[str] = Counter()
         self._metrics = Metrics(now) if config.metrics else None
@@ -301,11 +303,15 @@ class Scheduler:
                 return handler(peer, node, message, now)
         return self._events[type(event)](event, now)
 
-    def tick(self, now: float) -> list[Command]:
+    def tick(self, now: float, unread: bool = False, stall: float = 0.0) -> list[Command]:
         """What is due by `now`: timers of tasks, nodes and graces, expired answers, at most
         TICK_BUDGET of each (`next_deadline()` stays due while more are). Call it at
-        `next_deadline()`; it leaves no deferred work."""
+        `next_deadline()`, saying whether messages wait unread (no node is declared dead
+        then) and how long the loop stalled just before (broker.core.liveness: the nodes'
+        silence during it does not count). It leaves no deferred work."""
         commands = self._settle(now)
+        self._liveness.tick(now, unread, stall)
+        self._count_stall(stall)
         for _ in range(TICK_BUDGET):
             subject = self._timers.pop_due(now)
             if subject is None:
@@ -330,6 +336,12 @@ class Scheduler:
         if self._attempts_changed or self._nodes_gone:
             commands += self._journal_later()
         return commands
+
+    def _count_stall(self, stall: float) -> None:
+        if not stall:
+            return
+        self._counters["loop_stalls"] += 1
+        self._counters["loop_stalled_ms"] += round(stall * 1000)
 
     def next_deadline(self) -> float:
         """When `tick` must run next (the clock `now` comes from); -inf while deferred
@@ -1401,10 +1413,13 @@ class Scheduler:
             if failure is None:  # unreachable, and no process said it replaced it
                 return self._lose_node(node, "unreachable", now)
             return self._lose_node(node, "crashed", now, failure)
-        silent = now - node.last_seen
-        if silent >= config.expiry:
+        again = self._liveness.dead(node.last_seen, now, config.expiry)
+        if again is None:
             log.warning(
-                "node %s (%s) silent for %.2fs: declared dead", node.name, node.node_id, silent
+                "node %s (%s) silent for %.2fs: declared dead",
+                node.name,
+                node.node_id,
+                self._liveness.silence(node.last_seen, now),
             )
             return self._lose_node(node, "expired", now)
         if self._metrics is not None and node.busy.window.due(now):
@@ -1419,7 +1434,7 @@ class Scheduler:
             node.last_sent = now
             node.backlog_told = backlog
             commands.append(Send(node.identity, Heartbeat(backlog)))
-        self._schedule_check(node)
+        self._timers.schedule(node, min(again, node.last_sent + config.heartbeat_interval))
         return commands
 
     def _busy(self, node: Node, now: float) -> float:

@@ -45,6 +45,11 @@ COUNTERS = {
     "nodes_registered": "REGISTERs accepted",
     "nodes_deregistered": "DEREGISTERs",
     "nodes_expired": "nodes declared dead after interval x liveness of silence",
+    "loop_stalls": (
+        "stalls of the broker's loop (its timers ran 0.25 s late or more): nodes' "
+        "silence during them is not counted (7.2)"
+    ),
+    "loop_stalled_ms": "milliseconds of those stalls",
     "nodes_crashed": "node processes replaced by their supervisor (REGISTER replaces)",
     "nodes_overdue": "nodes dropped for not stopping a task past its timeout (5.3)",
     "nodes_unreachable": "nodes dropped because a send to them failed",

@@ -45,8 +45,8 @@ class Core:
         self.scheduler.check_invariants()
         return sends
 
-    def tick(self, now: float) -> list[Send]:
-        sends = self._split(self.scheduler.tick(now))
+    def tick(self, now: float, unread: bool = False, stall: float = 0.0) -> list[Send]:
+        sends = self._split(self.scheduler.tick(now, unread, stall))
         self.scheduler.check_invariants()
         return sends
 
