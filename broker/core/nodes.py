@@ -157,6 +157,35 @@ class _Group:
     heap: list[tuple[float, int, bytes, int]] = field(default_factory=list)
 
 
+class _Ring:
+    """The nodes offering one function, in turn (round robin). A node leaves in O(1): its
+    entry stays, stale, until it comes round and is dropped; the ring is rebuilt when stale
+    entries outnumber the live ones."""
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: deque[Node] = deque()
+        self.live = 0
+
+    def join(self, node: Node) -> None:
+        self.entries.append(node)
+        self.live += 1
+
+    def leave(self, nodes: dict[bytes, Node]) -> None:
+        """One member left (removed, or draining): compact if mostly stale."""
+        self.live -= 1
+        if len(self.entries) > 2 * self.live + 16:
+            self.entries = deque(n for n in self.entries if _in_ring(nodes, n))
+
+    def members(self, nodes: dict[bytes, Node]) -> list[bytes]:
+        return [n.identity for n in self.entries if _in_ring(nodes, n)]
+
+
+def _in_ring(nodes: dict[bytes, Node], node: Node) -> bool:
+    return nodes.get(node.identity) is node and not node.draining
+
+
 class NodePool:
     def __init__(self, strategy: str = LEAST_LOADED, max_prefetch: int = 0) -> None:
         if strategy not in STRATEGIES:
@@ -172,7 +201,7 @@ class NodePool:
         self._offering: dict[str, int] = {}  # nodes taking work, per function they offer
         # Whether any node that takes new work registered a function (a C call).
         self.offers: Callable[[str], bool] = self._offering.__contains__
-        self._rings: dict[str, deque[bytes]] = {}  # round robin only
+        self._rings: dict[str, _Ring] = {}  # round robin only
         self._groups: dict[frozenset[str], _Group] = {}
         self._groups_by_function: dict[str, list[_Group]] = {}
         self._tie = count()
@@ -221,7 +250,7 @@ class NodePool:
         for function in node.functions:
             offering[function] = offering.get(function, 0) + 1
             if self.strategy == ROUND_ROBIN:
-                self._rings.setdefault(function, deque()).append(node.identity)
+                self._rings.setdefault(function, _Ring()).join(node)
         group = self._groups.get(node.functions)
         if group is None:
             group = self._groups[node.functions] = _Group(node.functions)
@@ -241,11 +270,9 @@ class NodePool:
             offering[function] -= 1
             if not offering[function]:
                 del offering[function]
-            if self.strategy == ROUND_ROBIN:
-                ring = self._rings[function]
-                ring.remove(node.identity)  # O(ring): a ring is for a few nodes
-                if not ring:
-                    del self._rings[function]
+                self._rings.pop(function, None)
+            elif self.strategy == ROUND_ROBIN:
+                self._rings[function].leave(self.nodes)
         group = self._groups[node.functions]
         group.members.discard(node.identity)
         node.version += 1  # its heap entries are stale now
@@ -273,11 +300,14 @@ class NodePool:
 
     def _pick_round_robin(self, function: str) -> Node | None:
         ring = self._rings.get(function)
-        if not ring:
+        if ring is None:
             return None
-        for _ in range(len(ring)):
-            node = self.nodes[ring[0]]
-            ring.rotate(-1)
+        entries, nodes = ring.entries, self.nodes
+        for _ in range(len(entries)):
+            node = entries.popleft()
+            if not _in_ring(nodes, node):
+                continue  # it left: dropped now
+            entries.append(node)
             if len(node.active) < node.window:
                 return node
         return None
@@ -491,9 +521,11 @@ class NodePool:
                 offering[function] = offering.get(function, 0) + 1
         assert offering == self._offering, "the count of nodes per function drifted"
         for function, ring in self._rings.items():
-            assert ring, f"empty ring kept for {function}"
-            assert len(set(ring)) == len(ring), f"duplicate in ring for {function}"
-            for identity in ring:
+            in_ring = ring.members(self.nodes)
+            assert in_ring, f"empty ring kept for {function}"
+            assert len(in_ring) == ring.live, f"the ring for {function} miscounts"
+            assert len(set(in_ring)) == len(in_ring), f"duplicate in ring for {function}"
+            for identity in in_ring:
                 assert identity in taking, f"ring for {function} holds a node not taking work"
                 assert function in self.nodes[identity].functions
         self._check_held()
@@ -506,7 +538,8 @@ class NodePool:
             assert node.waiting <= node.active, f"{node.name}: waits for what it does not run"
             if self.strategy == ROUND_ROBIN:
                 for function in node.functions:
-                    assert identity in self._rings[function], f"{node.name} missing from ring"
+                    ring = self._rings[function]
+                    assert identity in ring.members(self.nodes), f"{node.name} missing from ring"
             group = self._groups[node.functions]
             assert identity in group.members
             if node.free > 0 and len(group.members) > SCAN_MAX:
