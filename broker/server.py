@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -71,6 +72,16 @@ class BrokerConfig:
     keys: BrokerKeys | None = None  # CURVE: encrypted, and only the authorized keys let in
     # Bytes held for one peer that does not take them (broker/outbox.py); past it, dropped.
     max_queued_bytes_per_peer: int = DEFAULT_BUDGET
+    backlog: int | None = None  # the listen backlog; None: the system's limit
+
+
+def system_backlog() -> int:
+    """The most connections the system lets wait to be accepted (Linux: somaxconn); 4096,
+    Linux's default since 5.4, where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return 4096
 
 
 class ShellStats:
@@ -179,6 +190,9 @@ class BrokerServer:
         # Up to twice the limit a sender gets a clear ERROR too_large; a larger frame is not
         # even buffered whole: ZeroMQ drops that connection.
         router.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_size + 65536)
+        # Nodes that start (or come back) together queue to be accepted: past the backlog
+        # their connections fail and retry, and their REGISTERs wait.
+        router.setsockopt(zmq.BACKLOG, self.config.backlog or system_backlog())
         if self.config.keys is not None:
             self._authenticator = self.config.keys.serve(self._context, router)
         endpoint = self.config.bind

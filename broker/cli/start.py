@@ -147,6 +147,14 @@ def start(
         "a short pipe of 16 messages); past it, messages to it are dropped and counted "
         "(STATUS metrics.outbox_dropped). A client gets dropped answers again by resending.",
     ),
+    backlog: int = typer.Option(
+        0,
+        min=0,
+        metavar="N",
+        help="Connections that may wait to be accepted (the listen backlog, ZMQ_BACKLOG); 0: "
+        "the system's limit (net.core.somaxconn). Thousands of nodes starting at once need "
+        "it: ZeroMQ's default of 100 makes their connections fail and retry.",
+    ),
     metrics: bool = typer.Option(
         True,
         "--metrics/--no-metrics",
@@ -236,6 +244,7 @@ def start(
         drain_timeout,
         keys=keys,
         max_queued_bytes_per_peer=max_queued_bytes_per_peer,
+        backlog=backlog or None,
     )
     server = BrokerServer(config)
     try:
