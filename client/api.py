@@ -473,9 +473,12 @@ class Client:
 
     # ------------------------------------------------------------------------- the broker
 
-    def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
-        return self._control.status(timeout)
+    def status(
+        self, timeout: float | None = DEFAULT_TIMEOUT, *, all_nodes: bool = False
+    ) -> dict[str, Any]:
+        """The broker's STATUS_REPLY body: nodes, queued, running, counters; `nodes` lists
+        the 50 busiest nodes, or every one with `all_nodes` (see ControlClient.status)."""
+        return self._control.status(timeout, all_nodes=all_nodes)
 
     def dead_letters(
         self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT

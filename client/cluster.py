@@ -214,15 +214,15 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ watching
 
-    def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        """The broker's STATUS_REPLY body."""
+    def status(self, timeout: float = 2.0, all_nodes: bool = False) -> dict[str, Any]:
+        """The broker's STATUS_REPLY body (listing every node with `all_nodes`)."""
         with ReqLink(self.url, resend_interval=timeout, keys=self.keys) as link:
-            return ControlClient(link).status(timeout=timeout)
+            return ControlClient(link).status(timeout=timeout, all_nodes=all_nodes)
 
     def node_names(self) -> list[str]:
         """The names of the registered node processes (empty while the broker is silent)."""
         try:
-            return sorted(node["name"] for node in self.status()["nodes"])
+            return sorted(node["name"] for node in self.status(all_nodes=True)["nodes"])
         except (BrokerTimeout, BrokerUnreachable):
             return []
 

@@ -14,6 +14,8 @@ from broker.protocol import (
     DLQ_REPLAY,
     DLQ_SHOW,
     ERR_MALFORMED,
+    MAX_STATUS_PAGE,
+    NODES_ALL,
     Cancel,
     Cancelled,
     Dlq,
@@ -76,9 +78,31 @@ class ControlClient:
         request = Cancel(check_name("task_id", task_id), self._link.contact.client_id)
         return self._ask(request, Cancelled, timeout, _about(task_id)).was
 
-    def status(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """The broker's STATUS_REPLY body: nodes, queued, running, counters."""
-        return self._ask(Status(), StatusReply, timeout).body
+    def status(
+        self, timeout: float | None = DEFAULT_TIMEOUT, *, all_nodes: bool = False
+    ) -> dict[str, Any]:
+        """The broker's STATUS_REPLY body: nodes, queued, running, counters. `nodes` lists
+        the 50 busiest nodes (all of them when there are no more), or with `all_nodes`
+        every node, asked for in pages of 500 (protocol.md 3.10); `nodes_total` counts
+        them all."""
+        body = self._ask(Status(), StatusReply, timeout).body
+        if all_nodes:
+            body["nodes"] = self.nodes(timeout)
+            body["nodes_listed"] = NODES_ALL
+        return body
+
+    def nodes(self, timeout: float | None = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+        """Every registered node as STATUS_REPLY shows one, in the order they registered,
+        asked for a page at a time (`timeout` per page). A broker that predates pages
+        (protocol.md 3.10) lists them all at once."""
+        nodes: list[dict[str, Any]] = []
+        while True:
+            request = Status(NODES_ALL, len(nodes), MAX_STATUS_PAGE)
+            body = self._ask(request, StatusReply, timeout).body
+            page = [n for n in _field(body, "nodes", list) if isinstance(n, dict)]
+            nodes += page
+            if len(page) < MAX_STATUS_PAGE or body.get("nodes_listed") != NODES_ALL:
+                return nodes
 
     def dead_letters(
         self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT

@@ -25,11 +25,21 @@ option out of range); 3 nothing accepts connections at --broker within
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print the broker's STATUS_REPLY body as JSON.")
 ]
+AllNodes = Annotated[
+    bool,
+    typer.Option(
+        "--nodes",
+        help="List every node process. By default the 50 busiest are listed when there are "
+        "more, with the totals of all of them by function; --nodes asks the broker for the "
+        "rest, 500 at a time.",
+    ),
+]
 
 
 def status(
     broker: Broker = DEFAULT_BROKER_URL,
     json_output: JsonOutput = False,
+    all_nodes: AllNodes = False,
     timeout: Timeout = DEFAULT_TIMEOUT,
     connect_timeout: ConnectTimeout = DEFAULT_CONNECT_TIMEOUT,
     curve: Curve = None,
@@ -40,7 +50,7 @@ def status(
     with asking(
         broker, "STATUS", connect_timeout=connect_timeout, curve=curve, broker_key=broker_key
     ) as control:
-        body = control.status(timeout)
+        body = control.status(timeout, all_nodes=all_nodes)
     if json_output:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -80,10 +90,18 @@ def _print_status(body: dict[str, Any]) -> None:
             same = node.get("functions", []) == functions  # a znode's are all alike
             table.add_row(*_process_row(node, indent="  ", functions=not same))
     console.print(table)
-    count = sum(len(group[2]) for group in groups)
+    listed = sum(len(group[2]) for group in groups)
+    count = body.get("nodes_total", listed)
+    if isinstance(count, int) and count > listed:
+        console.print(
+            f"the {listed} busiest of {count} node processes "
+            "(zbroker status --nodes for every one); all of them by function:",
+            style="dim",
+        )
+        console.print(_functions_table(body.get("by_function") or {}))
     waiting = body.get("waiting_dependencies", 0)
     console.print(
-        f"znodes: {len(groups)}   processes: {count}   "
+        (f"znodes: {len(groups)}   " if count == listed else "") + f"processes: {count}   "
         f"queued: {body.get('queued', 0)}   running: {body.get('running', 0)}   "
         f"held by nodes: {body.get('held', 0)}   "
         + (f"waiting for their dependencies: {waiting}   " if waiting else "")
@@ -94,6 +112,19 @@ def _print_status(body: dict[str, Any]) -> None:
     if counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     console.print("(zbroker status --json for ids and every function)", style="dim")
+
+
+def _functions_table(functions: dict[str, Any]) -> Table:
+    """Every node's figures summed by function (STATUS_REPLY `by_function`)."""
+    table = Table(title="By function")
+    keys = ("nodes", "slots", "busy", "held", "queued", "completed")
+    table.add_column("function", no_wrap=True)
+    for key in keys:
+        table.add_column(key, justify="right", no_wrap=True)
+    for name, figures in sorted(functions.items()):
+        if isinstance(figures, dict):
+            table.add_row(name, *(str(figures.get(key, "")) for key in keys))
+    return table
 
 
 def _load(node: dict[str, Any]) -> str:

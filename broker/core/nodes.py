@@ -22,10 +22,11 @@ Pure state: no sockets, no clock. Time comes in as `now`.
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Any
 
 from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
 from broker.core.metrics import NodeBusy
@@ -203,6 +204,8 @@ class NodePool:
         self.offers: Callable[[str], bool] = self._offering.__contains__
         self._rings: dict[str, _Ring] = {}  # round robin only
         self._groups: dict[frozenset[str], _Group] = {}
+        # One of each set of functions registered, and how many nodes have it.
+        self._function_sets: dict[frozenset[str], list[Any]] = {}
         self._groups_by_function: dict[str, list[_Group]] = {}
         self._tie = count()
 
@@ -212,6 +215,11 @@ class NodePool:
         if identity in self.nodes:
             raise ValueError(f"node {identity.hex()} is already registered")
         node = Node(identity, register, now, min(register.prefetch, self.max_prefetch))
+        # Nodes offering the same functions share one set: equal sets compare as the same
+        # object (a cheap key for STATUS's sums by function set), and it is kept once.
+        shared = self._function_sets.setdefault(node.functions, [node.functions, 0])
+        shared[1] += 1
+        node.functions = shared[0]
         self.nodes[identity] = node
         self._processes.setdefault(node.process, set()).add(identity)
         self._join(node)
@@ -225,6 +233,10 @@ class NodePool:
             self._leave(node)
         for function in node.held.values():
             self._unhold(node, function)
+        shared = self._function_sets[node.functions]
+        shared[1] -= 1
+        if not shared[1]:
+            del self._function_sets[node.functions]
         same = self._processes[node.process]
         same.discard(identity)
         if not same:
@@ -546,6 +558,9 @@ class NodePool:
                 assert any(self._current(e) and e[2] == identity for e in group.heap), (
                     f"{node.name} has a free slot but no current heap entry"
                 )
+        sets = Counter(node.functions for node in self.nodes.values())
+        assert sets == {f: n for f, (_, n) in self._function_sets.items()}, "sets miscounted"
+        assert all(f is self._function_sets[f][0] for f in sets), "a set is not shared"
         indexed = {i for identities in self._processes.values() for i in identities}
         assert indexed == self.nodes.keys(), "the index by process drifted"
         members = {i for g in self._groups.values() for i in g.members}

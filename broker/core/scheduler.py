@@ -65,7 +65,7 @@ from broker.core.nodes import RUN_TIME_WEIGHT, Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache, conflicting
 from broker.core.scopes import SEPARATOR, plain, reference, scoped_spec, shown
-from broker.core.status import sampled, status_body
+from broker.core.status import listed, sampled, status_body
 from broker.core.tasks import (
     DONE,
     HELD,
@@ -145,6 +145,7 @@ MAX_REQUESTERS = 8  # requesters remembered per pending task (Lazy Pirate resend
 # handles the messages waiting, so that no one waits long behind it.
 TICK_BUDGET = 512
 NOT_REGISTERED = Disconnect("not registered: send REGISTER")
+_ALL_BUSIEST = Status()  # STATUS's defaults: the busiest nodes
 Failure = tuple[int, ErrorInfo]  # exit code and error of a failed attempt
 # Events that arise while the shell carries out the last event's commands: the deferred
 # work waits for `Sent` (a node found gone must not be given the slot it freed).
@@ -398,8 +399,9 @@ class Scheduler:
         """Whether a node offers `function`, or a grace still counts it as offered."""
         return self._pool.offers(function) or self._graces.covering(function, now) is not None
 
-    def status(self, now: float) -> dict[str, Any]:
-        """The STATUS_REPLY body (protocol.md 3.11)."""
+    def status(self, now: float, request: Status = _ALL_BUSIEST) -> dict[str, Any]:
+        """The STATUS_REPLY body (protocol.md 3.11), listing the nodes `request` asks for."""
+        nodes, listing = listed(self._pool, request)
         body = status_body(
             self._pool,
             self._tasks,
@@ -410,11 +412,13 @@ class Scheduler:
             self._accepting,
             self._counters,
             now,
+            nodes,
+            listing,
         )
         metrics = self._metrics
         if metrics is not None:
             body["metrics"] = view = metrics.view(now, self._wall_offset)
-            for node_view, node in zip(body["nodes"], self._pool.nodes.values(), strict=True):
+            for node_view, node in zip(body["nodes"], nodes, strict=True):
                 busy = self._busy(node, now)
                 node_view["busy_seconds"] = round(busy, 3)
                 node_view["utilisation"] = round(node.busy.utilisation(now, busy, node.slots), 4)
@@ -930,7 +934,7 @@ class Scheduler:
         return self._feed(node, now)
 
     def _on_status(self, peer: bytes, node: Node | None, msg: Status, now: float) -> list[Command]:
-        body = self.status(now)
+        body = self.status(now, msg)
         if not self._admin and "metrics" in body:  # other clients' task ids and errors
             body["metrics"]["recent_failures"] = []
         return [Send(peer, StatusReply(body))]

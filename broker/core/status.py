@@ -6,7 +6,9 @@ Pure: reads the scheduler's parts, changes nothing, reads no clock (`now` comes 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 from broker.core.config import SchedulerConfig
@@ -15,6 +17,7 @@ from broker.core.nodes import Node, NodePool
 from broker.core.queues import TaskQueue
 from broker.core.results import ResultCache
 from broker.core.tasks import TaskTable
+from broker.protocol import MAX_STATUS_PAGE, NODES_ALL, NODES_BUSIEST, STATUS_NODES, Status
 
 # Every counter STATUS_REPLY may carry, and what it counts (protocol.md 3.11 lists them).
 COUNTERS = {
@@ -78,6 +81,66 @@ COUNTERS = {
 }
 
 
+def listed(pool: NodePool, request: Status) -> tuple[list[Node], dict[str, Any]]:
+    """The nodes a STATUS_REPLY lists (protocol.md 3.10), and the keys that say which: the
+    busiest (all of them, in the order they registered, when they are few), or a page of
+    all in that order. O(nodes) for the busiest, O(offset + page) for a page."""
+    nodes = pool.nodes
+    if request.nodes == NODES_ALL:
+        limit = MAX_STATUS_PAGE if request.limit is None else request.limit
+        page = list(islice(nodes.values(), request.offset, request.offset + limit))
+        return page, {"nodes_listed": NODES_ALL, "nodes_offset": request.offset}
+    limit = STATUS_NODES if request.limit is None else request.limit
+    if len(nodes) <= limit:
+        return list(nodes.values()), {"nodes_listed": NODES_BUSIEST}
+    busiest = heapq.nlargest(limit, nodes.values(), key=_load)
+    return busiest, {"nodes_listed": NODES_BUSIEST}
+
+
+def _load(node: Node) -> tuple[int, int]:
+    return (len(node.active) - len(node.held) - len(node.retracting), len(node.active))
+
+
+def by_function(
+    pool: NodePool, queued: Mapping[str, int]
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Per function: the registered nodes offering it (draining ones too), their slots,
+    busy slots, held tasks, completed RESULTs, and the tasks queued for it. One pass over
+    the nodes, summed per function set (nodes share their set's object: a cheap key), then
+    spread over the sets' functions. Also the totals over all nodes (`slots`, `busy`)."""
+    sums: dict[frozenset[str], list[int]] = {}
+    for node in pool.nodes.values():
+        row = sums.get(node.functions)
+        if row is None:
+            row = sums[node.functions] = [0, 0, 0, 0, 0]
+        held = len(node.held) + len(node.retracting)
+        row[0] += 1
+        row[1] += node.slots
+        row[2] += len(node.active) - held
+        row[3] += held
+        row[4] += node.completed
+    functions: dict[str, dict[str, int]] = {}
+    totals = {"slots": 0, "busy": 0}
+    for function_set, (count, slots, busy, held, completed) in sums.items():
+        totals["slots"] += slots
+        totals["busy"] += busy
+        for function in function_set:
+            f = functions.get(function)
+            if f is None:
+                f = functions[function] = dict.fromkeys(_FUNCTION_KEYS, 0)
+            f["nodes"] += count
+            f["slots"] += slots
+            f["busy"] += busy
+            f["held"] += held
+            f["completed"] += completed
+    for function, count in queued.items():
+        functions.setdefault(function, dict.fromkeys(_FUNCTION_KEYS, 0))["queued"] = count
+    return dict(sorted(functions.items())), totals
+
+
+_FUNCTION_KEYS = ("nodes", "slots", "busy", "held", "completed", "queued")
+
+
 def status_body(
     pool: NodePool,
     tasks: TaskTable,
@@ -88,9 +151,18 @@ def status_body(
     accepting: bool,
     counters: Mapping[str, int],
     now: float,
+    nodes: list[Node],
+    listing: dict[str, Any],
 ) -> dict[str, Any]:
+    queued = queue.counts()
+    functions, totals = by_function(pool, queued)
     return {
-        "nodes": [_node_view(node, now) for node in pool.nodes.values()],
+        "nodes": [_node_view(node, now) for node in nodes],
+        "nodes_total": len(pool.nodes),
+        **listing,
+        "slots_total": totals["slots"],
+        "slots_busy": totals["busy"],
+        "by_function": functions,
         "queued": len(queue),
         "waiting_retry": tasks.waiting_retry,
         "running": tasks.running,
@@ -103,7 +175,7 @@ def status_body(
         - tasks.waiting_retry
         - tasks.held
         - tasks.unclaimed,
-        "queued_by_function": queue.counts(),
+        "queued_by_function": queued,
         "queued_by_priority": queue.counts_by_priority(),
         "results_kept": len(results),
         "results_bytes": results.bytes,

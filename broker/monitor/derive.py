@@ -80,9 +80,11 @@ def point(body: Mapping[str, Any], earlier: Mapping[str, Any] | None, at: float)
         "queued": body.get("queued", 0),
         "queued_by_priority": body.get("queued_by_priority", {}),
         "running": body.get("running", 0),
-        "nodes": len(nodes),
-        "busy_slots": sum(n.get("busy", 0) for n in nodes),
-        "slots": sum(n.get("capacity", 0) for n in nodes),
+        # Over every node: the list holds the busiest only when there are many (a broker
+        # that predates the totals lists them all).
+        "nodes": body.get("nodes_total", len(nodes)),
+        "busy_slots": body.get("slots_busy", sum(n.get("busy", 0) for n in nodes)),
+        "slots": body.get("slots_total", sum(n.get("capacity", 0) for n in nodes)),
     }
 
 

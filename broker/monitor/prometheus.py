@@ -73,7 +73,7 @@ class StatusCollector(Collector):
 def families(body: Mapping[str, Any]) -> Iterator[Metric]:
     """Every metric family of one STATUS_REPLY body."""
     yield from _tasks(body)
-    yield from _nodes(body.get("nodes", []))
+    yield from _nodes(body.get("nodes", []), body.get("nodes_total"))
     metrics = body.get("metrics")
     if metrics is not None:
         yield from _functions(metrics)
@@ -104,10 +104,12 @@ def _tasks(body: Mapping[str, Any]) -> Iterator[Metric]:
     yield by_function
 
 
-def _nodes(nodes: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+def _nodes(nodes: Sequence[Mapping[str, Any]], total: Any) -> Iterator[Metric]:
+    """The count of every node; the figures of those STATUS lists (the 50 busiest when
+    there are more: a series per node of thousands would be a cost of its own)."""
     labels = ["node", "name", "host"]
     count = GaugeMetricFamily("ztb_nodes", "Registered nodes (node processes).")
-    count.add_metric([], float(len(nodes)))
+    count.add_metric([], float(total if isinstance(total, int) else len(nodes)))
     yield count
     specs: list[tuple[str, str, str, type[GaugeMetricFamily | CounterMetricFamily]]] = [
         ("capacity", "ztb_node_slots", "Slots of the node.", GaugeMetricFamily),

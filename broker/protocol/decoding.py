@@ -53,6 +53,7 @@ from broker.protocol.limits import (
     RetractIds,
     Retries,
     RetryOn,
+    StatusLimit,
     TaskRef,
     TaskTimeoutMs,
 )
@@ -250,6 +251,12 @@ class _DeadLettersBody(msgspec.Struct, gc=False):
     limit: DeadLetterLimit | None = None
 
 
+class _StatusBody(msgspec.Struct, gc=False):
+    nodes: Literal["busiest", "all"] = "busiest"
+    offset: Count = 0
+    limit: StatusLimit | None = None
+
+
 class _ErrorBody(msgspec.Struct, gc=False):
     code: str
     message: str
@@ -372,6 +379,7 @@ _WAITING = _Reader(_WaitingBody, "body", has_task=True)
 _CANCELLED = _Reader(_CancelledBody, "body", has_task=True)
 _STOP = _Reader(_RetractBody, "body")
 _STORED = _Reader(_StoredBody, "body")
+_STATUS = _Reader(_StatusBody, "body")
 _OBJECT = _Reader(_Object, "body")
 _HEARTBEAT = msgspec.json.Decoder(_HeartbeatBody).decode
 _BACKLOG = msgspec.json.Decoder(Backlog | None).decode
@@ -586,6 +594,13 @@ def _decode_dead_letters_reply(frames: Sequence[bytes]) -> DlqReply:
     return DlqReply(body, frames[3])
 
 
+def _decode_status(frames: Sequence[bytes]) -> Status:
+    if len(frames) < 3:  # no body: the defaults
+        return Status()
+    b = _STATUS.read(frames)
+    return Status(b.nodes, b.offset, b.limit)
+
+
 def _decode_error(frames: Sequence[bytes]) -> Error:
     b = _ERROR.read(frames)
     return Error(b.code, b.message, b.task_id if isinstance(b.task_id, str) else None)
@@ -609,7 +624,7 @@ DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {
     HEARTBEAT: _decode_heartbeat,
     DISCONNECT: _decode_disconnect,
     **{command: _pairs(decode_one) for command, decode_one in _ONE_TASK.items()},
-    STATUS: lambda frames: Status(),
+    STATUS: _decode_status,
     STATUS_REPLY: lambda frames: StatusReply(_OBJECT.read(frames)),
     DLQ: _decode_dead_letters,
     DLQ_REPLY: _decode_dead_letters_reply,

@@ -25,6 +25,7 @@ from broker.protocol.messages import (
     EXECUTE,
     FETCH,
     HEARTBEAT,
+    NODES_BUSIEST,
     REGISTER,
     REGISTERED,
     RESULT,
@@ -238,6 +239,18 @@ def _encode_dead_letters_reply(m: DlqReply) -> list[bytes]:
     return frames if m.args is None else [*frames, m.args]
 
 
+def _encode_status(m: Status) -> list[bytes]:
+    """No body for the defaults (as every broker reads it); else only what differs."""
+    body: dict[str, Any] = {}
+    if m.nodes != NODES_BUSIEST:
+        body["nodes"] = m.nodes
+    if m.offset:
+        body["offset"] = m.offset
+    if m.limit is not None:
+        body["limit"] = m.limit
+    return [TAG, STATUS, _json(body)] if body else [TAG, STATUS]
+
+
 def _encode_error(m: Error) -> list[bytes]:
     return [TAG, ERROR, _json({"code": m.code, "message": m.message, "task_id": m.task_id})]
 
@@ -326,7 +339,7 @@ _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {
     Run: run_frames,
     Result: _encode_result,
     TaskCompleted: _encode_task_completed,
-    Status: lambda m: [TAG, STATUS],
+    Status: _encode_status,
     StatusReply: lambda m: [TAG, STATUS_REPLY, _json(m.body)],
     Dlq: _encode_dead_letters,
     DlqReply: _encode_dead_letters_reply,

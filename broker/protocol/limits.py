@@ -37,6 +37,10 @@ MAX_PID = 2**63 - 1
 MAX_HEARTBEAT_INTERVAL_MS = 86_400_000
 MAX_LIVENESS = 1000
 MAX_DLQ_LIMIT = 1_000_000
+# Nodes a STATUS_REPLY lists: by default the busiest STATUS_NODES; a page of the full list
+# at most MAX_STATUS_PAGE (protocol.md 3.10).
+STATUS_NODES = 50
+MAX_STATUS_PAGE = 500
 MAX_EXIT_CODE = 255
 MAX_BACKLOG = 2**63 - 1
 
@@ -58,6 +62,7 @@ ReplacedPid = Annotated[int, Meta(ge=1, le=MAX_PID)]
 HeartbeatIntervalMs = Annotated[int, Meta(ge=1, le=MAX_HEARTBEAT_INTERVAL_MS)]
 Liveness = Annotated[int, Meta(ge=1, le=MAX_LIVENESS)]
 DeadLetterLimit = Annotated[int, Meta(ge=1, le=MAX_DLQ_LIMIT)]
+StatusLimit = Annotated[int, Meta(ge=0, le=MAX_STATUS_PAGE)]
 Functions = Annotated[list[Name], Meta(min_length=1)]
 RetractIds = Annotated[list[TaskRef], Meta(min_length=1, max_length=MAX_RETRACT)]
 RetractedIds = Annotated[list[TaskRef], Meta(max_length=MAX_RETRACT)]

@@ -68,6 +68,8 @@ ERROR = b"ERROR"
 # DLQ operations.
 DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE = "list", "show", "replay", "purge"
 DLQ_OPS = (DLQ_LIST, DLQ_SHOW, DLQ_REPLAY, DLQ_PURGE)
+# Which nodes a STATUS_REPLY lists (STATUS `nodes`, protocol.md 3.10).
+NODES_BUSIEST, NODES_ALL = "busiest", "all"
 
 # What EXECUTE `retry_on` may name (protocol.md 5.1): failures retried only when asked.
 RETRY_ON_EXCEPTION, RETRY_ON_TIMEOUT = "exception", "timeout"
@@ -261,7 +263,13 @@ class Batch(Struct, frozen=True):
 
 
 class Status(Struct, frozen=True, gc=False):
-    pass
+    """Ask for the broker's state (protocol.md 3.10): with the busiest nodes (at most
+    `limit`, default STATUS_NODES), or with a page of all of them in the order they
+    registered (`nodes` "all", from `offset`, at most `limit`, default MAX_STATUS_PAGE)."""
+
+    nodes: str = NODES_BUSIEST
+    offset: int = 0
+    limit: int | None = None
 
 
 class StatusReply(Struct, frozen=True):

@@ -82,6 +82,9 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
      [T, b"EXECUTE", b'{"task_id":"a","function":"noop","priority":5}', b"[]",
       b'{"task_id":"b","function":"noop","priority":9}', b"[1]"]),
     (p.Status(), [T, b"STATUS"]),
+    (p.Status(p.NODES_ALL, 1000, 500),
+     [T, b"STATUS", b'{"nodes":"all","offset":1000,"limit":500}']),
+    (p.Status(limit=10), [T, b"STATUS", b'{"limit":10}']),
     (p.StatusReply({"nodes": [], "queued": 3, "running": 0, "counters": {"received": 7}}),
      [T, b"STATUS_REPLY", b'{"nodes":[],"queued":3,"running":0,"counters":{"received":7}}']),
     (p.Dlq("list", limit=50), [T, b"DLQ", b'{"op":"list","limit":50}']),
@@ -331,6 +334,10 @@ REFUSALS: list[tuple[list[bytes], str, str | None]] = [
      BAD, None),
     ([p.TAG, p.STORED, b'{"results":-1}'], BAD, None),
     ([p.TAG, p.STORED], BAD, None),
+    ([p.TAG, p.STATUS, b'{"nodes":"some"}'], BAD, None),
+    ([p.TAG, p.STATUS, b'{"limit":501}'], BAD, None),
+    ([p.TAG, p.STATUS, b'{"offset":-1}'], BAD, None),
+    ([p.TAG, p.STATUS, b"extra"], BAD, None),
 ]  # fmt: skip
 
 
