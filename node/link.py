@@ -46,6 +46,13 @@ log = logging.getLogger(__name__)
 MIN_BACKOFF = 0.1  # seconds before the first new attempt to register
 MAX_BACKOFF = 5.0
 JITTER = 0.2  # +-20%, so nodes that lost the broker together do not return in lockstep
+# ZeroMQ's own reconnection: 100 ms (varied by JITTER), doubling to 5 s while it fails.
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 5000
+# How long a REGISTER waits for REGISTERED, in interval x liveness (the node's 1 s x 3
+# until a broker announced its own): thousands of nodes starting together may wait their
+# turn, and a REGISTER sent again (on a fresh socket) only adds to the queue (7.3).
+REGISTER_PATIENCE = 2
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 # The socket monitor's events that tell a connection was lost and one was made again.
 _LOST = int(zmq.EVENT_DISCONNECTED)
@@ -75,6 +82,7 @@ class BrokerLink:
         self.confirms = False  # the broker said it sends STORED (REGISTERED `stored`)
         self._monitor: zmq.Socket[bytes] | None = None  # DISCONNECTED, HANDSHAKE_SUCCEEDED
         self._lost = False  # the monitor saw the connection lost
+        self._made = False  # the monitor saw the connection made (on this socket)
         self._watch_at = 0.0  # when to look at the monitor next
         # The broker's latest backlog hint for our functions (protocol.md 3.4); None: unknown.
         self.backlog: int | None = None
@@ -97,11 +105,15 @@ class BrokerLink:
             raise NodeSetupError(
                 f"cannot connect to broker URL {self.url!r}: {exc}; use a URL like tcp://HOST:PORT"
             ) from None
+        # Reconnections of its own at ZeroMQ's level, varied so that nodes that lost the
+        # broker together do not come back in lockstep (protocol.md 7.3).
+        sock.setsockopt(zmq.RECONNECT_IVL, round(RECONNECT_IVL_MS * _jitter()))
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         self.socket, self.registered = sock, False
         self._monitor = sock.get_monitor_socket(_LOST | _MADE)
-        self._lost = False
+        self._lost = self._made = False
         now = time.monotonic()
-        self.register_deadline = now + self.expiry
+        self.register_deadline = now + REGISTER_PATIENCE * self.expiry
         self.last_heard = now
         self.send(encode(register))
 
@@ -204,8 +216,10 @@ class BrokerLink:
             event = int.from_bytes(frames[0][:2], "little")
             if event == _LOST:
                 self._lost = True
-            elif event == _MADE and self._lost:
-                return True
+            elif event == _MADE:
+                self._made = True
+                if self._lost:
+                    return True
 
     def broker_dead(self, now: float) -> bool:
         """Whether the broker has been silent long enough to be dead (protocol.md 7.2):
@@ -248,7 +262,18 @@ class BrokerLink:
             self._monitor = None
 
     def retry(self) -> None:
-        """No REGISTERED came in time: back off and try again on a fresh socket."""
+        """No REGISTERED came in time. Not connected yet: ZeroMQ keeps connecting, and the
+        REGISTER waiting in the socket leaves when it can, so wait on (saying so). Connected
+        (and not lost since, see `reconnected`): the broker never answered, so back off and
+        try again on a fresh socket."""
+        if not self._made:
+            log.info(
+                "no connection to broker at %s yet; is `zbroker start` running there? "
+                "retrying (the REGISTER leaves when it connects)",
+                self.url,
+            )
+            self.register_deadline = time.monotonic() + self.expiry
+            return
         delay = self._next_delay()
         log.info(
             "no answer from broker at %s; is `zbroker start` running? retrying in %.1f s",
@@ -284,6 +309,10 @@ class BrokerLink:
         return min(self.last_sent + self.interval, self.last_heard + silence)
 
     def _next_delay(self) -> float:
-        delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)
+        delay = self._backoff * _jitter()
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         return delay
+
+
+def _jitter() -> float:
+    return random.uniform(1 - JITTER, 1 + JITTER)

@@ -3,6 +3,8 @@ of them by function; every node in pages on request."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from broker import protocol as p
 from tests.unit.core import Core, execute, register, runs
 
@@ -16,13 +18,13 @@ def nodes(count: int, functions: tuple[str, ...] = ("f",), first: int = 0) -> Co
     return core
 
 
-def ask(core: Core, request: p.Status) -> dict[str, object]:
+def ask(core: Core, request: p.Status) -> dict[str, Any]:
     [reply] = core.handle(CLIENT, request, 1.0)
     assert isinstance(reply.message, p.StatusReply)
     return reply.message.body
 
 
-def names(body: dict[str, object]) -> list[str]:
+def names(body: dict[str, Any]) -> list[str]:
     listed = body["nodes"]
     assert isinstance(listed, list)
     return [n["name"] for n in listed]
