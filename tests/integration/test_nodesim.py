@@ -32,7 +32,7 @@ from broker.protocol import (
     Stop,
     loads_payload,
 )
-from client import BrokerTimeout, BrokerUnreachable, Client, ControlClient, ReqLink
+from client import Client
 from client.cluster import Process
 from tests import fakes
 from tests.e2e.conftest import INTERVAL, LIVENESS, Cluster
@@ -70,23 +70,12 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             print(made.logs())
 
 
-def node_names(cluster: Cluster) -> list[str]:
-    """The names of every node the broker lists, asked for in pages (a plain STATUS lists
-    only the 50 busiest, protocol.md 3.10); empty while the broker is silent."""
-    try:
-        with ReqLink(cluster.url, resend_interval=2.0) as link:
-            nodes = ControlClient(link).nodes(timeout=2.0)
-    except (BrokerTimeout, BrokerUnreachable):
-        return []
-    return sorted(node["name"] for node in nodes)
-
-
 def registered_names(cluster: Cluster, sim: Any, count: int) -> list[str]:
     """The broker's node names once it lists `count` of them (the simulator must live)."""
 
     def listed() -> list[str] | None:
         assert sim.alive(), "a nodesim worker died"
-        names = node_names(cluster)
+        names = cluster.node_names()  # every node, paged (protocol.md 3.10)
         return names if len(names) == count else None
 
     return wait_until(listed, 15, what=f"{count} nodes at the broker", alive=watched(cluster))
@@ -139,7 +128,7 @@ def test_vanished_or_frozen_nodes_are_dropped_within_the_expiry_and_the_others_s
         assert {name.split("-")[1] for name in names} == {"0", "1"}  # spread over both
         staying = sorted(everyone - set(names))
         wait_until(
-            lambda: node_names(cluster) == staying,
+            lambda: cluster.node_names() == staying,
             EXPIRY + 1.0,
             what=f"the broker to drop exactly the nodes that {how}",
             alive=watched(cluster),
