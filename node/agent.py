@@ -300,6 +300,7 @@ class NodeAgent:
             config.prefetch,
             stop=True,  # it answers STOP (`_on_stop`)
             attempts=claims,
+            adopts_interval=True,  # BrokerLink.on_heartbeat
         )
         if claims:
             log.info("registering again with %d attempts this process still has", len(claims))

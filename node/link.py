@@ -133,6 +133,11 @@ class BrokerLink:
 
     def on_heartbeat(self, msg: Heartbeat) -> None:
         self.backlog = msg.backlog  # a HEARTBEAT without the hint: unknown now
+        if msg.interval is not None and msg.interval != self.interval:
+            # The broker's node count changed (protocol.md 7.1): heartbeats and the
+            # broker's expiry at the new interval from now on.
+            log.info("heartbeat interval %.3g s (was %.3g s)", msg.interval, self.interval)
+            self.interval = msg.interval
 
     def deregister(self) -> None:
         """Tell the broker to send no more RUNs (once, and only if registered); the tasks

@@ -9,8 +9,9 @@ Each simulated node is a DEALER socket of its own (its own connection and ROUTER
 and behaves on the wire as the reference node (node/link.py, node/agent.py) does:
 
   register   REGISTER {name NAME-PREFIX-WORKER-I, host, pid of its worker process, the
-             --functions, --capacity, --prefetch when not 0, stop: true, attempts} and wait
-             for REGISTERED, whose heartbeat interval and liveness it adopts. No REGISTERED
+             --functions, --capacity, --prefetch when not 0, stop: true, attempts,
+             adopts_interval: true} and wait for REGISTERED, whose heartbeat interval and
+             liveness it adopts (and a new interval from a HEARTBEAT later). No REGISTERED
              within twice interval x liveness (1 s x 3 until a broker said otherwise): close
              the socket, wait 0.1 s doubling to 5 s (+-20 % jitter; back to 0.1 s after a
              REGISTERED), REGISTER again on a fresh socket, as node/link.py does with a
@@ -452,6 +453,7 @@ class Worker:
             config.prefetch,
             stop=True,
             attempts=claims,
+            adopts_interval=True,
         )
         node.registers += 1
         self.counts["registers_sent"] += 1
@@ -544,7 +546,8 @@ class Worker:
         if type(msg) is Run:
             self._on_run(node, msg)
         elif type(msg) is Heartbeat:
-            pass  # a sign of life, stamped already
+            if msg.interval is not None:  # as BrokerLink.on_heartbeat (protocol.md 7.1)
+                node.interval = msg.interval
         elif isinstance(msg, Batch):
             for item in msg.items:
                 if type(item) is Run:

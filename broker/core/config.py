@@ -71,10 +71,16 @@ class ResultsConfig:
     max_bytes: int = 64 * 1024 * 1024  # result payloads, plus a fixed cost per entry
 
 
+# Node heartbeats a second the broker takes at most, by default (broker.core.heartbeats): at
+# some 40 microseconds of its loop per node heartbeat (the one received and the one sent),
+# about a tenth of a core, past which the interval grows (4.8 s at 10,000 nodes).
+DEFAULT_HEARTBEAT_BUDGET = 2500
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     strategy: str = LEAST_LOADED
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL  # seconds
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL  # seconds; the least, with a budget
     liveness: int = DEFAULT_LIVENESS
     results: ResultsConfig = field(default_factory=ResultsConfig)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -103,6 +109,9 @@ class SchedulerConfig:
     # (accepted, not answered); past it an EXECUTE is refused with ERROR too_many_tasks
     # (protocol.md 8.3). None: no limit.
     max_pending_per_client: int | None = DEFAULT_MAX_PENDING_PER_CLIENT
+    # Node heartbeats a second the broker takes at most: past it the interval grows with the
+    # node count (broker.core.heartbeats). None: the interval stays as configured.
+    heartbeat_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

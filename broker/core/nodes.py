@@ -22,6 +22,7 @@ Pure state: no sockets, no clock. Time comes in as `now`.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class Node:
 
     __slots__ = (
         "active",
+        "adopts_interval",
         "backlog_told",
         "busy",
         "capacity",
@@ -57,6 +59,9 @@ class Node:
         "held",
         "host",
         "identity",
+        "interval",
+        "interval_before",
+        "interval_changed",
         "last_seen",
         "last_sent",
         "name",
@@ -89,6 +94,11 @@ class Node:
         self.window = register.capacity + min(prefetch, 1)  # RUNs it may have without RESULT
         self.last_seen = now  # when the broker last heard from it
         self.last_sent = now  # when the broker last sent it anything
+        # The heartbeat interval it was told (REGISTERED, or a HEARTBEAT if it registered
+        # `adopts_interval`), the one before, and when (broker.core.heartbeats).
+        self.adopts_interval = register.adopts_interval
+        self.interval = self.interval_before = 0.0
+        self.interval_changed = -math.inf
         self.active: set[str] = set()  # task ids of the attempts it holds: all of them
         self.held: dict[str, str] = {}  # of those, not started yet: id -> function, oldest first
         self.retracting: set[str] = set()  # of those, asked back and not answered yet

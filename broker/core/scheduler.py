@@ -58,6 +58,7 @@ from broker.core.events import (
     Undecodable,
 )
 from broker.core.graces import Grace, Graces
+from broker.core.heartbeats import HeartbeatInterval, judged_interval
 from broker.core.inputs import Pins, run_payload
 from broker.core.liveness import Liveness
 from broker.core.metrics import BOUNDS, FunctionMetrics, Metrics
@@ -185,6 +186,7 @@ class Scheduler:
             self._graces.after_restart(now, config.expiry)
         self._results = ResultCache(config.results)
         self._liveness = Liveness()
+        self._heartbeats = HeartbeatInterval(config.heartbeat_interval, config.heartbeat_budget)
         self._dead = DeadLetters(config.dead_letters_max, config.dead_letters_max_bytes)
         self._counters: Counter[str] = Counter()
         self._metrics = Metrics(now) if config.metrics else None
@@ -338,6 +340,11 @@ class Scheduler:
             commands += self._journal_later()
         return commands
 
+    @property
+    def _expiry(self) -> float:
+        """Seconds of silence after which a node is dead, at the current interval."""
+        return self._heartbeats.current * self.config.liveness
+
     def _count_stall(self, stall: float) -> None:
         if not stall:
             return
@@ -415,6 +422,7 @@ class Scheduler:
             nodes,
             listing,
         )
+        body["heartbeat_interval"] = self._heartbeats.current
         metrics = self._metrics
         if metrics is not None:
             body["metrics"] = view = metrics.view(now, self._wall_offset)
@@ -500,7 +508,7 @@ class Scheduler:
             return self._lose_node(node, "unreachable", now)
         if node.replaced is None:
             self._stop_feeding(node, now)
-            node.replaced = (now + self.config.heartbeat_interval, None)
+            node.replaced = (now + self._heartbeats.current, None)
             self._timers.schedule(node, node.replaced[0])
         return []
 
@@ -569,13 +577,15 @@ class Scheduler:
             if task.timer:  # its queue deadline, set again when it is released
                 self._timers.cancel(task)
             self._tasks.move(task, UNCLAIMED)
-        self._hold = hold = RestartHold(awaiting, tasks, now + self.config.expiry)
+        # As long as the processes awaited need to come back, were there many of them.
+        self._heartbeats.resize(max(len(self._pool.nodes), len(awaiting)))
+        self._hold = hold = RestartHold(awaiting, tasks, now + self._expiry)
         self._timers.schedule(hold, hold.until)
         log.info(
             "%d restored tasks (and those accepted meanwhile) wait up to %.1f s for %d node "
             "processes to register again and claim the attempts they still run",
             len(tasks),
-            self.config.expiry,
+            self._expiry,
             len(awaiting),
         )
         return []
@@ -616,7 +626,7 @@ class Scheduler:
                 "%d node processes did not register again within %.1f s of the restart; "
                 "%d restored tasks no node claimed are placed again",
                 len(hold.awaiting),
-                self.config.expiry,
+                self._expiry,
                 placed,
             )
             if self._journal:
@@ -1023,6 +1033,8 @@ class Scheduler:
         if self._journal and not earlier:
             commands.append(j.SaveNode(*process))
         node = self._pool.add(peer, msg, now)
+        node.interval = node.interval_before = interval = self._heartbeats.current
+        self._resize_heartbeats()
         self._schedule_check(node)
         self._counters["nodes_registered"] += 1
         log.info(
@@ -1050,7 +1062,7 @@ class Scheduler:
         node.backlog_told = backlog = self._queue.waiting_for(node.functions)
         adopts = msg.attempts is not None
         registered = Registered(
-            node.node_id, config.heartbeat_interval, config.liveness, backlog, node.confirms, adopts
+            node.node_id, interval, config.liveness, backlog, node.confirms, adopts
         )
         commands.append(Send(peer, registered))
         return commands + feed
@@ -1168,7 +1180,7 @@ class Scheduler:
         if old is not None:
             self._timers.cancel(old)
         self._early[claim.task_id] = early
-        self._timers.schedule(early, now + self.config.expiry)
+        self._timers.schedule(early, now + self._expiry)
         self._counters["claims_early"] += 1
 
     def _claimed_or_held(self, task: Task, now: float) -> list[Command] | None:
@@ -1237,7 +1249,7 @@ class Scheduler:
                 commands += self._lose_node(node, "crashed", now, failure)
                 continue
             self._stop_feeding(node, now)
-            deadline = now + self.config.heartbeat_interval
+            deadline = now + self._heartbeats.current
             node.replaced = (deadline, failure)
             self._timers.schedule(node, deadline)
         return commands
@@ -1417,7 +1429,10 @@ class Scheduler:
             if failure is None:  # unreachable, and no process said it replaced it
                 return self._lose_node(node, "unreachable", now)
             return self._lose_node(node, "crashed", now, failure)
-        again = self._liveness.dead(node.last_seen, now, config.expiry)
+        interval = judged_interval(
+            node.interval, node.interval_before, node.interval_changed, config.liveness, now
+        )
+        again = self._liveness.dead(node.last_seen, now, interval * config.liveness)
         if again is None:
             log.warning(
                 "node %s (%s) silent for %.2fs: declared dead",
@@ -1430,16 +1445,42 @@ class Scheduler:
             node.busy.window.sample(now, self._busy(node, now))
         commands: list[Command] = []
         backlog = self._queue.waiting_for(node.functions)
+        told = self._tell_interval(node, now)
         if (
             backlog
             or backlog != node.backlog_told
-            or now - node.last_sent >= config.heartbeat_interval
+            or told is not None
+            or now - node.last_sent >= node.interval
         ):
             node.last_sent = now
             node.backlog_told = backlog
-            commands.append(Send(node.identity, Heartbeat(backlog)))
-        self._timers.schedule(node, min(again, node.last_sent + config.heartbeat_interval))
+            commands.append(Send(node.identity, Heartbeat(backlog, told)))
+        self._timers.schedule(node, min(again, node.last_sent + node.interval))
         return commands
+
+    def _tell_interval(self, node: Node, now: float) -> float | None:
+        """The new heartbeat interval to tell `node` in this HEARTBEAT, if it takes one and
+        the interval changed since it was told (broker.core.heartbeats); else None."""
+        current = self._heartbeats.current
+        if not node.adopts_interval or node.interval == current:
+            return None
+        node.interval_before, node.interval = node.interval, current
+        node.interval_changed = now
+        return current
+
+    def _resize_heartbeats(self) -> None:
+        """The node count changed: the heartbeat interval may grow or shrink with it."""
+        heartbeats = self._heartbeats
+        before = heartbeats.current
+        if heartbeats.resize(len(self._pool.nodes)):
+            log.info(
+                "heartbeat interval %.3g s (was %.3g s) for %d nodes: at most %d node "
+                "heartbeats a second",
+                heartbeats.current,
+                before,
+                len(self._pool.nodes),
+                heartbeats.budget,
+            )
 
     def _busy(self, node: Node, now: float) -> float:
         """`node`'s slot-seconds of running so far: its answered attempts and, of those it
@@ -1452,8 +1493,8 @@ class Scheduler:
         return busy
 
     def _schedule_check(self, node: Node) -> None:
-        config = self.config
-        due = min(node.last_seen + config.expiry, node.last_sent + config.heartbeat_interval)
+        expiry = node.interval * self.config.liveness
+        due = min(node.last_seen + expiry, node.last_sent + node.interval)
         self._timers.schedule(node, due)
 
     def _expire(self, task: Task, now: float) -> list[Command]:
@@ -2013,6 +2054,7 @@ class Scheduler:
     def _remove_node(self, node: Node) -> None:
         self._pool.remove(node.identity)
         self._timers.cancel(node)
+        self._resize_heartbeats()
         if self._journal and not self._pool.by_process(node.process):
             self._nodes_gone.append(node.process)
 

@@ -198,6 +198,7 @@ class _RegisterBody(msgspec.Struct, gc=False):
     prefetch: Prefetch = 0
     stop: bool = False
     attempts: Annotated[list[_ClaimBody], Meta(max_length=MAX_CLAIMS)] | None = None
+    adopts_interval: bool = False
 
 
 class _RegisteredBody(msgspec.Struct, gc=False):
@@ -215,6 +216,7 @@ class _StoredBody(msgspec.Struct, gc=False):
 
 class _HeartbeatBody(msgspec.Struct, gc=False):
     backlog: msgspec.Raw = msgspec.Raw()
+    heartbeat_interval_ms: msgspec.Raw = msgspec.Raw()
 
 
 class _RetractBody(msgspec.Struct, gc=False):
@@ -383,6 +385,7 @@ _STATUS = _Reader(_StatusBody, "body")
 _OBJECT = _Reader(_Object, "body")
 _HEARTBEAT = msgspec.json.Decoder(_HeartbeatBody).decode
 _BACKLOG = msgspec.json.Decoder(Backlog | None).decode
+_INTERVAL_MS = msgspec.json.Decoder(HeartbeatIntervalMs).decode
 
 # ------------------------------------------------------------------ the four task commands
 # Each reads its header and its payload frame in one `try`: the common case pays for no
@@ -517,7 +520,16 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
     if b.attempts is not None:
         attempts = tuple(Claim(c.task_id, c.attempt, c.done, c.held) for c in b.attempts)
     return Register(
-        b.name, host, b.pid, functions, b.capacity, replaces, b.prefetch, b.stop, attempts
+        b.name,
+        host,
+        b.pid,
+        functions,
+        b.capacity,
+        replaces,
+        b.prefetch,
+        b.stop,
+        attempts,
+        b.adopts_interval,
     )
 
 
@@ -555,10 +567,22 @@ def _decode_heartbeat(frames: Sequence[bytes]) -> Heartbeat:
     if len(frames) < 3:
         return Heartbeat()  # a node's, or a broker's that gives no hint
     try:
-        raw = _HEARTBEAT(frames[2]).backlog
+        body = _HEARTBEAT(frames[2])
     except (msgspec.MsgspecError, RecursionError):
         return Heartbeat()  # not a body: a sign of life all the same
-    return Heartbeat(_hint(raw))
+    return Heartbeat(_hint(body.backlog), _interval(body.heartbeat_interval_ms))
+
+
+def _interval(raw: msgspec.Raw) -> float | None:
+    """A heartbeat interval announced in HEARTBEAT (protocol.md 7.1), in seconds: one that
+    is not an integer of milliseconds within the limits reads as not announced."""
+    if not raw:
+        return None
+    try:
+        interval_ms: int = _INTERVAL_MS(raw)
+    except msgspec.MsgspecError:
+        return None
+    return interval_ms / 1000
 
 
 def _hint(raw: msgspec.Raw) -> int | None:

@@ -174,6 +174,8 @@ def _encode_register(m: Register) -> list[bytes]:
         body["stop"] = True
     if m.attempts is not None:
         body["attempts"] = [_claim(c) for c in m.attempts]
+    if m.adopts_interval:
+        body["adopts_interval"] = True
     return [TAG, REGISTER, _json(body)]
 
 
@@ -202,6 +204,11 @@ def _encode_registered(m: Registered) -> list[bytes]:
 
 
 def _encode_heartbeat(m: Heartbeat) -> list[bytes]:
+    if m.interval is not None:
+        body: dict[str, Any] = {"heartbeat_interval_ms": _ms(m.interval)}
+        if m.backlog is not None:
+            body["backlog"] = m.backlog
+        return [TAG, HEARTBEAT, _json(body)]
     if m.backlog is None:
         return [TAG, HEARTBEAT]
     return [TAG, HEARTBEAT, _json({"backlog": m.backlog})]

@@ -158,6 +158,8 @@ class Register(Struct, frozen=True, gc=False):
     # The attempts this process still has, from an earlier registration (protocol.md 7.3);
     # None: a node that does not say (it predates them), or a process registering first.
     attempts: tuple[Claim, ...] | None = None
+    # It adopts a heartbeat interval its broker announces in HEARTBEAT (protocol.md 7.1).
+    adopts_interval: bool = False
 
 
 class Registered(Struct, frozen=True, gc=False):
@@ -183,9 +185,13 @@ class Deregister(Struct, frozen=True, gc=False):
 class Heartbeat(Struct, frozen=True, gc=False):
     """A sign of life (protocol.md 3.4). From the broker it may carry the backlog hint: the
     tasks queued at the broker, sent to no node yet, for the functions this node offers;
-    None: not said (a node's heartbeat, or an older broker's)."""
+    None: not said (a node's heartbeat, or an older broker's); and a new heartbeat
+    interval."""
 
     backlog: int | None = None
+    # From the broker, to a node that registered `adopts_interval`: the heartbeat interval
+    # from now on, in seconds (protocol.md 7.1); None: unchanged.
+    interval: float | None = None
 
 
 class Disconnect(Struct, frozen=True, gc=False):

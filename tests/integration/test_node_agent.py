@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,23 @@ def test_register_carries_the_node_and_its_capacity(spawner: Spawner, broker: Fa
     first = broker.take(Heartbeat, timeout=2)
     second = broker.take(Heartbeat, timeout=2)
     assert 0.5 * INTERVAL <= second.at - first.at <= 3 * INTERVAL
+
+
+def test_the_node_adopts_a_heartbeat_interval_its_broker_announces(
+    spawner: Spawner, broker: FakeBroker
+) -> None:
+    start_node(spawner, broker, "--concurrency", "1")
+    node, register = broker.register()
+    assert register.adopts_interval  # it says it does (protocol.md 7.1)
+    broker.take(Heartbeat, timeout=2)
+    longer = 4 * INTERVAL
+    broker.send(node, Heartbeat(interval=longer))
+    told = time.monotonic()
+    # Its heartbeats come once per new interval now (the fake broker's own heartbeats,
+    # a sign of life, do not count as something the node sent).
+    beats = [broker.take(Heartbeat, timeout=3, where=lambda r: r.at > told).at for _ in range(3)]
+    gaps = [b - a for a, b in pairwise(beats)]
+    assert all(0.8 * longer <= gap <= 1.5 * longer for gap in gaps), gaps
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["inline", "threads"])

@@ -43,6 +43,11 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Heartbeat(), [T, b"HEARTBEAT"]),
     (p.Heartbeat(17), [T, b"HEARTBEAT", b'{"backlog":17}']),
     (p.Heartbeat(0), [T, b"HEARTBEAT", b'{"backlog":0}']),
+    (p.Heartbeat(0, 4.768),
+     [T, b"HEARTBEAT", b'{"heartbeat_interval_ms":4768,"backlog":0}']),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, adopts_interval=True),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"adopts_interval":true}']),
     (p.Disconnect("broker shutting down"),
      [T, b"DISCONNECT", b'{"reason":"broker shutting down"}']),
     (p.Execute(p.TaskSpec("1234", "multiply", b"[5,10]", 5)),

@@ -77,6 +77,7 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         st.none() | st.builds(p.Replaces, st.integers(1, 2**63 - 1), texts),
         st.integers(0, p.MAX_PREFETCH),
         st.booleans(),
+        adopts_interval=st.booleans(),
     ),
     p.Registered: st.builds(
         p.Registered,
@@ -86,7 +87,11 @@ MESSAGES: dict[type, st.SearchStrategy[Any]] = {
         backlogs,
     ),
     p.Deregister: st.just(p.Deregister()),
-    p.Heartbeat: st.builds(p.Heartbeat, backlogs),
+    p.Heartbeat: st.builds(
+        p.Heartbeat,
+        backlogs,
+        st.none() | st.integers(1, 86_400_000).map(lambda ms: ms / 1000),
+    ),
     p.Disconnect: st.builds(p.Disconnect, texts),
     p.Execute: st.builds(
         p.Execute,
