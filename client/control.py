@@ -97,12 +97,18 @@ class ControlClient:
         (protocol.md 3.10) lists them all at once."""
         nodes: list[dict[str, Any]] = []
         while True:
-            request = Status(NODES_ALL, len(nodes), MAX_STATUS_PAGE)
-            body = self._ask(request, StatusReply, timeout).body
+            body = self.nodes_page(len(nodes), MAX_STATUS_PAGE, timeout)
             page = [n for n in _field(body, "nodes", list) if isinstance(n, dict)]
             nodes += page
             if len(page) < MAX_STATUS_PAGE or body.get("nodes_listed") != NODES_ALL:
                 return nodes
+
+    def nodes_page(
+        self, offset: int, limit: int = MAX_STATUS_PAGE, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """The STATUS_REPLY body listing at most `limit` nodes (up to 500) from `offset`,
+        in the order they registered (protocol.md 3.10)."""
+        return self._ask(Status(NODES_ALL, offset, limit), StatusReply, timeout).body
 
     def dead_letters(
         self, limit: int | None = None, *, timeout: float | None = DEFAULT_TIMEOUT

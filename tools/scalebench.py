@@ -1,0 +1,234 @@
+"""One broker and thousands of nodes: what it costs, how fast they register, and how liveness
+and placement hold, measured with simulated nodes (tools/nodesim.py) in processes of their
+own.
+
+    .venv/bin/python tools/scalebench.py [--nodes 1000,5000,10000] [--processes 2] [--json]
+
+For each count N: `zbroker start` with its defaults (a store in a temporary directory,
+heartbeats 1 s x 3) through client.cluster.LocalCluster, then N simulated nodes started all
+at once (a connection storm), and:
+
+  register     seconds until every node is registered (the simulator's clock, from its
+               workers' start), and the REGISTERs each node sent (1 is the goal)
+  idle         the heartbeat interval the broker chose for N nodes; its CPU (share of one
+               core) and RSS over --idle seconds with the N nodes registered and no task;
+               the simulator's CPU beside it; RSS per node: (RSS with the nodes - RSS
+               before them) / N
+  status       the round trip of a default STATUS (the 50 busiest nodes and the sums), and
+               of a page of 500 nodes: medians of 11 (the broker's loop is busy that long
+               and a little less), with the reply's size
+  serial       Client.execute of `noop`, one at a time, --serial of them: p50 and p99
+  pipelined    Client.map of --tasks `noop` tasks: tasks per second
+  spread       of the pipelined tasks, how many each node ran: the share of nodes that ran
+               any, and min / median / max per node
+  detection    --vanish (default 10 %) of the nodes fall silent with their connections open
+               (`freeze`): seconds until the broker has dropped them all (interval x liveness
+               is 3 s)
+
+Nothing here is a pass or fail: the figures go to docs/performance.md with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from broker.protocol import MAX_STATUS_PAGE
+from client import Client, ControlClient, ReqLink
+from client.cluster import LocalCluster
+from compare import cpu_seconds
+from fuzz import rss_kib
+from nodesim import NodeSim
+
+VERSION = "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", default="1000,5000,10000", help="node counts, comma-separated")
+    parser.add_argument("--processes", type=int, default=2, help="simulator worker processes")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
+    parser.add_argument("--serial", type=int, default=1000, help="sequential executes")
+    parser.add_argument("--tasks", type=int, default=20000, help="tasks of the pipelined map")
+    parser.add_argument("--vanish", type=float, default=0.1, help="share of nodes that fall silent")
+    parser.add_argument("--json", action="store_true", help="one JSON object per count")
+    parser.add_argument("--version", action="version", version=f"ztb tools/scalebench.py {VERSION}")
+    args = parser.parse_args(argv)
+    try:
+        counts = [int(n) for n in args.nodes.split(",")]
+    except ValueError:
+        parser.error(f"--nodes: comma-separated numbers expected, got {args.nodes!r}")
+    rows = []
+    for count in counts:
+        row = measure(count, args)
+        rows.append(row)
+        if args.json:
+            print(orjson.dumps(row).decode(), flush=True)
+        else:
+            print(f"{count:,} nodes: " + orjson.dumps(row).decode(), file=sys.stderr, flush=True)
+    if not args.json:
+        print(table(rows))
+    return 0
+
+
+def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    with (
+        tempfile.TemporaryDirectory(prefix="ztb-scale-") as tmp,
+        LocalCluster(Path(tmp)) as cluster,
+    ):
+        assert cluster.broker is not None  # entering started it
+        pid = cluster.broker.pid
+        time.sleep(1.0)  # let the broker settle after its start: the base of RSS per node
+        rss_before = rss_kib(pid)
+        with NodeSim(
+            cluster.url, nodes=count, processes=args.processes, functions=("noop",)
+        ) as sim:
+            stats = sim.wait_registered(timeout=max(60.0, count / 50))
+            row: dict[str, Any] = {
+                "nodes": count,
+                "register_s": stats["all_registered_s"],
+                "registers": stats["register_counts"],
+            }
+            wait_for(lambda: status(cluster.url)["nodes_total"] == count, 60, "every node listed")
+            row.update(idle(cluster.url, pid, sim, args.idle, rss_before, count))
+            row.update(status_costs(cluster.url))
+            with Client(cluster.url, timeout=120) as client:
+                row.update(serial(client, args.serial))
+                row.update(pipelined(client, args.tasks, cluster.url))
+            row.update(detection(cluster.url, sim, count, args.vanish))
+            row["sim_final"] = {
+                k: v for k, v in sim.stats().items() if k in ("broker_deaths", "disconnects")
+            }
+        row["counters"] = {
+            k: v
+            for k, v in status(cluster.url)["counters"].items()
+            if k.startswith(("nodes_", "loop_"))
+        }
+    return row
+
+
+def status(url: str) -> dict[str, Any]:
+    with ReqLink(url, resend_interval=10.0) as link:
+        return ControlClient(link).status(timeout=30)
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"scalebench: timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def idle(
+    url: str, pid: int, sim: NodeSim, seconds: float, rss_before: int, count: int
+) -> dict[str, Any]:
+    """The broker's and the simulator's CPU over `seconds` of idle, and the broker's RSS."""
+    broker0, sim0, t0 = cpu_seconds(pid), sim.stats()["cpu_s"], time.monotonic()
+    time.sleep(seconds)
+    broker1, sim1, t1 = cpu_seconds(pid), sim.stats()["cpu_s"], time.monotonic()
+    rss = rss_kib(pid)
+    return {
+        "idle_broker_cpu": round((sum(broker1.values()) - sum(broker0.values())) / (t1 - t0), 3),
+        "heartbeat_interval": status(url)["heartbeat_interval"],
+        "idle_sim_cpu": round((sim1 - sim0) / (t1 - t0), 3),
+        "rss_mib": round(rss / 1024, 1),
+        "rss_per_node_kib": round((rss - rss_before) / count, 1),
+    }
+
+
+def status_costs(url: str) -> dict[str, Any]:
+    """Round trips of the default STATUS and of a page of all nodes (medians of 11)."""
+    figures: dict[str, Any] = {}
+    with ReqLink(url, resend_interval=10.0) as link:
+        control = ControlClient(link)
+        asks = {
+            "status": lambda: control.status(timeout=30),
+            "status_page": lambda: control.nodes_page(0, MAX_STATUS_PAGE, timeout=30),
+        }
+        for name, ask in asks.items():
+            times, size = [], 0
+            for _ in range(11):
+                started = time.perf_counter()
+                body = ask()
+                times.append(time.perf_counter() - started)
+                size = len(orjson.dumps(body))
+            figures[f"{name}_ms"] = round(statistics.median(times) * 1000, 2)
+            figures[f"{name}_kb"] = round(size / 1000, 1)
+    return figures
+
+
+def serial(client: Client, calls: int) -> dict[str, Any]:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.execute("noop")
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return {
+        "serial_p50_ms": round(times[len(times) // 2] * 1000, 3),
+        "serial_p99_ms": round(times[int(len(times) * 0.99)] * 1000, 3),
+    }
+
+
+def pipelined(client: Client, tasks: int, url: str) -> dict[str, Any]:
+    before = completed_by_node(url)
+    started = time.perf_counter()
+    client.map("noop", [()] * tasks)
+    seconds = time.perf_counter() - started
+    after = completed_by_node(url)
+    ran = sorted(after.get(node, 0) - before.get(node, 0) for node in after)
+    return {
+        "pipelined_tasks_s": round(tasks / seconds),
+        "spread_share_used": round(sum(1 for n in ran if n) / len(ran), 3),
+        "spread_min_median_max": [ran[0], statistics.median(ran), ran[-1]],
+    }
+
+
+def completed_by_node(url: str) -> dict[str, int]:
+    with ReqLink(url, resend_interval=10.0) as link:
+        nodes = ControlClient(link).nodes(timeout=30)
+    return {node["id"]: node["completed"] for node in nodes}
+
+
+def detection(url: str, sim: NodeSim, count: int, share: float) -> dict[str, Any]:
+    silent = sim.freeze(max(1, round(count * share)))
+    started = time.monotonic()
+    wanted = count - len(silent)
+    wait_for(lambda: status(url)["nodes_total"] <= wanted, 60, "the silent nodes dropped")
+    return {"silent": len(silent), "detection_s": round(time.monotonic() - started, 2)}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| nodes | all registered | REGISTERs per node | heartbeat interval | idle broker CPU "
+        "| simulator CPU "
+        "| broker RSS | RSS per node | STATUS (default / page of 500) | serial p50 / p99 "
+        "| pipelined | nodes used, tasks per node min/median/max | 10 % silent found |",
+        "|" + "---|" * 13,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['nodes']:,} | {r['register_s']:.1f} s | {r['registers']} "
+            f"| {r['heartbeat_interval']} s "
+            f"| {r['idle_broker_cpu']:.0%} | {r['idle_sim_cpu']:.0%} | {r['rss_mib']} MiB "
+            f"| {r['rss_per_node_kib']} KiB | {r['status_ms']} ms, {r['status_kb']} KB / "
+            f"{r['status_page_ms']} ms, {r['status_page_kb']} KB "
+            f"| {r['serial_p50_ms']} / {r['serial_p99_ms']} ms | {r['pipelined_tasks_s']:,}/s "
+            f"| {r['spread_share_used']:.0%}, {r['spread_min_median_max']} "
+            f"| {r['detection_s']} s |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
