@@ -3,6 +3,7 @@ child processes that are always reaped and whose logs are shown when a test fail
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol, TypeVar
 
 from client.cluster import Process
@@ -112,3 +114,18 @@ def run_tool(tool: Path, *argv: str, timeout: float) -> tuple[int, str, str]:
         proc.communicate(timeout=60)
         raise
     return proc.returncode, out.decode(), err.decode()
+
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name: str, module: str | None = None) -> ModuleType:
+    """tools/NAME.py, a script's module and not part of a package, imported as `module`
+    (default NAME). Its own imports of other tools (`from chaos import ...`) resolve, as
+    tools/ is on the path while it loads."""
+    spec = importlib.util.spec_from_file_location(module or name, TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # dataclasses look their module up
+    spec.loader.exec_module(loaded)
+    return loaded

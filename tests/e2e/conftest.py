@@ -5,6 +5,7 @@ fails."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -52,8 +53,10 @@ class Cluster(LocalCluster):
         return subprocess.run(argv_, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def reaped_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A Cluster whose processes are all reaped after the test, their logs printed when it
+    failed (for fixtures: `with reaped_cluster(request, tmp_path) as made: ... yield made`)."""
     made = Cluster(tmp_path)
     try:
         yield made
@@ -62,6 +65,12 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         report: Any = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(made.logs())
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    with reaped_cluster(request, tmp_path) as made:
+        yield made
 
 
 def free_port() -> int:

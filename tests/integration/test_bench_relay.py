@@ -4,8 +4,6 @@ and leaves no process behind. How fast it is is the tool's to measure, not a tes
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,22 +11,16 @@ from typing import Any
 import zmq
 
 from broker.protocol.frames import recv_frames, send_frames
+from tests.support import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "compare.py"
 
-
-def load_tool() -> ModuleType:
-    """tools/compare.py, which is a script's module, not part of a package."""
-    spec = importlib.util.spec_from_file_location("bench_compare", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def load_compare() -> ModuleType:
+    """tools/compare.py."""
+    return load_tool("compare", "bench_compare")
 
 
 def test_relay_echoes_req_and_pipelined_clients_and_is_reaped() -> None:
-    tool = load_tool()
+    tool = load_compare()
     with tool.Relay(workers=2) as relay:  # forked before this test makes a context
         pids = list(relay.pids.values())
         assert len(pids) == 3

@@ -9,12 +9,11 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from client import Client
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, reaped_cluster
 from tests.integration.test_nodesim import tool
 from tests.support import wait_until
 
@@ -28,15 +27,9 @@ SLEEPERS = 100  # tasks running on nodes while the broker stalls
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    made = Cluster(tmp_path)
-    try:
+    with reaped_cluster(request, tmp_path) as made:
         made.start_broker("--heartbeat-interval", str(INTERVAL), "--liveness", str(LIVENESS))
         yield made
-    finally:
-        made.close()
-        report: Any = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(made.logs())
 
 
 def test_a_stalled_broker_declares_no_live_node_dead_then_finds_the_silent_ones(

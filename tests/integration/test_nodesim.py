@@ -7,12 +7,9 @@ and a sleep ends at its task timeout. How many nodes it carries is for benchmark
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -35,39 +32,21 @@ from broker.protocol import (
 from client import Client
 from client.cluster import Process
 from tests import fakes
-from tests.e2e.conftest import INTERVAL, LIVENESS, Cluster
+from tests.e2e.conftest import INTERVAL, LIVENESS, Cluster, reaped_cluster
 from tests.fakes import StartBroker
-from tests.support import wait_until
+from tests.support import load_tool, wait_until
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "nodesim.py"
 EXPIRY = INTERVAL * LIVENESS  # the test broker's: a silent node is dead after it
 
-
-def load_tool() -> ModuleType:
-    """tools/nodesim.py, which is a script's module, not part of a package."""
-    spec = importlib.util.spec_from_file_location("nodesim", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool("nodesim")  # tools/nodesim.py
 
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """The e2e tier's cluster (short heartbeats), for the broker only; reaped after."""
-    made = Cluster(tmp_path)
-    try:
+    with reaped_cluster(request, tmp_path) as made:
         made.start_broker()
         yield made
-    finally:
-        made.close()
-        report: Any = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(made.logs())
 
 
 def registered_names(cluster: Cluster, sim: Any, count: int) -> list[str]:
