@@ -43,6 +43,7 @@ from broker.protocol.frames import NOBLOCK, TimedReceiver, readable, recv_frames
 from broker.security import BrokerKeys
 from broker.store import Persistence, PersistenceConfig, StoreError
 from broker.tracing import BrokerSpans, process as process_tracing
+from broker.trim import TRIM_EVERY, trim
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def system_backlog() -> int:
 
 class ShellStats:
     """What the shell adds to STATUS_REPLY `metrics` (protocol.md 3.11): messages and bytes
-    each way (from the tag frame on), and the store's group commits: how many, how many
-    changes they wrote, and how long each took."""
+    each way (from the tag frame on), the store's group commits: how many, how many changes
+    they wrote, and how long each took; and how long each give-back of freed memory took."""
 
     __slots__ = (
         "bytes_in",
@@ -98,12 +99,14 @@ class ShellStats:
         "store_batches",
         "store_changes",
         "store_largest_batch",
+        "trims",
     )
 
     def __init__(self) -> None:
         self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         self.store_batches = self.store_changes = self.store_largest_batch = 0
         self.commit_seconds = Histogram()
+        self.trims = Histogram()  # how long each give-back of freed memory took (broker.trim)
 
     def sent(self, frames: list[bytes]) -> None:
         self.messages_out += 1
@@ -121,6 +124,7 @@ class ShellStats:
                 "largest_batch": self.store_largest_batch,
                 "commit_seconds": self.commit_seconds.view(),
             },
+            "trim_seconds": self.trims.view(),
         }
 
 
@@ -151,6 +155,7 @@ class BrokerServer:
         self._receive = recv_frames if self._gate is None else self._gate.receive
         self._changes: list[Change] = []  # for the store, written once per group commit
         self._clock = LoopClock()  # how late the loop runs the core's timers: its stalls
+        self._trim_at = time.monotonic() + TRIM_EVERY  # see broker.trim
         # What peers' pipes cannot take yet, bounded in bytes per peer.
         self._outbox = Outbox(config.max_queued_bytes_per_peer)
         self._stop_requests = 0
@@ -251,6 +256,8 @@ class BrokerServer:
                 if self._outbox.held:
                     self._flush(router)
                 self._save_when_due()
+                if now >= self._trim_at:
+                    self._trim(now)
         finally:
             self._close(router)
 
@@ -453,6 +460,13 @@ class BrokerServer:
             self._carry_out(router, commands)
 
     # ------------------------------------------------------------------ the store
+
+    def _trim(self, now: float) -> None:
+        """Give the memory freed since the last trim back to the system (broker.trim)."""
+        self._trim_at = now + TRIM_EVERY
+        started = time.perf_counter()
+        trim()
+        self.stats.trims.observe(time.perf_counter() - started)
 
     def _save_when_due(self) -> None:
         if self.persistence.save_now(len(self._changes), time.monotonic()):

@@ -47,6 +47,7 @@ ZBROKER = (
     "broker.core.config",
     "broker.server",
     "broker.outbox",
+    "broker.trim",
     "broker.store",
     "broker.cli",
     "broker.monitor",
@@ -109,9 +110,15 @@ ROOMS = (
             "broker.store",
             "broker.gate",
             "broker.outbox",
+            "broker.trim",
             *TRACING,
             *SECURITY,
         ),
+    ),
+    Room(
+        "giving freed memory back to the system (glibc, through ctypes)",
+        ("broker/trim.py",),
+        may=(STDLIB,),
     ),
     Room(
         "the gate: with CURVE, each message's key and what its role may send",
