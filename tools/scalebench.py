@@ -21,6 +21,9 @@ at once (a connection storm), and:
   pipelined    Client.map of --tasks `noop` tasks: tasks per second
   spread       of the pipelined tasks, how many each node ran: the share of nodes that ran
                any, and min / median / max per node
+  stall        the broker stopped with SIGSTOP for --stall seconds (2.5) and resumed: the
+               live nodes it declared dead (the goal is none), whether it counted the stall,
+               and the REGISTERs nodes sent again, over two expiries after
   detection    --vanish (default 10 %) of the nodes fall silent with their connections open
                (`freeze`): seconds until the broker has dropped them all (interval x liveness
                is 3 s)
@@ -31,6 +34,8 @@ Nothing here is a pass or fail: the figures go to docs/performance.md with the c
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial", type=int, default=1000, help="sequential executes")
     parser.add_argument("--tasks", type=int, default=20000, help="tasks of the pipelined map")
     parser.add_argument("--vanish", type=float, default=0.1, help="share of nodes that fall silent")
+    parser.add_argument(
+        "--stall", type=float, default=2.5, help="seconds the broker is stopped (0: not)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per count")
     parser.add_argument("--version", action="version", version=f"ztb tools/scalebench.py {VERSION}")
     args = parser.parse_args(argv)
@@ -101,6 +109,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
             wait_for(lambda: status(cluster.url)["nodes_total"] == count, 60, "every node listed")
             row.update(idle(cluster.url, pid, sim, args.idle, rss_before, count))
             row.update(status_costs(cluster.url))
+            row.update(stall(cluster.url, pid, sim, args.stall))
             with Client(cluster.url, timeout=120) as client:
                 row.update(serial(client, args.serial))
                 row.update(pipelined(client, args.tasks, cluster.url))
@@ -167,6 +176,32 @@ def status_costs(url: str) -> dict[str, Any]:
     return figures
 
 
+def stall(url: str, pid: int, sim: NodeSim, seconds: float) -> dict[str, Any]:
+    """The broker stopped (SIGSTOP) for `seconds` and resumed: the nodes it declared dead
+    meanwhile (the goal is none), the stalls it counted, and the nodes that registered
+    again, over two expiries after it resumed."""
+    if not seconds:
+        return {}
+    before, registers = status(url), sim.stats()["registers_sent"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)  # the stall itself
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(2 * before["heartbeat_interval"] * before["liveness"])
+    after = status(url)
+
+    def grew(name: str) -> int:
+        return int(after["counters"].get(name, 0) - before["counters"].get(name, 0))
+
+    return {
+        "stall_s": seconds,
+        "stall_declared_dead": grew("nodes_expired"),
+        "stall_counted": grew("loop_stalls"),
+        "stall_registered_again": sim.stats()["registers_sent"] - registers,
+    }
+
+
 def serial(client: Client, calls: int) -> dict[str, Any]:
     times = []
     for _ in range(calls):
@@ -213,8 +248,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| nodes | all registered | REGISTERs per node | heartbeat interval | idle broker CPU "
         "| simulator CPU "
         "| broker RSS | RSS per node | STATUS (default / page of 500) | serial p50 / p99 "
-        "| pipelined | nodes used, tasks per node min/median/max | 10 % silent found |",
-        "|" + "---|" * 13,
+        "| pipelined | nodes used, tasks per node min/median/max "
+        "| 2.5 s stall: declared dead, registered again | 10 % silent found |",
+        "|" + "---|" * 14,
     ]
     for r in rows:
         lines.append(
@@ -225,6 +261,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['status_page_ms']} ms, {r['status_page_kb']} KB "
             f"| {r['serial_p50_ms']} / {r['serial_p99_ms']} ms | {r['pipelined_tasks_s']:,}/s "
             f"| {r['spread_share_used']:.0%}, {r['spread_min_median_max']} "
+            f"| {r.get('stall_declared_dead', '-')}, {r.get('stall_registered_again', '-')} "
             f"| {r['detection_s']} s |"
         )
     return "\n".join(lines)
