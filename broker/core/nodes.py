@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
 
 from broker.core.config import LEAST_LOADED, ROUND_ROBIN, STRATEGIES
 from broker.core.metrics import NodeBusy
@@ -53,8 +52,10 @@ class Node:
         "capacity",
         "completed",
         "confirms",
+        "counted",
         "draining",
         "failed",
+        "figures",
         "functions",
         "held",
         "host",
@@ -104,6 +105,9 @@ class Node:
         self.retracting: set[str] = set()  # of those, asked back and not answered yet
         self.completed = 0
         self.failed = 0  # of those, RESULTs with an exit code other than 0
+        # The sums of its set of functions (given by the pool), and what it added to them.
+        self.figures: SetFigures = _NO_FIGURES
+        self.counted = (0, 0, 0)
         self.busy = NodeBusy(now)  # its slot-seconds of running, for its utilisation
         self.draining = False  # it sent DEREGISTER: no new work
         # Its process was replaced (REGISTER `replaces`, protocol.md 7.4): when the broker
@@ -153,6 +157,22 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.node_id} {len(self.active)}/{self.capacity}>"
+
+
+class SetFigures:
+    """The nodes registered with one set of functions, summed (for STATUS, in O(sets)): how
+    many, their slots, the tasks they were sent and not answered (`active`), of those the
+    ones held unstarted or asked back (`held`), and RESULTs accepted. Kept by the pool as
+    each node changes; `counted` on a node is what it added, taken back at its next change."""
+
+    __slots__ = ("active", "completed", "functions", "held", "nodes", "slots")
+
+    def __init__(self, functions: frozenset[str]) -> None:
+        self.functions = functions  # the one set object its nodes share
+        self.nodes = self.slots = self.active = self.held = self.completed = 0
+
+
+_NO_FIGURES = SetFigures(frozenset())  # a node's until the pool adds it
 
 
 @dataclass(eq=False)
@@ -214,8 +234,8 @@ class NodePool:
         self.offers: Callable[[str], bool] = self._offering.__contains__
         self._rings: dict[str, _Ring] = {}  # round robin only
         self._groups: dict[frozenset[str], _Group] = {}
-        # One of each set of functions registered, and how many nodes have it.
-        self._function_sets: dict[frozenset[str], list[Any]] = {}
+        # Each set of functions registered, with the sums of its nodes (STATUS).
+        self.function_sets: dict[frozenset[str], SetFigures] = {}
         self._groups_by_function: dict[str, list[_Group]] = {}
         self._tie = count()
 
@@ -227,9 +247,12 @@ class NodePool:
         node = Node(identity, register, now, min(register.prefetch, self.max_prefetch))
         # Nodes offering the same functions share one set: equal sets compare as the same
         # object (a cheap key for STATUS's sums by function set), and it is kept once.
-        shared = self._function_sets.setdefault(node.functions, [node.functions, 0])
-        shared[1] += 1
-        node.functions = shared[0]
+        figures = self.function_sets.get(node.functions)
+        if figures is None:
+            figures = self.function_sets[node.functions] = SetFigures(node.functions)
+        figures.nodes += 1
+        figures.slots += node.slots
+        node.functions, node.figures = figures.functions, figures
         self.nodes[identity] = node
         self._processes.setdefault(node.process, set()).add(identity)
         self._join(node)
@@ -243,10 +266,15 @@ class NodePool:
             self._leave(node)
         for function in node.held.values():
             self._unhold(node, function)
-        shared = self._function_sets[node.functions]
-        shared[1] -= 1
-        if not shared[1]:
-            del self._function_sets[node.functions]
+        figures = node.figures
+        active, held, completed = node.counted
+        figures.active -= active
+        figures.held -= held
+        figures.completed -= completed
+        figures.slots -= node.slots
+        figures.nodes -= 1
+        if not figures.nodes:
+            del self.function_sets[node.functions]
         same = self._processes[node.process]
         same.discard(identity)
         if not same:
@@ -387,6 +415,15 @@ class NodePool:
 
     # ------------------------------------------------------------------ load
 
+    def _recount(self, node: Node) -> None:
+        """`node`'s tasks changed: its set's sums follow (O(1))."""
+        figures, (active_was, held_was, completed_was) = node.figures, node.counted
+        active, held = len(node.active), len(node.held) + len(node.retracting)
+        figures.active += active - active_was
+        figures.held += held - held_was
+        figures.completed += node.completed - completed_was
+        node.counted = (active, held, node.completed)
+
     def assign(self, node: Node, task_id: str, function: str) -> bool:
         """`node` was sent `task_id`: True if a slot starts it, False if the node holds it
         (behind the tasks it holds already)."""
@@ -396,9 +433,11 @@ class NodePool:
             node.held[task_id] = function
             self._hold(node, function)
             self._changed(node)
+            self._recount(node)
             return False
         active.add(task_id)
         self._changed(node)
+        self._recount(node)
         return True
 
     def lend(self, node: Node, task_id: str) -> None:
@@ -449,6 +488,7 @@ class NodePool:
             work = node.capacity * HELD_WORK / node.run_time
             node.window = node.capacity + min(node.prefetch, max(1, int(work)))
         self._changed(node)
+        self._recount(node)
         return True
 
     def promote(self, node: Node) -> str | None:
@@ -458,6 +498,7 @@ class NodePool:
             return None
         task_id = next(iter(held))
         self._unhold(node, held.pop(task_id))
+        self._recount(node)
         return task_id
 
     def start_held(self, node: Node, task_id: str) -> None:
@@ -467,6 +508,7 @@ class NodePool:
         if function is not None:
             self._unhold(node, function)
         node.retracting.discard(task_id)
+        self._recount(node)
 
     # ------------------------------------------------------------------ taking back
 
@@ -506,6 +548,7 @@ class NodePool:
         node.retracting.remove(task_id)
         node.active.remove(task_id)
         self._changed(node)
+        self._recount(node)
         return True
 
     def _hold(self, node: Node, function: str) -> None:
@@ -568,15 +611,29 @@ class NodePool:
                 assert any(self._current(e) and e[2] == identity for e in group.heap), (
                     f"{node.name} has a free slot but no current heap entry"
                 )
-        sets = Counter(node.functions for node in self.nodes.values())
-        assert sets == {f: n for f, (_, n) in self._function_sets.items()}, "sets miscounted"
-        assert all(f is self._function_sets[f][0] for f in sets), "a set is not shared"
+        self._check_sums()
         indexed = {i for identities in self._processes.values() for i in identities}
         assert indexed == self.nodes.keys(), "the index by process drifted"
         members = {i for g in self._groups.values() for i in g.members}
         assert members == taking, "heap groups and records disagree"
         for function, groups in self._groups_by_function.items():
             assert all(function in g.functions for g in groups)
+
+    def _check_sums(self) -> None:
+        sums: dict[frozenset[str], list[int]] = {}
+        for node in self.nodes.values():
+            assert node.functions is node.figures.functions, f"{node.name}: set not shared"
+            row = sums.setdefault(node.functions, [0, 0, 0, 0, 0])
+            for i, n in enumerate(
+                (1, node.slots, len(node.active), len(node.held) + len(node.retracting))
+            ):
+                row[i] += n
+            row[4] += node.completed
+        kept = {
+            f: [x.nodes, x.slots, x.active, x.held, x.completed]
+            for f, x in self.function_sets.items()
+        }
+        assert sums == kept, f"the sums by function set drifted: {sums} against {kept}"
 
     def _check_held(self) -> None:
         holding: dict[str, dict[bytes, int]] = {}

@@ -84,7 +84,8 @@ COUNTERS = {
 def listed(pool: NodePool, request: Status) -> tuple[list[Node], dict[str, Any]]:
     """The nodes a STATUS_REPLY lists (protocol.md 3.10), and the keys that say which: the
     busiest (all of them, in the order they registered, when they are few), or a page of
-    all in that order. O(nodes) for the busiest, O(offset + page) for a page."""
+    all in that order. O(nodes) for the busiest (a cheap pass for those with tasks, then a
+    partial sort of those), O(offset + page) for a page."""
     nodes = pool.nodes
     if request.nodes == NODES_ALL:
         limit = MAX_STATUS_PAGE if request.limit is None else request.limit
@@ -93,7 +94,11 @@ def listed(pool: NodePool, request: Status) -> tuple[list[Node], dict[str, Any]]
     limit = STATUS_NODES if request.limit is None else request.limit
     if len(nodes) <= limit:
         return list(nodes.values()), {"nodes_listed": NODES_BUSIEST}
-    busiest = heapq.nlargest(limit, nodes.values(), key=_load)
+    working = [node for node in nodes.values() if node.active]
+    busiest = heapq.nlargest(limit, working, key=_load)
+    if len(busiest) < limit:  # then idle ones, in the order they registered
+        idle = (node for node in nodes.values() if not node.active)
+        busiest += islice(idle, limit - len(busiest))
     return busiest, {"nodes_listed": NODES_BUSIEST}
 
 
@@ -105,34 +110,24 @@ def by_function(
     pool: NodePool, queued: Mapping[str, int]
 ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Per function: the registered nodes offering it (draining ones too), their slots,
-    busy slots, held tasks, completed RESULTs, and the tasks queued for it. One pass over
-    the nodes, summed per function set (nodes share their set's object: a cheap key), then
-    spread over the sets' functions. Also the totals over all nodes (`slots`, `busy`)."""
-    sums: dict[frozenset[str], list[int]] = {}
-    for node in pool.nodes.values():
-        row = sums.get(node.functions)
-        if row is None:
-            row = sums[node.functions] = [0, 0, 0, 0, 0]
-        held = len(node.held) + len(node.retracting)
-        row[0] += 1
-        row[1] += node.slots
-        row[2] += len(node.active) - held
-        row[3] += held
-        row[4] += node.completed
+    busy slots, held tasks, completed RESULTs, and the tasks queued for it; and the totals
+    over all nodes (`slots`, `busy`). From the sums the pool keeps per set of functions:
+    O(sets x functions), whatever the node count."""
     functions: dict[str, dict[str, int]] = {}
     totals = {"slots": 0, "busy": 0}
-    for function_set, (count, slots, busy, held, completed) in sums.items():
-        totals["slots"] += slots
+    for figures in pool.function_sets.values():
+        busy = figures.active - figures.held
+        totals["slots"] += figures.slots
         totals["busy"] += busy
-        for function in function_set:
+        for function in figures.functions:
             f = functions.get(function)
             if f is None:
                 f = functions[function] = dict.fromkeys(_FUNCTION_KEYS, 0)
-            f["nodes"] += count
-            f["slots"] += slots
+            f["nodes"] += figures.nodes
+            f["slots"] += figures.slots
             f["busy"] += busy
-            f["held"] += held
-            f["completed"] += completed
+            f["held"] += figures.held
+            f["completed"] += figures.completed
     for function, count in queued.items():
         functions.setdefault(function, dict.fromkeys(_FUNCTION_KEYS, 0))["queued"] = count
     return dict(sorted(functions.items())), totals
