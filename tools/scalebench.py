@@ -14,6 +14,8 @@ at once (a connection storm), and:
                core) and RSS over --idle seconds with the N nodes registered and no task;
                the simulator's CPU beside it; RSS per node: (RSS with the nodes - RSS
                before them) / N
+  plateau      with --plateau S, the broker's RSS every 10 s over S more seconds of idle:
+               first, last, and its slope (MB per hour); the goal is none after the plateau
   status       the round trip of a default STATUS (the 50 busiest nodes and the sums), and
                of a page of 500 nodes: medians of 11 (the broker's loop is busy that long
                and a little less), with the reply's size
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stall", type=float, default=2.5, help="seconds the broker is stopped (0: not)"
     )
+    parser.add_argument(
+        "--plateau", type=float, default=0.0, help="seconds of idle RSS sampling (0: none)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per count")
     parser.add_argument("--version", action="version", version=f"ztb tools/scalebench.py {VERSION}")
     args = parser.parse_args(argv)
@@ -108,6 +113,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
             }
             wait_for(lambda: status(cluster.url)["nodes_total"] == count, 60, "every node listed")
             row.update(idle(cluster.url, pid, sim, args.idle, rss_before, count))
+            row.update(plateau(pid, sim, args.plateau))
             row.update(status_costs(cluster.url))
             row.update(stall(cluster.url, pid, sim, args.stall))
             with Client(cluster.url, timeout=120) as client:
@@ -153,6 +159,30 @@ def idle(
         "rss_mib": round(rss / 1024, 1),
         "rss_per_node_kib": round((rss - rss_before) / count, 1),
     }
+
+
+def plateau(pid: int, sim: NodeSim, seconds: float) -> dict[str, Any]:
+    """The broker's RSS over `seconds` more of idle with every node registered, sampled
+    every PLATEAU_EVERY s: first, last, and the slope by least squares (MB per hour)."""
+    if not seconds:
+        return {}
+    samples: list[tuple[float, float]] = []
+    started = time.monotonic()
+    while (now := time.monotonic()) - started <= seconds:
+        if not sim.alive():
+            raise SystemExit("scalebench: a nodesim worker died")
+        samples.append((now - started, rss_kib(pid) / 1024))
+        time.sleep(PLATEAU_EVERY)
+    xs, ys = [x for x, _ in samples], [y for _, y in samples]
+    slope = statistics.linear_regression(xs, ys).slope if len(samples) > 2 else 0.0
+    return {
+        "plateau_s": round(xs[-1]),
+        "plateau_rss_mib": [round(ys[0], 1), round(ys[-1], 1)],
+        "plateau_mib_per_hour": round(slope * 3600, 2),
+    }
+
+
+PLATEAU_EVERY = 10.0
 
 
 def status_costs(url: str) -> dict[str, Any]:
