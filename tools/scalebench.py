@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def status_costs(url: str) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with ReqLink(url, resend_interval=10.0) as link:
         control = ControlClient(link)
-        asks = {
+        asks: dict[str, Callable[[], dict[str, Any]]] = {
             "status": lambda: control.status(timeout=30),
             "status_page": lambda: control.nodes_page(0, MAX_STATUS_PAGE, timeout=30),
         }
