@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = [int(n) for n in args.nodes.split(",")]
     except ValueError:
         parser.error(f"--nodes: comma-separated numbers expected, got {args.nodes!r}")
+    signal.signal(signal.SIGTERM, _interrupt)
     rows = []
     for count in counts:
         row = measure(count, args)
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(table(rows))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: the broker and nodes are stopped
 
 
 def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
