@@ -65,6 +65,7 @@ FLUSH_BY = 0.002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
+STALL_MIN = 0.25  # seconds a wait for the broker ends late to count as a stall (7.2)
 
 
 class NodeAgent:
@@ -120,6 +121,7 @@ class NodeAgent:
         context.configure(config.broker_url, self._lend, config.curve, config.broker_key)
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
+        self.stalls = 0  # waits for the broker that ended STALL_MIN or more late
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,7 +180,10 @@ class NodeAgent:
             # The wake-up socket first: finished slot-thread results leave before more RUNs
             # are taken in.
             waited_on = [self._wake] if sock is None else [self._wake, (sock, POLLIN)]
-            for item, _ in poll(waited_on, wait_ms):
+            started = time.monotonic()
+            ready = poll(waited_on, wait_ms)
+            self._check_wait(started, wait_ms)
+            for item, _ in ready:
                 if item is sock and sock is not None:
                     self._drain_broker(sock)
                 elif item == self._wake_fd:
@@ -190,6 +195,23 @@ class NodeAgent:
             self._restarts.expire(now)
         self._tick(now)
 
+    def _check_wait(self, started: float, wait_ms: int) -> None:
+        """A wait for the broker that ended STALL_MIN or more after it should have: the
+        process was held up (stopped, a GC pause, a busy host), and could not read."""
+        now = time.monotonic()
+        stall = now - started - wait_ms / 1000
+        if stall >= STALL_MIN:
+            self._stalled(stall, now)
+
+    def _stalled(self, stall: float, now: float) -> None:
+        self.stalls += 1
+        log.warning(
+            "this node's loop was held up for %.2f s (the process was stopped or paused, or "
+            "the host was busy); the broker's silence over it is not counted",
+            stall,
+        )
+        self._link.excuse(stall, now)
+
     def _receive(self, sock: zmq.Socket[bytes], wait_ms: int) -> None:
         """Wait for the broker inside the receive, as the broker waits for its peers: less
         work per message than a poll of the socket and the wake-up socket, which only the
@@ -198,7 +220,9 @@ class NodeAgent:
         receiver = self._receiver
         if receiver is None or receiver.sock is not sock:
             receiver = self._receiver = TimedReceiver(sock)
+        started = time.monotonic()
         frames = receiver.recv(min(wait_ms, STOP_CHECK_MS))
+        self._check_wait(started, min(wait_ms, STOP_CHECK_MS))
         if frames is not None:
             self._drain_broker(sock, frames)
         if self._life.asked:  # a signal or request_stop(): its byte waits on the wake-up socket

@@ -226,6 +226,12 @@ class BrokerLink:
                 if self._lost:
                     return True
 
+    def excuse(self, stall: float, now: float) -> None:
+        """This node's own loop stalled for `stall` seconds (a GC pause, a busy host, a
+        function run inline): the broker's silence over it is not held against the broker
+        (protocol.md 7.2), as the broker does not hold its own stalls against its nodes."""
+        self.last_heard = min(now, self.last_heard + stall)
+
     def broker_dead(self, now: float) -> bool:
         """Whether the broker has been silent long enough to be dead (protocol.md 7.2):
         interval x liveness once the connection to it was lost, and twice that while the
