@@ -123,6 +123,9 @@ class BrokerLink:
         self.backlog = msg.backlog
         self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
         self._backoff = MIN_BACKOFF
+        # The first HEARTBEAT at a point of the interval of its own, so that nodes that
+        # registered together do not heartbeat together (protocol.md 7.2).
+        self.last_sent = min(self.last_sent, time.monotonic() - self.interval * random.random())
         log.info(
             "registered with broker at %s as %s (heartbeat %.3g s, liveness %d)",
             self.url,

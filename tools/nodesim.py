@@ -586,6 +586,8 @@ class Worker:
         node.registered = True
         node.interval, node.liveness = msg.heartbeat_interval, msg.liveness
         node.backoff = MIN_BACKOFF
+        # The first HEARTBEAT at a point of the interval of its own (protocol.md 7.2).
+        node.last_sent = time.monotonic() - node.interval * random.random()
         if node.registered_before and not msg.adopts:
             node.held.clear()  # a broker that took no claims places them again itself
         if not node.registered_before:

@@ -140,6 +140,9 @@ from broker.protocol import (
 
 log = logging.getLogger("broker.core")
 
+# The share of an interval between the heartbeat phases of nodes registered one after the
+# other: the golden ratio's, whose multiples spread over [0, 1) about evenly however many.
+PHASE_STEP = 0.6180339887498949
 MAX_REQUESTERS = 8  # requesters remembered per pending task (Lazy Pirate resends add one each)
 # Timers (and kept answers, and tasks held by an ending grace) handled per `tick`: a burst
 # of them (50,000 queue deadlines at once) is spread over ticks, between which the shell
@@ -215,6 +218,7 @@ class Scheduler:
         self._default_retries = config.retry.retries
         self._default_task_timeout = config.task_timeout
         self._seq = 0  # submission numbers
+        self._phase = 0.0  # the latest node's heartbeat phase (PHASE_STEP)
         self._results_checked = -math.inf  # when kept answers were last expired
         # The deferred work (see the module's docstring): answers to keep, and the slots
         # that successful RESULTs freed, as (node, task id).
@@ -1034,6 +1038,10 @@ class Scheduler:
             commands.append(j.SaveNode(*process))
         node = self._pool.add(peer, msg, now)
         node.interval = node.interval_before = interval = self._heartbeats.current
+        # Its first HEARTBEAT is due at a point of the interval of its own (protocol.md
+        # 7.2), so that the heartbeats of nodes that registered together are spread evenly.
+        self._phase = (self._phase + PHASE_STEP) % 1.0
+        node.last_sent = now - interval * self._phase
         self._resize_heartbeats()
         self._schedule_check(node)
         self._counters["nodes_registered"] += 1

@@ -92,3 +92,20 @@ def test_a_node_told_a_shorter_interval_is_judged_by_the_longer_one_a_while() ->
     assert core.registered(b"n00")
     core.tick(silent_since + 7.4)
     assert not core.registered(b"n00")
+
+
+def test_nodes_that_register_together_are_sent_heartbeats_spread_over_the_interval() -> None:
+    core = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
+    names = [f"n{i}" for i in range(100)]
+    for name in names:
+        join(core, name, now=0.0)
+    first: dict[str, float] = {}
+    now = 0.0
+    while now < 1.0 + 1e-9:  # the first interval, in steps of 10 ms
+        for send in core.tick(now):
+            if isinstance(send.message, p.Heartbeat):
+                first.setdefault(send.peer.decode(), now)
+        now = round(now + 0.01, 2)
+    assert set(first) == set(names)  # each within one interval of its REGISTERED
+    tenths = [sum(1 for at in first.values() if k / 10 < at <= (k + 1) / 10) for k in range(10)]
+    assert all(6 <= count <= 14 for count in tenths), tenths  # about 10 each, not 100 at once
