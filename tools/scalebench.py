@@ -15,7 +15,8 @@ at once (a connection storm), and:
                the simulator's CPU beside it; RSS per node: (RSS with the nodes - RSS
                before them) / N
   plateau      with --plateau S, the broker's RSS every 10 s over S more seconds of idle:
-               first, last, and its slope (MB per hour); the goal is none after the plateau
+               first, last, its slope (MB per hour) over all of it and over its last
+               third; the goal is none after the plateau (--json has every sample)
   status       the round trip of a default STATUS (the 50 busiest nodes and the sums), and
                of a page of 500 nodes: medians of 11 (the broker's loop is busy that long
                and a little less), with the reply's size
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(orjson.dumps(row).decode(), flush=True)
         else:
-            print(f"{count:,} nodes: " + orjson.dumps(row).decode(), file=sys.stderr, flush=True)
+            shown = {k: v for k, v in row.items() if k != "plateau_samples"}
+            print(f"{count:,} nodes: " + orjson.dumps(shown).decode(), file=sys.stderr, flush=True)
     if not args.json:
         print(table(rows))
     return 0
@@ -180,12 +182,21 @@ def plateau(pid: int, sim: NodeSim, seconds: float) -> dict[str, Any]:
         samples.append((now - started, rss_kib(pid) / 1024))
         time.sleep(PLATEAU_EVERY)
     xs, ys = [x for x, _ in samples], [y for _, y in samples]
-    slope = statistics.linear_regression(xs, ys).slope if len(samples) > 2 else 0.0
+    tail = samples[len(samples) * 2 // 3 :]  # the last third: after the plateau, if any
     return {
         "plateau_s": round(xs[-1]),
         "plateau_rss_mib": [round(ys[0], 1), round(ys[-1], 1)],
-        "plateau_mib_per_hour": round(slope * 3600, 2),
+        "plateau_mib_per_hour": round(_slope(samples) * 3600, 2),
+        "plateau_last_third_mib_per_hour": round(_slope(tail) * 3600, 2),
+        "plateau_samples": [[round(x), round(y, 1)] for x, y in samples],
     }
+
+
+def _slope(samples: list[tuple[float, float]]) -> float:
+    """Least squares, per second; 0 with fewer than three samples."""
+    if len(samples) < 3:
+        return 0.0
+    return statistics.linear_regression([x for x, _ in samples], [y for _, y in samples]).slope
 
 
 PLATEAU_EVERY = 10.0
@@ -300,6 +311,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r.get('stall_declared_dead', '-')}, {r.get('stall_registered_again', '-')} "
             f"| {r['detection_s']} s |"
         )
+    for r in rows:
+        if "plateau_s" in r:
+            first, last = r["plateau_rss_mib"]
+            lines.append(
+                f"\n{r['nodes']:,} nodes idle for {r['plateau_s']} s more: broker RSS {first} to "
+                f"{last} MiB, {r['plateau_mib_per_hour']} MiB/h over all of it, "
+                f"{r['plateau_last_third_mib_per_hour']} MiB/h over its last third"
+            )
     return "\n".join(lines)
 
 
