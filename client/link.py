@@ -401,6 +401,14 @@ class ReqLink:
         deadline = start + limit
         try:
             receiver = self._receiver or self._connected()  # no call once connected
+            watch = self._watch
+            if watch is not None and self.contact.answered:
+                # The broker answered before its handshake's event was read: hand over to
+                # the Reconnects now, so that what happened since (a broker gone and back)
+                # counts as before this request, not after it.
+                watch.take_events()
+                if watch.closed:
+                    self._watch, self._reconnects = None, watch.kept
             if self._reconnects is not None and start - self._waited > LOOK_INTERVAL:
                 # The socket was idle: a reconnection meanwhile took no request with it,
                 # and would cost this one a needless resend. (Right after a wait, events
