@@ -401,14 +401,12 @@ class ReqLink:
         deadline = start + limit
         try:
             receiver = self._receiver or self._connected()  # no call once connected
-            watch = self._watch
-            if watch is not None and self.contact.answered:
+            if self._watch is not None and self.contact.answered:
                 # The broker answered before its handshake's event was read: hand over to
                 # the Reconnects now, so that what happened since (a broker gone and back)
                 # counts as before this request, not after it.
-                watch.take_events()
-                if watch.closed:
-                    self._watch, self._reconnects = None, watch.kept
+                self._watch.take_events()
+                self._handed_over()
             if self._reconnects is not None and start - self._waited > LOOK_INTERVAL:
                 # The socket was idle: a reconnection meanwhile took no request with it,
                 # and would cost this one a needless resend. (Right after a wait, events
@@ -444,6 +442,15 @@ class ReqLink:
             sock, self._watch, self._reconnects = self.contact.open_watched(self._context, zmq.REQ)
             self._receiver = TimedReceiver(sock)
         return self._receiver
+
+    def _handed_over(self) -> bool:
+        """Whether the connect watch has closed (the broker was reached): then its
+        Reconnects, if it kept one, watches the socket from now on."""
+        watch = self._watch
+        if watch is None or not watch.closed:
+            return watch is None
+        self._watch, self._reconnects = None, watch.kept
+        return True
 
     def _discard_socket(self) -> None:
         if self._watch is not None:
@@ -492,8 +499,7 @@ class ReqLink:
             # and that reply came in one poll): from now on the plain `_receive`, which
             # resends each `resend_interval`. A closed watch kept would wait out the whole
             # deadline for a request the broker lost.
-            if watch.closed:
-                self._watch, self._reconnects = None, watch.kept
+            if self._handed_over():
                 return self._receive(receiver, deadline, start)
             if now >= give_up:
                 raise watch.unreachable(give_up - start)

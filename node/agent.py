@@ -27,6 +27,7 @@ from broker.protocol import (
     ERR_MALFORMED,
     ERR_NOT_HOLDER,
     ERR_NOT_REGISTERED,
+    STALL_MIN,
     Batch,
     Claim,
     Disconnect,
@@ -65,7 +66,6 @@ FLUSH_BY = 0.002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
-STALL_MIN = 0.25  # seconds a wait for the broker ends late to count as a stall (7.2)
 
 
 class NodeAgent:
@@ -121,7 +121,6 @@ class NodeAgent:
         context.configure(config.broker_url, self._lend, config.curve, config.broker_key)
         self._exit_code: int | None = None
         self.malformed = 0  # messages from the broker that could not be decoded
-        self.stalls = 0  # waits for the broker that ended STALL_MIN or more late
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,7 +203,6 @@ class NodeAgent:
             self._stalled(stall, now)
 
     def _stalled(self, stall: float, now: float) -> None:
-        self.stalls += 1
         log.warning(
             "this node's loop was held up for %.2f s (the process was stopped or paused, or "
             "the host was busy); the broker's silence over it is not counted",
@@ -220,9 +218,10 @@ class NodeAgent:
         receiver = self._receiver
         if receiver is None or receiver.sock is not sock:
             receiver = self._receiver = TimedReceiver(sock)
+        wait_ms = min(wait_ms, STOP_CHECK_MS)
         started = time.monotonic()
-        frames = receiver.recv(min(wait_ms, STOP_CHECK_MS))
-        self._check_wait(started, min(wait_ms, STOP_CHECK_MS))
+        frames = receiver.recv(wait_ms)
+        self._check_wait(started, wait_ms)
         if frames is not None:
             self._drain_broker(sock, frames)
         if self._life.asked:  # a signal or request_stop(): its byte waits on the wake-up socket

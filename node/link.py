@@ -230,8 +230,8 @@ class BrokerLink:
                     return True
 
     def excuse(self, stall: float, now: float) -> None:
-        """This node's own loop stalled for `stall` seconds (a GC pause, a busy host, a
-        function run inline): the broker's silence over it is not held against the broker
+        """This node's own loop stalled for `stall` seconds (the process stopped or paused,
+        a busy host): the broker's silence over it is not held against the broker
         (protocol.md 7.2), as the broker does not hold its own stalls against its nodes."""
         self.last_heard = min(now, self.last_heard + stall)
 

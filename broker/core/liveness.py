@@ -27,11 +27,10 @@ import logging
 import math
 from collections import deque
 
+from broker.protocol import STALL_MIN
+
 log = logging.getLogger("broker.core")
 
-# Seconds a timer must run late to count as a stall of the loop: well above a long drain
-# of a batch of messages (tens of milliseconds), well below an expiry.
-STALL_MIN = 0.25
 # How soon a death check put off for unread input comes again: the shell reads a batch of
 # messages between two ticks.
 UNREAD_RECHECK = 0.01

@@ -624,11 +624,9 @@ class NodePool:
         for node in self.nodes.values():
             assert node.functions is node.figures.functions, f"{node.name}: set not shared"
             row = sums.setdefault(node.functions, [0, 0, 0, 0, 0])
-            for i, n in enumerate(
-                (1, node.slots, len(node.active), len(node.held) + len(node.retracting))
-            ):
+            held = len(node.held) + len(node.retracting)
+            for i, n in enumerate((1, node.slots, len(node.active), held, node.completed)):
                 row[i] += n
-            row[4] += node.completed
         kept = {
             f: [x.nodes, x.slots, x.active, x.held, x.completed]
             for f, x in self.function_sets.items()

@@ -71,6 +71,7 @@ from broker.protocol.limits import (
     PRIORITY_DEFAULT as PRIORITY_DEFAULT,
     PRIORITY_MAX as PRIORITY_MAX,
     PRIORITY_MIN as PRIORITY_MIN,
+    STALL_MIN as STALL_MIN,
     STATUS_NODES as STATUS_NODES,
 )
 from broker.protocol.messages import (

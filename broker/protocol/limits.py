@@ -14,6 +14,10 @@ from msgspec import Meta
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5000"
 DEFAULT_HEARTBEAT_INTERVAL = 1.0  # seconds
 DEFAULT_LIVENESS = 3  # missed intervals before a peer is declared dead
+# Seconds a peer's own timers or waits must run late for it to count as a stall of its loop,
+# whose time is not held against the peers it judges (protocol.md 7.2): well above a long
+# drain of a batch of messages (tens of milliseconds), well below an expiry.
+STALL_MIN = 0.25
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024  # bytes, all frames of one message
 
 MAX_NAME_LENGTH = 256  # task ids, function names, node names, node ids

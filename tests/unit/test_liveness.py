@@ -7,7 +7,8 @@ import math
 
 from broker import protocol as p
 from broker.core.config import RetryPolicy, SchedulerConfig
-from broker.core.liveness import STALL_MIN, LoopClock
+from broker.core.liveness import LoopClock
+from broker.protocol import STALL_MIN
 from tests.unit.core import Core, execute, register, runs
 
 CLIENT = b"client-1"
