@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from broker import protocol as p
-from broker.protocol.frames import send_routed
+from broker.protocol.frames import NOBLOCK, send_routed
 
 # Commands a node must receive: held past the budget, never dropped.
 KEPT = frozenset({p.RUN, p.RETRACT, p.STOP, p.REGISTERED, p.DISCONNECT})
@@ -53,7 +53,7 @@ class Outbox:
         queue = self._queues.get(peer)
         if queue is None:
             try:
-                send_routed(router, peer, frames, zmq.NOBLOCK)
+                send_routed(router, peer, frames, NOBLOCK)
                 return True
             except zmq.Again:
                 pass
@@ -82,7 +82,7 @@ class Outbox:
         for peer, queue in list(self._queues.items()):
             try:
                 while queue:
-                    send_routed(router, peer, queue[0], zmq.NOBLOCK)
+                    send_routed(router, peer, queue[0], NOBLOCK)
                     size = sum(map(len, queue.popleft()))
                     self._bytes[peer] -= size
                     self.held_bytes -= size
