@@ -47,7 +47,7 @@ import splitbench
 from broker import protocol as p
 from broker.core.config import SchedulerConfig
 from broker.core.events import Received, Send, Sent
-from broker.core.journal import Change, SaveAnswer, SaveTask
+from broker.core.journal import Change, SaveAnswer, SaveAttempts, SaveTask
 from broker.core.scheduler import Scheduler
 from broker.protocol.frames import (
     NOBLOCK,
@@ -505,10 +505,12 @@ Pattern = Callable[[int, int, bytes], Iterator[list[Change]]]
 def store(args: argparse.Namespace) -> None:
     """The durable store alone: how many tasks per second `Store.apply` records.
 
-    The broker's journal for each task: a SaveTask, then a SaveAnswer with a small result.
-      * pipelined: each apply() holds the SaveTask of `batch` new tasks and the SaveAnswer
-        of the previous `batch` (accepted in one pass of the server's loop, answered in a
-        later one);
+    The broker's journal for each task: a SaveTask when it is accepted, a SaveAttempts when
+    its RUN goes to a node, a SaveAnswer with a small result when it is answered.
+      * pipelined: each apply() holds the SaveTask of `batch` new tasks, the SaveAttempts
+        of the `batch` before them and the SaveAnswer of the `batch` before those (as in
+        the broker under load, where a task is accepted, placed and answered in three
+        group commits: four statements a task);
       * same batch: each apply() saves and answers the same `batch` tasks (they cancel out);
       * load: Store.load() of a store holding 10,000 pending tasks and the kept answers.
     Kept answers are pruned to the newest 100,000 every 10,000 tasks, as the broker does.
@@ -538,10 +540,15 @@ def save_answer(n: int, payload: bytes) -> SaveAnswer:
 
 
 def pipelined(tasks: int, batch: int, payload: bytes) -> Iterator[list[Change]]:
-    for start in range(0, tasks + batch, batch):
+    for start in range(0, tasks + 2 * batch, batch):
         new = [save_task(n, payload) for n in range(start, min(start + batch, tasks))]
-        done = [save_answer(n, payload) for n in range(max(start - batch, 0), min(start, tasks))]
-        yield [*new, *done]
+        run = range(max(start - batch, 0), min(start, tasks))
+        started = [SaveAttempts(f"task-{n}", 1) for n in run]
+        done = [
+            save_answer(n, payload)
+            for n in range(max(start - 2 * batch, 0), min(start - batch, tasks))
+        ]
+        yield [*new, *started, *done]
 
 
 def same_batch(tasks: int, batch: int, payload: bytes) -> Iterator[list[Change]]:
