@@ -23,6 +23,7 @@ from broker.core.events import (
     Command,
     Committed,
     Event,
+    HandedOver,
     HandlerFailed,
     PeerGone,
     Received,
@@ -55,11 +56,13 @@ SEND_EVERY = 256
 STOP_CHECK = 0.1  # seconds: the longest one wait lasts, so that a stop request is seen
 PEER_QUEUE_LIMIT = 100_000  # messages queued from one peer
 FLUSH_EVERY = 0.005  # seconds between tries to send what the outbox holds
+ACK_CHECK = 0.002  # seconds between looks for the store's acknowledgements while it writes
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 EXIT_STORE_FAILED = 74  # (EX_IOERR) the store failed while the broker ran
 
 _SENT = Sent()
 _COMMITTED = Committed()
+_HANDED_OVER = HandedOver()
 
 
 @dataclass(frozen=True)
@@ -469,36 +472,62 @@ class BrokerServer:
         self.stats.trims.observe(time.perf_counter() - started)
 
     def _save_when_due(self) -> None:
-        if self.persistence.save_now(len(self._changes), time.monotonic()):
+        persistence = self.persistence
+        if persistence.writing:
+            self._take_commits()
+        if persistence.save_now(len(self._changes), time.monotonic()):
             self._save()
         elif not self._changes and self.scheduler.confirming:
-            self._confirm()  # RESULTs that changed nothing to store
+            self._save()  # RESULTs that changed nothing to store: confirmed in turn
 
     def _save(self, confirm: bool = True) -> None:
-        """Write what changed since the last save, in one transaction, then confirm to the
-        nodes the RESULTs it covers (STORED). A store that cannot be written stops the
-        broker at once: going on would promise what it cannot keep."""
+        """Hand what changed since the last save to the store, which writes it in one
+        transaction; the nodes are told the RESULTs it covers (STORED) once it has
+        (`_take_commits`), or at once without a store. A store that cannot be written stops
+        the broker at once: going on would promise what it cannot keep."""
         changes, self._changes = self._changes, []
-        if not changes or self.store_failure is not None:
+        if self.store_failure is not None or not (changes or self.scheduler.confirming):
             return
         now = time.monotonic()
         try:
-            self.persistence.save(changes, self._wall_offset, now, self.scheduler.pinned_answers)
+            handed = self.persistence.save(
+                changes, self._wall_offset, now, self.scheduler.pinned_answers
+            )
         except StoreError as exc:
-            log.critical("%s; stopping at once", exc)
-            self.store_failure = exc
-            self._stop_requests += 2
+            self._store_failed(exc)
             return
-        stats = self.stats
-        stats.store_batches += 1
-        stats.store_changes += len(changes)
-        stats.store_largest_batch = max(stats.store_largest_batch, len(changes))
-        stats.commit_seconds.observe(time.monotonic() - now)
-        if confirm and self.scheduler.confirming:
+        if changes:
+            stats = self.stats
+            stats.store_batches += 1
+            stats.store_changes += len(changes)
+            stats.store_largest_batch = max(stats.store_largest_batch, len(changes))
+            stats.commit_seconds.observe(time.monotonic() - now)
+        if not confirm:
+            return
+        if handed:
+            self._handle(_HANDED_OVER, now)
+        elif self.scheduler.confirming:
             self._confirm()
 
+    def _take_commits(self, timeout: float = 0.0) -> None:
+        """Confirm to the nodes the RESULTs of each batch the store has written since the
+        last look, waiting up to `timeout` seconds for one."""
+        try:
+            written = self.persistence.committed(timeout)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        for _ in range(written):
+            self._confirm()
+
+    def _store_failed(self, exc: StoreError) -> None:
+        log.critical("%s; stopping at once", exc)
+        self.store_failure = exc
+        self._stop_requests += 2
+
     def _confirm(self) -> None:
-        """Everything handled so far is in the store: the core says so to the nodes."""
+        """The store has written a batch (or everything, without a store): the core says
+        so to the nodes."""
         if self._router is not None:
             self._carry_out(self._router, self._handle(_COMMITTED, time.monotonic()))
 
@@ -513,6 +542,7 @@ class BrokerServer:
             now + (FLUSH_EVERY if self._outbox.held else STOP_CHECK),
             self._drain_until or math.inf,
             self.persistence.save_due or math.inf,
+            now + ACK_CHECK if self.persistence.writing else math.inf,
         )
         return max(0, int((wait - now) * 1000) + 1)
 
@@ -537,6 +567,11 @@ class BrokerServer:
         try:
             self._carry_out(router, self._handle(Stopped(), time.monotonic()))
             self._save(confirm=False)  # the nodes were told to go
+            if self.store_failure is None:
+                try:
+                    self.persistence.flush()
+                except StoreError as exc:
+                    self._store_failed(exc)
         finally:
             # Let the DISCONNECTs leave: linger 0 would discard whatever is still queued.
             router.close(linger=CLOSE_LINGER_MS)

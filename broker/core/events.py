@@ -76,9 +76,16 @@ class Restored(Struct, frozen=True, gc=False):
     nodes: list[tuple[str, str, int]] = []
 
 
+class HandedOver(Struct, frozen=True, gc=False):
+    """The changes the commands so far carried were handed to the store, which writes them
+    later, in order: the RESULTs handled until now are confirmed to their nodes (STORED,
+    protocol.md 3.22) at the Committed of this handover."""
+
+
 class Committed(Struct, frozen=True, gc=False):
-    """The store has written every change the commands so far carried: the RESULTs handled
-    until now may be confirmed to their nodes (STORED, protocol.md 3.22)."""
+    """The store has written the oldest handover not committed yet, or, with none waiting,
+    every change the commands so far carried: the RESULTs these cover may be confirmed to
+    their nodes (STORED, protocol.md 3.22)."""
 
 
 class StopRequested(Struct, frozen=True, gc=False):
@@ -98,6 +105,7 @@ Event: TypeAlias = (
     | Sent
     | Restored
     | Committed
+    | HandedOver
     | StopRequested
     | Stopped
 )

@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -46,6 +46,7 @@ from broker.core.events import (
     Command,
     Committed,
     Event,
+    HandedOver,
     HandlerFailed,
     PeerGone,
     Received,
@@ -208,6 +209,8 @@ class Scheduler:
         # Nodes that sent RESULTs since the store last committed: STORED is due to each once
         # it commits (see `Committed`); the shell reads it (an attribute: it asks per loop).
         self.confirming: dict[bytes, Node] = {}
+        # What each handover to the store not committed yet confirms: (node, RESULTs).
+        self._handed: deque[list[tuple[bytes, Node, int]]] = deque()
         self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
         self._early: dict[str, EarlyClaim] = {}  # claims of tasks to come, by task id
         # Everything an event causes, as commands to carry out in order: `_handle`, and with
@@ -247,6 +250,7 @@ class Scheduler:
             HandlerFailed: self._on_handler_failed,
             Restored: self._on_restored,
             Committed: self._on_committed,
+            HandedOver: self._on_handed_over,
             StopRequested: self._on_stop_requested,
             Stopped: self._on_stopped,
         }
@@ -640,14 +644,26 @@ class Scheduler:
         self._counters["restored_unclaimed"] += placed
         return commands
 
-    def _on_committed(self, event: Committed, now: float) -> list[Command]:
-        """The store has what the RESULTs received so far changed: each node that sent some
-        (and asked) is told how many of its RESULT messages are safe (STORED)."""
+    def _on_handed_over(self, event: HandedOver, now: float) -> list[Command]:
+        """The store will write what the RESULTs received so far changed: what each node
+        that sent some is told once it has (`_on_committed`)."""
         confirming, self.confirming = self.confirming, {}
+        self._handed.append([(i, node, node.results_in) for i, node in confirming.items()])
+        return []
+
+    def _on_committed(self, event: Committed, now: float) -> list[Command]:
+        """The store has written the oldest handover (or, with none, all so far): each node
+        that sent RESULTs it covers (and asked) is told how many of its RESULT messages are
+        safe (STORED)."""
+        if self._handed:
+            covered = self._handed.popleft()
+        else:
+            confirming, self.confirming = self.confirming, {}
+            covered = [(i, node, node.results_in) for i, node in confirming.items()]
         nodes = self._pool.nodes
         return [
-            Send(identity, Stored(node.results_in))
-            for identity, node in confirming.items()
+            Send(identity, Stored(count))
+            for identity, node, count in covered
             if nodes.get(identity) is node
         ]
 

@@ -1,9 +1,11 @@
 """Persistence: what the broker keeps on disk, behind the one door the server uses.
 
 The server hands over the scheduler's journal in batches (group commit: see `save_now`);
-`save` writes a batch to the store in one transaction and appends its new dead letters to
-the JSON-lines log. A lock file next to the store keeps a second broker away from it while
-this one runs.
+`save` hands a batch to the store's writer process (broker.store.writer), which writes it in
+one transaction, and appends its new dead letters to the JSON-lines log. `committed` says
+how many batches the store has written since it was last asked: the server confirms RESULTs
+to their nodes (STORED) only then. A lock file next to the store keeps a second broker away
+from it while this one runs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,11 +27,13 @@ from broker.core.journal import Change, SaveDeadLetter
 from broker.store.dlq_log import DeadLetterLog
 from broker.store.errors import StoreError
 from broker.store.sqlite import Store
+from broker.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 10.0  # seconds between deletions of expired kept answers
 SAVE_BATCH = 1024  # changes written at once, without waiting for the save delay
+WRITER_GRACE = 30.0  # seconds a starting broker waits for the writer of one that died
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class PersistenceConfig:
 class Persistence:
     def __init__(self, config: PersistenceConfig) -> None:
         self.config = config
-        self._store: Store | None = None
+        self._writer: StoreWriter | None = None
+        self._sent: deque[bool] = deque()  # per request not acknowledged: whether a batch
         self._lock: IO[str] | None = None
         self._log: DeadLetterLog | None = None
         self._next_prune = 0.0
@@ -67,8 +74,13 @@ class Persistence:
             if config.store is None:
                 return None
             self._lock = _lock(config.store)
-            self._store = Store.open(config.store, durable_sync=config.sync_full)
-            restored = self._store.load(wall_offset, now)
+            store = Store.open(config.store, durable_sync=config.sync_full)
+            try:
+                restored = store.load(wall_offset, now)
+            finally:
+                store.close()  # the writer opens it: one connection holds its lock
+            lock_fd = self._lock.fileno()
+            self._writer = StoreWriter(config.store, durable_sync=config.sync_full, lock_fd=lock_fd)
         except BaseException:
             self.close()
             raise
@@ -98,31 +110,99 @@ class Persistence:
         wall_offset: float,
         now: float,
         pinned: Callable[[], Collection[str]] = tuple,
-    ) -> None:
-        """Write `changes` (the journal, in order) to the store in one transaction and their
-        dead letters to the log; now and then forget expired answers, except those of
-        `pinned()` (inputs pending tasks need). Raises StoreError if either write fails."""
+    ) -> bool:
+        """Hand `changes` (the journal, in order) to the store's writer, to be written in one
+        transaction, and write their dead letters to the log; now and then have the writer
+        forget expired answers, except those of `pinned()` (inputs pending tasks need).
+        Whether the store was given a batch (see `committed`). Raises StoreError if the log
+        cannot be written, or if the writer has failed."""
         self.save_due = None
-        if self._store is not None:
-            self._store.apply(changes, wall_offset)
+        writer = self._writer
+        if writer is not None:
+            writer.send(("apply", changes, wall_offset))
+            self._sent.append(True)
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
-                older_than = now - self.config.results_ttl
-                keep = self.config.results_max
-                self._store.prune_results(older_than, wall_offset, keep=keep, pinned=pinned())
-                self._store.trim_dead_letters(self.config.dead_letters_max)
+                config = self.config
+                older_than = now - config.results_ttl
+                pins = list(pinned())
+                prune = (older_than, wall_offset, config.results_max, pins)
+                writer.send(("prune", *prune, config.dead_letters_max))
+                self._sent.append(False)
         if self._log is not None:
             dead = [c.entry for c in changes if type(c) is SaveDeadLetter]
             if dead:
                 self._log.append(dead, wall_offset)
+        return writer is not None
+
+    @property
+    def writing(self) -> bool:
+        """Whether the store's writer holds requests it has not acknowledged."""
+        return self._writer is not None and self._writer.outstanding > 0
+
+    def committed(self, timeout: float = 0.0) -> int:
+        """How many batches the store has written since the last call, waiting up to
+        `timeout` seconds for an acknowledgement. Raises StoreError if the writer failed
+        (with its reason) or is gone."""
+        if self._writer is None:
+            return 0
+        return self._batches(self._writer.acknowledged(timeout))
+
+    def flush(self) -> int:
+        """Wait until the store has written everything handed over; how many batches it
+        acknowledged meanwhile. Raises StoreError as `committed` does."""
+        return 0 if self._writer is None else self._batches(self._writer.flush())
+
+    def _batches(self, acknowledged: int) -> int:
+        sent = self._sent
+        return sum(sent.popleft() for _ in range(acknowledged))
 
     def close(self) -> None:
         """Close the store, the log and the lock, each even if closing another fails."""
         with ExitStack() as stack:
-            for part in (self._lock, self._log, self._store):  # closed in reverse order
+            for part in (self._lock, self._log, self._writer):  # closed in reverse order
                 if part is not None:
                     stack.callback(part.close)
-            self._store = self._log = self._lock = None
+            self._writer = self._log = self._lock = None
+
+
+def _take(handle: IO[str], store: str) -> bool:
+    """Take the lock; whether it was free. A lock held for a broker that is gone is held by
+    its store writer, which is writing what it was given: it is waited for, up to
+    WRITER_GRACE seconds."""
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        if deadline is None:
+            handle.seek(0)
+            owner = handle.read().strip()
+            if not owner.isdigit() or _alive(int(owner)):
+                return False
+            log.info(
+                "store %s: waiting up to %.0f s for the writer of the stopped broker (pid %s) "
+                "to finish",
+                store,
+                WRITER_GRACE,
+                owner,
+            )
+            deadline = time.monotonic() + WRITER_GRACE
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)  # the writer's pid is not ours to wait on: the lock is polled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _lock(store: str) -> IO[str]:
@@ -141,16 +221,14 @@ def _lock(store: str) -> IO[str]:
             f"cannot open the store's lock file {path}: {exc.strerror}; check that its "
             "directory exists and is writable, or start with another --store path"
         ) from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _take(handle, store):
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
         handle.close()
         raise StoreError(
             f"store {store} is in use by another broker (pid {owner}); stop it, or give "
             "each broker its own --store path"
-        ) from None
+        )
     try:
         handle.seek(0)
         handle.truncate()

@@ -1,0 +1,210 @@
+"""StoreWriter: the store's writes done by a child process, so that the broker's loop hands a
+batch of changes over and goes on instead of waiting for SQLite.
+
+SQLite releases the GIL while it works, but a writer thread would still take the GIL back for
+every row it binds, and a busy loop makes each of those waits long: a thread writes slower
+than the loop alone would. A process has its own interpreter. The broker's loop pays for
+pickling the batch (msgspec Structs pickle in C) and one write to a socket; the child
+unpickles, applies the batch in one transaction (`Store.apply`) and acknowledges it.
+
+The conversation, over a Unix socket pair, each message a length-prefixed pickle:
+
+- broker to writer: `("apply", changes, wall_offset)`, `("prune", older_than, wall_offset,
+  keep, pinned, dead_letters_max)`; at the end the broker shuts its side down.
+- writer to broker: one byte per request carried out, in order (`b"."`), or, when one
+  fails, `b"!"` followed by the reason (a StoreError's text) and the writer exits 74.
+
+Requests are carried out in the order sent, so an acknowledgement covers everything sent
+before it. When the broker dies, the writer reads what was sent before, writes it, and exits
+once the socket is closed: a killed broker loses only what it had not handed over. The writer
+ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the broker ends it by
+closing its side, after its last batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from broker.store.errors import StoreError
+
+_LENGTH = struct.Struct("<I")
+ACK = b"."
+FAILED = b"!"
+EXIT_FAILED = 74  # EX_IOERR, as the broker's own exit on a store failure
+CLOSE_TIMEOUT = 120.0  # seconds the writer may take to write what it holds at the end
+# The child's program: this module imported (not run as __main__, which the package's own
+# import of it would make a second copy of).
+_CHILD = "import os, sys; from broker.store.writer import main; os._exit(main(sys.argv[1:]))"
+
+
+class StoreWriter:
+    """The broker's side: hands requests to the writer process and counts its
+    acknowledgements. Not thread-safe: the server's loop alone uses it."""
+
+    def __init__(self, path: str, *, durable_sync: bool, lock_fd: int | None = None) -> None:
+        """Start the writer for the store at `path`. `lock_fd`: the broker's lock on the
+        store, which the writer holds too, so that no broker opens the store before the
+        writer of one that died has written what it was given."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sync = "full" if durable_sync else "normal"
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(theirs.fileno()), path, sync],
+                pass_fds=(theirs.fileno(),) if lock_fd is None else (theirs.fileno(), lock_fd),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise StoreError(
+                f"cannot start the store's writer process for {path}: {exc.strerror}; "
+                "check that the machine can start processes"
+            ) from None
+        finally:
+            theirs.close()
+        self.path = path
+        self.pid = self._process.pid
+        self._sock = ours  # blocking for sends; receives never wait (MSG_DONTWAIT)
+        self.outstanding = 0  # requests sent and not acknowledged yet
+
+    def send(self, request: tuple[Any, ...]) -> None:
+        """Hand `request` over (blocking while the writer is behind by a socket buffer's
+        worth: back-pressure, as a synchronous write would be). Raises StoreError if the
+        writer has failed or is gone."""
+        blob = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self._sock.sendall(_LENGTH.pack(len(blob)) + blob)
+        except OSError:
+            self.acknowledged()  # the reason the writer gave, if it gave one
+            raise self._gone() from None
+        self.outstanding += 1
+
+    def acknowledged(self, timeout: float = 0.0) -> int:
+        """How many requests were carried out since the last call, waiting up to `timeout`
+        seconds for the first. Raises StoreError with the writer's reason if one failed, or
+        if the writer is gone."""
+        sock = self._sock
+        if timeout > 0 and not select.select([sock], [], [], timeout)[0]:
+            return 0
+        try:
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            raise self._gone() from None
+        if not data:
+            raise self._gone()
+        if FAILED in data:
+            raise self._failed(data)
+        self.outstanding -= len(data)
+        return len(data)
+
+    def flush(self, timeout: float = CLOSE_TIMEOUT) -> int:
+        """Wait until every request sent is carried out; how many were acknowledged."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while self.outstanding > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(
+                    f"the store's writer process (pid {self.pid}) did not write {self.path} "
+                    f"within {timeout:.0f} s; check the disk"
+                )
+            done += self.acknowledged(min(left, 1.0))
+        return done
+
+    def close(self) -> None:
+        """Shut the broker's side: the writer writes what it holds and exits; wait for it
+        (killed past CLOSE_TIMEOUT). `flush` first to learn whether all of it was written."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        self._sock.close()
+        try:
+            self._process.wait(timeout=CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _failed(self, data: bytes) -> StoreError:
+        """The writer's reason, read to its end (it exits once it has written it)."""
+        with contextlib.suppress(OSError):
+            while select.select([self._sock], [], [], 5.0)[0]:
+                chunk = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                if not chunk:
+                    break
+                data += chunk
+        reason = data.partition(FAILED)[2].decode("utf-8", "replace").strip()
+        return StoreError(reason or f"the store's writer process (pid {self.pid}) failed")
+
+    def _gone(self) -> StoreError:
+        try:
+            status = self._process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            status = None
+        how = (
+            "is not answering"
+            if status is None
+            else f"was killed by signal {-status}"
+            if status < 0
+            else f"exited with status {status}"
+        )
+        return StoreError(
+            f"the store's writer process (pid {self.pid}) {how} before writing everything "
+            f"to {self.path}; restart the broker: what it had not written is lost with this "
+            "broker's last changes, and clients resend their unanswered tasks"
+        )
+
+
+# ------------------------------------------------------------------------------ the child
+
+
+def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
+    from broker.store.sqlite import Store
+
+    store = Store.open(path, durable_sync=durable_sync)
+    try:
+        stream = sock.makefile("rb")
+        while True:
+            head = stream.read(_LENGTH.size)
+            if len(head) < _LENGTH.size:
+                return  # the broker is done (or gone): everything sent is written
+            request = pickle.loads(stream.read(_LENGTH.unpack(head)[0]))
+            kind = request[0]
+            if kind == "apply":
+                store.apply(request[1], request[2])
+            elif kind == "prune":
+                _, older_than, wall_offset, keep, pinned, dead_letters_max = request
+                store.prune_results(older_than, wall_offset, keep=keep, pinned=pinned)
+                store.trim_dead_letters(dead_letters_max)
+            else:
+                raise StoreError(f"the store's writer got an unknown request {kind!r}")
+            with contextlib.suppress(OSError):  # a gone broker reads no acknowledgement
+                sock.sendall(ACK)
+    finally:
+        store.close()
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fd, path, sync = int(argv[0]), argv[1], argv[2]
+    sock = socket.socket(fileno=fd)
+    try:
+        _serve(sock, path, sync == "full")
+    except StoreError as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(FAILED + str(exc).encode())
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: said to the broker, which stops
+        with contextlib.suppress(OSError):
+            sock.sendall(FAILED + f"the store's writer failed: {exc!r}".encode())
+        return EXIT_FAILED
+    return 0
