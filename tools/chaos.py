@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -70,6 +71,7 @@ __all__ = ["record"]  # the only function nodes offer; the rest is the tool
 TOOLS = Path(__file__).resolve().parent
 DIR_VARIABLE = "ZTB_CHAOS_DIR"
 SUFFIX = ".executions"
+WRITER_WAIT = 30.0  # seconds a killed broker's store writer may take to finish
 
 # =============================================================================== the workload
 #
@@ -242,12 +244,34 @@ class ChaosCluster(LocalCluster):
 
     def pending_in_store(self) -> frozenset[int]:
         """The numbers of the tasks the store holds as pending (queued or running). Call it
-        only while no broker runs: it reads what the killed broker had committed."""
+        only while no broker runs: it reads what the killed broker had committed, once its
+        store writer has written what it was given (it holds the store's lock until then)."""
         try:
+            wait_for_writer(self.store, WRITER_WAIT)
             rows = read_tasks(self.store)
         except (sqlite3.Error, msgspec.DecodeError) as exc:
             raise SetupFailed(f"cannot read the killed broker's store {self.store}: {exc}") from exc
         return frozenset(task_number(task_id, args, self.args.clients) for task_id, args in rows)
+
+
+def wait_for_writer(store: Path, timeout: float) -> None:
+    """Wait until nothing holds the store's lock file (the writer of a killed broker
+    finishes what it was given, then exits). Raises SetupFailed past `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    with open(f"{store}.lock", "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SetupFailed(
+                        f"the store {store} was still locked {timeout:.0f} s after its broker "
+                        "was killed (its writer did not finish)"
+                    ) from None
+                time.sleep(0.05)  # the writer is not our child: its lock is polled
+                continue
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 def read_tasks(store: Path) -> list[tuple[str, bytes]]:
