@@ -180,7 +180,11 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
             head = stream.read(_LENGTH.size)
             if len(head) < _LENGTH.size:
                 return  # the broker is done (or gone): everything sent is written
-            request = pickle.loads(stream.read(_LENGTH.unpack(head)[0]))
+            size = _LENGTH.unpack(head)[0]
+            body = stream.read(size)
+            if len(body) < size:
+                return  # the broker died while it handed this one over: it was not given
+            request = pickle.loads(body)
             kind = request[0]
             if kind == "apply":
                 store.apply(request[1], request[2])
