@@ -27,7 +27,7 @@ from broker.core.journal import Change, SaveDeadLetter
 from broker.store.dlq_log import DeadLetterLog
 from broker.store.errors import StoreError
 from broker.store.sqlite import Store
-from broker.store.writer import StoreWriter
+from broker.store.writer import Apply, Prune, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,15 @@ class Persistence:
         self.save_due = None
         writer = self._writer
         if writer is not None:
-            writer.send(("apply", changes, wall_offset))
+            writer.send(Apply(changes, wall_offset))
             self._sent.append(True)
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 config = self.config
                 older_than = now - config.results_ttl
                 pins = list(pinned())
-                prune = (older_than, wall_offset, config.results_max, pins)
-                writer.send(("prune", *prune, config.dead_letters_max))
+                keep, most = config.results_max, config.dead_letters_max
+                writer.send(Prune(older_than, wall_offset, keep, pins, most))
                 self._sent.append(False)
         if self._log is not None:
             dead = [c.entry for c in changes if type(c) is SaveDeadLetter]

@@ -4,13 +4,14 @@ batch of changes over and goes on instead of waiting for SQLite.
 SQLite releases the GIL while it works, but a writer thread would still take the GIL back for
 every row it binds, and a busy loop makes each of those waits long: a thread writes slower
 than the loop alone would. A process has its own interpreter. The broker's loop pays for
-pickling the batch (msgspec Structs pickle in C) and one write to a socket; the child
-unpickles, applies the batch in one transaction (`Store.apply`) and acknowledges it.
+encoding the batch (msgspec MessagePack of the tagged journal records, in C, without pickle's
+call per object) and one write to a socket; the child decodes it, applies it in one
+transaction (`Store.apply`) and acknowledges it.
 
-The conversation, over a Unix socket pair, each message a length-prefixed pickle:
+The conversation, over a Unix socket pair, each message length-prefixed MessagePack:
 
-- broker to writer: `("apply", changes, wall_offset)`, `("prune", older_than, wall_offset,
-  keep, pinned, dead_letters_max)`; at the end the broker shuts its side down.
+- broker to writer: `Apply` (a batch of the journal, broker.core.journal) or `Prune`; at
+  the end the broker shuts its side down.
 - writer to broker: one byte per request carried out, in order (`b"."`), or, when one
   fails, `b"!"` followed by the reason (a StoreError's text) and the writer exits 74.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import signal
 import socket
@@ -33,10 +33,33 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
 
+import msgspec
+from msgspec import Struct
+
+from broker.core.journal import Change
 from broker.store.errors import StoreError
 
+
+class Apply(Struct, frozen=True, tag=True, array_like=True):
+    """Write `changes` (the journal, in order) in one transaction."""
+
+    changes: list[Change]
+    wall_offset: float
+
+
+class Prune(Struct, frozen=True, tag=True, array_like=True):
+    """Forget expired kept answers but those `pinned`, and trim the dead letters."""
+
+    older_than: float
+    wall_offset: float
+    keep: int
+    pinned: list[str]
+    dead_letters_max: int
+
+
+Request = Apply | Prune
+_ENCODE = msgspec.msgpack.Encoder().encode
 _LENGTH = struct.Struct("<I")
 ACK = b"."
 FAILED = b"!"
@@ -79,11 +102,11 @@ class StoreWriter:
         self._sock = ours  # blocking for sends; receives never wait (MSG_DONTWAIT)
         self.outstanding = 0  # requests sent and not acknowledged yet
 
-    def send(self, request: tuple[Any, ...]) -> None:
+    def send(self, request: Request) -> None:
         """Hand `request` over (blocking while the writer is behind by a socket buffer's
         worth: back-pressure, as a synchronous write would be). Raises StoreError if the
         writer has failed or is gone."""
-        blob = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = _ENCODE(request)
         try:
             self._sock.sendall(_LENGTH.pack(len(blob)) + blob)
         except OSError:
@@ -173,6 +196,7 @@ class StoreWriter:
 def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
     from broker.store.sqlite import Store
 
+    decode = msgspec.msgpack.Decoder(Request).decode
     store = Store.open(path, durable_sync=durable_sync)
     try:
         stream = sock.makefile("rb")
@@ -184,16 +208,23 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
             body = stream.read(size)
             if len(body) < size:
                 return  # the broker died while it handed this one over: it was not given
-            request = pickle.loads(body)
-            kind = request[0]
-            if kind == "apply":
-                store.apply(request[1], request[2])
-            elif kind == "prune":
-                _, older_than, wall_offset, keep, pinned, dead_letters_max = request
-                store.prune_results(older_than, wall_offset, keep=keep, pinned=pinned)
-                store.trim_dead_letters(dead_letters_max)
+            try:
+                request = decode(body)
+            except msgspec.DecodeError as exc:  # ValidationError included
+                raise StoreError(
+                    f"the store's writer could not read a batch for {path}: {exc}; this is a "
+                    "zbroker bug: please report it, then restart the broker"
+                ) from None
+            if isinstance(request, Apply):
+                store.apply(request.changes, request.wall_offset)
             else:
-                raise StoreError(f"the store's writer got an unknown request {kind!r}")
+                store.prune_results(
+                    request.older_than,
+                    request.wall_offset,
+                    keep=request.keep,
+                    pinned=request.pinned,
+                )
+                store.trim_dead_letters(request.dead_letters_max)
             with contextlib.suppress(OSError):  # a gone broker reads no acknowledgement
                 sock.sendall(ACK)
     finally:

@@ -15,7 +15,7 @@ from broker.core.journal import SaveAnswer, SaveTask
 from broker.protocol import TaskCompleted, TaskSpec
 from broker.store import Persistence, PersistenceConfig, StoreError
 from broker.store.sqlite import Store
-from broker.store.writer import StoreWriter
+from broker.store.writer import Apply, StoreWriter
 
 OFFSET = 1_000_000.0
 
@@ -38,8 +38,8 @@ def test_batches_are_written_in_order_and_acknowledged(tmp_path: Path) -> None:
     path = new_store(tmp_path)
     writer = StoreWriter(path, durable_sync=False)
     try:
-        writer.send(("apply", [save(n) for n in range(10)], OFFSET))
-        writer.send(("apply", [answer(n) for n in range(5)], OFFSET))
+        writer.send(Apply([save(n) for n in range(10)], OFFSET))
+        writer.send(Apply([answer(n) for n in range(5)], OFFSET))
         assert writer.flush() == 2
         assert writer.outstanding == 0
     finally:
@@ -60,7 +60,7 @@ def test_what_was_handed_over_is_written_even_when_the_broker_closes_at_once(
     path = new_store(tmp_path)
     writer = StoreWriter(path, durable_sync=False)
     for start in range(0, 2000, 100):
-        writer.send(("apply", [save(n) for n in range(start, start + 100)], OFFSET))
+        writer.send(Apply([save(n) for n in range(start, start + 100)], OFFSET))
     writer.close()
     store = Store.open(path)
     try:
@@ -74,21 +74,29 @@ def test_a_writer_that_dies_is_reported_with_how(tmp_path: Path) -> None:
     try:
         os.kill(writer.pid, signal.SIGKILL)
         with pytest.raises(StoreError, match=r"writer process \(pid \d+\) was killed by signal 9"):
-            writer.send(("apply", [save(1)], OFFSET))
+            writer.send(Apply([save(1)], OFFSET))
             writer.flush(timeout=10.0)
     finally:
         writer.close()
 
 
-def test_a_failed_write_gives_the_stores_reason(tmp_path: Path) -> None:
-    """A request the store refuses: its error reaches the broker's side, word for word."""
-    writer = StoreWriter(new_store(tmp_path), durable_sync=False)
+def test_a_batch_the_writer_cannot_read_stops_it_with_the_reason(tmp_path: Path) -> None:
+    """A change whose field has the wrong type (a str result: a bug) does not decode as the
+    journal: the writer says why, word for word, and nothing of the batch is written."""
+    path = new_store(tmp_path)
+    writer = StoreWriter(path, durable_sync=False)
+    wrong = SaveAnswer(TaskCompleted("t1", 0, "1", None, 1), 1.0)  # type: ignore[arg-type]
     try:
-        writer.send(("compact",))
-        with pytest.raises(StoreError, match="unknown request 'compact'"):
+        writer.send(Apply([save(1), wrong], OFFSET))
+        with pytest.raises(StoreError, match=r"could not read a batch .*Expected `bytes`"):
             writer.flush(timeout=10.0)
     finally:
         writer.close()
+    store = Store.open(path)
+    try:
+        assert store.load(OFFSET, 100.0).pending == []
+    finally:
+        store.close()
 
 
 def test_persistence_confirms_only_written_batches(tmp_path: Path) -> None:
