@@ -60,6 +60,7 @@ import msgspec
 import orjson
 
 from broker.protocol import TaskSpec, loads_payload
+from broker.store.persistence import WRITER_GRACE, take_lock
 from client import BrokerTimeout, BrokerUnreachable, Client, ClientError, TaskFailed
 from client.cluster import LocalCluster, Process
 
@@ -71,7 +72,6 @@ __all__ = ["record"]  # the only function nodes offer; the rest is the tool
 TOOLS = Path(__file__).resolve().parent
 DIR_VARIABLE = "ZTB_CHAOS_DIR"
 SUFFIX = ".executions"
-WRITER_WAIT = 30.0  # seconds a killed broker's store writer may take to finish
 
 # =============================================================================== the workload
 #
@@ -247,31 +247,24 @@ class ChaosCluster(LocalCluster):
         only while no broker runs: it reads what the killed broker had committed, once its
         store writer has written what it was given (it holds the store's lock until then)."""
         try:
-            wait_for_writer(self.store, WRITER_WAIT)
+            wait_for_writer(self.store)
             rows = read_tasks(self.store)
         except (sqlite3.Error, msgspec.DecodeError) as exc:
             raise SetupFailed(f"cannot read the killed broker's store {self.store}: {exc}") from exc
         return frozenset(task_number(task_id, args, self.args.clients) for task_id, args in rows)
 
 
-def wait_for_writer(store: Path, timeout: float) -> None:
-    """Wait until nothing holds the store's lock file (the writer of a killed broker
-    finishes what it was given, then exits). Raises SetupFailed past `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for_writer(store: Path) -> None:
+    """Wait until nothing holds the store's lock file: the writer of a killed broker finishes
+    what it was given, then exits (as a starting broker waits). Raises SetupFailed if it
+    does not."""
     with open(f"{store}.lock", "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise SetupFailed(
-                        f"the store {store} was still locked {timeout:.0f} s after its broker "
-                        "was killed (its writer did not finish)"
-                    ) from None
-                time.sleep(0.05)  # the writer is not our child: its lock is polled
-                continue
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            return
+        if not take_lock(handle, str(store)):
+            raise SetupFailed(
+                f"the store {store} was still locked {WRITER_GRACE:.0f} s after its broker "
+                "was killed (its writer did not finish)"
+            )
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_tasks(store: Path) -> list[tuple[str, bytes]]:

@@ -206,8 +206,9 @@ class Scheduler:
         # back unstarted): their SaveAttempts leave with the commands of the event.
         self._attempts_changed: list[Task] = []
         self._nodes_gone: list[ProcessKey] = []  # processes left with no registration
-        # Nodes that sent RESULTs since the store last committed: STORED is due to each once
-        # it commits (see `Committed`); the shell reads it (an attribute: it asks per loop).
+        # Nodes that sent RESULTs since the last handover to the store: STORED is due to each
+        # once the store has written it (`HandedOver`, then `Committed`); the shell reads it
+        # (an attribute: it asks per loop).
         self.confirming: dict[bytes, Node] = {}
         # What each handover to the store not committed yet confirms: (node, RESULTs).
         self._handed: deque[list[tuple[bytes, Node, int]]] = deque()

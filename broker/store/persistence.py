@@ -14,7 +14,6 @@ import fcntl
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ class Persistence:
     def __init__(self, config: PersistenceConfig) -> None:
         self.config = config
         self._writer: StoreWriter | None = None
-        self._sent: deque[bool] = deque()  # per request not acknowledged: whether a batch
         self._lock: IO[str] | None = None
         self._log: DeadLetterLog | None = None
         self._next_prune = 0.0
@@ -119,16 +117,14 @@ class Persistence:
         self.save_due = None
         writer = self._writer
         if writer is not None:
-            writer.send(Apply(changes, wall_offset))
-            self._sent.append(True)
+            prune = None
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 config = self.config
                 older_than = now - config.results_ttl
-                pins = list(pinned())
                 keep, most = config.results_max, config.dead_letters_max
-                writer.send(Prune(older_than, wall_offset, keep, pins, most))
-                self._sent.append(False)
+                prune = Prune(older_than, wall_offset, keep, list(pinned()), most)
+            writer.send(Apply(changes, wall_offset, prune))
         if self._log is not None:
             dead = [c.entry for c in changes if type(c) is SaveDeadLetter]
             if dead:
@@ -144,18 +140,12 @@ class Persistence:
         """How many batches the store has written since the last call, waiting up to
         `timeout` seconds for an acknowledgement. Raises StoreError if the writer failed
         (with its reason) or is gone."""
-        if self._writer is None:
-            return 0
-        return self._batches(self._writer.acknowledged(timeout))
+        return 0 if self._writer is None else self._writer.acknowledged(timeout)
 
     def flush(self) -> int:
         """Wait until the store has written everything handed over; how many batches it
         acknowledged meanwhile. Raises StoreError as `committed` does."""
-        return 0 if self._writer is None else self._batches(self._writer.flush())
-
-    def _batches(self, acknowledged: int) -> int:
-        sent = self._sent
-        return sum(sent.popleft() for _ in range(acknowledged))
+        return 0 if self._writer is None else self._writer.flush()
 
     def close(self) -> None:
         """Close the store, the log and the lock, each even if closing another fails."""
@@ -166,10 +156,10 @@ class Persistence:
             self._writer = self._log = self._lock = None
 
 
-def _take(handle: IO[str], store: str) -> bool:
-    """Take the lock; whether it was free. A lock held for a broker that is gone is held by
-    its store writer, which is writing what it was given: it is waited for, up to
-    WRITER_GRACE seconds."""
+def take_lock(handle: IO[str], store: str) -> bool:
+    """Take the lock on `store` through `handle` (its lock file, open); whether it was free.
+    A lock held for a broker that is gone is held by its store writer, which is writing what
+    it was given: it is waited for, up to WRITER_GRACE seconds."""
     deadline = None
     while True:
         try:
@@ -221,7 +211,7 @@ def _lock(store: str) -> IO[str]:
             f"cannot open the store's lock file {path}: {exc.strerror}; check that its "
             "directory exists and is writable, or start with another --store path"
         ) from None
-    if not _take(handle, store):
+    if not take_lock(handle, store):
         handle.seek(0)
         owner = handle.read().strip() or "unknown"
         handle.close()

@@ -10,10 +10,10 @@ transaction (`Store.apply`) and acknowledges it.
 
 The conversation, over a Unix socket pair, each message length-prefixed MessagePack:
 
-- broker to writer: `Apply` (a batch of the journal, broker.core.journal) or `Prune`; at
-  the end the broker shuts its side down.
-- writer to broker: one byte per request carried out, in order (`b"."`), or, when one
-  fails, `b"!"` followed by the reason (a StoreError's text) and the writer exits 74.
+- broker to writer: `Apply`, a batch of the journal (broker.core.journal), now and then
+  with a `Prune`; at the end the broker shuts its side down.
+- writer to broker: one byte per batch written, in order (`b"."`), or, when one fails,
+  `b"!"` followed by the reason (a StoreError's text) and the writer exits 74.
 
 Requests are carried out in the order sent, so an acknowledgement covers everything sent
 before it. When the broker dies, the writer reads what was sent before, writes it, and exits
@@ -41,14 +41,7 @@ from broker.core.journal import Change
 from broker.store.errors import StoreError
 
 
-class Apply(Struct, frozen=True, tag=True, array_like=True):
-    """Write `changes` (the journal, in order) in one transaction."""
-
-    changes: list[Change]
-    wall_offset: float
-
-
-class Prune(Struct, frozen=True, tag=True, array_like=True):
+class Prune(Struct, frozen=True, array_like=True):
     """Forget expired kept answers but those `pinned`, and trim the dead letters."""
 
     older_than: float
@@ -58,7 +51,15 @@ class Prune(Struct, frozen=True, tag=True, array_like=True):
     dead_letters_max: int
 
 
-Request = Apply | Prune
+class Apply(Struct, frozen=True, array_like=True):
+    """Write `changes` (the journal, in order) in one transaction; then, with `prune`, forget
+    what it says in another. One request, one acknowledgement."""
+
+    changes: list[Change]
+    wall_offset: float
+    prune: Prune | None = None
+
+
 _ENCODE = msgspec.msgpack.Encoder().encode
 _LENGTH = struct.Struct("<I")
 ACK = b"."
@@ -102,7 +103,7 @@ class StoreWriter:
         self._sock = ours  # blocking for sends; receives never wait (MSG_DONTWAIT)
         self.outstanding = 0  # requests sent and not acknowledged yet
 
-    def send(self, request: Request) -> None:
+    def send(self, request: Apply) -> None:
         """Hand `request` over (blocking while the writer is behind by a socket buffer's
         worth: back-pressure, as a synchronous write would be). Raises StoreError if the
         writer has failed or is gone."""
@@ -196,7 +197,7 @@ class StoreWriter:
 def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
     from broker.store.sqlite import Store
 
-    decode = msgspec.msgpack.Decoder(Request).decode
+    decode = msgspec.msgpack.Decoder(Apply).decode
     store = Store.open(path, durable_sync=durable_sync)
     try:
         stream = sock.makefile("rb")
@@ -215,16 +216,11 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
                     f"the store's writer could not read a batch for {path}: {exc}; this is a "
                     "zbroker bug: please report it, then restart the broker"
                 ) from None
-            if isinstance(request, Apply):
-                store.apply(request.changes, request.wall_offset)
-            else:
-                store.prune_results(
-                    request.older_than,
-                    request.wall_offset,
-                    keep=request.keep,
-                    pinned=request.pinned,
-                )
-                store.trim_dead_letters(request.dead_letters_max)
+            store.apply(request.changes, request.wall_offset)
+            if (prune := request.prune) is not None:
+                keep, pinned = prune.keep, prune.pinned
+                store.prune_results(prune.older_than, prune.wall_offset, keep=keep, pinned=pinned)
+                store.trim_dead_letters(prune.dead_letters_max)
             with contextlib.suppress(OSError):  # a gone broker reads no acknowledgement
                 sock.sendall(ACK)
     finally:

@@ -103,12 +103,12 @@ def test_persistence_confirms_only_written_batches(tmp_path: Path) -> None:
     persistence = Persistence(PersistenceConfig(str(tmp_path / "p.sqlite3")))
     persistence.open(OFFSET, 0.0)
     try:
-        assert persistence.save([save(1)], OFFSET, 0.0)  # also the first pruning
+        assert persistence.save([save(1)], OFFSET, 0.0)  # with the first pruning
         assert persistence.save([answer(1)], OFFSET, 0.1)
         written, deadline = 0, time.monotonic() + 10
         while written < 2 and time.monotonic() < deadline:
             written += persistence.committed(timeout=0.5)
-        assert written == 2  # two batches; the pruning is not one
+        assert written == 2
         assert not persistence.writing
     finally:
         persistence.close()
