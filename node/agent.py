@@ -27,6 +27,7 @@ from broker.protocol import (
     ERR_MALFORMED,
     ERR_NOT_HOLDER,
     ERR_NOT_REGISTERED,
+    RESULTS_HELD_BACK,
     STALL_MIN,
     Batch,
     Claim,
@@ -60,7 +61,9 @@ log = logging.getLogger(__name__)
 DRAIN_BATCH = 256  # messages read per socket before the others get a turn
 STOP_CHECK_MS = 100  # the longest wait inside a receive: a stop signal is seen within it
 # Results of tasks run inline leave together: at most FLUSH_AFTER after the first of them
-# while more tasks run, and by FLUSH_BY (the inline watchdog sends them) should one run long.
+# while more tasks run, and by FLUSH_BY (the inline watchdog sends them) should one run long;
+# never more than RESULTS_HELD_BACK when the next starts (the broker's count of which held
+# tasks may have started relies on it: protocol.md 5.5).
 FLUSH_AFTER = 0.0002
 FLUSH_BY = 0.002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
@@ -448,10 +451,14 @@ class NodeAgent:
 
     def _run_held(self) -> None:
         """Run held tasks inline, oldest first, until none is left or a message waits; their
-        results leave together (FLUSH_AFTER, FLUSH_BY)."""
+        results leave together (FLUSH_AFTER, FLUSH_BY), at most RESULTS_HELD_BACK of them
+        unsent when the next one starts."""
         slots, link, pending = self._slots, self._link, self._pending
         while True:
-            if pending and time.monotonic() - self._pending_since >= FLUSH_AFTER:
+            if pending and (
+                len(pending) >= RESULTS_HELD_BACK
+                or time.monotonic() - self._pending_since >= FLUSH_AFTER
+            ):
                 self._flush_pending()
             frames = slots.run_next(self._pending_since + FLUSH_BY if pending else math.inf)
             if self._lending:  # the task's last WAITING goes before its RESULT

@@ -61,6 +61,7 @@ class Received:
     at: float  # monotonic time of arrival
     identity: bytes  # the ROUTER identity of the peer's socket
     message: Message
+    shared: int = 1  # how many tasks came in its message (protocol.md 2.4)
 
 
 Reply = tuple[bytes, Message]  # (identity to send to, message)
@@ -251,9 +252,10 @@ class FakeBroker:
             raise AssertionError(f"a peer sent an undecodable message: {exc.message}") from None
         now = time.monotonic()
         # Several tasks may share a message: they are recorded and handled one by one.
-        for item in message.items if isinstance(message, Batch) else (message,):
+        items = message.items if isinstance(message, Batch) else (message,)
+        for item in items:
             assert not isinstance(item, ProtocolError), f"a peer sent a bad pair: {item}"
-            self._handle_one(sock, Received(now, identity, item))
+            self._handle_one(sock, Received(now, identity, item, len(items)))
 
     def _handle_one(self, sock: zmq.Socket[Any], received: Received) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ for it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -105,6 +106,7 @@ from broker.protocol import (
     EXIT_WORKER_CRASHED,
     MAX_RETRACT,
     RESULT,
+    RESULTS_HELD_BACK,
     WAS_FINISHED,
     WAS_HELD,
     WAS_QUEUED,
@@ -2094,9 +2096,10 @@ class Scheduler:
         """Forget a node; each attempt it held is lost: retried or answered. The answer says
         NodeLost unless `failure` gives the cause (for every task, or with `only` for that
         task alone)."""
-        # The oldest held tasks, as many as it ran, may have started in slots those freed
-        # before their RESULTs came (protocol.md 5.5): their attempts stay counted.
-        maybe_started = set(list(node.held)[: node.running])
+        # The oldest held tasks may have started in slots freed before their RESULTs came:
+        # as many as it ran, plus RESULTS_HELD_BACK for the RESULTs a node may keep unsent
+        # to send them together (protocol.md 5.5). Their attempts stay counted.
+        maybe_started = set(itertools.islice(node.held, node.running + RESULTS_HELD_BACK))
         self._stop_feeding(node, now)
         self._remove_node(node)
         self._counters[f"nodes_{why}"] += 1

@@ -19,6 +19,7 @@ import pytest
 from broker.protocol import (
     ERR_NOT_HOLDER,
     ERR_NOT_REGISTERED,
+    RESULTS_HELD_BACK,
     Deregister,
     Disconnect,
     Error,
@@ -335,6 +336,23 @@ def test_a_batch_of_runs_is_run_and_answered(spawner: Spawner, broker: FakeBroke
     for i in range(3):
         _, result = broker.result(f"b{i}", timeout=5)
         assert loads_payload(result.result) == i * 10
+
+
+def test_an_inline_node_sends_results_before_it_holds_back_too_many(
+    spawner: Spawner, broker: FakeBroker
+) -> None:
+    """Results of tasks run back to back leave together, but a node starts no held task
+    while RESULTS_HELD_BACK of them wait unsent: the broker counts on it when the node is
+    lost (protocol.md 5.5)."""
+    node = single_node(spawner, broker, threads=1)  # one slot: its tasks run inline
+    count = 20 * RESULTS_HELD_BACK
+    runs = [Run(f"q{i}", "add", dumps_payload([i, 1])) for i in range(count)]
+    broker.send_raw(node, b"", *encode_batch(runs))
+    answers = [broker.result(f"q{i}", timeout=10)[1] for i in range(count)]
+    assert [loads_payload(a.result) for a in answers] == [i + 1 for i in range(count)]
+    shared = [r.shared for r in broker.requests if isinstance(r.message, Result)]
+    assert len(shared) == count and max(shared) <= RESULTS_HELD_BACK
+    assert max(shared) > 1  # they did leave together
 
 
 def test_a_stopping_node_stays_until_the_broker_forgot_it(
