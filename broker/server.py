@@ -400,8 +400,19 @@ class BrokerServer:
         store changes for the next group commit."""
         if self._spans is not None:
             commands = self._traced(commands)
-        if len(commands) == 1 and type(commands[0]) is Send and not self._outbox.held:
-            send = commands[0]  # the common case
+        if not commands:
+            return
+        send = commands[0]
+        if type(send) is not Send or len(commands) > 1:
+            # With a store, a message alone comes with the changes it made: they are kept,
+            # and the message takes the common case below.
+            sends = [c for c in commands if isinstance(c, Send)]
+            if len(sends) != 1:
+                self._carry_out_many(router, commands)
+                return
+            self._changes += [c for c in commands if not isinstance(c, Send)]
+            send = sends[0]
+        if not self._outbox.held:  # the common case: one message, nothing waiting
             try:
                 frames = p.encode(send.message)
                 send_routed(router, send.peer, frames, NOBLOCK)
@@ -416,6 +427,11 @@ class BrokerServer:
                 return
             except zmq.ZMQError:
                 pass  # _send_to says what went wrong
+        self._send_to(router, send.peer, [send.message])
+
+    def _carry_out_many(self, router: zmq.Socket[Any], commands: list[Command]) -> None:
+        """`_carry_out` of several messages, or none: the messages to each peer in one
+        message where they fit, in order."""
         by_peer: dict[bytes, list[p.Message]] = {}
         for command in commands:
             if isinstance(command, Send):
