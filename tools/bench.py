@@ -270,6 +270,8 @@ def breakdown_runs(
     with cluster, Client(cluster.url) as client:
         assert cluster.broker is not None
         ours_pids = {"broker": cluster.broker.pid, "client": os.getpid()}
+        for pid in children(cluster.broker.pid):  # the store's writer, with --store
+            ours_pids["writer"] = pid
         for i, pid in enumerate(children(cluster.nodes[0].pid)):  # serving and spare
             ours_pids[f"node-{i + 1}"] = pid
         for _ in range(200):  # warm up both
