@@ -36,7 +36,7 @@ MAX_PREFETCH = 1_000_000
 MAX_RETRACT = 256  # task ids per RETRACT (and per STOP)
 # A node starts no held task while `capacity` + RESULTS_HELD_BACK of its RESULTs wait unsent; the
 # broker keeps that many more held attempts counted when a node is lost (protocol.md 5.5).
-RESULTS_HELD_BACK = 8
+RESULTS_HELD_BACK = 32
 MAX_DEPENDENCIES = 256  # task ids per EXECUTE depends_on
 MAX_ATTEMPT = 1_000_000
 MAX_CLAIMS = 1_000_000  # attempts one REGISTER may claim (`attempts`)

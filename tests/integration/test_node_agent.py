@@ -345,7 +345,7 @@ def test_an_inline_node_sends_results_before_it_holds_back_too_many(
     while RESULTS_HELD_BACK of them wait unsent: the broker counts on it when the node is
     lost (protocol.md 5.5)."""
     node = single_node(spawner, broker, threads=1)  # one slot: its tasks run inline
-    count = 20 * RESULTS_HELD_BACK
+    count = 8 * RESULTS_HELD_BACK
     runs = [Run(f"q{i}", "add", dumps_payload([i, 1])) for i in range(count)]
     broker.send_raw(node, b"", *encode_batch(runs))
     answers = [broker.result(f"q{i}", timeout=10)[1] for i in range(count)]

@@ -106,19 +106,21 @@ def test_a_task_started_before_the_retract_arrived_runs_where_it_is() -> None:
 
 
 def test_held_tasks_of_a_lost_node_run_elsewhere_counting_only_those_that_may_have_run() -> None:
-    """a ran one task and held thirteen. The slot may have started held tasks before their
+    """a ran one task and held forty. The slot may have started held tasks before their
     RESULTs came: the oldest, one for the slot and RESULTS_HELD_BACK more for results a node
     may hold back, keep their attempts counted; the others' are undone."""
     core = Core(SchedulerConfig(heartbeat_interval=1.0, liveness=3))
-    warmed(core, "a", prefetch=16)
-    for i in range(14):
+    held = p.RESULTS_HELD_BACK + 8
+    warmed(core, "a", prefetch=held)
+    for i in range(1 + held):
         core.handle(CLIENT, execute(f"t{i}"), 0.1)
-    assert core.node("a")["held"] == 13
+    assert core.node("a")["held"] == held
     core.lost(b"a", 0.3)  # a send to `a` failed, and no process replaced it: it is lost
     kept = 1 + p.RESULTS_HELD_BACK
     assert core.attempt("t0") == 1  # it ran on a: that attempt counts (its retry waits)
-    assert [core.attempt(f"t{i}") for i in range(1, 14)] == [1] * kept + [0] * (13 - kept)
-    assert core.counter("requeued_unstarted") == 13
+    attempts = [core.attempt(f"t{i}") for i in range(1, 1 + held)]
+    assert attempts == [1] * kept + [0] * (held - kept)
+    assert core.counter("requeued_unstarted") == held
     # A node that registers now runs them; the undone ones start again as attempt 1.
     sends = core.handle(b"b", p.Register("b", "h", 2, ("f",), 2), 0.4)  # no prefetch
     assert [task_id for _, task_id in runs(sends)] == ["t1", "t2"]
