@@ -455,7 +455,7 @@ class BrokerServer:
         """Send `messages` to one peer in order, through the outbox; a vanished peer's loss
         is an event, and so is a message past the peer's budget."""
         outbox = self._outbox
-        for frames in p.encode_many(messages):
+        for frames in p.encode_many(messages, self.scheduler.takes_packed(peer)):
             try:
                 if outbox.send(router, peer, frames):
                     self.stats.sent(frames)

@@ -308,8 +308,7 @@ class NodeAgent:
         claims: tuple[Claim, ...] = ()
         if self._registered_before:  # what this process still has (protocol.md 7.3)
             self._flush_pending()  # (kept by the link until registered)
-            for frames in self._slots.take_results():
-                self._link.send_in_order(frames)
+            self._send_results(self._slots.take_results())
             slots = self._slots
             running = [Claim(run.task_id, run.attempt) for run in slots.started()]
             running += [Claim(run.task_id, run.attempt, held=True) for run in slots.held_runs()]
@@ -327,6 +326,7 @@ class NodeAgent:
             stop=True,  # it answers STOP (`_on_stop`)
             attempts=claims,
             adopts_interval=True,  # BrokerLink.on_heartbeat
+            packed=True,  # `decode` reads the packed form
         )
         if claims:
             log.info("registering again with %d attempts this process still has", len(claims))
@@ -445,8 +445,7 @@ class NodeAgent:
         stopped (by restarting the process), all answered exit 130 at once; a task finished
         already is answered with its result, which goes first."""
         self._flush_pending()
-        for frames in self._slots.take_results():
-            self._link.send_in_order(frames)
+        self._send_results(self._slots.take_results())
         self._restarts.cancel(self._slots.cancel(msg.task_ids), time.monotonic())
 
     def _run_held(self) -> None:
@@ -478,9 +477,14 @@ class NodeAgent:
         if len(pending) == 1:  # the common case of a task alone, without combining
             self._link.send_in_order(pending.pop())
         elif pending:
-            for message in combine_results(pending):
-                self._link.send_in_order(message)
+            self._send_results(pending)
             pending.clear()
+
+    def _send_results(self, results: list[list[bytes]]) -> None:
+        """Send RESULTs, several to a message (packed for a broker that takes it)."""
+        link = self._link
+        for message in combine_results(results, link.packed):
+            link.send_in_order(message)
 
     # ------------------------------------------------------------------ from the slots
 
@@ -526,8 +530,7 @@ class NodeAgent:
         if self._lending:
             self._lend_slots()
         self._flush_pending()
-        for frames in self._slots.take_results():  # of tasks run in lent slots
-            link.send_in_order(frames)
+        self._send_results(self._slots.take_results())  # of tasks run in lent slots
         if readable(link.socket):
             self._drain_broker(link.socket)
         if link.socket is None or not link.registered:
@@ -569,8 +572,7 @@ class NodeAgent:
         if self._lending:
             self._lend_slots()
         if RESULTS_READY[0] in data:
-            for frames in self._slots.take_results():
-                self._link.send_in_order(frames)
+            self._send_results(self._slots.take_results())
 
     def _on_stop_request(self) -> None:
         if self._life.stop_requested():

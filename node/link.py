@@ -80,6 +80,7 @@ class BrokerLink:
         self.unconfirmed: deque[tuple[int, list[bytes]]] = deque()
         self._results_sent = 0  # RESULT messages sent on this registration
         self.confirms = False  # the broker said it sends STORED (REGISTERED `stored`)
+        self.packed = False  # the broker takes packed RESULTs (REGISTERED `packed`)
         self._monitor: zmq.Socket[bytes] | None = None  # DISCONNECTED, HANDSHAKE_SUCCEEDED
         self._lost = False  # the monitor saw the connection lost
         self._made = False  # the monitor saw the connection made (on this socket)
@@ -120,6 +121,7 @@ class BrokerLink:
     def on_registered(self, msg: Registered) -> None:
         self.registered = True
         self.confirms = msg.stored
+        self.packed = msg.packed  # RESULTs may go in the packed form (protocol.md 2.5)
         self.backlog = msg.backlog
         self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
         self._backoff = MIN_BACKOFF
@@ -266,7 +268,7 @@ class BrokerLink:
         if self.unconfirmed:
             self.unsent[:0] = [frames for _, frames in self.unconfirmed]
             self.unconfirmed.clear()
-        self._results_sent, self.confirms = 0, False
+        self._results_sent, self.confirms, self.packed = 0, False, False
 
     def _close_monitor(self) -> None:
         if self._monitor is not None:

@@ -62,6 +62,7 @@ class Received:
     identity: bytes  # the ROUTER identity of the peer's socket
     message: Message
     shared: int = 1  # how many tasks came in its message (protocol.md 2.4)
+    packed: bool = False  # its message was in the packed form (protocol.md 2.5)
 
 
 Reply = tuple[bytes, Message]  # (identity to send to, message)
@@ -176,19 +177,23 @@ class FakeBroker:
     # ------------------------------------------------------------------ a node's broker
 
     def register(
-        self, timeout: float = 15.0, name: str | None = None, node_id: str | None = None
+        self,
+        timeout: float = 15.0,
+        name: str | None = None,
+        node_id: str | None = None,
+        packed: bool = False,
     ) -> tuple[bytes, Register]:
         """Take a REGISTER (from the node called `name`, if given), answer REGISTERED with
-        INTERVAL and LIVENESS, and heartbeat that node from then on."""
+        INTERVAL and LIVENESS (and `packed`: RESULTs may come packed), and heartbeat that
+        node from then on."""
 
         def named(r: Received) -> bool:
             return name is None or getattr(r.message, "name", None) == name
 
         got = self.take(Register, timeout, named)
         assert isinstance(got.message, Register)
-        self.send(
-            got.identity, Registered(node_id or f"node-{got.identity.hex()}", INTERVAL, LIVENESS)
-        )
+        node_id = node_id or f"node-{got.identity.hex()}"
+        self.send(got.identity, Registered(node_id, INTERVAL, LIVENESS, packed=packed))
         self.keepalive.add(got.identity)
         return got.identity, got.message
 
@@ -252,10 +257,11 @@ class FakeBroker:
             raise AssertionError(f"a peer sent an undecodable message: {exc.message}") from None
         now = time.monotonic()
         # Several tasks may share a message: they are recorded and handled one by one.
+        packed = isinstance(message, Batch) and message.packed
         items = message.items if isinstance(message, Batch) else (message,)
         for item in items:
             assert not isinstance(item, ProtocolError), f"a peer sent a bad pair: {item}"
-            self._handle_one(sock, Received(now, identity, item, len(items)))
+            self._handle_one(sock, Received(now, identity, item, len(items), packed))
 
     def _handle_one(self, sock: zmq.Socket[Any], received: Received) -> None:
         with self._lock:

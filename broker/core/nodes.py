@@ -66,6 +66,7 @@ class Node:
         "last_seen",
         "last_sent",
         "name",
+        "packed",
         "pid",
         "prefetch",
         "reclaiming",
@@ -98,6 +99,7 @@ class Node:
         # The heartbeat interval it was told (REGISTERED, or a HEARTBEAT if it registered
         # `adopts_interval`), the one before, and when (broker.core.heartbeats).
         self.adopts_interval = register.adopts_interval
+        self.packed = register.packed  # it takes RUNs in the packed form (protocol.md 2.5)
         self.interval = self.interval_before = 0.0
         self.interval_changed = -math.inf
         self.active: set[str] = set()  # task ids of the attempts it holds: all of them

@@ -388,6 +388,11 @@ class Scheduler:
         """Attempts running on nodes."""
         return self._tasks.running
 
+    def takes_packed(self, peer: bytes) -> bool:
+        """Whether `peer` is a node that registered to take RUNs in the packed form."""
+        node = self._pool.nodes.get(peer)
+        return node is not None and node.packed
+
     def task_view(self, task_id: str) -> TaskView | None:
         """A pending task as it stands now; None when it is not pending."""
         task = self._tasks.get(task_id)
@@ -1088,8 +1093,9 @@ class Scheduler:
         # The backlog hint once the new node has its tasks: what it alone cannot take.
         node.backlog_told = backlog = self._queue.waiting_for(node.functions)
         adopts = msg.attempts is not None
+        # packed: to a node that takes packed RUNs, that packed RESULTs are read (2.5).
         registered = Registered(
-            node.node_id, interval, config.liveness, backlog, node.confirms, adopts
+            node.node_id, interval, config.liveness, backlog, node.confirms, adopts, node.packed
         )
         commands.append(Send(peer, registered))
         return commands + feed

@@ -29,6 +29,8 @@ from broker.protocol.encoding import (
     encode as encode,
     encode_batch as encode_batch,
     encode_many as encode_many,
+    encode_packed as encode_packed,
+    encode_packed_frames as encode_packed_frames,
     execute_frames as execute_frames,
     result_frames as result_frames,
     run_frames as run_frames,

@@ -199,6 +199,7 @@ class _RegisterBody(msgspec.Struct, gc=False):
     stop: bool = False
     attempts: Annotated[list[_ClaimBody], Meta(max_length=MAX_CLAIMS)] | None = None
     adopts_interval: bool = False
+    packed: bool = False
 
 
 class _RegisteredBody(msgspec.Struct, gc=False):
@@ -208,6 +209,7 @@ class _RegisteredBody(msgspec.Struct, gc=False):
     backlog: msgspec.Raw = msgspec.Raw()  # a hint: read on its own, never refused
     stored: bool = False
     adopts: bool = False
+    packed: bool = False
 
 
 class _StoredBody(msgspec.Struct, gc=False):
@@ -493,6 +495,8 @@ def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[...
     """A decoder for a task command: one (header, payload) pair, or a Batch of several."""
 
     def decode_pairs(frames: Sequence[bytes]) -> Message:
+        if _is_array(frames[2]):
+            return _decode_packed(decode_one, frames)
         if len(frames) < 6:
             return decode_one(frames)  # one pair; a lone trailing frame is ignored
         items: list[TaskMessage | RemoteProtocolError] = []
@@ -504,6 +508,60 @@ def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[...
         return Batch(tuple(items))
 
     return decode_pairs
+
+
+_JSON_SPACE = b" \t\r\n"
+_HEADERS = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_SIZES = msgspec.json.Decoder(list[Annotated[int, Meta(ge=0)]]).decode
+
+
+def _is_array(frame: bytes) -> bool:
+    """Whether a task command's frame 2 is a JSON array: the packed form (protocol.md 2.5),
+    where the pair form has an object."""
+    first = frame[:1]
+    if first == b"[":
+        return True
+    return first in _JSON_SPACE and first != b"" and frame.lstrip(_JSON_SPACE)[:1] == b"["
+
+
+def _decode_packed(
+    decode_one: Callable[[Sequence[bytes]], TaskMessage], frames: Sequence[bytes]
+) -> Batch:
+    """The packed form, five frames or more from the tag: a frame of headers, a frame of
+    payload sizes and a frame of the payloads end to end (protocol.md 2.5). A message whose
+    three frames disagree is refused whole; each header is then read as the pair form
+    reads it, on its own."""
+    command = frames[1][:32].decode("ascii", "replace")
+    try:
+        headers = _HEADERS(frames[2])
+    except (msgspec.MsgspecError, RecursionError):
+        raise RemoteProtocolError(
+            ERR_MALFORMED, f"a packed {command}'s headers frame must be a JSON array"
+        ) from None
+    try:
+        sizes = _SIZES(frames[3])
+    except (msgspec.MsgspecError, RecursionError):
+        raise RemoteProtocolError(
+            ERR_MALFORMED,
+            f"a packed {command}'s sizes frame must be a JSON array of byte counts (>= 0)",
+        ) from None
+    payloads = frames[4]
+    if not headers or len(sizes) != len(headers) or sum(sizes) != len(payloads):
+        raise RemoteProtocolError(
+            ERR_MALFORMED,
+            f"a packed {command} has {len(headers)} headers, {len(sizes)} sizes summing to "
+            f"{sum(sizes)} and {len(payloads)} payload bytes; it needs at least one header, a "
+            "size for each, and as many payload bytes as the sizes sum to",
+        )
+    items: list[TaskMessage | RemoteProtocolError] = []
+    tag, name, end = frames[0], frames[1], 0
+    for header, size in zip(headers, sizes, strict=True):
+        start, end = end, end + size
+        try:
+            items.append(decode_one((tag, name, bytes(header), payloads[start:end])))
+        except RemoteProtocolError as exc:
+            items.append(exc)
+    return Batch(tuple(items), packed=True)
 
 
 # ------------------------------------------------------------------ the other commands
@@ -530,6 +588,7 @@ def _decode_register(frames: Sequence[bytes]) -> Register:
         b.stop,
         attempts,
         b.adopts_interval,
+        b.packed,
     )
 
 
@@ -560,7 +619,8 @@ def _decode_waiting(frames: Sequence[bytes]) -> Waiting:
 def _decode_registered(frames: Sequence[bytes]) -> Registered:
     b = _REGISTERED.read(frames)
     interval = b.heartbeat_interval_ms / 1000
-    return Registered(b.node_id, interval, b.liveness, _hint(b.backlog), b.stored, b.adopts)
+    hint = _hint(b.backlog)
+    return Registered(b.node_id, interval, b.liveness, hint, b.stored, b.adopts, b.packed)
 
 
 def _decode_heartbeat(frames: Sequence[bytes]) -> Heartbeat:
@@ -688,6 +748,8 @@ def decode(frames: Sequence[bytes]) -> Message:
     if len(frames) < 6:  # one header and payload at most: no batch (protocol.md 2.4)
         decode_one = _ONE_TASK.get(frames[1])
         if decode_one is not None:
+            if len(frames) == 5 and _is_array(frames[2]):
+                return _decode_packed(decode_one, frames)  # packed (2.5)
             return decode_one(frames)
     decoder = DECODERS.get(frames[1])
     if decoder is None:

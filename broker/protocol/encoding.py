@@ -176,6 +176,8 @@ def _encode_register(m: Register) -> list[bytes]:
         body["attempts"] = [_claim(c) for c in m.attempts]
     if m.adopts_interval:
         body["adopts_interval"] = True
+    if m.packed:
+        body["packed"] = True
     return [TAG, REGISTER, _json(body)]
 
 
@@ -200,6 +202,8 @@ def _encode_registered(m: Registered) -> list[bytes]:
         body["stored"] = True
     if m.adopts:
         body["adopts"] = True
+    if m.packed:
+        body["packed"] = True
     return [TAG, REGISTERED, _json(body)]
 
 
@@ -303,17 +307,35 @@ def encode_batch(messages: Sequence[TaskMessage]) -> list[bytes]:
     return frames
 
 
+def encode_packed(messages: Sequence[TaskMessage]) -> list[bytes]:
+    """Several tasks of one command in the packed form (protocol.md 2.5): [tag, command,
+    [h1,h2,...], [size1,size2,...], p1p2...]."""
+    kind = type(messages[0])
+    if any(type(message) is not kind for message in messages):
+        raise LocalProtocolError(ERR_MALFORMED, f"a batch holds one command, not only {kind}")
+    return encode_packed_frames([encode(message) for message in messages])
+
+
+def encode_packed_frames(messages: Sequence[list[bytes]]) -> list[bytes]:
+    """`encode_packed` of messages encoded already, one task each, of one command."""
+    first = messages[0]
+    headers = b"[" + b",".join([frames[2] for frames in messages]) + b"]"
+    payloads = [frames[3] for frames in messages]
+    return [first[0], first[1], headers, _json([len(p) for p in payloads]), b"".join(payloads)]
+
+
 _BATCHED = (Run, TaskCompleted)  # what the broker groups when one peer gets several
 
 
-def encode_many(messages: list[Message]) -> Iterator[list[bytes]]:
+def encode_many(messages: list[Message], packed: bool = False) -> Iterator[list[bytes]]:
     """Frames for `messages` to one peer, in order: consecutive RUNs or TASK_COMPLETEDs go
-    as batches (2.4), every other message alone."""
+    as batches (2.4; packed, 2.5, for a peer that takes it), every other message alone."""
+    join = encode_packed if packed else encode_batch
     for kind, group in groupby(messages, key=type):
         if kind in _BATCHED:
             tasks = cast(Iterator[TaskMessage], group)
             for batch in batches(tasks, _payload_size):
-                yield encode_batch(batch)
+                yield join(batch) if len(batch) > 1 else encode(batch[0])
         else:
             yield from map(encode, group)
 
@@ -333,7 +355,7 @@ def _encode_batch(batch: Batch) -> list[bytes]:
         raise LocalProtocolError(
             ERR_MALFORMED, "only a non-empty Batch of messages (no errors) can be encoded"
         )
-    return encode_batch(items)
+    return encode_packed(items) if batch.packed else encode_batch(items)
 
 
 _ENCODERS: dict[type, Callable[[Any], list[bytes]]] = {

@@ -160,6 +160,7 @@ class Register(Struct, frozen=True, gc=False):
     attempts: tuple[Claim, ...] | None = None
     # It adopts a heartbeat interval its broker announces in HEARTBEAT (protocol.md 7.1).
     adopts_interval: bool = False
+    packed: bool = False  # it takes RUNs in the packed form (protocol.md 2.5)
 
 
 class Registered(Struct, frozen=True, gc=False):
@@ -169,6 +170,7 @@ class Registered(Struct, frozen=True, gc=False):
     backlog: int | None = None  # the backlog hint, as in Heartbeat
     stored: bool = False  # the broker confirms the RESULTs it has stored (STORED)
     adopts: bool = False  # the broker took the REGISTER's `attempts` (protocol.md 7.3)
+    packed: bool = False  # the broker takes RESULTs in the packed form (protocol.md 2.5)
 
 
 class Stored(Struct, frozen=True, gc=False):
@@ -262,10 +264,12 @@ TaskMessage: TypeAlias = Execute | Run | Result | TaskCompleted
 class Batch(Struct, frozen=True):
     """Several tasks in one EXECUTE, RUN, RESULT or TASK_COMPLETED message (protocol.md 2.4).
 
-    Each pair of frames is decoded on its own: a pair that does not decode is a
-    ProtocolError in `items`, and the others still count."""
+    Each task is decoded on its own: one that does not decode is a ProtocolError in
+    `items`, and the others still count. `packed`: in the packed form (protocol.md 2.5),
+    the headers in one frame and the payloads in another, not a pair of frames a task."""
 
     items: tuple[TaskMessage | ProtocolError, ...]
+    packed: bool = False
 
 
 class Status(Struct, frozen=True, gc=False):

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from broker.protocol import Run, batches
+from broker.protocol import Run, batches, encode_packed_frames
 from node import runner
 from node.context import runs_tasks
 from node.registry import Function
@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 _STOP = Run("", "", b"")  # tells a slot thread to end
 
 
-def combine_results(results: list[list[bytes]]) -> list[list[bytes]]:
-    """RESULT messages each carrying several results (protocol.md 2.4): one message for many
-    results saves a wake-up per task."""
-    return [_joined(batch) for batch in batches(results, _result_size)]
+def combine_results(results: list[list[bytes]], packed: bool = False) -> list[list[bytes]]:
+    """RESULT messages each carrying several results (protocol.md 2.4; in the packed form,
+    2.5, for a broker that takes it): one message for many results saves a wake-up per
+    task, and the packed form a frame per result too."""
+    join = encode_packed_frames if packed else _joined
+    return [join(batch) if len(batch) > 1 else batch[0] for batch in batches(results, _result_size)]
 
 
 def _joined(messages: list[list[bytes]]) -> list[bytes]:
@@ -174,8 +176,8 @@ class ThreadSlots:
             self._deadlines.add(run, time.monotonic())
 
     def take_results(self) -> list[list[bytes]]:
-        """RESULT messages for every task finished so far (several tasks per message, see
-        `combine_results`); frees their slots for tasks held back."""
+        """The RESULT frames of every task finished so far (the caller puts several in one
+        message: `combine_results`); frees their slots for tasks held back."""
         self._notified = False  # before draining: a result added after this notifies again
         taken = []
         done, running, abandoned = self._done, self.running, self._abandoned
@@ -188,7 +190,7 @@ class ThreadSlots:
             taken.append(frames)
         while self._backlog and self.free_count > 0:
             self._start(self._backlog.popleft())
-        return combine_results(taken)
+        return taken
 
     def expire(self, now: float) -> list[Run]:
         """The running tasks past their task timeout. They count as answered from now on

@@ -31,6 +31,7 @@ from broker.protocol import (
     Run,
     dumps_payload,
     encode_batch,
+    encode_packed,
     loads_payload,
 )
 from client.cluster import Process
@@ -353,6 +354,24 @@ def test_an_inline_node_sends_results_before_it_holds_back_too_many(
     shared = [r.shared for r in broker.requests if isinstance(r.message, Result)]
     assert len(shared) == count and max(shared) <= RESULTS_HELD_BACK
     assert max(shared) > 1  # they did leave together
+
+
+def test_a_node_reads_packed_runs_and_packs_its_results_for_a_broker_that_reads_them(
+    spawner: Spawner, broker: FakeBroker
+) -> None:
+    """protocol.md 2.5: the node asks for packed RUNs in REGISTER, and sends packed RESULTs
+    once REGISTERED says the broker reads them."""
+    start_node(spawner, broker, "--concurrency", "1", threads=1)
+    node, register = broker.register(packed=True)
+    assert register.packed
+    count = 4 * RESULTS_HELD_BACK
+    runs = [Run(f"k{i}", "add", dumps_payload([i, 2])) for i in range(count)]
+    broker.send_raw(node, b"", *encode_packed(runs))
+    answers = [broker.result(f"k{i}", timeout=10)[1] for i in range(count)]
+    assert [loads_payload(a.result) for a in answers] == [i + 2 for i in range(count)]
+    results = [r for r in broker.requests if isinstance(r.message, Result)]
+    assert all(r.packed == (r.shared > 1) for r in results)
+    assert any(r.packed for r in results)
 
 
 def test_a_stopping_node_stays_until_the_broker_forgot_it(

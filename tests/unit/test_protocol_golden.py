@@ -173,6 +173,15 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.TaskCompleted("t", 0, b"5", None, 1, TP),
      [T, b"TASK_COMPLETED", b'{"task_id":"t","exit_code":0,"error":null,"attempts":1,'
                             b'"traceparent":"' + TP.encode() + b'"}', b"5"]),
+    (p.Register("node-a", "worker1", 4242, ("add",), 1, packed=True),
+     [T, b"REGISTER", b'{"name":"node-a","host":"worker1","pid":4242,"functions":["add"],'
+                      b'"capacity":1,"packed":true}']),
+    (p.Registered("node-4", 1.0, 3, packed=True),
+     [T, b"REGISTERED",
+      b'{"node_id":"node-4","heartbeat_interval_ms":1000,"liveness":3,"packed":true}']),
+    (p.Batch((p.Result("a", 0, b"1"), p.Result("b", 0, b'"xy"')), packed=True),
+     [T, b"RESULT", b'[{"task_id":"a","exit_code":0,"error":null},'
+                    b'{"task_id":"b","exit_code":0,"error":null}]', b"[1,4]", b'1"xy"']),
 ]  # fmt: skip
 
 
@@ -464,11 +473,59 @@ def test_a_lone_trailing_frame_after_the_pairs_is_ignored() -> None:
     assert batch == p.Batch((p.Run("a", "f", b"[]", 1), p.Run("a", "f", b"[2]", 1)))
 
 
+def test_the_packed_form_reads_as_the_pairs_with_the_same_headers_and_payloads() -> None:
+    """protocol.md 2.5: frame 2 an array (after JSON whitespace too), sizes cutting the
+    payloads, frames after the fifth ignored; the pair form still reads as before."""
+    a = b'{"task_id":"a","function":"f","attempt":1}'
+    b = b'{"task_id":"b","function":"g","attempt":2}'
+    pairs = p.decode([T, b"RUN", a, b"[]", b, b"[1,2]"])
+    packed = p.decode([T, b"RUN", b" \n[" + a + b", " + b + b"]", b"[2, 5]", b"[][1,2]", b"x"])
+    assert isinstance(pairs, p.Batch) and isinstance(packed, p.Batch)
+    assert packed.items == pairs.items and packed.packed and not pairs.packed
+    assert p.decode(p.encode(packed)) == packed
+    one = p.encode_packed([p.Run("a", "f", b"", 1)])  # an empty payload is a size 0
+    assert one[3:] == [b"[0]", b""] and p.decode(one).items == (p.Run("a", "f", b"", 1),)
+
+
+def test_a_bad_header_in_a_packed_message_is_its_own_error() -> None:
+    good = b'{"task_id":"ok","exit_code":0,"error":null}'
+    bad = b'{"task_id":"bad","exit_code":999}'
+    batch = p.decode([T, b"RESULT", b"[" + good + b"," + bad + b",7]", b"[1,1,0]", b"12"])
+    assert isinstance(batch, p.Batch)
+    first, error, other = batch.items
+    assert first == p.Result("ok", 0, b"1")
+    assert isinstance(error, p.ProtocolError) and error.task_id == "bad"
+    assert isinstance(other, p.ProtocolError) and other.task_id is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "sizes", "payloads", "text"),
+    [
+        (b"[]", b"[]", b"", "0 headers"),
+        (b'[{"task_id":"a"}]', b"[1,1]", b"xy", "1 headers, 2 sizes"),
+        (b'[{"task_id":"a"}]', b"[3]", b"xy", "summing to 3 and 2 payload bytes"),
+        (b'[{"task_id":"a"}', b"[2]", b"xy", "headers frame must be a JSON array"),
+        (b'[{"task_id":"a"}]', b"[-1]", b"", "sizes frame must be a JSON array"),
+        (b'[{"task_id":"a"}]', b'["2"]', b"xy", "sizes frame must be a JSON array"),
+        (b'[{"task_id":"a"}]', b"{}", b"xy", "sizes frame must be a JSON array"),
+    ],
+)
+def test_a_packed_message_whose_frames_disagree_is_refused_whole(
+    headers: bytes, sizes: bytes, payloads: bytes, text: str
+) -> None:
+    with pytest.raises(p.RemoteProtocolError) as caught:
+        p.decode([T, b"EXECUTE", headers, sizes, payloads])
+    assert caught.value.code == "malformed" and caught.value.task_id is None
+    assert text in caught.value.message
+
+
 def test_a_batch_holds_one_command() -> None:
     with pytest.raises(p.LocalProtocolError):
         p.encode_batch([p.Run("a", "f", b"[]"), p.Result("a", 0)])
     with pytest.raises(p.LocalProtocolError):
         p.encode(p.Batch((p.ProtocolError("malformed", "x"),)))
+    with pytest.raises(p.LocalProtocolError):
+        p.encode_packed([p.Run("a", "f", b"[]"), p.Result("a", 0)])
 
 
 def test_batches_respect_the_task_and_byte_caps() -> None:
