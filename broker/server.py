@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ SEND_EVERY = 256
 STOP_CHECK = 0.1  # seconds: the longest one wait lasts, so that a stop request is seen
 PEER_QUEUE_LIMIT = 100_000  # messages queued from one peer
 FLUSH_EVERY = 0.005  # seconds between tries to send what the outbox holds
+PACKED_PEERS = 65_536  # clients remembered as reading packed answers (protocol.md 2.5)
 ACK_CHECK = 0.002  # seconds between looks for the store's acknowledgements while it writes
 CLOSE_LINGER_MS = 500  # how long a clean stop waits for the last messages to leave
 EXIT_STORE_FAILED = 74  # (EX_IOERR) the store failed while the broker ran
@@ -161,6 +163,9 @@ class BrokerServer:
         self._trim_at = time.monotonic() + TRIM_EVERY  # see broker.trim
         # What peers' pipes cannot take yet, bounded in bytes per peer.
         self._outbox = Outbox(config.max_queued_bytes_per_peer)
+        # Peers that sent packed EXECUTEs, newest last: their answers go packed too
+        # (protocol.md 2.5). At most PACKED_PEERS: one forgotten is answered in pairs.
+        self._packed_peers: OrderedDict[bytes, None] = OrderedDict()
         self._stop_requests = 0
         self._restored = False
         self._drain_until: float | None = None
@@ -342,12 +347,24 @@ class BrokerServer:
             refused = gate.refusal(frames[3], message)
             if refused is not None:
                 return Undecodable(peer, refused, frames[3])
+        if type(message) is p.Batch and message.packed and frames[3] == p.EXECUTE:
+            self._packs(peer)
         if self._spans is not None:
             self._spans.received(message)
         if gate is None:
             return Received(peer, message)
         # The key scopes the tasks the message names (protocol.md 5.11).
         return Received(peer, message, gate.key, gate.role == "admins")
+
+    def _packs(self, peer: bytes) -> None:
+        """`peer` sent a packed EXECUTE: it reads packed answers (protocol.md 2.5)."""
+        packed = self._packed_peers
+        if peer in packed:
+            packed.move_to_end(peer)
+            return
+        packed[peer] = None
+        if len(packed) > PACKED_PEERS:
+            packed.popitem(last=False)
 
     def _handle(self, event: Event, now: float) -> list[Command]:
         """What `event` causes. A bug in the core is logged and counted, never the end of
@@ -455,7 +472,8 @@ class BrokerServer:
         """Send `messages` to one peer in order, through the outbox; a vanished peer's loss
         is an event, and so is a message past the peer's budget."""
         outbox = self._outbox
-        for frames in p.encode_many(messages, self.scheduler.takes_packed(peer)):
+        packed = peer in self._packed_peers or self.scheduler.takes_packed(peer)
+        for frames in p.encode_many(messages, packed):
             try:
                 if outbox.send(router, peer, frames):
                     self.stats.sent(frames)

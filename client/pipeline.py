@@ -13,12 +13,14 @@ import zmq
 
 from broker.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    ERR_MALFORMED,
     Batch,
     Error,
     Execute,
     TaskCompleted,
     batches,
     encode_batch,
+    encode_packed,
 )
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
 from broker.tracing import ClientSpans
@@ -87,6 +89,10 @@ class Pipeline:
         self._prefix = uuid.uuid4().hex if prefix is None else prefix
         self._parent = parent
         self._exhausted = False
+        # Several tasks to an EXECUTE go packed (protocol.md 2.5) until the broker refuses
+        # a packed message whole, as one before document 1.17 does; then in pairs, again.
+        self._packed = True
+        self._unpacked = False  # just refused: every task goes again, in pairs
         # task_id -> (input position, the EXECUTE as sent), kept for resends.
         self._outstanding: dict[str, tuple[int, Execute]] = {}
         self._done: dict[int, Any] = {}
@@ -163,8 +169,10 @@ class Pipeline:
     def _send_batches(self, sock: zmq.Socket[Any], executes: list[Execute]) -> None:
         """Several tasks per EXECUTE message (protocol.md 2.1); a full queue leaves the rest
         to the next resend."""
+        packed = self._packed
         for batch in _batches(executes):
-            if not self._send(sock, [b"", *encode_batch(batch)]):
+            frames = encode_packed(batch) if packed and len(batch) > 1 else encode_batch(batch)
+            if not self._send(sock, [b"", *frames]):
                 return
 
     @staticmethod
@@ -243,6 +251,9 @@ class Pipeline:
             handle(frames)
         self._last_reply = self._quiet_since = time.monotonic()
         self._contact.answered = True
+        if self._unpacked:
+            self._unpacked = False
+            self._resend(sock)
 
     def _handle(self, frames: list[bytes]) -> None:
         message = dealer_reply(frames, self._url)
@@ -277,6 +288,15 @@ class Pipeline:
             return exc
 
     def _refused(self, error: Error) -> None:
+        if error.task_id is None and error.code == ERR_MALFORMED and self._packed:
+            _log.info(
+                "the broker at %s does not read packed EXECUTEs (protocol.md 2.5: it is older "
+                "than document 1.17): sending them again in pairs (%s)",
+                self._url,
+                error.message,
+            )
+            self._packed, self._unpacked = False, True
+            return
         entry = None if error.task_id is None else self._outstanding.pop(error.task_id, None)
         if entry is None:
             _log.warning(

@@ -134,6 +134,38 @@ def test_register_execute_run_result_completed(
     assert client.recv() == p.TaskCompleted("t1", 0, b"50", None, 1)
 
 
+def packed_items(message: p.Message) -> tuple[bool, list[Any]]:
+    """Whether a Batch came packed, and its tasks."""
+    assert isinstance(message, p.Batch), message
+    return message.packed, list(message.items)
+
+
+def test_the_packed_form_goes_to_the_peers_that_read_it(
+    broker: Broker, peers: Callable[[Broker], Peer]
+) -> None:
+    """protocol.md 2.5: a node that registered packed gets packed RUNs and may send packed
+    RESULTs; a client that sent packed EXECUTEs gets packed answers, one that sent pairs
+    gets pairs."""
+    node = peers(broker)
+    node.send(p.Register("n1", "localhost", 123, ("f",), 8, packed=True))
+    registered = node.recv()
+    assert isinstance(registered, p.Registered) and registered.packed
+    packer, pairer = peers(broker), peers(broker)
+    for client, prefix, packed in ((packer, "k", True), (pairer, "q", False)):
+        tasks = [execute(f"{prefix}{i}", args=f"[{i}]".encode()) for i in range(4)]
+        client.send(p.Batch(tuple(tasks), packed=packed))
+        runs_packed, runs = packed_items(node.recv())
+        assert runs_packed  # the node asked for it
+        assert [r.args for r in runs] == [t.spec.args for t in tasks]
+        results = tuple(p.Result(r.task_id, 0, r.args, None, 1) for r in runs)
+        node.send(p.Batch(results, packed=True))
+        answers_packed, answers = packed_items(client.recv())
+        assert answers_packed == packed
+        assert [(a.task_id, a.result) for a in answers] == [
+            (t.spec.task_id, t.spec.args) for t in tasks
+        ]
+
+
 def test_req_client_gets_unknown_function_error(
     broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:

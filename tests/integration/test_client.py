@@ -317,6 +317,35 @@ def test_map_resends_outstanding_tasks(fake_broker: StartBroker) -> None:
     assert all(task_ids.count(task_id) == 2 for task_id in task_ids)
 
 
+def test_map_packs_its_executes_and_reads_packed_answers(fake_broker: StartBroker) -> None:
+    """protocol.md 2.5: several tasks to an EXECUTE go packed."""
+    broker = fake_broker(serve_functions(FUNCTIONS))
+    with Client(broker.url, timeout=10) as client:
+        assert client.map("multiply", [(i, 3) for i in range(20)]) == [3 * i for i in range(20)]
+    executes = [r for r in broker.requests if isinstance(r.message, Execute)]
+    assert len(executes) == 20 and all(r.packed for r in executes)
+
+
+def test_map_sends_again_in_pairs_to_a_broker_that_refuses_packed_executes(
+    fake_broker: StartBroker,
+) -> None:
+    """A broker older than document 1.17 refuses a packed EXECUTE whole (ERROR malformed,
+    no task id): the client sends every task again, in pairs, and they are answered."""
+    serve = serve_functions(FUNCTIONS)
+
+    def older(received: Received) -> list[Reply]:
+        if received.packed:
+            return [(received.identity, Error("malformed", "header frame must be a JSON object"))]
+        return list(serve(received))
+
+    broker = fake_broker(older)
+    with Client(broker.url, timeout=10, resend_interval=30) as client:
+        assert client.map("multiply", [(i, 3) for i in range(20)]) == [3 * i for i in range(20)]
+    executes = [r for r in broker.requests if isinstance(r.message, Execute)]
+    assert sum(r.packed for r in executes) == 20  # each task once packed, refused
+    assert sum(not r.packed for r in executes) == 20  # and once in pairs, answered
+
+
 def test_map_raises_at_the_failing_position(functions_broker: FakeBroker) -> None:
     arguments = [(1, 1), (1, 0), (4, 2)]
     with Client(functions_broker.url) as client:
