@@ -24,12 +24,15 @@ from typing import Any
 import zmq
 
 from broker.protocol import (
+    ERR_MALFORMED,
     Cancel,
+    Error,
     Execute,
     TaskSpec,
     batches,
     encode,
     encode_batch,
+    encode_packed,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames, send_frames
 from broker.tracing import ClientSpans
@@ -92,6 +95,7 @@ class Engine:
         # While the broker has not been reached: when the oldest future still waiting was
         # submitted (BrokerUnreachable for them all a connect timeout later).
         self._unreached_since: float | None = None
+        self._packed = True  # EXECUTEs packed (protocol.md 2.5) until a broker refuses it
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
@@ -270,13 +274,30 @@ class Engine:
 
     def _receive(self, frames: list[bytes]) -> None:
         message = dealer_reply(frames, self.url)
-        if message is not None:
-            self._settle(self._ledger.answered(message, time.monotonic()))
+        if message is None:
+            return
+        if (
+            type(message) is Error
+            and message.task_id is None
+            and message.code == ERR_MALFORMED
+            and self._packed
+        ):
+            # A broker older than protocol.md 2.5 (document 1.17) refused a packed EXECUTE
+            # whole: everything unanswered goes again, in pairs from now on.
+            _log.info(
+                "the broker at %s does not read packed EXECUTEs: sending them again in pairs (%s)",
+                self.url,
+                message.message,
+            )
+            self._packed = False
+            self._send(self._ledger.resend_all(time.monotonic()))
+            return
+        self._settle(self._ledger.answered(message, time.monotonic()))
 
     def _send(self, messages: list[Outgoing]) -> None:
-        """Consecutive EXECUTEs in batches, each CANCEL alone (it cannot be batched). A full
-        send queue leaves the rest to the next resend."""
-        for frames in outgoing_frames(messages):
+        """Consecutive EXECUTEs in batches (packed until the broker refuses it), each CANCEL
+        alone (it cannot be batched). A full send queue leaves the rest to the next resend."""
+        for frames in outgoing_frames(messages, self._packed):
             try:
                 send_frames(self._sock, frames, NOBLOCK)
             except zmq.Again:
@@ -320,23 +341,24 @@ class Engine:
             action()
 
 
-def outgoing_frames(outgoing: list[Outgoing]) -> Iterator[list[bytes]]:
-    """The messages for `outgoing`, in order: consecutive EXECUTEs batched, CANCELs alone."""
+def outgoing_frames(outgoing: list[Outgoing], packed: bool = False) -> Iterator[list[bytes]]:
+    """The messages for `outgoing`, in order: consecutive EXECUTEs batched (`packed`: in
+    the packed form, protocol.md 2.5), CANCELs alone."""
     executes: list[Execute] = []
     for message in outgoing:
         if type(message) is Execute:
             executes.append(message)
             continue
-        yield from _execute_batches(executes)
+        yield from _execute_batches(executes, packed)
         executes = []
         assert type(message) is Cancel  # what the ledger makes: EXECUTE or CANCEL
         yield [b"", *encode(message)]
-    yield from _execute_batches(executes)
+    yield from _execute_batches(executes, packed)
 
 
-def _execute_batches(executes: list[Execute]) -> Iterator[list[bytes]]:
+def _execute_batches(executes: list[Execute], packed: bool) -> Iterator[list[bytes]]:
     for batch in batches(executes, lambda execute: len(execute.spec.args), EXECUTE_BATCH_TASKS):
-        yield [b"", *encode_batch(batch)]
+        yield [b"", *(encode_packed(batch) if packed and len(batch) > 1 else encode_batch(batch))]
 
 
 def _drain(fd: int) -> None:

@@ -17,6 +17,7 @@ from broker.protocol import (
     WAS_QUEUED,
     Cancel,
     Cancelled,
+    Error,
     ErrorInfo,
     Execute,
     TaskCompleted,
@@ -135,6 +136,30 @@ def test_lost_replies_are_resent_with_the_same_task_ids(fake_broker: StartBroker
     counts = Counter(_task_ids(broker))
     assert set(counts) == {f.task_id for f in futures}
     assert max(counts.values()) >= 2  # the dropped ones went again, under their own ids
+
+
+def test_futures_go_again_in_pairs_to_a_broker_that_refuses_packed_executes(
+    fake_broker: StartBroker,
+) -> None:
+    """Submitted together, tasks go packed (protocol.md 2.5); a broker older than document
+    1.17 refuses that whole (ERROR malformed, no task id), and the I/O thread sends every
+    task again in pairs, which are answered."""
+    serve = serve_functions(FUNCTIONS)
+
+    def older(received: Received) -> list[Reply]:
+        if received.packed:
+            return [(received.identity, Error("malformed", "header frame must be a JSON object"))]
+        return list(serve(received))
+
+    broker = fake_broker(older)
+    with Client(broker.url, resend_interval=30) as client:
+        # Submitted faster than the I/O thread sends one message: its bursts hold several.
+        futures = [client.submit("multiply", n, 2) for n in range(500)]
+        assert [future.result(10) for future in futures] == [2 * n for n in range(500)]
+    sent = [(r.packed, r.message) for r in broker.requests if isinstance(r.message, Execute)]
+    assert any(packed for packed, _ in sent)  # what the first burst held went packed
+    in_pairs = {execute.spec.task_id for packed, execute in sent if not packed}
+    assert in_pairs == {f.task_id for f in futures}  # and every task in pairs
 
 
 def test_futures_do_not_time_out_with_the_client(fake_broker: StartBroker) -> None:

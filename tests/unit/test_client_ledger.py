@@ -19,6 +19,7 @@ from broker.protocol import (
     Heartbeat,
     TaskCompleted,
     TaskSpec,
+    decode,
     dumps_payload,
 )
 from client.engine import outgoing_frames
@@ -187,6 +188,16 @@ def test_executes_go_in_batches_of_64_and_cancels_alone() -> None:
     # [b"", tag, command, header, payload, ...]: two frames per task
     shapes = [(frames[2], (len(frames) - 3) // 2) for frames in messages]
     assert shapes == [(b"EXECUTE", 64), (b"EXECUTE", 36), (b"CANCEL", 0), (b"EXECUTE", 30)]
+    # Packed (protocol.md 2.5): the same batches, each in one message of five frames.
+    packed = list(outgoing_frames([*executes[:100], Cancel("x"), *executes[100:]], packed=True))
+    decoded = [decode(frames[1:]) for frames in packed]
+    assert [len(frames) for frames in packed] == [6, 6, 4, 6]
+    assert [list(d.items) if isinstance(d, Batch) else [d] for d in decoded] == [
+        list(executes[:64]),
+        list(executes[64:100]),
+        [Cancel("x")],
+        list(executes[100:]),
+    ]
 
 
 def test_random_sequences_keep_the_invariants() -> None:
