@@ -75,6 +75,12 @@ def hostile(rng: random.Random, waited_for: str | None) -> list[bytes]:
         [b"", p.TAG, p.EXECUTE, header, garbage],  # valid header, garbage arguments
         [b"", p.TAG, p.RESULT, orjson.dumps({"task_id": "x", "exit_code": 999}), b"1"],
         [b"", p.TAG, p.HEARTBEAT],
+        # Packed (protocol.md 2.5): sizes that do not cut the payloads, a bad header among
+        # good ones, headers that are no array.
+        [b"", p.TAG, p.EXECUTE, b"[" + header + b"]", b"[%d]" % rng.randint(0, 99), garbage],
+        [b"", p.TAG, p.EXECUTE, b"[" + header + b",7," + header + b"]", b"[3,0,0]", b"[1]"],
+        [b"", p.TAG, p.RESULT, b"[" + garbage.hex().encode(), b"[]", garbage],
+        [b"", p.TAG, p.EXECUTE, b"[]", b"[]", b""],
     ]
     if waited_for is not None:  # forged by a peer that is not even registered
         choices.append(forged_result(rng, waited_for))
