@@ -341,6 +341,19 @@ def serve_functions(functions: dict[str, Callable[..., Any]]) -> Handler:
     return handle
 
 
+def before_packing(then: Handler) -> Handler:
+    """A broker older than protocol.md 2.5 (document 1.17): a packed EXECUTE is refused
+    whole, as such a broker reads its headers frame (ERROR malformed, no task id); the
+    rest goes to `then`."""
+
+    def handle(received: Received) -> list[Reply]:
+        if received.packed:
+            return [(received.identity, Error("malformed", "header frame must be a JSON object"))]
+        return list(then(received))
+
+    return handle
+
+
 def drop_first(count: int, then: Handler) -> Handler:
     """Drop the first `count` EXECUTEs unanswered, hand everything after to `then`."""
     dropped: list[Received] = []

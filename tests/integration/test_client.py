@@ -29,6 +29,7 @@ from tests.fakes import (
     Received,
     Reply,
     StartBroker,
+    before_packing,
     completed,
     drop_first,
     ignore_all,
@@ -331,14 +332,7 @@ def test_map_sends_again_in_pairs_to_a_broker_that_refuses_packed_executes(
 ) -> None:
     """A broker older than document 1.17 refuses a packed EXECUTE whole (ERROR malformed,
     no task id): the client sends every task again, in pairs, and they are answered."""
-    serve = serve_functions(FUNCTIONS)
-
-    def older(received: Received) -> list[Reply]:
-        if received.packed:
-            return [(received.identity, Error("malformed", "header frame must be a JSON object"))]
-        return list(serve(received))
-
-    broker = fake_broker(older)
+    broker = fake_broker(before_packing(serve_functions(FUNCTIONS)))
     with Client(broker.url, timeout=10, resend_interval=30) as client:
         assert client.map("multiply", [(i, 3) for i in range(20)]) == [3 * i for i in range(20)]
     executes = [r for r in broker.requests if isinstance(r.message, Execute)]

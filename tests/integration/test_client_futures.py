@@ -17,7 +17,6 @@ from broker.protocol import (
     WAS_QUEUED,
     Cancel,
     Cancelled,
-    Error,
     ErrorInfo,
     Execute,
     TaskCompleted,
@@ -29,6 +28,7 @@ from tests.fakes import (
     Received,
     Reply,
     StartBroker,
+    before_packing,
     completed,
     drop_first,
     ignore_all,
@@ -144,14 +144,7 @@ def test_futures_go_again_in_pairs_to_a_broker_that_refuses_packed_executes(
     """Submitted together, tasks go packed (protocol.md 2.5); a broker older than document
     1.17 refuses that whole (ERROR malformed, no task id), and the I/O thread sends every
     task again in pairs, which are answered."""
-    serve = serve_functions(FUNCTIONS)
-
-    def older(received: Received) -> list[Reply]:
-        if received.packed:
-            return [(received.identity, Error("malformed", "header frame must be a JSON object"))]
-        return list(serve(received))
-
-    broker = fake_broker(older)
+    broker = fake_broker(before_packing(serve_functions(FUNCTIONS)))
     with Client(broker.url, resend_interval=30) as client:
         # Submitted faster than the I/O thread sends one message: its bursts hold several.
         futures = [client.submit("multiply", n, 2) for n in range(500)]
