@@ -60,6 +60,20 @@ _MADE = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 WATCH_EVERY = 0.05  # seconds between looks at the monitor
 
 
+def _in_pairs(frames: list[bytes]) -> list[bytes]:
+    """A RESULT message kept for sending, in the pair form (protocol.md 2.4) if it was
+    packed (2.5) for a broker that read that form."""
+    if frames[1] != RESULT or len(frames) != 5:
+        return frames
+    try:
+        message = decode(frames)
+    except RemoteProtocolError:
+        return frames  # not readable by any broker: nothing to mend
+    if type(message) is not Batch or not message.packed:
+        return frames
+    return encode(Batch(message.items))
+
+
 class BrokerLink:
     def __init__(
         self, url: str, interval: float, liveness: int, keys: PeerKeys | None = None
@@ -122,6 +136,8 @@ class BrokerLink:
         self.registered = True
         self.confirms = msg.stored
         self.packed = msg.packed  # RESULTs may go in the packed form (protocol.md 2.5)
+        if not msg.packed:  # a broker that does not read what an earlier one did
+            self.unsent = [_in_pairs(frames) for frames in self.unsent]
         self.backlog = msg.backlog
         self.interval, self.liveness = msg.heartbeat_interval, msg.liveness
         self._backoff = MIN_BACKOFF
