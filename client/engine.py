@@ -24,9 +24,7 @@ from typing import Any
 import zmq
 
 from broker.protocol import (
-    ERR_MALFORMED,
     Cancel,
-    Error,
     Execute,
     TaskSpec,
     batches,
@@ -40,7 +38,7 @@ from client.errors import ClientError
 from client.futures import TaskFuture
 from client.ledger import Ledger, Outgoing, Settled
 from client.link import CLOSED, ConnectWatch, Contact, Reconnects, poll_ms
-from client.payloads import dealer_reply
+from client.payloads import dealer_reply, refuses_packing
 from client.pipeline import EXECUTE_BATCH_TASKS
 
 _log = logging.getLogger(__name__)
@@ -276,19 +274,8 @@ class Engine:
         message = dealer_reply(frames, self.url)
         if message is None:
             return
-        if (
-            type(message) is Error
-            and message.task_id is None
-            and message.code == ERR_MALFORMED
-            and self._packed
-        ):
-            # A broker older than protocol.md 2.5 (document 1.17) refused a packed EXECUTE
-            # whole: everything unanswered goes again, in pairs from now on.
-            _log.info(
-                "the broker at %s does not read packed EXECUTEs: sending them again in pairs (%s)",
-                self.url,
-                message.message,
-            )
+        if self._packed and refuses_packing(message, self.url):
+            # Everything unanswered goes again, in pairs from now on.
             self._packed = False
             self._send(self._ledger.resend_all(time.monotonic()))
             return

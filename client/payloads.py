@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.protocol import (
+    ERR_MALFORMED,
     Batch,
+    Error,
     Message,
     ProtocolError,
     RemoteProtocolError,
@@ -117,6 +119,23 @@ def dealer_reply(frames: list[bytes], url: str) -> Message | None:
     except RemoteProtocolError as exc:
         _log.warning("ignoring a malformed reply from the broker at %s: %s", url, exc)
         return None
+
+
+def refuses_packing(message: Message, url: str) -> bool:
+    """Whether `message` is how a broker before protocol.md 2.5 (document 1.17) answers a
+    packed EXECUTE: ERROR malformed without a task id, the whole message refused. Said in
+    the log: the caller sends its tasks again, in pairs from then on."""
+    if type(message) is not Error or message.task_id is not None:
+        return False
+    if message.code != ERR_MALFORMED:
+        return False
+    _log.info(
+        "the broker at %s does not read packed EXECUTEs (protocol.md 2.5: it is older than "
+        "document 1.17): sending them again in pairs (%s)",
+        url,
+        message.message,
+    )
+    return True
 
 
 def first_answer(

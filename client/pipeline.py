@@ -13,7 +13,6 @@ import zmq
 
 from broker.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    ERR_MALFORMED,
     Batch,
     Error,
     Execute,
@@ -27,7 +26,7 @@ from broker.tracing import ClientSpans
 from client.errors import ClientError, MessageTooLarge, broker_error
 from client.link import LOOK_INTERVAL, LOOK_MS, ConnectWatch, Contact, Reconnects, poll_ms
 from client.options import TaskOptions, check_name, check_task_size
-from client.payloads import dealer_reply, encode_arguments, result_of
+from client.payloads import dealer_reply, encode_arguments, refuses_packing, result_of
 
 _log = logging.getLogger(__name__)
 
@@ -288,13 +287,7 @@ class Pipeline:
             return exc
 
     def _refused(self, error: Error) -> None:
-        if error.task_id is None and error.code == ERR_MALFORMED and self._packed:
-            _log.info(
-                "the broker at %s does not read packed EXECUTEs (protocol.md 2.5: it is older "
-                "than document 1.17): sending them again in pairs (%s)",
-                self._url,
-                error.message,
-            )
+        if self._packed and refuses_packing(error, self._url):
             self._packed, self._unpacked = False, True
             return
         entry = None if error.task_id is None else self._outstanding.pop(error.task_id, None)

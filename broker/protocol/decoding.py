@@ -524,6 +524,12 @@ def _is_array(frame: bytes) -> bool:
     return first in _JSON_SPACE and first != b"" and frame.lstrip(_JSON_SPACE)[:1] == b"["
 
 
+def _refuse_packed(frames: Sequence[bytes], what: str) -> NoReturn:
+    """A packed message refused whole (protocol.md 2.5): `what` follows its command's name."""
+    command = frames[1][:32].decode("ascii", "replace")
+    raise RemoteProtocolError(ERR_MALFORMED, f"a packed {command}{what}")
+
+
 def _decode_packed(
     decode_one: Callable[[Sequence[bytes]], TaskMessage], frames: Sequence[bytes]
 ) -> Batch:
@@ -531,27 +537,21 @@ def _decode_packed(
     payload sizes and a frame of the payloads end to end (protocol.md 2.5). A message whose
     three frames disagree is refused whole; each header is then read as the pair form
     reads it, on its own."""
-    command = frames[1][:32].decode("ascii", "replace")
     try:
         headers = _HEADERS(frames[2])
     except (msgspec.MsgspecError, RecursionError):
-        raise RemoteProtocolError(
-            ERR_MALFORMED, f"a packed {command}'s headers frame must be a JSON array"
-        ) from None
+        _refuse_packed(frames, "'s headers frame must be a JSON array")
     try:
         sizes = _SIZES(frames[3])
     except (msgspec.MsgspecError, RecursionError):
-        raise RemoteProtocolError(
-            ERR_MALFORMED,
-            f"a packed {command}'s sizes frame must be a JSON array of byte counts (>= 0)",
-        ) from None
+        _refuse_packed(frames, "'s sizes frame must be a JSON array of byte counts (>= 0)")
     payloads = frames[4]
     if not headers or len(sizes) != len(headers) or sum(sizes) != len(payloads):
-        raise RemoteProtocolError(
-            ERR_MALFORMED,
-            f"a packed {command} has {len(headers)} headers, {len(sizes)} sizes summing to "
-            f"{sum(sizes)} and {len(payloads)} payload bytes; it needs at least one header, a "
-            "size for each, and as many payload bytes as the sizes sum to",
+        _refuse_packed(
+            frames,
+            f" has {len(headers)} headers, {len(sizes)} sizes summing to {sum(sizes)} and "
+            f"{len(payloads)} payload bytes; it needs at least one header, a size for each, "
+            "and as many payload bytes as the sizes sum to",
         )
     items: list[TaskMessage | RemoteProtocolError] = []
     tag, name, end = frames[0], frames[1], 0

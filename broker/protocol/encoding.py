@@ -330,12 +330,16 @@ _BATCHED = (Run, TaskCompleted)  # what the broker groups when one peer gets sev
 def encode_many(messages: list[Message], packed: bool = False) -> Iterator[list[bytes]]:
     """Frames for `messages` to one peer, in order: consecutive RUNs or TASK_COMPLETEDs go
     as batches (2.4; packed, 2.5, for a peer that takes it), every other message alone."""
-    join = encode_packed if packed else encode_batch
     for kind, group in groupby(messages, key=type):
-        if kind in _BATCHED:
+        if kind in _BATCHED:  # (one kind to a group: no check of it per batch)
             tasks = cast(Iterator[TaskMessage], group)
             for batch in batches(tasks, _payload_size):
-                yield join(batch) if len(batch) > 1 else encode(batch[0])
+                if len(batch) == 1:
+                    yield encode(batch[0])
+                elif packed:
+                    yield encode_packed_frames([encode(task) for task in batch])
+                else:
+                    yield encode_batch(batch)
         else:
             yield from map(encode, group)
 
