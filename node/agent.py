@@ -66,6 +66,10 @@ STOP_CHECK_MS = 100  # the longest wait inside a receive: a stop signal is seen 
 # tasks may have started relies on it: protocol.md 5.5).
 FLUSH_AFTER = 0.0002
 FLUSH_BY = 0.002
+# Between tasks run inline, the broker's socket is looked at (is a message waiting?) at most
+# every LOOK_EVERY seconds: a look is a getsockopt that polls libzmq's mailbox, about 1.5 us,
+# as much as a short task's own run; a RETRACT or a RUN waits for it at most this long more.
+LOOK_EVERY = 0.0002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks
 IDLE_WAIT_MS = 1000  # the longest poll when nothing is due
@@ -449,10 +453,11 @@ class NodeAgent:
         self._restarts.cancel(self._slots.cancel(msg.task_ids), time.monotonic())
 
     def _run_held(self) -> None:
-        """Run held tasks inline, oldest first, until none is left or a message waits; their
-        results leave together (FLUSH_AFTER, FLUSH_BY), at most RESULTS_HELD_BACK of them
-        unsent when the next one starts."""
+        """Run held tasks inline, oldest first, until none is left or a message waits (looked
+        at every LOOK_EVERY); their results leave together (FLUSH_AFTER, FLUSH_BY), at most
+        RESULTS_HELD_BACK of them unsent when the next one starts."""
         slots, link, pending = self._slots, self._link, self._pending
+        look_at = 0.0  # the first task's end is looked at: a long task's always is
         while True:
             if pending and (
                 len(pending) >= RESULTS_HELD_BACK
@@ -469,8 +474,13 @@ class NodeAgent:
                 self._flush_pending()
                 return
             sock = link.socket
-            if sock is None or readable(sock) or self._life.asked:
+            if sock is None or self._life.asked:
                 return
+            now = time.monotonic()
+            if now >= look_at:
+                if readable(sock):
+                    return
+                look_at = now + LOOK_EVERY
 
     def _flush_pending(self) -> None:
         pending = self._pending
