@@ -86,6 +86,10 @@ def hostile(rng: random.Random, waited_for: str | None) -> list[bytes]:
         choices.append(forged_result(rng, waited_for))
     if rng.random() < 0.01:
         return [b"", p.TAG, p.EXECUTE, header, b"[" + b"1," * (LIMIT // 2) + b"1]"]
+    if rng.random() < 0.01:  # more tasks than one message may hold (protocol.md 2.4)
+        many = p.MAX_BATCH_TASKS + 1
+        headers = b"[" + b",".join([header] * many) + b"]"
+        return [b"", p.TAG, p.EXECUTE, headers, b"[0" + b",0" * (many - 1) + b"]", b""]
     return rng.choice(choices)
 
 

@@ -26,6 +26,7 @@ from broker.protocol.errors import (
     RemoteProtocolError,
 )
 from broker.protocol.limits import (
+    MAX_BATCH_TASKS,
     MAX_CLAIMS,
     MAX_HOST_LENGTH,
     MAX_REASON_LENGTH,
@@ -499,6 +500,8 @@ def _pairs(decode_one: Callable[[Sequence[bytes]], TaskMessage]) -> Callable[...
             return _decode_packed(decode_one, frames)
         if len(frames) < 6:
             return decode_one(frames)  # one pair; a lone trailing frame is ignored
+        if len(frames) > 3 + 2 * MAX_BATCH_TASKS:
+            _too_many_tasks(frames, (len(frames) - 2) // 2)
         items: list[TaskMessage | RemoteProtocolError] = []
         for i in range(2, len(frames) - 1, 2):
             try:
@@ -530,6 +533,16 @@ def _refuse_packed(frames: Sequence[bytes], what: str) -> NoReturn:
     raise RemoteProtocolError(ERR_MALFORMED, f"a packed {command}{what}")
 
 
+def _too_many_tasks(frames: Sequence[bytes], count: int) -> NoReturn:
+    """A message of more tasks than MAX_BATCH_TASKS, refused whole (protocol.md 2.4)."""
+    command = frames[1][:32].decode("ascii", "replace")
+    raise RemoteProtocolError(
+        ERR_TOO_LARGE,
+        f"a message of {count} {command} tasks exceeds the limit of {MAX_BATCH_TASKS} tasks "
+        "per message; send them in several messages",
+    )
+
+
 def _decode_packed(
     decode_one: Callable[[Sequence[bytes]], TaskMessage], frames: Sequence[bytes]
 ) -> Batch:
@@ -553,6 +566,8 @@ def _decode_packed(
             f"{len(payloads)} payload bytes; it needs at least one header, a size for each, "
             "and as many payload bytes as the sizes sum to",
         )
+    if len(headers) > MAX_BATCH_TASKS:
+        _too_many_tasks(frames, len(headers))
     items: list[TaskMessage | RemoteProtocolError] = []
     tag, name, end = frames[0], frames[1], 0
     for header, size in zip(headers, sizes, strict=True):

@@ -34,6 +34,10 @@ MAX_TASK_TIMEOUT_MS = 7 * 86_400_000  # seven days
 MAX_CAPACITY = 1_000_000
 MAX_PREFETCH = 1_000_000
 MAX_RETRACT = 256  # task ids per RETRACT (and per STOP)
+# Tasks in one message, in pairs or packed (protocol.md 2.4): a receiver takes a message's tasks
+# in one go, and the broker's loop spends about 20 us on each, so this bounds what one message
+# holds it up to (about 80 ms); the reference peers send at most 256.
+MAX_BATCH_TASKS = 4096
 # A node starts no held task while `capacity` + RESULTS_HELD_BACK of its RESULTs wait unsent; the
 # broker keeps that many more held attempts counted when a node is lost (protocol.md 5.5).
 RESULTS_HELD_BACK = 32

@@ -217,6 +217,26 @@ def test_oversized_message_is_refused_with_its_task_id(small_broker: Broker) -> 
     assert "4096" in reply.message
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_message_of_too_many_tasks_is_refused_whole_and_the_next_is_served(
+    broker: Broker, peers: Callable[[Broker], Peer], packed: bool
+) -> None:
+    """protocol.md 2.4: more than MAX_BATCH_TASKS tasks in one message, pairs or packed,
+    is answered with one ERROR too_large, counted; none of them is taken."""
+    node = peers(broker)
+    node.register("n1")
+    client = peers(broker)
+    too_many = tuple(execute(f"t{i}") for i in range(p.MAX_BATCH_TASKS + 1))
+    client.send(p.Batch(too_many, packed=packed))
+    reply = client.recv()
+    assert isinstance(reply, p.Error) and (reply.code, reply.task_id) == (p.ERR_TOO_LARGE, None)
+    assert f"{p.MAX_BATCH_TASKS + 1} EXECUTE tasks" in reply.message
+    state = status(broker)
+    assert state["counters"]["refused_too_large"] == 1 and state["counters"].get("accepted", 0) == 0
+    client.send(execute("after"))
+    assert node.recv() == p.Run("after", "f", b"[]", 1)
+
+
 def test_silent_node_is_declared_dead_and_its_task_completes_elsewhere(
     broker: Broker, peers: Callable[[Broker], Peer]
 ) -> None:

@@ -520,6 +520,36 @@ def test_a_packed_message_whose_frames_disagree_is_refused_whole(
     assert text in caught.value.message
 
 
+def test_a_message_of_more_tasks_than_the_limit_is_refused_whole_in_either_form() -> None:
+    """protocol.md 2.4: at most MAX_BATCH_TASKS tasks per message, pairs or packed; more is
+    ERROR too_large with task_id null (a lone trailing frame is no task)."""
+    header = b'{"task_id":"a","function":"f"}'
+    limit = p.MAX_BATCH_TASKS
+
+    def pairs(n: int, trailing: bool = False) -> list[bytes]:
+        return [T, b"EXECUTE", *[header, b"[]"] * n, *([b"x"] if trailing else [])]
+
+    def packed(n: int) -> list[bytes]:
+        return [
+            T,
+            b"EXECUTE",
+            b"[" + b",".join([header] * n) + b"]",
+            b"[0" + b",0" * (n - 1) + b"]",
+            b"",
+        ]
+
+    for frames in (pairs(limit), pairs(limit, trailing=True), packed(limit)):
+        batch = p.decode(frames)
+        assert isinstance(batch, p.Batch) and len(batch.items) == limit
+    for frames in (pairs(limit + 1), packed(limit + 1)):
+        with pytest.raises(p.RemoteProtocolError) as caught:
+            p.decode(frames)
+        assert caught.value.code == "too_large" and caught.value.task_id is None
+        assert f"a message of {limit + 1} EXECUTE tasks exceeds the limit of {limit} tasks" in str(
+            caught.value.message
+        )
+
+
 def test_a_batch_holds_one_command() -> None:
     with pytest.raises(p.LocalProtocolError):
         p.encode_batch([p.Run("a", "f", b"[]"), p.Result("a", 0)])
