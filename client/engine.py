@@ -93,7 +93,8 @@ class Engine:
         # While the broker has not been reached: when the oldest future still waiting was
         # submitted (BrokerUnreachable for them all a connect timeout later).
         self._unreached_since: float | None = None
-        self._packed = True  # EXECUTEs packed (protocol.md 2.5) until a broker refuses it
+        # EXECUTEs packed (protocol.md 2.5) until the broker refuses it (`Contact.packs`).
+        self._packed = contact.packs
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_in, False)
         os.set_blocking(self._wake_out, False)
@@ -276,7 +277,7 @@ class Engine:
             return
         if self._packed and refuses_packing(message, self.url):
             # Everything unanswered goes again, in pairs from now on.
-            self._packed = False
+            self._packed = self._contact.packs = False
             self._send(self._ledger.resend_all(time.monotonic()))
             return
         self._settle(self._ledger.answered(message, time.monotonic()))

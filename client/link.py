@@ -145,6 +145,10 @@ class Contact:
         self.client_id = client_id
         self.reached = False
         self.answered = False
+        # Whether the broker reads packed EXECUTEs (protocol.md 2.5): until one of this
+        # client's senders has one refused whole, as a broker before document 1.17 does; the
+        # senders started after that send pairs from the start.
+        self.packs = True
 
     def open(
         self, context: zmq.Context[Any], kind: int

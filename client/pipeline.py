@@ -89,8 +89,9 @@ class Pipeline:
         self._parent = parent
         self._exhausted = False
         # Several tasks to an EXECUTE go packed (protocol.md 2.5) until the broker refuses
-        # a packed message whole, as one before document 1.17 does; then in pairs, again.
-        self._packed = True
+        # a packed message whole, as one before document 1.17 does; then in pairs, again,
+        # and so do the client's later maps (`Contact.packs`).
+        self._packed = self._contact.packs
         self._unpacked = False  # just refused: every task goes again, in pairs
         # task_id -> (input position, the EXECUTE as sent), kept for resends.
         self._outstanding: dict[str, tuple[int, Execute]] = {}
@@ -289,6 +290,7 @@ class Pipeline:
     def _refused(self, error: Error) -> None:
         if self._packed and refuses_packing(error, self._url):
             self._packed, self._unpacked = False, True
+            self._contact.packs = False
             return
         entry = None if error.task_id is None else self._outstanding.pop(error.task_id, None)
         if entry is None:

@@ -331,13 +331,19 @@ def test_map_sends_again_in_pairs_to_a_broker_that_refuses_packed_executes(
     fake_broker: StartBroker,
 ) -> None:
     """A broker older than document 1.17 refuses a packed EXECUTE whole (ERROR malformed,
-    no task id): the client sends every task again, in pairs, and they are answered."""
+    no task id): the client sends every task again, in pairs, and they are answered; its
+    later maps and futures send pairs from the start."""
     broker = fake_broker(before_packing(serve_functions(FUNCTIONS)))
     with Client(broker.url, timeout=10, resend_interval=30) as client:
         assert client.map("multiply", [(i, 3) for i in range(20)]) == [3 * i for i in range(20)]
+        executes = [r for r in broker.requests if isinstance(r.message, Execute)]
+        assert sum(r.packed for r in executes) == 20  # each task once packed, refused
+        assert sum(not r.packed for r in executes) == 20  # and once in pairs, answered
+        assert client.map("multiply", [(i, 2) for i in range(20)]) == [2 * i for i in range(20)]
+        futures = [client.submit("multiply", i, 5) for i in range(20)]
+        assert [f.result(timeout=10) for f in futures] == [5 * i for i in range(20)]
     executes = [r for r in broker.requests if isinstance(r.message, Execute)]
-    assert sum(r.packed for r in executes) == 20  # each task once packed, refused
-    assert sum(not r.packed for r in executes) == 20  # and once in pairs, answered
+    assert len(executes) == 80 and sum(r.packed for r in executes) == 20
 
 
 def test_map_raises_at_the_failing_position(functions_broker: FakeBroker) -> None:
