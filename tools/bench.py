@@ -210,10 +210,11 @@ def breakdown(args: argparse.Namespace) -> None:
       * relay: a ROUTER that only passes frames between a REQ client and one DEALER echo
         worker (all three using broker.protocol.frames), with an EXECUTE message of 4 frames;
       * ours: `Client.execute("noop")` through `zbroker start` and one `znode --concurrency 1`
-        (`--store none` unless --store);
+        (`--store none` unless --store; each --broker-arg added to zbroker's command line);
     and reports the median p50 and every run's, then the CPU each process's threads spent per
-    round trip (from /proc, over the last run), so that the cost above the relay can be
-    placed."""
+    round trip and how often they were switched out (from /proc, over the last run), so that
+    the cost above the relay can be placed. A voluntary switch is a thread that waits for a
+    message; an involuntary one, a thread the kernel preempted for another on its CPU."""
     with Relay(workers=1) as relay:  # before this process has a ZeroMQ context
         context: zmq.Context[Any] = zmq.Context()
         req = context.socket(zmq.REQ)
@@ -230,42 +231,66 @@ def breakdown(args: argparse.Namespace) -> None:
             context.destroy(linger=0)
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU microseconds (user + system) per thread of `pid`, by thread name and id."""
+ThreadFigures = tuple[float, float, float]  # CPU us (user + system), voluntary, involuntary
+
+
+def thread_figures(pid: int) -> dict[str, ThreadFigures]:
+    """Per thread of `pid`, by thread name and id: CPU microseconds (user + system) and
+    context switches, voluntary and involuntary, since it started."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        out[f"{name}[{tid}]"] = (int(fields[11]) + int(fields[12])) * TICK_US
+        switches = {
+            key: int(value)
+            for key, _, value in (
+                line.partition(":\t")
+                for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
+            )
+            if key.endswith("ctxt_switches")
+        }
+        out[f"{name}[{tid}]"] = (
+            (int(fields[11]) + int(fields[12])) * TICK_US,
+            float(switches.get("voluntary_ctxt_switches", 0)),
+            float(switches.get("nonvoluntary_ctxt_switches", 0)),
+        )
     return out
 
 
 def timed(
     calls: int, round_trip: Callable[[], object], pids: dict[str, int]
-) -> tuple[float, dict[str, dict[str, float]]]:
-    """p50 in microseconds, and CPU per round trip per process thread."""
-    before = {name: thread_cpu(pid) for name, pid in pids.items()}
+) -> tuple[float, dict[str, dict[str, ThreadFigures]]]:
+    """p50 in microseconds, and per process thread its CPU and switches per round trip."""
+    before = {name: thread_figures(pid) for name, pid in pids.items()}
     samples = []
     for _ in range(calls):
         started = time.perf_counter()
         round_trip()
         samples.append(time.perf_counter() - started)
-    after = {name: thread_cpu(pid) for name, pid in pids.items()}
-    cpu = {
-        name: {t: (v - before[name].get(t, 0.0)) / calls for t, v in after[name].items()}
+    after = {name: thread_figures(pid) for name, pid in pids.items()}
+    per_trip = {
+        name: {
+            thread: _per_call(figures, before[name].get(thread, (0.0, 0.0, 0.0)), calls)
+            for thread, figures in after[name].items()
+        }
         for name in pids
     }
-    return statistics.quantiles(samples, n=100)[49] * 1e6, cpu
+    return statistics.quantiles(samples, n=100)[49] * 1e6, per_trip
+
+
+def _per_call(after: ThreadFigures, before: ThreadFigures, calls: int) -> ThreadFigures:
+    cpu, voluntary, involuntary = (a - b for a, b in zip(after, before, strict=True))
+    return cpu / calls, voluntary / calls, involuntary / calls
 
 
 def breakdown_runs(
     args: argparse.Namespace, relay_trip: Callable[[], None], relay_pids: dict[str, int]
 ) -> None:
     """Alternate the relay and our stack; print the medians and the last run's CPU."""
-    broker_args = [] if args.store else ["--store", "none"]
+    broker_args = ([] if args.store else ["--store", "none"]) + args.broker_arg
     p50s: dict[str, list[float]] = {"relay": [], "ours": []}
-    cpu: dict[str, dict[str, dict[str, float]]] = {}
+    cpu: dict[str, dict[str, dict[str, ThreadFigures]]] = {}
     cluster = LocalCluster(nodes=1, functions=["util"], broker_args=broker_args)
     with cluster, Client(cluster.url) as client:
         assert cluster.broker is not None
@@ -289,12 +314,18 @@ def breakdown_runs(
             f"{name}: p50 {statistics.median(values):.0f} us (median of {len(values)} runs: "
             f"{runs_text(values)})"
         )
-    print("CPU per round trip in the last run (us, user + system), threads above 1 us:")
+    print(
+        "Per round trip in the last run, threads above 1 us: CPU (us, user + system), "
+        "context switches (voluntary, involuntary):"
+    )
     for stack, processes in cpu.items():
         for process, threads in processes.items():
-            for thread, us in threads.items():
+            for thread, (us, voluntary, involuntary) in threads.items():
                 if us >= 1:
-                    print(f"  {stack:5} {process:7} {thread:28} {us:6.0f}")
+                    print(
+                        f"  {stack:5} {process:7} {thread:28} {us:6.0f}   "
+                        f"{voluntary:5.2f} {involuntary:5.2f}"
+                    )
 
 
 def add_breakdown(sub: Any) -> None:
@@ -302,6 +333,14 @@ def add_breakdown(sub: Any) -> None:
     parser.add_argument("--calls", type=int, default=2000, help="round trips per run")
     parser.add_argument("--runs", type=int, default=5, help="runs; medians are reported")
     parser.add_argument("--store", action="store_true", help="run the broker with its store")
+    parser.add_argument(
+        "--broker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for zbroker start, e.g. --broker-arg=--store-delay=0.1 "
+        "(repeat it for several)",
+    )
 
 
 # =================================================================================== compare

@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from broker.protocol.frames import recv_frames, send_frames
-from tests.support import load_tool
+from tests.support import TOOLS, load_tool, run_tool
 
 
 def load_compare() -> ModuleType:
@@ -43,3 +43,23 @@ def test_relay_echoes_req_and_pipelined_clients_and_is_reaped() -> None:
         finally:
             context.destroy(linger=0)
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids), "a helper was not reaped"
+
+
+def test_breakdown_passes_broker_arguments_and_counts_switches_per_thread() -> None:
+    """`tools/bench.py breakdown --store --broker-arg=...`, a few calls: the broker takes the
+    argument (a bad one would stop it from starting), and each busy thread's line has its CPU
+    and its context switches per round trip."""
+    code, out, err = run_tool(
+        TOOLS / "bench.py",
+        "breakdown",
+        "--runs=1",
+        "--calls=50",
+        "--store",
+        "--broker-arg=--store-delay=0.1",
+        timeout=120,
+    )
+    assert code == 0, err
+    assert "ours: p50" in out and "context switches (voluntary, involuntary)" in out
+    broker = [line.split() for line in out.splitlines() if line.startswith("  ours  broker")]
+    assert broker and all(len(fields) == 6 for fields in broker)  # ours broker thread 3 figures
+    assert all(float(fields[4]) > 0 for fields in broker)  # it waited for each message
