@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -421,13 +421,13 @@ class BrokerServer:
             return
         send = commands[0]
         if type(send) is not Send or len(commands) > 1:
-            # With a store, a message alone comes with the changes it made: they are kept,
-            # and the message takes the common case below.
-            sends = [c for c in commands if isinstance(c, Send)]
+            # With a store, a message alone comes with the changes it made: it takes the
+            # common case below.
+            sends = self._keep_changes(commands)
             if len(sends) != 1:
-                self._carry_out_many(router, commands)
+                if sends:
+                    self._send_all(router, sends)
                 return
-            self._changes += [c for c in commands if not isinstance(c, Send)]
             send = sends[0]
         if not self._outbox.held:  # the common case: one message, nothing waiting
             try:
@@ -446,15 +446,23 @@ class BrokerServer:
                 pass  # _send_to says what went wrong
         self._send_to(router, send.peer, [send.message])
 
-    def _carry_out_many(self, router: zmq.Socket[Any], commands: list[Command]) -> None:
-        """`_carry_out` of several messages, or none: the messages to each peer in one
-        message where they fit, in order."""
-        by_peer: dict[bytes, list[p.Message]] = {}
+    def _keep_changes(self, commands: list[Command]) -> list[Send]:
+        """Keep the store changes among `commands` for the next group commit; the sends."""
+        sends: list[Send] = []
+        changes = self._changes
         for command in commands:
-            if isinstance(command, Send):
-                by_peer.setdefault(command.peer, []).append(command.message)
+            if type(command) is Send:
+                sends.append(command)
             else:
-                self._changes.append(command)
+                changes.append(cast(Change, command))
+        return sends
+
+    def _send_all(self, router: zmq.Socket[Any], sends: list[Send]) -> None:
+        """`_carry_out` of several messages: those to each peer in one message where they
+        fit, in order."""
+        by_peer: dict[bytes, list[p.Message]] = {}
+        for send in sends:
+            by_peer.setdefault(send.peer, []).append(send.message)
         for peer, messages in by_peer.items():
             self._send_to(router, peer, messages)
 
