@@ -53,7 +53,7 @@ def test_breakdown_passes_broker_arguments_and_counts_switches_per_thread() -> N
         TOOLS / "bench.py",
         "breakdown",
         "--runs=1",
-        "--calls=50",
+        "--calls=400",  # enough for the broker's CPU to span several clock ticks
         "--store",
         "--broker-arg=--store-delay=0.1",
         timeout=120,
