@@ -207,8 +207,9 @@ def compare(args: argparse.Namespace) -> None:
     Starts a bare relay (a ROUTER process that passes frames, without reading them, to two
     DEALER echo worker processes in turn) and, as a user would, `zbroker start` (its store
     on) with two `znode --functions math --concurrency 1`, and `zbroker start --store none`
-    with two more. A task is `add(0, 0)`: the math set has no noop, and this is its cheapest
-    call. Then --runs rounds, each measuring the relay, then ours:
+    with two more (each --broker-arg added to both brokers' command lines). A task is
+    `add(0, 0)`: the math set has no noop, and this is its cheapest call. Then --runs
+    rounds, each measuring the relay, then ours:
       bulk        --tasks tasks. Relay: a DEALER client keeping 1,000 messages (one task
                   each) in flight. Ours: Client.map (its window is 1,000 too).
                   Target: ours >= 2x the relay (below 1.5x: not done).
@@ -224,9 +225,10 @@ def compare(args: argparse.Namespace) -> None:
     per task in the last round's bulk (where the time goes); or all of it with --json."""
     with contextlib.ExitStack() as stack:
         relay = stack.enter_context(Relay(workers=2))  # before this process has a context
-        store_on = stack.enter_context(LocalCluster(nodes=2, functions=["math"]))
+        extra = args.broker_arg
+        store_on = stack.enter_context(LocalCluster(nodes=2, functions=["math"], broker_args=extra))
         store_none = stack.enter_context(
-            LocalCluster(nodes=2, functions=["math"], broker_args=["--store", "none"])
+            LocalCluster(nodes=2, functions=["math"], broker_args=[*extra, "--store", "none"])
         )
         context: zmq.Context[Any] = zmq.Context()
         stack.callback(context.destroy, linger=0)
@@ -609,15 +611,20 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "bulk_window": MAP_WINDOW,
         "task": f"{FUNCTION}{ARGUMENTS}",
         "relay": RELAY_SHAPE,
-        "ours": f"zbroker start (store on; --store none for its cost), 2 x {NODE_COMMAND}",
+        "ours": ours_shape(args),
     }
+
+
+def ours_shape(args: argparse.Namespace) -> str:
+    extra = "".join(f" {arg}" for arg in args.broker_arg)
+    return f"zbroker start{extra} (store on; --store none for its cost), 2 x {NODE_COMMAND}"
 
 
 def parameter_lines(args: argparse.Namespace) -> list[str]:
     return [
         f"ours against a bare pyzmq relay, medians of {args.runs} rounds alternating them",
         f"  relay: {RELAY_SHAPE}; a REQ client for sequential",
-        f"  ours:  zbroker start (store on; --store none for its cost), 2 x {NODE_COMMAND}",
+        f"  ours:  {ours_shape(args)}",
         f"  tasks: {FUNCTION}{ARGUMENTS}; bulk {args.tasks:,} (window {MAP_WINDOW:,}), "
         f"in flight {args.in_flight:,}, sequential {args.calls:,} calls",
     ]
@@ -645,3 +652,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=2_000, help="sequential round trips")
     parser.add_argument("--runs", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--broker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for both brokers' zbroker start, e.g. "
+        "--broker-arg=--store-delay=0.1 (repeat it for several)",
+    )
