@@ -517,10 +517,13 @@ class BrokerServer:
         persistence = self.persistence
         if persistence.writing:
             self._take_commits()
-        if persistence.save_now(len(self._changes), time.monotonic()):
+        scheduler = self.scheduler
+        if (
+            scheduler.awaiting_store  # a client waits for what it sent to be written
+            or persistence.save_now(len(self._changes), time.monotonic())
+            or (not self._changes and scheduler.confirming)  # RESULTs that changed nothing
+        ):
             self._save()
-        elif not self._changes and self.scheduler.confirming:
-            self._save()  # RESULTs that changed nothing to store: confirmed in turn
 
     def _save(self, confirm: bool = True) -> None:
         """Hand what changed since the last save to the store, which writes it in one
@@ -528,7 +531,10 @@ class BrokerServer:
         (`_take_commits`), or at once without a store. A store that cannot be written stops
         the broker at once: going on would promise what it cannot keep."""
         changes, self._changes = self._changes, []
-        if self.store_failure is not None or not (changes or self.scheduler.confirming):
+        scheduler = self.scheduler
+        if self.store_failure is not None or not (
+            changes or scheduler.confirming or scheduler.awaiting_store
+        ):
             return
         now = time.monotonic()
         try:
@@ -548,7 +554,7 @@ class BrokerServer:
             return
         if handed:
             self._handle(_HANDED_OVER, now)
-        elif self.scheduler.confirming:
+        elif scheduler.confirming or scheduler.awaiting_store:
             self._confirm()
 
     def _take_commits(self, timeout: float = 0.0) -> None:

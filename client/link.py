@@ -523,9 +523,11 @@ def deliver(
     keys: PeerKeys | None = None,
 ) -> TaskCompleted | None:
     """Send the EXECUTE `request` of task `task_id` and return once the broker holds the
-    task, without waiting for its answer. A STATUS follows the EXECUTE on the same DEALER
-    socket, and the broker handles one connection's messages in order, so its STATUS_REPLY
-    says the EXECUTE was taken. Both are sent again after `resend_interval` without a
+    task (in its store, if it has one), without waiting for its answer. A STATUS `stored`
+    follows the EXECUTE on the same DEALER socket; the broker handles one connection's
+    messages in order and answers it once its store has written what came before it
+    (protocol.md 3.10), so its STATUS_REPLY says the EXECUTE was taken and kept: a broker
+    killed after it still has the task. Both are sent again after `resend_interval` without a
     reply, or at once when the connection was lost and made again (a restarted broker).
     Returns the task's TASK_COMPLETED when that comes first (a quick task, or an id
     answered lately); raises the BrokerError the broker refused it with, BrokerUnreachable
@@ -534,7 +536,7 @@ def deliver(
     contact = Contact(url, connect_timeout, keys)
     try:
         sock, watch, reconnects = contact.open_watched(context, zmq.DEALER)
-        delivery = _Delivery(sock, watch, reconnects, [request, encode(Status())])
+        delivery = _Delivery(sock, watch, reconnects, [request, encode(Status(stored=True))])
         return delivery.wait(contact, task_id, timeout, resend_interval)
     finally:
         context.destroy(linger=0)  # (the monitors' sockets with it)

@@ -212,8 +212,13 @@ class Scheduler:
         # once the store has written it (`HandedOver`, then `Committed`); the shell reads it
         # (an attribute: it asks per loop).
         self.confirming: dict[bytes, Node] = {}
-        # What each handover to the store not committed yet confirms: (node, RESULTs).
-        self._handed: deque[list[tuple[bytes, Node, int]]] = deque()
+        # Replies to STATUS `stored` (protocol.md 3.10) taken since the last handover: sent
+        # once the store has written it, as STORED is. The shell hands over at once while
+        # any waits (an attribute: it asks per loop).
+        self.awaiting_store: list[Send] = []
+        # What each handover to the store not committed yet confirms: (node, RESULTs), and
+        # the STATUS replies that wait for it.
+        self._handed: deque[tuple[list[tuple[bytes, Node, int]], list[Send]]] = deque()
         self._hold: RestartHold | None = None  # after a restart: see broker.core.adoption
         self._early: dict[str, EarlyClaim] = {}  # claims of tasks to come, by task id
         # Everything an event causes, as commands to carry out in order: `_handle`, and with
@@ -656,24 +661,28 @@ class Scheduler:
         """The store will write what the RESULTs received so far changed: what each node
         that sent some is told once it has (`_on_committed`)."""
         confirming, self.confirming = self.confirming, {}
-        self._handed.append([(i, node, node.results_in) for i, node in confirming.items()])
+        waiting, self.awaiting_store = self.awaiting_store, []
+        covered = [(i, node, node.results_in) for i, node in confirming.items()]
+        self._handed.append((covered, waiting))
         return []
 
     def _on_committed(self, event: Committed, now: float) -> list[Command]:
         """The store has written the oldest handover (or, with none, all so far): each node
         that sent RESULTs it covers (and asked) is told how many of its RESULT messages are
-        safe (STORED)."""
+        safe (STORED), and the STATUS replies that waited for it leave."""
         if self._handed:
-            covered = self._handed.popleft()
+            covered, replies = self._handed.popleft()
         else:
             confirming, self.confirming = self.confirming, {}
             covered = [(i, node, node.results_in) for i, node in confirming.items()]
+            replies, self.awaiting_store = self.awaiting_store, []
         nodes = self._pool.nodes
-        return [
+        stored: list[Command] = [
             Send(identity, Stored(count))
             for identity, node, count in covered
             if nodes.get(identity) is node
         ]
+        return stored + replies
 
     def _restored_dependency_failure(self, spec: TaskSpec) -> Failure | None:
         """Whether a restored task depends on one that failed. A dependency neither pending
@@ -975,7 +984,11 @@ class Scheduler:
         body = self.status(now, msg)
         if not self._admin and "metrics" in body:  # other clients' task ids and errors
             body["metrics"]["recent_failures"] = []
-        return [Send(peer, StatusReply(body))]
+        reply = Send(peer, StatusReply(body))
+        if msg.stored and self._journal:  # once what came before it is written
+            self.awaiting_store.append(reply)
+            return []
+        return [reply]
 
     def _on_error(self, peer: bytes, node: Node | None, msg: Error, now: float) -> list[Command]:
         self._counters["errors_received"] += 1

@@ -260,6 +260,7 @@ class _StatusBody(msgspec.Struct, gc=False):
     nodes: Literal["busiest", "all"] = "busiest"
     offset: Count = 0
     limit: StatusLimit | None = None
+    stored: bool = False
 
 
 class _ErrorBody(msgspec.Struct, gc=False):
@@ -697,7 +698,7 @@ def _decode_status(frames: Sequence[bytes]) -> Status:
     if len(frames) < 3:  # no body: the defaults
         return Status()
     b = _STATUS.read(frames)
-    return Status(b.nodes, b.offset, b.limit)
+    return Status(b.nodes, b.offset, b.limit, b.stored)
 
 
 def _decode_error(frames: Sequence[bytes]) -> Error:

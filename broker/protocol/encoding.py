@@ -259,6 +259,8 @@ def _encode_status(m: Status) -> list[bytes]:
         body["offset"] = m.offset
     if m.limit is not None:
         body["limit"] = m.limit
+    if m.stored:
+        body["stored"] = True
     return [TAG, STATUS, _json(body)] if body else [TAG, STATUS]
 
 

@@ -275,11 +275,13 @@ class Batch(Struct, frozen=True):
 class Status(Struct, frozen=True, gc=False):
     """Ask for the broker's state (protocol.md 3.10): with the busiest nodes (at most
     `limit`, default STATUS_NODES), or with a page of all of them in the order they
-    registered (`nodes` "all", from `offset`, at most `limit`, default MAX_STATUS_PAGE)."""
+    registered (`nodes` "all", from `offset`, at most `limit`, default MAX_STATUS_PAGE).
+    `stored`: answered once the broker's store has written what the broker took before it."""
 
     nodes: str = NODES_BUSIEST
     offset: int = 0
     limit: int | None = None
+    stored: bool = False
 
 
 class StatusReply(Struct, frozen=True):

@@ -210,8 +210,8 @@ Detach = Annotated[
     bool,
     typer.Option(
         "--detach",
-        help="Print the task id as soon as the broker holds the task, and exit 0; the task "
-        "runs on. zsubmit result ID prints its result later.",
+        help="Print the task id as soon as the broker holds the task (in its store, when it "
+        "has one), and exit 0; the task runs on. zsubmit result ID prints its result later.",
     ),
 ]
 

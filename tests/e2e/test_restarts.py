@@ -204,3 +204,22 @@ def test_tasks_placed_in_the_moment_before_the_kill_run_once(
     assert started(runs) == Counter({f"k{i}": 1 for i in range(4)})  # each ran once
     counters = cluster.status()["counters"]
     assert counters.get("adopted") == 4, counters
+
+
+def test_a_detached_task_survives_a_broker_killed_right_after(cluster: Cluster) -> None:
+    """`zsubmit --detach` exits once the broker's store has the task (STATUS `stored`,
+    protocol.md 3.10), not only its memory: a broker killed at once, with a group commit
+    that would have waited 10 s, still has the task when restarted on its store, and runs
+    it once a node comes."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    cluster.start_broker("--store-delay", "10", bind=url)
+    detached = cluster.zsubmit("--detach", "--task-id", "kept", "multiply", "6", "7")
+    assert detached.returncode == 0 and detached.stdout.strip() == "kept", detached.stderr
+    assert cluster.broker is not None
+    cluster.broker.signal(signal.SIGKILL)
+    cluster.broker.wait(5)
+    cluster.start_broker(bind=url)
+    cluster.start_node("--prefetch", "0")
+    cluster.wait_nodes("node0")
+    answer = cluster.zsubmit("result", "kept", "--wait", "20")
+    assert (answer.returncode, answer.stdout) == (0, "42\n"), answer.stderr

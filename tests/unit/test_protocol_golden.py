@@ -90,6 +90,7 @@ GOLDEN: list[tuple[p.Message, list[bytes]]] = [
     (p.Status(p.NODES_ALL, 1000, 500),
      [T, b"STATUS", b'{"nodes":"all","offset":1000,"limit":500}']),
     (p.Status(limit=10), [T, b"STATUS", b'{"limit":10}']),
+    (p.Status(stored=True), [T, b"STATUS", b'{"stored":true}']),
     (p.StatusReply({"nodes": [], "queued": 3, "running": 0, "counters": {"received": 7}}),
      [T, b"STATUS_REPLY", b'{"nodes":[],"queued":3,"running":0,"counters":{"received":7}}']),
     (p.Dlq("list", limit=50), [T, b"DLQ", b'{"op":"list","limit":50}']),

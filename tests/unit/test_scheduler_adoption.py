@@ -10,7 +10,7 @@ import dataclasses
 from broker import protocol as p
 from broker.core import journal as j
 from broker.core.config import RetryPolicy, SchedulerConfig
-from broker.core.events import Committed, Restored, Send
+from broker.core.events import Committed, HandedOver, Restored, Send
 from broker.core.journal import PendingTask
 from tests.unit.core import Core, completed, execute, ok, runs
 
@@ -313,3 +313,24 @@ def test_a_task_of_no_nodes_function_accepted_during_the_hold_is_refused_after_t
     assert completed(sends) == [] and core.status()["unclaimed"] == 4
     [answer] = completed(core.tick(1.5))
     assert (answer.task_id, answer.exit_code) == ("x", p.EXIT_UNKNOWN_FUNCTION)
+
+
+def test_a_status_that_asks_for_the_store_is_answered_once_its_handover_is_written() -> None:
+    """STATUS `stored` (protocol.md 3.10): with a journal, the reply waits for the store to
+    write the handover after it, in order with the nodes' STORED; without one, it leaves at
+    once."""
+    core = Core(CONFIG)
+    core.handle(b"a1", register("a", 1, ()), 0.0)
+    core.handle(CLIENT, execute("t1"), 0.0)
+    assert core.handle(CLIENT, p.Status(stored=True), 0.1) == []
+    assert core.scheduler.awaiting_store
+    core.event(HandedOver(), 0.2)  # the store has the EXECUTE's changes now
+    assert not core.scheduler.awaiting_store
+    assert core.handle(b"other", p.Status(stored=True), 0.3) == []  # after that handover
+    [reply] = core.event(Committed(), 0.4)
+    assert reply.peer == CLIENT and isinstance(reply.message, p.StatusReply)
+    [later] = core.event(Committed(), 0.5)  # with no handover left: all so far
+    assert later.peer == b"other"
+    plain = Core(dataclasses.replace(CONFIG, journal=False))
+    [at_once] = plain.handle(CLIENT, p.Status(stored=True), 0.0)
+    assert isinstance(at_once.message, p.StatusReply)
