@@ -67,8 +67,9 @@ STOP_CHECK_MS = 100  # the longest wait inside a receive: a stop signal is seen 
 FLUSH_AFTER = 0.0002
 FLUSH_BY = 0.002
 # Between tasks run inline, the broker's socket is looked at (is a message waiting?) at most
-# every LOOK_EVERY seconds: a look is a getsockopt that polls libzmq's mailbox, about 1.5 us,
-# as much as a short task's own run; a RETRACT or a RUN waits for it at most this long more.
+# every LOOK_EVERY seconds: a look is a getsockopt that polls libzmq's mailbox (1.5 us in
+# `tools/bench.py frames`), about as much as a short task's own run; a RETRACT or a RUN waits
+# for it at most this long more.
 LOOK_EVERY = 0.0002
 PROBE_INTERVAL = 0.05  # seconds between HEARTBEATs asking a broker whether it forgot us
 RESULTS_READY = b"\xff"  # on the wake-up socket: slot threads finished tasks

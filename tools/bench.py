@@ -475,8 +475,9 @@ def broker_steps(n: int, metrics: bool = True, journal: bool = False) -> Step:
 
     stub(server, "send_routed", lambda *args: None)
     scheduler = SchedulerConfig(metrics=metrics)
-    # A dead-letter log alone makes the scheduler keep its journal, without a writer process.
-    log = tempfile.mkdtemp(prefix="bench-journal-") + "/dead-letters.jsonl" if journal else None
+    # A dead-letter log alone makes the scheduler keep its journal, without a writer process
+    # (every task succeeds: nothing is written to it).
+    log = os.devnull if journal else None
     persistence = PersistenceConfig(store=None, dead_letter_log=log)
     config = server.BrokerConfig(scheduler=scheduler, persistence=persistence)
     broker = server.BrokerServer(config)
@@ -686,7 +687,9 @@ def frames(args: argparse.Namespace) -> None:
     Sends a 4-frame EXECUTE message over an inproc PAIR and receives it, --messages times,
     each way of doing it in turn, --runs times; prints the median microseconds per message
     and every run's. In process and hot in cache, so it shows the wrappers' cost, not what a
-    message costs between processes (`run` measures that)."""
+    message costs between processes (`run` measures that). Then the same for a look at a
+    socket with nothing waiting (`readable`: a getsockopt(ZMQ_EVENTS), which polls libzmq's
+    mailbox), as a node's loop makes between the tasks it runs."""
     context: zmq.Context[Any] = zmq.Context()
     a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     a.bind("inproc://bench-frames")
@@ -700,14 +703,23 @@ def frames(args: argparse.Namespace) -> None:
                     move()
                 elapsed = time.perf_counter() - started
                 timings.setdefault(name, []).append(elapsed / args.messages * 1e6)
+            started = time.perf_counter()
+            for _ in range(args.messages):
+                readable(b)
+            elapsed = time.perf_counter() - started
+            timings.setdefault(LOOK, []).append(elapsed / args.messages * 1e6)
             progress(f"run {i + 1}/{args.runs} done")
     finally:
         context.destroy(linger=0)
     for name, values in timings.items():
+        unit = "look" if name == LOOK else "message"
         print(
-            f"{name:49} {statistics.median(values):5.2f} us per message (median of "
+            f"{name:49} {statistics.median(values):5.2f} us per {unit} (median of "
             f"{args.runs}: {runs_text(values, '{:.2f}')})"
         )
+
+
+LOOK = "readable(), nothing waiting"
 
 
 def ways(a: zmq.Socket[Any], b: zmq.Socket[Any]) -> dict[str, Callable[[], object]]:
