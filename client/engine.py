@@ -29,8 +29,7 @@ from broker.protocol import (
     TaskSpec,
     batches,
     encode,
-    encode_batch,
-    encode_packed,
+    encode_tasks,
 )
 from broker.protocol.frames import NOBLOCK, POLLIN, poll, readable, recv_frames, send_frames
 from broker.tracing import ClientSpans
@@ -346,7 +345,7 @@ def outgoing_frames(outgoing: list[Outgoing], packed: bool = False) -> Iterator[
 
 def _execute_batches(executes: list[Execute], packed: bool) -> Iterator[list[bytes]]:
     for batch in batches(executes, lambda execute: len(execute.spec.args), EXECUTE_BATCH_TASKS):
-        yield [b"", *(encode_packed(batch) if packed and len(batch) > 1 else encode_batch(batch))]
+        yield [b"", *encode_tasks(batch, packed)]
 
 
 def _drain(fd: int) -> None:

@@ -18,8 +18,7 @@ from broker.protocol import (
     Execute,
     TaskCompleted,
     batches,
-    encode_batch,
-    encode_packed,
+    encode_tasks,
 )
 from broker.protocol.frames import NOBLOCK, recv_frames, send_frames, wait_readable
 from broker.tracing import ClientSpans
@@ -171,8 +170,7 @@ class Pipeline:
         to the next resend."""
         packed = self._packed
         for batch in _batches(executes):
-            frames = encode_packed(batch) if packed and len(batch) > 1 else encode_batch(batch)
-            if not self._send(sock, [b"", *frames]):
+            if not self._send(sock, [b"", *encode_tasks(batch, packed)]):
                 return
 
     @staticmethod

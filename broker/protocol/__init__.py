@@ -31,6 +31,7 @@ from broker.protocol.encoding import (
     encode_many as encode_many,
     encode_packed as encode_packed,
     encode_packed_frames as encode_packed_frames,
+    encode_tasks as encode_tasks,
     execute_frames as execute_frames,
     result_frames as result_frames,
     run_frames as run_frames,

@@ -318,6 +318,14 @@ def encode_packed(messages: Sequence[TaskMessage]) -> list[bytes]:
     return encode_packed_frames([encode(message) for message in messages])
 
 
+def encode_tasks(messages: Sequence[TaskMessage], packed: bool) -> list[bytes]:
+    """One message for tasks of one command: packed (protocol.md 2.5) for a peer that reads
+    it, else in pairs (2.4); a task alone in the plain form either way."""
+    if packed and len(messages) > 1:
+        return encode_packed(messages)
+    return encode_batch(messages)
+
+
 def encode_packed_frames(messages: Sequence[list[bytes]]) -> list[bytes]:
     """`encode_packed` of messages encoded already, one task each, of one command."""
     first = messages[0]

@@ -489,6 +489,13 @@ def test_the_packed_form_reads_as_the_pairs_with_the_same_headers_and_payloads()
     assert p.decode(one) == p.Batch((p.Run("a", "f", b"", 1),), packed=True)
 
 
+def test_encode_tasks_packs_several_tasks_only_for_a_reader_of_the_packed_form() -> None:
+    one, two = p.Run("a", "f", b"[]", 1), p.Run("b", "g", b"[1]", 2)
+    assert p.encode_tasks([one], packed=True) == p.encode(one)  # a task alone: plain
+    assert p.encode_tasks([one, two], packed=True) == p.encode_packed([one, two])
+    assert p.encode_tasks([one, two], packed=False) == p.encode_batch([one, two])
+
+
 def test_a_bad_header_in_a_packed_message_is_its_own_error() -> None:
     good = b'{"task_id":"ok","exit_code":0,"error":null}'
     bad = b'{"task_id":"bad","exit_code":999}'
