@@ -127,5 +127,12 @@ def load_tool(name: str, module: str | None = None) -> ModuleType:
     assert spec is not None and spec.loader is not None
     loaded = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = loaded  # dataclasses look their module up
-    spec.loader.exec_module(loaded)
+    added = str(TOOLS) not in sys.path
+    if added:
+        sys.path.insert(0, str(TOOLS))
+    try:
+        spec.loader.exec_module(loaded)
+    finally:
+        if added:
+            sys.path.remove(str(TOOLS))
     return loaded

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,12 @@ def instructions(args: argparse.Namespace) -> None:
       broker-journal  the same with a journal, as with a store: the changes each message
               makes are noted for the next group commit (handed over, and STORED sent,
               every 10 steps; the writer's own work is not counted)
+      broker-bulk  the broker's share of Client.map: a step is one packed EXECUTE of 64
+              tasks in, and one packed RESULT from each of two packed nodes (capacity 1,
+              --prefetch 64) answering their 32 oldest tasks, with the journal on and a
+              group commit per step; counted per task. The nodes set the pace, so the
+              broker keeps a queue, as in a bulk run; the stub nodes' reading of the RUN
+              headers (one orjson.loads per RUN) is counted too
       floor   what a bare relay's Python does for the broker's two messages: one
               orjson.loads and one orjson.dumps each (the breakdown's relay does even less)
 
@@ -399,7 +406,9 @@ def instructions(args: argparse.Namespace) -> None:
         prepared = WARM_STEPS + args.steps
         base = count_instructions(workload, prepared, WARM_STEPS)
         total = count_instructions(workload, prepared, prepared)
-        print(f"{workload:7} {(total - base) / args.steps:9,.0f} instructions per round trip")
+        tasks = TASKS_PER_STEP.get(workload, 1)
+        unit = "task (in bulk)" if tasks > 1 else "round trip"
+        print(f"{workload:7} {(total - base) / args.steps / tasks:9,.0f} instructions per {unit}")
 
 
 def count_instructions(workload: str, prepared: int, steps: int) -> int:
@@ -503,6 +512,70 @@ def broker_steps(n: int, metrics: bool = True, journal: bool = False) -> Step:
     return step
 
 
+BULK_BATCH = 64  # tasks per EXECUTE of the bulk workload, as Client.map sends them
+BULK_PREFETCH = 64  # each node's --prefetch, znode's default
+BULK_WINDOW = 16  # EXECUTE batches in flight: Client.map's window of 1,000 tasks
+
+
+class BrokerBulk:
+    """The `broker-bulk` workload. Step i: one packed EXECUTE of BULK_BATCH tasks in; each
+    of two packed nodes (capacity 1) answers the BULK_BATCH / 2 oldest tasks sent to it in
+    one packed RESULT. The nodes set the pace, as in a bulk run: the broker keeps the rest of
+    the window queued. `broker` and `answered` are there for a test to check."""
+
+    def __init__(self, n: int) -> None:
+        import broker.outbox as outbox
+        import broker.server as server
+        from broker.store import PersistenceConfig
+
+        self.sent = {b"N1": deque[str](), b"N2": deque[str]()}  # the tasks each was sent
+        self.answered = 0  # tasks answered to the client
+        stub(server, "send_routed", self._capture)
+        stub(outbox, "send_routed", self._capture)
+        log = os.devnull  # a dead-letter log alone keeps the journal on, without a writer
+        config = server.BrokerConfig(persistence=PersistenceConfig(store=None, dead_letter_log=log))
+        self.broker = server.BrokerServer(config)
+        self.broker.restore()
+        router: Any = object()  # (its sends are stubbed)
+        self.router = router
+        self.broker._router = router
+        for node in self.sent:
+            register = p.Register(
+                node.decode(), "h", 1, ("noop",), 1, prefetch=BULK_PREFETCH, packed=True
+            )
+            self.broker._process(self.router, [node, b"", *p.encode(register)])
+        ids = [f"{i:016x}-{i}" for i in range((n + BULK_WINDOW) * BULK_BATCH)]
+        specs = [p.Execute(p.TaskSpec(task_id, "noop", b"[]")) for task_id in ids]
+        self.executes = [
+            [b"C", b"", *p.encode_tasks(specs[i : i + BULK_BATCH], True)]
+            for i in range(0, len(specs), BULK_BATCH)
+        ]
+        self.results = {t: p.result_frames(t, 0, b"null", None, 1) for t in ids}
+        for i in range(BULK_WINDOW):  # a window in flight before the first step
+            self.broker._process(self.router, self.executes[n + i])
+
+    def _capture(self, sock: Any, peer: bytes, frames: Sequence[bytes], flags: int = 0) -> None:
+        """A send of the broker's: a node notes the tasks of a RUN, the client counts."""
+        if peer == b"C":
+            if frames[1] == p.TASK_COMPLETED:  # packed (5 frames: sizes 4th) or in pairs
+                self.answered += (
+                    len(orjson.loads(frames[3])) if len(frames) == 5 else (len(frames) - 2) // 2
+                )
+        elif frames[1] == p.RUN:
+            headers = orjson.loads(frames[2]) if len(frames) == 5 else [orjson.loads(frames[2])]
+            self.sent[peer].extend(header["task_id"] for header in headers)
+
+    def __call__(self, i: int) -> None:
+        broker, router, results = self.broker, self.router, self.results
+        for node, sent in self.sent.items():
+            ran = [results[sent.popleft()] for _ in range(min(len(sent), BULK_BATCH // 2))]
+            if ran:
+                packed = p.encode_packed_frames(ran) if len(ran) > 1 else ran[0]
+                broker._process(router, [node, b"", *packed])
+        broker._process(router, self.executes[i])
+        broker._save()  # a group commit about every BULK_BATCH tasks
+
+
 def floor_steps(n: int) -> Step:
     ids = [f"{i:016x}-{i}" for i in range(n)]
     executes = [[b"C", b"", *p.execute_frames(p.TaskSpec(t, "noop", b"[]"))] for t in ids]
@@ -531,8 +604,10 @@ WORKLOADS: dict[str, Callable[[int], Step]] = {
     "broker": broker_steps,
     "broker-no-metrics": lambda n: broker_steps(n, metrics=False),
     "broker-journal": lambda n: broker_steps(n, journal=True),
+    "broker-bulk": BrokerBulk,
     "floor": floor_steps,
 }
+TASKS_PER_STEP = {"broker-bulk": BULK_BATCH}  # (other workloads: one round trip a step)
 
 
 def add_instructions(sub: Any) -> None:
