@@ -1,0 +1,107 @@
+"""TaskQueue's batch pop (`pop_many`, which fills a node's window at once) against a model of
+one pop at a time: the same tasks in the same order, and the same turns kept for what is
+queued later (the submitters' fair shares, protocol.md 5)."""
+
+from __future__ import annotations
+
+import heapq
+from typing import NamedTuple
+
+from hypothesis import given, settings, strategies as st
+
+from broker import protocol as p
+from broker.core.queues import Entry, TaskQueue
+from broker.core.tasks import Task
+
+FUNCTIONS = ("f", "g", "h")
+
+
+class Push(NamedTuple):
+    """A task queued; `again`: a retry, queued at the front of its submitter's line."""
+
+    function: str
+    priority: int
+    submitter: bytes
+    again: bool
+
+
+class Pop(NamedTuple):
+    """Up to `most` tasks taken for a node offering `functions`."""
+
+    functions: frozenset[str]
+    most: int
+
+
+class Discard(NamedTuple):
+    """The `position`-th task queued so far taken out, if it is still queued."""
+
+    position: int
+
+
+Op = Push | Pop | Discard
+ops = st.lists(
+    st.one_of(
+        st.builds(
+            Push,
+            st.sampled_from(FUNCTIONS),
+            st.integers(p.PRIORITY_MIN, p.PRIORITY_MAX),
+            st.sampled_from([b"a", b"b", b"c"]),
+            st.booleans(),
+        ),
+        st.builds(Pop, st.frozensets(st.sampled_from(FUNCTIONS), min_size=1), st.integers(0, 9)),
+        st.builds(Discard, st.integers(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+def pop_one(queue: TaskQueue, functions: frozenset[str]) -> Task | None:
+    """The model: the best top entry of the functions' heaps, by priority then turn; its
+    priority's turn moves on to it."""
+    best: Entry | None = None
+    for function in functions:
+        heap = queue._heaps.get(function)
+        entry = None if heap is None else heap.top()
+        if entry is not None and (best is None or entry < best):
+            best = entry
+    if best is None:
+        return None
+    task = best[3]
+    heap = queue._heaps[task.spec.function]
+    heapq.heappop(heap.entries)
+    queue._taken(task, heap)
+    queue._served[-best[0]] = max(queue._served[-best[0]], best[1])
+    return task
+
+
+def replay(ops: list[Op], batched: bool) -> tuple[list[list[str]], TaskQueue]:
+    queue, queued, popped = TaskQueue(), list[Task](), list[list[str]]()
+    for op in ops:
+        if isinstance(op, Push):
+            spec = p.TaskSpec(f"t{len(queued)}", op.function, b"[]", op.priority)
+            task = Task(spec, len(queued), 0.0, [op.submitter], 0, None)
+            queue.push(task, again=op.again)
+            queued.append(task)
+        elif isinstance(op, Pop):
+            if batched:
+                tasks = queue.pop_many(op.functions, op.most)
+            else:
+                tasks = []
+                while len(tasks) < op.most and (one := pop_one(queue, op.functions)) is not None:
+                    tasks.append(one)
+            popped.append([task.spec.task_id for task in tasks])
+        elif op.position < len(queued) and queued[op.position].queue_stamp:  # still queued
+            queue.discard(queued[op.position])
+        queue.check_invariants()
+    return popped, queue
+
+
+@settings(max_examples=400, deadline=None)
+@given(ops)
+def test_pop_many_takes_what_one_pop_at_a_time_would(ops: list[Op]) -> None:
+    batched, queue = replay(ops, batched=True)
+    one_at_a_time, model = replay(ops, batched=False)
+    assert batched == one_at_a_time
+    assert queue._served == model._served
+    assert queue.counts() == model.counts()
+    assert queue.size == model.size
