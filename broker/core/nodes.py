@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -472,26 +472,35 @@ class NodePool:
     def release(self, node: Node, task_id: str) -> bool:
         """`node` answered `task_id` (or gave it back): free its place; False if it had
         none. Held tasks wait for `promote`."""
-        if task_id not in node.active:
-            return False
-        if node.waiting:
-            self.reclaim(node, task_id)
-        node.active.remove(task_id)
-        if node.reclaiming:
-            self._shrink(node)
-        if node.held:
-            function = node.held.pop(task_id, None)
-            if function is not None:  # it ran before the broker counted a slot free for it
-                self._unhold(node, function)
-        if node.retracting:
-            node.retracting.discard(task_id)
-        node.completed += 1
-        if node.prefetch:
-            work = node.capacity * HELD_WORK / node.run_time
-            node.window = node.capacity + min(node.prefetch, max(1, int(work)))
-        self._changed(node)
-        self._recount(node)
-        return True
+        return self.release_all(node, (task_id,)) == 1
+
+    def release_all(self, node: Node, task_ids: Iterable[str]) -> int:
+        """`release` of each of `task_ids` (the tasks one RESULT message answered), the
+        node's load updated once: how many had a place."""
+        active, released = node.active, 0
+        for task_id in task_ids:
+            if task_id not in active:
+                continue
+            released += 1
+            if node.waiting:
+                self.reclaim(node, task_id)
+            active.remove(task_id)
+            if node.reclaiming:
+                self._shrink(node)
+            if node.held:
+                function = node.held.pop(task_id, None)
+                if function is not None:  # it ran before the broker counted a slot free
+                    self._unhold(node, function)
+            if node.retracting:
+                node.retracting.discard(task_id)
+        if released:
+            node.completed += released
+            if node.prefetch:
+                work = node.capacity * HELD_WORK / node.run_time
+                node.window = node.capacity + min(node.prefetch, max(1, int(work)))
+            self._changed(node)
+            self._recount(node)
+        return released
 
     def promote(self, node: Node) -> str | None:
         """The oldest held task of `node`, if a slot is free to start it (it has then)."""

@@ -1849,11 +1849,10 @@ class Scheduler:
         queue = self._queue
         if node.draining or not self._accepting:
             return commands
-        while queue.size and len(node.active) < node.window:
-            task = queue.pop_for(node.functions)
-            if task is None:
-                break
-            commands.append(self._start(task, node, now))
+        room = node.window - len(node.active)  # (starting a task leaves the window as it is)
+        if queue.size and room > 0:
+            for task in queue.pop_many(node.functions, room):
+                commands.append(self._start(task, node, now))
         if self._pool.held and node.idle_slot:
             commands += self._take_back_for(node)
         return commands
@@ -2064,14 +2063,31 @@ class Scheduler:
         answered.clear()
         self.deferred = False  # the answers are settled; the freed slots are next
         if self._freed:
-            freed, self._freed = self._freed, []
-            for node, task_id in freed:
-                if self._pool.nodes.get(node.identity) is node:  # not lost meanwhile
-                    released = self._pool.release(node, task_id)  # `_release`, without a call
-                    if released and node.held:
-                        self._promote(node, now)
-                    if node.draining or (released and (self._queue.size or self._pool.held)):
-                        commands += self._refill(node, released, now)
+            commands += self._refill_freed(now)
+        return commands
+
+    def _refill_freed(self, now: float) -> list[Command]:
+        """The places that successful RESULTs freed, node by node (most often one node's
+        RESULT message): released together, then held tasks promoted, then the node fed
+        once, as `_release` and `_refill` would for each."""
+        freed, self._freed = self._freed, []
+        by_node: dict[Node, list[str]] = {}
+        for node, task_id in freed:
+            task_ids = by_node.get(node)
+            if task_ids is None:
+                by_node[node] = [task_id]
+            else:
+                task_ids.append(task_id)
+        commands: list[Command] = []
+        pool = self._pool
+        for node, task_ids in by_node.items():
+            if pool.nodes.get(node.identity) is not node:  # lost meanwhile
+                continue
+            released = pool.release_all(node, task_ids) > 0
+            if released and node.held:
+                self._promote(node, now)
+            if node.draining or (released and (self._queue.size or pool.held)):
+                commands += self._refill(node, released, now)
         return commands
 
     def _count_answer(self, task: Task, reply: TaskCompleted, now: float) -> None:
