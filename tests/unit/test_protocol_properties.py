@@ -238,6 +238,42 @@ def test_round_trip_of_every_message_type(message_type: type) -> None:
     round_trip()
 
 
+traceparents = st.none() | st.builds(
+    lambda trace, span: f"00-{trace:032x}-{span:016x}-01",
+    st.integers(1, 2**128 - 1),
+    st.integers(1, 2**64 - 1),
+)
+packed_kinds: dict[type, st.SearchStrategy[Any]] = {
+    p.Run: st.builds(
+        lambda run, trace: msgspec.structs.replace(run, traceparent=trace),
+        MESSAGES[p.Run],
+        traceparents,
+    ),
+    p.TaskCompleted: st.builds(
+        lambda answer, trace: msgspec.structs.replace(answer, traceparent=trace),
+        MESSAGES[p.TaskCompleted],
+        traceparents,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(packed_kinds), ids=lambda t: t.__name__)
+def test_packed_headers_are_each_header_as_it_is_alone(kind: type) -> None:
+    """The broker writes the headers of packed RUNs and TASK_COMPLETEDs in one call: the
+    same bytes as the headers written one by one, any text and option included."""
+
+    @CODEC
+    @given(st.lists(packed_kinds[kind], min_size=1, max_size=6))
+    def same_bytes(messages: list[p.TaskMessage]) -> None:
+        frames = p.encode_packed(messages)
+        assert frames == p.encode_packed_frames([p.encode(m) for m in messages])
+        assert p.decode(frames) == p.Batch(tuple(messages), packed=True)
+        alone = frames if len(messages) > 1 else p.encode(messages[0])
+        assert list(p.encode_many(list(messages), packed=True)) == [alone]
+
+    same_bytes()
+
+
 # --------------------------------------------------------------------------------- payloads
 
 
