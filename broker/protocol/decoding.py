@@ -415,6 +415,10 @@ def _decode_execute(frames: Sequence[bytes]) -> Execute:
         h, args = _EXECUTE.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_EXECUTE, frames, "arguments")
+    return _execute_of(h, args)
+
+
+def _execute_of(h: _ExecuteHeader, args: bytes) -> Execute:
     if (
         h.retries is None
         and h.queue_timeout_ms is None
@@ -460,6 +464,10 @@ def _decode_run(frames: Sequence[bytes]) -> Run:
         h, args = _RUN.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_RUN, frames, "arguments")
+    return _run_of(h, args)
+
+
+def _run_of(h: _RunHeader, args: bytes) -> Run:
     ms = h.timeout_ms  # most RUNs have none: no call for them
     task_timeout = None if ms is None else ms / 1000
     if h.inputs is None and h.traceparent is None:
@@ -474,6 +482,10 @@ def _decode_result(frames: Sequence[bytes]) -> Result:
         h, result = _RESULT.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_RESULT, frames, "result")
+    return _result_of(h, result)
+
+
+def _result_of(h: _ResultHeader, result: bytes) -> Result:
     error = h.error  # most RESULTs have none: no call for them
     trace = None if h.traceparent is None else _traceparent(h.traceparent)
     if error is None:
@@ -487,6 +499,10 @@ def _decode_task_completed(frames: Sequence[bytes]) -> TaskCompleted:
         h, result = _TASK_COMPLETED.decode(frames[2]), frames[3]
     except _SLOW:
         _refuse_task(_TASK_COMPLETED, frames, "result")
+    return _task_completed_of(h, result)
+
+
+def _task_completed_of(h: _TaskCompletedHeader, result: bytes) -> TaskCompleted:
     error = h.error  # most answers have none: no call for them
     info = None if error is None else ErrorInfo(error.type, error.message)
     trace = None if h.traceparent is None else _traceparent(h.traceparent)
@@ -551,10 +567,7 @@ def _decode_packed(
     payload sizes and a frame of the payloads end to end (protocol.md 2.5). A message whose
     three frames disagree is refused whole; each header is then read as the pair form
     reads it, on its own."""
-    try:
-        headers = _HEADERS(frames[2])
-    except (msgspec.MsgspecError, RecursionError):
-        _refuse_packed(frames, "'s headers frame must be a JSON array")
+    headers, build = _packed_headers(frames)
     try:
         sizes = _SIZES(frames[3])
     except (msgspec.MsgspecError, RecursionError):
@@ -574,10 +587,32 @@ def _decode_packed(
     for header, size in zip(headers, sizes, strict=True):
         start, end = end, end + size
         try:
-            items.append(decode_one((tag, name, bytes(header), payloads[start:end])))
+            if build is None:
+                items.append(decode_one((tag, name, bytes(header), payloads[start:end])))
+            else:
+                items.append(build(header, payloads[start:end]))
         except RemoteProtocolError as exc:
             items.append(exc)
     return Batch(tuple(items), packed=True)
+
+
+def _packed_headers(
+    frames: Sequence[bytes],
+) -> tuple[list[Any], Callable[[Any, bytes], TaskMessage] | None]:
+    """A packed message's headers, with what makes a task's message of one and its payload.
+    Most often every header is valid, and all are read in one msgspec call; else each is
+    left as raw JSON (None: `decode_one` reads it), so that one bad header refuses only its
+    own task."""
+    typed = _PACKED.get(frames[1])
+    if typed is not None:
+        try:
+            return typed[0](frames[2]), typed[1]
+        except (msgspec.MsgspecError, RecursionError):
+            pass
+    try:
+        return _HEADERS(frames[2]), None
+    except (msgspec.MsgspecError, RecursionError):
+        _refuse_packed(frames, "'s headers frame must be a JSON array")
 
 
 # ------------------------------------------------------------------ the other commands
@@ -715,6 +750,15 @@ _ONE_TASK: dict[bytes, Callable[[Sequence[bytes]], TaskMessage]] = {
     RUN: _decode_run,
     RESULT: _decode_result,
     TASK_COMPLETED: _decode_task_completed,
+}
+
+# A packed message's headers read in one call (`_decode_packed`), and what makes each task's
+# message of its header and payload, as the per-task decoders do after their header.
+_PACKED: dict[bytes, tuple[Callable[[bytes], list[Any]], Callable[[Any, bytes], TaskMessage]]] = {
+    EXECUTE: (msgspec.json.Decoder(list[_ExecuteHeader]).decode, _execute_of),
+    RUN: (msgspec.json.Decoder(list[_RunHeader]).decode, _run_of),
+    RESULT: (msgspec.json.Decoder(list[_ResultHeader]).decode, _result_of),
+    TASK_COMPLETED: (msgspec.json.Decoder(list[_TaskCompletedHeader]).decode, _task_completed_of),
 }
 
 DECODERS: dict[bytes, Callable[[Sequence[bytes]], Message]] = {

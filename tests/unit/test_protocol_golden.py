@@ -507,6 +507,22 @@ def test_a_bad_header_in_a_packed_message_is_its_own_error() -> None:
     assert isinstance(other, p.ProtocolError) and other.task_id is None
 
 
+def test_a_packed_task_its_header_reads_but_its_command_refuses_is_its_own_error() -> None:
+    """Every header of the message is valid JSON of the right types, so they are read in
+    one call; a rule across fields (inputs among depends_on) still refuses only its task,
+    with the message the pair form gives it."""
+    good = b'{"task_id":"ok","function":"f"}'
+    bad = b'{"task_id":"bad","function":"f","depends_on":["ok"],"inputs":["other"]}'
+    batch = p.decode([T, b"EXECUTE", b"[" + good + b"," + bad + b"]", b"[2,2]", b"[][]"])
+    alone = p.decode([T, b"EXECUTE", bad, b"[]", good, b"[]"])
+    assert isinstance(batch, p.Batch) and isinstance(alone, p.Batch)
+    first, error = batch.items
+    assert first == p.Execute(p.TaskSpec("ok", "f", b"[]"))
+    assert isinstance(error, p.ProtocolError) and error.task_id == "bad"
+    assert error.message == alone.items[0].message  # type: ignore[union-attr]
+    assert "inputs names 'other', which is not in depends_on" in error.message
+
+
 @pytest.mark.parametrize(
     ("headers", "sizes", "payloads", "text"),
     [
