@@ -33,7 +33,7 @@ import math
 import random
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -2071,6 +2071,8 @@ class Scheduler:
         RESULT message): released together, then held tasks promoted, then the node fed
         once, as `_release` and `_refill` would for each."""
         freed, self._freed = self._freed, []
+        if len(freed) == 1:  # a RESULT of one task, without grouping
+            return self._refill_after(freed[0][0], (freed[0][1],), now)
         by_node: dict[Node, list[str]] = {}
         for node, task_id in freed:
             task_ids = by_node.get(node)
@@ -2079,16 +2081,20 @@ class Scheduler:
             else:
                 task_ids.append(task_id)
         commands: list[Command] = []
-        pool = self._pool
         for node, task_ids in by_node.items():
-            if pool.nodes.get(node.identity) is not node:  # lost meanwhile
-                continue
-            released = pool.release_all(node, task_ids) > 0
-            if released and node.held:
-                self._promote(node, now)
-            if node.draining or (released and (self._queue.size or pool.held)):
-                commands += self._refill(node, released, now)
+            commands += self._refill_after(node, task_ids, now)
         return commands
+
+    def _refill_after(self, node: Node, task_ids: Sequence[str], now: float) -> list[Command]:
+        pool = self._pool
+        if pool.nodes.get(node.identity) is not node:  # lost meanwhile
+            return []
+        released = pool.release_all(node, task_ids) > 0
+        if released and node.held:
+            self._promote(node, now)
+        if node.draining or (released and (self._queue.size or pool.held)):
+            return self._refill(node, released, now)
+        return []
 
     def _count_answer(self, task: Task, reply: TaskCompleted, now: float) -> None:
         """The counters and metrics of an answer."""
