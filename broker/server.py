@@ -538,8 +538,10 @@ class BrokerServer:
             return
         now = time.monotonic()
         try:
+            # A client waiting for STATUS `stored` waits for its tasks on disk, not held.
+            flush = bool(scheduler.awaiting_store)
             handed = self.persistence.save(
-                changes, self._wall_offset, now, self.scheduler.pinned_answers
+                changes, self._wall_offset, now, scheduler.pinned_answers, flush
             )
         except StoreError as exc:
             self._store_failed(exc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from broker.core.deadletters import DeadLetter
@@ -100,3 +101,37 @@ class Model:
         tasks = sorted(self.tasks.values(), key=lambda t: t.seq)
         answers, dead_letters = list(self.answers.values()), list(self.dead_letters.values())
         return Restored(tasks, answers, dead_letters, self.next_seq)
+
+
+# ------------------------------------------------------------------ random journals
+
+IDS = st.sampled_from(["a", "b", "c", "d"])
+TIMES = st.integers(0, 400).map(lambda n: n / 4)  # exact in binary
+
+
+@st.composite
+def journals(draw: st.DrawFn) -> list[Change]:
+    """A journal over a few task ids, every SaveTask with the next seq and of a task not
+    pending (the scheduler saves a task id again only once it has been answered)."""
+    out: list[Change] = []
+    pending: set[str] = set()
+    for seq in range(draw(st.integers(0, 40))):
+        kind = draw(st.integers(0, 6))
+        tid, at = draw(IDS), draw(TIMES)
+        if kind <= 1 and tid not in pending:
+            pending.add(tid)
+            priority = draw(st.integers(0, 9))
+            retries = draw(st.none() | st.integers(0, 100))
+            out.append(save(tid, seq, at, priority=priority, retries=retries))
+        elif kind == 2:
+            out.append(SaveAttempts(tid, draw(st.integers(1, 5))))
+        elif kind == 3:
+            pending.discard(tid)
+            out.append(SaveAnswer(answer(tid, draw(st.sampled_from([0, 1])), seq), at))
+        elif kind == 4:
+            out.append(ForgetAnswer(tid))
+        elif kind == 5:
+            out.append(SaveDeadLetter(dead(tid, at)))
+        else:
+            out.append(ForgetDeadLetter(draw(st.none() | IDS)))
+    return out

@@ -108,12 +108,15 @@ class Persistence:
         wall_offset: float,
         now: float,
         pinned: Callable[[], Collection[str]] = tuple,
+        flush: bool = False,
     ) -> bool:
         """Hand `changes` (the journal, in order) to the store's writer, to be written in one
         transaction, and write their dead letters to the log; now and then have the writer
         forget expired answers, except those of `pinned()` (inputs pending tasks need).
-        Whether the store was given a batch (see `committed`). Raises StoreError if the log
-        cannot be written, or if the writer has failed."""
+        The writer may hold new tasks back for a moment (broker.store.young); `flush`: not
+        those of this batch nor any before. Whether the store was given a batch (see
+        `committed`). Raises StoreError if the log cannot be written, or if the writer has
+        failed."""
         self.save_due = None
         writer = self._writer
         if writer is not None:
@@ -124,7 +127,7 @@ class Persistence:
                 older_than = now - config.results_ttl
                 keep, most = config.results_max, config.dead_letters_max
                 prune = Prune(older_than, wall_offset, keep, list(pinned()), most)
-            writer.send(Apply(changes, wall_offset, prune))
+            writer.send(Apply(changes, wall_offset, prune, flush))
         if self._log is not None:
             dead = [c.entry for c in changes if type(c) is SaveDeadLetter]
             if dead:

@@ -16,8 +16,11 @@ The conversation, over a Unix socket pair, each message length-prefixed MessageP
   `b"!"` followed by the reason (a StoreError's text) and the writer exits 74.
 
 Requests are carried out in the order sent, so an acknowledgement covers everything sent
-before it. When the broker dies, the writer reads what was sent before, writes it, and exits
-once the socket is closed: a killed broker loses only what it had not handed over. The writer
+before it, except the new tasks the writer holds back for a moment (broker.store.young:
+most are answered meanwhile and never cost SQLite a row; a request marked `flush` writes
+them too). When the broker dies, the writer reads what was sent before, writes it, held
+tasks included, and exits once the socket is closed: a killed broker loses only what it had
+not handed over. The writer
 ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the broker ends it by
 closing its side, after its last batch.
 """
@@ -39,6 +42,7 @@ from msgspec import Struct
 
 from broker.core.journal import Change
 from broker.store.errors import StoreError
+from broker.store.young import HOLD, YoungTasks
 
 
 class Prune(Struct, frozen=True, array_like=True):
@@ -53,11 +57,13 @@ class Prune(Struct, frozen=True, array_like=True):
 
 class Apply(Struct, frozen=True, array_like=True):
     """Write `changes` (the journal, in order) in one transaction; then, with `prune`, forget
-    what it says in another. One request, one acknowledgement."""
+    what it says in another. One request, one acknowledgement. New tasks may be held back
+    for a moment (broker.store.young), unless `flush`: then every task held is written too."""
 
     changes: list[Change]
     wall_offset: float
     prune: Prune | None = None
+    flush: bool = False
 
 
 _ENCODE = msgspec.msgpack.Encoder().encode
@@ -68,6 +74,7 @@ EXIT_FAILED = 74  # EX_IOERR, as the broker's own exit on a store failure
 # The writer yields the CPU to the broker and its peers when they want it: a commit can wait
 # a little, a round trip should not.
 WRITER_NICENESS = 5
+READ_SIZE = 1 << 20  # bytes the writer reads from the broker's socket at once
 CLOSE_TIMEOUT = 120.0  # seconds the writer may take to write what it holds at the end
 # The child's program: this module imported (not run as __main__, which the package's own
 # import of it would make a second copy of).
@@ -199,16 +206,21 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
 
     decode = msgspec.msgpack.Decoder(Apply).decode
     store = Store.open(path, durable_sync=durable_sync)
+    # With an fsync per transaction (--store-sync full) a task is on disk when acknowledged.
+    young = YoungTasks(0.0 if durable_sync else HOLD)
+    requests = _Requests(sock)
+    wall_offset = time.time() - time.monotonic()  # (the broker's is in each request)
     try:
-        stream = sock.makefile("rb")
         while True:
-            head = stream.read(_LENGTH.size)
-            if len(head) < _LENGTH.size:
-                return  # the broker is done (or gone): everything sent is written
-            size = _LENGTH.unpack(head)[0]
-            body = stream.read(size)
-            if len(body) < size:
-                return  # the broker died while it handed this one over: it was not given
+            due = young.next_due()
+            try:
+                body = requests.next(None if due is None else max(0.0, due - time.monotonic()))
+            except TimeoutError:  # held tasks whose moment is over
+                store.apply(young.due(time.monotonic()), wall_offset)
+                continue
+            if body is None:  # the broker is done (or gone): everything sent is written
+                store.apply(young.all(), wall_offset)
+                return
             try:
                 request = decode(body)
             except msgspec.DecodeError as exc:  # ValidationError included
@@ -216,7 +228,11 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
                     f"the store's writer could not read a batch for {path}: {exc}; this is a "
                     "zbroker bug: please report it, then restart the broker"
                 ) from None
-            store.apply(request.changes, request.wall_offset)
+            wall_offset = request.wall_offset
+            changes = young.take(request.changes, time.monotonic())
+            if request.flush:
+                changes += young.all()
+            store.apply(changes, wall_offset)
             if (prune := request.prune) is not None:
                 keep, pinned = prune.keep, prune.pinned
                 store.prune_results(prune.older_than, prune.wall_offset, keep=keep, pinned=pinned)
@@ -225,6 +241,37 @@ def _serve(sock: socket.socket, path: str, durable_sync: bool) -> None:
                 sock.sendall(ACK)
     finally:
         store.close()
+
+
+class _Requests:
+    """The broker's requests, read whole from the socket (each length-prefixed); a wait for
+    the next may end at a timeout."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def next(self, timeout: float | None) -> bytes | None:
+        """The next request; None at the end of the stream (a request cut short there was
+        not given over: the broker died while handing it). Raises TimeoutError if none came
+        whole within `timeout` seconds (None: no limit)."""
+        buffer, sock = self._buffer, self._sock
+        while True:
+            if len(buffer) >= _LENGTH.size:
+                end = _LENGTH.size + _LENGTH.unpack_from(buffer)[0]
+                if len(buffer) >= end:
+                    body = bytes(buffer[_LENGTH.size : end])
+                    del buffer[:end]
+                    return body
+            if timeout is not None and not select.select([sock], [], [], timeout)[0]:
+                raise TimeoutError
+            try:
+                chunk = sock.recv(READ_SIZE)
+            except ConnectionResetError:  # closed with our acknowledgements unread: the
+                return None  # end, said so only once all it sent has been read
+            if not chunk:
+                return None
+            buffer += chunk
 
 
 def main(argv: list[str]) -> int:

@@ -69,6 +69,54 @@ def test_what_was_handed_over_is_written_even_when_the_broker_closes_at_once(
         store.close()
 
 
+def pending_after_kill(path: str, writer: StoreWriter) -> list[str]:
+    """Kill the writer as a machine stop would (nothing more written); the pending ids."""
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.close()
+    store = Store.open(path)
+    try:
+        return [t.spec.task_id for t in store.load(OFFSET, 100.0).pending]
+    finally:
+        store.close()
+
+
+def test_a_task_held_back_is_written_once_its_moment_is_over(tmp_path: Path) -> None:
+    """No request comes after it: the writer's own timer writes it (broker.store.young),
+    so a kill of the writer later finds it in the store."""
+    path = new_store(tmp_path)
+    writer = StoreWriter(path, durable_sync=False)
+    wal = Path(path + "-wal")
+    writer.send(Apply([save(1)], OFFSET))
+    assert writer.flush(timeout=10.0) == 1
+    size = wal.stat().st_size if wal.exists() else 0
+    deadline = time.monotonic() + 10.0
+    while not (wal.exists() and wal.stat().st_size > size):  # the held task's transaction
+        assert time.monotonic() < deadline, "no transaction after the acknowledgement"
+        assert writer._process.poll() is None, "the writer exited"
+        time.sleep(0.01)
+    assert pending_after_kill(path, writer) == ["t1"]
+
+
+def test_a_flush_writes_the_tasks_held_before_it_is_acknowledged(tmp_path: Path) -> None:
+    """What STATUS `stored` waits for: once acknowledged, the tasks are on disk, even if
+    the writer is killed at once."""
+    path = new_store(tmp_path)
+    writer = StoreWriter(path, durable_sync=False)
+    writer.send(Apply([save(1), save(2)], OFFSET))
+    writer.send(Apply([save(3)], OFFSET, flush=True))
+    assert writer.flush(timeout=10.0) == 2
+    assert sorted(pending_after_kill(path, writer)) == ["t1", "t2", "t3"]
+
+
+def test_with_an_fsync_per_transaction_nothing_is_held_back(tmp_path: Path) -> None:
+    """--store-sync full promises a task on disk once acknowledged."""
+    path = new_store(tmp_path)
+    writer = StoreWriter(path, durable_sync=True)
+    writer.send(Apply([save(1)], OFFSET))
+    assert writer.flush(timeout=10.0) == 1
+    assert pending_after_kill(path, writer) == ["t1"]
+
+
 def test_a_writer_that_dies_is_reported_with_how(tmp_path: Path) -> None:
     writer = StoreWriter(new_store(tmp_path), durable_sync=False)
     try:

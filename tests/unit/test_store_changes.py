@@ -22,7 +22,7 @@ from broker.core.journal import (
 )
 from broker.store import Store, schema
 from broker.store.changes import NetChanges
-from tests.store_helpers import OFFSET, Model, answer, dead, load, save
+from tests.store_helpers import OFFSET, TIMES, Model, answer, dead, journals, load, save
 
 PUT_RESULT = "INSERT OR REPLACE INTO results VALUES (NULL,?,?,?,?,?,?)"
 
@@ -112,37 +112,6 @@ def test_specs_are_encoded_only_for_rows_that_are_written(
 
 
 # ------------------------------------------------------------------- model-based property
-
-IDS = st.sampled_from(["a", "b", "c", "d"])
-TIMES = st.integers(0, 400).map(lambda n: n / 4)  # exact in binary
-
-
-@st.composite
-def journals(draw: st.DrawFn) -> list[Change]:
-    """A journal over a few task ids, every SaveTask with the next seq and of a task not
-    pending (the scheduler saves a task id again only once it has been answered)."""
-    out: list[Change] = []
-    pending: set[str] = set()
-    for seq in range(draw(st.integers(0, 40))):
-        kind = draw(st.integers(0, 6))
-        tid, at = draw(IDS), draw(TIMES)
-        if kind <= 1 and tid not in pending:
-            pending.add(tid)
-            priority = draw(st.integers(0, 9))
-            retries = draw(st.none() | st.integers(0, 100))
-            out.append(save(tid, seq, at, priority=priority, retries=retries))
-        elif kind == 2:
-            out.append(SaveAttempts(tid, draw(st.integers(1, 5))))
-        elif kind == 3:
-            pending.discard(tid)
-            out.append(SaveAnswer(answer(tid, draw(st.sampled_from([0, 1])), seq), at))
-        elif kind == 4:
-            out.append(ForgetAnswer(tid))
-        elif kind == 5:
-            out.append(SaveDeadLetter(dead(tid, at)))
-        else:
-            out.append(ForgetDeadLetter(draw(st.none() | IDS)))
-    return out
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
