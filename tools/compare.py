@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -423,9 +423,12 @@ def sequential(call: Callable[[], object], calls: int) -> tuple[float, float]:
 
 
 def ours_processes(cluster: LocalCluster) -> dict[str, int]:
-    """This process (the client), the broker and each znode (counted with its children)."""
+    """This process (the client), the broker, its store's writer (its child, when it has a
+    store) and each znode (counted with its children)."""
     assert cluster.broker is not None
     pids = {"client": os.getpid(), "broker": cluster.broker.pid}
+    for i, child in enumerate(children(cluster.broker.pid)):
+        pids["writer" if i == 0 else f"writer-{i + 1}"] = child
     for node in cluster.nodes:
         pids[node.name] = node.pid
     return pids
@@ -435,10 +438,12 @@ def cpu_per_task(
     pids: dict[str, int], tasks: int, measure: Callable[[], float]
 ) -> tuple[float, dict[str, Cpu]]:
     """`measure()`, and the CPU microseconds each process (with its children other than
-    this one) spent per task meanwhile, in user space and in the kernel."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    this one and those in `pids`) spent per task meanwhile, in user space and in the
+    kernel."""
+    listed = set(pids.values())
+    before = {name: cpu_seconds(pid, listed) for name, pid in pids.items()}
     figure = measure()
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    after = {name: cpu_seconds(pid, listed) for name, pid in pids.items()}
     return figure, {
         name: {
             kind: (after[name][kind] - before[name][kind]) / tasks * 1e6
@@ -448,14 +453,16 @@ def cpu_per_task(
     }
 
 
-def cpu_seconds(pid: int) -> Cpu:
-    """User and system CPU seconds of `pid` and, but for this process, its live children."""
+def cpu_seconds(pid: int, listed: Collection[int] = ()) -> Cpu:
+    """User and system CPU seconds of `pid` and, but for this process, its live children
+    other than those `listed` (measured on their own)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS}
     if pid != os.getpid():
         for child in children(pid):
-            for kind, seconds in cpu_seconds(child).items():
-                cpu[kind] += seconds
+            if child not in listed:
+                for kind, seconds in cpu_seconds(child, listed).items():
+                    cpu[kind] += seconds
     return cpu
 
 
@@ -590,16 +597,20 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> None:
     print(f"  {'store cost':20} " + "; ".join(f"{a:,.0f} / {b:,.0f}" for a, b in pairs))
     print()
     print(
-        "CPU per task in the last round's bulk, us: user + system (system); a znode with its "
-        "processes:"
+        "CPU per task in the last round's bulk, us: user + system (system) [share of one "
+        "core]; a znode with its processes:"
     )
+    last = rounds[-1]
+    rates = {"relay": last.bulk_relay, "ours": last.bulk_ours}
+    rates["ours, --store none"] = last.bulk_ours_store_none
     for side, processes in cpu.items():
         total = sum(c["user"] + c["system"] for c in processes.values())
         each = ", ".join(
-            f"{name} {c['user'] + c['system']:.0f} ({c['system']:.0f})"
+            f"{name} {c['user'] + c['system']:.0f} ({c['system']:.0f}) "
+            f"[{(c['user'] + c['system']) * rates[side] / 1e4:.0f} %]"
             for name, c in processes.items()
         )
-        print(f"  {side}: {each}; total {total:.0f}")
+        print(f"  {side}: {each}; total {total:.0f} [{total * rates[side] / 1e4:.0f} %]")
 
 
 def parameters(args: argparse.Namespace) -> dict[str, Any]:
