@@ -2086,6 +2086,8 @@ class Scheduler:
         return commands
 
     def _refill_after(self, node: Node, task_ids: Sequence[str], now: float) -> list[Command]:
+        """`node` answered `task_ids`: their places free, a task it holds starts in a free
+        slot, and the node takes the next queued tasks (unless it was lost meanwhile)."""
         pool = self._pool
         if pool.nodes.get(node.identity) is not node:  # lost meanwhile
             return []
