@@ -21,9 +21,7 @@ from broker.protocol import TaskCompleted, TaskSpec
 # (with a 32-character id), as tracemalloc measures them: about 250 and 300.
 ENTRY_OVERHEAD = 550
 
-# The answer, when it was kept, the spec it answered, and its cost in `bytes` (kept with it,
-# so that an entry going costs no second count).
-Entry = tuple[TaskCompleted, float, TaskSpec | None, int]
+Entry = tuple[TaskCompleted, float, TaskSpec | None]  # answer, when kept, what it answered
 
 
 def conflicting(known: TaskSpec | None, spec: TaskSpec) -> TaskSpec | None:
@@ -59,9 +57,9 @@ class ResultCache:
             return
         if answer.task_id in entries:
             self._drop(answer.task_id)
-        cost = len(answer.result) + ENTRY_OVERHEAD + (0 if spec is None else len(spec.args))
-        entries[answer.task_id] = (answer, now, spec, cost)
-        self.bytes += cost
+        entry = (answer, now, spec)
+        entries[answer.task_id] = entry
+        self.bytes += _cost(entry)
         while entries and (len(entries) > config.max_entries or self.bytes > config.max_bytes):
             self._pop_oldest()
 
@@ -73,7 +71,7 @@ class ResultCache:
         """When the oldest answer expires; None when none is kept."""
         if not self._entries:
             return None
-        _, (_, added, _, _) = next(iter(self._entries.items()))
+        _, (_, added, _) = next(iter(self._entries.items()))
         return added + self.config.ttl
 
     def expire(self, now: float, limit: int) -> None:
@@ -83,29 +81,27 @@ class ResultCache:
         for _ in range(limit):
             if not self._entries:
                 return
-            _, (_, added, _, _) = next(iter(self._entries.items()))
+            _, (_, added, _) = next(iter(self._entries.items()))
             if added > cutoff:
                 return
             self._pop_oldest()
 
     def _pop_oldest(self) -> None:
         _, entry = self._entries.popitem(last=False)
-        self.bytes -= entry[3]
+        self.bytes -= _cost(entry)
 
     def _drop(self, task_id: str) -> None:
         entry = self._entries.pop(task_id, None)
         if entry is not None:
-            self.bytes -= entry[3]
+            self.bytes -= _cost(entry)
 
     def check_invariants(self) -> None:
-        assert all(e[3] == _cost(e) for e in self._entries.values()), "an entry's cost drifted"
-        assert self.bytes == sum(e[3] for e in self._entries.values()), "bytes drifted"
+        assert self.bytes == sum(map(_cost, self._entries.values())), "bytes drifted"
         assert len(self._entries) <= max(self.config.max_entries, 0)
         times = [e[1] for e in self._entries.values()]
         assert times == sorted(times), "entries out of order"
 
 
 def _cost(entry: Entry) -> int:
-    """What an entry costs in `bytes`, counted again (`add` counts it inline)."""
     spec = entry[2]
     return len(entry[0].result) + ENTRY_OVERHEAD + (0 if spec is None else len(spec.args))
