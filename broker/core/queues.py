@@ -92,36 +92,25 @@ class TaskQueue:
 
     def pop_for(self, functions: Set[str]) -> Task | None:
         """The first task, by priority then turn, whose function is in `functions`."""
-        tasks = self.pop_many(functions, 1)
-        return tasks[0] if tasks else None
-
-    def pop_many(self, functions: Set[str], most: int) -> list[Task]:
-        """Up to `most` tasks, as that many `pop_for` calls would take them, in order."""
-        heaps = self._heaps
-        if len(heaps) < len(functions):
-            candidates = [h for f, h in heaps.items() if f in functions]
+        best: Entry | None = None
+        if len(self._heaps) < len(functions):
+            candidates = [h for f, h in self._heaps.items() if f in functions]
         else:
-            candidates = [h for f in functions if (h := heaps.get(f)) is not None]
-        taken: list[Task] = []
+            candidates = [h for f in functions if (h := self._heaps.get(f)) is not None]
+        for heap in candidates:
+            entry = heap.top()
+            if entry is not None and (best is None or entry < best):
+                best = entry
+        if best is None:
+            return None
+        task = best[3]
+        heap = self._heaps[task.spec.function]
+        heapq.heappop(heap.entries)  # `best` is its top
+        self._taken(task, heap)
         served = self._served
-        while candidates and len(taken) < most:
-            best: Entry | None = None
-            for heap in candidates:
-                entry = heap.top()
-                if entry is not None and (best is None or entry < best):
-                    best = entry
-            if best is None:
-                break
-            task = best[3]
-            heap = heaps[task.spec.function]
-            heapq.heappop(heap.entries)  # `best` is its top
-            self._taken(task, heap)
-            if not heap.live:  # (`_taken` let it go)
-                candidates.remove(heap)
-            if best[1] > served[-best[0]]:  # its priority's turn moves on
-                served[-best[0]] = best[1]
-            taken.append(task)
-        return taken
+        if best[1] > served[-best[0]]:  # its priority's turn moves on
+            served[-best[0]] = best[1]
+        return task
 
     def discard(self, task: Task) -> None:
         """Take a queued task out, wherever it is."""

@@ -1849,10 +1849,11 @@ class Scheduler:
         queue = self._queue
         if node.draining or not self._accepting:
             return commands
-        room = node.window - len(node.active)  # (starting a task leaves the window as it is)
-        if queue.size and room > 0:
-            for task in queue.pop_many(node.functions, room):
-                commands.append(self._start(task, node, now))
+        while queue.size and len(node.active) < node.window:
+            task = queue.pop_for(node.functions)
+            if task is None:
+                break
+            commands.append(self._start(task, node, now))
         if self._pool.held and node.idle_slot:
             commands += self._take_back_for(node)
         return commands

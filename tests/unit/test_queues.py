@@ -1,6 +1,6 @@
-"""TaskQueue's batch pop (`pop_many`, which fills a node's window at once) against a model of
-one pop at a time: the same tasks in the same order, and the same turns kept for what is
-queued later (the submitters' fair shares, protocol.md 5)."""
+"""TaskQueue's pop against a model of it: the same tasks in the same order, and the same turns
+kept for what is queued later (the submitters' fair shares, protocol.md 5), whatever is
+queued, popped and discarded in between."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def pop_one(queue: TaskQueue, functions: frozenset[str]) -> Task | None:
     return task
 
 
-def replay(ops: list[Op], batched: bool) -> tuple[list[list[str]], TaskQueue]:
+def replay(ops: list[Op], model: bool) -> tuple[list[list[str]], TaskQueue]:
     queue, queued, popped = TaskQueue(), list[Task](), list[list[str]]()
     for op in ops:
         if isinstance(op, Push):
@@ -83,12 +83,10 @@ def replay(ops: list[Op], batched: bool) -> tuple[list[list[str]], TaskQueue]:
             queue.push(task, again=op.again)
             queued.append(task)
         elif isinstance(op, Pop):
-            if batched:
-                tasks = queue.pop_many(op.functions, op.most)
-            else:
-                tasks = []
-                while len(tasks) < op.most and (one := pop_one(queue, op.functions)) is not None:
-                    tasks.append(one)
+            pop = pop_one if model else TaskQueue.pop_for
+            tasks: list[Task] = []
+            while len(tasks) < op.most and (one := pop(queue, op.functions)) is not None:
+                tasks.append(one)
             popped.append([task.spec.task_id for task in tasks])
         elif op.position < len(queued) and queued[op.position].queue_stamp:  # still queued
             queue.discard(queued[op.position])
@@ -98,10 +96,10 @@ def replay(ops: list[Op], batched: bool) -> tuple[list[list[str]], TaskQueue]:
 
 @settings(max_examples=400, deadline=None)
 @given(ops)
-def test_pop_many_takes_what_one_pop_at_a_time_would(ops: list[Op]) -> None:
-    batched, queue = replay(ops, batched=True)
-    one_at_a_time, model = replay(ops, batched=False)
-    assert batched == one_at_a_time
+def test_pop_for_takes_what_the_model_takes(ops: list[Op]) -> None:
+    popped, queue = replay(ops, model=False)
+    expected, model = replay(ops, model=True)
+    assert popped == expected
     assert queue._served == model._served
     assert queue.counts() == model.counts()
     assert queue.size == model.size
