@@ -64,16 +64,17 @@ class YoungTasks:
 
     def due(self, now: float) -> list[Change]:
         """The held tasks accepted `hold` seconds ago or more, as SQLite must have them."""
-        held, out = self._held, list[Change]()
+        held, out, gone = self._held, list[Change](), []
         cutoff = now - self.hold
-        while held:
-            task_id, (save, attempts, since) = next(iter(held.items()))
-            if since > cutoff:
+        for task_id, (save, attempts, since) in held.items():  # one scan: a dict's front
+            if since > cutoff:  # holds the gaps of what left it, which each look would cross
                 break
-            del held[task_id]
+            gone.append(task_id)
             out.append(save)
             if attempts is not None:
                 out.append(attempts)
+        for task_id in gone:
+            del held[task_id]
         return out
 
     def all(self) -> list[Change]:
