@@ -87,10 +87,6 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _error(error: ErrorInfo | None) -> dict[str, str] | None:
-    return None if error is None else {"type": error.type, "message": error.message}
-
-
 def execute_frames(spec: TaskSpec, client: str | None = None) -> list[bytes]:
     """The EXECUTE of one task: `encode(Execute(spec, client))` without the message in
     between."""
@@ -121,18 +117,7 @@ def execute_frames(spec: TaskSpec, client: str | None = None) -> list[bytes]:
 
 
 def run_frames(run: Run) -> list[bytes]:
-    header: dict[str, Any] = {
-        "task_id": run.task_id,
-        "function": run.function,
-        "attempt": run.attempt,
-    }
-    if run.task_timeout is not None:
-        header["timeout_ms"] = _ms(run.task_timeout)
-    if run.inputs is not None:
-        header["inputs"] = list(run.inputs)
-    if run.traceparent is not None:
-        header["traceparent"] = run.traceparent
-    return [TAG, RUN, _json(header), run.args]
+    return [TAG, RUN, _json_struct(_run_header(run)), run.args]
 
 
 def result_frames(
@@ -146,7 +131,6 @@ def result_frames(
 ) -> list[bytes]:
     """The RESULT of one task: `encode(Result(...))` without the message in between.
     `retry`: the function set calls this failure retryable (error `retry`, protocol.md 3.8)."""
-    # `_error(error)`, without its call on every result's way:
     info: dict[str, Any] | None = None
     if error is not None:
         info = {"type": error.type, "message": error.message}
@@ -227,15 +211,7 @@ def _encode_result(m: Result) -> list[bytes]:
 
 
 def _encode_task_completed(m: TaskCompleted) -> list[bytes]:
-    header: dict[str, Any] = {
-        "task_id": m.task_id,
-        "exit_code": m.exit_code,
-        "error": _error(m.error),
-        "attempts": m.attempts,
-    }
-    if m.traceparent is not None:
-        header["traceparent"] = m.traceparent
-    return [TAG, TASK_COMPLETED, _json(header), m.result]
+    return [TAG, TASK_COMPLETED, _json_struct(_answer_header(m)), m.result]
 
 
 def _encode_dead_letters(m: Dlq) -> list[bytes]:
@@ -324,9 +300,9 @@ def encode_packed(messages: Sequence[TaskMessage]) -> list[bytes]:
     return encode_packed_frames([encode(message) for message in messages])
 
 
-# What the broker sends packed, by the thousand in bulk work: the frame of headers is written
-# in one msgspec call from these structs, the same JSON as each header on its own would be
-# (keys in the order of the fields; an optional key only when set; `error` always).
+# The headers of RUN and TASK_COMPLETED, which the broker sends by the thousand in bulk work:
+# msgspec writes them from these structs (keys in the order of the fields; an optional key
+# only when set; `error` always), one alone or a packed message's frame of them in one call.
 class _RunHeaderOut(Struct, omit_defaults=True, gc=False):
     task_id: str
     function: str
@@ -344,35 +320,31 @@ class _TaskCompletedHeaderOut(Struct, omit_defaults=True, gc=False):
     traceparent: str | None = None
 
 
-_json_array = msgspec.json.Encoder().encode
+_json_struct = msgspec.json.Encoder().encode
+
+
+def _run_header(r: Run) -> _RunHeaderOut:
+    timeout_ms = None if r.task_timeout is None else _ms(r.task_timeout)
+    return _RunHeaderOut(r.task_id, r.function, r.attempt, timeout_ms, r.inputs, r.traceparent)
+
+
+def _answer_header(a: TaskCompleted) -> _TaskCompletedHeaderOut:
+    return _TaskCompletedHeaderOut(a.task_id, a.exit_code, a.error, a.attempts, a.traceparent)
 
 
 def _packed_runs(runs: Sequence[Run]) -> list[bytes]:
-    headers = [
-        _RunHeaderOut(
-            r.task_id,
-            r.function,
-            r.attempt,
-            None if r.task_timeout is None else _ms(r.task_timeout),
-            r.inputs,
-            r.traceparent,
-        )
-        for r in runs
-    ]
-    return _packed(RUN, headers, [r.args for r in runs])
+    return _packed(RUN, [_run_header(r) for r in runs], [r.args for r in runs])
 
 
 def _packed_answers(answers: Sequence[TaskCompleted]) -> list[bytes]:
-    headers = [
-        _TaskCompletedHeaderOut(a.task_id, a.exit_code, a.error, a.attempts, a.traceparent)
-        for a in answers
-    ]
-    return _packed(TASK_COMPLETED, headers, [a.result for a in answers])
+    return _packed(
+        TASK_COMPLETED, [_answer_header(a) for a in answers], [a.result for a in answers]
+    )
 
 
 def _packed(command: bytes, headers: list[Any], payloads: list[bytes]) -> list[bytes]:
     sizes = _json([len(p) for p in payloads])
-    return [TAG, command, _json_array(headers), sizes, b"".join(payloads)]
+    return [TAG, command, _json_struct(headers), sizes, b"".join(payloads)]
 
 
 def encode_tasks(messages: Sequence[TaskMessage], packed: bool) -> list[bytes]:
