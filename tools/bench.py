@@ -60,7 +60,9 @@ from broker.protocol.frames import (
 from broker.store import Store
 from client import Client, ControlClient, ReqLink
 from client.cluster import LocalCluster
+from client.pipeline import EXECUTE_BATCH_TASKS
 from compare import Relay, children, progress
+from node.config import DEFAULT_PREFETCH
 
 Handler = Callable[[argparse.Namespace], None]
 OFFSET = time.time() - time.monotonic()  # the wall_offset of the store and the scheduler
@@ -512,9 +514,8 @@ def broker_steps(n: int, metrics: bool = True, journal: bool = False) -> Step:
     return step
 
 
-BULK_BATCH = 64  # tasks per EXECUTE of the bulk workload, as Client.map sends them
-BULK_PREFETCH = 64  # each node's --prefetch, znode's default
-BULK_WINDOW = 16  # EXECUTE batches in flight: Client.map's window of 1,000 tasks
+BULK_BATCH = EXECUTE_BATCH_TASKS  # tasks per EXECUTE, as Client.map sends them
+BULK_WINDOW = -(-compare.MAP_WINDOW // BULK_BATCH)  # EXECUTE batches filling Client.map's window
 
 
 class BrokerBulk:
@@ -541,7 +542,7 @@ class BrokerBulk:
         self.broker._router = router
         for node in self.sent:
             register = p.Register(
-                node.decode(), "h", 1, ("noop",), 1, prefetch=BULK_PREFETCH, packed=True
+                node.decode(), "h", 1, ("noop",), 1, prefetch=DEFAULT_PREFETCH, packed=True
             )
             self.broker._process(self.router, [node, b"", *p.encode(register)])
         ids = [f"{i:016x}-{i}" for i in range((n + BULK_WINDOW) * BULK_BATCH)]

@@ -34,7 +34,7 @@ def test_broker_bulk_answers_every_task_with_a_queue_kept_and_nothing_refused(
     assert workload.answered >= steps * batch // 2
     assert counters["completed"] == workload.answered
     assert counters["accepted"] == (steps + bench.BULK_WINDOW) * batch
-    windows = 2 * (1 + bench.BULK_PREFETCH)  # what the two nodes may run and hold
+    windows = 2 * (1 + bench.DEFAULT_PREFETCH)  # what the two nodes may run and hold
     assert len(scheduler.pending()) > windows  # the rest waits in the broker's queue
     assert all(len(sent) > 0 for sent in workload.sent.values())  # both nodes hold tasks
     scheduler.check_invariants()
