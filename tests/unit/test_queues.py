@@ -4,13 +4,12 @@ queued, popped and discarded in between."""
 
 from __future__ import annotations
 
-import heapq
 from typing import NamedTuple
 
 from hypothesis import given, settings, strategies as st
 
 from broker import protocol as p
-from broker.core.queues import Entry, TaskQueue
+from broker.core.queues import TaskQueue
 from broker.core.tasks import Task
 
 FUNCTIONS = ("f", "g", "h")
@@ -56,21 +55,15 @@ ops = st.lists(
 
 
 def pop_one(queue: TaskQueue, functions: frozenset[str]) -> Task | None:
-    """The model: the best top entry of the functions' heaps, by priority then turn; its
-    priority's turn moves on to it."""
-    best: Entry | None = None
-    for function in functions:
-        heap = queue._heaps.get(function)
-        entry = None if heap is None else heap.top()
-        if entry is not None and (best is None or entry < best):
-            best = entry
-    if best is None:
+    """The model, without the queue's heaps: of every task queued for `functions`, the one
+    first by priority, then turn, then arrival; its priority's turn moves on to it."""
+    live = [task for task in queue if task.spec.function in functions]
+    if not live:
         return None
-    task = best[3]
-    heap = queue._heaps[task.spec.function]
-    heapq.heappop(heap.entries)
-    queue._taken(task, heap)
-    queue._served[-best[0]] = max(queue._served[-best[0]], best[1])
+    task = min(live, key=lambda t: (-t.spec.priority, t.fair_tag or 0, t.queue_stamp))
+    queue.discard(task)
+    priority = task.spec.priority
+    queue._served[priority] = max(queue._served[priority], task.fair_tag or 0)
     return task
 
 
